@@ -1,0 +1,3 @@
+from agora_cli.cli import main
+
+main()

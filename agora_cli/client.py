@@ -1,0 +1,167 @@
+"""The client pool: every model call goes through here.
+
+One `openai.AsyncOpenAI` per endpoint, a per-member concurrency limit, a per-request timeout,
+`tenacity` retries with exponential backoff and jitter on connection errors, timeouts and 5xx (never
+on 4xx), and token accounting per member. Endpoints are looked up on every request, so a hot-swapped
+adapter takes effect between requests without losing any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import openai
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from agora_cli.config import ClientSettings, Sampling
+from agora_cli.errors import EndpointError
+from agora_cli.events import NULL_BUS, EventBus
+from agora_cli.serving.base import Endpoint
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class ChatResult:
+    member: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    model: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    failures: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    busy_s: float = 0.0  # summed request latency
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.busy_s if self.busy_s else 0.0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection errors, timeouts and 5xx are transient; 4xx are the caller's fault."""
+    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
+
+
+@dataclass
+class MemberLimits:
+    max_concurrency: int = 8
+    timeout_s: float = 600.0
+
+
+@dataclass
+class ClientPool:
+    """Routes chat requests to members. `resolve(member)` returns the member's current endpoint."""
+
+    resolve: Callable[[str], Endpoint]
+    limits: dict[str, MemberLimits]
+    settings: ClientSettings = field(default_factory=ClientSettings)
+    bus: EventBus = NULL_BUS
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self._sems: dict[str, asyncio.Semaphore] = {}
+
+    def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
+        key = (ep.base_url, ep.api_key)
+        if key not in self._clients:
+            # Retries are ours (tenacity), so the SDK's own are off.
+            self._clients[key] = openai.AsyncOpenAI(
+                base_url=ep.base_url, api_key=ep.api_key, max_retries=0
+            )
+        return self._clients[key]
+
+    def _sem(self, member: str) -> asyncio.Semaphore:
+        if member not in self._sems:
+            self._sems[member] = asyncio.Semaphore(self.limits[member].max_concurrency)
+        return self._sems[member]
+
+    async def chat(
+        self, member: str, messages: Messages, sampling: Sampling, *, role: str = "chat"
+    ) -> ChatResult:
+        """One chat completion for `member`, retried on transient failures.
+
+        Raises EndpointError when the member stays unreachable, and openai.APIStatusError (4xx)
+        when the request itself is wrong.
+        """
+        usage = self.usage.setdefault(member, Usage())
+        limit = self.limits[member]
+        attempt_no = 0
+        async with self._sem(member):
+            start = time.perf_counter()
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(is_retryable),
+                    stop=stop_after_attempt(self.settings.max_retries + 1),
+                    wait=wait_exponential_jitter(
+                        initial=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
+                    ),
+                    reraise=True,
+                ):
+                    with attempt:
+                        attempt_no += 1
+                        if attempt_no > 1:
+                            usage.retries += 1
+                        ep = self.resolve(member)  # re-resolved: picks up hot-swaps
+                        t0 = time.perf_counter()
+                        resp = await self._client(ep).chat.completions.create(
+                            model=ep.model,
+                            messages=messages,  # type: ignore[arg-type]
+                            temperature=sampling.temperature,
+                            top_p=sampling.top_p,
+                            max_tokens=sampling.max_tokens,
+                            timeout=limit.timeout_s,
+                        )
+                        latency = time.perf_counter() - t0
+            except Exception as exc:
+                usage.failures += 1
+                self.bus.emit(
+                    "request_done", member=member, role=role, ok=False,
+                    latency_s=round(time.perf_counter() - start, 3), error=type(exc).__name__,
+                )
+                if is_retryable(exc):
+                    ep = self.resolve(member)
+                    raise EndpointError(member, ep.base_url, f"{type(exc).__name__}: {exc}") from exc
+                raise
+        choice = resp.choices[0] if resp.choices else None
+        text = (choice.message.content if choice and choice.message else None) or ""
+        pt = resp.usage.prompt_tokens if resp.usage else 0
+        ct = resp.usage.completion_tokens if resp.usage else 0
+        usage.requests += 1
+        usage.prompt_tokens += pt or 0
+        usage.completion_tokens += ct or 0
+        usage.busy_s += latency
+        self.bus.emit(
+            "request_done", member=member, role=role, ok=True, latency_s=round(latency, 3),
+            prompt_tokens=pt, completion_tokens=ct,
+        )
+        return ChatResult(
+            member=member, text=text, prompt_tokens=pt or 0, completion_tokens=ct or 0,
+            latency_s=latency, model=ep.model, finish_reason=choice.finish_reason if choice else None,
+        )
+
+    async def aclose(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+        self._clients.clear()

@@ -1,0 +1,388 @@
+"""Strict, validated run configuration.
+
+A config is YAML checked by pydantic with unknown keys forbidden. `load_config` collects *every*
+problem (schema errors, then cross-field checks) and raises one `ConfigError` listing each with its
+YAML path, so `agora validate CONFIG` can print them all and exit 2. Defaults are the paper's
+(arXiv 2507.21166); the shipped `configs/tiny.yaml` shrinks sizes for a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agora_cli.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class Sampling(Strict):
+    """Sampling parameters for one kind of request."""
+
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=1)
+
+
+class TransformersBackend(Strict):
+    """`transformers serve --continuous-batching` on this machine (the CPU default)."""
+
+    kind: Literal["transformers"] = "transformers"
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    continuous_batching: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    startup_timeout_s: float = Field(600.0, gt=0)
+    keep_merged: int = Field(2, ge=1, description="merged adapter copies kept per member")
+    extra_args: list[str] = []
+
+
+class SGLangBackend(Strict):
+    """One `python -m sglang.launch_server` per base model, multi-LoRA (GPU)."""
+
+    kind: Literal["sglang"] = "sglang"
+    host: str = "127.0.0.1"
+    base_port: int = Field(30000, ge=1, le=65535)
+    python: str = "python"
+    tp_size: int = Field(1, ge=1)
+    mem_fraction_static: float | None = Field(None, gt=0, le=1)
+    max_lora_rank: int = Field(64, ge=1)
+    lora_target_modules: list[str] = ["all"]
+    max_loras_per_batch: int = Field(8, ge=1)
+    startup_timeout_s: float = Field(900.0, gt=0)
+    # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
+    cuda_visible_devices: dict[str, str] = {}
+    extra_args: list[str] = []
+
+
+class OpenAIBackend(Strict):
+    """Any OpenAI-compatible endpoint. The key is read from `api_key_env`, never stored."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    api_key_env: str | None = None
+
+
+Backend = Annotated[
+    TransformersBackend | SGLangBackend | OpenAIBackend, Field(discriminator="kind")
+]
+
+
+class Member(Strict):
+    """One ensemble member: a base model plus (when LoRA is on) its own adapter lineage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # Hub id, local directory, path to a .gguf file, `pkg://package/file`, or `pkg://package`
+    # (calls the package's `assemble()` to get a GGUF path). For `openai` backends: the remote
+    # model name.
+    model: str
+    backend: str = "embedded"
+    # Jinja chat template (inline text or a path) for models that ship none (Gemma-3 base).
+    chat_template: str | None = None
+    max_concurrency: int = Field(8, ge=1)
+    request_timeout_s: float = Field(600.0, gt=0)
+    sampling: Sampling | None = None  # overrides protocol sampling for this member
+
+
+class ClientSettings(Strict):
+    max_retries: int = Field(4, ge=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class Difficulty(Strict):
+    """Eq. 1 inner loop and the outer V_target loop."""
+
+    d0: float = 1.0
+    alpha: float = Field(0.05, ge=0.0)
+    d_min: float = 0.0
+    d_max: float = 10.0
+    target_init: float = Field(0.5, ge=0.0, le=1.0)
+    # Outer loop: V_target = moving average of the last `target_window` V_t plus `target_margin`.
+    target_window: int = Field(5, ge=1)
+    target_margin: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class Surprise(Strict):
+    """Eq. 2 (FEM) and the dynamic strategy rule; see README 'FEM and dynamic strategy'."""
+
+    eps: float = Field(1e-6, gt=0)
+    window: int = Field(3, ge=1, description="anchors over which the recent peak is taken")
+    threshold: float = Field(0.01, ge=0)
+    difficulty_gain: float = Field(1.0, ge=0)
+    plateau_patience: int = Field(2, ge=1, description="anchors without improvement = plateau")
+    plateau_delta: float = Field(0.01, ge=0)
+    plateau_elite_k: int = Field(5, ge=1)
+
+
+class ProtocolSampling(Strict):
+    generate: Sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=256)
+    solve: Sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=1024)
+    verify: Sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=128)
+    vote: Sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=128)
+    explain: Sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=256)
+
+
+class Protocol(Strict):
+    mode: Literal["agora", "isolated"] = "agora"
+    problems_per_step: int = Field(16, ge=1)
+    generators_per_step: int = Field(2, ge=1, description="random Q-Group size (random_qgen)")
+    seed_examples: int = Field(3, ge=0, description="seed problems shown to a generator")
+    seed_pool: str = "gsm8k_train"
+    elite_k: int = Field(3, ge=0)
+    buffer_threshold: int = Field(1024, ge=1)
+    anchor_every: int = Field(5, ge=1)
+    self_consistency_samples: int = Field(32, ge=1, description="isolated mode")
+    difficulty: Difficulty = Difficulty()
+    surprise: Surprise = Surprise()
+    sampling: ProtocolSampling = ProtocolSampling()
+
+
+class Ablations(Strict):
+    """The paper's Table 2 switches. All on = full AGORA."""
+
+    valid_vote: bool = True
+    lora: bool = True
+    quality_vote: bool = True
+    elite_icl: bool = True
+    random_qgen: bool = True
+    difficulty_control: bool = True
+    external_anchor: bool = True
+    explanation: bool = True
+    dynamic_strategy: bool = True
+    fem: bool = True
+
+
+# --------------------------------------------------------------------------- training / eval
+
+
+class Training(Strict):
+    """PEFT LoRA on the high-quality buffer (Eq. 3)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    group_by_length: bool = True
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_gpus: int = Field(1, ge=1, description=">1 launches the trainer with `accelerate launch`")
+    max_threads: int | None = Field(None, ge=1, description="torch threads for a CPU trainer")
+
+
+class Evaluation(Strict):
+    benchmarks: list[Literal["gsm8k", "math500", "aime24"]] = ["gsm8k", "math500", "aime24"]
+    calibration: Literal["gsm8k", "math500", "aime24"] = "gsm8k"
+    calibration_size: int = Field(50, ge=1)
+    greedy: bool = False
+    sampling: Sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=1024)
+    grade_timeout_s: float = Field(5.0, gt=0)
+    grade_workers: int = Field(2, ge=1)
+
+
+# --------------------------------------------------------------------------- root
+
+
+class Config(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int = 0
+    run_dir: str | None = None  # default: runs/<name>
+    prompts_dir: str | None = None  # default: the repo's prompts/
+    backends: dict[str, Backend] = {"embedded": TransformersBackend()}
+    members: list[Member] = Field(min_length=2)
+    client: ClientSettings = ClientSettings()
+    protocol: Protocol = Protocol()
+    ablations: Ablations = Ablations()
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation()
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def backend_of(self, member: Member | str) -> TransformersBackend | SGLangBackend | OpenAIBackend:
+        m = self.member(member) if isinstance(member, str) else member
+        return self.backends[m.backend]
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "<root>"
+
+
+def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+    """Problems no single field can see."""
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, m in enumerate(cfg.members):
+        if m.name in seen:
+            problems.append((f"members[{i}].name", f"duplicate member name {m.name!r}"))
+        seen[m.name] = i
+        if m.backend not in cfg.backends:
+            known = ", ".join(sorted(cfg.backends)) or "none"
+            problems.append(
+                (f"members[{i}].backend", f"unknown backend {m.backend!r} (defined: {known})")
+            )
+            continue
+        kind = cfg.backends[m.backend].kind
+        if kind == "openai" and cfg.ablations.lora:
+            problems.append(
+                (
+                    f"members[{i}].backend",
+                    f"member {m.name!r} uses OpenAI-compatible backend {m.backend!r}, which cannot "
+                    "load LoRA adapters; set ablations.lora: false or serve it with "
+                    "transformers/sglang",
+                )
+            )
+        if kind == "sglang" and cfg.ablations.lora:
+            b = cfg.backends[m.backend]
+            if cfg.training.r > b.max_lora_rank:  # type: ignore[union-attr]
+                problems.append(
+                    (
+                        "training.r",
+                        f"LoRA rank {cfg.training.r} exceeds backends.{m.backend}.max_lora_rank "
+                        f"{b.max_lora_rank}",  # type: ignore[union-attr]
+                    )
+                )
+        if m.chat_template and "\n" not in m.chat_template and m.chat_template.endswith(
+            (".jinja", ".j2", ".txt")
+        ):
+            if not _template_path(m.chat_template).exists():
+                problems.append(
+                    (f"members[{i}].chat_template", f"file not found: {m.chat_template}")
+                )
+    p = cfg.protocol
+    if p.generators_per_step > len(cfg.members):
+        problems.append(
+            (
+                "protocol.generators_per_step",
+                f"{p.generators_per_step} generators but only {len(cfg.members)} members",
+            )
+        )
+    d = p.difficulty
+    if not d.d_min <= d.d0 <= d.d_max:
+        problems.append(("protocol.difficulty.d0", f"d0={d.d0} outside [{d.d_min}, {d.d_max}]"))
+    if cfg.evaluation.calibration == p.seed_pool:
+        problems.append(
+            ("evaluation.calibration", "calibration set must be disjoint from the seed pool")
+        )
+    return problems
+
+
+def _template_path(value: str) -> Path:
+    from agora_cli.paths import REPO_DIR
+
+    path = Path(value)
+    return path if path.is_absolute() or path.exists() else REPO_DIR / path
+
+
+def chat_template_text(member: Member) -> str | None:
+    """The member's chat template as text (reads the file when the value names one)."""
+    if member.chat_template is None:
+        return None
+    if "\n" not in member.chat_template and member.chat_template.endswith((".jinja", ".j2", ".txt")):
+        return _template_path(member.chat_template).read_text()
+    return member.chat_template
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`protocol.elite_k=5` -> (['protocol', 'elite_k'], 5). The value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError("overrides", [(item, "expected key=value")])
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError("overrides", [(item, "empty key")])
+    return path, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for part in path[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            if node is None or not isinstance(node, (dict, list)):
+                raise ConfigError("overrides", [(item, f"cannot descend into {part!r}")])
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError("overrides", [(item, f"no list index {last!r}")])
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def config_from_dict(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document; raise one ConfigError with every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("<root>", "expected a mapping at the top level")])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        problems = [(_loc(err["loc"]), err["msg"]) for err in e.errors()]
+        # Schema errors can hide cross-field errors; report what we can see of both.
+        raise ConfigError(source, problems) from None
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a YAML config file (safe loader only)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(str(path), [("<file>", "no such file")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        raise ConfigError(str(path), [(where, f"YAML syntax: {getattr(e, 'problem', e)}")]) from None
+    if data is None:
+        data = {}
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), [("<root>", "expected a mapping at the top level")])
+        data = apply_overrides(data, overrides)
+    return config_from_dict(data, str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML of the fully resolved config (stored in each run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

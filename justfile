@@ -1,0 +1,16 @@
+# agora: the front door. `just setup` once, then the rest.
+
+setup:
+    ./scripts/setup.sh
+
+run config="configs/tiny.yaml" *args="":
+    .venv/bin/agora run {{config}} {{args}}
+
+test *args="":
+    ./scripts/test.sh {{args}}
+
+lint:
+    .venv/bin/ruff check agora_cli tests bench
+
+bench:
+    .venv/bin/python -m bench
