@@ -240,6 +240,14 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
+def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic puts the discriminator value in the path (backends.gpu.sglang.base_port); the
+    YAML has no such level, so drop it."""
+    if len(loc) > 2 and loc[0] == "backends" and loc[2] in ("transformers", "sglang", "openai"):
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     """Problems no single field can see."""
     problems: list[tuple[str, str]] = []
@@ -354,7 +362,7 @@ def config_from_dict(data: Any, source: str = "<config>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        problems = [(_loc(err["loc"]), err["msg"]) for err in e.errors()]
+        problems = [(_loc(_drop_union_tag(err["loc"])), err["msg"]) for err in e.errors()]
         # Schema errors can hide cross-field errors; report what we can see of both.
         raise ConfigError(source, problems) from None
     problems = _cross_checks(cfg)
@@ -363,17 +371,48 @@ def config_from_dict(data: Any, source: str = "<config>") -> Config:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load, override and validate a YAML config file (safe loader only)."""
-    path = Path(path)
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`; mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """Parse one YAML file, following `extends: other.yaml` (relative to the file) first."""
     if not path.exists():
         raise ConfigError(str(path), [("<file>", "no such file")])
+    if path.resolve() in chain:
+        raise ConfigError(str(path), [("extends", "circular extends chain")])
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
         raise ConfigError(str(path), [(where, f"YAML syntax: {getattr(e, 'problem', e)}")]) from None
+    if isinstance(data, dict) and "extends" in data:
+        parent = data.pop("extends")
+        if not isinstance(parent, str):
+            raise ConfigError(str(path), [("extends", "expected a path to another config")])
+        base = _read_yaml(path.parent / parent, chain + (path.resolve(),))
+        if not isinstance(base, dict):
+            raise ConfigError(str(path), [("extends", f"{parent} is not a mapping")])
+        data = _deep_merge(base, data)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a YAML config file (safe loader only).
+
+    A config may start from another with `extends: ../paper-mixed.yaml`; its own keys then
+    override the parent's (mappings merge, lists replace).
+    """
+    path = Path(path)
+    data = _read_yaml(path)
     if data is None:
         data = {}
     if overrides:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agora_cli.errors import AgoraError
 
@@ -36,7 +37,8 @@ def handle_errors(fn: F) -> F:
         except AgoraError as e:
             if state["debug"]:
                 raise
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+            # The message is data (it may hold YAML paths like members[1]): never parse it as markup.
+            err_console.print(Text("error: ", style="red") + Text(str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]")
