@@ -1,0 +1,159 @@
+"""Q-Group: challenge generation (DESIGN.md protocol step 1).
+
+Generators see the current difficulty d_t (Eq. 1) and a few seed problems and must reply with
+exactly one problem, preferably on a `Problem:` line (see prompts/generate.jinja). The parser is
+lenient about form and strict about content:
+
+- the problem is the text after the first `Problem:`/`Question:` label (markdown allowed), else the
+  inside of a fenced block, else the reply's first paragraph; it ends at a blank line or at an
+  answer/solution section (`Answer:`, `Solution:`, `\\boxed`, `####`), which is cut off;
+- dropped as 'empty' when nothing is left, as 'malformed' when it is under 4 words / 20 characters,
+  over 1500 characters, or still states its own answer (`\\boxed`, 'the answer is');
+- dropped as 'duplicate' when its normalised text equals (or nearly equals, word-set Jaccard >= 0.9)
+  an earlier problem of the batch, a seed it was shown, or any text the caller passes to `dedupe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+from agora_cli.config import Config
+from agora_cli.errors import EvaluationError
+from agora_cli.paths import DATA_DIR
+from agora_cli.protocol.common import REQUEST_ERRORS, chat_role
+from agora_cli.protocol.types import Ctx, GeneratedProblem
+
+MIN_WORDS, MIN_CHARS, MAX_CHARS = 4, 20, 1500
+NEAR_DUPLICATE_JACCARD = 0.9
+
+_LABEL = re.compile(
+    r"(?:^|[\s*#>_`(\[])(?:new\s+)?(?:math\s+)?(?:word\s+)?(?:problem|question)\s*(?:\d+)?\s*[*_`]*\s*:",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"```[a-zA-Z]*\n?(.*?)```", re.DOTALL)
+_STOP = re.compile(
+    r"\n\s*\n|\\boxed|####"
+    r"|(?:^|\n)[\s*#>_`]*(?:answer|solution|final answer|step\s*1|problem\s*\d*\s*[*_`]*\s*:)",
+    re.IGNORECASE,
+)
+_LEAK = re.compile(r"\\boxed|the answer is|answer\s*[:=]|\bsolution\s*:", re.IGNORECASE)
+
+
+def parse_problem(raw: str) -> tuple[str | None, str | None]:
+    """(problem text, None) or (None, drop reason) for one generator reply. Never raises."""
+    text = (raw or "").replace("\r\n", "\n").strip()
+    if not text:
+        return None, "empty"
+    label = _LABEL.search(text)
+    fence = _FENCE.search(text)
+    if label:
+        body = text[label.end():]
+    elif fence:
+        body = fence.group(1)
+    else:
+        body = text
+    body = body.lstrip(" \t*_`:\n")
+    stop = _STOP.search(body)
+    if stop:
+        body = body[: stop.start()]
+    body = re.sub(r"\s+", " ", body.strip(" \t\n*_`\"")).strip()
+    if not body:
+        return None, "empty"
+    if len(body) < MIN_CHARS or len(body.split()) < MIN_WORDS or len(body) > MAX_CHARS:
+        return None, "malformed"
+    if _LEAK.search(body):
+        return None, "malformed"
+    return body, None
+
+
+def normalize_problem(text: str) -> str:
+    """Lowercase alphanumeric words only: what 'the same problem' means for deduplication."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _near(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    wa, wb = set(a.split()), set(b.split())
+    if not wa or not wb:
+        return False
+    return len(wa & wb) / len(wa | wb) >= NEAR_DUPLICATE_JACCARD
+
+
+def dedupe(problems: list[GeneratedProblem], existing_texts: Iterable[str]) -> list[GeneratedProblem]:
+    """Mark near-duplicates `dropped='duplicate'` (in place, and returned), against the existing
+    texts and against earlier kept problems of the same list. Already-dropped items are skipped."""
+    seen = [n for n in (normalize_problem(t) for t in existing_texts) if n]
+    for p in problems:
+        if p.dropped or p.text is None:
+            continue
+        norm = normalize_problem(p.text)
+        if any(_near(norm, s) for s in seen):
+            p.dropped = "duplicate"
+            p.text = None
+        else:
+            seen.append(norm)
+    return problems
+
+
+def choose_generators(members: list[str], cfg: Config, rng: Any) -> list[str]:
+    """The Q-Group: a random subset of `generators_per_step` members when `random_qgen` is on
+    (paper: random generator selection), else every member."""
+    if not cfg.ablations.random_qgen:
+        return list(members)
+    k = min(cfg.protocol.generators_per_step, len(members))
+    return rng.sample(list(members), k)
+
+
+@lru_cache(maxsize=8)
+def _read_pool(name: str) -> tuple[dict, ...]:
+    path = DATA_DIR / f"{name}.jsonl"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.exists():
+        known = ", ".join(sorted(p.stem for p in DATA_DIR.glob("*.jsonl")))
+        raise EvaluationError(f"unknown seed pool {name!r}; set protocol.seed_pool to one of: {known}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise EvaluationError(f"{path}:{i}: not JSON ({e.msg})") from None
+    return tuple(rows)
+
+
+def load_seed_pool(name: str) -> list[dict]:
+    """Rows (id, problem, answer, ...) of `agora_cli/data/<name>.jsonl`."""
+    return list(_read_pool(name))
+
+
+def sample_seeds(pool: list[dict], k: int, rng: Any) -> list[dict]:
+    """k distinct seed rows (fewer when the pool is smaller)."""
+    return rng.sample(pool, min(k, len(pool))) if k > 0 else []
+
+
+async def _one(ctx: Ctx, member: str, difficulty: float, seeds: list[dict]) -> GeneratedProblem:
+    shown = [{"id": s.get("id"), "problem": s["problem"], "answer": s.get("answer")} for s in seeds]
+    try:
+        result = await chat_role(ctx, member, "generate", difficulty=difficulty, seeds=shown)
+    except REQUEST_ERRORS:
+        return GeneratedProblem(text=None, raw="", author=member, dropped="request_failed")
+    text, reason = parse_problem(result.text)
+    return GeneratedProblem(text=text, raw=result.text, author=member, dropped=reason)
+
+
+async def generate_problems(
+    ctx: Ctx, member: str, difficulty: float, seeds: list[dict], n: int
+) -> list[GeneratedProblem]:
+    """n concurrent generation requests to `member`; one GeneratedProblem per request, in order.
+
+    Copies of a shown seed and repeats within the batch are marked duplicate here; pass the run's
+    earlier problems through `dedupe` to drop repeats across generators and steps.
+    """
+    problems = await asyncio.gather(*(_one(ctx, member, difficulty, seeds) for _ in range(n)))
+    return dedupe(list(problems), (s["problem"] for s in seeds))

@@ -1,0 +1,131 @@
+"""Prompt templates: one Jinja file per role under `prompts/` (or `cfg.prompts_dir`).
+
+A template defines two blocks, `system` and `user`; `render` returns them as chat messages.
+Every system block starts with a marker line `[agora:role=<role>]` so logs and the fake test server
+can tell the roles apart (render adds it when a custom template leaves it out).
+
+Model output is data: problems, solutions and explanations written by models only ever enter a
+template as variables, and Jinja never re-renders a variable's value as template source. Templates
+run with StrictUndefined, and `validate` (called once at start) rejects a template that uses a
+variable its role does not provide, even inside a branch the sample render does not take.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from agora_cli.errors import PromptError
+from agora_cli.paths import PROMPTS_DIR
+
+_SEED = {"id": "seed/0", "problem": "Tom has 3 apples and buys 4 more. How many now?", "answer": "7"}
+_EXAMPLE = {
+    "problem": "Ann has 2 pens and buys 5 more. How many pens does she have?",
+    "solution": "2 + 5 = 7, so \\boxed{7}",
+    "explanation": "Adding the purchase to the starting amount gives the total.",
+}
+
+# The variables each role's template may use, with sample values for `validate`. A role's sample
+# sets are rendered in turn (e.g. solve with and without few-shot examples).
+ROLE_VARIABLES: dict[str, list[dict[str, Any]]] = {
+    "generate": [{"difficulty": 1.0, "seeds": [_SEED]}, {"difficulty": 7.5, "seeds": []}],
+    "solve": [
+        {"problem": _SEED["problem"], "examples": [_EXAMPLE]},
+        {"problem": _SEED["problem"], "examples": [{**_EXAMPLE, "explanation": None}]},
+        {"problem": _SEED["problem"], "examples": []},
+    ],
+    "verify": [{"problem": _SEED["problem"], "solution": "3 + 4 = 7. \\boxed{7}",
+                "delimiter": "Q7F3"}],
+    "vote": [{"problem": _SEED["problem"], "solution_a": "3+4=7 \\boxed{7}",
+              "solution_b": "7 \\boxed{7}", "delimiter": "Q7F3"}],
+    "explain": [{"problem": _SEED["problem"], "solution": "3 + 4 = 7. \\boxed{7}"}],
+    "evaluate": [{"problem": _SEED["problem"]}],
+}
+ROLES = tuple(ROLE_VARIABLES)
+
+
+def role_marker(role: str) -> str:
+    return f"[agora:role={role}]"
+
+
+class Prompts:
+    """The prompt templates of one run. Construct once, `validate()` at start, `render` per call."""
+
+    def __init__(self, prompts_dir: Path | str | None = None):
+        self.dir = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
+        # Sandboxed: templates may come from a user's prompts_dir; autoescape off (plain text).
+        self.env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.dir)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+        )
+        self._cache: dict[str, jinja2.Template] = {}
+
+    def path(self, role: str) -> Path:
+        return self.dir / f"{role}.jinja"
+
+    def _template(self, role: str) -> jinja2.Template:
+        if role not in ROLE_VARIABLES:
+            raise PromptError(f"unknown prompt role {role!r}; known roles: {', '.join(ROLES)}")
+        if role not in self._cache:
+            path = self.path(role)
+            if not path.exists():
+                raise PromptError(
+                    f"prompt template {path} is missing; copy it from {PROMPTS_DIR} or fix "
+                    "prompts_dir in the config"
+                )
+            try:
+                self._cache[role] = self.env.get_template(f"{role}.jinja")
+            except jinja2.TemplateSyntaxError as e:
+                raise PromptError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+        return self._cache[role]
+
+    def validate(self) -> None:
+        """Check every role: present, parses, uses only its variables, renders its samples."""
+        problems: list[str] = []
+        for role, samples in ROLE_VARIABLES.items():
+            try:
+                tmpl = self._template(role)
+                if "user" not in tmpl.blocks:
+                    raise PromptError(f"{self.path(role)}: defines no {{% block user %}}")
+                source = self.path(role).read_text(encoding="utf-8")
+                used = meta.find_undeclared_variables(self.env.parse(source))
+                unknown = sorted(used - set(samples[0]))
+                if unknown:
+                    raise PromptError(
+                        f"{self.path(role)}: uses undefined variable(s) {', '.join(unknown)}; "
+                        f"the {role} role provides: {', '.join(sorted(samples[0]))}"
+                    )
+                for variables in samples:
+                    self.render(role, **variables)
+            except PromptError as e:
+                problems.append(str(e))
+        if problems:
+            raise PromptError("invalid prompt templates:\n  " + "\n  ".join(problems))
+
+    def render(self, role: str, **variables: Any) -> list[dict[str, str]]:
+        """Chat messages for `role`: [system?, user]. Raises PromptError on a missing variable."""
+        tmpl = self._template(role)
+        try:
+            ctx = tmpl.new_context(variables)
+            parts = {
+                name: "".join(tmpl.blocks[name](ctx)).strip()
+                for name in ("system", "user")
+                if name in tmpl.blocks
+            }
+        except jinja2.UndefinedError as e:
+            raise PromptError(
+                f"{self.path(role)}: {e.message}; the {role} role provides: "
+                f"{', '.join(sorted(ROLE_VARIABLES[role][0]))}"
+            ) from None
+        if "user" not in parts:
+            raise PromptError(f"{self.path(role)}: defines no {{% block user %}}")
+        system = parts.get("system", "")
+        if role_marker(role) not in system:
+            system = (role_marker(role) + "\n" + system).strip()
+        return [{"role": "system", "content": system}, {"role": "user", "content": parts["user"]}]

@@ -1,0 +1,50 @@
+"""R-Group: solution formulation (DESIGN.md protocol step 2).
+
+Every member solves every problem with chain-of-thought ending in \\boxed{}; its prompt carries the
+elite history H_t as few-shot examples (none when `ablations.elite_icl` is off; each example's
+self-explanation only when `ablations.explanation` is on). A reply with no extractable answer is a
+failed attempt (answer None), and a request that fails after retries is a SolutionDraft with
+`error` set: model garbage or a dead endpoint never raises here.
+"""
+
+from __future__ import annotations
+
+from agora_cli.config import Config
+from agora_cli.protocol.answers import extract_answer
+from agora_cli.protocol.common import REQUEST_ERRORS, chat_role, error_text
+from agora_cli.protocol.types import Ctx, EliteExample, SolutionDraft
+
+
+def few_shot(cfg: Config, elite: list[EliteExample]) -> list[dict[str, str | None]]:
+    """The `examples` variable of the solve prompt, honouring elite_icl and explanation."""
+    if not cfg.ablations.elite_icl:
+        return []
+    return [
+        {
+            "problem": e.problem,
+            "solution": e.solution,
+            "explanation": e.explanation if cfg.ablations.explanation else None,
+        }
+        for e in elite
+    ]
+
+
+async def solve(ctx: Ctx, member: str, problem: str, elite: list[EliteExample]) -> SolutionDraft:
+    """One chain-of-thought solution of `problem` by `member`, with H_t as few-shot examples."""
+    try:
+        result = await chat_role(
+            ctx, member, "solve", problem=problem, examples=few_shot(ctx.cfg, elite)
+        )
+    except REQUEST_ERRORS as exc:
+        return SolutionDraft(
+            member=member, text="", answer=None, prompt_tokens=0, completion_tokens=0,
+            latency_s=0.0, error=error_text(exc),
+        )
+    return SolutionDraft(
+        member=member,
+        text=result.text,
+        answer=extract_answer(result.text),
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        latency_s=result.latency_s,
+    )

@@ -1,0 +1,77 @@
+"""Quality recognition with TrueSkill (DESIGN.md protocol step 4).
+
+For each pair of correct solutions to one problem, every R-Group member votes which reasoning is
+better; each vote is a 1-vs-1 game between the two authors (no draws). Presentation order is
+randomised per vote against position bias, and the winner is mapped back to the caller's (a, b).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import trueskill
+
+from agora_cli.protocol.common import REQUEST_ERRORS, chat_role, delimiter, error_text
+from agora_cli.protocol.types import Ctx, Vote
+
+_VOTE_LINE = re.compile(
+    r"^[\s>*#_`\-]*(?:(?:final\s+)?(?:answer|winner|verdict|vote|choice|better)[\s*_`]*[:\-=][\s*_`]*)?"
+    r"(?:(?:solution|option)\s+)?[(\[]?([AB])[)\]]?[\s*_`]*(?:$|[.!:,;\-–—]|\s[-–—:(]|\s(?:is\s+better))",
+    re.IGNORECASE,
+)
+
+
+def parse_vote(reply: str, token: str | None = None) -> Literal["a", "b"] | None:
+    """'a'/'b' from the reply's last choice line (as shown), None when there is none."""
+    text = reply or ""
+    if token:
+        text = re.sub(rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)} [AB]|\Z)", "",
+                      text, flags=re.DOTALL)
+    choice = None
+    for line in text.splitlines():
+        m = _VOTE_LINE.match(line)
+        if m:
+            choice = m.group(1).lower()
+    return choice  # type: ignore[return-value]
+
+
+async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: str) -> Vote:
+    """`voter`'s preference between two solutions; `winner` refers to the arguments' order."""
+    swapped = ctx.rng.random() < 0.5
+    shown_a, shown_b = (solution_b, solution_a) if swapped else (solution_a, solution_b)
+    token = delimiter(ctx.rng, problem, solution_a, solution_b)
+    try:
+        result = await chat_role(
+            ctx, voter, "vote", problem=problem, solution_a=shown_a, solution_b=shown_b,
+            delimiter=token,
+        )
+    except REQUEST_ERRORS as exc:
+        return Vote(voter=voter, winner=None, raw="", error=error_text(exc))
+    shown = parse_vote(result.text, token)
+    winner: Literal["a", "b"] | None = shown
+    if shown is not None and swapped:
+        winner = "b" if shown == "a" else "a"
+    return Vote(voter=voter, winner=winner, raw=result.text, latency_s=result.latency_s)
+
+
+def make_env() -> trueskill.TrueSkill:
+    """A TrueSkill environment with the library defaults and no draws (every vote picks one)."""
+    return trueskill.TrueSkill(draw_probability=0.0)
+
+
+def new_rating(env: trueskill.TrueSkill) -> trueskill.Rating:
+    return env.create_rating()
+
+
+def apply_vote(
+    env: trueskill.TrueSkill, ratings: dict[str, trueskill.Rating], winner_member: str,
+    loser_member: str,
+) -> None:
+    """Update both authors' ratings in place after one vote. Same-author pairs change nothing
+    (a member cannot gain or lose rating against itself)."""
+    if winner_member == loser_member:
+        return
+    w = ratings.get(winner_member) or new_rating(env)
+    lo = ratings.get(loser_member) or new_rating(env)
+    ratings[winner_member], ratings[loser_member] = env.rate_1vs1(w, lo, drawn=False)
