@@ -1,0 +1,193 @@
+"""Answer grading with `math-verify`, in worker processes with a hard per-item deadline.
+
+math-verify's own timeouts use `signal.alarm`, which only works on a process's main thread (and
+the evaluator and the anchor grade from threads). So each worker calls it with its timeouts
+disabled, and the parent enforces the deadline: an item that is not graded in `timeout_s` counts
+as wrong, and the worker process stuck on it is killed and replaced. The grader itself survives.
+
+Each worker is a one-process `concurrent.futures.ProcessPoolExecutor` (forkserver context): with a
+single worker per executor, killing a stuck item's process costs only that slot, never the other
+in-flight items, and needs no private executor internals (the worker's pid is asked for once).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+GradeFn = Callable[[str, str], bool]
+
+_WORKER_START_TIMEOUT_S = 120.0
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _quiet() -> None:
+    # math-verify warns once per process that its timeout is disabled; that is deliberate here.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _parse(text: str) -> list:
+    from math_verify import parse
+
+    parsed = parse(text, parsing_timeout=None)  # type: ignore[arg-type]
+    if not parsed and "$" not in text and "\\boxed" not in text:
+        # A bare LaTeX answer ("[2,5)", "\frac12") is only found inside math delimiters.
+        parsed = parse(f"${text}$", parsing_timeout=None)  # type: ignore[arg-type]
+    return parsed
+
+
+def grade_pair(pred: str, gold: str) -> bool:
+    """True when the final answer in `pred` (chain-of-thought text or a bare answer) equals `gold`.
+
+    Runs math-verify with its signal-based timeouts off: call it only inside a `Grader` worker.
+    """
+    from math_verify import verify
+
+    _quiet()
+    if not pred or not pred.strip():
+        return False
+    gold_parsed = _parse(gold if "$" in gold or "\\boxed" in gold else f"${gold}$")
+    if not gold_parsed:
+        gold_parsed = _parse(gold)
+    pred_parsed = _parse(pred)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))  # type: ignore[arg-type]
+
+
+def _worker_ready() -> int:
+    """Import math-verify (sympy) once, before any deadline runs, and report the worker's pid."""
+    import math_verify  # noqa: F401
+
+    _quiet()
+    return os.getpid()
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+@dataclass
+class _Slot:
+    executor: ProcessPoolExecutor
+    pid: int
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+        # Workers fork from a server that has already imported sympy: a replacement is cheap.
+        ctx.set_forkserver_preload(["math_verify"])
+        return ctx
+    except ValueError:  # pragma: no cover - platforms without forkserver
+        return multiprocessing.get_context("spawn")
+
+
+class Grader:
+    """Grades (prediction, gold) pairs in `workers` processes, each item within `timeout_s`.
+
+    Use as a context manager, or call `close()`. Thread-safe (calls are serialised).
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, fn: GradeFn = grade_pair):
+        if workers < 1 or timeout_s <= 0:
+            raise ValueError("Grader needs workers >= 1 and timeout_s > 0")
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.fn = fn
+        self.timeouts = 0  # items that hit the deadline (counted wrong)
+        self.errors = 0  # items whose grading raised (counted wrong)
+        self._slots: list[_Slot] = []
+        self._ctx = _mp_context()
+        self._lock = threading.Lock()
+
+    def _new_slot(self) -> _Slot:
+        ex = ProcessPoolExecutor(max_workers=1, mp_context=self._ctx)
+        pid = ex.submit(_worker_ready).result(timeout=_WORKER_START_TIMEOUT_S)
+        return _Slot(ex, pid)
+
+    def grade(self, pred: str, gold: str) -> bool:
+        """Grade one pair."""
+        return self.grade_many([(pred, gold)])[0]
+
+    def grade_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """Grade every pair; results in input order. Timeouts and errors count as False."""
+        with self._lock:
+            return self._grade_many(list(pairs))
+
+    def _grade_many(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        results: list[bool] = [False] * len(pairs)
+        if not pairs:
+            return results
+        while len(self._slots) < min(self.workers, len(pairs)):
+            self._slots.append(self._new_slot())
+        todo = list(range(len(pairs)))[::-1]  # popped from the end: input order
+        free = list(range(len(self._slots)))
+        running: dict[Future, tuple[int, int, float]] = {}  # future -> (item, slot, deadline)
+        while todo or running:
+            while todo and free:
+                i, s = todo.pop(), free.pop()
+                fut = self._slots[s].executor.submit(self.fn, *pairs[i])
+                running[fut] = (i, s, time.monotonic() + self.timeout_s)
+            next_deadline = min(d for _, _, d in running.values())
+            done, _ = wait(
+                list(running), timeout=max(0.0, next_deadline - time.monotonic()),
+                return_when=FIRST_COMPLETED,
+            )
+            for fut in done:
+                i, s, _ = running.pop(fut)
+                try:
+                    results[i] = bool(fut.result())
+                except BrokenProcessPool:  # the worker died (e.g. out of memory): replace it
+                    self.errors += 1
+                    self._slots[s].kill()
+                    self._slots[s] = self._new_slot()
+                except Exception:  # noqa: BLE001 - a grading crash is a wrong answer, not a crash
+                    self.errors += 1
+                free.append(s)
+            now = time.monotonic()
+            for fut, (_, s, deadline) in list(running.items()):
+                if deadline <= now and not fut.done():
+                    # Hard deadline: the item is wrong, its worker is killed and replaced.
+                    running.pop(fut)
+                    self.timeouts += 1
+                    self._slots[s].kill()
+                    self._slots[s] = self._new_slot()
+                    free.append(s)
+        return results
+
+    def close(self) -> None:
+        """Stop every worker process."""
+        with self._lock:
+            for slot in self._slots:
+                slot.kill()
+            self._slots.clear()
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close() must not leave processes behind
+        try:
+            for slot in self._slots:
+                slot.kill()
+        except Exception:  # noqa: BLE001
+            pass
