@@ -1,0 +1,52 @@
+"""External anchoring (protocol step 7): score every member on a held-out calibration set.
+
+The calibration set is a fixed seeded subset of a TEST split (`cfg.evaluation.calibration`,
+`calibration_size` items) with anything also in the seed pool removed, so the anchor measures the
+group against ground truth it never saw. The loop calls `run_anchor` every
+`protocol.anchor_every` steps and stores the scores in the `anchors` table; Eq. 2's surprise and
+the dynamic strategy read them from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from agora_cli.client import ClientPool
+from agora_cli.config import Config
+from agora_cli.evaluation.benchmarks import calibration_set
+from agora_cli.evaluation.evaluate import (
+    MAJORITY,
+    accuracy,
+    answer_items,
+    greedy_sampling,
+    majority_rows,
+)
+from agora_cli.evaluation.grading import Grader
+from agora_cli.protocol.prompts import Prompts
+
+
+async def run_anchor(
+    pool: ClientPool, cfg: Config, prompts: Prompts, step: int
+) -> dict[str, tuple[float, int]]:
+    """{member or '@majority': (pass@1, n graded)} on the calibration set at `step`.
+
+    A request that fails after retries is left out of `n` (the score is over what was graded);
+    `@majority` covers the items every member answered.
+    """
+    ev = cfg.evaluation
+    items = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
+    members = [m.name for m in cfg.members]
+    sampling = greedy_sampling(ev.sampling) if ev.greedy else ev.sampling
+    jobs = [(m, it) for it in items for m in members]
+    loop = asyncio.get_running_loop()
+    grader = Grader(ev.grade_workers, ev.grade_timeout_s)
+    try:
+        rows = await answer_items(
+            pool, prompts, sampling, grader, jobs, model_of=lambda m: pool.resolve(m).model
+        )
+        # Grading off the event loop: the grader blocks until its workers answer.
+        rows += await loop.run_in_executor(None, majority_rows, rows, members, items, grader)
+    finally:
+        await loop.run_in_executor(None, grader.close)
+    scores = accuracy(rows).get(ev.calibration, {})
+    return {name: scores.get(name, (0.0, 0)) for name in [*members, MAJORITY]}

@@ -1,0 +1,327 @@
+"""pass@1 evaluation: one chain-of-thought sample per problem (Eq. 5), per member and `@majority`.
+
+`evaluate` asks every (member, item) pair that is not yet in the results file, grades each reply
+with math-verify (off the event loop, in the grader's worker processes), and appends one JSON line
+per graded item to `<out>/results.jsonl` as soon as it is graded. An interrupted evaluation
+therefore resumes without re-asking or re-grading anything: a row's key is
+(member, benchmark, item id, model name), so results of another adapter version never count.
+
+`@majority` is the ensemble's answer: the most common extracted final answer across the members
+(answers compared with `answers_match`), ties broken by member order, graded like any reply.
+The external anchor (`anchor.py`) reuses `answer_items` and `majority_rows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agora_cli.client import ClientPool
+from agora_cli.config import Sampling
+from agora_cli.errors import EvaluationError
+from agora_cli.evaluation.benchmarks import Item
+from agora_cli.evaluation.grading import Grader
+from agora_cli.events import NULL_BUS, EventBus
+from agora_cli.protocol.answers import answers_match, extract_answer
+from agora_cli.protocol.prompts import Prompts
+
+MAJORITY = "@majority"
+_GRADE_BATCH = 16
+
+
+@dataclass
+class ItemResult:
+    """One graded answer: a member's reply to one benchmark item (or the majority answer)."""
+
+    member: str
+    benchmark: str
+    item_id: str
+    model: str
+    reply: str
+    answer: str | None
+    gold: str
+    correct: bool
+    adapter_version: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.member, self.benchmark, self.item_id, self.model)
+
+
+def greedy_sampling(sampling: Sampling) -> Sampling:
+    """Greedy decoding with the same length budget."""
+    return Sampling(temperature=0.0, top_p=1.0, max_tokens=sampling.max_tokens)
+
+
+# --------------------------------------------------------------------------- asking + grading
+
+
+async def answer_items(
+    pool: ClientPool,
+    prompts: Prompts,
+    sampling: Sampling,
+    grader: Grader,
+    jobs: list[tuple[str, Item]],
+    *,
+    model_of: Callable[[str], str],
+    version_of: Callable[[str], int] = lambda m: 0,
+    on_result: Callable[[ItemResult], None] | None = None,
+) -> list[ItemResult]:
+    """Ask each (member, item) once and grade the replies; `on_result` sees each graded result.
+
+    A request that fails after the pool's retries gives a result with `error` set and
+    `correct=False`. Grading runs in a thread (the grader's deadline needs no signals) while the
+    next replies arrive, so the models never wait for the grader.
+    """
+    queue: asyncio.Queue[ItemResult | None] = asyncio.Queue()
+    results: list[ItemResult] = []
+    loop = asyncio.get_running_loop()
+
+    async def ask(member: str, item: Item) -> None:
+        messages = prompts.render("evaluate", problem=item.problem)
+        model = model_of(member)
+        try:
+            res = await pool.chat(member, messages, sampling, role="evaluate")
+        except Exception as e:  # noqa: BLE001 - recorded per item; the caller decides
+            await queue.put(
+                ItemResult(member, item.benchmark, item.id, model, "", None, item.answer, False,
+                           version_of(member), error=f"{type(e).__name__}: {e}")
+            )
+            return
+        await queue.put(
+            ItemResult(
+                member, item.benchmark, item.id, model, res.text, extract_answer(res.text),
+                item.answer, False, version_of(member), res.completion_tokens,
+                round(res.latency_s, 3),
+            )
+        )
+
+    async def grade_loop() -> None:
+        finished = False
+        while not finished:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < _GRADE_BATCH:
+                batch.append(queue.get_nowait())
+            if None in batch:
+                finished = True
+                batch = [r for r in batch if r is not None]
+            todo = [r for r in batch if r.error is None]
+            pairs = [(r.reply, r.gold) for r in todo]
+            verdicts = await loop.run_in_executor(None, grader.grade_many, pairs) if pairs else []
+            for r, ok in zip(todo, verdicts, strict=True):
+                r.correct = ok
+            for r in batch:
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+
+    grading = asyncio.create_task(grade_loop())
+    try:
+        await asyncio.gather(*(ask(m, it) for m, it in jobs))
+    finally:
+        await queue.put(None)
+        await grading
+    return results
+
+
+def majority_answer(answers: list[str | None]) -> str | None:
+    """The most common answer (equivalence by `answers_match`); ties go to the earliest answer.
+
+    `answers` is in member order, so the tie-break is deterministic. None (no answer) never wins.
+    """
+    groups: list[list[str]] = []
+    for a in answers:
+        if a is None or not a.strip():
+            continue
+        for g in groups:
+            if answers_match(g[0], a):
+                g.append(a)
+                break
+        else:
+            groups.append([a])
+    if not groups:
+        return None
+    best = max(len(g) for g in groups)
+    return next(g[0] for g in groups if len(g) == best)  # first group of max size: member order
+
+
+def majority_rows(
+    rows: list[ItemResult], members: list[str], items: list[Item], grader: Grader
+) -> list[ItemResult]:
+    """`@majority` results for every item that each member in `members` has answered."""
+    by_key = {(r.member, r.benchmark, r.item_id): r for r in rows}
+    out: list[ItemResult] = []
+    for it in items:
+        per_member = [by_key.get((m, it.benchmark, it.id)) for m in members]
+        if any(r is None or r.error for r in per_member):
+            continue
+        answer = majority_answer([r.answer for r in per_member])  # type: ignore[union-attr]
+        model = "+".join(r.model for r in per_member)  # type: ignore[union-attr]
+        out.append(ItemResult(MAJORITY, it.benchmark, it.id, model, answer or "", answer,
+                              it.answer, False))
+    graded = grader.grade_many([(r.answer or "", r.gold) for r in out])
+    for r, ok in zip(out, graded, strict=True):
+        r.correct = ok and r.answer is not None
+    return out
+
+
+def accuracy(rows: list[ItemResult]) -> dict[str, dict[str, tuple[float, int]]]:
+    """{benchmark: {member: (pass@1, n)}} over `rows` (errors excluded)."""
+    tally: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        if r.error:
+            continue
+        t = tally.setdefault(r.benchmark, {}).setdefault(r.member, [0, 0])
+        t[0] += int(r.correct)
+        t[1] += 1
+    return {
+        b: {m: (c / n if n else 0.0, n) for m, (c, n) in per.items()} for b, per in tally.items()
+    }
+
+
+# --------------------------------------------------------------------------- the results file
+
+
+def read_results(path: Path) -> list[ItemResult]:
+    """Rows of a results file; a torn last line (killed writer) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(ItemResult(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return rows
+
+
+class _Appender:
+    """Appends one JSON line per result and flushes it, so a kill loses at most the line in flight."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A killed writer can leave a torn last line; start ours on a fresh line.
+        if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            with path.open("a", encoding="utf-8") as f:
+                f.write("\n")
+        self._f = path.open("a", encoding="utf-8", buffering=1)
+
+    def __call__(self, r: ItemResult) -> None:
+        if r.error is None:  # failed requests are asked again on the next run
+            self._f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# --------------------------------------------------------------------------- one evaluation
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate` did: scores per benchmark and member, plus bookkeeping."""
+
+    out_dir: Path
+    scores: dict[str, dict[str, tuple[float, int]]]
+    asked: int
+    reused: int
+    failed: int
+    models: dict[str, str]
+    versions: dict[str, int]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scores": {
+                b: {m: {"score": s, "n": n} for m, (s, n) in per.items()}
+                for b, per in self.scores.items()
+            },
+            "models": self.models,
+            "adapter_versions": self.versions,
+            "asked": self.asked,
+            "reused": self.reused,
+            "failed": self.failed,
+        }
+
+
+async def evaluate(
+    pool: ClientPool,
+    prompts: Prompts,
+    members: list[str],
+    items: dict[str, list[Item]],
+    sampling: Sampling,
+    grader: Grader,
+    out_dir: Path,
+    *,
+    versions: dict[str, int] | None = None,
+    meta: dict[str, Any] | None = None,
+    bus: EventBus = NULL_BUS,
+) -> EvalReport:
+    """Evaluate `members` on `items` ({benchmark: items}), resuming from `out_dir/results.jsonl`.
+
+    Writes `results.jsonl` (one line per graded item, members and `@majority`) and `summary.json`.
+    Raises EvaluationError after writing what it could when some requests failed after retries.
+    """
+    if not members:
+        raise EvaluationError("no members to evaluate; check --members")
+    versions = {m: (versions or {}).get(m, 0) for m in members}
+    models = {m: pool.resolve(m).model for m in members}
+    path = out_dir / "results.jsonl"
+    previous = read_results(path)
+    done = {r.key for r in previous}
+    all_items = [it for b in items for it in items[b]]
+    jobs = [
+        (m, it) for it in all_items for m in members
+        if (m, it.benchmark, it.id, models[m]) not in done
+    ]
+    bus.emit("phase_started", phase="evaluate", step=None, n=len(jobs))
+    t0 = time.perf_counter()
+    appender = _Appender(path)
+    try:
+        fresh = await answer_items(
+            pool, prompts, sampling, grader, jobs,
+            model_of=models.__getitem__, version_of=versions.__getitem__, on_result=appender,
+        )
+        current = {(m, it.benchmark, it.id, models[m]) for m, it in
+                   ((m, it) for it in all_items for m in members)}
+        rows = [r for r in previous + fresh if r.key in current and r.error is None]
+        if len(members) > 1:
+            maj_model = "+".join(models[m] for m in members)
+            have = {r.key for r in previous if r.member == MAJORITY}
+            todo = [it for it in all_items if (MAJORITY, it.benchmark, it.id, maj_model) not in have]
+            new_maj = await asyncio.get_running_loop().run_in_executor(
+                None, majority_rows, rows, members, todo, grader
+            )
+            for r in new_maj:
+                appender(r)
+            maj_keys = {(MAJORITY, it.benchmark, it.id, maj_model) for it in all_items}
+            rows += [r for r in previous + new_maj if r.member == MAJORITY and r.key in maj_keys]
+    finally:
+        appender.close()
+    failed = [r for r in fresh if r.error]
+    scores = accuracy(rows)
+    for b, per in scores.items():
+        for m, (s, n) in per.items():
+            bus.emit("validation_score", step=None, member=m, benchmark=b, score=s, n=n)
+    bus.emit("phase_finished", phase="evaluate", step=None, n=len(jobs),
+             wall_s=round(time.perf_counter() - t0, 3))
+    report = EvalReport(out_dir, scores, len(jobs), len(all_items) * len(members) - len(jobs),
+                        len(failed), models, versions)
+    summary = {**(meta or {}), **report.summary(), "written_at": time.time()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    if failed:
+        example = failed[0]
+        raise EvaluationError(
+            f"{len(failed)} of {len(jobs)} requests failed after retries (e.g. {example.member} on "
+            f"{example.benchmark} {example.item_id}: {example.error}); results so far are in "
+            f"{path}; re-run the same command to ask only the missing items"
+        )
+    return report

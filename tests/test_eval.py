@@ -1,0 +1,175 @@
+"""pass@1 evaluation and the external anchor against a scripted fake OpenAI server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agora_cli.client import ClientPool, MemberLimits
+from agora_cli.config import Sampling, config_from_dict
+from agora_cli.evaluation.anchor import run_anchor
+from agora_cli.evaluation.benchmarks import (
+    calibration_set,
+    load_benchmark,
+    load_seed_pool,
+    subset,
+)
+from agora_cli.evaluation.evaluate import MAJORITY, evaluate, majority_answer, read_results
+from agora_cli.evaluation.grading import Grader
+from agora_cli.protocol.prompts import Prompts
+from agora_cli.serving.base import Endpoint
+from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
+
+MEMBERS = ["alice", "bob", "carol"]
+# Which items (by position in the evaluated subset) each member answers correctly. Wrong answers
+# are gold + 1 for everyone, so the majority is right exactly when two of three are right.
+RIGHT = {"alice": {0, 1, 2, 3}, "bob": {0, 1, 4}, "carol": {0, 5}}
+
+
+def make_responder(items, right=RIGHT):
+    """Answer the evaluate role: correct on `right[model]`, else gold + 1, always in \\boxed{}."""
+    index = {it.problem: (i, it.answer) for i, it in enumerate(items)}
+
+    def solve(req: Request) -> str | Reply:
+        problem = req.user.split("Problem:", 1)[1].rsplit("Solution:", 1)[0].strip()
+        i, gold = index[problem]
+        ans = gold if i in right[req.model] else str(int(gold) + 1)
+        return f"Let me think step by step. The total is {ans}.\n\\boxed{{{ans}}}"
+
+    return scripted({"evaluate": solve})
+
+
+def make_pool(url: str, members=MEMBERS) -> ClientPool:
+    return ClientPool(
+        resolve=lambda m: Endpoint(url, model=m),
+        limits={m: MemberLimits(max_concurrency=4, timeout_s=30) for m in members},
+    )
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=2, timeout_s=10) as g:
+        yield g
+
+
+def test_subsets_are_fixed_and_seeded() -> None:
+    items = load_benchmark("gsm8k")
+    a, b = subset(items, 6), subset(items, 6)
+    assert [it.id for it in a] == [it.id for it in b]
+    assert len(a) == 6 and len({it.id for it in a}) == 6
+    assert [it.id for it in a] != [it.id for it in items[:6]]  # seeded sample, not the head
+    assert subset(items, None) == items
+
+
+def test_calibration_set_is_test_split_and_disjoint_from_seed_pool() -> None:
+    cal = calibration_set("gsm8k", 50, "gsm8k_train")
+    assert len(cal) == 50
+    assert cal == calibration_set("gsm8k", 50, "gsm8k_train")  # fixed
+    seed = load_seed_pool("gsm8k_train")
+    seed_ids = {it.id for it in seed}
+    seed_texts = {" ".join(it.problem.lower().split()) for it in seed}
+    test_ids = {it.id for it in load_benchmark("gsm8k")}
+    for it in cal:
+        assert it.id in test_ids and it.id not in seed_ids
+        assert " ".join(it.problem.lower().split()) not in seed_texts
+
+
+def test_majority_answer_groups_equivalents_and_breaks_ties_by_member_order() -> None:
+    assert majority_answer(["18", "1,000", "1000"]) == "1,000"
+    assert majority_answer(["7", "8"]) == "7"
+    assert majority_answer(["8", "7"]) == "8"
+    assert majority_answer([None, "3", None]) == "3"
+    assert majority_answer([None, None]) is None
+    assert majority_answer(["2", "3", "3", "2"]) == "2"
+
+
+async def test_evaluate_exact_accuracy_per_member_and_majority(tmp_path: Path, grader) -> None:
+    items = subset(load_benchmark("gsm8k"), 6)
+    with FakeOpenAI(make_responder(items)) as fake:
+        pool = make_pool(fake.url)
+        report = await evaluate(
+            pool, Prompts(), MEMBERS, {"gsm8k": items}, Sampling(max_tokens=64), grader, tmp_path
+        )
+        await pool.aclose()
+        assert len(fake.requests_for("evaluate")) == 18
+        sent = fake.requests_for("evaluate")[0].body
+        assert sent["temperature"] == 0.6 and sent["top_p"] == 0.95  # Eq. 5 defaults
+
+    s = report.scores["gsm8k"]
+    assert s["alice"] == (4 / 6, 6)
+    assert s["bob"] == (3 / 6, 6)
+    assert s["carol"] == (2 / 6, 6)
+    assert s[MAJORITY] == (2 / 6, 6)  # items 0 and 1 have two or more right answers
+
+    rows = read_results(tmp_path / "results.jsonl")
+    assert len(rows) == 18 + 6
+    by = {(r.member, r.item_id): r for r in rows}
+    first = items[0]
+    assert by[("alice", first.id)].answer == first.answer and by[("alice", first.id)].correct
+    assert by[("alice", first.id)].gold == first.answer
+    assert "\\boxed" in by[("alice", first.id)].reply
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["scores"]["gsm8k"]["bob"] == {"score": 0.5, "n": 6}
+
+
+async def test_evaluate_resumes_without_reasking(tmp_path: Path, grader) -> None:
+    items = subset(load_benchmark("gsm8k"), 6)
+    with FakeOpenAI(make_responder(items)) as fake:
+        pool = make_pool(fake.url)
+        await evaluate(pool, Prompts(), MEMBERS, {"gsm8k": items[:3]}, Sampling(), grader, tmp_path)
+        assert len(fake.requests) == 9
+        fake.clear()
+        report = await evaluate(
+            pool, Prompts(), MEMBERS, {"gsm8k": items}, Sampling(), grader, tmp_path
+        )
+        await pool.aclose()
+        # Only the three new items were asked, for each member.
+        asked = {(r.model, r.user) for r in fake.requests}
+        assert len(fake.requests) == 9 == len(asked)
+    assert report.asked == 9 and report.reused == 9
+    assert report.scores["gsm8k"]["alice"] == (4 / 6, 6)
+    rows = read_results(tmp_path / "results.jsonl")
+    keys = [r.key for r in rows]
+    assert len(keys) == len(set(keys)) == 18 + 6
+
+
+async def test_two_member_majority_tie_goes_to_first_member(tmp_path: Path, grader) -> None:
+    items = subset(load_benchmark("gsm8k"), 6)
+    with FakeOpenAI(make_responder(items)) as fake:
+        pool = make_pool(fake.url, ["bob", "alice"])
+        report = await evaluate(
+            pool, Prompts(), ["bob", "alice"], {"gsm8k": items}, Sampling(), grader, tmp_path
+        )
+        await pool.aclose()
+    # Disagreements are ties, resolved to bob's answer: bob is right on 0, 1, 4.
+    assert report.scores["gsm8k"][MAJORITY] == (3 / 6, 6)
+
+
+def _cfg(url: str) -> object:
+    return config_from_dict(
+        {
+            "name": "anchor-test",
+            "backends": {"fake": {"kind": "openai", "base_url": url}},
+            "members": [{"name": m, "model": m, "backend": "fake"} for m in MEMBERS],
+            "ablations": {"lora": False},
+            "evaluation": {"calibration": "gsm8k", "calibration_size": 6, "grade_workers": 2},
+        }
+    )
+
+
+async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> None:
+    with FakeOpenAI(lambda r: "") as fake:
+        cfg = _cfg(fake.url)
+        items = calibration_set("gsm8k", 6, cfg.protocol.seed_pool)
+        fake.responder = make_responder(items)
+        pool = make_pool(fake.url)
+        scores = await run_anchor(pool, cfg, Prompts(), step=5)
+        await pool.aclose()
+        asked = {r.user.split("Problem:", 1)[1].rsplit("Solution:", 1)[0].strip()
+                 for r in fake.requests}
+    assert asked == {it.problem for it in items}
+    assert scores == {
+        "alice": (4 / 6, 6), "bob": (3 / 6, 6), "carol": (2 / 6, 6), MAJORITY: (2 / 6, 6)
+    }
