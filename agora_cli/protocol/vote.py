@@ -74,4 +74,5 @@ def apply_vote(
         return
     w = ratings.get(winner_member) or new_rating(env)
     lo = ratings.get(loser_member) or new_rating(env)
-    ratings[winner_member], ratings[loser_member] = env.rate_1vs1(w, lo, drawn=False)
+    (w_new,), (lo_new,) = env.rate([(w,), (lo,)], ranks=[0, 1])  # rank 0 = winner
+    ratings[winner_member], ratings[loser_member] = w_new, lo_new

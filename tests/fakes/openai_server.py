@@ -315,3 +315,21 @@ _REASONS = {
 
 def _error(message: str, status: int) -> dict:
     return {"error": {"message": message, "type": "fake_error", "code": status}}
+
+
+def pool_for(fake: FakeOpenAI, members: Sequence[str], *, max_retries: int = 1,
+             max_concurrency: int = 64, timeout_s: float = 30.0, bus: Any = None) -> Any:
+    """A real `ClientPool` whose every member resolves to `fake` (model name = member name)."""
+    from agora_cli.client import ClientPool, MemberLimits
+    from agora_cli.config import ClientSettings
+    from agora_cli.events import NULL_BUS
+    from agora_cli.serving.base import Endpoint
+
+    return ClientPool(
+        resolve=lambda m: Endpoint(fake.url, model=m),
+        limits={m: MemberLimits(max_concurrency=max_concurrency, timeout_s=timeout_s)
+                for m in members},
+        settings=ClientSettings(max_retries=max_retries, backoff_initial_s=0.01,
+                                backoff_max_s=0.05),
+        bus=bus if bus is not None else NULL_BUS,
+    )

@@ -1,0 +1,84 @@
+"""Answer extraction and matching, plus fuzzing of every parser of model output."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agora_cli.protocol.answers import answers_match, extract_answer
+from agora_cli.protocol.generate import parse_problem
+from agora_cli.protocol.verify import parse_verdict
+from agora_cli.protocol.vote import parse_vote
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so x = 2 and \boxed{4}", "4"),
+        (r"first \boxed{3}, corrected: \boxed{5}", "5"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\sqrt{\frac{a}{b}}} end", r"\sqrt{\frac{a}{b}}"),
+        (r"\boxed{1,000}", "1000"),
+        (r"\boxed{\$12.50}", "12.50"),
+        (r"\boxed {7}.", "7"),
+        ("The final answer is 42.", "42"),
+        ("So the final answer is: $1,200.", "1200"),
+        ("Thus, the answer is 18 apples.", "18"),
+        ("Answer: 3/4", "3/4"),
+        ("Answer: x = 3", "x = 3"),
+        ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
+        ("He has 5 apples.\nThen he eats 2, leaving 3", "3"),
+        ("-7 is what remains", "-7"),
+        ("", None),
+        ("   \n  ", None),
+        ("I do not know how to solve this.", None),
+        (r"\boxed{", None),
+        ("The answer is that we cannot tell without knowing much more about the situation here", None),
+    ],
+)
+def test_extract_answer_table(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("1,000", "1000", True),
+        ("1000", "1000.0", True),
+        ("$5", "5", True),
+        ("1/2", r"\frac{1}{2}", True),
+        ("0.5", "1/2", True),
+        ("x = 3", "X=3", True),
+        ("3", "4", False),
+        ("12", "1.2", False),
+        ("", "", False),
+    ],
+)
+def test_answers_match(a: str, b: str, same: bool) -> None:
+    assert answers_match(a, b) is same
+    assert answers_match(b, a) is same
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parsers_never_raise_on_arbitrary_text(text: str) -> None:
+    ans = extract_answer(text)
+    assert ans is None or (isinstance(ans, str) and ans)
+    assert parse_verdict(text) in (True, False, None)
+    assert parse_verdict(text, "QUOTE-0001") in (True, False, None)
+    assert parse_vote(text, "QUOTE-0001") in ("a", "b", None)
+    problem, reason = parse_problem(text)
+    assert (problem is None) != (reason is None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(
+    ["\\boxed{", "}", "{", "answer:", "####", "VALID", "INVALID", "verdict:", "A", "B", "\n",
+     " ", "1,000", "$", ".", "Problem:", "```", "**", "-"]), max_size=40))
+def test_parsers_never_raise_on_adversarial_fragments(parts: list[str]) -> None:
+    text = "".join(parts)
+    extract_answer(text)
+    parse_verdict(text)
+    parse_vote(text)
+    parse_problem(text)
