@@ -1,0 +1,166 @@
+"""A step's effects: computed from its stored work, written in one transaction, announced.
+
+Everything here reads the run store and the open step's in-memory index (`loop.StepRun`), and
+nothing calls a model. Ratings are a pure function of the committed votes (`replay_ratings`), so
+the rating history can always be recomputed and checked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from agora_cli import steps as db
+from agora_cli.config import Config
+from agora_cli.events import EventBus
+from agora_cli.protocol.difficulty import next_difficulty
+from agora_cli.protocol.select import indicator
+from agora_cli.protocol.surprise import apply_fem, strategy, surprise
+from agora_cli.protocol.types import EliteExample
+from agora_cli.protocol.vote import apply_vote, make_env
+from agora_cli.store import Store
+
+if TYPE_CHECKING:
+    from agora_cli.loop import StepRun
+
+
+def step_strategy(cfg: Config, anchors: list[float]) -> str:
+    """The dynamic strategy in force for the next step ('balanced' | 'elite')."""
+    return strategy(anchors, cfg.protocol.surprise, cfg.ablations.dynamic_strategy)
+
+
+def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float | None]:
+    """Eq. 2 surprise F_t over the ensemble's anchor history, and d_{t+1} adjusted by FEM."""
+    f_t = surprise(anchors, cfg.protocol.surprise)  # Eq. 2
+    return apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem), f_t
+
+
+def replay_ratings(store: Store, members: list[str]) -> dict[str, tuple[float, float]]:
+    """Ratings recomputed from the committed votes alone, in vote-id order (protocol step 4)."""
+    env = make_env()
+    ratings = {m: env.create_rating() for m in members}
+    for v in db.committed_votes(store):
+        winner, loser = db.winner_loser(v)
+        apply_vote(env, ratings, winner, loser)
+    return {m: (r.mu, r.sigma) for m, r in ratings.items()}
+
+
+def init_ratings(cfg: Config, store: Store) -> None:
+    """Initial TrueSkill rows (vote_id NULL) for members never rated, so status shows them."""
+    env = make_env()
+    with store.transaction():
+        for m in cfg.members:
+            if store.scalar("SELECT COUNT(*) FROM ratings WHERE member = ?", (m.name,)) == 0:
+                r = env.create_rating()
+                store.execute(
+                    "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) "
+                    "VALUES (0, ?, ?, ?, NULL, ?)", (m.name, r.mu, r.sigma, time.time()),
+                )
+
+
+def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[str, dict]:
+    """Cumulative per-member numbers for the views (committed steps only)."""
+    out: dict[str, dict] = {m.name: {"solutions": 0, "validated": 0, "buffered": 0,
+                                     "version": versions.get(m.name, 0)} for m in cfg.members}
+    env = make_env()
+    for m, r in db.current_ratings(store, env, list(out)).items():
+        out[m].update(mu=round(r.mu, 3), sigma=round(r.sigma, 3))
+    for r in store.query(
+        "SELECT s.member, COUNT(*) AS n, SUM(s.correct = 1) AS ok FROM solutions s "
+        "JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL GROUP BY s.member"
+    ):
+        if r["member"] in out:
+            out[r["member"]].update(solutions=r["n"], validated=r["ok"] or 0)
+    for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
+        if r["member"] in out:
+            out[r["member"]]["buffered"] = r["n"]
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def compute_effects(run: StepRun, elite: list[EliteExample], anchors: dict[str, tuple[float, int]],
+                    wall_s: float, request_s: float) -> db.Effects:
+    """The step's effects from its stored work (pure apart from reads)."""
+    cfg, store, t = run.cfg, run.store, run.t
+    all_solutions = db.step_solutions(store, t)
+    if run.isolated:
+        correct = run.isolated_correct()
+    else:
+        correct = {s["id"]: run.is_correct(dict(s)) for s in all_solutions}
+
+    # Protocol step 4: every vote of the step updates the two authors, in vote-id order.
+    env = make_env()
+    ratings = db.current_ratings(store, env, run.members)
+    rating_rows: list[tuple[str, float, float, int | None]] = []
+    if not run.isolated:
+        authors = {s["id"]: s["member"] for s in all_solutions}
+        for v in db.step_votes(store, t):
+            if v["winner"] is None:
+                continue
+            loser_id = v["solution_b"] if v["winner"] == v["solution_a"] else v["solution_a"]
+            w, lo = authors[v["winner"]], authors[loser_id]
+            apply_vote(env, ratings, w, lo)
+            for m in (w, lo):
+                rating_rows.append((m, ratings[m].mu, ratings[m].sigma, v["id"]))
+
+    # Eq. 4: consensus AND the author's mu above the ensemble mean (after this step's votes).
+    mean_mu = _mean([r.mu for r in ratings.values()])
+    buffer: list[tuple[int, int, str]] = []
+    seen: set[tuple[int, str]] = set()
+    for s in all_solutions:
+        if not correct.get(s["id"]):
+            continue
+        if run.isolated:
+            if (s["problem_id"], s["member"]) in seen:
+                continue  # one majority sample per (problem, member)
+            seen.add((s["problem_id"], s["member"]))
+            buffer.append((s["id"], s["problem_id"], s["member"]))
+        elif not cfg.ablations.quality_vote or indicator(True, ratings[s["member"]].mu, mean_mu):
+            buffer.append((s["id"], s["problem_id"], s["member"]))
+
+    n_sol = len(all_solutions)
+    n_ok = sum(1 for v in correct.values() if v)
+    v_t = n_ok / n_sol if n_sol else 0.0  # consensus pass@1 of this step
+    d_next = next_difficulty(run.open.difficulty, v_t, run.open.v_target,
+                             cfg.protocol.difficulty, cfg.ablations.difficulty_control)  # Eq. 1
+    f_t = None
+    if anchors:
+        # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
+        ens = _mean([s for m, (s, _) in anchors.items() if m != db.MAJORITY])
+        d_next, f_t = fem(cfg, db.anchor_history(store) + [ens], d_next)
+    all_problems = db.step_problems(store, t, only_ok=False)
+    counts = {
+        "problems": sum(1 for p in all_problems if p["status"] == "ok"),
+        "dropped": sum(1 for p in all_problems if p["status"] != "ok"),
+        "solutions": n_sol, "correct": n_ok, "buffered": len(buffer),
+    }
+    return db.Effects(
+        step=t, rating_rows=rating_rows, correct=correct, buffer=buffer,
+        elite=[(e.solution_id, e.member, e.score) for e in elite], next_difficulty=d_next,
+        v_t=v_t, v_target=run.open.v_target, f_t=f_t, strategy=run.open.strategy,
+        counts=counts, wall_s=round(wall_s, 3), request_s=round(request_s, 3),
+        info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu},
+    )
+
+
+def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: float,
+                   versions: dict[str, int]) -> None:
+    stats = member_stats(store, cfg, versions)
+    for m, s in stats.items():
+        bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
+    size = db.buffer_size(store)
+    bus.emit("buffer_size", size=size, threshold=cfg.protocol.buffer_threshold,
+             unconsumed=db.unconsumed_buffer(store))
+    bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
+    bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy)
+    bus.emit(
+        "step_committed", step=fx.step, d=d, d_next=fx.next_difficulty, v_t=fx.v_t,
+        v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,
+        request_s=fx.request_s, buffer=size, threshold=cfg.protocol.buffer_threshold,
+        members=stats, **{f"n_{k}": v for k, v in fx.counts.items()},
+    )
+
+

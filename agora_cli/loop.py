@@ -1,0 +1,455 @@
+"""The AGORA loop: one step t of DESIGN.md "The protocol", repeated, resumable at any point.
+
+A step flows per problem, not per phase: as soon as a generator's problem is stored its solves
+start; as soon as one solution is in, every other member verifies it; as soon as a problem's
+verdicts are in, the pairwise votes among its correct solutions start. Concurrency is bounded by
+the client pool's per-member limits, so the step's wall time approaches its critical path rather
+than the sum of its requests (both are recorded: `steps.wall_s`, `steps.request_s`).
+
+Every completed request is written at once (open-step work, see `agora_cli.store`); a resumed step
+issues only the requests still missing. The step's effects are computed from the stored work and
+written by `steps.commit_effects` in one transaction:
+
+  TrueSkill updates from the step's votes in vote-id order  (protocol step 4)
+  solutions.correct from unanimous consensus                 (step 3)
+  buffer rows by Eq. 4, the elite history H_t                (step 5)
+  d_{t+1} by Eq. 1 and F_t by Eq. 2 (FEM)                    (steps 1, 7)
+
+`mode: isolated` is the paper's isolated-evolution baseline: the same generated problems, each
+member solves each problem `self_consistency_samples` times, and a sample is correct when its answer
+is the strict majority of the member's samples; the first majority sample per (problem, member)
+goes to the buffer. No verification by peers, no votes, no ratings, no elite history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from agora_cli import steps as db
+from agora_cli.client import ClientPool
+from agora_cli.commit import compute_effects, emit_committed, step_strategy
+from agora_cli.config import Config
+from agora_cli.events import EventBus
+from agora_cli.protocol import generate as gen
+from agora_cli.protocol.answers import answers_match
+from agora_cli.protocol.difficulty import next_target
+from agora_cli.protocol.isolated import majority_answer, self_consistency
+from agora_cli.protocol.prompts import Prompts
+from agora_cli.protocol.select import explain, update_elite
+from agora_cli.protocol.solve import solve
+from agora_cli.protocol.surprise import elite_shots
+from agora_cli.protocol.types import Ctx, EliteExample, Verdict
+from agora_cli.protocol.verify import consensus, verify
+from agora_cli.protocol.vote import vote
+from agora_cli.store import Store
+
+Row = dict[str, Any]
+AnchorFn = Callable[[ClientPool, Config, Prompts, int], Any]  # async run_anchor
+
+
+def anchor_due(cfg: Config, step: int) -> bool:
+    """External anchoring (protocol step 7) after every `anchor_every`-th step."""
+    return cfg.ablations.external_anchor and (step + 1) % cfg.protocol.anchor_every == 0
+
+
+@dataclass
+class StepRun:
+    """The open step t: its stored work, and the coroutines that fill in what is missing."""
+
+    cfg: Config
+    store: Store
+    ctx: Ctx
+    bus: EventBus
+    open: db.OpenStep
+    versions: Callable[[], dict[str, int]] = dict
+    elite: list[EliteExample] = field(default_factory=list)  # H_{t-1} as shown to solvers
+    failures: int = 0
+    progress: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.members = [m.name for m in self.cfg.members]
+        self.t = self.open.step
+        self.solutions: dict[tuple[int, str], Row] = {}
+        self.samples: dict[tuple[int, str], list[Row]] = {}
+        for r in db.step_solutions(self.store, self.t):
+            if r["error"] is None:
+                if r["sample"]:
+                    self.samples.setdefault((r["problem_id"], r["member"]), []).append(dict(r))
+                else:
+                    self.solutions[(r["problem_id"], r["member"])] = dict(r)
+        self.verdicts = {
+            (r["solution_id"], r["verifier"]): r for r in db.step_verdicts(self.store, self.t)
+        }
+        self.votes = {
+            (r["solution_a"], r["solution_b"], r["voter"]) for r in db.step_votes(self.store, self.t)
+        }
+        self.seeds = {s["id"]: s for s in gen.load_seed_pool(self.cfg.protocol.seed_pool)}
+        self.isolated = self.cfg.protocol.mode == "isolated"
+
+    # -- progress ---------------------------------------------------------------------------
+
+    def _tick(self, phase: str, total: int = 0, done: int = 0) -> None:
+        p = self.progress.setdefault(phase, [0, 0])
+        p[0] += done
+        p[1] += total
+        self.bus.emit("phase_progress", phase=phase, step=self.t, done=p[0], total=p[1])
+
+    # -- 1. challenge generation ---------------------------------------------------------------
+
+    def slots_todo(self) -> list[dict]:
+        """Generation slots (author, seeds) without a stored problem (kept or dropped)."""
+        done = Counter(r["author"] for r in db.step_problems(self.store, self.t, only_ok=False))
+        todo = []
+        for slot in self.open.info["slots"]:
+            if done[slot["author"]] > 0:
+                done[slot["author"]] -= 1
+            else:
+                todo.append(slot)
+        return todo
+
+    async def generate_slot(self, slot: dict, on_problem: Callable[[Row], None] | None) -> None:
+        """One generation request; the problem is stored (deduplicated) the moment it arrives."""
+        seeds = [self.seeds[i] for i in slot["seed_ids"] if i in self.seeds]
+        (p,) = await gen.generate_problems(self.ctx, slot["author"], self.open.difficulty, seeds, 1)
+        self._tick("generate", done=1)
+        if p.dropped == "request_failed":
+            self.failures += 1  # not stored: the slot is asked again
+            return
+        gen.dedupe([p], db.existing_problem_texts(self.store))
+        pid = db.insert_problem(
+            self.store, self.t, p.author, p.text or "", self.open.difficulty, slot["seed_ids"],
+            p.raw, p.dropped,
+        )
+        if p.dropped:
+            self.bus.emit("problem_dropped", step=self.t, reason=p.dropped, author=p.author)
+        elif on_problem is not None:
+            on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
+
+    async def generate(self, on_problem: Callable[[Row], None] | None = None) -> None:
+        todo = self.slots_todo()
+        self._tick("generate", total=len(todo))
+        await asyncio.gather(*(self.generate_slot(s, on_problem) for s in todo))
+
+    # -- 2. solution formulation ---------------------------------------------------------------
+
+    async def solve_one(self, p: Row, member: str) -> Row:
+        # H_{t-1} as few-shot examples; solve() drops them when elite_icl is off.
+        draft = await solve(self.ctx, member, p["text"], self.elite)
+        version = self.versions().get(member, 0)
+        sid = db.upsert_solution(
+            self.store, self.t, p["id"], member, 0, draft.text, draft.answer, version,
+            [e.solution_id for e in self.elite if self.cfg.ablations.elite_icl],
+            draft.prompt_tokens, draft.completion_tokens, draft.latency_s, draft.error,
+        )
+        self._tick("solve", done=1)
+        row = dict(self.store.one("SELECT * FROM solutions WHERE id = ?", (sid,)))
+        if draft.error:
+            self.failures += 1
+        else:
+            self.solutions[(p["id"], member)] = row
+        return row
+
+    async def isolated_one(self, p: Row, member: str) -> None:
+        """Isolated baseline: n self-consistency samples by one member, stored together."""
+        n = self.cfg.protocol.self_consistency_samples
+        drafts, _ = await self_consistency(self.ctx, member, p["text"], n)
+        version = self.versions().get(member, 0)
+        with self.store.transaction():
+            for i, d in enumerate(drafts, 1):
+                db.upsert_solution(
+                    self.store, self.t, p["id"], member, i, d.text, d.answer, version, [],
+                    d.prompt_tokens, d.completion_tokens, d.latency_s, d.error,
+                )
+        self.failures += sum(1 for d in drafts if d.error)
+        self.samples[(p["id"], member)] = [dict(r) for r in self.store.query(
+            "SELECT * FROM solutions WHERE problem_id = ? AND member = ? AND sample > 0 "
+            "AND error IS NULL", (p["id"], member))]
+        self._tick("solve", done=1)
+
+    # -- 3. unanimous consensus ----------------------------------------------------------------
+
+    def verifiers_of(self, sol: Row) -> list[str]:
+        return [m for m in self.members if m != sol["member"]]
+
+    def needs_verdicts(self, sol: Row) -> bool:
+        return self.cfg.ablations.valid_vote and sol["answer"] is not None
+
+    async def verify_one(self, p: Row, sol: Row, verifier: str) -> None:
+        v = await verify(self.ctx, verifier, p["text"], sol["text"])
+        self._tick("verify", done=1)
+        if v.error:
+            self.failures += 1  # a failed request is not a judgement: asked again
+            return
+        db.insert_verdict(self.store, self.t, sol["id"], verifier, v.valid, v.raw, v.latency_s)
+        self.verdicts[(sol["id"], verifier)] = {"valid": int(v.valid), "raw": v.raw}
+        self.bus.emit("verdict", step=self.t, solution_id=sol["id"], verifier=verifier,
+                      valid=v.valid)
+
+    async def verify_solution(self, p: Row, sol: Row) -> None:
+        if not self.needs_verdicts(sol):
+            return
+        todo = [v for v in self.verifiers_of(sol) if (sol["id"], v) not in self.verdicts]
+        self._tick("verify", total=len(todo))
+        await asyncio.gather(*(self.verify_one(p, sol, v) for v in todo))
+
+    def is_correct(self, sol: Row) -> bool:
+        """Protocol step 3: correct only if every other member said valid (unanimity)."""
+        if sol["error"] is not None or sol["answer"] is None:
+            return False
+        if not self.cfg.ablations.valid_vote:
+            return True  # w/o valid_vote: every answered solution counts
+        verdicts = [
+            Verdict(verifier=v, valid=bool(self.verdicts[(sol["id"], v)]["valid"]), raw="")
+            for v in self.verifiers_of(sol) if (sol["id"], v) in self.verdicts
+        ]
+        return len(verdicts) == len(self.verifiers_of(sol)) and consensus(verdicts)
+
+    # -- 4. quality recognition ----------------------------------------------------------------
+
+    def problem_solutions(self, pid: int) -> list[Row]:
+        return sorted(
+            (s for (p, _), s in self.solutions.items() if p == pid), key=lambda s: s["id"]
+        )
+
+    async def vote_one(self, p: Row, a: Row, b: Row, voter: str) -> None:
+        v = await vote(self.ctx, voter, p["text"], a["text"], b["text"])
+        self._tick("vote", done=1)
+        if v.error:
+            self.failures += 1
+            return
+        winner = {"a": a["id"], "b": b["id"]}.get(v.winner or "")
+        db.insert_vote(self.store, self.t, p["id"], a["id"], b["id"], voter, winner, v.raw,
+                       v.latency_s)
+        self.votes.add((a["id"], b["id"], voter))
+
+    async def vote_problem(self, p: Row) -> None:
+        if not self.cfg.ablations.quality_vote:
+            return
+        correct = [s for s in self.problem_solutions(p["id"]) if self.is_correct(s)]
+        todo = [
+            (a, b, voter) for a, b in combinations(correct, 2) for voter in self.members
+            if (a["id"], b["id"], voter) not in self.votes
+        ]
+        self._tick("vote", total=len(todo))
+        await asyncio.gather(*(self.vote_one(p, a, b, voter) for a, b, voter in todo))
+
+    # -- the per-problem pipeline --------------------------------------------------------------
+
+    async def solution_flow(self, p: Row, member: str) -> None:
+        sol = self.solutions.get((p["id"], member))
+        if sol is None:
+            self._tick("solve", total=1)
+            sol = await self.solve_one(p, member)
+        if sol["error"] is None:
+            await self.verify_solution(p, sol)
+
+    async def problem_flow(self, p: Row) -> None:
+        """solve (all members) -> verify each solution as it lands -> vote among correct ones."""
+        if self.isolated:
+            n = self.cfg.protocol.self_consistency_samples
+            todo = [m for m in self.members if len(self.samples.get((p["id"], m), [])) < n]
+            self._tick("solve", total=len(todo))
+            await asyncio.gather(*(self.isolated_one(p, m) for m in todo))
+            return
+        await asyncio.gather(*(self.solution_flow(p, m) for m in self.members))
+        await self.vote_problem(p)
+
+    async def pipeline(self) -> None:
+        """Everything still missing in the open step, pipelined per problem."""
+        async with asyncio.TaskGroup() as tg:
+
+            def spawn(p: Row) -> None:
+                tg.create_task(self.problem_flow(p))
+
+            for p in db.step_problems(self.store, self.t):
+                spawn(dict(p))
+            tg.create_task(self.generate(on_problem=spawn))
+
+    # -- stage commands: one phase of the open step, all missing requests at once --------------
+
+    async def stage(self, name: str) -> None:
+        problems = [dict(p) for p in db.step_problems(self.store, self.t)]
+        if name == "generate":
+            await self.generate()
+        elif name == "solve":
+            if self.isolated:
+                await asyncio.gather(*(self.problem_flow(p) for p in problems))
+                return
+            todo = [(p, m) for p in problems for m in self.members
+                    if (p["id"], m) not in self.solutions]
+            self._tick("solve", total=len(todo))
+            await asyncio.gather(*(self.solve_one(p, m) for p, m in todo))
+        elif name == "verify":
+            await asyncio.gather(*(
+                self.verify_solution(p, s) for p in problems
+                for s in self.problem_solutions(p["id"])
+            ))
+        elif name == "vote":
+            await asyncio.gather(*(self.vote_problem(p) for p in problems))
+        else:
+            raise ValueError(name)
+
+    # -- 5. selection: elite candidates and self-explanations ----------------------------------
+
+    def scores(self) -> dict[int, float]:
+        """Peer-assessed quality: votes won / votes cast on each solution of this step."""
+        won: Counter[int] = Counter()
+        cast: Counter[int] = Counter()
+        for r in db.step_votes(self.store, self.t):
+            cast[r["solution_a"]] += 1
+            cast[r["solution_b"]] += 1
+            if r["winner"] is not None:
+                won[r["winner"]] += 1
+        return {sid: won[sid] / n for sid, n in cast.items() if n}
+
+    async def select_elite(self, k: int) -> list[EliteExample]:
+        """H_t = Top_k(H_{t-1} ∪ I_t); I_t is each problem's best-voted correct solution.
+
+        Winners that enter H_t write a self-explanation (stored as open-step work, reused on
+        resume); with `explanation` off the examples carry none.
+        """
+        if self.isolated:
+            return []
+        scores = self.scores()
+        candidates = []
+        for p in db.step_problems(self.store, self.t):
+            ranked = sorted(
+                (s for s in self.problem_solutions(p["id"]) if s["id"] in scores),
+                key=lambda s: (-scores[s["id"]], s["id"]),
+            )
+            if ranked:
+                best = ranked[0]
+                candidates.append(EliteExample(
+                    problem=p["text"], solution=best["text"], explanation=None,
+                    member=best["member"], solution_id=best["id"], score=scores[best["id"]],
+                ))
+        elite = update_elite(self.elite, candidates, k)
+        new = [e for e in elite if e.explanation is None]
+        if self.cfg.ablations.explanation and self.cfg.ablations.elite_icl:
+            todo = [e for e in new if db.explanation_of(self.store, e.solution_id) is None]
+            self._tick("explain", total=len(todo))
+
+            async def one(e: EliteExample) -> None:
+                text = await explain(self.ctx, e.member, e.problem, e.solution)
+                self._tick("explain", done=1)
+                if text:
+                    db.insert_explanation(self.store, self.t, e.solution_id, e.member, text)
+
+            await asyncio.gather(*(one(e) for e in todo))
+            for e in new:
+                e.explanation = db.explanation_of(self.store, e.solution_id)
+        return elite
+
+    # -- isolated-mode correctness ---------------------------------------------------------------
+
+    def isolated_correct(self) -> dict[int, bool]:
+        """A sample is correct when its answer is the strict majority of its member's samples."""
+        out: dict[int, bool] = {}
+        for rows in self.samples.values():
+            # Strict majority of the n samples asked for; failed samples count against.
+            n = max(len(rows), self.cfg.protocol.self_consistency_samples)
+            majority = majority_answer([r["answer"] for r in rows], n)
+            for r in rows:
+                out[r["id"]] = (
+                    majority is not None and r["answer"] is not None
+                    and answers_match(r["answer"], majority)
+                )
+        return out
+
+
+def plan_slots(cfg: Config, t: int) -> dict[str, Any]:
+    """Who generates what in step t (Q-Group and seeds), fixed when the step opens."""
+    rng = random.Random(f"{cfg.seed}:{t}:plan")
+    members = [m.name for m in cfg.members]
+    generators = gen.choose_generators(members, cfg, rng)
+    pool = gen.load_seed_pool(cfg.protocol.seed_pool)
+    n = cfg.protocol.problems_per_step
+    slots = []
+    for i in range(n):
+        author = generators[i % len(generators)]
+        seeds = gen.sample_seeds(pool, cfg.protocol.seed_examples, rng)
+        slots.append({"author": author, "seed_ids": [s["id"] for s in seeds]})
+    return {"generators": generators, "slots": slots}
+
+
+def load_elite(store: Store) -> list[EliteExample]:
+    return [
+        EliteExample(problem=r["problem"], solution=r["solution"], explanation=r["explanation"],
+                     member=r["member"], solution_id=r["solution_id"], score=r["score"])
+        for r in db.active_elite(store)
+    ]
+
+
+def begin_step(
+    cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus,
+    versions: Callable[[], dict[str, int]] = dict,
+) -> StepRun:
+    """Open (or reopen) step t = last committed + 1, with state read from committed rows."""
+    t = db.open_step_number(store)
+    history = db.v_history(store)
+    last = store.one("SELECT next_difficulty FROM steps WHERE step = ?", (t - 1,))
+    d_t = last["next_difficulty"] if last else cfg.protocol.difficulty.d0
+    strategy = step_strategy(cfg, db.anchor_history(store))
+    opened = db.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty),
+                          plan_slots(cfg, t))
+    ctx = Ctx(cfg=cfg, pool=pool, prompts=prompts, rng=random.Random(f"{cfg.seed}:{t}"), bus=bus)
+    k = elite_shots(opened.strategy, cfg.protocol)  # type: ignore[arg-type]
+    run = StepRun(cfg, store, ctx, bus, opened, versions, load_elite(store)[:k])
+    return run
+
+
+def busy_s(pool: ClientPool) -> float:
+    return sum(u.busy_s for u in pool.usage.values())
+
+
+async def run_step(
+    cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus, *,
+    versions: Callable[[], dict[str, int]] = dict, anchor: AnchorFn | None = None,
+) -> db.Effects:
+    """Run (or finish) the open step and commit it. Returns what was committed."""
+    t0, busy0 = time.perf_counter(), busy_s(pool)
+    run = begin_step(cfg, store, pool, prompts, bus, versions)
+    t = run.t
+    bus.emit("step_started", step=t, d=run.open.difficulty, v_target=run.open.v_target,
+             strategy=run.open.strategy, generators=run.open.info.get("generators"))
+    anchors = db.step_anchors(store, t)
+
+    async def anchor_task() -> None:
+        nonlocal anchors
+        if anchor is None or anchors or not anchor_due(cfg, t):
+            return
+        scores = await anchor(pool, cfg, prompts, t)
+        live = versions()
+        with store.transaction():
+            for member, (score, n) in scores.items():
+                db.insert_anchor(store, t, member, cfg.evaluation.calibration, score, n,
+                                 live.get(member, 0))
+        for member, (score, n) in scores.items():
+            bus.emit("validation_score", step=t, member=member,
+                     benchmark=cfg.evaluation.calibration, score=score, n=n)
+        anchors = db.step_anchors(store, t)
+
+    await asyncio.gather(run.pipeline(), anchor_task())
+    if run.failures:
+        # One more pass asks only what is still missing (failed requests are never stored).
+        run.failures = 0
+        await run.pipeline()
+    elite = await run.select_elite(elite_shots(run.open.strategy, cfg.protocol))  # type: ignore[arg-type]
+    bus.emit("phase_started", phase="commit", step=t, n=1)
+    fx = compute_effects(run, elite, anchors, time.perf_counter() - t0, busy_s(pool) - busy0)
+    db.commit_effects(store, fx)
+    bus.emit("phase_finished", phase="commit", step=t, n=1)
+    emit_committed(cfg, store, bus, fx, run.open.difficulty, versions())
+    return fx
+
+
+def steps_left(store: Store, target: int | None) -> float:
+    return math.inf if target is None else target - db.open_step_number(store)

@@ -1,0 +1,219 @@
+"""Running the loop on a run directory: resume checks, servers, training rounds, stage commands.
+
+`run` is what `agora run` calls: it stores the resolved config in the run directory (a resume with
+a different config is refused unless forced), starts or attaches the servers, then runs steps until
+`steps` are committed in total, starting training rounds between steps when LoRA is on. `run_stage`
+is what `agora generate|solve|verify|vote` call: one phase of the open step, nothing committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agora_cli import steps as db
+from agora_cli.client import ClientPool
+from agora_cli.commit import init_ratings, member_stats
+from agora_cli.config import Config, dump_config, load_config
+from agora_cli.errors import ConfigError, StoreError
+from agora_cli.events import EventBus, JsonlSink
+from agora_cli.loop import begin_step, run_step
+from agora_cli.paths import RunPaths
+from agora_cli.protocol.prompts import Prompts
+from agora_cli.store import Store
+
+STAGES = ("generate", "solve", "verify", "vote")
+WORK_TABLES = ("problems", "solutions", "verdicts", "votes", "explanations")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    first_step: int  # the step this invocation started on
+    committed: int  # steps committed in total
+    last: dict[str, Any] | None  # the last committed steps row
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
+    """(key, 'stored -> given') for every setting that differs, `run_dir` aside."""
+    a, b = _flatten(old), _flatten(new)
+    return [
+        (k, f"run has {a.get(k)!r}, config gives {b.get(k)!r}")
+        for k in sorted(set(a) | set(b)) if k != "run_dir" and a.get(k) != b.get(k)
+    ]
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool = False) -> RunPaths:
+    """Create (or check, when resuming) the run directory and store the resolved config in it.
+
+    Raises ConfigError listing every changed setting when the directory holds a run made with a
+    different config and `force` is off.
+    """
+    root = Path(run_dir) if run_dir else cfg.resolved_run_dir()
+    cfg = cfg.model_copy(update={"run_dir": str(root)})
+    paths = RunPaths(root).ensure()
+    if paths.config.exists() and paths.store.exists() and not force:
+        stored = yaml.safe_load(paths.config.read_text()) or {}
+        problems = config_diff(stored, yaml.safe_load(dump_config(cfg)))
+        if problems:
+            problems.append(("--force", "pass --force to resume this run with the new config"))
+            raise ConfigError(str(paths.config), problems)
+    paths.config.write_text(dump_config(cfg))
+    return paths
+
+
+@contextmanager
+def serving(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[Any, ClientPool]]:
+    """Start (or attach to) every member's server; yields (serving, client pool)."""
+    try:
+        from agora_cli.serving import Serving
+    except ImportError:  # TEMPORARY until serving lands: OpenAI-compatible endpoints only
+        from agora_cli.client import MemberLimits
+        from agora_cli.serving.base import Endpoint
+
+        def resolve(member: str) -> Endpoint:
+            return Endpoint(cfg.backend_of(member).base_url, cfg.member(member).model)  # type: ignore[union-attr]
+
+        limits = {m.name: MemberLimits(m.max_concurrency, m.request_timeout_s) for m in cfg.members}
+        yield None, ClientPool(resolve=resolve, limits=limits, settings=cfg.client, bus=bus)
+        return
+    with Serving(cfg, paths, bus) as srv:
+        yield srv, srv.client_pool()
+
+
+def _rounds(cfg: Config, store: Store, paths: RunPaths, srv: Any, bus: EventBus) -> Any:
+    """The training-round manager when LoRA is on (None otherwise or before it is installed)."""
+    if not cfg.ablations.lora:
+        return None
+    try:
+        from agora_cli.training.rounds import RoundManager
+    except ImportError:
+        bus.emit("training_failed", error="agora_cli.training.rounds is not available")
+        return None
+    rounds = RoundManager(store, cfg, paths, srv, bus)
+    rounds.resume()
+    return rounds
+
+
+def _anchor() -> Any:
+    try:
+        from agora_cli.evaluation.anchor import run_anchor
+    except ImportError:
+        return None
+    return run_anchor
+
+
+async def drive(
+    cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus, *,
+    steps: int | None, rounds: Any = None,
+) -> None:
+    """Run steps until `steps` are committed in total (forever when None)."""
+    versions = rounds.live_versions if rounds is not None else dict
+    anchor = _anchor()
+    try:
+        while steps is None or db.open_step_number(store) < steps:
+            fx = await run_step(cfg, store, pool, prompts, bus, versions=versions, anchor=anchor)
+            if rounds is not None:
+                rounds.poll()
+                rounds.maybe_start(fx.step)
+    finally:
+        await pool.aclose()
+
+
+def run(
+    cfg: Config, *, run_dir: Path | str | None = None, steps: int | None = None,
+    force: bool = False, bus: EventBus | None = None,
+) -> RunResult:
+    """`agora run`: start or resume the run in `run_dir` and commit steps until `steps` total."""
+    bus = bus or EventBus()
+    paths = prepare_run_dir(cfg, run_dir, force)
+    cfg = load_config(paths.config)
+    sink = JsonlSink(paths.events)
+    bus.add(sink)
+    prompts = Prompts(cfg.prompts_dir)
+    prompts.validate()
+    try:
+        with Store(paths.store) as store:
+            init_ratings(cfg, store)
+            first = db.open_step_number(store)
+            kind = "run_resumed" if first > 0 or store.one("SELECT 1 FROM steps") else "run_started"
+            with serving(cfg, paths, bus) as (srv, pool):
+                rounds = _rounds(cfg, store, paths, srv, bus)
+                versions = rounds.live_versions() if rounds is not None else {}
+                bus.emit(kind, run_dir=str(paths.root), step=first, steps_target=steps,
+                         threshold=cfg.protocol.buffer_threshold, buffer=db.buffer_size(store),
+                         members=member_stats(store, cfg, versions))
+                try:
+                    asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))
+                finally:
+                    if rounds is not None:
+                        rounds.shutdown()
+            committed = db.open_step_number(store)
+            last = store.one("SELECT * FROM steps WHERE step = ?", (committed - 1,))
+            bus.emit("run_finished", steps=committed)
+            return RunResult(paths.root, first, committed, dict(last) if last else None)
+    finally:
+        sink.close()
+
+
+def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:
+    """The config stored in an existing run directory."""
+    paths = RunPaths(run_dir)
+    if not paths.config.exists() or not paths.store.exists():
+        raise StoreError(f"{run_dir} holds no run; start one with `agora run CONFIG --run-dir {run_dir}`")
+    return load_config(paths.config), paths
+
+
+def _work_counts(store: Store, step: int) -> dict[str, int]:
+    return {
+        t: int(store.scalar(f"SELECT COUNT(*) FROM {t} WHERE step = ?", (step,)) or 0)
+        for t in WORK_TABLES
+    }
+
+
+def run_stage(run_dir: Path | str, stage: str, bus: EventBus | None = None) -> tuple[int, dict]:
+    """One phase of the open step (opening it if needed); returns (step, rows written per table).
+
+    Only missing requests are issued, so running a stage twice writes nothing the second time.
+    `agora run` later finishes and commits the step with this work.
+    """
+    if stage not in STAGES:
+        raise ValueError(stage)
+    cfg, paths = load_run(run_dir)
+    bus = bus or EventBus()
+    sink = JsonlSink(paths.events)
+    bus.add(sink)
+    prompts = Prompts(cfg.prompts_dir)
+    prompts.validate()
+    try:
+        with Store(paths.store) as store, serving(cfg, paths, bus) as (srv, pool):
+            init_ratings(cfg, store)
+
+            async def go() -> tuple[int, dict[str, int]]:
+                try:
+                    step_run = begin_step(cfg, store, pool, prompts, bus)
+                    before = _work_counts(store, step_run.t)
+                    await step_run.stage(stage)
+                    after = _work_counts(store, step_run.t)
+                    return step_run.t, {t: after[t] - before[t] for t in WORK_TABLES}
+                finally:
+                    await pool.aclose()
+
+            return asyncio.run(go())
+    finally:
+        sink.close()

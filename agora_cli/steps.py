@@ -1,0 +1,321 @@
+"""What the loop reads from and writes to the run store, one function per record.
+
+The commit model is the store's (see the docstring of `agora_cli.store`): open-step work
+(problems, solutions, verdicts, votes, explanations, anchor scores) is written as each request
+completes and reused on resume; the step's effects are written by `commit_effects` in one
+transaction. Everything the loop needs to continue (d_t, V history, ratings, elite history, anchor
+history) is read back from committed rows, so a resumed run and an uninterrupted one see the same
+state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import trueskill
+
+from agora_cli.store import Store, now
+
+MAJORITY = "@majority"
+
+
+@dataclass
+class OpenStep:
+    """The steps row of the step being worked on (committed_at still NULL)."""
+
+    step: int
+    difficulty: float
+    strategy: str
+    v_target: float
+    info: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+
+
+@dataclass
+class Effects:
+    """Everything a step commits at once (computed by the loop from the step's stored work)."""
+
+    step: int
+    rating_rows: list[tuple[str, float, float, int | None]]  # member, mu, sigma, vote_id
+    correct: dict[int, bool]  # solution id -> consensus outcome
+    buffer: list[tuple[int, int, str]]  # solution id, problem id, author
+    elite: list[tuple[int, str, float]]  # solution id, member, score: the new Top_k (active)
+    next_difficulty: float
+    v_t: float
+    v_target: float
+    f_t: float | None
+    strategy: str
+    counts: dict[str, int]
+    wall_s: float
+    request_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def open_step(
+    store: Store, step: int, difficulty: float, strategy: str, v_target: float, info: dict
+) -> OpenStep:
+    """Return the open row for `step`, creating it if this is the first attempt at the step.
+
+    A resumed step keeps the d_t, strategy and generator choice it was opened with, so the work
+    already stored for it stays consistent with what is asked next.
+    """
+    row = store.one("SELECT * FROM steps WHERE step = ?", (step,))
+    if row is None:
+        started = now()
+        info = {**info, "v_target": v_target}
+        store.execute(
+            "INSERT INTO steps(step, started_at, difficulty, strategy, v_target, info) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (step, started, difficulty, strategy, v_target, json.dumps(info)),
+        )
+        return OpenStep(step, difficulty, strategy, v_target, info, started)
+    if row["committed_at"] is not None:
+        raise ValueError(f"step {step} is already committed")
+    info = json.loads(row["info"] or "{}")
+    return OpenStep(
+        step, row["difficulty"], row["strategy"] or strategy,
+        info.get("v_target", v_target), info, row["started_at"],
+    )
+
+
+def committed_steps(store: Store) -> list[sqlite3.Row]:
+    return store.query("SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step")
+
+
+def open_step_number(store: Store) -> int:
+    """The step the run works on next: the one after the last committed step."""
+    return store.last_committed_step() + 1
+
+
+# --------------------------------------------------------------------------- open-step work
+
+
+def insert_problem(
+    store: Store, step: int, author: str, text: str, difficulty: float, seed_ids: list[str],
+    raw: str | None, dropped: str | None,
+) -> int:
+    cur = store.execute(
+        "INSERT INTO problems(step, author, text, difficulty, seed_ids, raw, status, drop_reason, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (step, author, text, difficulty, json.dumps(seed_ids), raw,
+         "dropped" if dropped else "ok", dropped, now()),
+    )
+    return int(cur.lastrowid)  # type: ignore[arg-type]
+
+
+def step_problems(store: Store, step: int, *, only_ok: bool = True) -> list[sqlite3.Row]:
+    where = " AND status = 'ok'" if only_ok else ""
+    return store.query(f"SELECT * FROM problems WHERE step = ?{where} ORDER BY id", (step,))
+
+
+def authors_done(store: Store, step: int) -> set[str]:
+    """Generators whose batch for `step` is stored (a batch is written in one transaction)."""
+    rows = store.query("SELECT DISTINCT author FROM problems WHERE step = ?", (step,))
+    return {r["author"] for r in rows}
+
+
+def existing_problem_texts(store: Store) -> list[str]:
+    return [r["text"] for r in store.query("SELECT text FROM problems WHERE status = 'ok'")]
+
+
+def upsert_solution(
+    store: Store, step: int, problem_id: int, member: str, sample: int, text: str,
+    answer: str | None, adapter_version: int, elite_ids: list[int], prompt_tokens: int | None,
+    completion_tokens: int | None, latency_s: float | None, error: str | None,
+) -> int:
+    """Write one solution; a failed attempt stored earlier is replaced by the retry."""
+    store.execute(
+        "INSERT INTO solutions(problem_id, step, member, sample, text, answer, adapter_version, "
+        "elite_ids, prompt_tokens, completion_tokens, latency_s, error, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(problem_id, member, sample) DO UPDATE SET text = excluded.text, "
+        "answer = excluded.answer, adapter_version = excluded.adapter_version, "
+        "elite_ids = excluded.elite_ids, prompt_tokens = excluded.prompt_tokens, "
+        "completion_tokens = excluded.completion_tokens, latency_s = excluded.latency_s, "
+        "error = excluded.error, created_at = excluded.created_at WHERE solutions.error IS NOT NULL",
+        (problem_id, step, member, sample, text, answer, adapter_version, json.dumps(elite_ids),
+         prompt_tokens, completion_tokens, latency_s, error, now()),
+    )
+    return int(store.scalar(
+        "SELECT id FROM solutions WHERE problem_id = ? AND member = ? AND sample = ?",
+        (problem_id, member, sample),
+    ))
+
+
+def step_solutions(store: Store, step: int) -> list[sqlite3.Row]:
+    return store.query("SELECT * FROM solutions WHERE step = ? ORDER BY id", (step,))
+
+
+def insert_verdict(
+    store: Store, step: int, solution_id: int, verifier: str, valid: bool, raw: str | None,
+    latency_s: float | None,
+) -> None:
+    store.execute(
+        "INSERT OR IGNORE INTO verdicts(solution_id, step, verifier, valid, raw, latency_s, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (solution_id, step, verifier, int(valid), raw, latency_s, now()),
+    )
+
+
+def step_verdicts(store: Store, step: int) -> list[sqlite3.Row]:
+    return store.query("SELECT * FROM verdicts WHERE step = ? ORDER BY id", (step,))
+
+
+def insert_vote(
+    store: Store, step: int, problem_id: int, solution_a: int, solution_b: int, voter: str,
+    winner: int | None, raw: str | None, latency_s: float | None,
+) -> None:
+    store.execute(
+        "INSERT OR IGNORE INTO votes(problem_id, step, solution_a, solution_b, voter, winner, raw, "
+        "latency_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (problem_id, step, solution_a, solution_b, voter, winner, raw, latency_s, now()),
+    )
+
+
+def step_votes(store: Store, step: int) -> list[sqlite3.Row]:
+    return store.query("SELECT * FROM votes WHERE step = ? ORDER BY id", (step,))
+
+
+def insert_explanation(store: Store, step: int, solution_id: int, member: str, text: str) -> None:
+    store.execute(
+        "INSERT OR IGNORE INTO explanations(solution_id, step, member, text, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (solution_id, step, member, text, now()),
+    )
+
+
+def explanation_of(store: Store, solution_id: int) -> str | None:
+    return store.scalar("SELECT text FROM explanations WHERE solution_id = ?", (solution_id,))
+
+
+def insert_anchor(
+    store: Store, step: int, member: str, benchmark: str, score: float, n: int, version: int
+) -> None:
+    store.execute(
+        "INSERT OR IGNORE INTO anchors(step, member, benchmark, score, n, adapter_version, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (step, member, benchmark, score, n, version, now()),
+    )
+
+
+def step_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
+    rows = store.query("SELECT member, score, n FROM anchors WHERE step = ?", (step,))
+    return {r["member"]: (r["score"], r["n"]) for r in rows}
+
+
+# --------------------------------------------------------------------------- committed state
+
+
+def v_history(store: Store) -> list[float]:
+    """V_t of every committed step, oldest first (the outer loop's input)."""
+    return [r["v_t"] for r in committed_steps(store) if r["v_t"] is not None]
+
+
+def anchor_history(store: Store) -> list[float]:
+    """The ensemble's average anchor score (members' mean, '@majority' left out) per committed
+    anchored step, oldest first: the input of Eq. 2 and the dynamic strategy."""
+    rows = store.query(
+        "SELECT a.step, AVG(a.score) AS score FROM anchors a JOIN steps s ON s.step = a.step "
+        "WHERE s.committed_at IS NOT NULL AND a.member != ? GROUP BY a.step ORDER BY a.step",
+        (MAJORITY,),
+    )
+    return [r["score"] for r in rows]
+
+
+def current_ratings(store: Store, env: trueskill.TrueSkill, members: list[str]) -> dict:
+    """The latest committed rating per member (a fresh rating for a member never rated)."""
+    out = {}
+    for m in members:
+        row = store.one(
+            "SELECT mu, sigma FROM ratings WHERE member = ? ORDER BY id DESC LIMIT 1", (m,)
+        )
+        out[m] = env.create_rating() if row is None else env.create_rating(row["mu"], row["sigma"])
+    return out
+
+
+def committed_votes(store: Store) -> list[sqlite3.Row]:
+    """Votes of committed steps with a winner, in vote-id order, with both authors."""
+    return store.query(
+        "SELECT v.id, v.step, v.winner, sa.member AS author_a, sb.member AS author_b, "
+        "v.solution_a, v.solution_b FROM votes v "
+        "JOIN steps s ON s.step = v.step AND s.committed_at IS NOT NULL "
+        "JOIN solutions sa ON sa.id = v.solution_a JOIN solutions sb ON sb.id = v.solution_b "
+        "WHERE v.winner IS NOT NULL ORDER BY v.id"
+    )
+
+
+def winner_loser(vote: Any) -> tuple[str, str]:
+    """(winner author, loser author) of a stored vote row."""
+    if vote["winner"] == vote["solution_a"]:
+        return vote["author_a"], vote["author_b"]
+    return vote["author_b"], vote["author_a"]
+
+
+def active_elite(store: Store) -> list[sqlite3.Row]:
+    """H_t: the active elite rows with their problem, solution and explanation."""
+    return store.query(
+        "SELECT e.id, e.solution_id, e.member, e.score, e.step, p.text AS problem, "
+        "s.text AS solution, s.problem_id, x.text AS explanation FROM elite e "
+        "JOIN solutions s ON s.id = e.solution_id JOIN problems p ON p.id = s.problem_id "
+        "LEFT JOIN explanations x ON x.solution_id = e.solution_id "
+        "WHERE e.active = 1 ORDER BY e.score DESC, e.id"
+    )
+
+
+def buffer_size(store: Store) -> int:
+    return int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
+
+
+def unconsumed_buffer(store: Store) -> int:
+    return int(store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") or 0)
+
+
+# --------------------------------------------------------------------------- commit
+
+
+def commit_effects(store: Store, fx: Effects) -> None:
+    """Write one step's effects in ONE transaction; the steps row's committed_at seals it."""
+    t = now()
+    with store.transaction():
+        for member, mu, sigma, vote_id in fx.rating_rows:
+            store.execute(
+                "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (fx.step, member, mu, sigma, vote_id, t),
+            )
+        for sid, ok in fx.correct.items():
+            store.execute("UPDATE solutions SET correct = ? WHERE id = ?", (int(ok), sid))
+        for sid, pid, author in fx.buffer:
+            store.execute(
+                "INSERT OR IGNORE INTO buffer(step, solution_id, problem_id, member, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (fx.step, sid, pid, author, t),
+            )
+        keep = {sid for sid, _, _ in fx.elite}
+        for row in store.query("SELECT solution_id FROM elite WHERE active = 1"):
+            if row["solution_id"] not in keep:
+                store.execute(
+                    "UPDATE elite SET active = 0 WHERE solution_id = ?", (row["solution_id"],)
+                )
+        for sid, member, score in fx.elite:
+            store.execute(
+                "INSERT INTO elite(step, solution_id, member, score, active, created_at) "
+                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(solution_id) DO UPDATE SET active = 1",
+                (fx.step, sid, member, score, t),
+            )
+        c = fx.counts
+        store.execute(
+            "UPDATE steps SET committed_at = ?, next_difficulty = ?, v_t = ?, v_target = ?, "
+            "f_t = ?, strategy = ?, n_problems = ?, n_dropped = ?, n_solutions = ?, "
+            "n_correct = ?, n_buffered = ?, wall_s = ?, request_s = ?, info = ? WHERE step = ?",
+            (t, fx.next_difficulty, fx.v_t, fx.v_target, fx.f_t, fx.strategy,
+             c.get("problems", 0), c.get("dropped", 0), c.get("solutions", 0),
+             c.get("correct", 0), c.get("buffered", 0), fx.wall_s, fx.request_s,
+             json.dumps(fx.info), fx.step),
+        )

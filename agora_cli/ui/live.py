@@ -1,0 +1,205 @@
+"""The rich live view of a running loop. It consumes engine events only (an EventBus sink).
+
+Header: step t, d_t, V_t, V_target, F_t, buffer fill x/threshold, elapsed and ETA. A per-member
+table: TrueSkill mu and sigma, solutions, validated, pass rate, share of the buffer, tokens/s and the
+live adapter version. One progress bar per phase of the current step (generate, solve, verify,
+vote, explain, commit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from agora_cli.events import Event
+
+PHASES = ["generate", "solve", "verify", "vote", "explain", "commit"]
+
+
+@dataclass
+class MemberStats:
+    mu: float | None = None
+    sigma: float | None = None
+    solutions: int = 0
+    validated: int = 0
+    buffered: int = 0
+    version: int = 0
+    tokens: int = 0
+    busy_s: float = 0.0
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.validated / self.solutions if self.solutions else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.busy_s if self.busy_s else None
+
+
+@dataclass
+class LiveState:
+    """Everything the view shows, folded from events."""
+
+    run_dir: str = ""
+    step: int | None = None
+    d: float | None = None
+    v_t: float | None = None
+    v_target: float | None = None
+    f_t: float | None = None
+    strategy: str | None = None
+    buffer: int = 0
+    threshold: int = 0
+    started: float = field(default_factory=time.time)
+    first_step: int = 0
+    target_steps: int | None = None
+    committed: int = 0
+    step_times: list[float] = field(default_factory=list)
+    members: dict[str, MemberStats] = field(default_factory=dict)
+    phases: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> (done, total)
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=6))
+
+    def member(self, name: str) -> MemberStats:
+        return self.members.setdefault(name, MemberStats())
+
+    def apply(self, e: Event) -> None:
+        """Fold one event into the state."""
+        kind = e["kind"]
+        if kind in ("run_started", "run_resumed"):
+            self.run_dir = e.get("run_dir", self.run_dir)
+            self.first_step = self.step = e.get("step", 0)
+            self.target_steps = e.get("steps_target")
+            self.threshold = e.get("threshold", self.threshold)
+            self.buffer = e.get("buffer", self.buffer)
+            self._members(e.get("members") or {})
+        elif kind == "step_started":
+            self.step, self.d = e["step"], e.get("d")
+            self.v_target, self.strategy = e.get("v_target"), e.get("strategy")
+            self.phases = {p: (0, 0) for p in PHASES}
+        elif kind in ("phase_started", "phase_progress", "phase_finished"):
+            done = e.get("done", e.get("n", 0) if kind == "phase_finished" else 0)
+            total = e.get("total", e.get("n", 0))
+            self.phases[e["phase"]] = (done, total)
+        elif kind == "request_done" and e.get("ok"):
+            m = self.member(e["member"])
+            m.tokens += e.get("completion_tokens") or 0
+            m.busy_s += e.get("latency_s") or 0.0
+        elif kind == "rating_update":
+            m = self.member(e["member"])
+            m.mu, m.sigma = e.get("mu"), e.get("sigma")
+        elif kind == "buffer_size":
+            self.buffer, self.threshold = e["size"], e.get("threshold", self.threshold)
+        elif kind == "step_committed":
+            self.committed += 1
+            self.step_times.append(e.get("wall_s") or 0.0)
+            self.v_t, self.f_t, self.d = e.get("v_t"), e.get("f_t"), e.get("d_next")
+            self.buffer = e.get("buffer", self.buffer)
+            self._members(e.get("members") or {})
+            self.recent.append(f"step {e['step']} committed: V={_f(e.get('v_t'))}, "
+                               f"+{e.get('n_buffered', 0)} buffered")
+        elif kind == "adapter_live":
+            self.member(e["member"]).version = e.get("version", 0)
+            self.recent.append(f"adapter live: {e['member']} v{e.get('version')}")
+        elif kind in ("training_started", "training_finished", "training_failed"):
+            self.recent.append(f"{kind.replace('_', ' ')}: round {e.get('round', '?')} "
+                               f"{e.get('member', '')}".rstrip())
+        elif kind == "validation_score":
+            self.recent.append(f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')})")
+        elif kind == "problem_dropped":
+            self.recent.append(f"problem dropped ({e.get('reason')})")
+
+    def _members(self, members: dict[str, Any]) -> None:
+        for name, v in members.items():
+            m = self.member(name)
+            for key in ("mu", "sigma", "solutions", "validated", "buffered", "version"):
+                if v.get(key) is not None:
+                    setattr(m, key, v[key])
+
+    def eta_s(self) -> float | None:
+        if self.target_steps is None or not self.step_times:
+            return None
+        left = self.target_steps - (self.first_step + self.committed)
+        return max(left, 0) * sum(self.step_times) / len(self.step_times)
+
+
+def _f(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
+    """Per-member table (shared with `agora status`)."""
+    table = Table(expand=False, pad_edge=False)
+    for col in ("member", "mu", "sigma", "solutions", "validated", "pass", "buffer share",
+                "tok/s", "adapter"):
+        table.add_column(col, justify="left" if col == "member" else "right")
+    for name, m in members.items():
+        share = m.buffered / buffer_total if buffer_total else None
+        table.add_row(
+            name, _f(m.mu, ".2f"), _f(m.sigma, ".2f"), str(m.solutions), str(m.validated),
+            _f(m.pass_rate, ".0%"), _f(share, ".0%"), _f(m.tokens_per_s, ".1f"), f"v{m.version}",
+        )
+    return table
+
+
+def header(s: LiveState) -> Text:
+    elapsed = time.time() - s.started
+    return Text.from_markup(
+        f"[bold]agora[/bold] {s.run_dir}  step [bold]{s.step if s.step is not None else '-'}"
+        f"[/bold]{'/' + str(s.target_steps) if s.target_steps else ''}  "
+        f"d_t {_f(s.d)}  V_t {_f(s.v_t)}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
+        f"strategy {s.strategy or '-'}\n"
+        f"buffer {s.buffer}/{s.threshold}  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}"
+    )
+
+
+def phase_bars(s: LiveState) -> Progress:
+    progress = Progress(
+        TextColumn("{task.description:>8}"), BarColumn(bar_width=30), TaskProgressColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"), auto_refresh=False,
+    )
+    for phase in PHASES:
+        done, total = s.phases.get(phase, (0, 0))
+        progress.add_task(phase, total=max(total, 1) if total else 1, completed=done)
+    return progress
+
+
+def render(s: LiveState) -> RenderableType:
+    """The whole view as one renderable (also used to capture it as text)."""
+    recent = Text("\n".join(s.recent), style="dim") if s.recent else Text("")
+    return Group(header(s), member_table(s.members, s.buffer), phase_bars(s), recent)
+
+
+class LiveView:
+    """A rich `Live` display fed by events: `bus.add(view)` then `with view: ...`."""
+
+    def __init__(self, console: Console | None = None, refresh_per_second: float = 4.0):
+        self.state = LiveState()
+        self.console = console or Console()
+        self._live = Live(
+            get_renderable=lambda: render(self.state), console=self.console,
+            refresh_per_second=refresh_per_second, transient=False,
+        )
+
+    def __call__(self, e: Event) -> None:
+        self.state.apply(e)
+
+    def __enter__(self) -> LiveView:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()

@@ -1,0 +1,54 @@
+"""One plain line per committed step, for when stdout is not a terminal (`agora run ... | cat`).
+
+An EventBus sink: it reads `step_committed` (and a few run-level events) and prints nothing else,
+so logs stay greppable and one line long per step, like nanochat's step line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from agora_cli.events import Event
+
+
+def _f(x: object, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)  # type: ignore[arg-type]
+
+
+def step_line(e: Event) -> str:
+    """`step 3 | d 1.02->1.01 | V 0.42 tgt 0.55 | F - | buffer 12/16 | sol 24 ok 10 | 8.1s`."""
+    members = e.get("members") or {}
+    mus = " ".join(f"{m}:{v['mu']:.1f}" for m, v in members.items())
+    return (
+        f"step {e['step']} | d {_f(e.get('d'))}->{_f(e.get('d_next'))} | "
+        f"V {_f(e.get('v_t'))} tgt {_f(e.get('v_target'))} | F {_f(e.get('f_t'), '.4f')} | "
+        f"{e.get('strategy', '-')} | buffer {e.get('buffer', 0)}/{e.get('threshold', 0)} | "
+        f"problems {e.get('n_problems', 0)} sol {e.get('n_solutions', 0)} "
+        f"ok {e.get('n_correct', 0)} +buf {e.get('n_buffered', 0)} | "
+        f"wall {_f(e.get('wall_s'), '.1f')}s req {_f(e.get('request_s'), '.1f')}s | mu {mus}"
+    )
+
+
+class PlainPrinter:
+    """EventBus sink printing one line per committed step (plus run start/end and adapters)."""
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out or sys.stdout
+
+    def __call__(self, e: Event) -> None:
+        kind = e["kind"]
+        if kind == "step_committed":
+            line = step_line(e)
+        elif kind in ("run_started", "run_resumed"):
+            verb = "resuming" if kind == "run_resumed" else "starting"
+            line = f"{verb} run {e.get('run_dir', '')} at step {e.get('step')}"
+        elif kind == "run_finished":
+            line = f"run finished: {e.get('steps')} steps committed"
+        elif kind == "adapter_live":
+            line = f"adapter live: {e.get('member')} v{e.get('version')}"
+        elif kind == "training_failed":
+            line = f"training failed: {e.get('member', '')} {e.get('error', '')}"
+        else:
+            return
+        print(line, file=self.out, flush=True)

@@ -1,0 +1,135 @@
+"""`agora status DIR`: a run's state from its store (opened read-only) and `events.jsonl`.
+
+Safe to use from another terminal while the run is live: SQLite WAL lets a read-only reader see
+the last committed transaction, and the JSONL reader skips a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from agora_cli.events import Event, read_events
+from agora_cli.paths import RunPaths
+from agora_cli.store import Store
+from agora_cli.ui.live import MemberStats, member_table
+
+
+@dataclass
+class RunStatus:
+    run_dir: str
+    committed_steps: int
+    open_step: int | None  # a step with stored work that has not committed yet
+    last: dict[str, Any]  # the last committed steps row
+    buffer: int
+    unconsumed: int
+    threshold: int
+    members: dict[str, MemberStats]
+    open_work: dict[str, int] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
+    """Read everything `status` shows. Raises StoreError when DIR holds no run."""
+    paths = RunPaths(run_dir)
+    threshold = 0
+    member_names: list[str] = []
+    if paths.config.exists():
+        import yaml
+
+        raw = yaml.safe_load(paths.config.read_text()) or {}
+        threshold = int(raw.get("protocol", {}).get("buffer_threshold", 1024))
+        member_names = [m["name"] for m in raw.get("members", [])]
+    with Store(paths.store, readonly=True) as store:
+        last_row = store.one(
+            "SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step DESC LIMIT 1"
+        )
+        last = dict(last_row) if last_row else {}
+        committed = int(store.scalar(
+            "SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") or 0)
+        open_step = store.scalar("SELECT MIN(step) FROM steps WHERE committed_at IS NULL")
+        open_work = {}
+        if open_step is not None:
+            for table in ("problems", "solutions", "verdicts", "votes"):
+                open_work[table] = int(store.scalar(
+                    f"SELECT COUNT(*) FROM {table} WHERE step = ?", (open_step,)) or 0)
+        members = {name: MemberStats() for name in member_names}
+        for r in store.query(
+            "SELECT member, COUNT(*) AS n, SUM(correct = 1) AS ok FROM solutions s "
+            "JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL GROUP BY member"
+        ):
+            m = members.setdefault(r["member"], MemberStats())
+            m.solutions, m.validated = r["n"], r["ok"] or 0
+        for r in store.query(
+            "SELECT member, mu, sigma FROM ratings WHERE id IN "
+            "(SELECT MAX(id) FROM ratings GROUP BY member)"
+        ):
+            m = members.setdefault(r["member"], MemberStats())
+            m.mu, m.sigma = r["mu"], r["sigma"]
+        for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
+            members.setdefault(r["member"], MemberStats()).buffered = r["n"]
+        for r in store.query(
+            "SELECT member, MAX(version) AS v FROM adapters WHERE status = 'live' GROUP BY member"
+        ):
+            members.setdefault(r["member"], MemberStats()).version = r["v"]
+        for r in store.query(
+            "SELECT member, SUM(completion_tokens) AS tok, SUM(latency_s) AS busy "
+            "FROM solutions WHERE error IS NULL GROUP BY member"
+        ):
+            m = members.setdefault(r["member"], MemberStats())
+            m.tokens, m.busy_s = r["tok"] or 0, r["busy"] or 0.0
+        buffer = int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
+        unconsumed = int(store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") or 0)
+        rounds = [dict(r) for r in store.query(
+            "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3")]
+        for r in rounds:
+            r["n"] = len(json.loads(r.pop("buffer_ids") or "[]"))
+    events = read_events(paths.events)[-n_events:]
+    return RunStatus(
+        run_dir=str(run_dir), committed_steps=committed, open_step=open_step, last=last,
+        buffer=buffer, unconsumed=unconsumed, threshold=threshold, members=members,
+        open_work=open_work, rounds=rounds, events=events,
+    )
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def event_line(e: Event) -> str:
+    t = datetime.fromtimestamp(e.get("t", 0)).strftime("%H:%M:%S")
+    fields = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "kind", "members"))
+    return f"{t} {e.get('kind')} {fields}"[:160]
+
+
+def render(s: RunStatus) -> RenderableType:
+    """The status page as one rich renderable."""
+    last = s.last
+    head = Text.from_markup(
+        f"[bold]{s.run_dir}[/bold]: {s.committed_steps} step(s) committed"
+        + (f", step {s.open_step} open" if s.open_step is not None else "")
+        + "\n"
+        f"last step {last.get('step', '-')}: d_t {_f(last.get('difficulty'))} -> "
+        f"d_t+1 {_f(last.get('next_difficulty'))}  V_t {_f(last.get('v_t'))}  "
+        f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
+        f"strategy {last.get('strategy') or '-'}\n"
+        f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}"
+    )
+    parts: list[RenderableType] = [head, member_table(s.members, s.buffer)]
+    if s.open_work:
+        parts.append(Text("open step work: " + ", ".join(
+            f"{k} {v}" for k, v in s.open_work.items())))
+    for r in s.rounds:
+        parts.append(Text(f"round {r['id']} (after step {r['step']}): {r['status']}, "
+                          f"{r['n']} samples" + (f", error: {r['error']}" if r["error"] else "")))
+    if s.events:
+        parts.append(Text("last events:", style="bold"))
+        parts.append(Text("\n".join(event_line(e) for e in s.events), style="dim"))
+    return Group(*parts)
