@@ -1,0 +1,289 @@
+"""The paper's figures, drawn from run stores (matplotlib, Agg backend, PNG).
+
+Every `fig_*` function computes its data from the store(s), draws one PNG, writes the same data
+as JSON next to it (`<name>.json`), and returns it, so a reader (or a test) can check a figure's
+values without reading pixels. Data is plain dicts of lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agora_cli.store import Store  # noqa: E402
+
+MAJORITY = "@majority"
+Data = dict[str, Any]
+
+
+def _save(fig: Any, path: Path, data: Data) -> Data:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    path.with_suffix(".json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    return data
+
+
+def _empty(ax: Any, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this run yet", ha="center", va="center",
+            transform=ax.transAxes, color="gray")
+
+
+# --------------------------------------------------------------------------- Figure 1
+
+
+def fig_scores_vs_step(store: Store, path: Path, title: str = "") -> Data:
+    """Figure 1: external-anchor score against step, one line per member and `@majority`.
+
+    Data: {benchmark: {member: {"step": [...], "score": [...]}}}.
+    """
+    rows = store.query("SELECT step, member, benchmark, score FROM anchors ORDER BY step, member")
+    data: Data = {}
+    for r in rows:
+        line = data.setdefault(r["benchmark"], {}).setdefault(r["member"], {"step": [], "score": []})
+        line["step"].append(r["step"])
+        line["score"].append(r["score"])
+    fig, axes = plt.subplots(1, max(1, len(data)), figsize=(6 * max(1, len(data)), 4), squeeze=False)
+    if not data:
+        _empty(axes[0][0], "anchor scores")
+    for ax, (bench, lines) in zip(axes[0], data.items(), strict=False):
+        for member, line in lines.items():
+            style = {"linestyle": "--", "color": "black"} if member == MAJORITY else {}
+            ax.plot(line["step"], line["score"], marker="o", label=member, **style)
+        ax.set(xlabel="step", ylabel="pass@1", title=f"{bench} (calibration) {title}".strip(),
+               ylim=(-0.02, 1.02))
+        ax.legend(fontsize=8)
+    return _save(fig, path, data)
+
+
+# --------------------------------------------------------------------------- Figure 3
+
+
+def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
+    """Figure 3: difficulty d_t and response length against performance.
+
+    Data: {"difficulty": {"step", "d", "v_t"}, "length": {member: {"step", "mean_tokens",
+    "correct_rate"}}}: per committed step, d_t against consensus pass@1 V_t; per member and step,
+    mean completion tokens of its solutions against the share judged correct.
+    """
+    steps = store.query(
+        "SELECT step, difficulty, v_t FROM steps WHERE committed_at IS NOT NULL AND v_t IS NOT NULL "
+        "ORDER BY step"
+    )
+    diff = {"step": [r["step"] for r in steps], "d": [r["difficulty"] for r in steps],
+            "v_t": [r["v_t"] for r in steps]}
+    rows = store.query(
+        "SELECT s.member, s.step, AVG(s.completion_tokens) AS tokens, AVG(s.correct) AS rate "
+        "FROM solutions s JOIN steps t ON t.step = s.step "
+        "WHERE t.committed_at IS NOT NULL AND s.error IS NULL AND s.correct IS NOT NULL "
+        "AND s.completion_tokens IS NOT NULL GROUP BY s.member, s.step ORDER BY s.member, s.step"
+    )
+    length: Data = {}
+    for r in rows:
+        d = length.setdefault(r["member"], {"step": [], "mean_tokens": [], "correct_rate": []})
+        d["step"].append(r["step"])
+        d["mean_tokens"].append(r["tokens"])
+        d["correct_rate"].append(r["rate"])
+    data = {"difficulty": diff, "length": length}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    if diff["step"]:
+        sc = a1.scatter(diff["d"], diff["v_t"], c=diff["step"], cmap="viridis")
+        fig.colorbar(sc, ax=a1, label="step")
+    else:
+        _empty(a1, "committed steps")
+    a1.set(xlabel="difficulty d_t (Eq. 1)", ylabel="consensus pass@1 V_t",
+           title=f"Difficulty vs performance {title}".strip())
+    for member, d in length.items():
+        a2.scatter(d["mean_tokens"], d["correct_rate"], label=member, alpha=0.8)
+    if length:
+        a2.legend(fontsize=8)
+    else:
+        _empty(a2, "graded solutions")
+    a2.set(xlabel="mean response length (completion tokens)", ylabel="share judged correct",
+           title="Response length vs performance (member x step)")
+    return _save(fig, path, data)
+
+
+# --------------------------------------------------------------------------- Figure 4
+
+
+def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str = "") -> Data:
+    """Figure 4: high-quality yield per step and time to fill the buffer.
+
+    Data: {"step", "buffered", "solutions", "yield_rate", "elapsed_s", "cumulative",
+    "threshold", "fill_times_s"}: buffer rows added per committed step (and their share of the
+    step's solutions), the cumulative buffer size against wall time since the first step, and the
+    wall time each successive `threshold` rows took to accumulate (one training round each).
+    """
+    steps = store.query(
+        "SELECT step, started_at, committed_at FROM steps WHERE committed_at IS NOT NULL "
+        "ORDER BY step"
+    )
+    buffered = dict(store.query("SELECT step, COUNT(*) FROM buffer GROUP BY step"))
+    solutions = dict(store.query(
+        "SELECT step, COUNT(*) FROM solutions WHERE error IS NULL GROUP BY step"
+    ))
+    t0 = steps[0]["started_at"] if steps else 0.0
+    data: Data = {"step": [], "buffered": [], "solutions": [], "yield_rate": [], "elapsed_s": [],
+                  "cumulative": [], "threshold": threshold, "fill_times_s": []}
+    total, last_fill = 0, 0.0
+    for r in steps:
+        b, n = int(buffered.get(r["step"], 0)), int(solutions.get(r["step"], 0))
+        total += b
+        elapsed = r["committed_at"] - t0
+        data["step"].append(r["step"])
+        data["buffered"].append(b)
+        data["solutions"].append(n)
+        data["yield_rate"].append(b / n if n else 0.0)
+        data["elapsed_s"].append(round(elapsed, 3))
+        data["cumulative"].append(total)
+        while threshold and total >= threshold * (len(data["fill_times_s"]) + 1):
+            data["fill_times_s"].append(round(elapsed - last_fill, 3))
+            last_fill = elapsed
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    if data["step"]:
+        a1.bar(data["step"], data["buffered"], color="tab:green")
+        a1b = a1.twinx()
+        a1b.plot(data["step"], data["yield_rate"], color="black", marker=".")
+        a1b.set_ylabel("share of solutions kept")
+        a2.plot(data["elapsed_s"], data["cumulative"], marker=".")
+        if threshold:
+            for k in range(1, len(data["fill_times_s"]) + 1):
+                a2.axhline(threshold * k, color="gray", linestyle=":")
+    else:
+        _empty(a1, "committed steps")
+    a1.set(xlabel="step", ylabel="rows entering B_hq (Eq. 4)",
+           title=f"High-quality yield per step {title}".strip())
+    fills = ", ".join(f"{t:.0f}s" for t in data["fill_times_s"]) or "not yet filled"
+    a2.set(xlabel="wall time (s)", ylabel="cumulative |B_hq|",
+           title=f"Time to fill the buffer ({threshold or '?'} rows): {fills}")
+    return _save(fig, path, data)
+
+
+# --------------------------------------------------------------------------- knowledge flow
+
+
+def knowledge_flow(store: Store, members: list[str], isolated: bool = False) -> Data:
+    """Who learned from whom: {"members", "elite": [[...]], "training": [[...]]}.
+
+    Rows are learners, columns teachers (both in `members` order).
+    - elite[i][j]: elite examples authored by j shown in i's solve prompts
+      (`solutions.elite_ids` -> `elite.member`).
+    - training[i][j]: buffer rows authored by j in the training rounds that produced an adapter
+      for i (each member trains on every row of its round; in isolated mode only on its own).
+    """
+    names = list(members)
+    extra = [r[0] for r in store.query(
+        "SELECT DISTINCT member FROM solutions UNION SELECT DISTINCT member FROM buffer"
+    )]
+    names += sorted(m for m in extra if m not in names)
+    idx = {m: i for i, m in enumerate(names)}
+    elite = [[0] * len(names) for _ in names]
+    author = dict(store.query("SELECT id, member FROM elite"))
+    for r in store.query("SELECT member, elite_ids FROM solutions WHERE elite_ids != '[]'"):
+        for eid in json.loads(r["elite_ids"]):
+            if eid in author:
+                elite[idx[r["member"]]][idx[author[eid]]] += 1
+    training = [[0] * len(names) for _ in names]
+    rounds = {r["id"]: json.loads(r["buffer_ids"]) for r in store.query(
+        "SELECT id, buffer_ids FROM rounds"
+    )}
+    buffer_author = dict(store.query("SELECT id, member FROM buffer"))
+    trained = store.query(
+        "SELECT member, round_id FROM adapters WHERE round_id IS NOT NULL AND status != 'failed'"
+    )
+    for a in trained:
+        for bid in rounds.get(a["round_id"], []):
+            teacher = buffer_author.get(bid)
+            if teacher is None or (isolated and teacher != a["member"]):
+                continue
+            training[idx[a["member"]]][idx[teacher]] += 1
+    return {"members": names, "elite": elite, "training": training}
+
+
+def fig_knowledge_flow(
+    store: Store, path: Path, members: list[str], isolated: bool = False, title: str = ""
+) -> Data:
+    """The knowledge-flow matrix as two annotated heatmaps (elite examples, training rows)."""
+    data = knowledge_flow(store, members, isolated)
+    names = data["members"]
+    fig, axes = plt.subplots(1, 2, figsize=(5.5 * 2, 0.9 * len(names) + 2.5))
+    panels = [("elite", "via elite examples in solve prompts"),
+              ("training", "via buffer rows in LoRA training")]
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        m = data[key]
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, max(max(r) for r in m) if m else 1))
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set(xlabel="teacher (author)", ylabel="learner", title=label)
+        peak = max((max(r) for r in m), default=0)
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center",
+                        color="white" if peak and v > peak / 2 else "black")
+    fig.suptitle(f"Knowledge flow {title}".strip())
+    return _save(fig, path, data)
+
+
+# --------------------------------------------------------------------------- across runs
+
+
+def fig_group_comparison(scores: dict[str, dict[str, dict[str, float]]], path: Path) -> Data:
+    """Figure 5: grouped bars, one group per run, one bar per member (+ majority), per benchmark.
+
+    `scores` is {run: {benchmark: {member: score}}}; the data written is the same structure.
+    """
+    benches = sorted({b for per in scores.values() for b in per})
+    fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(6 * max(1, len(benches)), 4),
+                             squeeze=False)
+    if not benches:
+        _empty(axes[0][0], "scores")
+    for ax, bench in zip(axes[0], benches, strict=False):
+        runs = [r for r in scores if bench in scores[r]]
+        members = sorted({m for r in runs for m in scores[r][bench]}, key=lambda m: (m == MAJORITY, m))
+        width = 0.8 / max(1, len(members))
+        for k, member in enumerate(members):
+            xs = [i + k * width for i in range(len(runs))]
+            ys = [scores[r][bench].get(member, math.nan) for r in runs]
+            ax.bar(xs, ys, width, label=member)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(runs))], runs, rotation=20, ha="right")
+        ax.set(ylabel="pass@1", title=f"Group comparison: {bench}", ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    return _save(fig, path, {"scores": scores})
+
+
+def fig_mode_comparison(
+    curves: dict[str, list[dict[str, list[float]]]], path: Path
+) -> Data:
+    """Figure 6: AGORA against the isolated control: the group's anchor score against step.
+
+    `curves` is {mode: [{"step": [...], "score": [...]}, ...]} (one curve per run); the plotted
+    (and written) data is each mode's mean over its runs at every step they share.
+    """
+    data: Data = {}
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for mode, runs in sorted(curves.items()):
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for c in runs:
+            for s, v in zip(c["step"], c["score"], strict=True):
+                by_step[s].append(v)
+        steps = sorted(s for s, vs in by_step.items() if len(vs) == len(runs))
+        mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+        data[mode] = {"step": steps, "score": mean, "runs": len(runs)}
+        ax.plot(steps, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
+    if not data:
+        _empty(ax, "anchor scores")
+    else:
+        ax.legend()
+    ax.set(xlabel="step", ylabel="members' mean anchor pass@1",
+           title="AGORA vs isolated evolution", ylim=(-0.02, 1.02))
+    return _save(fig, path, data)

@@ -1,0 +1,267 @@
+"""`agora report`: a Markdown report of one or more runs, with the paper's figures and tables.
+
+Per run: anchor score against step (Figure 1), difficulty and response length against performance
+(Figure 3), high-quality yield and time to fill the buffer (Figure 4) and the knowledge-flow
+matrix. Across runs: group comparison (Figure 5), AGORA against the isolated control when both
+modes are given (Figure 6), and tables shaped like the paper's Table 1 (per-model pass@1 per
+benchmark) and Table 2 (variants, mean ± standard deviation over seeds). Everything is read from
+the run stores (read-only), each run's `config.yaml` and its `evals/*/summary.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agora_cli.errors import EvaluationError
+from agora_cli.evaluation import plots
+from agora_cli.paths import RunPaths
+from agora_cli.store import Store
+
+MAJORITY = plots.MAJORITY
+SWITCHES = (
+    "valid_vote", "lora", "quality_vote", "elite_icl", "random_qgen", "difficulty_control",
+    "external_anchor", "explanation", "dynamic_strategy", "fem",
+)
+
+
+@dataclass
+class RunInfo:
+    """What the report needs to know about one run directory."""
+
+    root: Path
+    label: str
+    config: dict[str, Any]
+    members: list[str]
+    mode: str = "agora"
+    seed: int = 0
+    variant: str = "full"
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval name -> summary.json
+
+
+def variant_of(config: dict[str, Any]) -> str:
+    """Table 2 row name: 'full', 'no-<switch>' (several joined by '+'), or 'isolated'."""
+    if (config.get("protocol") or {}).get("mode") == "isolated":
+        return "isolated"
+    ablations = config.get("ablations") or {}
+    off = [s for s in SWITCHES if ablations.get(s) is False]
+    return "full" if not off else "+".join(f"no-{s.replace('_', '-')}" for s in off)
+
+
+def load_run(root: Path | str) -> RunInfo:
+    """Read a run directory's config and evaluation summaries (the store is opened per figure)."""
+    paths = RunPaths(root)
+    if not paths.store.exists():
+        raise EvaluationError(
+            f"{paths.root} is not a run directory (no {paths.store.name}); pass the directory "
+            "`agora run` wrote, e.g. runs/tiny"
+        )
+    config = yaml.safe_load(paths.config.read_text()) if paths.config.exists() else {}
+    config = config or {}
+    members = [m["name"] for m in config.get("members", []) if isinstance(m, dict) and "name" in m]
+    evals = {}
+    if paths.evals.exists():
+        for summary in sorted(paths.evals.glob("*/summary.json")):
+            try:
+                evals[summary.parent.name] = json.loads(summary.read_text())
+            except json.JSONDecodeError:
+                continue
+    return RunInfo(
+        root=paths.root, label=paths.root.name, config=config, members=members,
+        mode=(config.get("protocol") or {}).get("mode", "agora"), seed=int(config.get("seed", 0)),
+        variant=variant_of(config), evals=evals,
+    )
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def anchor_curve(store: Store) -> dict[str, list[float]]:
+    """The members' mean anchor score per anchored step ('@majority' left out)."""
+    rows = store.query(
+        "SELECT step, AVG(score) AS score FROM anchors WHERE member != ? GROUP BY step "
+        "ORDER BY step", (MAJORITY,),
+    )
+    return {"step": [r["step"] for r in rows], "score": [r["score"] for r in rows]}
+
+
+def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
+    """{benchmark: {member: pass@1}} of a run: its latest evaluation per benchmark, falling back
+    to the last external anchor (benchmark named '<calibration> (anchor)')."""
+    out: dict[str, dict[str, float]] = {}
+    ordered = sorted(run.evals.values(), key=lambda s: s.get("written_at", 0))
+    for summary in ordered:  # later evaluations overwrite earlier ones
+        for bench, per in (summary.get("scores") or {}).items():
+            out[bench] = {m: v["score"] for m, v in per.items()}
+    if out:
+        return out
+    with Store(RunPaths(run.root).store, readonly=True) as store:
+        step = store.scalar("SELECT MAX(step) FROM anchors")
+        if step is None:
+            return {}
+        for r in store.query("SELECT member, benchmark, score FROM anchors WHERE step = ?", (step,)):
+            out.setdefault(f"{r['benchmark']} (anchor)", {})[r["member"]] = r["score"]
+    return out
+
+
+def group_mean(per_member: dict[str, float]) -> float:
+    """The group's pass@1: mean over members, '@majority' left out."""
+    vals = [v for m, v in per_member.items() if m != MAJORITY]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(mean: float, sd: float | None) -> str:
+    return f"{100 * mean:.1f}" if sd is None else f"{100 * mean:.1f} ± {100 * sd:.1f}"
+
+
+def table1(runs: list[RunInfo]) -> str:
+    """Table 1 shape: one row per (run, member, adapter version), pass@1 (%) per benchmark."""
+    rows: list[tuple[str, str, str, dict[str, float]]] = []
+    benches: list[str] = []
+    for run in runs:
+        for name, summary in sorted(run.evals.items(), key=lambda kv: kv[1].get("written_at", 0)):
+            scores = summary.get("scores") or {}
+            versions = summary.get("adapter_versions") or {}
+            members = sorted({m for per in scores.values() for m in per},
+                             key=lambda m: (m == MAJORITY, m))
+            for b in scores:
+                if b not in benches:
+                    benches.append(b)
+            for m in members:
+                v = versions.get(m)
+                version = "" if m == MAJORITY else ("base" if not v else f"v{v}")
+                rows.append((run.label, f"{m} {version}".strip(), name,
+                             {b: scores[b][m]["score"] for b in scores if m in scores[b]}))
+    if not rows:
+        return "_No evaluations yet: run `agora eval CONFIG --run-dir RUN` first._\n"
+    head = "| run | model | eval | " + " | ".join(benches) + " |\n"
+    head += "|---|---|---|" + "---:|" * len(benches) + "\n"
+    body = "".join(
+        f"| {r} | {m} | {e} | " + " | ".join(_fmt(s[b], None) if b in s else "–" for b in benches)
+        + " |\n"
+        for r, m, e, s in rows
+    )
+    return head + body
+
+
+def table2(values: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
+    """Table 2 shape: {variant: [one {benchmark: score} per seed]} -> (Markdown, CSV).
+
+    Cells are mean ± sample standard deviation over seeds, in percent; 'full' comes first.
+    """
+    benches: list[str] = []
+    for per_seed in values.values():
+        for s in per_seed:
+            benches += [b for b in s if b not in benches]
+    order = sorted(values, key=lambda v: (v != "full", v))
+    md = "| variant | seeds | " + " | ".join(benches) + " |\n"
+    md += "|---|---:|" + "---:|" * len(benches) + "\n"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "seeds", *[f"{b}_{k}" for b in benches for k in ("mean", "sd")]])
+    for variant in order:
+        per_seed = values[variant]
+        cells, csv_cells = [], []
+        for b in benches:
+            xs = [s[b] for s in per_seed if b in s and s[b] == s[b]]  # drop NaN
+            if not xs:
+                cells.append("–")
+                csv_cells += ["", ""]
+                continue
+            mean = statistics.fmean(xs)
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            cells.append(_fmt(mean, sd))
+            csv_cells += [f"{mean:.6f}", f"{sd:.6f}"]
+        md += f"| {variant} | {len(per_seed)} | " + " | ".join(cells) + " |\n"
+        w.writerow([variant, len(per_seed), *csv_cells])
+    return md, buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
+    """Render the report for `run_dirs` into `out` (default: `<run>/report` for one run,
+    `./agora-report` for several). Returns the Markdown file's path."""
+    if not run_dirs:
+        raise EvaluationError("give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):  # same directory names under different parents
+        for i, r in enumerate(runs):
+            r.label = f"{r.label}-{i}"
+    out = Path(out) if out else (RunPaths(runs[0].root).report if len(runs) == 1
+                                 else Path("agora-report"))
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# AGORA report", ""]
+    md.append("Runs: " + ", ".join(f"`{r.label}` ({r.mode}, {r.variant}, seed {r.seed})"
+                                   for r in runs))
+    md.append("")
+    curves: dict[str, list[dict[str, list[float]]]] = {}
+    for run in runs:
+        slug = _slug(run.label)
+        threshold = (run.config.get("protocol") or {}).get("buffer_threshold")
+        with Store(RunPaths(run.root).store, readonly=True) as store:
+            plots.fig_scores_vs_step(store, out / f"{slug}-fig1-anchor.png", run.label)
+            plots.fig_difficulty_length(store, out / f"{slug}-fig3-difficulty-length.png",
+                                        run.label)
+            plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
+            plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members,
+                                     run.mode == "isolated", run.label)
+            curves.setdefault(run.mode, []).append(anchor_curve(store))
+        md += [
+            f"## Run `{run.label}`", "",
+            f"Directory: `{run.root}`; members: {', '.join(run.members) or '?'}.", "",
+            "### Figure 1: external-anchor score against step", "",
+            f"![Figure 1, {run.label}]({slug}-fig1-anchor.png)", "",
+            "### Figure 3: difficulty and response length against performance", "",
+            f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)", "",
+            "### Figure 4: high-quality yield per step and time to fill the buffer", "",
+            f"![Figure 4, {run.label}]({slug}-fig4-yield.png)", "",
+            "### Knowledge flow", "",
+            f"![Knowledge flow, {run.label}]({slug}-knowledge-flow.png)", "",
+            "Rows are learners, columns teachers. Left: how many elite examples written by the "
+            "teacher appeared in the learner's solve prompts (in-context learning from the elite "
+            "history H_t). Right: how many buffer rows written by the teacher the learner was "
+            "fine-tuned on (LoRA rounds that produced one of its adapters). The diagonal is "
+            "self-learning; in isolated mode only the diagonal can be non-zero.", "",
+        ]
+    scores = {r.label: final_scores(r) for r in runs}
+    md += ["## Figure 5: group comparison across runs", ""]
+    plots.fig_group_comparison(scores, out / "fig5-groups.png")
+    md += ["![Figure 5](fig5-groups.png)", "",
+           "Each run's latest evaluation per benchmark (or, without one, its last external "
+           "anchor).", ""]
+    if {"agora", "isolated"} <= set(curves):
+        plots.fig_mode_comparison(curves, out / "fig6-agora-vs-isolated.png")
+        md += ["## Figure 6: AGORA against isolated evolution", "",
+               "![Figure 6](fig6-agora-vs-isolated.png)", "",
+               "Members' mean anchor pass@1 per step, averaged over the runs of each mode.", ""]
+    md += ["## Table 1: pass@1 (%) per model and benchmark", "", table1(runs), ""]
+    grouped: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        grouped.setdefault(run.variant, []).append(
+            {b: group_mean(per) for b, per in scores[run.label].items()}
+        )
+    t2_md, t2_csv = table2(grouped)
+    (out / "table2.csv").write_text(t2_csv)
+    md += ["## Table 2: variants (group mean pass@1 %, mean ± sd over seeds)", "", t2_md,
+           "", "CSV: [table2.csv](table2.csv)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
