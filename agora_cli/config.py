@@ -43,6 +43,10 @@ class TransformersBackend(Strict):
     dtype: str = "float32"
     startup_timeout_s: float = Field(600.0, gt=0)
     keep_merged: int = Field(2, ge=1, description="merged adapter copies kept per member")
+    # Continuous batching sizes its KV cache from free RAM (60% of it on CPU) unless told; one
+    # server per served model (see serving/transformers.py), so each gets a fixed, small cache.
+    cb_num_blocks: int = Field(48, ge=1, description="KV cache blocks of 256 tokens per server")
+    cb_max_batch_tokens: int = Field(2048, ge=16)
     extra_args: list[str] = []
 
 
@@ -62,6 +66,9 @@ class SGLangBackend(Strict):
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
     cuda_visible_devices: dict[str, str] = {}
     extra_args: list[str] = []
+    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    launch: bool = True
+    urls: dict[str, str] = {}
 
 
 class OpenAIBackend(Strict):
