@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agora_cli.client import ClientPool
-from agora_cli.config import Sampling
+from agora_cli.config import Config, Sampling
 from agora_cli.errors import EvaluationError
 from agora_cli.evaluation.benchmarks import Item
 from agora_cli.evaluation.grading import Grader
@@ -325,3 +325,106 @@ async def evaluate(
             f"{path}; re-run the same command to ask only the missing items"
         )
     return report
+
+
+# --------------------------------------------------------------------------- `agora eval`
+
+
+def live_versions(run_dir: Path, members: list[str]) -> dict[str, int]:
+    """Each member's live adapter version in the run (0 = base model; no run store = all base)."""
+    from agora_cli.paths import RunPaths
+    from agora_cli.store import Store
+
+    path = RunPaths(run_dir).store
+    if not path.exists():
+        return {m: 0 for m in members}
+    with Store(path, readonly=True) as store:
+        rows = dict(store.query(
+            "SELECT member, MAX(version) FROM adapters WHERE status = 'live' GROUP BY member"
+        ))
+    return {m: int(rows.get(m) or 0) for m in members}
+
+
+def check_versions(run_dir: Path, versions: dict[str, int]) -> None:
+    """Every chosen adapter version must exist on disk (base = 0 always does)."""
+    from agora_cli.paths import RunPaths
+
+    paths = RunPaths(run_dir)
+    for m, v in versions.items():
+        if v and not paths.adapter_dir(m, v).exists():
+            raise EvaluationError(
+                f"member {m!r} has no adapter v{v} at {paths.adapter_dir(m, v)}; list the run's "
+                f"adapters with `agora status {run_dir}` or use {m}=base"
+            )
+
+
+def run_evaluation(
+    cfg: Config,
+    *,
+    run_dir: Path | None = None,
+    benchmarks: list[str] | None = None,
+    limit: int | None = None,
+    members: list[str] | None = None,
+    versions: dict[str, int] | None = None,
+    greedy: bool | None = None,
+    out: Path | None = None,
+    bus: EventBus = NULL_BUS,
+    pool: ClientPool | None = None,
+) -> EvalReport:
+    """`agora eval`: serve the members (live adapter, a chosen version, or base) and evaluate.
+
+    `versions` overrides the run's live adapters per member ({member: N}, 0 = base). With `pool`
+    given, that pool is used as is (the caller serves the members) and adapters are not switched.
+    Results go to `out` (default `<run>/evals/<greedy|sampled>`).
+    """
+    from agora_cli.evaluation.benchmarks import load_benchmark, subset
+    from agora_cli.paths import RunPaths
+
+    run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
+    names = [m.name for m in cfg.members]
+    chosen = members or names
+    unknown = [m for m in chosen if m not in names]
+    if unknown:
+        raise EvaluationError(f"unknown member(s) {', '.join(unknown)}; the config has "
+                              f"{', '.join(names)}")
+    extra = [m for m in (versions or {}) if m not in names]
+    if extra:
+        raise EvaluationError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
+    vers = {**live_versions(run_dir, chosen), **{m: v for m, v in (versions or {}).items()
+                                                 if m in chosen}}
+    check_versions(run_dir, vers)
+    benches = benchmarks or list(cfg.evaluation.benchmarks)
+    items = {b: subset(load_benchmark(b), limit) for b in benches}
+    greedy = cfg.evaluation.greedy if greedy is None else greedy
+    sampling = greedy_sampling(cfg.evaluation.sampling) if greedy else cfg.evaluation.sampling
+    out = Path(out) if out else RunPaths(run_dir).evals / ("greedy" if greedy else "sampled")
+    meta = {"config": cfg.name, "run_dir": str(run_dir), "benchmarks": benches, "limit": limit,
+            "members": chosen, "greedy": greedy, "sampling": sampling.model_dump()}
+    prompts = Prompts(cfg.prompts_dir)
+
+    async def go(p: ClientPool) -> EvalReport:
+        with Grader(cfg.evaluation.grade_workers, cfg.evaluation.grade_timeout_s) as grader:
+            return await evaluate(p, prompts, chosen, items, sampling, grader, out, versions=vers,
+                                  meta=meta, bus=bus)
+
+    if pool is not None:
+        return asyncio.run(go(pool))
+    from agora_cli.serving import Serving
+
+    serving = Serving(cfg, RunPaths(run_dir), bus)
+    try:
+        serving.start()
+        for m, v in vers.items():
+            if v:  # make the chosen adapter version live for this evaluation
+                serving.activate(m, RunPaths(run_dir).adapter_dir(m, v), v)
+
+        async def with_pool() -> EvalReport:
+            p = serving.client_pool()
+            try:
+                return await go(p)
+            finally:
+                await p.aclose()
+
+        return asyncio.run(with_pool())
+    finally:
+        serving.stop()

@@ -1,0 +1,139 @@
+"""`agora eval`, `agora report`, `agora ablate`: parse, call `agora_cli.evaluation`, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from agora_cli.cli.app import app, console, handle_errors
+from agora_cli.config import load_config
+from agora_cli.errors import EvaluationError
+from agora_cli.events import EventBus
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _versions(items: list[str] | None) -> dict[str, int]:
+    """`member=N` / `member=base` -> {member: N or 0}."""
+    out: dict[str, int] = {}
+    for item in items or []:
+        member, sep, raw = item.partition("=")
+        if not sep or not member.strip():
+            raise EvaluationError(f"--adapter-version {item!r}: expected member=N or member=base")
+        raw = raw.strip().lower()
+        if raw in ("base", "0"):
+            out[member.strip()] = 0
+        elif raw.removeprefix("v").isdigit():
+            out[member.strip()] = int(raw.removeprefix("v"))
+        else:
+            raise EvaluationError(f"--adapter-version {item!r}: version must be a number or 'base'")
+    return out
+
+
+def _scores_table(scores: dict[str, dict[str, tuple[float, int]]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("member")
+    benches = list(scores)
+    for b in benches:
+        table.add_column(f"{b} pass@1", justify="right")
+    members: list[str] = []
+    for per in scores.values():
+        members += [m for m in per if m not in members]
+    members.sort(key=lambda m: (m.startswith("@"), members.index(m)))
+    for m in members:
+        cells = []
+        for b in benches:
+            s = scores[b].get(m)
+            cells.append(f"{100 * s[0]:.1f}% (n={s[1]})" if s else "–")
+        table.add_row(f"[bold]{m}[/bold]" if m.startswith("@") else m, *cells)
+    return table
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    config: str = typer.Argument(..., help="YAML config of the ensemble."),
+    overrides: list[str] = typer.Argument(None, help="key=value config overrides."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run whose adapters to evaluate "
+                                 "(default: the config's run directory)."),
+    benchmarks: str = typer.Option(None, help="Comma list: gsm8k,math500,aime24 "
+                                   "(default: evaluation.benchmarks)."),
+    limit: int = typer.Option(None, help="A fixed seeded subset of N items per benchmark."),
+    members: str = typer.Option(None, help="Comma list of members (default: all)."),
+    adapter_version: list[str] = typer.Option(
+        None, "--adapter-version", help="member=N or member=base (repeatable; default: the "
+        "run's live adapter)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding instead of T=0.6/p=0.95."),
+    out: Path = typer.Option(None, help="Results directory (default: RUN/evals/<decoding>)."),
+) -> None:
+    """pass@1 with one chain-of-thought sample per problem, per member and @majority; resumable."""
+    from agora_cli.evaluation.evaluate import run_evaluation
+
+    cfg = load_config(config, overrides or [])
+    report = run_evaluation(
+        cfg, run_dir=run_dir, benchmarks=_csv(benchmarks), limit=limit, members=_csv(members),
+        versions=_versions(adapter_version), greedy=greedy or None, out=out, bus=EventBus(),
+    )
+    console.print(_scores_table(report.scores, f"pass@1, {cfg.name}"))
+    console.print(
+        f"asked {report.asked}, reused {report.reused} finished item(s); "
+        f"results in {report.out_dir}/results.jsonl"
+    )
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Path = typer.Option(None, help="Report directory (default: RUN/report for one run, "
+                             "./agora-report for several)."),
+) -> None:
+    """Markdown report with the paper's figures, tables and the knowledge-flow matrix."""
+    from agora_cli.evaluation.report import build_report
+
+    path = build_report(list(run_dirs), out)
+    pngs = sorted(path.parent.glob("*.png"))
+    console.print(f"wrote {path} ({len(pngs)} figure(s))")
+
+
+@app.command()
+@handle_errors
+def ablate(
+    config: str = typer.Argument(..., help="Base config (full AGORA)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides for every variant."),
+    seeds: str = typer.Option("0,1,2", help="Comma list of seeds."),
+    steps: int = typer.Option(None, help="Loop steps per run (default: until stopped)."),
+    variants: str = typer.Option("all", help="all, or a comma list of switches (e.g. fem,lora)."),
+    limit: int = typer.Option(None, help="Evaluate on a fixed seeded subset of N items."),
+    out: Path = typer.Option(None, help="Grid directory (default: runs/<name>-ablate)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs without running them."),
+) -> None:
+    """Table 2: full AGORA and each ablation switch off, over seeds; Markdown + CSV table."""
+    from agora_cli.evaluation import ablate as ab
+
+    base = load_config(config, overrides or [])
+    out = out or Path("runs") / f"{base.name}-ablate"
+    try:
+        seed_list = [int(s) for s in _csv(seeds) or []]
+    except ValueError:
+        raise EvaluationError(f"--seeds {seeds!r}: expected a comma list of integers") from None
+    if not seed_list:
+        raise EvaluationError("--seeds is empty")
+    grid = ab.plan(config, seed_list, ab.parse_variants(variants), out, overrides or [])
+    if dry_run:
+        table = Table(title=f"{len(grid)} run(s) for {base.name}")
+        for col in ("variant", "seed", "run directory", "overrides"):
+            table.add_column(col)
+        for run, _ in grid:
+            table.add_row(run.variant, str(run.seed), str(run.run_dir),
+                          " ".join(o for o in run.overrides if o.startswith("ablations.")) or "–")
+        console.print(table)
+        return
+    md, csv_path = ab.run_ablation(grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn,
+                                   steps=steps, limit=limit, bus=EventBus())
+    console.print(md.read_text())
+    console.print(f"wrote {md} and {csv_path}")

@@ -1,0 +1,144 @@
+"""`agora ablate`: the paper's Table 2, full AGORA and each switch off, over several seeds.
+
+Every variant is the base config with `ablations.<switch>=false` (the same overrides the shipped
+`configs/ablations/*.yaml` state), a seed and its own run directory under `--out`. Each run is
+driven by the loop, then evaluated like `agora eval`; the table holds the group's mean pass@1
+(mean over members) per benchmark as mean ± standard deviation over seeds. Re-running the same
+command resumes: the loop resumes each run from its last committed step and the evaluation skips
+answered items.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agora_cli.config import Config, load_config
+from agora_cli.errors import EvaluationError
+from agora_cli.evaluation.report import SWITCHES, group_mean, table2
+from agora_cli.events import NULL_BUS, EventBus
+
+FULL = "full"
+VARIANTS = (FULL, *SWITCHES)
+
+# run_fn(cfg, steps, bus): run (or resume) the loop of `cfg` into cfg.run_dir for `steps` steps.
+RunFn = Callable[[Config, int | None, EventBus], None]
+# eval_fn(cfg, limit, bus) -> {benchmark: {member: pass@1}} for the run in cfg.run_dir.
+EvalFn = Callable[[Config, int | None, EventBus], dict[str, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (variant, seed) run of the grid."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+def variant_name(switch: str) -> str:
+    return FULL if switch == FULL else f"no-{switch.replace('_', '-')}"
+
+
+def parse_variants(spec: str) -> list[str]:
+    """'all' or a comma list of switches (`fem`, `no-fem` and `full` all accepted)."""
+    if spec.strip() in ("", "all"):
+        return list(VARIANTS)
+    out = []
+    for raw in spec.split(","):
+        name = raw.strip().removeprefix("no-").replace("-", "_")
+        if name not in VARIANTS:
+            raise EvaluationError(
+                f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}"
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def plan(
+    config: str | Path, seeds: list[int], variants: list[str], out: Path,
+    overrides: list[str] | None = None,
+) -> list[tuple[PlannedRun, Config]]:
+    """The grid of runs with their validated configs (an invalid variant fails before any run)."""
+    grid = []
+    for switch in variants:
+        for seed in seeds:
+            run_dir = out / variant_name(switch) / f"seed{seed}"
+            extra = [] if switch == FULL else [f"ablations.{switch}=false"]
+            ov = (*(overrides or []), *extra, f"seed={seed}", f"run_dir={run_dir}")
+            cfg = load_config(config, list(ov))
+            cfg.name = f"{cfg.name}-{variant_name(switch)}-s{seed}"[:64]
+            grid.append((PlannedRun(variant_name(switch), seed, run_dir, ov), cfg))
+    return grid
+
+
+def run_ablation(
+    grid: list[tuple[PlannedRun, Config]],
+    out: Path,
+    *,
+    run_fn: RunFn,
+    eval_fn: EvalFn,
+    steps: int | None = None,
+    limit: int | None = None,
+    bus: EventBus = NULL_BUS,
+) -> tuple[Path, Path]:
+    """Run, evaluate and tabulate every planned run. Returns (table2.md, table2.csv) paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results: dict[str, dict] = {}
+    if results_path.exists():
+        results = json.loads(results_path.read_text())
+    for k, (run, cfg) in enumerate(grid):
+        bus.emit("ablation_run", variant=run.variant, seed=run.seed, index=k, total=len(grid),
+                 run_dir=str(run.run_dir))
+        run_fn(cfg, steps, bus)
+        scores = eval_fn(cfg, limit, bus)
+        results[run.label] = {
+            "variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir),
+            "scores": scores,
+        }
+        # Written after every run so an interrupted grid keeps what finished.
+        results_path.write_text(json.dumps(results, indent=2))
+    grouped: dict[str, list[dict[str, float]]] = {}
+    for r in results.values():
+        grouped.setdefault(r["variant"], []).append(
+            {b: group_mean(per) for b, per in r["scores"].items()}
+        )
+    md, csv_text = table2(grouped)
+    md_path, csv_path = out / "table2.md", out / "table2.csv"
+    md_path.write_text(
+        "# Table 2: ablations (group mean pass@1 %, mean ± sd over seeds)\n\n" + md
+    )
+    csv_path.write_text(csv_text)
+    return md_path, csv_path
+
+
+# --------------------------------------------------------------------------- the real pieces
+
+
+def loop_run_fn(cfg: Config, steps: int | None, bus: EventBus) -> None:
+    """Run the AGORA loop for `steps` steps (resuming an existing run directory)."""
+    try:
+        from agora_cli import loop
+    except ImportError as e:  # pragma: no cover - only while the loop is being built
+        raise EvaluationError(f"the loop is not available ({e}); cannot run ablations") from e
+    entry = getattr(loop, "run_loop", None) or getattr(loop, "run", None)
+    if entry is None:
+        raise EvaluationError("agora_cli.loop exposes no run entry (run_loop); update agora")
+    entry(cfg, steps=steps, bus=bus)
+
+
+def eval_run_fn(cfg: Config, limit: int | None, bus: EventBus) -> dict[str, dict[str, float]]:
+    """Evaluate the run in cfg.run_dir on cfg.evaluation.benchmarks (live adapters)."""
+    from agora_cli.evaluation.evaluate import run_evaluation
+
+    report = run_evaluation(cfg, limit=limit, bus=bus)
+    return {b: {m: s for m, (s, _) in per.items()} for b, per in report.scores.items()}
