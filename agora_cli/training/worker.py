@@ -1,0 +1,68 @@
+"""Worker process: `python -m agora_cli.training.worker SPEC.json` trains one member for one round.
+
+Training runs in its own process so the loop keeps serving on the old adapters, a crash cannot
+take the orchestrator down, and a killed run leaves nothing half-done (the round is retried).
+Progress goes out as JSON lines, one per optimizer step, on stdout and to `progress_path`; the
+outcome is `result_path` (written atomically): the TrainResult on success, `{"error": ...}` on
+failure (exit code 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agora_cli.training.trainer import TrainSpec, train
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run(spec_path: str) -> int:
+    """Train per SPEC.json; return the process exit code."""
+    spec = TrainSpec.from_file(spec_path)
+    threads = spec.training.get("max_threads")
+    if threads:  # before torch spins up its pools
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    progress = open(spec.progress_path, "a", buffering=1) if spec.progress_path else None  # noqa: SIM115
+
+    def on_progress(event: dict[str, Any]) -> None:
+        line = json.dumps(event)
+        print(line, flush=True)
+        if progress is not None:
+            progress.write(line + "\n")
+
+    try:
+        result = train(spec, on_progress)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent through the result file
+        traceback.print_exc()
+        if spec.result_path:
+            write_json_atomic(spec.result_path, {"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    finally:
+        if progress is not None:
+            progress.close()
+    if spec.result_path and int(os.environ.get("RANK", "0")) == 0:
+        write_json_atomic(spec.result_path, asdict(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m agora_cli.training.worker SPEC.json", file=sys.stderr)
+        return 2
+    return run(args[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
