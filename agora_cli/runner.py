@@ -206,7 +206,9 @@ def run_stage(run_dir: Path | str, stage: str, bus: EventBus | None = None) -> t
 
             async def go() -> tuple[int, dict[str, int]]:
                 try:
-                    step_run = begin_step(cfg, store, pool, prompts, bus)
+                    step_run = begin_step(
+                        cfg, store, pool, prompts, bus, lambda: db.live_versions(store)
+                    )
                     before = _work_counts(store, step_run.t)
                     await step_run.stage(stage)
                     after = _work_counts(store, step_run.t)

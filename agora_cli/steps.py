@@ -268,6 +268,14 @@ def active_elite(store: Store) -> list[sqlite3.Row]:
     )
 
 
+def live_versions(store: Store) -> dict[str, int]:
+    """The adapter version live per member, as recorded by the training rounds."""
+    rows = store.query(
+        "SELECT member, MAX(version) AS v FROM adapters WHERE status = 'live' GROUP BY member"
+    )
+    return {r["member"]: r["v"] for r in rows}
+
+
 def buffer_size(store: Store) -> int:
     return int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
 

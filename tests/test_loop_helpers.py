@@ -24,6 +24,7 @@ from agora_cli.events import EventBus
 from agora_cli.serving.base import Endpoint
 from tests.fakes.openai_server import Reply, Request, scripted
 
+REPO = Path(__file__).resolve().parent.parent
 MEMBERS = ["alpha", "beta", "gamma"]
 PREFERENCE = ["alpha", "beta", "gamma"]
 WORDS = ["apples", "pears", "plums", "figs", "limes", "kiwis", "dates", "grapes", "melons"]

@@ -143,8 +143,7 @@ def _dur(s: float | None) -> str:
 def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
     """Per-member table (shared with `agora status`)."""
     table = Table(expand=False, pad_edge=False)
-    for col in ("member", "mu", "sigma", "solutions", "validated", "pass", "buffer share",
-                "tok/s", "adapter"):
+    for col in ("member", "mu", "sigma", "sol", "valid", "pass", "buf share", "tok/s", "adapter"):
         table.add_column(col, justify="left" if col == "member" else "right")
     for name, m in members.items():
         share = m.buffered / buffer_total if buffer_total else None

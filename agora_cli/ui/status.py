@@ -20,6 +20,8 @@ from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 from agora_cli.ui.live import MemberStats, member_table
 
+QUIET = {"request_done", "phase_progress", "verdict"}
+
 
 @dataclass
 class RunStatus:
@@ -91,7 +93,8 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
             "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3")]
         for r in rounds:
             r["n"] = len(json.loads(r.pop("buffer_ids") or "[]"))
-    events = read_events(paths.events)[-n_events:]
+    # Per-request chatter would crowd out what matters; `events.jsonl` keeps all of it.
+    events = [e for e in read_events(paths.events) if e.get("kind") not in QUIET][-n_events:]
     return RunStatus(
         run_dir=str(run_dir), committed_steps=committed, open_step=open_step, last=last,
         buffer=buffer, unconsumed=unconsumed, threshold=threshold, members=members,
@@ -105,7 +108,10 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 
 def event_line(e: Event) -> str:
     t = datetime.fromtimestamp(e.get("t", 0)).strftime("%H:%M:%S")
-    fields = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "kind", "members"))
+    fields = " ".join(
+        f"{k}={round(v, 4) if isinstance(v, float) else v}"
+        for k, v in e.items() if k not in ("t", "kind", "members")
+    )
     return f"{t} {e.get('kind')} {fields}"[:160]
 
 

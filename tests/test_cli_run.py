@@ -1,0 +1,87 @@
+"""`agora run`, `agora status` and the stage commands through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from agora_cli.cli import app
+from agora_cli.paths import RunPaths
+from agora_cli.store import Store
+from tests.fakes.openai_server import FakeOpenAI
+from tests.test_loop_helpers import responder, write_config
+
+pytestmark = pytest.mark.timeout(120)
+cli = CliRunner()
+
+
+def test_run_prints_one_line_per_step_then_status(tmp_path, run_dir):
+    with FakeOpenAI(responder(), latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        res = cli.invoke(app, ["run", str(cfg), "--steps", "2", "--run-dir", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("step ")]
+    assert [x.split(" |")[0] for x in lines] == ["step 0", "step 1"]
+    assert "buffer 2/100" in lines[0] and "buffer 4/100" in lines[1]
+    assert "2 step(s) committed" in res.output
+
+    st = cli.invoke(app, ["status", str(run_dir)])
+    assert st.exit_code == 0, st.output
+    out = st.output
+    assert "2 step(s) committed" in out
+    assert "buffer 4 (4 not yet trained)/100" in out
+    for member in ("alpha", "beta", "gamma"):
+        assert member in out
+    assert "step_committed" in out  # last events from events.jsonl
+    assert "V_t 0.667" in out
+
+
+def test_overrides_and_config_errors(tmp_path, run_dir):
+    with FakeOpenAI(responder(), latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        res = cli.invoke(app, ["run", str(cfg), "protocol.problems_per_step=1", "--steps", "1",
+                               "--run-dir", str(run_dir)])
+        assert res.exit_code == 0, res.output
+        with Store(RunPaths(run_dir).store) as store:
+            assert store.scalar("SELECT COUNT(*) FROM problems") == 1
+        # Same run dir, different config: refused with the changed key, exit 2.
+        res = cli.invoke(app, ["run", str(cfg), "--steps", "2", "--run-dir", str(run_dir)])
+    assert res.exit_code == 2
+    assert "protocol.problems_per_step" in res.output and "--force" in res.output
+
+
+def test_status_of_missing_run_is_one_error_line(tmp_path):
+    res = cli.invoke(app, ["status", str(tmp_path / "nope")])
+    assert res.exit_code == 1
+    assert "agora run" in res.output
+
+
+def test_stage_commands_then_run_reuses_their_work(tmp_path, run_dir):
+    with FakeOpenAI(responder(), latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        # A run with 0 steps only prepares the directory and the store.
+        res = cli.invoke(app, ["run", str(cfg), "--steps", "0", "--run-dir", str(run_dir)])
+        assert res.exit_code == 0, res.output
+        out = {}
+        for stage in ("generate", "solve", "verify", "vote"):
+            res = cli.invoke(app, [stage, "--run-dir", str(run_dir)])
+            assert res.exit_code == 0, res.output
+            out[stage] = res.output.strip()
+        assert out["generate"] == "step 0 generate: wrote 2 problems"
+        assert out["solve"] == "step 0 solve: wrote 6 solutions"
+        assert out["verify"] == "step 0 verify: wrote 12 verdicts"
+        assert out["vote"] == "step 0 vote: wrote 6 votes"
+        # Running a stage again asks nothing and writes nothing.
+        n = len(fake.requests)
+        res = cli.invoke(app, ["solve", "--run-dir", str(run_dir)])
+        assert res.output.strip() == "step 0 solve: wrote nothing (done)"
+        assert len(fake.requests) == n
+        # `agora run` commits the step with the staged work: only explanations are new requests.
+        res = cli.invoke(app, ["run", str(cfg), "--steps", "1", "--run-dir", str(run_dir)])
+        assert res.exit_code == 0, res.output
+        new_roles = {r.role for r in fake.requests[n:]}
+    assert new_roles == {"explain"}
+    with Store(RunPaths(run_dir).store) as store:
+        assert store.scalar("SELECT COUNT(*) FROM solutions") == 6
+        assert store.scalar("SELECT COUNT(*) FROM votes") == 6
+        assert store.scalar("SELECT n_correct FROM steps WHERE step = 0") == 4
