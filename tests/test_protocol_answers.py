@@ -42,6 +42,33 @@ def test_extract_answer_table(text: str, expected: str | None) -> None:
 
 
 @pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("Problem: Sam has 5 cars and buys 3 more. How many cars does he have?", None),
+        ("**Problem:** Sam has five cars. He buys two more. Find the total.", None),
+        ("Sure! Here is a new problem: Lily bakes 12 cookies and eats 4. How many are left?", None),
+        ("```\nJoe runs 3 miles a day for 7 days. How many miles does he run?\n```", None),
+        ("Problem: Bob has 4 boxes of 6 eggs. How many eggs?\nAnswer: 24", None),  # answer cut
+        ("Problem: Bob has 4 boxes of 6 eggs. How many eggs? The answer is 24.", "malformed"),
+        ("Problem: Bob has 4 boxes of 6 eggs. \\boxed{24}", "malformed"),
+        ("Problem: How many herb plants did Marta have when spring ended?", "malformed"),  # no numbers
+        ("Problem: Sam has 5 cars and buys 3 more cars today.", "malformed"),  # asks nothing
+        ("Difficulty: 1.0 out of 10 (1 = a few steps). How many?", "malformed"),  # prompt echo
+        ("Problem: hi", "malformed"),
+        ("Problem: " + "Sam has 5 cars. " * 200 + "How many?", "malformed"),
+        ("", "empty"),
+        ("Problem:", "empty"),
+    ],
+)
+def test_parse_problem_table(reply: str, reason: str | None) -> None:
+    text, dropped = parse_problem(reply)
+    assert dropped == reason
+    assert (text is None) == (reason is not None)
+    if text:
+        assert "Answer" not in text and "Problem" not in text
+
+
+@pytest.mark.parametrize(
     ("a", "b", "same"),
     [
         ("1,000", "1000", True),

@@ -201,6 +201,9 @@ async def test_lenient_verdict_formats() -> None:
         "The reasoning is fine.\n\nVALID": True, "VALID\nwait, no.\nINVALID": False,
         "Valid reasoning requires care": False, "NOT VALID": False, "": False,
         "INVALID - the sum is wrong": False, "- valid": True,
+        "The solution is correct.": True, "The solution is not correct.": False,
+        "This answer is wrong because 3+4=7": False, "The solution is probably right.": False,
+        "The answer is 1980 feet.": False,
     }
     for reply, expected in cases.items():
         with stage(scripted({"verify": lambda r, reply=reply: reply})) as (ctx, _):
@@ -239,6 +242,16 @@ async def test_vote_maps_randomised_order_back_to_the_callers_solutions() -> Non
     assert [v.winner for v in votes[12:]] == ["b"] * 12
     shown_first = [r.user.split(" A\n", 1)[1].startswith("GOOD") for r in fake.requests]
     assert any(shown_first) and not all(shown_first)  # the order really is randomised
+
+
+def test_vote_reply_forms() -> None:
+    from agora_cli.protocol.vote import parse_vote
+
+    cases = {"A": "a", "**B**": "b", "Winner: A.": "a", "The correct answer is B.": "b",
+             "Solution A is better because it checks units": "a", "B\n\nThe answer is A.": "a",
+             "a cat": None, "A bit of both": None, "Both are fine": None, "": None}
+    for reply, expected in cases.items():
+        assert parse_vote(reply) == expected, reply
 
 
 async def test_unparseable_vote_has_no_winner() -> None:

@@ -7,8 +7,10 @@ lenient about form and strict about content:
 - the problem is the text after the first `Problem:`/`Question:` label (markdown allowed), else the
   inside of a fenced block, else the reply's first paragraph; it ends at a blank line or at an
   answer/solution section (`Answer:`, `Solution:`, `\\boxed`, `####`), which is cut off;
-- dropped as 'empty' when nothing is left, as 'malformed' when it is under 4 words / 20 characters,
-  over 1500 characters, or still states its own answer (`\\boxed`, 'the answer is');
+- dropped as 'empty' when nothing is left, and as 'malformed' when it is under 4 words / 20
+  characters or over 1500, has no quantity (a digit or a number word), asks nothing (no '?' and no
+  how/what/find/compute/... cue), echoes the prompt ('Difficulty: ...'), or talks about its own
+  answer (`\\boxed`, 'the answer', 'answer:', 'solution:');
 - dropped as 'duplicate' when its normalised text equals (or nearly equals, word-set Jaccard >= 0.9)
   an earlier problem of the batch, a seed it was shown, or any text the caller passes to `dedupe`.
 """
@@ -41,7 +43,17 @@ _STOP = re.compile(
     r"|(?:^|\n)[\s*#>_`]*(?:answer|solution|final answer|step\s*1|problem\s*\d*\s*[*_`]*\s*:)",
     re.IGNORECASE,
 )
-_LEAK = re.compile(r"\\boxed|the answer is|answer\s*[:=]|\bsolution\s*:", re.IGNORECASE)
+_LEAK = re.compile(r"\\boxed|\bthe\s+answer\b|answer\s*[:=]|\bsolution\s*:", re.IGNORECASE)
+_QUANTITY = re.compile(
+    r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|hundred|"
+    r"thousand|half|twice|double|triple|dozen|third|quarter)\b",
+    re.IGNORECASE,
+)
+_ASKS = re.compile(
+    r"\?|\b(?:how|what|which|find|compute|calculate|determine|evaluate|simplify|solve|show|prove)\b",
+    re.IGNORECASE,
+)
+_ECHO = re.compile(r"^(?:difficulty|examples? of the style|now write)\b", re.IGNORECASE)
 
 
 def parse_problem(raw: str) -> tuple[str | None, str | None]:
@@ -66,7 +78,9 @@ def parse_problem(raw: str) -> tuple[str | None, str | None]:
         return None, "empty"
     if len(body) < MIN_CHARS or len(body.split()) < MIN_WORDS or len(body) > MAX_CHARS:
         return None, "malformed"
-    if _LEAK.search(body):
+    if _LEAK.search(body) or _ECHO.match(body):
+        return None, "malformed"
+    if not _QUANTITY.search(body) or not _ASKS.search(body):
         return None, "malformed"
     return body, None
 

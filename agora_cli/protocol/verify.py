@@ -2,10 +2,13 @@
 
 Each other member verifies a solution and answers VALID or INVALID; the solution is correct only
 if every verdict is valid. The solution is model output, so it is shown between random delimiter
-lines as quoted data, and the parser reads only the verifier's own reply: the LAST line that is a
-verdict (`VALID`, `invalid.`, `**Verdict:** VALID`, `Verdict - INVALID: wrong sum`), after cutting
-out any part of the reply that echoes the quoted block. Anything else is unparseable, and an
-unparseable verdict counts as invalid: a solution passes only on explicit approval.
+lines as quoted data, and the parser reads only the verifier's own reply: the LAST line that
+starts with a verdict, after cutting out any part of the reply that echoes the quoted block.
+A verdict is the word (`VALID`, `invalid.`, `**Verdict:** VALID`, `Verdict - INVALID: wrong sum`)
+or, because tiny models answer in prose, one plain sentence opening the line: `The solution is
+correct.` / `The answer is not correct`. Hedged or unrelated text ("Valid reasoning needs...",
+"The solution is probably right") is unparseable, and an unparseable verdict counts as invalid:
+a solution passes only on explicit approval.
 """
 
 from __future__ import annotations
@@ -17,11 +20,29 @@ from agora_cli.protocol.types import Ctx, Verdict
 
 # A verdict line: optional markdown/bullets, optional "verdict"/"answer" label, the word, then
 # nothing or a separator followed by a reason. "Valid reasoning needs..." is not a verdict.
-_VERDICT_LINE = re.compile(
+_END = r"[\s*_`]*(?:$|[.!:,;\-–—(]|\s[-–—:(]|\s(?:because|since|as)\b)"
+_VERDICT_WORD = re.compile(
     r"^[\s>*#_`\-]*(?:(?:final\s+)?(?:verdict|answer|judg(?:e)?ment)[\s*_`]*[:\-=][\s*_`]*)?"
-    r"(VALID|INVALID)[\s*_`]*(?:$|[.!:,;\-–—(]|\s[-–—:(])",
+    r"(VALID|INVALID)" + _END,
     re.IGNORECASE,
 )
+# The prose form: "The solution is (not) correct." at the start of a line, nothing hedging between.
+_VERDICT_SENTENCE = re.compile(
+    r"^[\s>*#_`\-]*(?:the\s+|this\s+|your\s+)?(?:quoted\s+)?(?:solution|answer|reasoning|proof)"
+    r"\s+is\s+(not\s+)?(valid|correct|right|invalid|incorrect|wrong)" + _END,
+    re.IGNORECASE,
+)
+_POSITIVE = {"valid", "correct", "right"}
+
+
+def _line_verdict(line: str) -> bool | None:
+    m = _VERDICT_WORD.match(line)
+    if m:
+        return m.group(1).upper() == "VALID"
+    m = _VERDICT_SENTENCE.match(line)
+    if m:
+        return (m.group(2).lower() in _POSITIVE) != bool(m.group(1))
+    return None
 
 
 def _strip_echo(reply: str, token: str | None) -> str:
@@ -36,9 +57,9 @@ def parse_verdict(reply: str, token: str | None = None) -> bool | None:
     text = _strip_echo(reply or "", token)
     verdict = None
     for line in text.splitlines():
-        m = _VERDICT_LINE.match(line)
-        if m:
-            verdict = m.group(1).upper() == "VALID"
+        found = _line_verdict(line)
+        if found is not None:
+            verdict = found
     return verdict
 
 

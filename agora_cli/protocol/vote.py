@@ -15,24 +15,55 @@ import trueskill
 from agora_cli.protocol.common import REQUEST_ERRORS, chat_role, delimiter, error_text
 from agora_cli.protocol.types import Ctx, Vote
 
-_VOTE_LINE = re.compile(
-    r"^[\s>*#_`\-]*(?:(?:final\s+)?(?:answer|winner|verdict|vote|choice|better)[\s*_`]*[:\-=][\s*_`]*)?"
-    r"(?:(?:solution|option)\s+)?[(\[]?([AB])[)\]]?[\s*_`]*(?:$|[.!:,;\-–—]|\s[-–—:(]|\s(?:is\s+better))",
-    re.IGNORECASE,
-)
+_LETTER = r"[(\[]?(?-i:([AB]))[)\]]?"  # capital letters only: "a" is an English article
+_END = r"[\s*_`]*(?:$|[.!:,;\-–—]|\s[-–—:(]|\s(?:because|since|as)\b)"
+_PREFIX = r"^[\s>*#_`\-]*"
+_VOTE_FORMS = [
+    # "A", "**B**", "Winner: A", "Answer - Solution B."
+    re.compile(
+        _PREFIX + r"(?:(?:final\s+)?(?:answer|winner|verdict|vote|choice|better)[\s*_`]*[:\-=]"
+        r"[\s*_`]*)?(?:(?:solution|option)\s+)?" + _LETTER + _END,
+        re.IGNORECASE,
+    ),
+    # "The correct answer is A.", "The better solution is solution B"
+    re.compile(
+        _PREFIX + r"(?:the\s+)?(?:correct\s+|better\s+|best\s+|right\s+)?"
+        r"(?:answer|choice|solution|option|one)\s+is\s+(?:(?:solution|option)\s+)?" + _LETTER
+        + _END,
+        re.IGNORECASE,
+    ),
+    # "Solution A is better", "B is clearer."
+    re.compile(
+        _PREFIX + r"(?:(?:solution|option)\s+)?" + _LETTER
+        + r"\s+is\s+(?:the\s+)?(?:better|clearer|best|more\s+rigorous)\b",
+        re.IGNORECASE,
+    ),
+]
+
+
+def _line_vote(line: str) -> str | None:
+    for form in _VOTE_FORMS:
+        m = form.match(line)
+        if m:
+            return m.group(1).lower()
+    return None
 
 
 def parse_vote(reply: str, token: str | None = None) -> Literal["a", "b"] | None:
-    """'a'/'b' from the reply's last choice line (as shown), None when there is none."""
+    """'a'/'b' (as shown) from the reply's last line that states a choice, None when none does.
+
+    Accepted: a bare letter ("B", "**A**.", "Winner: A"), or one sentence opening the line ("The
+    correct answer is A.", "Solution B is better"). Letters must be capitals. Never raises.
+    """
     text = reply or ""
     if token:
         text = re.sub(rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)} [AB]|\Z)", "",
                       text, flags=re.DOTALL)
     choice = None
     for line in text.splitlines():
-        m = _VOTE_LINE.match(line)
-        if m:
-            choice = m.group(1).lower()
+        found = _line_vote(line)
+        if found is not None:
+            choice = found
     return choice  # type: ignore[return-value]
 
 
