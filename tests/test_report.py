@@ -127,9 +127,14 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
             if status == "failed":
                 continue
             for _, author in consumed:
-                if mode == "isolated" and author != m:
-                    continue
                 exp["training"][(m, author)] += 1
+        # A second round still training teaches nobody yet.
+        rid2 = s.execute(
+            "INSERT INTO rounds(step, status, buffer_ids, started_at) VALUES (?,?,?,?)",
+            (steps - 1, "training", json.dumps([b for b, _ in buffer_rows[6:]]), t0),
+        ).lastrowid
+        s.execute("INSERT INTO adapters(member, version, round_id, path, status, created_at) "
+                  "VALUES ('a', 2, ?, 'adapters/a/v2', 'training', ?)", (rid2, t0))
     if eval_scores is not None:
         d = paths.evals / "sampled"
         d.mkdir(parents=True, exist_ok=True)

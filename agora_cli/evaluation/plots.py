@@ -172,14 +172,15 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
 # --------------------------------------------------------------------------- knowledge flow
 
 
-def knowledge_flow(store: Store, members: list[str], isolated: bool = False) -> Data:
+def knowledge_flow(store: Store, members: list[str]) -> Data:
     """Who learned from whom: {"members", "elite": [[...]], "training": [[...]]}.
 
     Rows are learners, columns teachers (both in `members` order).
     - elite[i][j]: elite examples authored by j shown in i's solve prompts
       (`solutions.elite_ids` -> `elite.member`).
     - training[i][j]: buffer rows authored by j in the training rounds that produced an adapter
-      for i (each member trains on every row of its round; in isolated mode only on its own).
+      for i (the trainer fits each member on every row of its round; an adapter counts once it
+      finished training: ready, live or retired).
     """
     names = list(members)
     extra = [r[0] for r in store.query(
@@ -199,22 +200,21 @@ def knowledge_flow(store: Store, members: list[str], isolated: bool = False) -> 
     )}
     buffer_author = dict(store.query("SELECT id, member FROM buffer"))
     trained = store.query(
-        "SELECT member, round_id FROM adapters WHERE round_id IS NOT NULL AND status != 'failed'"
+        "SELECT member, round_id FROM adapters WHERE round_id IS NOT NULL "
+        "AND status IN ('ready', 'live', 'retired')"
     )
     for a in trained:
         for bid in rounds.get(a["round_id"], []):
             teacher = buffer_author.get(bid)
-            if teacher is None or (isolated and teacher != a["member"]):
+            if teacher is None:
                 continue
             training[idx[a["member"]]][idx[teacher]] += 1
     return {"members": names, "elite": elite, "training": training}
 
 
-def fig_knowledge_flow(
-    store: Store, path: Path, members: list[str], isolated: bool = False, title: str = ""
-) -> Data:
+def fig_knowledge_flow(store: Store, path: Path, members: list[str], title: str = "") -> Data:
     """The knowledge-flow matrix as two annotated heatmaps (elite examples, training rows)."""
-    data = knowledge_flow(store, members, isolated)
+    data = knowledge_flow(store, members)
     names = data["members"]
     fig, axes = plt.subplots(1, 2, figsize=(5.5 * 2, 0.9 * len(names) + 2.5))
     panels = [("elite", "via elite examples in solve prompts"),

@@ -222,7 +222,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
                                         run.label)
             plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
             plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members,
-                                     run.mode == "isolated", run.label)
+                                     run.label)
             curves.setdefault(run.mode, []).append(anchor_curve(store))
         md += [
             f"## Run `{run.label}`", "",
@@ -239,7 +239,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "teacher appeared in the learner's solve prompts (in-context learning from the elite "
             "history H_t). Right: how many buffer rows written by the teacher the learner was "
             "fine-tuned on (LoRA rounds that produced one of its adapters). The diagonal is "
-            "self-learning; in isolated mode only the diagonal can be non-zero.", "",
+            "self-learning.", "",
         ]
     scores = {r.label: final_scores(r) for r in runs}
     md += ["## Figure 5: group comparison across runs", ""]
