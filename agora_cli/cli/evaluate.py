@@ -106,7 +106,7 @@ def ablate(
     config: str = typer.Argument(..., help="Base config (full AGORA)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides for every variant."),
     seeds: str = typer.Option("0,1,2", help="Comma list of seeds."),
-    steps: int = typer.Option(None, help="Loop steps per run (default: until stopped)."),
+    steps: int = typer.Option(None, help="Loop steps per run (required unless --dry-run)."),
     variants: str = typer.Option("all", help="all, or a comma list of switches (e.g. fem,lora)."),
     limit: int = typer.Option(None, help="Evaluate on a fixed seeded subset of N items."),
     out: Path = typer.Option(None, help="Grid directory (default: runs/<name>-ablate)."),
@@ -133,6 +133,8 @@ def ablate(
                           " ".join(o for o in run.overrides if o.startswith("ablations.")) or "–")
         console.print(table)
         return
+    if steps is None:
+        raise EvaluationError("--steps N is required to run the grid (each run stops after N steps)")
     md, csv_path = ab.run_ablation(grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn,
                                    steps=steps, limit=limit, bus=EventBus())
     console.print(md.read_text())

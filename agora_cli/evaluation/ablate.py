@@ -125,15 +125,10 @@ def run_ablation(
 
 
 def loop_run_fn(cfg: Config, steps: int | None, bus: EventBus) -> None:
-    """Run the AGORA loop for `steps` steps (resuming an existing run directory)."""
-    try:
-        from agora_cli import loop
-    except ImportError as e:  # pragma: no cover - only while the loop is being built
-        raise EvaluationError(f"the loop is not available ({e}); cannot run ablations") from e
-    entry = getattr(loop, "run_loop", None) or getattr(loop, "run", None)
-    if entry is None:
-        raise EvaluationError("agora_cli.loop exposes no run entry (run_loop); update agora")
-    entry(cfg, steps=steps, bus=bus)
+    """Run the AGORA loop (`agora run`) until `steps` steps are committed, resuming the run."""
+    from agora_cli import runner
+
+    runner.run(cfg, run_dir=cfg.run_dir, steps=steps, bus=bus)
 
 
 def eval_run_fn(cfg: Config, limit: int | None, bus: EventBus) -> dict[str, dict[str, float]]:

@@ -409,22 +409,20 @@ def run_evaluation(
 
     if pool is not None:
         return asyncio.run(go(pool))
-    from agora_cli.serving import Serving
+    from agora_cli.runner import serving
 
-    serving = Serving(cfg, RunPaths(run_dir), bus)
-    try:
-        serving.start()
+    paths = RunPaths(run_dir)
+    with serving(cfg, paths, bus) as (srv, served_pool):
         for m, v in vers.items():
+            if v and srv is None:
+                raise EvaluationError(f"cannot load adapter v{v} for {m!r}: no serving backend")
             if v:  # make the chosen adapter version live for this evaluation
-                serving.activate(m, RunPaths(run_dir).adapter_dir(m, v), v)
+                srv.activate(m, paths.adapter_dir(m, v), v)
 
         async def with_pool() -> EvalReport:
-            p = serving.client_pool()
             try:
-                return await go(p)
+                return await go(served_pool)
             finally:
-                await p.aclose()
+                await served_pool.aclose()
 
         return asyncio.run(with_pool())
-    finally:
-        serving.stop()
