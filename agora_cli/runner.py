@@ -120,11 +120,23 @@ def _anchor() -> Any:
 
 async def drive(
     cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus, *,
-    steps: int | None, rounds: Any = None,
+    steps: int | None, rounds: Any = None, poll_s: float = 1.0,
 ) -> None:
-    """Run steps until `steps` are committed in total (forever when None)."""
+    """Run steps until `steps` are committed in total (forever when None).
+
+    With LoRA on, training rounds are polled throughout (a finished adapter is hot-swapped even
+    mid-step: requests in flight finish on the old model) and a round starts after any step that
+    brings the unconsumed buffer to the threshold (protocol step 6).
+    """
     versions = rounds.live_versions if rounds is not None else dict
     anchor = _anchor()
+
+    async def poller() -> None:
+        while True:
+            rounds.poll()
+            await asyncio.sleep(poll_s)
+
+    watcher = asyncio.create_task(poller()) if rounds is not None else None
     try:
         while steps is None or db.open_step_number(store) < steps:
             fx = await run_step(cfg, store, pool, prompts, bus, versions=versions, anchor=anchor)
@@ -132,6 +144,8 @@ async def drive(
                 rounds.poll()
                 rounds.maybe_start(fx.step)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await pool.aclose()
 
 
@@ -160,6 +174,10 @@ def run(
                          members=member_stats(store, cfg, versions))
                 try:
                     asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))
+                    if rounds is not None and rounds.in_flight() is not None:
+                        # The last steps' samples are trained before a finished run exits;
+                        # Ctrl-C skips this and the round is retried on resume.
+                        rounds.wait()
                 finally:
                     if rounds is not None:
                         rounds.shutdown()

@@ -157,8 +157,8 @@ def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
 def header(s: LiveState) -> Text:
     elapsed = time.time() - s.started
     return Text.from_markup(
-        f"[bold]agora[/bold] {s.run_dir}  step [bold]{s.step if s.step is not None else '-'}"
-        f"[/bold]{'/' + str(s.target_steps) if s.target_steps else ''}  "
+        f"[bold]agora[/bold] {s.run_dir}  step t=[bold]{s.step if s.step is not None else '-'}"
+        f"[/bold]{f' (of {s.target_steps} steps)' if s.target_steps else ''}  "
         f"d_t {_f(s.d)}  V_t {_f(s.v_t)}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
         f"strategy {s.strategy or '-'}\n"
         f"buffer {s.buffer}/{s.threshold}  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}"
@@ -168,11 +168,13 @@ def header(s: LiveState) -> Text:
 def phase_bars(s: LiveState) -> Progress:
     progress = Progress(
         TextColumn("{task.description:>8}"), BarColumn(bar_width=30), TaskProgressColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f}"), auto_refresh=False,
+        TextColumn("{task.fields[label]}"), auto_refresh=False,
     )
     for phase in PHASES:
         done, total = s.phases.get(phase, (0, 0))
-        progress.add_task(phase, total=max(total, 1) if total else 1, completed=done)
+        # A phase with nothing to do this step (e.g. no new elite entry to explain) shows 0/0.
+        progress.add_task(phase, total=total or 1, completed=done if total else 0,
+                          label=f"{done}/{total}")
     return progress
 
 

@@ -1,0 +1,91 @@
+"""`agora run configs/tiny.yaml --steps 2` on the real small models (embedded transformers backend).
+
+Sizes are shrunk by overrides so two steps fit in a few minutes on 2 CPU cores; the assertions are
+about consistency of what the real models produced, not about its quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agora_cli.commit import replay_ratings
+from agora_cli.paths import RunPaths
+from agora_cli.store import Store
+from tests.test_loop_helpers import REPO
+
+MEMBERS = ["smol-a", "smol-b", "gemma"]
+OVERRIDES = [
+    "protocol.problems_per_step=2",
+    "protocol.sampling.generate.max_tokens=48",
+    "protocol.sampling.solve.max_tokens=64",
+    "protocol.sampling.verify.max_tokens=8",
+    "protocol.sampling.vote.max_tokens=8",
+    "protocol.sampling.explain.max_tokens=32",
+    # One anchor (after step 1) on 2 calibration items keeps step 7 in the test, cheaply.
+    "evaluation.calibration_size=2",
+    "evaluation.sampling.max_tokens=48",
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_tiny_two_steps_on_real_models(tmp_path):
+    run_dir = tmp_path / "tiny"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run(
+        [sys.executable, "-m", "agora_cli", "run", "configs/tiny.yaml", *OVERRIDES,
+         "--steps", "2", "--run-dir", str(run_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=880,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "step 1 |" in p.stdout  # the plain one-line-per-step printer (stdout is a pipe)
+    with Store(RunPaths(run_dir).store) as store:
+        q = store.scalar
+        assert q("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") == 2
+        n_ok = q("SELECT COUNT(*) FROM problems WHERE status = 'ok'")
+        n_all = q("SELECT COUNT(*) FROM problems")
+        assert n_all == 4  # every generation slot answered (kept or dropped)
+        # Every kept problem was solved by every member, and every answered solution verified by
+        # the two other members.
+        assert q("SELECT COUNT(*) FROM solutions") == 3 * n_ok
+        answered = q("SELECT COUNT(*) FROM solutions WHERE answer IS NOT NULL AND error IS NULL")
+        assert q("SELECT COUNT(*) FROM verdicts") == 2 * answered
+        # correct == unanimous consensus, recomputed from the stored verdicts.
+        for s in store.query("SELECT id, answer, correct FROM solutions"):
+            valid = q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1",
+                      (s["id"],))
+            assert s["correct"] == int(s["answer"] is not None and valid == 2)
+        # Votes only on pairs of correct solutions of the same problem, 3 voters per pair.
+        for v in store.query("SELECT * FROM votes"):
+            pair = store.query("SELECT problem_id, correct FROM solutions WHERE id IN (?, ?)",
+                               (v["solution_a"], v["solution_b"]))
+            assert {r["problem_id"] for r in pair} == {v["problem_id"]}
+            assert all(r["correct"] == 1 for r in pair)
+        n_pairs = q("SELECT COUNT(*) FROM (SELECT DISTINCT solution_a, solution_b FROM votes)")
+        assert q("SELECT COUNT(*) FROM votes") == 3 * n_pairs
+        # Ratings: one row per member and decisive vote, equal to a replay of the votes.
+        decisive = q("SELECT COUNT(*) FROM votes WHERE winner IS NOT NULL")
+        assert q("SELECT COUNT(*) FROM ratings") == 3 + 2 * decisive
+        latest = {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
+            "SELECT member, mu, sigma FROM ratings WHERE id IN "
+            "(SELECT MAX(id) FROM ratings GROUP BY member)")}
+        replay = replay_ratings(store, MEMBERS)
+        for m in MEMBERS:
+            assert latest[m] == pytest.approx(replay[m])
+        # Buffer: only solutions that passed consensus.
+        assert q("SELECT COUNT(*) FROM buffer b JOIN solutions s ON s.id = b.solution_id "
+                 "WHERE s.correct IS NOT 1") == 0
+        # The anchor after step 1 scored every member and the majority.
+        assert {r["member"] for r in store.query("SELECT member FROM anchors")} == {
+            *MEMBERS, "@majority"}
+        steps = store.query("SELECT * FROM steps ORDER BY step")
+        assert steps[1]["difficulty"] == pytest.approx(steps[0]["next_difficulty"])
+        sample = store.query(
+            "SELECT p.text AS problem, s.member, s.answer, s.correct, s.text FROM solutions s "
+            "JOIN problems p ON p.id = s.problem_id ORDER BY s.id LIMIT 6")
+    (tmp_path / "sample.json").write_text(json.dumps([dict(r) for r in sample], indent=1))
