@@ -188,6 +188,29 @@ def prepare(member: Member) -> Path:
     return prepare_member(member).path
 
 
+def cached_path(member: Member) -> Path | None:
+    """Where `prepare` would put `member`'s weights, if that is already done; never converts
+    (and never assembles a pkg:// GGUF). Hub ids and directories come back as themselves."""
+    spec = member.model
+    try:
+        rest = spec[len("pkg://") :].strip("/") if spec.startswith("pkg://") else None
+        if rest is not None and "/" not in rest:
+            _package_dir(rest)
+            name = getattr(importlib.import_module(rest), "MODEL_NAME", f"{rest}.gguf")
+            gguf = agora_home() / "gguf" / name
+            if not gguf.is_file():
+                return None
+            source = Source("gguf", str(gguf), spec)
+        else:
+            source = resolve_source(spec)
+    except (ModelSourceError, ImportError):
+        return None
+    if source.kind != "gguf":
+        return Path(source.value)
+    out = models_cache() / _slug(source, chat_template_text(member))
+    return out if _is_valid(out, Path(source.value)) else None
+
+
 def model_name(member: Member) -> str:
     """The model name to put in requests for an un-adapted member (prepared dir or Hub id)."""
     return str(prepare(member))

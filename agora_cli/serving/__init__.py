@@ -1,0 +1,186 @@
+"""Serving: every configured backend behind one object.
+
+The loop, the trainer and the CLI use only `Serving`:
+
+    with Serving(cfg, run_paths, bus) as serving:
+        pool = serving.client_pool()          # requests resolve serving.endpoint(member)
+        ...
+        serving.activate("smol-a", adapter_dir, version=1)   # hot-swap, no request lost
+
+`start()` attaches to servers already started by `agora serve CONFIG --run-dir DIR` (recorded in
+`run_paths.servers`) when that file names a live process whose servers are healthy; otherwise it
+launches what the config needs. `stop()` stops only what this process started; it is idempotent
+and also runs at exit and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from agora_cli.client import ClientPool, MemberLimits
+from agora_cli.config import Config, OpenAIBackend, SGLangBackend, TransformersBackend
+from agora_cli.errors import ServerError
+from agora_cli.events import NULL_BUS, EventBus
+from agora_cli.paths import RunPaths
+from agora_cli.serving.base import Endpoint, ServingBackend
+from agora_cli.serving.openai_compat import OpenAIServing
+from agora_cli.serving.sglang import SGLangServing
+from agora_cli.serving.transformers import TransformersServing
+
+__all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend"]
+
+
+def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = NULL_BUS) -> Any:
+    """The backend instance for `cfg.backends[name]` and the members it serves."""
+    spec = cfg.backends[name]
+    members = [m for m in cfg.members if m.backend == name]
+    if isinstance(spec, TransformersBackend):
+        warm = next((m.sampling for m in members if m.sampling), None)
+        return TransformersServing(
+            name, spec, members, run_paths, bus, warm_sampling=warm or cfg.protocol.sampling.solve
+        )
+    if isinstance(spec, SGLangBackend):
+        return SGLangServing(name, spec, members, run_paths, bus)
+    if isinstance(spec, OpenAIBackend):
+        return OpenAIServing(name, spec, members, run_paths, bus)
+    raise ServerError(f"backend {name!r} has unknown kind {spec.kind!r}")  # pragma: no cover
+
+
+class Serving:
+    """All servers of one config; see the module docstring."""
+
+    def __init__(self, cfg: Config, run_paths: RunPaths, bus: EventBus = NULL_BUS):
+        self.cfg = cfg
+        self.run_paths = run_paths
+        self.bus = bus
+        used = {m.backend for m in cfg.members}
+        self.backends = {n: build_backend(cfg, n, run_paths, bus) for n in cfg.backends if n in used}
+        self._member_backend = {m.name: m.backend for m in cfg.members}
+        self._started = False
+        self._wrote_servers_file = False
+        self.attached = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Attach to `agora serve`'s servers when live, else launch; returns when all are healthy."""
+        if self._started:
+            return
+        self.run_paths.logs.mkdir(parents=True, exist_ok=True)
+        atexit.register(self.stop)
+        _stop_on_sigterm()
+        if self._try_attach():
+            self.attached = True
+        else:
+            try:
+                for backend in self.backends.values():
+                    backend.start()
+            except BaseException:
+                self.stop()
+                raise
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop what this process started and remove the servers file it wrote (idempotent)."""
+        for backend in self.backends.values():
+            try:
+                backend.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                pass
+        if self._wrote_servers_file:
+            self.run_paths.servers.unlink(missing_ok=True)
+            self._wrote_servers_file = False
+        self._started = False
+
+    def __enter__(self) -> Serving:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def health(self) -> bool:
+        return all(b.health() for b in self.backends.values())
+
+    # ------------------------------------------------------------------ routing
+
+    def endpoint(self, member: str) -> Endpoint:
+        """Where `member`'s requests go right now (changes after `activate`)."""
+        try:
+            backend = self.backends[self._member_backend[member]]
+        except KeyError:
+            raise ServerError(f"unknown member {member!r}") from None
+        return backend.endpoint(member)
+
+    def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
+        """Make the PEFT adapter in `adapter_dir` live for `member`; returns its new endpoint."""
+        backend = self.backends[self._member_backend[member]]
+        return backend.activate(member, Path(adapter_dir), version)
+
+    def client_pool(self) -> ClientPool:
+        """A ClientPool resolving through `endpoint`, with each member's limits from the config."""
+        limits = {
+            m.name: MemberLimits(max_concurrency=m.max_concurrency, timeout_s=m.request_timeout_s)
+            for m in self.cfg.members
+        }
+        return ClientPool(
+            resolve=self.endpoint, limits=limits, settings=self.cfg.client, bus=self.bus
+        )
+
+    def describe(self) -> list[str]:
+        """One line per server: the command (before start) or what is running."""
+        return [f"[{name}] {line}" for name, b in self.backends.items() for line in b.describe()]
+
+    # ------------------------------------------------------------------ attach file
+
+    def write_servers_file(self) -> Path:
+        """Record live servers in `run_paths.servers` so other commands attach (`agora serve`)."""
+        state = {
+            "pid": os.getpid(),
+            "config": self.cfg.name,
+            "backends": {name: b.state() for name, b in self.backends.items()},
+        }
+        path = self.run_paths.servers
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path)
+        self._wrote_servers_file = True
+        return path
+
+    def _try_attach(self) -> bool:
+        state = read_servers_file(self.run_paths)
+        if state is None:
+            return False
+        backends = state.get("backends", {})
+        if set(backends) != set(self.backends):
+            return False
+        return all(b.attach(backends[name]) for name, b in self.backends.items())
+
+
+def read_servers_file(run_paths: RunPaths) -> dict | None:
+    """The servers file when it exists and its writer is still alive, else None."""
+    try:
+        state = json.loads(run_paths.servers.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so context managers and atexit stop the servers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def _exit(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, _exit)

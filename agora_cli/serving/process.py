@@ -1,0 +1,149 @@
+"""Child server processes: launch with a log file, wait for health, stop (SIGTERM, then SIGKILL).
+
+Shared by the `transformers` and `sglang` backends. Each server runs in its own process group so a
+Ctrl-C in the terminal reaches agora first, and agora stops its servers in order (the children
+would otherwise die mid-request, or outlive a killed parent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agora_cli.errors import ServerError
+
+
+@dataclass
+class Reply:
+    """An HTTP answer: status code, decoded JSON body (None when not JSON) and raw text."""
+
+    status: int
+    json: Any
+    text: str
+
+
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """One JSON request with the standard library (control-plane calls only; model traffic
+    goes through the OpenAI client). Raises OSError when nothing answers."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    text = raw.decode(errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    return Reply(status, parsed, text)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def is_healthy(url: str, timeout: float = 3.0) -> bool:
+    """True when `GET {url}/health` answers 200."""
+    try:
+        return http("GET", f"{url.rstrip('/')}/health", timeout=timeout).status == 200
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ServerProcess:
+    """One server child process: `url` is its root (http://host:port), `log` gets its output."""
+
+    name: str
+    cmd: list[str]
+    url: str
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            log.write(f"\n# agora: {' '.join(self.cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # own process group: see module docstring
+                env={**os.environ, **self.env},
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Block until `/health` answers; raise ServerError naming the log when it dies or times
+        out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerError(
+                    f"{self.name} exited with code {self.proc.returncode} while starting; "
+                    f"see {self.log}:\n{tail(self.log)}"
+                )
+            if is_healthy(self.url, timeout=2.0):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ServerError(
+            f"{self.name} at {self.url} did not become healthy in {timeout_s:.0f} s; see {self.log} "
+            "(raise the backend's startup_timeout_s if the machine is just slow)"
+        )
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL after `grace_s` (idempotent)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
