@@ -21,9 +21,8 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Config, OpenAIBackend, SGLangBackend, TransformersBackend
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
@@ -32,6 +31,9 @@ from agora_cli.serving.base import Endpoint, ServingBackend
 from agora_cli.serving.openai_compat import OpenAIServing
 from agora_cli.serving.sglang import SGLangServing
 from agora_cli.serving.transformers import TransformersServing
+
+if TYPE_CHECKING:
+    from agora_cli.client import ClientPool
 
 __all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend"]
 
@@ -125,6 +127,9 @@ class Serving:
 
     def client_pool(self) -> ClientPool:
         """A ClientPool resolving through `endpoint`, with each member's limits from the config."""
+        # Imported here: agora_cli.client imports serving.base, which runs this package first.
+        from agora_cli.client import ClientPool, MemberLimits
+
         limits = {
             m.name: MemberLimits(max_concurrency=m.max_concurrency, timeout_s=m.request_timeout_s)
             for m in self.cfg.members
