@@ -1,0 +1,58 @@
+"""`agora serve CONFIG`: start the servers a config needs and keep them up until Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from agora_cli.cli.app import app, console, handle_errors
+from agora_cli.config import load_config
+from agora_cli.events import EventBus, JsonlSink
+from agora_cli.paths import RunPaths
+
+
+@app.command()
+@handle_errors
+def serve(
+    config: str = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides"),
+    run_dir: Path = typer.Option(
+        None, "--run-dir", help="Run directory for logs and servers.json (default runs/<name>)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the server commands and URLs; start nothing."
+    ),
+) -> None:
+    """Serve every member; `agora run|models ping --run-dir DIR` attach to these servers."""
+    from agora_cli.serving import Serving
+
+    cfg = load_config(config, overrides or [])
+    paths = RunPaths(run_dir or cfg.resolved_run_dir())
+    if dry_run:
+        for line in Serving(cfg, paths).describe():
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    sink = JsonlSink(paths.logs / "serve-events.jsonl")
+    serving = Serving(cfg, paths, EventBus([sink]))
+    with console.status("starting servers (de-quantising models on first use)"):
+        serving.start()
+    try:
+        if serving.attached:
+            console.print(f"servers for {paths.root} are already up (see {paths.servers})")
+            return
+        serving.write_servers_file()
+        for line in serving.describe():
+            console.print(line, highlight=False, soft_wrap=True)
+        for m in cfg.members:
+            ep = serving.endpoint(m.name)
+            console.print(f"{m.name}: {ep.base_url}  model={ep.model}", highlight=False,
+                          soft_wrap=True)
+        console.print(f"wrote {paths.servers}; logs in {paths.logs}. Ctrl-C stops the servers.")
+        while True:
+            time.sleep(1)
+    finally:
+        serving.stop()
+        sink.close()

@@ -1,0 +1,140 @@
+"""A fake SGLang server: real HTTP on 127.0.0.1, SGLang's LoRA endpoints and error semantics.
+
+    with FakeSGLang(base_model="/models/smol") as fake:
+        cfg backend: {kind: sglang, launch: false, urls: {"/models/smol": fake.url}}
+        ...
+        fake.calls      # [("load", "smol-a-v1"), ("unload", "smol-a-v0"), ("chat", "smol-a-v1"), ...]
+        fake.adapters   # lora_name -> lora_path currently loaded
+
+Endpoints (as SGLang's http_server.py): GET /health, GET /v1/models (the base model, then each
+loaded adapter with `root` = its path and `parent` = the base), POST /v1/chat/completions (`model`
+is `<base>` or `<base>:<lora_name>`; the reply text names the adapter that served it),
+POST /load_lora_adapter (400 `{"success": false, "error_message": "... already loaded"}` for a
+name already loaded; 400 when the path does not exist), POST /unload_lora_adapter (400 for an
+unknown name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from agora_cli.serving.process import free_port
+
+
+class FakeSGLang:
+    def __init__(self, base_model: str, latency_s: float = 0.0):
+        self.base_model = base_model
+        self.latency_s = latency_s
+        self.adapters: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []  # (kind, name) in arrival order
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._server = uvicorn.Server(
+            uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def _record(self, kind: str, name: str) -> None:
+        with self._lock:
+            self.calls.append((kind, name))
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/health")
+        def health() -> dict:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        def models() -> dict:
+            data: list[dict[str, Any]] = [
+                {"id": self.base_model, "object": "model", "root": self.base_model}
+            ]
+            data += [
+                {"id": n, "object": "model", "root": p, "parent": self.base_model}
+                for n, p in self.adapters.items()
+            ]
+            return {"object": "list", "data": data}
+
+        @app.post("/load_lora_adapter")
+        async def load(request: Request) -> JSONResponse:
+            body = await request.json()
+            name, path = body["lora_name"], body["lora_path"]
+            self._record("load", name)
+            if name in self.adapters:
+                return _result(False, f"Failed to load LoRA adapter {name} because it is "
+                               "already loaded", self.adapters)
+            if not Path(path).exists():
+                return _result(False, f"Can't find adapter at {path}", self.adapters)
+            self.adapters[name] = path
+            return _result(True, "", self.adapters)
+
+        @app.post("/unload_lora_adapter")
+        async def unload(request: Request) -> JSONResponse:
+            name = (await request.json())["lora_name"]
+            self._record("unload", name)
+            if name not in self.adapters:
+                return _result(False, f"LoRA adapter {name} is not loaded", self.adapters)
+            del self.adapters[name]
+            return _result(True, "", self.adapters)
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> JSONResponse:
+            body = await request.json()
+            model = body["model"]
+            base, _, adapter = model.partition(":") if model != self.base_model else (model, "", "")
+            if base != self.base_model or (adapter and adapter not in self.adapters):
+                self._record("chat-rejected", model)
+                return JSONResponse(
+                    {"object": "error", "message": f"unknown model {model}", "code": 400},
+                    status_code=400,
+                )
+            served = adapter or "base"
+            self._record("chat", served)
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            text = f"served by {served}"
+            return JSONResponse({
+                "id": "fake", "object": "chat.completion", "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            })
+
+        return app
+
+    def start(self) -> FakeSGLang:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake SGLang server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeSGLang:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _result(success: bool, message: str, loaded: dict[str, str]) -> JSONResponse:
+    return JSONResponse(
+        {"success": success, "error_message": message, "loaded_adapters": dict(loaded)},
+        status_code=200 if success else 400,
+    )
