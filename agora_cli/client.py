@@ -18,7 +18,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from agora_cli.config import ClientSettings, Sampling
@@ -114,9 +115,12 @@ class ClientPool:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(is_retryable),
                     stop=stop_after_attempt(self.settings.max_retries + 1),
-                    wait=wait_exponential_jitter(
-                        initial=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
-                    ),
+                    # Exponential from backoff_initial_s, jitter of the same scale (tenacity's
+                    # wait_exponential_jitter adds up to 1 s of jitter whatever the initial wait).
+                    wait=wait_exponential(
+                        multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
+                    )
+                    + wait_random(0, self.settings.backoff_initial_s),
                     reraise=True,
                 ):
                     with attempt:

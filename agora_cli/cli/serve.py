@@ -32,7 +32,7 @@ def serve(
     paths = RunPaths(run_dir or cfg.resolved_run_dir())
     if dry_run:
         for line in Serving(cfg, paths).describe():
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     paths.logs.mkdir(parents=True, exist_ok=True)
     sink = JsonlSink(paths.logs / "serve-events.jsonl")
@@ -45,7 +45,7 @@ def serve(
             return
         serving.write_servers_file()
         for line in serving.describe():
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         for m in cfg.members:
             ep = serving.endpoint(m.name)
             console.print(f"{m.name}: {ep.base_url}  model={ep.model}", highlight=False,
