@@ -1,0 +1,518 @@
+"""Asynchronous training rounds (protocol step 6): buffer rows -> one adapter per member -> live.
+
+The loop keeps running on the old adapters while a round trains. A round's life:
+
+  maybe_start   one transaction: `rounds` row (status pending, the buffer ids as JSON), those buffer
+                rows' `round_id`, and one `adapters` row per member (status training, its version)
+  (training)    one worker process per member (`python -m agora_cli.training.worker SPEC.json`),
+                one at a time by default: a small box has few cores
+  poll          a finished worker's adapter becomes `ready`; activation (merging, loading into the
+                server) runs on a background thread so the caller's event loop never stalls; then
+                the adapter is `live` and the member's previous one `retired`
+  (live)        every member's adapter is live: the round is `live` and its rows are consumed
+
+A failure anywhere (worker crash, save error, activation error) leaves the previous adapter live
+and the round retriable with the same rows: `maybe_start` relaunches it (up to MAX_ATTEMPTS), and
+`resume()` in a new process relaunches it whatever its attempt count. A member whose adapter for
+the round is already `ready` or `live` is not trained again. Rows are therefore used by exactly
+one round, and a round's rows are trained into each member exactly once.
+
+Statuses written here: rounds `pending | training | live | failed`; adapters
+`training | ready | live | retired | failed`. `live` means "the member's current adapter"; its
+`model_name` is set when a server has loaded it (NULL when trained with no server attached).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agora_cli.config import Config, Training, chat_template_text
+from agora_cli.errors import TrainingError
+from agora_cli.events import NULL_BUS, EventBus
+from agora_cli.paths import RunPaths
+from agora_cli.store import Store, now
+from agora_cli.training.data import load_samples, samples_to_json
+from agora_cli.training.trainer import TrainSpec
+
+MAX_ATTEMPTS = 3  # in one process; resume() always retries once more
+RETRIABLE = ("pending", "training", "failed")
+
+
+def worker_command(spec_path: Path, training: Training, python: str = sys.executable) -> list[str]:
+    """The command that trains one member: a plain subprocess, or `accelerate launch` on >1 GPU."""
+    module = ["-m", "agora_cli.training.worker", str(spec_path)]
+    if training.num_gpus <= 1:
+        return [python, *module]
+    return [
+        python, "-m", "accelerate.commands.launch", "--num_processes", str(training.num_gpus),
+        "--module", "agora_cli.training.worker", str(spec_path),
+    ]
+
+
+@dataclass
+class _Job:
+    """One member's worker in the round in flight."""
+
+    member: str
+    version: int
+    adapter_dir: Path
+    spec_path: Path
+    progress_path: Path
+    result_path: Path
+    proc: subprocess.Popen | None = None
+    log: TextIO | None = None
+    offset: int = 0  # bytes of the progress file already emitted as events
+    started: float = 0.0
+
+
+@dataclass
+class _Flight:
+    round_id: int
+    attempt: int
+    to_train: list[str]
+    running: dict[str, _Job] = field(default_factory=dict)
+    activating: dict[str, tuple[Future, float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class RoundManager:
+    """Starts, watches and finishes training rounds for one run. Call from one thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        cfg: Config,
+        run_paths: RunPaths,
+        serving: Any = None,
+        bus: EventBus = NULL_BUS,
+        *,
+        members: list[str] | None = None,
+        max_parallel: int = 1,
+        poll_interval_s: float = 0.5,
+    ):
+        self.store = store
+        self.cfg = cfg
+        self.paths = run_paths
+        self.serving = serving  # anything with activate(member, adapter_dir, version) -> Endpoint
+        self.bus = bus
+        self.members = members or [m.name for m in cfg.members]
+        self.max_parallel = max_parallel
+        self.poll_interval_s = poll_interval_s
+        self._flight: _Flight | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agora-activate")
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public API
+
+    def resume(self) -> None:
+        """Retry a round a killed (or failed) run left unfinished, with its own reserved rows."""
+        if self._flight is not None:
+            return
+        row = self.store.one(
+            f"SELECT id FROM rounds WHERE status IN ({_marks(RETRIABLE)}) ORDER BY id LIMIT 1",
+            RETRIABLE,
+        )
+        if row is not None:
+            self._launch(int(row["id"]))
+
+    def maybe_start(self, step: int) -> int | None:
+        """Start a round when none is in flight and `protocol.buffer_threshold` rows wait.
+
+        An unfinished round (failed attempt) is retried first, up to MAX_ATTEMPTS; a round that
+        used them all blocks new rounds until `resume()` (a restart) retries it. Returns the id of
+        the round launched, or None.
+        """
+        if self._flight is not None or not self.cfg.ablations.lora:
+            return None
+        row = self.store.one(
+            f"SELECT id, attempts FROM rounds WHERE status IN ({_marks(RETRIABLE)}) "
+            "ORDER BY id LIMIT 1",
+            RETRIABLE,
+        )
+        if row is not None:
+            if row["attempts"] >= MAX_ATTEMPTS:
+                return None
+            self._launch(int(row["id"]))
+            return int(row["id"])
+        round_id = self.create_round(step, limit=self.cfg.protocol.buffer_threshold, exact=True)
+        if round_id is None:
+            return None
+        self._launch(round_id)
+        return round_id
+
+    def start_now(self, step: int) -> int | None:
+        """`agora train`: a round on every unconsumed row now, even below the threshold.
+
+        An unfinished round is retried instead (its rows come first). None when nothing waits.
+        """
+        if self._flight is not None:
+            raise TrainingError(f"round {self._flight.round_id} is already in flight")
+        row = self.store.one(
+            f"SELECT id FROM rounds WHERE status IN ({_marks(RETRIABLE)}) ORDER BY id LIMIT 1",
+            RETRIABLE,
+        )
+        round_id = int(row["id"]) if row is not None else self.create_round(step, limit=None)
+        if round_id is not None:
+            self._launch(round_id)
+        return round_id
+
+    def poll(self) -> None:
+        """Non-blocking: emit progress, collect finished workers and activations, start the next."""
+        f = self._flight
+        if f is None:
+            return
+        for job in list(f.running.values()):
+            self._emit_progress(f, job)
+            if job.proc is not None and job.proc.poll() is not None:
+                del f.running[job.member]
+                self._collect(f, job)
+        self._start_workers(f)
+        for member, (future, t0) in list(f.activating.items()):
+            if future.done():
+                del f.activating[member]
+                self._finish_activation(f, member, future, t0)
+        if not f.running and not f.activating and not f.to_train:
+            self._finish_round(f)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until no round is in flight (TrainingError on timeout; the round keeps going)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._flight is not None:
+            self.poll()
+            if self._flight is None:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TrainingError(
+                    f"round {self._flight.round_id} still training after {timeout:.0f} s; "
+                    f"see {self.paths.logs}/train-r{self._flight.round_id}-*.log"
+                )
+            time.sleep(self.poll_interval_s)
+
+    def in_flight(self) -> int | None:
+        """The id of the round in flight, or None."""
+        return None if self._flight is None else self._flight.round_id
+
+    def workers(self) -> dict[str, int]:
+        """member -> pid of the worker processes running now."""
+        f = self._flight
+        if f is None:
+            return {}
+        return {m: j.proc.pid for m, j in f.running.items() if j.proc is not None}
+
+    def live_versions(self) -> dict[str, int]:
+        """member -> live adapter version (0 = the base model)."""
+        return live_versions(self.store, [m.name for m in self.cfg.members])
+
+    def shutdown(self) -> None:
+        """Stop in-flight workers; the round stays retriable by the next run's `resume()`."""
+        f = self._flight
+        if f is not None:
+            for job in f.running.values():
+                _terminate(job.proc)
+                if job.log is not None:
+                    job.log.close()
+            f.running.clear()
+            f.to_train.clear()
+            for member, (future, t0) in list(f.activating.items()):
+                future.result()  # an activation in progress finishes: server and store agree
+                self._finish_activation(f, member, future, t0)
+            f.activating.clear()
+        self._flight = None
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ round creation
+
+    def create_round(self, step: int, *, limit: int | None, exact: bool = False) -> int | None:
+        """Reserve unconsumed rows (oldest first) for a new round, in ONE transaction.
+
+        `exact`: only when at least `limit` rows wait, and then exactly `limit`. Each member gets
+        an `adapters` row (status training) with its next version.
+        """
+        with self.store.transaction() as conn:
+            sql = "SELECT id FROM buffer WHERE round_id IS NULL ORDER BY id"
+            ids = [r[0] for r in conn.execute(sql + ("" if limit is None else f" LIMIT {limit}"))]
+            if not ids or (exact and limit is not None and len(ids) < limit):
+                return None
+            cur = conn.execute(
+                "INSERT INTO rounds(step, status, buffer_ids, attempts, started_at) "
+                "VALUES (?, 'pending', ?, 0, ?)",
+                (step, json.dumps(ids), now()),
+            )
+            round_id = int(cur.lastrowid)
+            conn.execute(
+                f"UPDATE buffer SET round_id = ? WHERE id IN ({_marks(ids)}) AND round_id IS NULL",
+                (round_id, *ids),
+            )
+            for member in self.members:
+                version = 1 + (
+                    conn.execute(
+                        "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE member = ?", (member,)
+                    ).fetchone()[0]
+                )
+                conn.execute(
+                    "INSERT INTO adapters(member, version, round_id, path, status, created_at) "
+                    "VALUES (?, ?, ?, ?, 'training', ?)",
+                    (member, version, round_id, str(self.paths.adapter_dir(member, version)), now()),
+                )
+        return round_id
+
+    # ------------------------------------------------------------------ launching
+
+    def _launch(self, round_id: int) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE rounds SET status = 'training', attempts = attempts + 1, error = NULL "
+                "WHERE id = ?",
+                (round_id,),
+            )
+        attempt = int(self.store.scalar("SELECT attempts FROM rounds WHERE id = ?", (round_id,)))
+        rows = self.store.query(
+            "SELECT member, version, path, status FROM adapters WHERE round_id = ? ORDER BY id",
+            (round_id,),
+        )
+        f = _Flight(round_id, attempt, to_train=[])
+        self._flight = f
+        for r in rows:
+            if r["status"] in ("live", "retired"):
+                continue
+            if r["status"] == "ready" and Path(r["path"]).is_dir():
+                self._activate(f, r["member"], Path(r["path"]), r["version"])
+            else:
+                f.to_train.append(r["member"])
+        self._start_workers(f)
+
+    def _start_workers(self, f: _Flight) -> None:
+        while f.to_train and len(f.running) < self.max_parallel and self._flight is f:
+            member = f.to_train.pop(0)
+            try:
+                job = self._spawn(f, member)
+            except Exception as exc:  # noqa: BLE001 - any launch failure fails this member only
+                self._member_failed(f, member, f"could not start the worker: {exc}")
+                continue
+            f.running[member] = job
+
+    def _spawn(self, f: _Flight, member: str) -> _Job:
+        row = self.store.one(
+            "SELECT version, path FROM adapters WHERE round_id = ? AND member = ?",
+            (f.round_id, member),
+        )
+        version, out = int(row["version"]), Path(row["path"])
+        buffer_ids = json.loads(
+            self.store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (f.round_id,))
+        )
+        work = self.paths.root / "training" / f"round-{f.round_id}"
+        work.mkdir(parents=True, exist_ok=True)
+        for stale in glob.glob(str(out.parent / f".{out.name}.tmp-*")):  # a killed save
+            shutil.rmtree(stale, ignore_errors=True)
+        job = _Job(
+            member, version, out,
+            spec_path=work / f"{member}.spec.json",
+            progress_path=work / f"{member}.attempt{f.attempt}.progress.jsonl",
+            result_path=work / f"{member}.attempt{f.attempt}.result.json",
+        )
+        spec = TrainSpec(
+            member=member,
+            version=version,
+            base_model_dir=str(base_model_dir(self.cfg, member)),
+            output_dir=str(out),
+            samples=samples_to_json(load_samples(self.store, buffer_ids, self.cfg.prompts_dir)),
+            training=self.cfg.training.model_dump(mode="json"),
+            round_id=f.round_id,
+            previous_adapter_dir=self._previous_adapter(member, f.round_id),
+            chat_template=chat_template_text(self.cfg.member(member)),
+            progress_path=str(job.progress_path),
+            result_path=str(job.result_path),
+        )
+        job.spec_path.write_text(spec.to_json())
+        job.result_path.unlink(missing_ok=True)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        job.log = open(self.paths.logs / f"train-r{f.round_id}-{member}.log", "a")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.cfg.training.max_threads:
+            env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
+        job.proc = subprocess.Popen(
+            worker_command(job.spec_path, self.cfg.training),
+            stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        job.started = time.monotonic()
+        self.bus.emit(
+            "training_started", round=f.round_id, member=member, version=version,
+            attempt=f.attempt, rows=len(buffer_ids), pid=job.proc.pid,
+        )
+        return job
+
+    def _previous_adapter(self, member: str, round_id: int) -> str | None:
+        row = self.store.one(
+            "SELECT path FROM adapters WHERE member = ? AND status = 'live' AND round_id != ? "
+            "ORDER BY version DESC LIMIT 1",
+            (member, round_id),
+        )
+        return row["path"] if row is not None and Path(row["path"]).is_dir() else None
+
+    # ------------------------------------------------------------------ collecting
+
+    def _emit_progress(self, f: _Flight, job: _Job) -> None:
+        try:
+            with job.progress_path.open() as fh:
+                fh.seek(job.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind("\n") + 1]  # a torn last line is read next time
+        job.offset += len(complete.encode())
+        for line in complete.splitlines():
+            try:
+                p = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            p.pop("member", None)
+            self.bus.emit("training_progress", round=f.round_id, member=job.member, **p)
+
+    def _collect(self, f: _Flight, job: _Job) -> None:
+        self._emit_progress(f, job)
+        if job.log is not None:
+            job.log.close()
+        code = job.proc.returncode if job.proc is not None else -1
+        result: dict[str, Any] = {}
+        if job.result_path.exists():
+            result = json.loads(job.result_path.read_text())
+        if code != 0 or "error" in result or not (job.adapter_dir / "adapter_config.json").exists():
+            detail = result.get("error") or f"worker exited with code {code}"
+            log = self.paths.logs / f"train-r{f.round_id}-{job.member}.log"
+            self._member_failed(f, job.member, f"{detail}; see {log}")
+            return
+        metrics = {k: result.get(k) for k in (
+            "losses", "steps", "tokens", "target_tokens", "padding_tokens", "tokens_per_s",
+            "peak_memory_mb", "train_s", "total_s", "skipped_ids",
+        )}
+        metrics["wall_s"] = round(time.monotonic() - job.started, 2)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE adapters SET status = 'ready', metrics = ? WHERE round_id = ? AND member = ?",
+                (json.dumps(metrics), f.round_id, job.member),
+            )
+        losses = result.get("losses") or [None]
+        self.bus.emit(
+            "training_finished", round=f.round_id, member=job.member, version=job.version,
+            loss_first=losses[0], loss_last=losses[-1], steps=result.get("steps"),
+            tokens_per_s=result.get("tokens_per_s"), peak_memory_mb=result.get("peak_memory_mb"),
+            train_s=result.get("train_s"), path=str(job.adapter_dir),
+        )
+        self._activate(f, job.member, job.adapter_dir, job.version)
+
+    def _member_failed(self, f: _Flight, member: str, error: str, stage: str = "train") -> None:
+        f.errors[member] = error
+        if stage == "train":
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "UPDATE adapters SET status = 'failed' WHERE round_id = ? AND member = ?",
+                    (f.round_id, member),
+                )
+        self.bus.emit(
+            "training_failed", round=f.round_id, member=member, stage=stage, error=error,
+            attempt=f.attempt,
+        )
+
+    # ------------------------------------------------------------------ activation
+
+    def _activate(self, f: _Flight, member: str, adapter_dir: Path, version: int) -> None:
+        t0 = time.perf_counter()
+        if self.serving is None:
+            future: Future = Future()
+            future.set_result(None)
+        else:  # merging can take seconds: off the caller's event loop
+            future = self._pool.submit(self.serving.activate, member, adapter_dir, version)
+        f.activating[member] = (future, t0)
+
+    def _finish_activation(self, f: _Flight, member: str, future: Future, t0: float) -> None:
+        try:
+            endpoint = future.result()
+        except Exception as exc:  # noqa: BLE001 - the adapter stays ready; the round is retried
+            self._member_failed(f, member, f"activation failed: {exc}", stage="activate")
+            return
+        latency = time.perf_counter() - t0
+        model_name = getattr(endpoint, "model", None)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE adapters SET status = 'retired' WHERE member = ? AND status = 'live'",
+                (member,),
+            )
+            conn.execute(
+                "UPDATE adapters SET status = 'live', model_name = ?, live_at = ? "
+                "WHERE round_id = ? AND member = ?",
+                (model_name, now(), f.round_id, member),
+            )
+        version = self.store.scalar(
+            "SELECT version FROM adapters WHERE round_id = ? AND member = ?", (f.round_id, member)
+        )
+        self.bus.emit(
+            "adapter_live", round=f.round_id, member=member, version=version,
+            model_name=model_name, latency_s=round(latency, 3),
+        )
+
+    def _finish_round(self, f: _Flight) -> None:
+        self._flight = None
+        if not f.errors:
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "UPDATE rounds SET status = 'live', error = NULL, finished_at = ? WHERE id = ?",
+                    (now(), f.round_id),
+                )
+            return
+        status = "failed" if f.attempt >= MAX_ATTEMPTS else "pending"
+        error = "; ".join(f"{m}: {e}" for m, e in f.errors.items())
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE rounds SET status = ?, error = ? WHERE id = ?", (status, error, f.round_id)
+            )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def base_model_dir(cfg: Config, member: str) -> Path:
+    """The member's base weights as a directory PEFT can load (GGUF de-quantised once, cached)."""
+    from agora_cli.models import prepare
+
+    return prepare(cfg.member(member))
+
+
+def live_versions(store: Store, members: list[str]) -> dict[str, int]:
+    """member -> live adapter version (0 = base) as recorded in the store."""
+    out = dict.fromkeys(members, 0)
+    for r in store.query("SELECT member, version FROM adapters WHERE status = 'live'"):
+        if r["member"] in out:
+            out[r["member"]] = max(out[r["member"]], int(r["version"]))
+    return out
+
+
+def live_adapters(store: Store) -> dict[str, tuple[int, Path]]:
+    """member -> (version, adapter dir) of its live adapter: what a restarted server must load."""
+    rows = store.query("SELECT member, version, path FROM adapters WHERE status = 'live'")
+    return {r["member"]: (int(r["version"]), Path(r["path"])) for r in rows}
+
+
+def _terminate(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _marks(items: Any) -> str:
+    return ",".join("?" * len(items))
