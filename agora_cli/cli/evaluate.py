@@ -43,8 +43,8 @@ def _scores_table(scores: dict[str, dict[str, tuple[float, int]]], title: str) -
     members: list[str] = []
     for per in scores.values():
         members += [m for m in per if m not in members]
-    members.sort(key=lambda m: (m.startswith("@"), members.index(m)))
-    for m in members:
+    # Members in config order, the ensemble's majority last.
+    for m in sorted(members, key=lambda m: m.startswith("@")):
         cells = []
         for b in benches:
             s = scores[b].get(m)

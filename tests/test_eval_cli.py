@@ -1,0 +1,123 @@
+"""`agora eval` end to end against the scripted fake server: exact scores, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agora_cli.cli import app
+from agora_cli.evaluation.benchmarks import load_benchmark, subset
+from agora_cli.evaluation.evaluate import MAJORITY, read_results
+from tests.fakes.openai_server import FakeOpenAI
+from tests.test_eval import MEMBERS, make_responder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path: Path, url: str, concurrency: int = 4) -> Path:
+    cfg = {
+        "name": "eval-cli",
+        "run_dir": str(tmp_path / "run"),
+        "backends": {"fake": {"kind": "openai", "base_url": url}},
+        "members": [{"name": m, "model": m, "backend": "fake", "max_concurrency": concurrency}
+                    for m in MEMBERS],
+        "ablations": {"lora": False},
+        "client": {"max_retries": 1, "backoff_initial_s": 0.05},
+        "evaluation": {"benchmarks": ["gsm8k"], "grade_workers": 2,
+                       "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 64}},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_eval_command_scores_and_greedy(tmp_path: Path) -> None:
+    items = subset(load_benchmark("gsm8k"), 6)
+    with FakeOpenAI(make_responder(items)) as fake:
+        cfg = write_config(tmp_path, fake.url)
+        result = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "6", "--greedy"])
+        assert result.exit_code == 0, result.output
+        bodies = [r.body for r in fake.requests_for("evaluate")]
+    assert len(bodies) == 18 and all(b["temperature"] == 0.0 for b in bodies)
+    summary = json.loads((tmp_path / "run" / "evals" / "greedy" / "summary.json").read_text())
+    scores = {m: v["score"] for m, v in summary["scores"]["gsm8k"].items()}
+    assert scores == {"alice": 4 / 6, "bob": 3 / 6, "carol": 2 / 6, MAJORITY: 2 / 6}
+    assert "66.7% (n=6)" in result.output  # alice in the summary table
+
+
+def test_eval_command_member_subset_and_bad_version(tmp_path: Path) -> None:
+    items = subset(load_benchmark("gsm8k"), 4)
+    with FakeOpenAI(make_responder(items)) as fake:
+        cfg = write_config(tmp_path, fake.url)
+        out = tmp_path / "out"
+        ok = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--members", "carol",
+                                      "--out", str(out)])
+        assert ok.exit_code == 0, ok.output
+        assert {r.model for r in fake.requests} == {"carol"}
+        bad = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4",
+                                       "--adapter-version", "carol=3"])
+        assert bad.exit_code == 1 and "no adapter v3" in bad.output
+        unknown = CliRunner().invoke(app, ["eval", str(cfg), "--members", "dave"])
+        assert unknown.exit_code == 1 and "unknown member" in unknown.output
+    rows = read_results(out / "results.jsonl")
+    assert {r.member for r in rows} == {"carol"} and len(rows) == 4  # no majority of one
+
+
+@pytest.mark.timeout(180)
+def test_killed_evaluation_resumes_without_repeating_items(tmp_path: Path) -> None:
+    n_items, kill_after = 12, 9
+    items = subset(load_benchmark("gsm8k"), n_items)
+    # One request at a time per member, each taking 0.3 s: the kill lands mid-evaluation.
+    with FakeOpenAI(make_responder(items), latency_s=0.3) as fake:
+        cfg = write_config(tmp_path, fake.url, concurrency=1)
+        results = tmp_path / "run" / "evals" / "sampled" / "results.jsonl"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agora_cli", "eval", str(cfg), "--limit", str(n_items)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.exists() and len(read_results(results)) >= kill_after:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        before = read_results(results)
+        assert kill_after <= len(before) < n_items * len(MEMBERS)
+        done_before = {(r.model, r.item_id) for r in before}
+        first_requests = len(fake.requests)
+        fake.clear()
+
+        result = CliRunner().invoke(app, ["eval", str(cfg), "--limit", str(n_items)])
+        assert result.exit_code == 0, result.output
+        by_problem = {it.problem: it.id for it in items}
+        asked_again = [
+            (r.model, by_problem[r.user.split("Problem:", 1)[1].rsplit("Solution:", 1)[0].strip()])
+            for r in fake.requests
+        ]
+    # Nothing finished before the kill was asked (or graded) again ...
+    assert not done_before & set(asked_again)
+    assert len(asked_again) == n_items * len(MEMBERS) - len(before)
+    assert first_requests >= len(before)
+    # ... every item was evaluated exactly once ...
+    rows = read_results(results)
+    keys = [r.key for r in rows]
+    assert len(keys) == len(set(keys)) == n_items * (len(MEMBERS) + 1)
+    # ... and the scores are those of an uninterrupted evaluation.
+    summary = json.loads(results.with_name("summary.json").read_text())["scores"]["gsm8k"]
+    expected = {m: sum(i in right for i in range(n_items)) / n_items
+                for m, right in {"alice": {0, 1, 2, 3}, "bob": {0, 1, 4},
+                                 "carol": {0, 5}}.items()}
+    assert {m: summary[m]["score"] for m in MEMBERS} == expected
+    assert summary[MAJORITY]["score"] == 2 / n_items
