@@ -84,7 +84,11 @@ class RecordingServing:
             raise RuntimeError("server rejected the adapter")
         assert (adapter_dir / "adapter_config.json").exists()
         self.live[member] = (version, adapter_dir)
-        return Endpoint("http://127.0.0.1:1/v1", f"{member}-v{version}")
+        return self.endpoint(member)
+
+    def endpoint(self, member: str) -> Endpoint:
+        version = self.live.get(member, (0, None))[0]
+        return Endpoint("http://127.0.0.1:1/v1", f"{member}-v{version}" if version else member)
 
 
 @pytest.fixture
@@ -244,3 +248,9 @@ def test_activation_failure_retries_activation_without_retraining(env) -> None:
     assert store.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "live"
     assert adapter_status(store, "smol-a") == {1: "live"}
     assert [e["kind"] for e in events].count("training_started") == 1  # trained once
+
+    # A restarted run comes up on base weights: resume() puts the live adapter back first.
+    restarted = RecordingServing()
+    RoundManager(store, make_cfg(threshold=2), paths, restarted, bus, members=["smol-a"]).resume()
+    assert restarted.live["smol-a"] == (1, paths.adapter_dir("smol-a", 1))
+    assert [e.get("restored") for e in events if e["kind"] == "adapter_live"] == [None, True]

@@ -116,9 +116,14 @@ class RoundManager:
     # ------------------------------------------------------------------ public API
 
     def resume(self) -> None:
-        """Retry a round a killed (or failed) run left unfinished, with its own reserved rows."""
+        """Put live adapters back into restarted servers, then retry an unfinished round.
+
+        A round a killed (or failed) run left unfinished is relaunched with its own reserved rows
+        (attempts + 1); members already trained for it are only activated.
+        """
         if self._flight is not None:
             return
+        self.restore_live()
         row = self.store.one(
             f"SELECT id FROM rounds WHERE status IN ({_marks(RETRIABLE)}) ORDER BY id LIMIT 1",
             RETRIABLE,
@@ -198,6 +203,40 @@ class RoundManager:
                     f"see {self.paths.logs}/train-r{self._flight.round_id}-*.log"
                 )
             time.sleep(self.poll_interval_s)
+
+    def restore_live(self) -> None:
+        """Re-activate each member's live adapter in servers that came up on the base weights.
+
+        Blocking, at start: the loop's first requests must already use the recorded versions.
+        """
+        if self.serving is None:
+            return
+        for member, (version, path) in live_adapters(self.store).items():
+            if member not in self.members:
+                continue
+            row = self.store.one(
+                "SELECT model_name FROM adapters WHERE member = ? AND version = ?", (member, version)
+            )
+            try:
+                if row["model_name"] and self.serving.endpoint(member).model == row["model_name"]:
+                    continue  # attached to servers that already serve it
+                t0 = time.perf_counter()
+                endpoint = self.serving.activate(member, path, version)
+            except Exception as exc:  # noqa: BLE001 - reported; the loop can still run
+                self.bus.emit(
+                    "training_failed", member=member, stage="restore", version=version,
+                    error=f"could not re-activate adapter v{version} from {path}: {exc}",
+                )
+                continue
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "UPDATE adapters SET model_name = ? WHERE member = ? AND version = ?",
+                    (endpoint.model, member, version),
+                )
+            self.bus.emit(
+                "adapter_live", member=member, version=version, model_name=endpoint.model,
+                latency_s=round(time.perf_counter() - t0, 3), restored=True,
+            )
 
     def in_flight(self) -> int | None:
         """The id of the round in flight, or None."""
