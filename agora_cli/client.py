@@ -83,6 +83,9 @@ class ClientPool:
     def __post_init__(self) -> None:
         self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
         self._sems: dict[str, asyncio.Semaphore] = {}
+        # member -> its last EndpointError, cleared by its next success: lets the loop refuse to
+        # commit a step whose missing work is due to a member that stays down.
+        self.unreachable: dict[str, EndpointError] = {}
 
     def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
         key = (ep.base_url, ep.api_key)
@@ -146,8 +149,11 @@ class ClientPool:
                 )
                 if is_retryable(exc):
                     ep = self.resolve(member)
-                    raise EndpointError(member, ep.base_url, f"{type(exc).__name__}: {exc}") from exc
+                    err = EndpointError(member, ep.base_url, f"{type(exc).__name__}: {exc}")
+                    self.unreachable[member] = err
+                    raise err from exc
                 raise
+        self.unreachable.pop(member, None)
         choice = resp.choices[0] if resp.choices else None
         text = (choice.message.content if choice and choice.message else None) or ""
         pt = resp.usage.prompt_tokens if resp.usage else 0

@@ -442,6 +442,11 @@ async def run_step(
         # One more pass asks only what is still missing (failed requests are never stored).
         run.failures = 0
         await run.pipeline()
+        if run.failures and pool.unreachable:
+            # A member is still down after retries and a second pass: committing now would seal
+            # the step with its work missing (V_t, ratings and the buffer all skewed). Stop
+            # instead; the stored work is kept and a re-run resumes the step.
+            raise next(iter(pool.unreachable.values()))
     elite = await run.select_elite(elite_shots(run.open.strategy, cfg.protocol))  # type: ignore[arg-type]
     bus.emit("phase_started", phase="commit", step=t, n=1)
     fx = compute_effects(run, elite, anchors, time.perf_counter() - t0, busy_s(pool) - busy0)
