@@ -11,6 +11,7 @@ from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Sampling, config_from_dict
 from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.evaluation.benchmarks import (
+    Item,
     calibration_set,
     load_benchmark,
     load_seed_pool,
@@ -173,3 +174,23 @@ async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> No
     assert scores == {
         "alice": (4 / 6, 6), "bob": (3 / 6, 6), "carol": (2 / 6, 6), MAJORITY: (2 / 6, 6)
     }
+
+
+async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) -> None:
+    """A base model that repeats the prompt must not score with the prompt's `\\boxed{42}`."""
+    item = Item("gsm8k", "q42", "Ann has 6 bags of 7 apples. How many apples?", "42")
+    assert "\\boxed{42}" in Prompts().render("evaluate", problem=item.problem)[0]["content"]
+
+    def echo(req: Request) -> str:
+        return req.system + "\n\n" + req.user + ("\nShe has 42 apples." if req.model == "b" else "")
+
+    with FakeOpenAI(scripted({"evaluate": echo})) as fake:
+        pool = make_pool(fake.url, ["a", "b"])
+        report = await evaluate(pool, Prompts(), ["a", "b"], {"gsm8k": [item]}, Sampling(),
+                                grader, tmp_path)
+        await pool.aclose()
+    rows = {r.member: r for r in read_results(tmp_path / "results.jsonl")}
+    assert rows["a"].answer is None and not rows["a"].correct
+    assert "\\boxed{42}" in rows["a"].reply  # the raw reply is kept as it came
+    assert rows["b"].answer == "42" and rows["b"].correct  # its own answer still counts
+    assert report.scores["gsm8k"]["a"] == (0.0, 1)

@@ -34,13 +34,15 @@ def _versions(items: list[str] | None) -> dict[str, int]:
     return out
 
 
-def _scores_table(scores: dict[str, dict[str, tuple[float, int]]], title: str) -> Table:
+def _scores_table(
+    scores: dict[str, dict[str, tuple[float, int]]], title: str, order: list[str]
+) -> Table:
     table = Table(title=title)
     table.add_column("member")
     benches = list(scores)
     for b in benches:
         table.add_column(f"{b} pass@1", justify="right")
-    members: list[str] = []
+    members = list(order)
     for per in scores.values():
         members += [m for m in per if m not in members]
     # Members in config order, the ensemble's majority last.
@@ -78,7 +80,7 @@ def eval_cmd(
         cfg, run_dir=run_dir, benchmarks=_csv(benchmarks), limit=limit, members=_csv(members),
         versions=_versions(adapter_version), greedy=greedy or None, out=out, bus=EventBus(),
     )
-    console.print(_scores_table(report.scores, f"pass@1, {cfg.name}"))
+    console.print(_scores_table(report.scores, f"pass@1, {cfg.name}", list(report.versions)))
     console.print(
         f"asked {report.asked}, reused {report.reused} finished item(s); "
         f"results in {report.out_dir}/results.jsonl"

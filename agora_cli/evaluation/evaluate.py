@@ -56,6 +56,18 @@ class ItemResult:
         return (self.member, self.benchmark, self.item_id, self.model)
 
 
+def without_echo(reply: str, prompt_parts: list[str]) -> str:
+    """The reply minus any verbatim copy of the prompt's messages.
+
+    Base models (Gemma-3 base) often repeat the prompt before answering; the prompt's format
+    example (`\\boxed{42}`) must not be graded as their answer.
+    """
+    for part in prompt_parts:
+        if part and part in reply:
+            reply = reply.replace(part, "")
+    return reply
+
+
 def greedy_sampling(sampling: Sampling) -> Sampling:
     """Greedy decoding with the same length budget."""
     return Sampling(temperature=0.0, top_p=1.0, max_tokens=sampling.max_tokens)
@@ -81,28 +93,33 @@ async def answer_items(
     `correct=False`. Grading runs in a thread (the grader's deadline needs no signals) while the
     next replies arrive, so the models never wait for the grader.
     """
-    queue: asyncio.Queue[ItemResult | None] = asyncio.Queue()
+    # (result, the reply with any echoed prompt removed: what is graded), None = no more.
+    queue: asyncio.Queue[tuple[ItemResult, str] | None] = asyncio.Queue()
     results: list[ItemResult] = []
     loop = asyncio.get_running_loop()
 
     async def ask(member: str, item: Item) -> None:
         messages = prompts.render("evaluate", problem=item.problem)
+        echoes = [m["content"] for m in messages if m.get("content")]
         model = model_of(member)
         try:
             res = await pool.chat(member, messages, sampling, role="evaluate")
         except Exception as e:  # noqa: BLE001 - recorded per item; the caller decides
-            await queue.put(
+            await queue.put((
                 ItemResult(member, item.benchmark, item.id, model, "", None, item.answer, False,
-                           version_of(member), error=f"{type(e).__name__}: {e}")
-            )
+                           version_of(member), error=f"{type(e).__name__}: {e}"),
+                "",
+            ))
             return
-        await queue.put(
+        text = without_echo(res.text, echoes)
+        await queue.put((
             ItemResult(
-                member, item.benchmark, item.id, model, res.text, extract_answer(res.text),
+                member, item.benchmark, item.id, model, res.text, extract_answer(text),
                 item.answer, False, version_of(member), res.completion_tokens,
                 round(res.latency_s, 3),
-            )
-        )
+            ),
+            text,
+        ))
 
     async def grade_loop() -> None:
         finished = False
@@ -112,13 +129,13 @@ async def answer_items(
                 batch.append(queue.get_nowait())
             if None in batch:
                 finished = True
-                batch = [r for r in batch if r is not None]
-            todo = [r for r in batch if r.error is None]
-            pairs = [(r.reply, r.gold) for r in todo]
+            got = [b for b in batch if b is not None]
+            todo = [(r, text) for r, text in got if r.error is None]
+            pairs = [(text, r.gold) for r, text in todo]
             verdicts = await loop.run_in_executor(None, grader.grade_many, pairs) if pairs else []
-            for r, ok in zip(todo, verdicts, strict=True):
+            for (r, _), ok in zip(todo, verdicts, strict=True):
                 r.correct = ok
-            for r in batch:
+            for r, _ in got:
                 results.append(r)
                 if on_result is not None:
                     on_result(r)
@@ -412,7 +429,9 @@ def run_evaluation(
     from agora_cli.runner import serving
 
     paths = RunPaths(run_dir)
-    with serving(cfg, paths, bus) as (srv, served_pool):
+    # Serve only the members being evaluated (a base model nobody asks need not be loaded).
+    served = cfg.model_copy(update={"members": [m for m in cfg.members if m.name in chosen]})
+    with serving(served, paths, bus) as (srv, served_pool):
         for m, v in vers.items():
             if v and srv is None:
                 raise EvaluationError(f"cannot load adapter v{v} for {m!r}: no serving backend")
