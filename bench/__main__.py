@@ -1,0 +1,109 @@
+"""`python -m bench [NAME ...]`: run benchmarks and print one combined table.
+
+    python -m bench                       # all: orchestrator engine trainer hotswap gpu
+    python -m bench orchestrator engine   # a selection
+
+Each benchmark prints its own details as it goes; the combined table (benchmark, metric,
+measured, target, met?) is printed last and saved to bench/RESULTS.md with the date and the
+command. A benchmark that crashes is reported as a row, and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import REPO, Row, setup_env, table
+
+NAMES = ("orchestrator", "engine", "trainer", "hotswap", "gpu")
+
+
+def trainer() -> list[Row]:
+    """`bench/bench_trainer.py` (the trainer's own benchmark), its table parsed into rows."""
+    script = REPO / "bench" / "bench_trainer.py"
+    if not script.exists():
+        return [Row("trainer", "skipped", "-", note="bench/bench_trainer.py is missing")]
+    p = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True)
+    print(p.stdout, end="")
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+        return [Row("trainer", "failed", "-", note=f"exit {p.returncode}: {tail[0][:200]}")]
+    lines = {re.split(r"\s{2,}", line.strip())[0]: re.split(r"\s{2,}", line.strip())
+             for line in p.stdout.splitlines() if line.strip()}
+    rows = []
+    tps = lines.get("tokens/s (non-pad)")
+    if tps and len(tps) >= 4:
+        ratio = float(tps[3].rstrip("x"))
+        rows.append(Row("trainer", "length-grouped vs padded tokens/s", f"{ratio:.2f}x",
+                        ">= 1.3x", ratio >= 1.3, f"{tps[1]} -> {tps[2]} tokens/s"))
+    mem = lines.get("peak memory MB")
+    if mem and len(mem) >= 3:
+        rows.append(Row("trainer", "peak memory", f"{mem[2]} MB", "-", None,
+                        f"padded batches: {mem[1]} MB"))
+    pad = lines.get("padding tokens")
+    if pad and len(pad) >= 3:
+        rows.append(Row("trainer", "padding tokens", pad[2], "-", None, f"padded: {pad[1]}"))
+    return rows or [Row("trainer", "unparsed", "-", note="see its output above")]
+
+
+def runners() -> dict[str, Callable[[], list[Row]]]:
+    from bench import bench_engine, bench_gpu, bench_hotswap, bench_orchestrator
+
+    return {
+        "orchestrator": bench_orchestrator.run,
+        "engine": bench_engine.run,
+        "trainer": trainer,
+        "hotswap": bench_hotswap.run,
+        "gpu": bench_gpu.run,
+    }
+
+
+def save(rows: list[Row], command: str, seconds: float, path: Path) -> None:
+    """Write the table to bench/RESULTS.md (the latest run only)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M %Z")
+    path.write_text(
+        f"# Benchmark results\n\nLatest run: {stamp}, `{command}`, {seconds:.0f} s on "
+        f"{os.cpu_count()} CPU cores (load average at the end {os.getloadavg()[0]:.1f}).\n\n"
+        "Ratios are measured side by side in one run; they are not pass/fail tests.\n\n"
+        f"{table(rows, markdown=True)}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"benchmarks to run (default: all of {', '.join(NAMES)})")
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/RESULTS.md")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.names if n not in NAMES]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    setup_env()
+    names = args.names or list(NAMES)
+    table_rows: list[Row] = []
+    t0 = time.perf_counter()
+    for name in names:
+        print(f"== {name}", flush=True)
+        try:
+            got = runners()[name]()
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
+            traceback.print_exc()
+            got = [Row(name, "failed", "-", note=f"{type(exc).__name__}: {exc}"[:200])]
+        print(table(got), flush=True)
+        table_rows += got
+    print("\n" + table(table_rows))
+    if not args.no_save:
+        command = "python -m bench" + "".join(f" {n}" for n in args.names)
+        save(table_rows, command, time.perf_counter() - t0, REPO / "bench" / "RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

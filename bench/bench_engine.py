@@ -1,0 +1,102 @@
+"""Embedded engine: tokens/s at 1, 8 and 16 concurrent requests on SmolLM2-135M.
+
+    python -m bench engine [--max-tokens 64] [--levels 1 8 16]
+
+Starts the real embedded backend (`transformers serve --continuous-batching` on 127.0.0.1, through
+`agora_cli.serving.Serving`, exactly as `agora run` does), then at each concurrency level sends
+that many identical-length requests at once through a ClientPool and divides the completion
+tokens the server reports by the wall time of the batch. Target: 16 concurrent >= 5x one request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import SMOL, Row, setup_env
+
+PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm. Use many sentences."
+
+
+def engine_config(run_dir: Path) -> Any:
+    from agora_cli.config import config_from_dict
+
+    return config_from_dict({
+        "name": "bench-engine",
+        "run_dir": str(run_dir),
+        "members": [
+            {"name": n, "model": SMOL, "max_concurrency": 64, "request_timeout_s": 600}
+            for n in ("smol-a", "smol-b")  # one base: one server, as in configs/tiny.yaml
+        ],
+        "ablations": {"lora": False},
+    })
+
+
+async def _batch(pool: Any, n: int, max_tokens: int) -> tuple[int, float]:
+    from agora_cli.config import Sampling
+
+    sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=max_tokens)
+    messages = [{"role": "user", "content": PROMPT}]
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(pool.chat("smol-a", messages, sampling) for _ in range(n)))
+    return sum(r.completion_tokens for r in results), time.perf_counter() - t0
+
+
+def measure(levels: list[int], max_tokens: int) -> dict[int, tuple[int, float]]:
+    """level -> (completion tokens, wall s) of one batch of `level` concurrent requests."""
+    from agora_cli.paths import RunPaths
+    from agora_cli.serving import Serving
+
+    out: dict[int, tuple[int, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = engine_config(Path(tmp) / "run")
+        paths = RunPaths(Path(tmp) / "run").ensure()
+        with Serving(cfg, paths) as serving:
+            pool = serving.client_pool()
+
+            async def go() -> None:
+                await _batch(pool, 2, 8)  # warm the batching path once
+                for n in levels:
+                    out[n] = await _batch(pool, n, max_tokens)
+                await pool.aclose()
+
+            asyncio.run(go())
+    return out
+
+
+def run(levels: tuple[int, ...] = (1, 8, 16), max_tokens: int = 64) -> list[Row]:
+    setup_env()
+    m = measure(list(levels), max_tokens)
+    tps = {n: tokens / wall for n, (tokens, wall) in m.items()}
+    base = tps[levels[0]]
+    rows = []
+    for n in levels:
+        tokens, wall = m[n]
+        ratio = tps[n] / base
+        if n == 16:
+            target, met = ">= 5x one request", ratio >= 5
+        else:
+            target, met = "-", None
+        rows.append(Row("engine", f"tokens/s at {n} concurrent", f"{tps[n]:.1f} ({ratio:.1f}x)",
+                        target, met, f"{tokens} tokens in {wall:.1f} s"))
+    rows[-1].note += f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
+    args = ap.parse_args()
+    from bench.common import table
+
+    print(table(run(tuple(args.levels), args.max_tokens)))
+
+
+if __name__ == "__main__":
+    main()
