@@ -123,9 +123,13 @@ def compute_effects(run: StepRun, elite: list[EliteExample], anchors: dict[str, 
 
     n_sol = len(all_solutions)
     n_ok = sum(1 for v in correct.values() if v)
-    v_t = n_ok / n_sol if n_sol else 0.0  # consensus pass@1 of this step
-    d_next = next_difficulty(run.open.difficulty, v_t, run.open.v_target,
-                             cfg.protocol.difficulty, cfg.ablations.difficulty_control)  # Eq. 1
+    # V_t: consensus pass@1 of this step. A step without solutions says nothing about the
+    # difficulty, so V_t stays NULL and d_t carries over.
+    v_t = n_ok / n_sol if n_sol else None
+    d_next = run.open.difficulty
+    if v_t is not None:
+        d_next = next_difficulty(run.open.difficulty, v_t, run.open.v_target,
+                                 cfg.protocol.difficulty, cfg.ablations.difficulty_control)  # Eq. 1
     f_t = None
     if anchors:
         # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).

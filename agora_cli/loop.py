@@ -137,6 +137,26 @@ class StepRun:
         todo = self.slots_todo()
         self._tick("generate", total=len(todo))
         await asyncio.gather(*(self.generate_slot(s, on_problem) for s in todo))
+        if not self.slots_todo() and not db.step_problems(self.store, self.t):
+            self.seed_fallback(on_problem)
+
+    def seed_fallback(self, on_problem: Callable[[Row], None] | None) -> None:
+        """Every generated problem was dropped: solve seed-pool problems (author 'seed') instead,
+        so a weak Q-Group does not stall the loop (`protocol.seed_fallback`)."""
+        if not self.cfg.protocol.seed_fallback:
+            return
+        rng = random.Random(f"{self.cfg.seed}:{self.t}:fallback")
+        pool = list(self.seeds.values())
+        existing = db.existing_problem_texts(self.store)
+        picked = [s for s in rng.sample(pool, min(len(pool), 4 * self.cfg.protocol.problems_per_step))
+                  if s["problem"] not in existing][: self.cfg.protocol.problems_per_step]
+        with self.store.transaction():
+            ids = [db.insert_problem(self.store, self.t, "seed", s["problem"],
+                                     self.open.difficulty, [s["id"]], None, None) for s in picked]
+        self.bus.emit("seed_fallback", step=self.t, n=len(ids))
+        for pid in ids:
+            if on_problem is not None:
+                on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
 
     # -- 2. solution formulation ---------------------------------------------------------------
 

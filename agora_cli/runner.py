@@ -80,18 +80,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool 
 @contextmanager
 def serving(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[Any, ClientPool]]:
     """Start (or attach to) every member's server; yields (serving, client pool)."""
-    try:
-        from agora_cli.serving import Serving
-    except ImportError:  # TEMPORARY until serving lands: OpenAI-compatible endpoints only
-        from agora_cli.client import MemberLimits
-        from agora_cli.serving.base import Endpoint
+    from agora_cli.serving import Serving
 
-        def resolve(member: str) -> Endpoint:
-            return Endpoint(cfg.backend_of(member).base_url, cfg.member(member).model)  # type: ignore[union-attr]
-
-        limits = {m.name: MemberLimits(m.max_concurrency, m.request_timeout_s) for m in cfg.members}
-        yield None, ClientPool(resolve=resolve, limits=limits, settings=cfg.client, bus=bus)
-        return
     with Serving(cfg, paths, bus) as srv:
         yield srv, srv.client_pool()
 

@@ -44,7 +44,7 @@ class Effects:
     buffer: list[tuple[int, int, str]]  # solution id, problem id, author
     elite: list[tuple[int, str, float]]  # solution id, member, score: the new Top_k (active)
     next_difficulty: float
-    v_t: float
+    v_t: float | None
     v_target: float
     f_t: float | None
     strategy: str

@@ -21,14 +21,13 @@ from tests.test_loop_helpers import REPO
 MEMBERS = ["smol-a", "smol-b", "gemma"]
 OVERRIDES = [
     "protocol.problems_per_step=2",
-    "protocol.sampling.generate.max_tokens=48",
-    "protocol.sampling.solve.max_tokens=64",
-    "protocol.sampling.verify.max_tokens=8",
-    "protocol.sampling.vote.max_tokens=8",
-    "protocol.sampling.explain.max_tokens=32",
-    # One anchor (after step 1) on 2 calibration items keeps step 7 in the test, cheaply.
-    "evaluation.calibration_size=2",
-    "evaluation.sampling.max_tokens=48",
+    "protocol.sampling.generate.max_tokens=40",
+    "protocol.sampling.solve.max_tokens=48",
+    "protocol.sampling.verify.max_tokens=4",
+    "protocol.sampling.vote.max_tokens=4",
+    "protocol.sampling.explain.max_tokens=24",
+    # The anchor is the evaluation engineer's (tested there and against the fake server here).
+    "ablations.external_anchor=false",
 ]
 
 
@@ -49,7 +48,12 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         assert q("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") == 2
         n_ok = q("SELECT COUNT(*) FROM problems WHERE status = 'ok'")
         n_all = q("SELECT COUNT(*) FROM problems")
-        assert n_all == 4  # every generation slot answered (kept or dropped)
+        # Every generation slot answered (kept or dropped); seed problems stand in for a step
+        # whose generated problems were all dropped, so every step has something to solve.
+        assert q("SELECT COUNT(*) FROM problems WHERE author != 'seed'") == 4
+        assert n_all >= 4
+        for step in (0, 1):
+            assert q("SELECT COUNT(*) FROM problems WHERE step = ? AND status = 'ok'", (step,)) > 0
         # Every kept problem was solved by every member, and every answered solution verified by
         # the two other members.
         assert q("SELECT COUNT(*) FROM solutions") == 3 * n_ok
@@ -80,9 +84,6 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         # Buffer: only solutions that passed consensus.
         assert q("SELECT COUNT(*) FROM buffer b JOIN solutions s ON s.id = b.solution_id "
                  "WHERE s.correct IS NOT 1") == 0
-        # The anchor after step 1 scored every member and the majority.
-        assert {r["member"] for r in store.query("SELECT member FROM anchors")} == {
-            *MEMBERS, "@majority"}
         steps = store.query("SELECT * FROM steps ORDER BY step")
         assert steps[1]["difficulty"] == pytest.approx(steps[0]["next_difficulty"])
         sample = store.query(

@@ -124,3 +124,38 @@ def test_isolated_mode(run_dir):
         assert count(store, "solutions", "correct = 1") == 18  # all agree on 7
         assert count(store, "buffer") == 2 * 3  # one majority sample per (problem, member)
         assert count(store, "votes") == count(store, "verdicts") == 0
+
+
+def test_all_generated_problems_dropped_falls_back_to_seeds(run_dir):
+    base = responder()
+
+    def garbage_generator(req):
+        return "hi" if req.role == "generate" else base(req)
+
+    with FakeOpenAI(garbage_generator, latency_s=0.0) as fake:
+        runner.run(make_config(fake.url, run_dir), run_dir=run_dir, steps=1)
+    with Store(RunPaths(run_dir).store) as store:
+        assert count(store, "problems", "status = 'dropped'") == 2
+        assert count(store, "problems", "status = 'ok' AND author = 'seed'") == 2
+        assert count(store, "solutions") == 6
+        assert store.scalar("SELECT n_problems FROM steps WHERE step = 0") == 2
+
+
+def test_anchor_rows_and_surprise(run_dir):
+    from agora_cli.config import config_from_dict
+    from tests.test_loop_helpers import config_dict
+
+    with FakeOpenAI(responder(), latency_s=0.0) as fake:
+        data = config_dict(fake.url, run_dir, anchor_every=1)
+        data["ablations"]["external_anchor"] = True
+        data["evaluation"] = {"calibration_size": 2, "benchmarks": ["gsm8k"]}
+        runner.run(config_from_dict(data), run_dir=run_dir, steps=2)
+        evaluated = len(fake.requests_for("evaluate"))
+    assert evaluated == 2 * 2 * 3  # 2 anchors x 2 items x 3 members
+    with Store(RunPaths(run_dir).store) as store:
+        rows = store.query("SELECT step, member, n FROM anchors ORDER BY step, member")
+        assert [(r["step"], r["member"]) for r in rows] == [
+            (s, m) for s in (0, 1) for m in sorted(["@majority", *MEMBERS])]
+        assert all(r["n"] == 2 for r in rows)
+        f = [r["f_t"] for r in store.query("SELECT f_t FROM steps ORDER BY step")]
+        assert f[0] is None and f[1] is not None  # Eq. 2 needs two anchors
