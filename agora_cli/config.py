@@ -341,7 +341,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError("overrides", [(item, "empty key")])
-    return path, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:  # e.g. `name=[x` or a `!!python/...` tag: an error, not a crash
+        raise ConfigError("overrides", [(item, f"value is not valid YAML: {e}")]) from None
+    return path, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
