@@ -1,0 +1,260 @@
+"""Security properties: local binding, API keys, path containment, model output as data, safe YAML.
+
+Everything runs against the fake OpenAI server or inspects commands before launch; nothing here
+starts a real model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agora_cli import runner
+from agora_cli.cli import app
+from agora_cli.config import config_from_dict, load_config
+from agora_cli.errors import AgoraError, ConfigError, EvaluationError
+from agora_cli.events import EventBus
+from agora_cli.paths import CONFIGS_DIR, PACKAGE_DIR, RunPaths, safe_join
+from agora_cli.serving import build_backend
+from agora_cli.serving.base import Endpoint
+from agora_cli.store import Store
+from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
+from tests.test_loop_helpers import REPO, config_dict, responder
+
+pytestmark = pytest.mark.timeout(120)
+cli = CliRunner()
+SECRET = "sk-agora-test-7f3a9c1e5b2d4068a1b2c3d4e5f60718"
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def _host_flag(cmd: list[str]) -> str:
+    return cmd[cmd.index("--host") + 1]
+
+
+def test_embedded_servers_bind_loopback_unless_configured(tmp_path):
+    cfg = load_config(CONFIGS_DIR / "tiny.yaml")
+    backend = build_backend(cfg, "embedded", RunPaths(tmp_path))
+    assert _host_flag(backend._command("/models/smol", 8123)) == "127.0.0.1"
+    for line in backend.describe():  # what `agora serve --dry-run` prints
+        assert "--host 127.0.0.1" in line and "0.0.0.0" not in line
+
+    opened = load_config(CONFIGS_DIR / "tiny.yaml", ["backends.embedded.host=0.0.0.0"])
+    backend = build_backend(opened, "embedded", RunPaths(tmp_path))
+    assert _host_flag(backend._command("/models/smol", 8123)) == "0.0.0.0"
+
+
+def test_sglang_servers_bind_loopback_by_default(tmp_path):
+    cfg = load_config(CONFIGS_DIR / "homogeneous-1b.yaml")
+    name = cfg.members[0].backend
+    backend = build_backend(cfg, name, RunPaths(tmp_path))
+    assert _host_flag(backend.command("/models/llama", 30000)) == "127.0.0.1"
+
+
+def test_serve_dry_run_shows_loopback_commands(tmp_path):
+    res = cli.invoke(app, ["serve", str(CONFIGS_DIR / "tiny.yaml"), "--dry-run",
+                           "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    hosts = re.findall(r"--host (\S+)", res.output)
+    assert hosts and set(hosts) == {"127.0.0.1"}
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def _keyed_config(url: str, run_dir: Path, env_var: str) -> Path:
+    data = config_dict(url, run_dir)
+    data["backends"]["fake"]["api_key_env"] = env_var
+    path = run_dir.parent / "keyed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _agora(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agora_cli", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=120,
+    )
+
+
+def _grep_tree(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_api_key_comes_from_env_and_is_written_nowhere(tmp_path):
+    run_dir = tmp_path / "run"
+    script = responder()
+    down = [False]
+
+    def respond(req: Request) -> str | Reply:
+        return Reply(text="down", status=503) if down[0] else script(req)
+
+    with FakeOpenAI(respond) as fake:
+        cfg = _keyed_config(fake.url, run_dir, "AGORA_TEST_KEY")
+        # Unset: a clear error naming the variable, before any request.
+        res = _agora("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir),
+                     env={"AGORA_TEST_KEY": ""})
+        assert res.returncode != 0
+        assert "AGORA_TEST_KEY" in res.stderr and "Traceback" not in res.stderr
+        assert len(fake.requests) == 0
+
+        res = _agora("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir),
+                     env={"AGORA_TEST_KEY": SECRET})
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert len(fake.requests) > 0
+        # An error path too: the endpoint error message must not carry the key.
+        down[0] = True
+        failed = _agora("run", str(cfg), "--steps", "2", "--run-dir", str(run_dir),
+                        env={"AGORA_TEST_KEY": SECRET})
+        assert failed.returncode != 0
+        status = _agora("status", str(run_dir), env={"AGORA_TEST_KEY": SECRET})
+    for out in (res, failed, status):
+        assert SECRET not in out.stdout + out.stderr
+    # Nothing written under the run directory holds it: store, WAL, events.jsonl, config, logs.
+    written = list(run_dir.rglob("*"))
+    assert RunPaths(run_dir).events in written and RunPaths(run_dir).store in written
+    assert _grep_tree(run_dir, SECRET.encode()) == []
+    with Store(RunPaths(run_dir).store) as store:
+        assert store.scalar("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") == 1
+    stored = yaml.safe_load(RunPaths(run_dir).config.read_text())
+    assert stored["backends"]["fake"]["api_key_env"] == "AGORA_TEST_KEY"
+
+
+def test_a_key_in_the_config_itself_is_rejected(tmp_path):
+    data = config_dict("http://127.0.0.1:1/v1", tmp_path / "run")
+    data["backends"]["fake"]["api_key"] = SECRET
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert "backends.fake.api_key" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_endpoint_repr_hides_the_key():
+    ep = Endpoint("http://127.0.0.1:1/v1", model="m", api_key=SECRET)
+    assert SECRET not in repr(ep) and SECRET not in str(ep)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("parts", [
+    ("..", "x"), ("../../etc/passwd",), ("a", "../../b"), ("/etc/passwd",), ("a/../..",),
+])
+def test_safe_join_refuses_escapes(tmp_path, parts):
+    with pytest.raises(AgoraError, match="escapes"):
+        safe_join(tmp_path, *parts)
+
+
+def test_safe_join_allows_what_stays_inside(tmp_path):
+    assert safe_join(tmp_path, "a", "b/../c") == (tmp_path / "a" / "c").resolve()
+
+
+def test_adapter_paths_cannot_escape_the_run(tmp_path):
+    paths = RunPaths(tmp_path / "run")
+    assert paths.adapter_dir("smol-a", 3) == (tmp_path / "run" / "adapters" / "smol-a" / "v3"
+                                              ).resolve()
+    for member in ("../../evil", "/tmp/evil", "a/../../../evil"):
+        with pytest.raises(AgoraError):
+            paths.adapter_dir(member, 1)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "/abs", "a\\b", ""])
+def test_member_and_run_names_with_path_parts_are_rejected(tmp_path, name):
+    data = config_dict("http://127.0.0.1:1/v1", tmp_path / "run")
+    data["members"][0]["name"] = name
+    with pytest.raises(ConfigError, match=r"members\[0\]\.name"):
+        config_from_dict(data)
+    data = config_dict("http://127.0.0.1:1/v1", tmp_path / "run")
+    data["name"] = name
+    with pytest.raises(ConfigError, match="name"):
+        config_from_dict(data)
+
+
+@pytest.mark.parametrize("pool", ["../../etc/passwd", "../data/gsm8k_train", "/etc/hosts"])
+def test_seed_pool_names_cannot_leave_the_data_dir(pool):
+    from agora_cli.protocol.generate import load_seed_pool
+
+    with pytest.raises(EvaluationError, match="unknown seed pool"):
+        load_seed_pool(pool)
+
+
+# --------------------------------------------------------------------------- model output is data
+
+TEMPLATE_BAIT = "{{ 7*191 }} {% for x in range(3) %}Zq{% endfor %} {{ config }} {# c #}"
+RENDERED = ("1337", "ZqZqZq")  # what rendering the bait would produce
+
+
+def test_model_output_is_never_rendered_as_a_template(run_dir):
+    def generate(req: Request) -> str:
+        n = len([r for r in fake.requests if r.role == "generate"])
+        return (f"Problem: A crate holds {n + 3} apples and {TEMPLATE_BAIT} pears, case {n}. "
+                "How many fruits are in the crate?")
+
+    def solve(req: Request) -> str:
+        return f"I am {req.model}. {TEMPLATE_BAIT} so \\boxed{{7}}"
+
+    fake = FakeOpenAI(scripted({
+        "generate": generate, "solve": solve, "verify": "VALID", "vote": "A",
+        "explain": f"Because {TEMPLATE_BAIT}.",
+    }))
+    with fake:
+        cfg = config_from_dict(config_dict(fake.url, run_dir))
+        runner.run(cfg, run_dir=run_dir, steps=2, bus=EventBus())
+        reqs = list(fake.requests)
+    by_role = {role: [r for r in reqs if r.role == role] for role in ("solve", "verify", "vote")}
+    for role, rs in by_role.items():
+        assert rs, role
+        for r in rs:
+            assert TEMPLATE_BAIT in r.user, role  # problem / solutions quoted verbatim
+            assert not any(x in r.user for x in RENDERED), role
+    # Step 1's solvers see step 0's elite examples (problem, solution, explanation) verbatim.
+    step1 = [r for r in by_role["solve"] if r.user.count(TEMPLATE_BAIT) >= 3]
+    assert step1 and all(f"Because {TEMPLATE_BAIT}." in r.user for r in step1)
+    # Training samples built from the buffer carry it literally too.
+    from agora_cli.training.data import load_samples
+
+    with Store(RunPaths(run_dir).store) as store:
+        ids = [r[0] for r in store.query("SELECT id FROM buffer")]
+        samples = load_samples(store, ids)
+    assert samples
+    for s in samples:
+        assert TEMPLATE_BAIT in s.solution
+        assert TEMPLATE_BAIT in s.messages[-1]["content"]
+        assert not any(x in s.messages[-1]["content"] for x in RENDERED)
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(
+        f"name: !!python/object/apply:os.system ['touch {marker}']\n"
+        "members: [{name: a, model: a}, {name: b, model: b}]\n"
+    )
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(path)
+    res = cli.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2
+    # An override value is YAML too.
+    with pytest.raises(ConfigError):
+        load_config(CONFIGS_DIR / "tiny.yaml", [f"name=!!python/object/apply:os.system "
+                                                  f"['touch {marker}']"])
+    assert not marker.exists()
+
+
+def test_package_uses_only_the_safe_yaml_loader():
+    unsafe = re.compile(r"yaml\.(?:load|unsafe_load|full_load|load_all)\s*\(|Loader\s*=|"
+                        r"yaml\.(?:Unsafe|Full)?Loader\b")
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in PACKAGE_DIR.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
+    assert hits == []
