@@ -194,3 +194,34 @@ async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) 
     assert "\\boxed{42}" in rows["a"].reply  # the raw reply is kept as it came
     assert rows["b"].answer == "42" and rows["b"].correct  # its own answer still counts
     assert report.scores["gsm8k"]["a"] == (0.0, 1)
+
+
+def test_run_evaluation_uses_live_or_chosen_adapter_versions(tmp_path: Path) -> None:
+    from agora_cli.errors import EvaluationError
+    from agora_cli.evaluation.evaluate import run_evaluation
+    from agora_cli.paths import RunPaths
+    from agora_cli.store import Store
+
+    run = RunPaths(tmp_path / "run").ensure()
+    with Store(run.store) as s:
+        for member, version, status in [("alice", 1, "retired"), ("alice", 2, "live"),
+                                        ("bob", 1, "failed")]:
+            s.execute("INSERT INTO adapters(member, version, path, status, created_at) "
+                      "VALUES (?, ?, ?, ?, 0)", (member, version, "x", status))
+            run.adapter_dir(member, version).mkdir(parents=True)
+    items = subset(load_benchmark("gsm8k"), 6)
+    with FakeOpenAI(make_responder(items)) as fake:
+        cfg = _cfg(fake.url)
+        common = {"run_dir": run.root, "limit": 6, "benchmarks": ["gsm8k"]}
+        live = run_evaluation(cfg, **common, pool=make_pool(fake.url))
+        assert live.versions == {"alice": 2, "bob": 0, "carol": 0}
+        chosen = run_evaluation(cfg, **common, members=["alice"], versions={"alice": 1},
+                                greedy=True, pool=make_pool(fake.url))
+        assert chosen.versions == {"alice": 1}
+        with pytest.raises(EvaluationError, match="no adapter v7"):
+            run_evaluation(cfg, **common, versions={"bob": 7}, pool=make_pool(fake.url))
+    rows = read_results(run.evals / "sampled" / "results.jsonl")
+    assert {r.adapter_version for r in rows if r.member == "alice"} == {2}
+    assert {r.adapter_version for r in rows if r.member == "bob"} == {0}
+    greedy_rows = read_results(run.evals / "greedy" / "results.jsonl")
+    assert {(r.member, r.adapter_version) for r in greedy_rows} == {("alice", 1)}
