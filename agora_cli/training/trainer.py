@@ -203,7 +203,9 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     for epoch in range(cfg.epochs):
         batches = make_batches(
             lengths, cfg.batch_size, group_by_length=cfg.group_by_length, seed=cfg.seed + epoch
-        )[rank::world]
+        )
+        if world > 1:  # every rank needs as many steps (DDP); wrap around like DistributedSampler
+            batches = (batches * world)[: -(-len(batches) // world) * world][rank::world]
         pad_tokens += padding_tokens(lengths, batches)
         # Optimizer steps over groups of `grad_accum` micro-batches (the last group may be short).
         for g in range(0, len(batches), cfg.grad_accum):

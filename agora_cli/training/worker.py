@@ -1,5 +1,7 @@
 """Worker process: `python -m agora_cli.training.worker SPEC.json` trains one member for one round.
 
+Also how a parent launches (`worker_command`) and stops (`terminate`) one.
+
 Training runs in its own process so the loop keeps serving on the old adapters, a crash cannot
 take the orchestrator down, and a killed run leaves nothing half-done (the round is retried).
 Progress goes out as JSON lines, one per optimizer step, on stdout and to `progress_path`; the
@@ -11,13 +13,38 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from agora_cli.config import Training
 from agora_cli.training.trainer import TrainSpec, train
+
+
+def worker_command(spec_path: Path, training: Training, python: str = sys.executable) -> list[str]:
+    """The command that trains one member: a plain subprocess, or `accelerate launch` on >1 GPU."""
+    module = ["-m", "agora_cli.training.worker", str(spec_path)]
+    if training.num_gpus <= 1:
+        return [python, *module]
+    return [
+        python, "-m", "accelerate.commands.launch", "--num_processes", str(training.num_gpus),
+        "--module", "agora_cli.training.worker", str(spec_path),
+    ]
+
+
+def terminate(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s` (a worker holds no state worth a long wait)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
