@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from agora_cli.evaluation.benchmarks import load_benchmark, subset
 from agora_cli.evaluation.grading import Grader
 
 # (prediction, gold, expected). Golds are in the benchmarks' own forms: GSM8K/AIME integers,
@@ -40,6 +41,10 @@ TABLE = [
     ("-3", "-3", True),
     ("3", "-3", False),
     (r"AIME: the remainder is \boxed{204}.", "204", True),
+    # currency and thin spaces in MATH500 golds
+    (r"She pays \$36 in total, so \boxed{\$36}", r"\$36", True),
+    (r"\boxed{32,348}", r"\$32,\!348", True),
+    (r"\boxed{35}", r"\$36", False),
     # no answer at all
     ("", "18", False),
     ("I do not know.", "18", False),
@@ -100,3 +105,13 @@ def test_grader_from_threads(grader: Grader) -> None:
     with ThreadPoolExecutor(2) as ex:
         outs = list(ex.map(lambda pg: grader.grade(*pg), [("0.5", r"\frac12"), ("2", "3")] * 3))
     assert outs == [True, False] * 3
+
+
+@pytest.mark.timeout(300)
+def test_every_gold_answer_grades_against_itself(grader: Grader) -> None:
+    """Each benchmark's own gold, boxed in a sentence, must be graded correct (format coverage)."""
+    items = load_benchmark("math500") + load_benchmark("aime24") + subset(load_benchmark("gsm8k"), 100)
+    got = grader.grade_many([(f"Therefore the answer is \\boxed{{{it.answer}}}.", it.answer)
+                             for it in items])
+    missed = [(it.id, it.answer) for it, ok in zip(items, got, strict=True) if not ok]
+    assert not missed

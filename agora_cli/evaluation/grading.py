@@ -56,6 +56,8 @@ def grade_pair(pred: str, gold: str) -> bool:
     _quiet()
     if not pred or not pred.strip():
         return False
+    # Currency signs and thin spaces (MATH500 golds such as `\$32,\!348`) defeat the parser.
+    pred, gold = (t.replace("\\$", "").replace("\\!", "") for t in (pred, gold))
     gold_parsed = _parse(gold if "$" in gold or "\\boxed" in gold else f"${gold}$")
     if not gold_parsed:
         gold_parsed = _parse(gold)
