@@ -1,0 +1,11 @@
+"""Evaluation and evidence: grading, `agora eval`, external anchoring, `agora ablate`, `agora report`.
+
+- `grading.Grader(workers, timeout_s)`: math-verify in worker processes, hard per-item deadline.
+- `benchmarks`: the shipped GSM8K test / MATH500 / AIME 2024 items, fixed seeded subsets, and the
+  anchor's calibration set (test split, disjoint from the seed pool).
+- `evaluate.run_evaluation(cfg, ...)`: pass@1 (Eq. 5) per member and `@majority`, resumable.
+- `anchor.run_anchor(pool, cfg, prompts, step)`: protocol step 7, called by the loop.
+- `ablate`: the Table 2 grid (full AGORA and each switch off) over seeds, mean ± sd.
+- `report.build_report(run_dirs, out)` with `plots`: Figures 1, 3, 4, 5, 6, Tables 1 and 2 and the
+  knowledge-flow matrix; each figure's data is written as JSON next to its PNG.
+"""
