@@ -22,6 +22,7 @@ from agora_cli.store import Store
 
 MEMBERS = ["a", "b", "c"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LOSSES = {"a": [2.0, 1.5, 1.25], "b": [1.8, 1.1], "c": [9.9]}
 
 
 def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
@@ -122,7 +123,7 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
             s.execute(
                 "INSERT INTO adapters(member, version, round_id, path, status, metrics, created_at) "
                 "VALUES (?,?,?,?,?,?,?)", (m, 1, rid, f"adapters/{m}/v1", status,
-                                           json.dumps({"loss": [1.0, 0.5]}), t0),
+                                           json.dumps({"losses": LOSSES[m]}), t0),
             )
             if status == "failed":
                 continue
@@ -193,10 +194,13 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
     assert sum(map(sum, flow["elite"])) > 0
     assert sum(flow["training"][2]) == 0  # c's adapter failed: it learned nothing by training
 
+    loss = _sidecar(out / "run-agora-training-loss.png")
+    assert loss == {"a": {"v1": LOSSES["a"]}, "b": {"v1": LOSSES["b"]}}  # c's adapter failed
+
     md = md_path.read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     linked = sorted(re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md))
-    assert pngs == linked and len(pngs) == 5
+    assert pngs == linked and len(pngs) == 6
 
 
 def test_report_across_modes_and_variants(tmp_path: Path) -> None:

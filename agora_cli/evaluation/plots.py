@@ -169,6 +169,39 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
     return _save(fig, path, data)
 
 
+# --------------------------------------------------------------------------- training
+
+
+def fig_training_loss(store: Store, path: Path, title: str = "") -> Data:
+    """Eq. 3 loss per optimiser step of every trained adapter (from `adapters.metrics.losses`).
+
+    Data: {member: {"v<N>": [loss, ...]}} for adapters that finished training.
+    """
+    data: Data = {}
+    rows = store.query(
+        "SELECT member, version, metrics FROM adapters WHERE metrics IS NOT NULL "
+        "AND status IN ('ready', 'live', 'retired') ORDER BY member, version"
+    )
+    for r in rows:
+        try:
+            losses = json.loads(r["metrics"]).get("losses") or []
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if losses:
+            data.setdefault(r["member"], {})[f"v{r['version']}"] = [float(x) for x in losses]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for member, versions in data.items():
+        for version, losses in versions.items():
+            ax.plot(range(1, len(losses) + 1), losses, marker=".", label=f"{member} {version}")
+    if data:
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "trained adapters")
+    ax.set(xlabel="optimiser step", ylabel="NLL of solution tokens (Eq. 3)",
+           title=f"LoRA training loss {title}".strip())
+    return _save(fig, path, data)
+
+
 # --------------------------------------------------------------------------- knowledge flow
 
 

@@ -1,11 +1,12 @@
 """`agora report`: a Markdown report of one or more runs, with the paper's figures and tables.
 
 Per run: anchor score against step (Figure 1), difficulty and response length against performance
-(Figure 3), high-quality yield and time to fill the buffer (Figure 4) and the knowledge-flow
-matrix. Across runs: group comparison (Figure 5), AGORA against the isolated control when both
-modes are given (Figure 6), and tables shaped like the paper's Table 1 (per-model pass@1 per
-benchmark) and Table 2 (variants, mean ± standard deviation over seeds). Everything is read from
-the run stores (read-only), each run's `config.yaml` and its `evals/*/summary.json`.
+(Figure 3), high-quality yield and time to fill the buffer (Figure 4), the knowledge-flow matrix
+and the adapters' training loss. Across runs: group comparison (Figure 5), AGORA against the
+isolated control when both modes are given (Figure 6), and tables shaped like the paper's Table 1
+(per-model pass@1 per benchmark) and Table 2 (variants, mean ± standard deviation over seeds).
+Everything is read from the run stores (read-only), each run's `config.yaml` and its
+`evals/*/summary.json`.
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
             plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members,
                                      run.label)
+            plots.fig_training_loss(store, out / f"{slug}-training-loss.png", run.label)
             curves.setdefault(run.mode, []).append(anchor_curve(store))
         md += [
             f"## Run `{run.label}`", "",
@@ -240,6 +242,8 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "history H_t). Right: how many buffer rows written by the teacher the learner was "
             "fine-tuned on (LoRA rounds that produced one of its adapters). The diagonal is "
             "self-learning.", "",
+            "### LoRA training loss (Eq. 3)", "",
+            f"![Training loss, {run.label}]({slug}-training-loss.png)", "",
         ]
     scores = {r.label: final_scores(r) for r in runs}
     md += ["## Figure 5: group comparison across runs", ""]
