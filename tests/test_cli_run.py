@@ -85,3 +85,48 @@ def test_stage_commands_then_run_reuses_their_work(tmp_path, run_dir):
         assert store.scalar("SELECT COUNT(*) FROM solutions") == 6
         assert store.scalar("SELECT COUNT(*) FROM votes") == 6
         assert store.scalar("SELECT n_correct FROM steps WHERE step = 0") == 4
+
+
+def test_status_while_a_run_is_live(tmp_path, run_dir):
+    """`agora status` from another process while `agora run` is mid-step (stalled on a request)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.fakes.openai_server import Reply
+    from tests.test_loop_helpers import REPO
+
+    script = responder()
+    stalled = threading.Event()
+
+    def stall_votes(req):
+        if req.role == "vote":
+            stalled.set()
+            return Reply(text="A", delay_s=60)
+        return script(req)
+
+    with FakeOpenAI(stall_votes, latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "agora_cli", "run", str(cfg), "--steps", "1", "--run-dir",
+             str(run_dir)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert stalled.wait(60)
+            # Verdicts of the other problem may still be landing; wait until all 12 are stored.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                st = cli.invoke(app, ["status", str(run_dir)])
+                if "verdicts 12" in st.output:
+                    break
+                time.sleep(0.2)
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(30)
+    assert st.exit_code == 0, st.output
+    assert "0 step(s) committed, step 0 open" in st.output
+    assert "open step work: problems 2, solutions 6, verdicts 12, votes 0" in st.output
