@@ -97,3 +97,76 @@ def test_endpoint_is_resolved_again_on_each_attempt() -> None:
         models = [r.model for r in fake.requests]
     assert models == ["old", "new"]
     assert result.model == "new"
+
+
+# ----------------------------------------------------------------------------- openai backend
+
+
+def test_openai_backend_key_is_used_but_never_written(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    import json
+
+    from agora_cli.config import config_from_dict
+    from agora_cli.events import read_events
+    from agora_cli.paths import RunPaths
+    from agora_cli.serving import Serving
+
+    secret = "sk-test-do-not-leak-1234"
+    monkeypatch.setenv("AGORA_TEST_KEY", secret)
+    with FakeOpenAI(lambda req: "4") as fake:
+        cfg = config_from_dict({
+            "name": "remote",
+            "backends": {"remote": {"kind": "openai", "base_url": fake.url,
+                                    "api_key_env": "AGORA_TEST_KEY"}},
+            "members": [{"name": "a", "model": "gpt-x", "backend": "remote"},
+                        {"name": "b", "model": "gpt-y", "backend": "remote"}],
+            "ablations": {"lora": False},
+            "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
+        })
+        paths = RunPaths(tmp_path / "run")
+        from agora_cli.events import JsonlSink
+
+        sink = JsonlSink(paths.events)
+        with Serving(cfg, paths, EventBus([sink])) as serving:
+            serving.write_servers_file()
+            servers_file = paths.servers.read_text()
+            pool = serving.client_pool()
+            result = asyncio.run(_chat_member(pool, "b"))
+            reprs = repr(serving.endpoint("a")) + repr(serving.backends["remote"])
+            lines = serving.describe()
+            in_memory = serving.endpoint("a").api_key
+        sink.close()
+    assert in_memory == secret  # used for requests, held only in memory
+    assert result.text == "4" and fake.requests[0].model == "gpt-y"
+    assert secret not in servers_file and secret not in reprs and secret not in "".join(lines)
+    assert secret not in json.dumps(read_events(paths.events))
+
+
+def test_openai_backend_without_its_key_is_a_clear_error(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    from agora_cli.config import config_from_dict
+    from agora_cli.errors import ServerError
+    from agora_cli.paths import RunPaths
+    from agora_cli.serving import Serving
+
+    monkeypatch.delenv("AGORA_MISSING_KEY", raising=False)
+    cfg = config_from_dict({
+        "name": "remote",
+        "backends": {"remote": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                "api_key_env": "AGORA_MISSING_KEY"}},
+        "members": [{"name": "a", "model": "x", "backend": "remote"},
+                    {"name": "b", "model": "y", "backend": "remote"}],
+        "ablations": {"lora": False},
+        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
+    })
+    with pytest.raises(ServerError, match=r"\$AGORA_MISSING_KEY, which is not set"):
+        Serving(cfg, RunPaths(tmp_path)).start()
+
+
+async def _chat_member(pool: ClientPool, member: str):  # noqa: ANN202
+    try:
+        return await pool.chat(member, MSGS, SAMPLING)
+    finally:
+        await pool.aclose()

@@ -163,3 +163,38 @@ def test_models_ping_on_fake_sglang(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "served by base" in result.output
     assert sorted(c for c in fake.calls if c[0] == "chat") == [("chat", "base")] * 2
+
+
+def test_second_serving_attaches_to_recorded_servers(tmp_path: Path) -> None:
+    """`agora serve` writes the servers file; later commands attach instead of launching."""
+    with FakeSGLang(BASE_A) as fake:
+        cfg = config_from_dict(_cfg(
+            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
+        ))
+        paths = RunPaths(tmp_path / "run")
+        with Serving(cfg, paths) as server:
+            server.activate("a1", _adapter(tmp_path, "v3"), 3)
+            server.write_servers_file()
+            with Serving(cfg, paths) as client:
+                assert client.attached
+                assert client.endpoint("a1").model == f"{BASE_A}:a1-v3"
+                assert client.endpoint("a2").model == BASE_A
+            assert paths.servers.exists()  # only the writer removes it
+        assert not paths.servers.exists()
+
+
+def test_stale_servers_file_is_ignored(tmp_path: Path) -> None:
+    import json
+
+    with FakeSGLang(BASE_A) as fake:
+        cfg = config_from_dict(_cfg(
+            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
+        ))
+        paths = RunPaths(tmp_path / "run")
+        paths.root.mkdir(parents=True)
+        dead_pid = 2**22 + 12345  # above pid_max: no such process
+        paths.servers.write_text(json.dumps({"pid": dead_pid, "backends": {"gpu": {
+            "kind": "sglang", "servers": {BASE_A: fake.url}, "adapters": {"a1": "a1-v9"}}}}))
+        with Serving(cfg, paths) as serving:
+            assert not serving.attached
+            assert serving.endpoint("a1").model == BASE_A

@@ -143,3 +143,59 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
     assert {r.model for r in before} == {base_model}
     assert {r.model for r in after} == {str(merged)}
     assert other.model == base_model  # smol-b keeps the base
+
+
+def test_serve_dry_run_prints_commands_and_starts_nothing(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from agora_cli.cli import app
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(smol_config(port=18200)))
+    result = CliRunner().invoke(
+        app, ["serve", str(config), "--dry-run", "--run-dir", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("[embedded] ")
+    assert "transformers.cli.transformers serve" in lines[0] and "--port 18200" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_attach_to_recorded_transformers_servers(tmp_path: Path) -> None:
+    """Attaching uses the recorded URL and model names, without launching anything."""
+    import json
+    import os
+
+    from agora_cli.models import prepare
+    from tests.fakes.openai_server import FakeOpenAI
+
+    cfg = config_from_dict(smol_config())
+    base = str(prepare(cfg.member("smol-a")))
+    merged = str(tmp_path / "merged-a-v2")
+    with FakeOpenAI(lambda req: f"model={req.model}") as fake:
+        root = fake.url.removesuffix("/v1")
+        paths = RunPaths(tmp_path / "run")
+        paths.root.mkdir(parents=True)
+        paths.servers.write_text(json.dumps({"pid": os.getpid(), "backends": {"embedded": {
+            "kind": "transformers",
+            "members": {"smol-a": merged, "smol-b": base},
+            "servers": {merged: root, base: root},
+        }}}))
+        with Serving(cfg, paths) as serving:
+            assert serving.attached
+            pool = serving.client_pool()
+
+            async def ask():  # noqa: ANN202
+                try:
+                    return [(await pool.chat(m, question(1), SHORT)).text
+                            for m in ("smol-a", "smol-b")]
+                finally:
+                    await pool.aclose()
+
+            replies = asyncio.run(ask())
+        assert paths.servers.exists()  # not ours to remove
+    assert replies == [f"model={merged}", f"model={base}"]
+    assert not list(paths.logs.glob("transformers-*.log"))  # nothing launched
