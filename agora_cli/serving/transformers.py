@@ -70,7 +70,7 @@ class TransformersServing:
         self._base: dict[str, str] = {}  # member -> prepared base model dir
         self._current: dict[str, str] = {}  # member -> model served for it now
         self._servers: dict[str, _Server] = {}  # model -> its server
-        self._retiring: list[threading.Thread] = []
+        self._retiring: list[tuple[threading.Thread, ServerProcess]] = []
         self._next_port = cfg.port
         # Graceful retirement waits for in-flight requests up to the longest request timeout.
         self._drain_s = max((m.request_timeout_s for m in members), default=600.0)
@@ -134,7 +134,10 @@ class TransformersServing:
             self.bus.emit(
                 "server_stopped", backend=self.name, url=s.url, log=str(s.process.log)  # type: ignore[union-attr]
             )
-        for t in self._retiring:
+        # Servers still draining after a swap: stopping the run stops them too.
+        retiring, self._retiring = self._retiring, []
+        for t, process in retiring:
+            process.stop(grace_s=10)
             t.join(timeout=30)
 
     # ------------------------------------------------------------------ routing
@@ -276,7 +279,7 @@ class TransformersServing:
                 target=self._retire, args=(s,), name=f"retire-{Path(s.model).name}", daemon=True
             )
             t.start()
-            self._retiring.append(t)
+            self._retiring.append((t, s.process))  # type: ignore[arg-type]
 
     def _retire(self, server: _Server) -> None:
         assert server.process is not None
