@@ -199,3 +199,98 @@ def test_attach_to_recorded_transformers_servers(tmp_path: Path) -> None:
         assert paths.servers.exists()  # not ours to remove
     assert replies == [f"model={merged}", f"model={base}"]
     assert not list(paths.logs.glob("transformers-*.log"))  # nothing launched
+
+
+# A stand-in for `transformers serve <model>` (same CLI shape, uvicorn, graceful on SIGTERM) so the
+# swap logic runs on real processes and real HTTP without real models.
+FAKE_SERVE = '''
+import asyncio, sys, time
+import uvicorn
+from fastapi import FastAPI
+model, port = sys.argv[1], int(sys.argv[2])
+app = FastAPI()
+
+@app.get("/health")
+def health():
+    return {"status": "ok"}
+
+@app.post("/v1/chat/completions")
+async def chat(body: dict):
+    if body["model"] != model:
+        return {"error": "pinned"}, 400
+    if "slow" in body["messages"][-1]["content"]:
+        await asyncio.sleep(3)
+    return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "from " + model}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+'''
+
+
+def test_swap_drains_the_retired_server_and_prunes_old_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from agora_cli.serving import merge
+    from agora_cli.serving import transformers as tbackend
+
+    script = tmp_path / "fake_serve.py"
+    script.write_text(FAKE_SERVE)
+    monkeypatch.setattr(
+        tbackend.TransformersServing, "_command",
+        lambda self, model, port: [sys.executable, str(script), model, str(port)],
+    )
+
+    def fake_merge(base: Path, adapter: Path, out: Path, log: Path) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")
+        (out / merge.MANIFEST).write_text("{}")
+        return out
+
+    monkeypatch.setattr(tbackend, "merge_in_subprocess", fake_merge)
+    base = tmp_path / "base-model"
+    base.mkdir()
+    cfg = config_from_dict({
+        "name": "swap",
+        "backends": {"embedded": {"kind": "transformers", "keep_merged": 1,
+                                  "startup_timeout_s": 60}},
+        "members": [{"name": "a", "model": str(base), "request_timeout_s": 60},
+                    {"name": "b", "model": str(base), "request_timeout_s": 60}],
+        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
+    })
+    paths = RunPaths(tmp_path / "run")
+    events: list[dict] = []
+    adapter = tmp_path / "adapter"
+    with Serving(cfg, paths, EventBus([events.append])) as serving:
+        base_url = serving.endpoint("a").base_url
+        pool = serving.client_pool()
+        slow = [{"role": "user", "content": "slow"}]
+
+        async def traffic():  # noqa: ANN202
+            try:
+                in_flight = [asyncio.create_task(pool.chat(m, slow, SHORT))
+                             for m in ("a", "b", "b")]
+                await asyncio.sleep(0.5)
+                # Both members move off the base: its server retires with requests in flight.
+                await asyncio.to_thread(serving.activate, "a", adapter, 1)
+                await asyncio.to_thread(serving.activate, "b", adapter, 1)
+                for v in (2, 3):
+                    await asyncio.to_thread(serving.activate, "a", adapter, v)
+                after = [await pool.chat(m, question(1), SHORT) for m in ("a", "b")]
+                return await asyncio.gather(*in_flight), after
+            finally:
+                await pool.aclose()
+
+        before, after = asyncio.run(traffic())
+        served = serving.backends["embedded"].state()
+    merged_a = paths.root / "merged" / "a"
+    assert [r.text for r in before] == [f"from {base.resolve()}"] * 3  # drained, not dropped
+    assert [r.text for r in after] == [f"from {(merged_a / 'v3').resolve()}",
+                                       f"from {(paths.root / 'merged' / 'b' / 'v1').resolve()}"]
+    assert sorted(d.name for d in merged_a.iterdir()) == ["v3"]  # keep_merged: 1
+    assert str(base.resolve()) not in served["servers"]
+    stopped = [e["url"] for e in events if e["kind"] == "server_stopped"]
+    assert base_url.removesuffix("/v1") in stopped
