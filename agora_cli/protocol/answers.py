@@ -98,7 +98,12 @@ def _as_number(s: str) -> Fraction | None:
         if re.fullmatch(r"-?\d+/-?\d+", s):
             num, den = s.split("/")
             return Fraction(int(num), int(den)) if int(den) else None
-        if re.fullmatch(r"-?(\d+\.?\d*|\.\d+)(e-?\d+)?", s, re.IGNORECASE):
+        m = re.fullmatch(r"-?(\d+\.?\d*|\.\d+)(?:e(-?\d+))?", s, re.IGNORECASE)
+        if m:
+            # A model can write \boxed{1e99999999}: as an exact Fraction that takes minutes and
+            # gigabytes, so such "numbers" compare as text.
+            if m.group(2) and abs(int(m.group(2))) > 1000:
+                return None
             return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
