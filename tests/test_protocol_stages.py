@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from agora_cli.config import Config, Member, Sampling
 from agora_cli.protocol.generate import (
@@ -22,7 +22,7 @@ from agora_cli.protocol.solve import solve
 from agora_cli.protocol.types import Ctx, EliteExample, GeneratedProblem, Verdict
 from agora_cli.protocol.verify import consensus, verify
 from agora_cli.protocol.vote import vote
-from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
+from tests.fakes.openai_server import FakeOpenAI, Reply, Request, pool_for, scripted
 
 MEMBERS = ["alpha", "beta", "gamma"]
 PROBLEM = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
@@ -37,16 +37,19 @@ def make_cfg(**ablations: bool) -> Config:
     )
 
 
-@contextmanager
-def stage(responder: Callable[[Request], str | Reply], cfg: Config | None = None,
-          seed: int = 0) -> Iterator[tuple[Ctx, FakeOpenAI]]:
-    from tests.fakes.openai_server import pool_for
-
+@asynccontextmanager
+async def stage(responder: Callable[[Request], str | Reply], cfg: Config | None = None,
+                seed: int = 0) -> AsyncIterator[tuple[Ctx, FakeOpenAI]]:
+    # The pool is always closed: an AsyncOpenAI client dropped unclosed can, when collected,
+    # break connections of other clients in the same process (seen as random request timeouts).
     with FakeOpenAI(responder) as fake:
         cfg = cfg or make_cfg()
         ctx = Ctx(cfg=cfg, pool=pool_for(fake, MEMBERS, max_retries=0), prompts=Prompts(),
                   rng=random.Random(seed))
-        yield ctx, fake
+        try:
+            yield ctx, fake
+        finally:
+            await ctx.pool.aclose()
 
 
 ELITE = [
@@ -69,7 +72,7 @@ async def test_generation_keeps_good_problems_and_drops_malformed_and_duplicates
         "Problem: Tom has 3 apples and buys 4 more. How many apples does he have now?",  # = seed
     ])
     seeds = [{"id": "s/0", "problem": PROBLEM, "answer": "7"}]
-    with stage(scripted({"generate": lambda r: next(replies)})) as (ctx, fake):
+    async with stage(scripted({"generate": lambda r: next(replies)})) as (ctx, fake):
         # one at a time so the scripted replies arrive in order
         got: list[GeneratedProblem] = []
         for _ in range(6):
@@ -79,14 +82,16 @@ async def test_generation_keeps_good_problems_and_drops_malformed_and_duplicates
                                         "duplicate"]
     assert got[0].text == "Sara reads 12 pages a day for 5 days. How many pages does she read?"
     assert all(p.author == "alpha" for p in got)
-    prompt = fake.requests[0].user
-    assert "Difficulty: 1.0" in prompt and PROBLEM in prompt
+    prompt = fake.requests[0]
+    assert "difficulty 1.0" in prompt.user and PROBLEM in prompt.text
+    # seeds are demonstration turns: the model "said" the seed problem in the Problem: format
+    assert {"role": "assistant", "content": f"Problem: {PROBLEM}"} in prompt.messages
     assert fake.requests[0].body["temperature"] == ctx.cfg.protocol.sampling.generate.temperature
 
 
 async def test_generation_batch_dedupes_within_itself_and_against_history() -> None:
     text = "Problem: A farm has 7 cows and 9 pigs. How many animals live on the farm?"
-    with stage(scripted({"generate": lambda r: text})) as (ctx, _):
+    async with stage(scripted({"generate": lambda r: text})) as (ctx, _):
         got = await generate_problems(ctx, "beta", 2.0, [], 3)
     assert [p.dropped for p in got] == [None, "duplicate", "duplicate"]
     again = [GeneratedProblem(text="a FARM has 7 cows and 9 pigs; how many animals live on the farm",
@@ -95,7 +100,7 @@ async def test_generation_batch_dedupes_within_itself_and_against_history() -> N
 
 
 async def test_generation_request_failure_is_counted_not_raised() -> None:
-    with stage(lambda r: Reply(status=500)) as (ctx, _):
+    async with stage(lambda r: Reply(status=500)) as (ctx, _):
         got = await generate_problems(ctx, "alpha", 1.0, [], 2)
     assert [p.dropped for p in got] == ["request_failed", "request_failed"]
 
@@ -119,41 +124,70 @@ def test_seed_pool_loads_and_samples() -> None:
 
 
 async def test_solve_extracts_answer_and_carries_elite_examples() -> None:
-    with stage(scripted({"solve": lambda r: "3 + 4 = 7, so \\boxed{7}"})) as (ctx, fake):
+    async with stage(scripted({"solve": lambda r: "3 + 4 = 7, so \\boxed{7}"})) as (ctx, fake):
         draft = await solve(ctx, "gamma", PROBLEM, ELITE)
     assert draft.answer == "7" and draft.error is None and draft.member == "gamma"
     assert draft.completion_tokens > 0
-    prompt = fake.requests[0].user
-    assert "Ann has 2 pens" in prompt and "EXPLAIN-MARKER" in prompt and PROBLEM in prompt
+    req = fake.requests[0]
+    assert [m["role"] for m in req.messages] == ["system", "user", "assistant", "user"]
+    assert "Ann has 2 pens" in req.messages[1]["content"]
+    assert "2+5=7" in req.messages[2]["content"] and "EXPLAIN-MARKER" in req.messages[2]["content"]
+    assert PROBLEM in req.user
 
 
 async def test_elite_icl_off_sends_no_examples() -> None:
-    with stage(scripted({"solve": lambda r: "\\boxed{7}"}), make_cfg(elite_icl=False)) as (ctx, f):
+    async with stage(scripted({"solve": lambda r: "\\boxed{7}"}), make_cfg(elite_icl=False)) as (ctx, f):
         await solve(ctx, "gamma", PROBLEM, ELITE)
     assert "Ann has 2 pens" not in f.requests[0].text
     assert "EXPLAIN-MARKER" not in f.requests[0].text
+    assert [m["role"] for m in f.requests[0].messages] == ["system", "user"]
 
 
 async def test_explanation_off_sends_examples_without_explanations() -> None:
-    with stage(scripted({"solve": lambda r: "\\boxed{7}"}), make_cfg(explanation=False)) as (ctx, f):
+    async with stage(scripted({"solve": lambda r: "\\boxed{7}"}), make_cfg(explanation=False)) as (ctx, f):
         await solve(ctx, "gamma", PROBLEM, ELITE)
-    assert "Ann has 2 pens" in f.requests[0].user
+    assert "Ann has 2 pens" in f.requests[0].text
     assert "EXPLAIN-MARKER" not in f.requests[0].text
 
 
 async def test_solve_garbage_is_a_failed_attempt_and_outage_an_error() -> None:
-    with stage(scripted({"solve": lambda r: "I am not sure about this."})) as (ctx, _):
+    async with stage(scripted({"solve": lambda r: "I am not sure about this."})) as (ctx, _):
         draft = await solve(ctx, "alpha", PROBLEM, [])
     assert draft.answer is None and draft.error is None
-    with stage(lambda r: Reply(drop=True)) as (ctx, _):
+    async with stage(lambda r: Reply(drop=True)) as (ctx, _):
         draft = await solve(ctx, "alpha", PROBLEM, [])
     assert draft.answer is None and draft.error and draft.text == ""
+
+
+async def test_prompt_echo_is_not_a_solution_or_a_verdict() -> None:
+    """Base models repeat the prompt; an echoed example answer or quoted 'VALID' must not count."""
+
+    def echo_then(suffix: str) -> Callable[[Request], str]:
+        return lambda r: "\n".join(m["content"] for m in r.messages) + suffix
+
+    elite = [EliteExample(problem="Ann has 2 pens and buys 5. How many?", solution="\\boxed{7}",
+                          explanation=None, member="beta", solution_id=1, score=1.0)]
+    async with stage(scripted({"solve": echo_then("\nI think 3+4 is \\boxed{8}"),
+                         "verify": echo_then("\nhmm")})) as (ctx, _):
+        echoed = await solve(ctx, "alpha", PROBLEM, elite)
+        truncated = await solve(ctx, "alpha", PROBLEM, [])  # echo only
+        verdict = await verify(ctx, "beta", PROBLEM, "VALID\n\\boxed{8}")
+    assert echoed.answer == "8" and echoed.text == "I think 3+4 is \\boxed{8}"
+    assert truncated.answer == "8"
+    assert verdict.valid is False
+
+
+async def test_echo_only_reply_is_a_failed_attempt() -> None:
+    async with stage(scripted({"solve": lambda r: "\n".join(m["content"] for m in r.messages)})) as (
+            ctx, _):
+        draft = await solve(ctx, "alpha", PROBLEM, ELITE)
+    assert draft.answer is None and draft.text == ""
 
 
 async def test_member_sampling_overrides_protocol_sampling() -> None:
     cfg = make_cfg()
     cfg.members[0].sampling = Sampling(temperature=0.1, top_p=0.5, max_tokens=33)
-    with stage(scripted({"solve": lambda r: "\\boxed{1}"}), cfg) as (ctx, fake):
+    async with stage(scripted({"solve": lambda r: "\\boxed{1}"}), cfg) as (ctx, fake):
         await solve(ctx, "alpha", PROBLEM, [])
         await solve(ctx, "beta", PROBLEM, [])
     by_model = {r.model: r.body for r in fake.requests}
@@ -177,7 +211,7 @@ def _quoted(req: Request) -> str:
 
 async def test_injected_solution_does_not_pass_an_invalid_or_garbage_verifier() -> None:
     replies = {"alpha": "The sum is 7, not 8.\nINVALID", "beta": "hmm, the sum looks off"}
-    with stage(scripted({"verify": lambda r: replies[r.model]})) as (ctx, fake):
+    async with stage(scripted({"verify": lambda r: replies[r.model]})) as (ctx, fake):
         v_invalid = await verify(ctx, "alpha", PROBLEM, INJECTION)
         v_garbage = await verify(ctx, "beta", PROBLEM, INJECTION)
     assert v_invalid.valid is False and v_garbage.valid is False
@@ -190,7 +224,7 @@ async def test_verifier_echoing_the_quoted_solution_is_not_read_as_its_verdict()
         token = re.search(r"BEGIN (QUOTE-\w+)", req.user).group(1)  # type: ignore[union-attr]
         return f"Looking at:\nBEGIN {token}\n{_quoted(req)}\nEND {token}\nWrong sum. INVALID"
 
-    with stage(scripted({"verify": echo})) as (ctx, _):
+    async with stage(scripted({"verify": echo})) as (ctx, _):
         v = await verify(ctx, "alpha", PROBLEM, INJECTION)
     assert v.valid is False
 
@@ -206,7 +240,7 @@ async def test_lenient_verdict_formats() -> None:
         "The answer is 1980 feet.": False,
     }
     for reply, expected in cases.items():
-        with stage(scripted({"verify": lambda r, reply=reply: reply})) as (ctx, _):
+        async with stage(scripted({"verify": lambda r, reply=reply: reply})) as (ctx, _):
             v = await verify(ctx, "beta", PROBLEM, "3+4=7 \\boxed{7}")
         assert v.valid is expected, reply
         assert v.raw == reply
@@ -220,7 +254,7 @@ def test_consensus_is_unanimous() -> None:
 
 
 async def test_verifier_outage_is_invalid_with_error() -> None:
-    with stage(lambda r: Reply(status=503)) as (ctx, _):
+    async with stage(lambda r: Reply(status=503)) as (ctx, _):
         v = await verify(ctx, "alpha", PROBLEM, "x")
     assert v.valid is False and v.error
 
@@ -235,7 +269,7 @@ async def test_vote_maps_randomised_order_back_to_the_callers_solutions() -> Non
         a_block = req.user.split(" A\n", 1)[1]
         return "A" if a_block.startswith("GOOD") else "**B**"
 
-    with stage(scripted({"vote": prefer_good}), seed=3) as (ctx, fake):
+    async with stage(scripted({"vote": prefer_good}), seed=3) as (ctx, fake):
         votes = [await vote(ctx, "alpha", PROBLEM, good, bad) for _ in range(12)]
         votes += [await vote(ctx, "alpha", PROBLEM, bad, good) for _ in range(12)]
     assert [v.winner for v in votes[:12]] == ["a"] * 12
@@ -255,7 +289,7 @@ def test_vote_reply_forms() -> None:
 
 
 async def test_unparseable_vote_has_no_winner() -> None:
-    with stage(scripted({"vote": lambda r: "Both are nice."})) as (ctx, _):
+    async with stage(scripted({"vote": lambda r: "Both are nice."})) as (ctx, _):
         v = await vote(ctx, "beta", PROBLEM, "x \\boxed{1}", "y \\boxed{1}")
     assert v.winner is None and v.raw == "Both are nice."
 
@@ -264,7 +298,7 @@ async def test_unparseable_vote_has_no_winner() -> None:
 
 
 async def test_explain_returns_the_members_reply() -> None:
-    with stage(scripted({"explain": lambda r: "  Add the two amounts.  "})) as (ctx, fake):
+    async with stage(scripted({"explain": lambda r: "  Add the two amounts.  "})) as (ctx, fake):
         text = await explain(ctx, "beta", PROBLEM, "3+4=7 \\boxed{7}")
     assert text == "Add the two amounts."
     assert fake.requests[0].model == "beta" and "3+4=7" in fake.requests[0].user
@@ -280,23 +314,23 @@ def _answers(*answers: str) -> Callable[[Request], str]:
 
 async def test_self_consistency_needs_a_strict_majority() -> None:
     half = ["\\boxed{7}"] * 16 + ["\\boxed{8}"] * 16  # 16/32 is not a majority
-    with stage(scripted({"solve": _answers(*half)})) as (ctx, _):
+    async with stage(scripted({"solve": _answers(*half)})) as (ctx, _):
         drafts, answer = await self_consistency(ctx, "alpha", PROBLEM, 32)
     assert len(drafts) == 32 and answer is None
 
     more = ["\\boxed{7}"] * 17 + ["\\boxed{8}"] * 15
-    with stage(scripted({"solve": _answers(*more)})) as (ctx, _):
+    async with stage(scripted({"solve": _answers(*more)})) as (ctx, _):
         _, answer = await self_consistency(ctx, "alpha", PROBLEM, 32)
     assert answer == "7"
 
     # failed attempts count against the majority: 2 of 4 agree, 2 unparseable
-    with stage(scripted({"solve": _answers("\\boxed{1,000}", "so 1000.0", "??", "no idea")})) as (
+    async with stage(scripted({"solve": _answers("\\boxed{1,000}", "so 1000.0", "??", "no idea")})) as (
         ctx, _):
         drafts, answer = await self_consistency(ctx, "alpha", PROBLEM, 4)
     assert answer is None and sum(d.answer is None for d in drafts) == 2
 
-    with stage(scripted({"solve": _answers("\\boxed{1,000}", "#### 1000", "\\boxed{1000.0}",
+    async with stage(scripted({"solve": _answers("\\boxed{1,000}", "#### 1000", "\\boxed{1000.0}",
                                            "\\boxed{9}")})) as (ctx, fake):
         _, answer = await self_consistency(ctx, "alpha", PROBLEM, 4)
     assert answer == "1000"
-    assert all("Example" not in r.user for r in fake.requests)  # no peer examples in isolation
+    assert all(len(r.messages) == 2 for r in fake.requests)  # no peer examples in isolation

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import openai
 
-from agora_cli.client import ChatResult
 from agora_cli.config import Config, Sampling
 from agora_cli.errors import AgoraError
 from agora_cli.protocol.types import Ctx
+
+if TYPE_CHECKING:
+    from agora_cli.client import ChatResult
 
 # A request that failed after the pool's retries (EndpointError) or was rejected (4xx).
 REQUEST_ERRORS: tuple[type[BaseException], ...] = (AgoraError, openai.OpenAIError)
@@ -21,10 +24,39 @@ def sampling_for(cfg: Config, member: str, role: str) -> Sampling:
     return own if own is not None else getattr(cfg.protocol.sampling, role)
 
 
-async def chat_role(ctx: Ctx, member: str, role: str, **variables: object) -> ChatResult:
-    """Render `role`'s prompt and send it to `member` with the role's sampling."""
+async def chat_role(
+    ctx: Ctx, member: str, role: str, **variables: object
+) -> tuple[ChatResult, str]:
+    """Render `role`'s prompt, send it to `member` with the role's sampling, and return the
+    result with its text cleaned of any leading prompt echo (see `strip_prompt_echo`)."""
     messages = ctx.prompts.render(role, **variables)
-    return await ctx.pool.chat(member, messages, sampling_for(ctx.cfg, member, role), role=role)
+    result = await ctx.pool.chat(member, messages, sampling_for(ctx.cfg, member, role), role=role)
+    return result, strip_prompt_echo(result.text, messages)
+
+
+def strip_prompt_echo(reply: str, messages: list[dict[str, str]]) -> str:
+    """The reply without a leading copy of the prompt.
+
+    Base models (Gemma-3-270M here) often answer by repeating the prompt from its first line,
+    role marker and instructions included. Lines are dropped from the start of the reply while
+    each one is a line of the prompt (a last line cut off by max_tokens counts when it is the
+    start of a prompt line); the first line of the model's own stops the stripping. Only a prefix
+    is stripped, so a solution that happens to repeat a line later keeps it.
+    """
+    prompt_lines = {
+        line.strip() for m in messages for line in str(m.get("content") or "").splitlines()
+    }
+    prompt_lines.discard("")
+    lines = reply.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line and line not in prompt_lines:
+            last = i == len(lines) - 1
+            if not (last and len(line) >= 8 and any(p.startswith(line) for p in prompt_lines)):
+                break
+        i += 1
+    return "\n".join(lines[i:]).strip() if i else reply
 
 
 def error_text(exc: BaseException) -> str:

@@ -154,10 +154,14 @@ def sample_seeds(pool: list[dict], k: int, rng: Any) -> list[dict]:
 async def _one(ctx: Ctx, member: str, difficulty: float, seeds: list[dict]) -> GeneratedProblem:
     shown = [{"id": s.get("id"), "problem": s["problem"], "answer": s.get("answer")} for s in seeds]
     try:
-        result = await chat_role(ctx, member, "generate", difficulty=difficulty, seeds=shown)
+        result, reply = await chat_role(
+            ctx, member, "generate", difficulty=difficulty, seeds=shown
+        )
     except REQUEST_ERRORS:
         return GeneratedProblem(text=None, raw="", author=member, dropped="request_failed")
-    text, reason = parse_problem(result.text)
+    # A reply that is nothing but a copy of the prompt is judged as written: a copied seed is then
+    # a duplicate (by dedupe below), copied instructions are malformed.
+    text, reason = parse_problem(reply if reply.strip() else result.text)
     return GeneratedProblem(text=text, raw=result.text, author=member, dropped=reason)
 
 

@@ -4,6 +4,11 @@ A template defines two blocks, `system` and `user`; `render` returns them as cha
 Every system block starts with a marker line `[agora:role=<role>]` so logs and the fake test server
 can tell the roles apart (render adds it when a custom template leaves it out).
 
+Few-shot demonstrations can be real chat turns: inside the user block, `{{ assistant_turn }}` starts
+an assistant message and `{{ user_turn }}` a new user message. Tiny models, base models above all,
+follow a format they have just "said" far better than one they are told about. The two variables
+are random per-render tokens, so model output passed as data can never open a turn of its own.
+
 Model output is data: problems, solutions and explanations written by models only ever enter a
 template as variables, and Jinja never re-renders a variable's value as template source. Templates
 run with StrictUndefined, and `validate` (called once at start) rejects a template that uses a
@@ -12,6 +17,7 @@ variable its role does not provide, even inside a branch the sample render does 
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ ROLE_VARIABLES: dict[str, list[dict[str, Any]]] = {
     "evaluate": [{"problem": _SEED["problem"]}],
 }
 ROLES = tuple(ROLE_VARIABLES)
+TURN_VARIABLES = ("user_turn", "assistant_turn")  # provided by render to every template
 
 
 def role_marker(role: str) -> str:
@@ -95,7 +102,7 @@ class Prompts:
                     raise PromptError(f"{self.path(role)}: defines no {{% block user %}}")
                 source = self.path(role).read_text(encoding="utf-8")
                 used = meta.find_undeclared_variables(self.env.parse(source))
-                unknown = sorted(used - set(samples[0]))
+                unknown = sorted(used - set(samples[0]) - set(TURN_VARIABLES))
                 if unknown:
                     raise PromptError(
                         f"{self.path(role)}: uses undefined variable(s) {', '.join(unknown)}; "
@@ -109,12 +116,15 @@ class Prompts:
             raise PromptError("invalid prompt templates:\n  " + "\n  ".join(problems))
 
     def render(self, role: str, **variables: Any) -> list[dict[str, str]]:
-        """Chat messages for `role`: [system?, user]. Raises PromptError on a missing variable."""
+        """Chat messages for `role`: system, then user (and any demonstration turns), ending with
+        a user message. Raises PromptError on a missing variable."""
         tmpl = self._template(role)
+        token = _turn_token(variables)
+        turns = {"user_turn": f"\x00{token}:user\x00", "assistant_turn": f"\x00{token}:assistant\x00"}
         try:
-            ctx = tmpl.new_context(variables)
+            ctx = tmpl.new_context({**variables, **turns})
             parts = {
-                name: "".join(tmpl.blocks[name](ctx)).strip()
+                name: "".join(tmpl.blocks[name](ctx))
                 for name in ("system", "user")
                 if name in tmpl.blocks
             }
@@ -125,7 +135,39 @@ class Prompts:
             ) from None
         if "user" not in parts:
             raise PromptError(f"{self.path(role)}: defines no {{% block user %}}")
-        system = parts.get("system", "")
+        system = parts.get("system", "").strip()
+        if token in system:
+            raise PromptError(f"{self.path(role)}: turn markers belong in the user block")
         if role_marker(role) not in system:
             system = (role_marker(role) + "\n" + system).strip()
-        return [{"role": "system", "content": system}, {"role": "user", "content": parts["user"]}]
+        messages = [{"role": "system", "content": system}]
+        for speaker, text in _split_turns(parts["user"], token):
+            if messages[-1]["role"] == speaker:  # two markers in a row: one message
+                messages[-1]["content"] = (messages[-1]["content"] + "\n" + text).strip()
+            else:
+                messages.append({"role": speaker, "content": text})
+        if messages[-1]["role"] != "user" or len(messages) < 2:
+            raise PromptError(f"{self.path(role)}: the user block must end with a user turn")
+        return messages
+
+
+def _turn_token(variables: dict[str, Any]) -> str:
+    """A random token that occurs in none of the variables' text."""
+    blob = repr(variables)
+    while True:
+        token = "AGORA-TURN-" + secrets.token_hex(8)
+        if token not in blob:
+            return token
+
+
+def _split_turns(text: str, token: str) -> list[tuple[str, str]]:
+    """[(speaker, text)] from a rendered user block; empty segments are dropped."""
+    out: list[tuple[str, str]] = []
+    speaker = "user"
+    pieces = text.split(f"\x00{token}:")
+    for i, piece in enumerate(pieces):
+        if i:
+            speaker, _, piece = piece.partition("\x00")
+        if piece.strip():
+            out.append((speaker, piece.strip()))
+    return out

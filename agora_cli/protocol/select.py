@@ -32,7 +32,7 @@ async def explain(ctx: Ctx, member: str, problem: str, solution: str) -> str:
     Returns "" when the request fails, so a missing explanation never blocks selection.
     """
     try:
-        result = await chat_role(ctx, member, "explain", problem=problem, solution=solution)
+        _, reply = await chat_role(ctx, member, "explain", problem=problem, solution=solution)
     except REQUEST_ERRORS:
         return ""
-    return result.text.strip()
+    return reply.strip()

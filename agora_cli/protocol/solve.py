@@ -3,8 +3,9 @@
 Every member solves every problem with chain-of-thought ending in \\boxed{}; its prompt carries the
 elite history H_t as few-shot examples (none when `ablations.elite_icl` is off; each example's
 self-explanation only when `ablations.explanation` is on). A reply with no extractable answer is a
-failed attempt (answer None), and a request that fails after retries is a SolutionDraft with
-`error` set: model garbage or a dead endpoint never raises here.
+failed attempt (answer None); `text` is the reply without a leading echo of the prompt (base models
+repeat it, and an echoed example would otherwise pass as an answer). A request that fails after
+retries is a SolutionDraft with `error` set: model garbage or a dead endpoint never raises here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def few_shot(cfg: Config, elite: list[EliteExample]) -> list[dict[str, str | Non
 async def solve(ctx: Ctx, member: str, problem: str, elite: list[EliteExample]) -> SolutionDraft:
     """One chain-of-thought solution of `problem` by `member`, with H_t as few-shot examples."""
     try:
-        result = await chat_role(
+        result, reply = await chat_role(
             ctx, member, "solve", problem=problem, examples=few_shot(ctx.cfg, elite)
         )
     except REQUEST_ERRORS as exc:
@@ -42,8 +43,8 @@ async def solve(ctx: Ctx, member: str, problem: str, elite: list[EliteExample]) 
         )
     return SolutionDraft(
         member=member,
-        text=result.text,
-        answer=extract_answer(result.text),
+        text=reply,
+        answer=extract_answer(reply),
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         latency_s=result.latency_s,

@@ -68,14 +68,14 @@ async def verify(ctx: Ctx, verifier: str, problem: str, solution: str) -> Verdic
     (a failed request also sets `error`, so the loop may retry it instead of storing it)."""
     token = delimiter(ctx.rng, problem, solution)
     try:
-        result = await chat_role(
+        result, reply = await chat_role(
             ctx, verifier, "verify", problem=problem, solution=solution, delimiter=token
         )
     except REQUEST_ERRORS as exc:
         return Verdict(verifier=verifier, valid=False, raw="", error=error_text(exc))
     return Verdict(
         verifier=verifier,
-        valid=parse_verdict(result.text, token) is True,
+        valid=parse_verdict(reply, token) is True,
         raw=result.text,
         latency_s=result.latency_s,
     )

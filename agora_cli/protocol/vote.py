@@ -73,13 +73,13 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
     shown_a, shown_b = (solution_b, solution_a) if swapped else (solution_a, solution_b)
     token = delimiter(ctx.rng, problem, solution_a, solution_b)
     try:
-        result = await chat_role(
+        result, reply = await chat_role(
             ctx, voter, "vote", problem=problem, solution_a=shown_a, solution_b=shown_b,
             delimiter=token,
         )
     except REQUEST_ERRORS as exc:
         return Vote(voter=voter, winner=None, raw="", error=error_text(exc))
-    shown = parse_vote(result.text, token)
+    shown = parse_vote(reply, token)
     winner: Literal["a", "b"] | None = shown
     if shown is not None and swapped:
         winner = "b" if shown == "a" else "a"
