@@ -20,7 +20,9 @@ from tests.test_loop_helpers import REPO
 
 MEMBERS = ["smol-a", "smol-b", "gemma"]
 OVERRIDES = [
-    "protocol.problems_per_step=2",
+    "protocol.problems_per_step=1",
+    "protocol.generators_per_step=1",
+    "protocol.seed_examples=1",
     "protocol.sampling.generate.max_tokens=40",
     "protocol.sampling.solve.max_tokens=48",
     "protocol.sampling.verify.max_tokens=4",
@@ -32,17 +34,24 @@ OVERRIDES = [
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1900)
 def test_tiny_two_steps_on_real_models(tmp_path):
     run_dir = tmp_path / "tiny"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run(
+    p = subprocess.Popen(
         [sys.executable, "-m", "agora_cli", "run", "configs/tiny.yaml", *OVERRIDES,
          "--steps", "2", "--run-dir", str(run_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=880,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "step 1 |" in p.stdout  # the plain one-line-per-step printer (stdout is a pipe)
+    try:
+        stdout, stderr = p.communicate(timeout=1700)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: the run stops the model servers it started on its way out.
+        p.terminate()
+        stdout, stderr = p.communicate(timeout=120)
+        pytest.fail(f"agora run did not finish in time:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    assert p.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "step 1 |" in stdout  # the plain one-line-per-step printer (stdout is a pipe)
     with Store(RunPaths(run_dir).store) as store:
         q = store.scalar
         assert q("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") == 2
@@ -50,8 +59,8 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         n_all = q("SELECT COUNT(*) FROM problems")
         # Every generation slot answered (kept or dropped); seed problems stand in for a step
         # whose generated problems were all dropped, so every step has something to solve.
-        assert q("SELECT COUNT(*) FROM problems WHERE author != 'seed'") == 4
-        assert n_all >= 4
+        assert q("SELECT COUNT(*) FROM problems WHERE author != 'seed'") == 2
+        assert n_all >= 2
         for step in (0, 1):
             assert q("SELECT COUNT(*) FROM problems WHERE step = ? AND status = 'ok'", (step,)) > 0
         # Every kept problem was solved by every member, and every answered solution verified by
