@@ -5,6 +5,8 @@ Kinds in use (add new ones here so consumers can find them):
 
   run_started, run_resumed, run_finished, step_started, step_committed,
   phase_started, phase_finished          {phase, step, n}
+  phase_progress                          {phase, step, done, total}  (totals grow as work flows)
+  seed_fallback                           {step, n}  (all generated problems dropped)
   request_done                            {member, role, latency_s, prompt_tokens, completion_tokens, ok}
   problem_dropped                         {step, reason}
   verdict                                 {step, solution_id, verifier, valid}
