@@ -159,3 +159,29 @@ def test_anchor_rows_and_surprise(run_dir):
         assert all(r["n"] == 2 for r in rows)
         f = [r["f_t"] for r in store.query("SELECT f_t FROM steps ORDER BY step")]
         assert f[0] is None and f[1] is not None  # Eq. 2 needs two anchors
+
+
+def test_unreachable_member_stops_the_step_uncommitted_then_resumes(run_dir):
+    from agora_cli.errors import EndpointError
+    from tests.fakes.openai_server import Reply
+
+    script = responder()
+
+    def votes_down(req):
+        return Reply(text="overloaded", status=503) if req.role == "vote" else script(req)
+
+    with FakeOpenAI(votes_down, latency_s=0.0) as fake:
+        cfg = make_config(fake.url, run_dir)
+        with pytest.raises(EndpointError):
+            runner.run(cfg, run_dir=run_dir, steps=1)
+        with Store(RunPaths(run_dir).store) as store:
+            assert store.last_committed_step() == -1  # nothing sealed with votes missing
+            assert count(store, "solutions") == 6 and count(store, "verdicts") == 12
+            assert count(store, "votes") == 0
+        n = len(fake.requests)
+        fake.responder = script
+        runner.run(cfg, run_dir=run_dir, steps=1)
+        resumed_roles = {r.role for r in fake.requests[n:]}
+    assert resumed_roles == {"vote", "explain"}  # stored solutions and verdicts were reused
+    with Store(RunPaths(run_dir).store) as store:
+        assert count(store, "votes") == 6 and count(store, "buffer") == 2
