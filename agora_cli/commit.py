@@ -159,7 +159,8 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
     bus.emit("buffer_size", size=size, threshold=cfg.protocol.buffer_threshold,
              unconsumed=db.unconsumed_buffer(store))
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
-    bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy)
+    bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy,
+             next_strategy=step_strategy(cfg, db.anchor_history(store)))
     bus.emit(
         "step_committed", step=fx.step, d=d, d_next=fx.next_difficulty, v_t=fx.v_t,
         v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,

@@ -24,7 +24,6 @@ goes to the buffer. No verification by peers, no votes, no ratings, no elite his
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections import Counter
@@ -475,6 +474,3 @@ async def run_step(
     emit_committed(cfg, store, bus, fx, run.open.difficulty, versions())
     return fx
 
-
-def steps_left(store: Store, target: int | None) -> float:
-    return math.inf if target is None else target - db.open_step_number(store)
