@@ -94,7 +94,9 @@ def responder(solve_delay: dict[int, float] | None = None, answer: str = "7"):
                 f"{3 * n + 5} {c} at market number {n}. How many fruits are left?")
 
     def solve(req: Request) -> str | Reply:
-        text = f"I am {req.model}. Adding the numbers step by step gives \\boxed{{{answer}}}"
+        # Per problem, so a reply never equals an elite demonstration turn (that is an echo).
+        text = (f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step "
+                f"gives \\boxed{{{answer}}}")
         delay = solve_delay.get(problem_of(req), 0.0)
         return Reply(text=text, delay_s=delay) if delay else text
 
