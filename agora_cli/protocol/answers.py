@@ -11,6 +11,7 @@ import re
 from fractions import Fraction
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 # Fallbacks, most explicit first. Each captures the rest of the line after its cue.
 _CUES = [
@@ -25,18 +26,19 @@ _LAST_LINES = 3
 
 def _boxed_contents(text: str) -> list[str]:
     """Contents of every \\boxed{...}, matching nested braces; unterminated ones are skipped."""
-    out = []
-    for m in _BOXED.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            out.append(text[m.end() : i - 1])
-    return out
+    opens = [m.end() - 1 for m in _BOXED.finditer(text)]  # index of each box's "{"
+    if not opens:
+        return []
+    # One pass of brace matching (scanning from every box would be quadratic: a reply of
+    # thousands of unterminated \boxed{ took seconds).
+    close: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            close[stack.pop()] = m.start()
+    return [text[i + 1 : close[i]] for i in opens if i in close]
 
 
 def normalize_answer(ans: str) -> str:
