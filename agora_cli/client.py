@@ -64,6 +64,16 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
 
 
+def _valid_utf8(text: str) -> str:
+    """JSON may carry lone surrogates (`"\\ud800"`) that SQLite and files refuse: a remote server's
+    garbage must not crash the run, so they become '?'."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 @dataclass
 class MemberLimits:
     max_concurrency: int = 8
@@ -155,7 +165,7 @@ class ClientPool:
                 raise
         self.unreachable.pop(member, None)
         choice = resp.choices[0] if resp.choices else None
-        text = (choice.message.content if choice and choice.message else None) or ""
+        text = _valid_utf8((choice.message.content if choice and choice.message else None) or "")
         pt = resp.usage.prompt_tokens if resp.usage else 0
         ct = resp.usage.completion_tokens if resp.usage else 0
         usage.requests += 1
