@@ -47,6 +47,9 @@ class TransformersBackend(Strict):
     # server per served model (see serving/transformers.py), so each gets a fixed, small cache.
     cb_num_blocks: int = Field(48, ge=1, description="KV cache blocks of 256 tokens per server")
     cb_max_batch_tokens: int = Field(2048, ge=16)
+    # OMP threads per server. Several servers (and the trainer) share the CPU, and OpenMP
+    # spin-waiting under oversubscription made generation 7x slower in measurements.
+    threads_per_server: int = Field(1, ge=1)
     extra_args: list[str] = []
 
 

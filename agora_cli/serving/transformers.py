@@ -230,7 +230,10 @@ class TransformersServing:
                 cmd=self._command(model, port),
                 url=f"http://{self.cfg.host}:{port}",
                 log=log,
-                env={"TOKENIZERS_PARALLELISM": "false"},
+                env={
+                    "TOKENIZERS_PARALLELISM": "false",
+                    "OMP_NUM_THREADS": str(self.cfg.threads_per_server),
+                },
             )
             process.start()
             server = _Server(model, process.url, process)
