@@ -130,3 +130,37 @@ def test_status_while_a_run_is_live(tmp_path, run_dir):
     assert st.exit_code == 0, st.output
     assert "0 step(s) committed, step 0 open" in st.output
     assert "open step work: problems 2, solutions 6, verdicts 12, votes 0" in st.output
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_loop_helpers import REPO
+
+    with FakeOpenAI(responder(), latency_s=0.01) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        p = subprocess.Popen(  # no --steps: runs until interrupted
+            [sys.executable, "-m", "agora_cli", "run", str(cfg), "--run-dir", str(run_dir)],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(fake.requests_for("vote")) < 20:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130, out + err
+        assert "interrupted" in err
+        with Store(RunPaths(run_dir).store) as store:
+            done = store.last_committed_step() + 1
+        assert done >= 2
+        res = cli.invoke(app, ["run", str(cfg), "--steps", str(done + 1), "--run-dir",
+                               str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert f"resuming run {run_dir} at step {done}" in res.output
+    with Store(RunPaths(run_dir).store) as store:
+        assert store.last_committed_step() == done
