@@ -109,3 +109,23 @@ def test_parsers_never_raise_on_adversarial_fragments(parts: list[str]) -> None:
     parse_verdict(text)
     parse_vote(text)
     parse_problem(text)
+
+
+ADVERSARIAL = {
+    "unterminated boxes": "\\boxed{" * 50_000,
+    "label then whitespace": "question " + " " * 50_000 + "1" + " " * 50_000,
+    "cue then whitespace": "final answer" + " " * 50_000 + "x",
+    "blank lines": "\n" * 50_000,
+    "many labels": "Problem:" * 20_000,
+}
+
+
+@pytest.mark.timeout(120)  # a hang guard: each case runs in well under a second when linear
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_parsers_stay_linear_on_pathological_replies(name: str) -> None:
+    text = ADVERSARIAL[name]
+    ans = extract_answer(text)
+    assert ans is None or isinstance(ans, str)
+    assert parse_problem(text)[0] is None
+    assert parse_verdict(text) is None
+    assert parse_vote(text) is None

@@ -15,30 +15,31 @@ _BRACE = re.compile(r"[{}]")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 # Fallbacks, most explicit first. Each captures the rest of the line after its cue.
 _CUES = [
-    re.compile(r"final\s+answer\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE),
-    re.compile(r"\bthe\s+answer\s+is\s*:?\s*(.+)", re.IGNORECASE),
-    re.compile(r"\banswer\s*[:=]\s*(.+)", re.IGNORECASE),
-    re.compile(r"^\s*####\s*(.+)", re.MULTILINE),
+    re.compile(r"final\s+answer\s*(?:is|:|=)[ \t:]*(.+)", re.IGNORECASE),
+    re.compile(r"\bthe\s+answer\s+is[ \t:]*(.+)", re.IGNORECASE),
+    re.compile(r"\banswer\s*[:=][ \t]*(.+)", re.IGNORECASE),
+    re.compile(r"^[ \t]*####[ \t]*(.+)", re.MULTILINE),
 ]
 _MAX_ANSWER_CHARS = 60  # longer than this is prose, not an answer
 _LAST_LINES = 3
 
 
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every \\boxed{...}, matching nested braces; unterminated ones are skipped."""
-    opens = [m.end() - 1 for m in _BOXED.finditer(text)]  # index of each box's "{"
-    if not opens:
+    """Contents of every \\boxed{...}, matching nested braces; unterminated ones are skipped.
+
+    One pass pairs every brace (a stack), so a reply full of unterminated `\\boxed{` stays linear.
+    """
+    starts = [m.end() - 1 for m in _BOXED.finditer(text)]  # index of each boxed's "{"
+    if not starts:
         return []
-    # One pass of brace matching (scanning from every box would be quadratic: a reply of
-    # thousands of unterminated \boxed{ took seconds).
-    close: dict[int, int] = {}
+    closing: dict[int, int] = {}
     stack: list[int] = []
-    for m in _BRACE.finditer(text):
-        if m.group() == "{":
-            stack.append(m.start())
-        elif stack:
-            close[stack.pop()] = m.start()
-    return [text[i + 1 : close[i]] for i in opens if i in close]
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
+    return [text[o + 1 : closing[o]] for o in starts if o in closing]
 
 
 def normalize_answer(ans: str) -> str:

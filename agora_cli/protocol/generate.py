@@ -34,13 +34,14 @@ MIN_WORDS, MIN_CHARS, MAX_CHARS = 4, 20, 1500
 NEAR_DUPLICATE_JACCARD = 0.9
 
 _LABEL = re.compile(
-    r"(?:^|[\s*#>_`(\[])(?:new\s+)?(?:math\s+)?(?:word\s+)?(?:problem|question)\s*(?:\d+)?\s*[*_`]*\s*:",
+    r"(?:^|[\s*#>_`(\[])(?:new\s+)?(?:math\s+)?(?:word\s+)?(?:problem|question)(?:[ \t]*\d+)?"
+    r"[ \t*_`]*:",
     re.IGNORECASE,
 )
 _FENCE = re.compile(r"```[a-zA-Z]*\n?(.*?)```", re.DOTALL)
 _STOP = re.compile(
     r"\n\s*\n|\\boxed|####"
-    r"|(?:^|\n)[\s*#>_`]*(?:answer|solution|final answer|step\s*1|problem\s*\d*\s*[*_`]*\s*:)",
+    r"|(?:^|\n)[ \t*#>_`]*(?:answer|solution|final answer|step\s*1|problem[ \t]*\d*[ \t*_`]*:)",
     re.IGNORECASE,
 )
 _LEAK = re.compile(r"\\boxed|\bthe\s+answer\b|answer\s*[:=]|\bsolution\s*:", re.IGNORECASE)
@@ -58,7 +59,8 @@ _ECHO = re.compile(r"^(?:difficulty|examples? of the style|now write)\b", re.IGN
 
 def parse_problem(raw: str) -> tuple[str | None, str | None]:
     """(problem text, None) or (None, drop reason) for one generator reply. Never raises."""
-    text = (raw or "").replace("\r\n", "\n").strip()
+    # Problems over MAX_CHARS are dropped anyway; parsing only a prefix keeps regexes linear-ish.
+    text = (raw or "")[: 4 * MAX_CHARS].replace("\r\n", "\n").strip()
     if not text:
         return None, "empty"
     label = _LABEL.search(text)
