@@ -34,11 +34,11 @@ def _boxed_contents(text: str) -> list[str]:
         return []
     closing: dict[int, int] = {}
     stack: list[int] = []
-    for i, ch in enumerate(text):
-        if ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            closing[stack.pop()] = i
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
     return [text[o + 1 : closing[o]] for o in starts if o in closing]
 
 
