@@ -115,5 +115,7 @@ async def _ping(cfg: Config, serving, max_tokens: int) -> list[tuple]:  # noqa: 
 
 
 def _short(model: str) -> str:
-    """Model names are often long paths: keep the informative tail."""
-    return model if len(model) <= 48 else "…" + model[-47:]
+    """Served model names are often absolute paths: keep the last two components."""
+    if model.startswith("/"):
+        return "/".join(Path(model).parts[-2:])
+    return model
