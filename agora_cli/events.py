@@ -17,7 +17,8 @@ Kinds in use (add new ones here so consumers can find them):
   training_started, training_progress, training_finished, training_failed  {round, member, ...}
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n}
-  server_started, server_stopped          {backend, url, log}
+  server_started, server_stopped          {backend, url, log} (+ model on server_started)
+  adapter_unload_failed                   {backend, member, lora_name, error}  (sglang; harmless)
 """
 
 from __future__ import annotations

@@ -121,3 +121,22 @@ def test_models_list_command_on_an_empty_cache(
     result = CliRunner().invoke(app, ["models", "list"])
     assert result.exit_code == 0, result.output
     assert "broken" in result.output and "no (ignored)" in result.output
+
+
+@pytest.mark.e2e
+def test_models_prepare_command_reports_each_member(tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "prep",
+        "members": [{"name": "smol", "model": SMOL}, {"name": "hub", "model": "org/some-model"}],
+        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
+    }))
+    first = CliRunner().invoke(app, ["models", "prepare", str(config)])
+    second = CliRunner().invoke(app, ["models", "prepare", str(config)])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    smol_row = next(line for line in second.output.splitlines() if "smol" in line)
+    assert "cached" in smol_row  # the second run reuses the prepared directory
+    assert "hub id" in next(line for line in second.output.splitlines() if "│ hub" in line)
+    assert models.cached_path(Member(name="smol", model=SMOL)) is not None
