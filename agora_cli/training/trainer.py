@@ -48,13 +48,14 @@ class TrainSpec:
 
     member: str
     version: int
-    base_model_dir: str
+    base_model_dir: str | None  # None: prepare `member_config`'s model in the worker
     output_dir: str  # adapters/<member>/v<N>; written atomically
     samples: list[dict[str, Any]]  # data.samples_to_json(...)
     training: dict[str, Any]  # Training.model_dump()
     round_id: int | None = None
     previous_adapter_dir: str | None = None  # the member's current adapter: training continues it
     chat_template: str | None = None  # for models that ship none (Gemma-3 base)
+    member_config: dict[str, Any] | None = None  # config.Member, to find the base weights
     progress_path: str | None = None  # JSON lines, one per optimizer step
     result_path: str | None = None  # JSON TrainResult on success, {"error": ...} on failure
 
@@ -79,6 +80,7 @@ class TrainResult:
     tokens_per_s: float
     peak_memory_mb: float
     train_s: float
+    cpu_s: float  # process CPU time of the training loop: comparable on a shared machine
     total_s: float
     buffer_ids: list[int]
     skipped_ids: list[int] = field(default_factory=list)
@@ -176,6 +178,13 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         accelerator = Accelerator()
         device = str(accelerator.device)
 
+    if spec.base_model_dir is None:
+        # Resolved here, not in the parent: checking a packaged GGUF can take seconds, and the
+        # parent is the loop's event loop.
+        from agora_cli.config import Member
+        from agora_cli.models import prepare
+
+        spec.base_model_dir = str(prepare(Member.model_validate(spec.member_config)))
     tok = load_tokenizer(spec.base_model_dir, spec.chat_template)
     samples = samples_from_json(spec.samples)
     examples, skipped = render_examples(tok, samples, cfg.max_length)
@@ -197,7 +206,7 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
 
     losses: list[float] = []
     tokens = target_tokens = pad_tokens = 0
-    t_train = time.perf_counter()
+    t_train, cpu_train = time.perf_counter(), time.process_time()
     model.train()
     step = 0
     for epoch in range(cfg.epochs):
@@ -244,12 +253,14 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
                     }
                 )
     train_s = time.perf_counter() - t_train
+    cpu_s = time.process_time() - cpu_train
 
     result = TrainResult(
         member=spec.member, version=spec.version, adapter_dir=spec.output_dir, steps=step,
         losses=[round(x, 6) for x in losses], tokens=tokens, target_tokens=target_tokens,
         padding_tokens=pad_tokens, tokens_per_s=round(tokens / train_s, 2) if train_s else 0.0,
         peak_memory_mb=round(peak_memory_mb(device), 1), train_s=round(train_s, 3),
+        cpu_s=round(cpu_s, 3),
         total_s=0.0, buffer_ids=[s.buffer_id for s in samples], skipped_ids=skipped,
     )
     if rank == 0:
@@ -294,6 +305,7 @@ def save_adapter(model: Any, spec: TrainSpec, cfg: Training, result: TrainResult
             "tokens_per_s": result.tokens_per_s,
             "peak_memory_mb": result.peak_memory_mb,
             "train_s": result.train_s,
+            "cpu_s": result.cpu_s,
             "total_s": result.total_s,
             "created_at": time.time(),
         }
