@@ -122,8 +122,14 @@ async def drive(
     anchor = _anchor()
 
     async def poller() -> None:
+        last = ""
         while True:
-            rounds.poll()
+            try:
+                rounds.poll()
+            except Exception as e:  # noqa: BLE001 - training trouble must not stop the loop
+                if str(e) != last:  # the round stays retriable; say so once, not every second
+                    bus.emit("training_failed", error=f"{type(e).__name__}: {e}")
+                last = str(e)
             await asyncio.sleep(poll_s)
 
     watcher = asyncio.create_task(poller()) if rounds is not None else None
