@@ -26,7 +26,7 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from agora_cli.errors import PromptError
-from agora_cli.paths import PROMPTS_DIR
+from agora_cli.paths import PROMPTS_DIR, REPO_DIR
 
 _SEED = {"id": "seed/0", "problem": "Tom has 3 apples and buys 4 more. How many now?", "answer": "7"}
 _EXAMPLE = {
@@ -64,6 +64,8 @@ class Prompts:
 
     def __init__(self, prompts_dir: Path | str | None = None):
         self.dir = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
+        if not self.dir.is_absolute() and not self.dir.exists() and (REPO_DIR / self.dir).exists():
+            self.dir = REPO_DIR / self.dir  # a config's relative prompts_dir names a repo folder
         # Sandboxed: templates may come from a user's prompts_dir; autoescape off (plain text).
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(self.dir)),
@@ -133,6 +135,8 @@ class Prompts:
                 f"{self.path(role)}: {e.message}; the {role} role provides: "
                 f"{', '.join(sorted(ROLE_VARIABLES[role][0]))}"
             ) from None
+        except jinja2.TemplateError as e:  # e.g. the sandbox refusing an unsafe attribute
+            raise PromptError(f"{self.path(role)}: {type(e).__name__}: {e}") from None
         if "user" not in parts:
             raise PromptError(f"{self.path(role)}: defines no {{% block user %}}")
         system = parts.get("system", "").strip()
