@@ -54,8 +54,28 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Exit when the process that launched us dies (e.g. a SIGKILLed `agora run`).
+
+    An orphaned worker would keep a core busy and could still be saving into the same adapter
+    directory while the resumed run retrains the round.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run(spec_path: str) -> int:
     """Train per SPEC.json; return the process exit code."""
+    exit_with_parent()
     spec = TrainSpec.from_file(spec_path)
     threads = spec.training.get("max_threads")
     if threads:  # before torch spins up its pools
