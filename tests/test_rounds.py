@@ -254,3 +254,25 @@ def test_activation_failure_retries_activation_without_retraining(env) -> None:
     RoundManager(store, make_cfg(threshold=2), paths, restarted, bus, members=["smol-a"]).resume()
     assert restarted.live["smol-a"] == (1, paths.adapter_dir("smol-a", 1))
     assert [e.get("restored") for e in events if e["kind"] == "adapter_live"] == [None, True]
+
+
+def test_shutdown_stops_the_worker_and_leaves_the_round_retriable(env) -> None:
+    store, paths, bus, events = env
+    cfg = make_cfg(threshold=2)
+    rm = RoundManager(store, cfg, paths, None, bus, members=["smol-a"])
+    add_rows(store, 2)
+    r1 = rm.maybe_start(step=0)
+    pid = rm.workers()["smol-a"]
+    rm.shutdown()  # Ctrl-C in `agora run`
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # terminated and reaped
+    assert rm.in_flight() is None
+    assert store.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "training"
+    assert store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id = ?", (r1,)) == 2
+    assert not paths.adapter_dir("smol-a", 1).exists()
+
+    rm2 = RoundManager(store, cfg, paths, None, bus, members=["smol-a"])
+    rm2.resume()
+    rm2.wait()
+    assert store.scalar("SELECT status FROM rounds WHERE id = ?", (r1,)) == "live"
+    assert read_adapter_meta(paths.adapter_dir("smol-a", 1))["buffer_ids"] == [1, 2]

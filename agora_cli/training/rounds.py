@@ -29,9 +29,9 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -100,7 +100,6 @@ class RoundManager:
         self.poll_interval_s = poll_interval_s
         self._flight: _Flight | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agora-activate")
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public API
 
@@ -243,7 +242,10 @@ class RoundManager:
         return live_versions(self.store, [m.name for m in self.cfg.members])
 
     def shutdown(self) -> None:
-        """Stop in-flight workers; the round stays retriable by the next run's `resume()`."""
+        """Stop in-flight workers; the round stays retriable by the next run's `resume()`.
+
+        Final: the manager starts nothing after this.
+        """
         f = self._flight
         if f is not None:
             for job in f.running.values():
@@ -253,7 +255,7 @@ class RoundManager:
             f.running.clear()
             f.to_train.clear()
             for member, (future, t0) in list(f.activating.items()):
-                future.result()  # an activation in progress finishes: server and store agree
+                wait_for([future])  # an activation in progress finishes: server and store agree
                 self._finish_activation(f, member, future, t0)
             f.activating.clear()
         self._flight = None
