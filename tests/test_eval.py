@@ -179,17 +179,24 @@ async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> No
 async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) -> None:
     """A base model that repeats the prompt must not score with the prompt's `\\boxed{42}`."""
     item = Item("gsm8k", "q42", "Ann has 6 bags of 7 apples. How many apples?", "42")
-    assert "\\boxed{42}" in Prompts().render("evaluate", problem=item.problem)[0]["content"]
+    # A prompt whose format example is itself a gradable answer (as prompts/evaluate.jinja once was).
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "evaluate.jinja").write_text(
+        "{% block system %}[agora:role=evaluate]\nSolve it. End with e.g. \\boxed{42}."
+        "{% endblock %}{% block user %}Problem: {{ problem }}\nSolution:{% endblock %}"
+    )
+    prompts = Prompts(tmp_path / "prompts")
+    assert "\\boxed{42}" in prompts.render("evaluate", problem=item.problem)[0]["content"]
 
     def echo(req: Request) -> str:
         return req.system + "\n\n" + req.user + ("\nShe has 42 apples." if req.model == "b" else "")
 
     with FakeOpenAI(scripted({"evaluate": echo})) as fake:
         pool = make_pool(fake.url, ["a", "b"])
-        report = await evaluate(pool, Prompts(), ["a", "b"], {"gsm8k": [item]}, Sampling(),
-                                grader, tmp_path)
+        report = await evaluate(pool, prompts, ["a", "b"], {"gsm8k": [item]}, Sampling(),
+                                grader, tmp_path / "out")
         await pool.aclose()
-    rows = {r.member: r for r in read_results(tmp_path / "results.jsonl")}
+    rows = {r.member: r for r in read_results(tmp_path / "out" / "results.jsonl")}
     assert rows["a"].answer is None and not rows["a"].correct
     assert "\\boxed{42}" in rows["a"].reply  # the raw reply is kept as it came
     assert rows["b"].answer == "42" and rows["b"].correct  # its own answer still counts
