@@ -223,7 +223,8 @@ class TransformersServing:
                 self._next_port += 1
             else:
                 port = free_port(self.cfg.host)
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name)[:48]
+            # Two components: merged copies are .../merged/<member>/v<N>.
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(model).parts[-2:]))[-60:]
             log = self.run_paths.logs / f"transformers-{self.name}-{slug}.log"
             process = ServerProcess(
                 name=f"transformers serve ({Path(model).name})",
