@@ -130,3 +130,46 @@ def test_interrupted_grid_keeps_finished_runs(tmp_path: Path) -> None:
     # Re-running only the missing seed completes the table with both seeds.
     md, _ = ab.run_ablation(grid[1:], out, run_fn=fake_run, eval_fn=fake_eval, steps=1)
     assert "| full | 2 | 61.0 ± 1.4 |" in md.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None:
+    """`agora ablate` end to end on the scripted fake ensemble: loop, evaluation, table."""
+    import yaml
+
+    from agora_cli.evaluation.benchmarks import load_benchmark, subset
+    from tests.fakes.openai_server import FakeOpenAI, Request
+    from tests.test_loop_helpers import config_dict, responder
+
+    gold = {it.problem: it.answer for it in subset(load_benchmark("gsm8k"), 3)}
+    script = responder()
+
+    def respond(req: Request):
+        if req.role != "evaluate":
+            return script(req)
+        problem = req.user.split("Problem:", 1)[1].rsplit("Solution:", 1)[0].strip()
+        # alpha is always right, the others never: group mean 1/3, majority 0.
+        ans = gold[problem] if req.model == "alpha" else "-1"
+        return f"Adding up, \\boxed{{{ans}}}"
+
+    out = tmp_path / "grid"
+    with FakeOpenAI(respond) as fake:
+        cfg_path = tmp_path / "base.yaml"
+        cfg_path.write_text(yaml.safe_dump(config_dict(fake.url, tmp_path / "unused")))
+        result = CliRunner().invoke(app, [
+            "ablate", str(cfg_path), "evaluation.benchmarks=[gsm8k]", "--seeds", "0,1",
+            "--variants", "full,fem", "--steps", "1", "--limit", "3", "--out", str(out),
+        ])
+        assert result.exit_code == 0, result.output
+    for variant in ("full", "no-fem"):
+        for seed in (0, 1):
+            run_dir = out / variant / f"seed{seed}"
+            with Store(run_dir / "agora.sqlite", readonly=True) as s:
+                assert s.last_committed_step() == 0
+            stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+            assert stored["seed"] == seed
+            assert stored["ablations"]["fem"] is (variant == "full")
+            assert (run_dir / "evals" / "sampled" / "summary.json").exists()
+    table = (out / "table2.md").read_text()
+    assert "| full | 2 | 33.3 ± 0.0 |" in table
+    assert "| no-fem | 2 | 33.3 ± 0.0 |" in table
