@@ -248,3 +248,39 @@ def test_report_rejects_a_directory_without_a_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 1
     assert "not a run directory" in result.output
+
+
+def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
+    """The loop's own writes (fake ensemble, anchors on) feed every figure consistently."""
+    from agora_cli import runner
+    from agora_cli.config import config_from_dict
+    from tests.fakes.openai_server import FakeOpenAI
+    from tests.test_loop_helpers import config_dict, responder
+
+    run_dir = tmp_path / "looprun"
+    with FakeOpenAI(responder()) as fake:
+        data = config_dict(fake.url, run_dir, anchor_every=1)
+        data["ablations"]["external_anchor"] = True
+        data["evaluation"] = {"calibration_size": 2}
+        runner.run(config_from_dict(data), steps=3)
+    out = build_report([run_dir]).parent
+    with Store(run_dir / "agora.sqlite", readonly=True) as s:
+        anchors = s.query("SELECT step, member, score FROM anchors ORDER BY step")
+        elite_pairs = [
+            (r["member"], s.scalar("SELECT member FROM elite WHERE id = ?", (eid,)))
+            for r in s.query("SELECT member, elite_ids FROM solutions")
+            for eid in json.loads(r["elite_ids"])
+        ]
+        buffered = [s.scalar("SELECT COUNT(*) FROM buffer WHERE step = ?", (t,)) for t in range(3)]
+    assert {r["step"] for r in anchors} == {0, 1, 2}
+    fig1 = _sidecar(out / "looprun-fig1-anchor.png")
+    for r in anchors:
+        line = fig1["gsm8k"][r["member"]]
+        assert line["score"][line["step"].index(r["step"])] == r["score"]
+    flow = _sidecar(out / "looprun-knowledge-flow.png")
+    names = flow["members"]
+    assert elite_pairs  # the elite history was shown from step 1 on
+    for i, learner in enumerate(names):
+        for j, teacher in enumerate(names):
+            assert flow["elite"][i][j] == elite_pairs.count((learner, teacher))
+    assert _sidecar(out / "looprun-fig4-yield.png")["buffered"] == buffered
