@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from agora_cli.evaluation.benchmarks import load_benchmark, subset
-from agora_cli.evaluation.evaluate import read_results, without_echo
+from agora_cli.evaluation.evaluate import read_results
 from agora_cli.evaluation.grading import Grader
 from agora_cli.protocol.answers import extract_answer
+from agora_cli.protocol.common import strip_prompt_echo
 from agora_cli.protocol.prompts import Prompts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,9 +41,8 @@ def test_eval_smollm2_two_items(tmp_path: Path) -> None:
         for r in rows:
             assert r.member == "smol-a" and r.reply.strip() and 0 < r.completion_tokens <= 32
             assert r.gold == items[r.item_id].answer
-            echo = [m["content"] for m in prompts.render("evaluate",
-                                                         problem=items[r.item_id].problem)]
-            text = without_echo(r.reply, echo)
+            messages = prompts.render("evaluate", problem=items[r.item_id].problem)
+            text = strip_prompt_echo(r.reply, messages)
             assert r.answer == extract_answer(text)
             assert r.correct == grader.grade(text, r.gold)  # stored grade = a fresh regrade
     summary = json.loads((out / "summary.json").read_text())

@@ -28,6 +28,7 @@ from agora_cli.evaluation.benchmarks import Item
 from agora_cli.evaluation.grading import Grader
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.answers import answers_match, extract_answer
+from agora_cli.protocol.common import strip_prompt_echo
 from agora_cli.protocol.prompts import Prompts
 
 MAJORITY = "@majority"
@@ -54,18 +55,6 @@ class ItemResult:
     @property
     def key(self) -> tuple[str, str, str, str]:
         return (self.member, self.benchmark, self.item_id, self.model)
-
-
-def without_echo(reply: str, prompt_parts: list[str]) -> str:
-    """The reply minus any verbatim copy of the prompt's messages.
-
-    Base models (Gemma-3 base) often repeat the prompt before answering; the prompt's format
-    example (`\\boxed{42}`) must not be graded as their answer.
-    """
-    for part in prompt_parts:
-        if part and part in reply:
-            reply = reply.replace(part, "")
-    return reply
 
 
 def greedy_sampling(sampling: Sampling) -> Sampling:
@@ -100,7 +89,6 @@ async def answer_items(
 
     async def ask(member: str, item: Item) -> None:
         messages = prompts.render("evaluate", problem=item.problem)
-        echoes = [m["content"] for m in messages if m.get("content")]
         model = model_of(member)
         try:
             res = await pool.chat(member, messages, sampling, role="evaluate")
@@ -111,7 +99,8 @@ async def answer_items(
                 "",
             ))
             return
-        text = without_echo(res.text, echoes)
+        # Base models repeat the prompt first; grade only what follows (same rule as the loop).
+        text = strip_prompt_echo(res.text, messages)
         await queue.put((
             ItemResult(
                 member, item.benchmark, item.id, model, res.text, extract_answer(text),
