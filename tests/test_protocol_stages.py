@@ -128,11 +128,9 @@ async def test_solve_extracts_answer_and_carries_elite_examples() -> None:
         draft = await solve(ctx, "gamma", PROBLEM, ELITE)
     assert draft.answer == "7" and draft.error is None and draft.member == "gamma"
     assert draft.completion_tokens > 0
-    req = fake.requests[0]
-    assert [m["role"] for m in req.messages] == ["system", "user", "assistant", "user"]
-    assert "Ann has 2 pens" in req.messages[1]["content"]
-    assert "2+5=7" in req.messages[2]["content"] and "EXPLAIN-MARKER" in req.messages[2]["content"]
-    assert PROBLEM in req.user
+    prompt = fake.requests[0].user
+    assert "Ann has 2 pens" in prompt and "2+5=7" in prompt and "EXPLAIN-MARKER" in prompt
+    assert PROBLEM in prompt
 
 
 async def test_elite_icl_off_sends_no_examples() -> None:

@@ -48,15 +48,17 @@ def strip_prompt_echo(reply: str, messages: list[dict[str, str]]) -> str:
     }
     prompt_lines.discard("")
     lines = reply.splitlines()
-    i = 0
+    i = echoed = 0
     while i < len(lines):
         line = lines[i].strip()
-        if line and line not in prompt_lines:
+        if line:
             last = i == len(lines) - 1
-            if not (last and len(line) >= 8 and any(p.startswith(line) for p in prompt_lines)):
+            partial = last and len(line) >= 8 and any(p.startswith(line) for p in prompt_lines)
+            if line not in prompt_lines and not partial:
                 break
+            echoed += 1
         i += 1
-    return "\n".join(lines[i:]).strip() if i else reply
+    return "\n".join(lines[i:]).strip() if echoed else reply
 
 
 def error_text(exc: BaseException) -> str:
