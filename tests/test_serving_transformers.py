@@ -294,3 +294,38 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
     assert str(base.resolve()) not in served["servers"]
     stopped = [e["url"] for e in events if e["kind"] == "server_stopped"]
     assert base_url.removesuffix("/v1") in stopped
+
+
+@pytest.mark.parametrize(
+    ("script", "timeout_s", "message"),
+    [
+        ("import sys; print('weights are missing'); sys.exit(3)", 60,
+         r"(?s)exited with code 3 while starting; see .*\.log:.*weights are missing"),
+        ("import time; print('loading forever', flush=True); time.sleep(600)", 1,
+         r"did not become healthy in 1 s; see .*\.log"),
+    ],
+    ids=["dies", "hangs"],
+)
+def test_server_that_fails_to_start_is_reported_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, timeout_s: int, message: str
+) -> None:
+    import sys
+
+    from agora_cli.errors import ServerError
+    from agora_cli.serving import transformers as tbackend
+
+    monkeypatch.setattr(tbackend.TransformersServing, "_command",
+                        lambda self, model, port: [sys.executable, "-c", script])
+    base = tmp_path / "base-model"
+    base.mkdir()
+    cfg = config_from_dict({
+        "name": "broken",
+        "backends": {"embedded": {"kind": "transformers", "startup_timeout_s": timeout_s}},
+        "members": [{"name": "a", "model": str(base)}, {"name": "b", "model": str(base)}],
+        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
+    })
+    serving = Serving(cfg, RunPaths(tmp_path / "run"))
+    with pytest.raises(ServerError, match=message):
+        serving.start()
+    backend = serving.backends["embedded"]
+    assert backend.state()["servers"] == {}  # nothing left running or recorded
