@@ -40,8 +40,9 @@ def strip_prompt_echo(reply: str, messages: list[dict[str, str]]) -> str:
     Base models (Gemma-3-270M here) often answer by repeating the prompt from its first line,
     role marker and instructions included. Lines are dropped from the start of the reply while
     each one is a line of the prompt (a last line cut off by max_tokens counts when it is the
-    start of a prompt line); the first line of the model's own stops the stripping. Only a prefix
-    is stripped, so a solution that happens to repeat a line later keeps it.
+    start of a prompt line, after at least one whole echoed line); the first line of the model's
+    own stops the stripping. Only a prefix is stripped, so a solution that happens to repeat a
+    line later keeps it.
     """
     prompt_lines = {
         line.strip() for m in messages for line in str(m.get("content") or "").splitlines()
@@ -53,7 +54,8 @@ def strip_prompt_echo(reply: str, messages: list[dict[str, str]]) -> str:
         line = lines[i].strip()
         if line:
             last = i == len(lines) - 1
-            partial = last and len(line) >= 8 and any(p.startswith(line) for p in prompt_lines)
+            # An echo cut off by max_tokens ends in a fragment of a prompt line.
+            partial = last and echoed > 0 and any(p.startswith(line) for p in prompt_lines)
             if line not in prompt_lines and not partial:
                 break
             echoed += 1

@@ -3,9 +3,10 @@
 Every member solves every problem with chain-of-thought ending in \\boxed{}; its prompt carries the
 elite history H_t as few-shot examples (none when `ablations.elite_icl` is off; each example's
 self-explanation only when `ablations.explanation` is on). A reply with no extractable answer is a
-failed attempt (answer None); `text` is the reply without a leading echo of the prompt (base models
-repeat it, and an echoed example would otherwise pass as an answer). A request that fails after
-retries is a SolutionDraft with `error` set: model garbage or a dead endpoint never raises here.
+failed attempt (answer None). `text` is the reply as it came, but the answer is read from the reply
+without its leading echo of the prompt (base models repeat the prompt, and an echoed example
+answer would otherwise count). A request that fails after retries is a SolutionDraft with `error`
+set: model garbage or a dead endpoint never raises here.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ async def solve(ctx: Ctx, member: str, problem: str, elite: list[EliteExample]) 
         )
     return SolutionDraft(
         member=member,
-        text=reply,
+        text=result.text,  # stored as it came; the answer comes from the model's own words
         answer=extract_answer(reply),
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
