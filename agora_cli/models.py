@@ -144,10 +144,16 @@ def read_manifest(model_dir: Path) -> dict | None:
         return None
 
 
+# Bumped whenever what `_convert` writes changes, so older cached directories are rebuilt.
+# 2: generation_config samples by default (see _sampling_defaults).
+PREPARE_FORMAT = 2
+
+
 def _is_valid(model_dir: Path, gguf: Path) -> bool:
     manifest = read_manifest(model_dir)
     return bool(
         manifest
+        and manifest.get("format") == PREPARE_FORMAT
         and manifest.get("gguf_size") == gguf.stat().st_size
         and (model_dir / "config.json").exists()
     )
@@ -242,6 +248,7 @@ def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> Non
                 "check that the architecture is supported by transformers' GGUF loader"
             ) from e
         model = _plain_copy(model)
+        _sampling_defaults(model.generation_config)
         if template is not None:
             tok.chat_template = template
             _add_turn_end_eos(model, tok, template)
@@ -253,6 +260,7 @@ def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> Non
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         manifest = {
+            "format": PREPARE_FORMAT,
             "source": source.spec,
             "gguf": str(gguf),
             "gguf_size": gguf.stat().st_size,
@@ -300,6 +308,19 @@ def _plain_copy(model):  # noqa: ANN001, ANN202 - transformers types
     clean.tie_weights()
     clean.generation_config = model.generation_config
     return clean.eval()
+
+
+def _sampling_defaults(gen) -> None:  # noqa: ANN001 - transformers GenerationConfig
+    """Sample by default (the paper's temperature 0.6, top-p 0.95).
+
+    A GGUF carries no generation config, and transformers' default is greedy: `transformers serve`
+    then ignores a request's temperature (it only turns sampling *off* for temperature 0), so two
+    members sharing a base answered byte-identically. With do_sample on, a request's temperature
+    and top_p apply (with continuous batching: those of the server's warm-up request).
+    """
+    gen.do_sample = True
+    gen.temperature = 0.6
+    gen.top_p = 0.95
 
 
 def _add_turn_end_eos(model, tok, template: str) -> None:  # noqa: ANN001 - transformers types
