@@ -23,6 +23,21 @@ from tests.test_eval import MEMBERS, make_responder
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited
+
+
 def write_config(tmp_path: Path, url: str, concurrency: int = 4) -> Path:
     cfg = {
         "name": "eval-cli",
@@ -91,8 +106,15 @@ def test_killed_evaluation_resumes_without_repeating_items(tmp_path: Path) -> No
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        children = _children(proc.pid)
+        assert children  # grader workers (and multiprocessing's resource tracker)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
+        # The grader's workers die with the killed evaluation instead of lingering as orphans.
+        gone_by = time.monotonic() + 30
+        while time.monotonic() < gone_by and any(_alive(c) for c in children):
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)]
         before = read_results(results)
         assert kill_after <= len(before) < n_items * len(MEMBERS)
         done_before = {(r.model, r.item_id) for r in before}

@@ -5,17 +5,21 @@ the evaluator and the anchor grade from threads). So each worker calls it with i
 disabled, and the parent enforces the deadline: an item that is not graded in `timeout_s` counts
 as wrong, and the worker process stuck on it is killed and replaced. The grader itself survives.
 
-Each worker is a one-process `concurrent.futures.ProcessPoolExecutor` (forkserver context): with a
+Each worker is a one-process `concurrent.futures.ProcessPoolExecutor` (spawn context): with a
 single worker per executor, killing a stuck item's process costs only that slot, never the other
 in-flight items, and needs no private executor internals (the worker's pid is asked for once).
+Workers are direct children that ask the kernel to kill them when their parent dies, so a
+SIGKILLed `agora eval` leaves no grader behind (a forkserver would outlive it, with its workers).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 GradeFn = Callable[[str, str], bool]
 
 _WORKER_START_TIMEOUT_S = 120.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 # --------------------------------------------------------------------------- worker side
@@ -67,6 +72,17 @@ def grade_pair(pred: str, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))  # type: ignore[arg-type]
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: SIGKILL this worker when the process that started it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the parent cleans up
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(0)
+
+
 def _worker_ready() -> int:
     """Import math-verify (sympy) once, before any deadline runs, and report the worker's pid."""
     import math_verify  # noqa: F401
@@ -91,16 +107,6 @@ class _Slot:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    try:
-        ctx = multiprocessing.get_context("forkserver")
-        # Workers fork from a server that has already imported sympy: a replacement is cheap.
-        ctx.set_forkserver_preload(["math_verify"])
-        return ctx
-    except ValueError:  # pragma: no cover - platforms without forkserver
-        return multiprocessing.get_context("spawn")
-
-
 class Grader:
     """Grades (prediction, gold) pairs in `workers` processes, each item within `timeout_s`.
 
@@ -116,11 +122,14 @@ class Grader:
         self.timeouts = 0  # items that hit the deadline (counted wrong)
         self.errors = 0  # items whose grading raised (counted wrong)
         self._slots: list[_Slot] = []
-        self._ctx = _mp_context()
+        # spawn, not fork: the parent has threads (event loop, executors) that fork would copy
+        # mid-state.
+        self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
 
     def _new_slot(self) -> _Slot:
-        ex = ProcessPoolExecutor(max_workers=1, mp_context=self._ctx)
+        ex = ProcessPoolExecutor(max_workers=1, mp_context=self._ctx,
+                                 initializer=_die_with_parent, initargs=(os.getpid(),))
         pid = ex.submit(_worker_ready).result(timeout=_WORKER_START_TIMEOUT_S)
         return _Slot(ex, pid)
 
