@@ -115,3 +115,23 @@ def test_every_gold_answer_grades_against_itself(grader: Grader) -> None:
                              for it in items])
     missed = [(it.id, it.answer) for it, ok in zip(items, got, strict=True) if not ok]
     assert not missed
+
+
+@pytest.mark.timeout(120)
+def test_workers_survive_the_thread_that_first_used_them() -> None:
+    """Workers die with the grader's process, not with a short-lived caller thread."""
+    import threading
+
+    with Grader(workers=2, timeout_s=10) as g:
+        out: list[list[bool]] = []
+        t = threading.Thread(target=lambda: out.append(g.grade_many([("1", "1"), ("2", "3")])))
+        t.start()
+        t.join()
+        assert out == [[True, False]]
+        workers = g.worker_pids
+        time.sleep(0.5)  # give a parent-death signal time to land, if one were sent
+        assert g.grade_many([("5", "5"), ("6", "6")]) == [True, True]
+        assert g.worker_pids == workers
+        assert g.errors == 0
+        g.close()
+        assert g.grade_many([("7", "7")]) == [True]  # usable again after close()

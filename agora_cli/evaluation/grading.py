@@ -23,7 +23,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -126,12 +132,32 @@ class Grader:
         # mid-state.
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="grader-spawn")
 
     def _new_slot(self) -> _Slot:
+        # The kernel's parent-death signal follows the *thread* that started the worker, so
+        # workers are always started from the grader's own thread, which lives until close():
+        # a short-lived caller thread (an event loop's executor) must not take them down.
+        return self._spawner.submit(self._start_slot).result()
+
+    def _start_slot(self) -> _Slot:
         ex = ProcessPoolExecutor(max_workers=1, mp_context=self._ctx,
                                  initializer=_die_with_parent, initargs=(os.getpid(),))
         pid = ex.submit(_worker_ready).result(timeout=_WORKER_START_TIMEOUT_S)
         return _Slot(ex, pid)
+
+    def _submit(self, s: int, pair: tuple[str, str]) -> Future:
+        try:
+            return self._slots[s].executor.submit(self.fn, *pair)
+        except BrokenProcessPool:  # the worker died between calls: replace it
+            self._slots[s].kill()
+            self._slots[s] = self._new_slot()
+            return self._slots[s].executor.submit(self.fn, *pair)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (they change only when one is killed or dies)."""
+        return [slot.pid for slot in self._slots]
 
     def grade(self, pred: str, gold: str) -> bool:
         """Grade one pair."""
@@ -154,7 +180,7 @@ class Grader:
         while todo or running:
             while todo and free:
                 i, s = todo.pop(), free.pop()
-                fut = self._slots[s].executor.submit(self.fn, *pairs[i])
+                fut = self._submit(s, pairs[i])
                 running[fut] = (i, s, time.monotonic() + self.timeout_s)
             next_deadline = min(d for _, _, d in running.values())
             done, _ = wait(
@@ -189,6 +215,8 @@ class Grader:
             for slot in self._slots:
                 slot.kill()
             self._slots.clear()
+            self._spawner.shutdown(wait=False)
+            self._spawner = ThreadPoolExecutor(1, thread_name_prefix="grader-spawn")  # reusable
 
     def __enter__(self) -> Grader:
         return self
