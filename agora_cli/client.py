@@ -149,6 +149,8 @@ class ClientPool:
                             top_p=sampling.top_p,
                             max_tokens=sampling.max_tokens,
                             timeout=limit.timeout_s,
+                            # The role travels out of band (logs, test fakes); servers ignore it.
+                            extra_headers={"X-Agora-Role": role},
                         )
                         latency = time.perf_counter() - t0
             except Exception as exc:

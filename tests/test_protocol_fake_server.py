@@ -16,9 +16,8 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, pool_for, scripted
 SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=8)
 
 
-def _msgs(role: str, text: str = "hi") -> list[dict[str, str]]:
-    return [{"role": "system", "content": f"[agora:role={role}]\nbe brief"},
-            {"role": "user", "content": text}]
+def _msgs(text: str = "hi") -> list[dict[str, str]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
 
 
 def test_health_and_models_over_http() -> None:
@@ -35,13 +34,14 @@ async def test_roles_dispatch_and_usage() -> None:
     responder = scripted({"verify": lambda r: "VALID", "*": lambda r: f"echo {r.user}"})
     with FakeOpenAI(responder) as fake:
         pool = pool_for(fake, ["a"])
-        v = await pool.chat("a", _msgs("verify"), SAMPLING, role="verify")
-        s = await pool.chat("a", _msgs("solve", "two words"), SAMPLING, role="solve")
+        v = await pool.chat("a", _msgs(), SAMPLING, role="verify")
+        s = await pool.chat("a", _msgs("two words"), SAMPLING, role="solve")
         await pool.aclose()
     assert v.text == "VALID"
     assert s.text == "echo two words"
     assert s.prompt_tokens > 0 and s.completion_tokens == 3
-    assert [r.role for r in fake.requests] == ["verify", "solve"]
+    assert [r.role for r in fake.requests] == ["verify", "solve"]  # from X-Agora-Role
+    assert all("agora" not in r.text for r in fake.requests)
     assert fake.requests[0].model == "a"
     assert fake.requests[0].body["max_tokens"] == 8
 
@@ -50,8 +50,9 @@ async def test_unknown_role_is_a_client_error() -> None:
     with FakeOpenAI(scripted({"solve": lambda r: "ok"})) as fake:
         pool = pool_for(fake, ["a"])
         with pytest.raises(openai.BadRequestError):
-            await pool.chat("a", _msgs("vote"), SAMPLING)
+            await pool.chat("a", _msgs(), SAMPLING, role="vote")
         await pool.aclose()
+    assert [r.role for r in fake.requests] == ["vote"]
 
 
 async def test_dropped_connection_and_5xx_are_retried() -> None:
@@ -67,7 +68,7 @@ async def test_dropped_connection_and_5xx_are_retried() -> None:
 
     with FakeOpenAI(flaky) as fake:
         pool = pool_for(fake, ["a"], max_retries=3)
-        r = await pool.chat("a", _msgs("solve"), SAMPLING)
+        r = await pool.chat("a", _msgs(), SAMPLING)
         await pool.aclose()
     assert r.text == "finally"
     assert len(fake.requests) == 3
@@ -78,7 +79,7 @@ async def test_persistent_failure_raises_endpoint_error() -> None:
     with FakeOpenAI(lambda r: Reply(status=500)) as fake:
         pool = pool_for(fake, ["a"], max_retries=1)
         with pytest.raises(EndpointError):
-            await pool.chat("a", _msgs("solve"), SAMPLING)
+            await pool.chat("a", _msgs(), SAMPLING)
         await pool.aclose()
     assert len(fake.requests) == 2
 
@@ -89,7 +90,7 @@ async def test_hundreds_of_concurrent_requests_overlap_their_latency() -> None:
     with FakeOpenAI(lambda r: r.user, latency_s=0.3) as fake:
         pool = pool_for(fake, ["a"], max_concurrency=300)
         results = await asyncio.wait_for(
-            asyncio.gather(*(pool.chat("a", _msgs("solve", f"q{i}"), SAMPLING)
+            asyncio.gather(*(pool.chat("a", _msgs(f"q{i}"), SAMPLING)
                              for i in range(300))),
             timeout=60,
         )

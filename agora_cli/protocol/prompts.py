@@ -1,8 +1,9 @@
 """Prompt templates: one Jinja file per role under `prompts/` (or `cfg.prompts_dir`).
 
 A template defines two blocks, `system` and `user`; `render` returns them as chat messages.
-Every system block starts with a marker line `[agora:role=<role>]` so logs and the fake test server
-can tell the roles apart (render adds it when a custom template leaves it out).
+Models see no role marker (base models echo their prompt, and a marker line in the echo only
+costs tokens and parses); the role travels out of band as the `X-Agora-Role` request header that
+`ClientPool.chat(..., role=...)` sends.
 
 Few-shot demonstrations can be real chat turns: inside the user block, `{{ assistant_turn }}` starts
 an assistant message and `{{ user_turn }}` a new user message. Tiny models, base models above all,
@@ -53,10 +54,6 @@ ROLE_VARIABLES: dict[str, list[dict[str, Any]]] = {
 }
 ROLES = tuple(ROLE_VARIABLES)
 TURN_VARIABLES = ("user_turn", "assistant_turn")  # provided by render to every template
-
-
-def role_marker(role: str) -> str:
-    return f"[agora:role={role}]"
 
 
 class Prompts:
@@ -142,8 +139,6 @@ class Prompts:
         system = parts.get("system", "").strip()
         if token in system:
             raise PromptError(f"{self.path(role)}: turn markers belong in the user block")
-        if role_marker(role) not in system:
-            system = (role_marker(role) + "\n" + system).strip()
         messages = [{"role": "system", "content": system}]
         for speaker, text in _split_turns(parts["user"], token):
             if messages[-1]["role"] == speaker:  # two markers in a row: one message

@@ -14,8 +14,8 @@ event loop in a background thread, so hundreds of concurrent requests each wait 
 which a framework server cannot do. Endpoints: POST /v1/chat/completions (non-streaming, with
 usage token counts), GET /v1/models, GET /health.
 
-Roles: every prompt template carries a marker line `[agora:role=<role>]` in its system message
-(see prompts/*.jinja); `Request.role` is the first marker found in the messages, or "chat".
+Roles: `ClientPool.chat(..., role=...)` sends the role as the `X-Agora-Role` request header (the
+prompts carry no marker a model could echo); `Request.role` is that header, or "chat" without it.
 The responder runs on the server's event loop thread, one call at a time, so a stateful responder
 (a counter, a list of canned replies) needs no lock of its own.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLE_MARKER = re.compile(r"\[agora:role=([A-Za-z0-9_-]+)\]")
+ROLE_HEADER = "x-agora-role"  # lower-case: header names are read case-insensitively
 
 
 @dataclass
@@ -73,12 +72,9 @@ class Reply:
 Responder = Callable[[Request], "str | Reply"]
 
 
-def detect_role(messages: list[dict]) -> str:
-    for m in messages:
-        found = ROLE_MARKER.search(str(m.get("content") or ""))
-        if found:
-            return found.group(1)
-    return "chat"
+def detect_role(headers: dict[str, str]) -> str:
+    """The request's role: its X-Agora-Role header (names lower-cased), else "chat"."""
+    return headers.get(ROLE_HEADER, "").strip() or "chat"
 
 
 def _count_tokens(text: str) -> int:
@@ -221,7 +217,7 @@ class FakeOpenAI:
                     headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0") or 0)
                 body = await reader.readexactly(length) if length else b""
-                keep = await self._dispatch(method, path.split("?", 1)[0], body, writer)
+                keep = await self._dispatch(method, path.split("?", 1)[0], headers, body, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     break
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
@@ -234,7 +230,8 @@ class FakeOpenAI:
                 pass
 
     async def _dispatch(
-        self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
+        self, method: str, path: str, headers: dict[str, str], body: bytes,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         """Answer one request; False when the connection must be closed."""
         if method == "GET" and path in ("/health", "/v1/health"):
@@ -243,17 +240,19 @@ class FakeOpenAI:
             data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
             return await self._send(writer, 200, {"object": "list", "data": data})
         if method == "POST" and path == "/v1/chat/completions":
-            return await self._chat(body, writer)
+            return await self._chat(headers, body, writer)
         return await self._send(writer, 404, _error(f"no route {method} {path}", 404))
 
-    async def _chat(self, raw: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _chat(
+        self, headers: dict[str, str], raw: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
         try:
             body: dict[str, Any] = json.loads(raw or b"{}")
             messages = list(body.get("messages") or [])
         except (ValueError, TypeError):
             return await self._send(writer, 400, _error("body is not JSON", 400))
         req = Request(
-            model=str(body.get("model", "")), messages=messages, role=detect_role(messages),
+            model=str(body.get("model", "")), messages=messages, role=detect_role(headers),
             body=body,
         )
         with self._lock:
