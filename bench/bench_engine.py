@@ -63,6 +63,8 @@ def measure(levels: list[int], max_tokens: int) -> dict[int, tuple[int, float]]:
                 await _batch(pool, 2, 8)  # warm the batching path once
                 for n in levels:
                     out[n] = await _batch(pool, n, max_tokens)
+                    print(f"engine: {n} concurrent: {out[n][0]} tokens in {out[n][1]:.1f} s",
+                          flush=True)
                 await pool.aclose()
 
             asyncio.run(go())
