@@ -57,7 +57,8 @@ class LoraFake(FakeOpenAI):
     def root(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _dispatch(self, method, path, body, writer):  # noqa: ANN001
+    async def _dispatch(self, method, path, *rest):  # noqa: ANN001, ANN002
+        body, writer = rest[-2], rest[-1]  # (headers,) body, writer: whatever the base passes
         if method == "GET" and path == "/v1/models":
             data = [{"id": self.base, "object": "model", "root": self.base}]
             data += [{"id": n, "object": "model", "root": p, "parent": self.base}
@@ -81,7 +82,7 @@ class LoraFake(FakeOpenAI):
                 return await self._send(writer, 400, {
                     "success": False, "error_message": f"{name} is not loaded"})
             return await self._send(writer, 200, {"success": True})
-        return await super()._dispatch(method, path, body, writer)
+        return await super()._dispatch(method, path, *rest)
 
 
 def responder():
