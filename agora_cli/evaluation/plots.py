@@ -211,9 +211,9 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
     Rows are learners, columns teachers (both in `members` order).
     - elite[i][j]: elite examples authored by j shown in i's solve prompts
       (`solutions.elite_ids` -> `elite.member`).
-    - training[i][j]: buffer rows authored by j in the training rounds that produced an adapter
-      for i (the trainer fits each member on every row of its round; an adapter counts once it
-      finished training: ready, live or retired).
+    - training[i][j]: buffer rows authored by j that the trainer fitted into an adapter of i
+      (every row of the round in AGORA mode, only i's own rows in isolated mode; an adapter counts
+      once it finished training: ready, live or retired).
     """
     names = list(members)
     extra = [r[0] for r in store.query(
@@ -233,11 +233,14 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
     )}
     buffer_author = dict(store.query("SELECT id, member FROM buffer"))
     trained = store.query(
-        "SELECT member, round_id FROM adapters WHERE round_id IS NOT NULL "
+        "SELECT member, round_id, metrics FROM adapters WHERE round_id IS NOT NULL "
         "AND status IN ('ready', 'live', 'retired')"
     )
     for a in trained:
-        for bid in rounds.get(a["round_id"], []):
+        # The rows the trainer actually fitted (isolated runs fit only the member's own rows);
+        # older stores without that record: every row of the round.
+        fitted = json.loads(a["metrics"] or "{}").get("buffer_ids")
+        for bid in fitted if fitted is not None else rounds.get(a["round_id"], []):
             teacher = buffer_author.get(bid)
             if teacher is None:
                 continue

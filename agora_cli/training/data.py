@@ -65,18 +65,26 @@ def solve_messages(problem: str, prompts_dir: str | Path | None = None) -> Messa
 
 
 def load_samples(
-    store: Store, buffer_ids: list[int], prompts_dir: str | Path | None = None
+    store: Store,
+    buffer_ids: list[int],
+    prompts_dir: str | Path | None = None,
+    author: str | None = None,
 ) -> list[Sample]:
-    """Buffer rows (by id, in the given order) joined with their problem and solution text."""
+    """Buffer rows (by id, in the given order) joined with their problem and solution text.
+
+    `author` keeps only that member's own rows (the isolated-evolution control).
+    """
     if not buffer_ids:
         return []
     marks = ",".join("?" * len(buffer_ids))
     rows = store.query(
-        f"SELECT b.id, p.text AS problem, s.text AS solution FROM buffer b "
+        f"SELECT b.id, b.member, p.text AS problem, s.text AS solution FROM buffer b "
         f"JOIN solutions s ON s.id = b.solution_id JOIN problems p ON p.id = b.problem_id "
         f"WHERE b.id IN ({marks})",
         buffer_ids,
     )
+    if author is not None:
+        rows = [r for r in rows if r["member"] == author]
     by_id = {r["id"]: r for r in rows}
     return [
         Sample(i, solve_messages(by_id[i]["problem"], prompts_dir), by_id[i]["solution"])

@@ -284,7 +284,15 @@ class RoundManager:
                 f"UPDATE buffer SET round_id = ? WHERE id IN ({_marks(ids)}) AND round_id IS NULL",
                 (round_id, *ids),
             )
-            for member in self.members:
+            learners = self.members
+            if self.cfg.protocol.mode == "isolated":
+                # The isolated-evolution control: a member learns only from its own validated
+                # solutions, so only members with rows in this round train in it.
+                authors = {r[0] for r in conn.execute(
+                    f"SELECT DISTINCT member FROM buffer WHERE id IN ({_marks(ids)})", ids
+                )}
+                learners = [m for m in self.members if m in authors]
+            for member in learners:
                 version = 1 + (
                     conn.execute(
                         "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE member = ?", (member,)
@@ -357,7 +365,10 @@ class RoundManager:
             base_model_dir=None,  # the worker prepares it (see TrainSpec.member_config)
             member_config=self.cfg.member(member).model_dump(mode="json"),
             output_dir=str(out),
-            samples=samples_to_json(load_samples(self.store, buffer_ids, self.cfg.prompts_dir)),
+            samples=samples_to_json(load_samples(
+                self.store, buffer_ids, self.cfg.prompts_dir,
+                author=member if self.cfg.protocol.mode == "isolated" else None,
+            )),
             training=self.cfg.training.model_dump(mode="json"),
             round_id=f.round_id,
             previous_adapter_dir=self._previous_adapter(member, f.round_id),
@@ -425,7 +436,7 @@ class RoundManager:
             return
         metrics = {k: result.get(k) for k in (
             "losses", "steps", "tokens", "target_tokens", "padding_tokens", "tokens_per_s",
-            "peak_memory_mb", "train_s", "cpu_s", "total_s", "skipped_ids",
+            "peak_memory_mb", "train_s", "cpu_s", "total_s", "skipped_ids", "buffer_ids",
         )}
         metrics["wall_s"] = round(time.monotonic() - job.started, 2)
         with self.store.transaction() as conn:
