@@ -28,7 +28,8 @@ def test_shipped_templates_validate_and_show_models_no_role_marker() -> None:
     assert set(samples) == set(ROLES)
     for role, variables in samples.items():
         messages = prompts.render(role, **variables)
-        assert [m["role"] for m in messages] == ["system", "user"]
+        demos = ["user", "assistant"] * 2 if role in ("verify", "vote") else []
+        assert [m["role"] for m in messages] == ["system", *demos, "user"]
         assert "agora:role" not in "".join(m["content"] for m in messages)  # base models echo it
     # the required output format comes first, for tiny models with short contexts
     assert "boxed" in prompts.render("solve", problem="p", examples=[])[0]["content"]
@@ -70,7 +71,7 @@ def test_render_without_a_variable_raises_prompt_error() -> None:
 def test_model_output_is_never_rendered_as_template_source() -> None:
     evil = "{{ 7 * 7 }} {% for x in range(3) %}LOOP{% endfor %} {{ cycler.__init__ }}"
     messages = Prompts().render("verify", problem=evil, solution=evil, delimiter="D")
-    user = messages[1]["content"]
+    user = messages[-1]["content"]  # the real question, after the demonstrations
     assert user.count(evil) == 2
     assert "49" not in user and "LOOPLOOP" not in user
 

@@ -228,6 +228,41 @@ async def test_verifier_echoing_the_quoted_solution_is_not_read_as_its_verdict()
     assert v.valid is False
 
 
+async def test_reply_in_the_demonstrated_format_is_read() -> None:
+    """verify/vote show demonstration turns (`VALID.`, `B.`); a reply copying that format is the
+    model's own answer, not an echo of the prompt."""
+    replies = {"alpha": "VALID.", "beta": "INVALID."}
+    async with stage(scripted({"verify": lambda r: replies[r.model],
+                               "vote": lambda r: "A."})) as (ctx, fake):
+        ok = await verify(ctx, "alpha", PROBLEM, "3 + 4 = 7 \\boxed{7}")
+        no = await verify(ctx, "beta", PROBLEM, "3 + 4 = 7 \\boxed{7}")
+        v = await vote(ctx, "alpha", PROBLEM, "x \\boxed{7}", "y \\boxed{7}")
+    assert ok.valid is True and no.valid is False
+    assert v.winner in ("a", "b")
+    assert [m["role"] for m in fake.requests[0].messages].count("assistant") == 2  # the demos
+
+
+async def test_copy_of_the_demonstration_turns_is_not_a_verdict_or_vote() -> None:
+    """A base model repeating the conversation from its start, cut off by max_tokens just after
+    a demonstration's answer, must not have that answer read as its own."""
+
+    def copy_through(answer: str) -> Callable[[Request], str]:
+        def respond(req: Request) -> str:
+            msgs = req.messages
+            k = next(i for i, m in enumerate(msgs) if m["role"] == "assistant"
+                     and m["content"] == answer)
+            text = "\n".join(m["content"] for m in msgs[: k + 1])
+            return text + "\n" + msgs[k + 1]["content"][:12]  # next turn, cut off
+        return respond
+
+    async with stage(scripted({"verify": copy_through("VALID."),
+                               "vote": copy_through("B.")})) as (ctx, _):
+        verdict = await verify(ctx, "alpha", PROBLEM, "3 + 4 = 8 \\boxed{8}")
+        v = await vote(ctx, "alpha", PROBLEM, "x \\boxed{7}", "y \\boxed{7}")
+    assert "VALID." in verdict.raw and verdict.valid is False
+    assert v.winner is None, v.raw
+
+
 async def test_lenient_verdict_formats() -> None:
     cases = {
         "VALID": True, "valid.": True, "**Verdict:** VALID": True, "Verdict: invalid": False,

@@ -69,7 +69,8 @@ async def verify(ctx: Ctx, verifier: str, problem: str, solution: str) -> Verdic
     token = delimiter(ctx.rng, problem, solution)
     try:
         result, reply = await chat_role(
-            ctx, verifier, "verify", problem=problem, solution=solution, delimiter=token
+            ctx, verifier, "verify", answers_are_own=True, problem=problem, solution=solution,
+            delimiter=token,
         )
     except REQUEST_ERRORS as exc:
         return Verdict(verifier=verifier, valid=False, raw="", error=error_text(exc))

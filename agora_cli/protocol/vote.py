@@ -74,7 +74,8 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
     token = delimiter(ctx.rng, problem, solution_a, solution_b)
     try:
         result, reply = await chat_role(
-            ctx, voter, "vote", problem=problem, solution_a=shown_a, solution_b=shown_b,
+            ctx, voter, "vote", answers_are_own=True, problem=problem, solution_a=shown_a,
+            solution_b=shown_b,
             delimiter=token,
         )
     except REQUEST_ERRORS as exc:
