@@ -228,15 +228,20 @@ def anchor_history(store: Store) -> list[float]:
     return [r["score"] for r in rows]
 
 
+def latest_ratings(store: Store) -> dict[str, tuple[float, float]]:
+    """member -> (mu, sigma) of its newest rating row (members never rated are absent)."""
+    return {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
+        "SELECT member, mu, sigma FROM ratings WHERE id IN "
+        "(SELECT MAX(id) FROM ratings GROUP BY member)"
+    )}
+
+
 def current_ratings(store: Store, env: trueskill.TrueSkill, members: list[str]) -> dict:
     """The latest committed rating per member (a fresh rating for a member never rated)."""
-    out = {}
-    for m in members:
-        row = store.one(
-            "SELECT mu, sigma FROM ratings WHERE member = ? ORDER BY id DESC LIMIT 1", (m,)
-        )
-        out[m] = env.create_rating() if row is None else env.create_rating(row["mu"], row["sigma"])
-    return out
+    latest = latest_ratings(store)
+    return {
+        m: env.create_rating(*latest[m]) if m in latest else env.create_rating() for m in members
+    }
 
 
 def committed_votes(store: Store) -> list[sqlite3.Row]:

@@ -15,6 +15,7 @@ import pytest
 
 from agora_cli.commit import replay_ratings
 from agora_cli.paths import RunPaths
+from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from tests.test_loop_helpers import REPO
 
@@ -84,9 +85,7 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         # Ratings: one row per member and decisive vote, equal to a replay of the votes.
         decisive = q("SELECT COUNT(*) FROM votes WHERE winner IS NOT NULL")
         assert q("SELECT COUNT(*) FROM ratings") == 3 + 2 * decisive
-        latest = {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
-            "SELECT member, mu, sigma FROM ratings WHERE id IN "
-            "(SELECT MAX(id) FROM ratings GROUP BY member)")}
+        latest = latest_ratings(store)
         replay = replay_ratings(store, MEMBERS)
         for m in MEMBERS:
             assert latest[m] == pytest.approx(replay[m])

@@ -27,6 +27,7 @@ import pytest
 from agora_cli import runner
 from agora_cli.commit import replay_ratings
 from agora_cli.paths import RunPaths
+from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
 from tests.test_loop_helpers import MEMBERS, PREFERENCE, REPO, WORDS, config_dict, write_config
@@ -100,9 +101,7 @@ def check_invariants(run_dir: Path, members: list[str]) -> dict:
         # One rating row per author per vote, and ratings equal a replay of the stored votes.
         assert q("SELECT COUNT(*) FROM (SELECT vote_id, member FROM ratings "
                  "WHERE vote_id IS NOT NULL GROUP BY 1, 2 HAVING COUNT(*) > 1)") == 0
-        latest = {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
-            "SELECT member, mu, sigma FROM ratings WHERE id IN "
-            "(SELECT MAX(id) FROM ratings GROUP BY member)")}
+        latest = latest_ratings(store)
         replay = replay_ratings(store, members)
         for m in members:
             assert latest[m] == pytest.approx(replay[m])

@@ -10,6 +10,7 @@ from agora_cli import runner
 from agora_cli.commit import replay_ratings
 from agora_cli.events import EventBus, read_events
 from agora_cli.paths import RunPaths
+from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_loop_helpers import MEMBERS, make_config, responder
@@ -40,9 +41,7 @@ def test_two_steps_write_consistent_rows(run_dir):
                      "s.member = 'alpha'") == 12
         # 3 initial rating rows + 2 per decisive vote.
         assert count(store, "ratings") == 3 + 2 * 12
-        latest = {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
-            "SELECT member, mu, sigma FROM ratings WHERE id IN "
-            "(SELECT MAX(id) FROM ratings GROUP BY member)")}
+        latest = latest_ratings(store)
         replay = replay_ratings(store, MEMBERS)
         for m in MEMBERS:
             assert latest[m] == pytest.approx(replay[m])

@@ -16,6 +16,7 @@ import pytest
 
 from agora_cli.commit import replay_ratings
 from agora_cli.paths import RunPaths
+from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request
 from tests.test_loop_helpers import MEMBERS, REPO, responder, write_config
@@ -64,9 +65,7 @@ def committed_state(run_dir) -> dict:
             assert q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1",
                      (sid,)) == len(MEMBERS) - 1
         # Ratings are a replay of the stored votes.
-        latest = {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
-            "SELECT member, mu, sigma FROM ratings WHERE id IN "
-            "(SELECT MAX(id) FROM ratings GROUP BY member)")}
+        latest = latest_ratings(store)
         replay = replay_ratings(store, MEMBERS)
         for m in MEMBERS:
             assert latest[m] == pytest.approx(replay[m])

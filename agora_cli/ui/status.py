@@ -17,6 +17,7 @@ from rich.text import Text
 
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
+from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from agora_cli.ui.live import MemberStats, member_table
 
@@ -69,12 +70,9 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         ):
             m = members.setdefault(r["member"], MemberStats())
             m.solutions, m.validated = r["n"], r["ok"] or 0
-        for r in store.query(
-            "SELECT member, mu, sigma FROM ratings WHERE id IN "
-            "(SELECT MAX(id) FROM ratings GROUP BY member)"
-        ):
-            m = members.setdefault(r["member"], MemberStats())
-            m.mu, m.sigma = r["mu"], r["sigma"]
+        for name, (mu, sigma) in latest_ratings(store).items():
+            m = members.setdefault(name, MemberStats())
+            m.mu, m.sigma = mu, sigma
         for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
             members.setdefault(r["member"], MemberStats()).buffered = r["n"]
         for r in store.query(
