@@ -30,7 +30,7 @@ from agora_cli.paths import RunPaths
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
-from tests.test_loop_helpers import MEMBERS, PREFERENCE, REPO, WORDS, config_dict, write_config
+from tests.test_loop_helpers import MEMBERS, REPO, WORDS, config_dict, verify, vote, write_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,14 +53,6 @@ def responder():
 
     def solve(req: Request) -> str:
         return f"I am {req.model}. Adding the numbers step by step gives \\boxed{{7}}"
-
-    def verify(req: Request) -> str:
-        return "INVALID" if "I am gamma" in req.user else "VALID"
-
-    def vote(req: Request) -> str:
-        pos = {m: req.user.find(f"I am {m}") for m in MEMBERS if f"I am {m}" in req.user}
-        best = min(pos, key=PREFERENCE.index)
-        return "A" if pos[best] == min(pos.values()) else "B"
 
     return scripted({"generate": generate, "solve": solve, "verify": verify, "vote": vote,
                      "explain": "Add what is bought and subtract what is sold."})

@@ -82,6 +82,18 @@ def problem_of(req: Request) -> int | None:
     return found
 
 
+def verify(req: Request) -> str:
+    """Scripted verifier: gamma's solutions are invalid, everyone else's valid."""
+    return "INVALID" if "I am gamma" in req.user else "VALID"
+
+
+def vote(req: Request) -> str:
+    """Scripted voter: prefers authors in PREFERENCE order, whichever side they are shown on."""
+    pos = {m: req.user.find(f"I am {m}") for m in MEMBERS if f"I am {m}" in req.user}
+    best = min(pos, key=PREFERENCE.index)
+    return "A" if pos[best] == min(pos.values()) else "B"
+
+
 def responder(solve_delay: dict[int, float] | None = None, answer: str = "7"):
     """The script described in the module docstring; `solve_delay` slows chosen problems."""
     counter = itertools.count()
@@ -99,14 +111,6 @@ def responder(solve_delay: dict[int, float] | None = None, answer: str = "7"):
                 f"gives \\boxed{{{answer}}}")
         delay = solve_delay.get(problem_of(req), 0.0)
         return Reply(text=text, delay_s=delay) if delay else text
-
-    def verify(req: Request) -> str:
-        return "INVALID" if "I am gamma" in req.user else "VALID"
-
-    def vote(req: Request) -> str:
-        pos = {m: req.user.find(f"I am {m}") for m in MEMBERS if f"I am {m}" in req.user}
-        best = min(pos, key=PREFERENCE.index)
-        return "A" if pos[best] == min(pos.values()) else "B"
 
     return scripted({
         "generate": generate, "solve": solve, "verify": verify, "vote": vote,
