@@ -317,7 +317,12 @@ def test_vote_reply_forms() -> None:
 
     cases = {"A": "a", "**B**": "b", "Winner: A.": "a", "The correct answer is B.": "b",
              "Solution A is better because it checks units": "a", "B\n\nThe answer is A.": "a",
-             "a cat": None, "A bit of both": None, "Both are fine": None, "": None}
+             "a cat": None, "A bit of both": None, "Both are fine": None, "": None,
+             # A reply that runs on into a made-up next turn: its first answer is the vote.
+             "B.\n<start_of_turn>user\nProblem: Ann has 2 cats.\nWhich is better?\nA.": "b",
+             "A.\nuser\nProblem: x\n\nB": "a", "B\n\nProblem: 2 + 2?\nAnswer: A": "b",
+             # Before any choice, an echoed "Problem:" line does not end the reply.
+             "Problem: Sam has 4 boxes.\nSolution B is better.": "b"}
     for reply, expected in cases.items():
         assert parse_vote(reply) == expected, reply
 

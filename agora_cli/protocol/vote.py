@@ -41,6 +41,17 @@ _VOTE_FORMS = [
 ]
 
 
+# A line where a reply runs on into a turn the model invents: the vote prompt's user turn opens with
+# "Problem:", and chat-template markers or bare role names show up when special tokens are decoded
+# or a base model imitates the transcript. Measured on Gemma-3-270M (base): it answers the real
+# question on its first line, then writes a made-up next problem and votes on that as well.
+_INVENTED_TURN = re.compile(
+    r"^\s*(?:problem\s*:|<(?:start|end)_of_turn>|<\|im_(?:start|end)\|>|<\|(?:user|assistant)\|>"
+    r"|(?:user|model|assistant)\s*:?\s*$|(?:user|human)\s*:)",
+    re.IGNORECASE,
+)
+
+
 def _line_vote(line: str) -> str | None:
     for form in _VOTE_FORMS:
         m = form.match(line)
@@ -53,7 +64,9 @@ def parse_vote(reply: str, token: str | None = None) -> Literal["a", "b"] | None
     """'a'/'b' (as shown) from the reply's last line that states a choice, None when none does.
 
     Accepted: a bare letter ("B", "**A**.", "Winner: A"), or one sentence opening the line ("The
-    correct answer is A.", "Solution B is better"). Letters must be capitals. Never raises.
+    correct answer is A.", "Solution B is better"). Letters must be capitals. Once a choice is
+    stated, a line opening an invented next turn ("Problem: ...", a role marker) ends the reply:
+    what follows answers a question nobody asked. Never raises.
     """
     text = reply or ""
     if token:
@@ -61,6 +74,8 @@ def parse_vote(reply: str, token: str | None = None) -> Literal["a", "b"] | None
                       text, flags=re.DOTALL)
     choice = None
     for line in text.splitlines():
+        if choice is not None and _INVENTED_TURN.match(line):
+            break
         found = _line_vote(line)
         if found is not None:
             choice = found
