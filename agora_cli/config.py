@@ -194,6 +194,9 @@ class Training(Strict):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16)
     group_by_length: bool = True
+    # Recompute activations in the backward pass instead of keeping them: less memory for more
+    # compute (see bench/bench_trainer.py for both on this machine). Gradients are unchanged.
+    gradient_checkpointing: bool = False
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_gpus: int = Field(1, ge=1, description=">1 launches the trainer with `accelerate launch`")

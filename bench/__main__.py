@@ -47,6 +47,9 @@ def trainer() -> list[Row]:
     if mem and len(mem) >= 3:
         rows.append(Row("trainer", "peak memory", f"{mem[2]} MB", "-", None,
                         f"padded batches: {mem[1]} MB"))
+    if mem and tps and len(mem) >= 5 and len(tps) >= 5:
+        rows.append(Row("trainer", "peak memory with gradient checkpointing", f"{mem[4]} MB",
+                        "-", None, f"grouped batches; {tps[4]} tokens/s (without: {tps[2]})"))
     pad = lines.get("padding tokens")
     if pad and len(pad) >= 3:
         rows.append(Row("trainer", "padding tokens", pad[2], "-", None, f"padded: {pad[1]}"))

@@ -1,5 +1,6 @@
 """Trainer benchmark: one real training round of SmolLM2-135M on 16 buffer rows, with and without
-length-grouped batching. Prints tokens/s, padding, peak memory and round time side by side.
+length-grouped batching, and grouped with gradient checkpointing. Prints tokens/s, padding, peak
+memory and round time side by side.
 
     python bench/bench_trainer.py [--rows 16] [--epochs 1] [--batch-size 4] [--threads 2]
 
@@ -45,15 +46,16 @@ def fill(store: Store, rows: int) -> None:
                       "VALUES (0, ?, ?, 'smol', ?)", (sid, pid, now()))
 
 
-def one_round(root: Path, args: argparse.Namespace, grouped: bool) -> dict:
+def one_round(root: Path, args: argparse.Namespace, grouped: bool, ckpt: bool = False) -> dict:
     cfg = config_from_dict({
         "name": "bench-trainer",
         "members": [{"name": "smol", "model": SMOL}, {"name": "other", "model": SMOL}],
         "protocol": {"buffer_threshold": args.rows},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": 384,
-                     "group_by_length": grouped, "max_threads": args.threads},
+                     "group_by_length": grouped, "max_threads": args.threads,
+                     "gradient_checkpointing": ckpt},
     })
-    paths = RunPaths(root / ("grouped" if grouped else "plain")).ensure()
+    paths = RunPaths(root / f"{'grouped' if grouped else 'plain'}{'-ckpt' if ckpt else ''}").ensure()
     with Store(paths.store) as store:
         fill(store, args.rows)
         rm = RoundManager(store, cfg, paths, None, members=["smol"])
@@ -79,6 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         plain = one_round(Path(tmp), args, grouped=False)
         grouped = one_round(Path(tmp), args, grouped=True)
+        ckpt = one_round(Path(tmp), args, grouped=True, ckpt=True)
     print(f"SmolLM2-135M LoRA, {args.rows} rows, {args.epochs} epoch(s), batch {args.batch_size}, "
           f"{args.threads} thread(s)\n")
     rows = [
@@ -92,12 +95,15 @@ def main() -> None:
         ("peak memory MB", "peak_memory_mb", ".0f"),
         ("final loss", None, ".3f"),
     ]
-    print(f"{'metric':<24}{'ungrouped':>12}{'grouped':>12}{'ratio':>9}")
+    # ratio: grouped / ungrouped. The last column adds gradient checkpointing to grouped batches.
+    print(f"{'metric':<24}{'ungrouped':>12}{'grouped':>12}{'ratio':>9}{'grouped+ckpt':>14}")
     for label, key, spec in rows:
         a = plain["losses"][-1] if key is None else plain[key]
         b = grouped["losses"][-1] if key is None else grouped[key]
+        c = ckpt["losses"][-1] if key is None else ckpt[key]
         ratio = f"{b / a:.2f}x" if a else "-"
-        print(f"{label:<24}{format(a, spec):>12}{format(b, spec):>12}{ratio:>9}")
+        print(f"{label:<24}{format(a, spec):>12}{format(b, spec):>12}{ratio:>9}"
+              f"{format(c, spec):>14}")
 
 
 if __name__ == "__main__":

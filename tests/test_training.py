@@ -180,3 +180,22 @@ def test_training_lowers_loss_and_raises_solution_likelihood(
     result2 = train(spec2)
     assert result2.losses[0] < result.losses[0] * 0.7, (result.losses, result2.losses)
     assert read_adapter_meta(out.parent / "v2")["previous_adapter"] == str(out)
+
+
+@pytest.mark.e2e
+def test_gradient_checkpointing_gives_the_same_training(smol_dir: Path, tmp_path: Path) -> None:
+    # Same seed, data and order; no dropout, so the two runs may differ only through a broken
+    # backward pass (no gradient reaching the adapter, or a different one).
+    losses = {}
+    for ckpt in (False, True):
+        cfg = Training(r=8, alpha=16, dropout=0.0, epochs=2, batch_size=4, learning_rate=1e-3,
+                       max_length=96, max_threads=2, seed=0, gradient_checkpointing=ckpt)
+        spec = TrainSpec(member="smol", version=1, base_model_dir=str(smol_dir),
+                         output_dir=str(tmp_path / f"ckpt-{ckpt}"),
+                         samples=samples_to_json(samples()), training=cfg.model_dump(), round_id=1)
+        losses[ckpt] = train(spec).losses
+        meta = read_adapter_meta(tmp_path / f"ckpt-{ckpt}")
+        assert meta["hyperparameters"]["gradient_checkpointing"] is ckpt
+    assert len(losses[True]) == 4
+    assert losses[True][-1] < losses[True][0]  # it learns
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)

@@ -142,6 +142,15 @@ def lora_model(base_model_dir: str, cfg: Training, previous: str | None, device:
 
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     model.to(device)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
+        # have none) and replays dropout's RNG state, so gradients match the plain pass.
+        model.config.use_cache = False
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # its new name in transformers 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if previous:
         # A member's next round continues from its current adapter (same r/targets as saved).
         return PeftModel.from_pretrained(model, previous, is_trainable=True)
