@@ -2,7 +2,11 @@
 
 Shared by the `transformers` and `sglang` backends. Each server runs in its own process group so a
 Ctrl-C in the terminal reaches agora first, and agora stops its servers in order (the children
-would otherwise die mid-request, or outlive a killed parent).
+would otherwise die mid-request). Each runs under `guard.py`, which stops it when agora itself is
+killed (SIGKILL, the OOM killer), whichever thread launched it; see that module for the design.
+
+Every server this process started is remembered until it is reaped, so `kill_all` can SIGKILL
+them all at once when shutdown is interrupted by a second signal (`Serving.stop`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from agora_cli.errors import ServerError
+
+_GUARD = Path(__file__).with_name("guard.py")
+# Started and not yet reaped, by id (dataclasses are unhashable). Plain dict operations, no lock:
+# `kill_all` runs from a signal handler, which must not wait on a lock its own thread holds.
+_LIVE: dict[int, ServerProcess] = {}
 
 
 @dataclass
@@ -89,25 +99,35 @@ class ServerProcess:
     url: str
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    # How long the guard lets the server drain after agora died, before SIGKILL.
+    orphan_grace_s: float = 5.0
     proc: subprocess.Popen | None = None
 
     @property
     def pid(self) -> int | None:
+        """The guard's pid, which is also the server's process group id."""
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
+        """Launch `cmd` under the guard, in a new process group (see the module docstring)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        # -P: the guard's directory (which holds transformers.py) must not shadow real modules.
+        guarded = [
+            sys.executable, "-P", str(_GUARD), "--parent", str(os.getpid()),
+            "--grace", str(self.orphan_grace_s), "--", *self.cmd,
+        ]
         with self.log.open("ab") as log:
             log.write(f"\n# agora: {' '.join(self.cmd)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.cmd,
+                guarded,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # own process group: see module docstring
                 env={**os.environ, **self.env},
             )
+        _LIVE[id(self)] = self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -132,18 +152,56 @@ class ServerProcess:
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL after `grace_s` (idempotent)."""
+        """SIGTERM the process group, SIGKILL after `grace_s` (idempotent).
+
+        Interrupted while waiting (a second Ctrl-C raises KeyboardInterrupt here), it SIGKILLs
+        the group before passing the interruption on, rather than leave the server running.
+        """
         if self.proc is None or self.proc.poll() is not None:
+            _LIVE.pop(id(self), None)
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=grace_s)
         except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            self.kill()
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            if self.proc.poll() is not None:
+                _LIVE.pop(id(self), None)
+
+    def kill(self) -> None:
+        """SIGKILL the process group (the guard, the server and anything it started), then reap."""
+        if self.proc is None:
             return
         try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
             self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not refused
+            pass
+        if self.proc.poll() is not None:
+            _LIVE.pop(id(self), None)
+
+
+def kill_all() -> int:
+    """SIGKILL every server this process started that is still running; returns how many.
+
+    Safe in a signal handler: it only sends signals (reaping is left to whoever waits on each).
+    """
+    killed = 0
+    for server in tuple(_LIVE.values()):
+        if server.proc is None or server.proc.returncode is not None:
+            continue
+        try:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
