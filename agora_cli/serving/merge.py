@@ -2,14 +2,18 @@
 
 `transformers serve` cannot load PEFT adapters, so a trained adapter goes live as a merged copy of
 the base model served under its own name. The merge runs in a child process (`python -m
-agora_cli.serving.merge BASE ADAPTER OUT`) so the orchestrator never holds a second copy of the
-weights; `merge_adapter` is the same work in-process.
+agora_cli.serving.merge BASE ADAPTER OUT [PARENT_PID]`) so the orchestrator never holds a second
+copy of the weights; `merge_adapter` is the same work in-process. The child exits when its parent
+dies (a merge takes tens of seconds and is redone on resume), and a merge killed mid-write leaves
+a temporary directory that the next merge into the same member's directory removes.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +48,10 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
         raise ServerError(f"{adapter_dir} is not a PEFT adapter (no adapter_config.json)")
     t0 = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    _remove_stale_temporaries(out_dir.parent)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent)
+    )
     try:
         base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
         model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
@@ -71,6 +78,26 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def _remove_stale_temporaries(parent: Path) -> None:
+    """Remove `.<name>.tmp-<pid>-*` left by merges whose process is gone (a killed merge holds a
+    full float32 copy of the weights, hundreds of MB)."""
+    for stale in glob.glob(str(parent / ".*.tmp-*")):
+        m = re.search(r"\.tmp-(\d+)-[^/]*$", stale)
+        if m and _pid_alive(int(m.group(1))):
+            continue  # a merge in progress in another process
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def merge_in_subprocess(
     base_dir: Path, adapter_dir: Path, out_dir: Path, log: Path, timeout_s: float = 1800
 ) -> Path:
@@ -79,7 +106,7 @@ def merge_in_subprocess(
         return out_dir
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "agora_cli.serving.merge", str(base_dir), str(adapter_dir),
-           str(out_dir)]
+           str(out_dir), str(os.getpid())]
     with log.open("ab") as f:
         f.write(f"\n# agora: {' '.join(cmd)}\n".encode())
         f.flush()
@@ -98,5 +125,9 @@ def merge_in_subprocess(
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through merge_in_subprocess
+    if len(sys.argv) > 4:  # launched by merge_in_subprocess: do not outlive agora
+        from agora_cli.serving.guard import exit_with_parent
+
+        exit_with_parent(int(sys.argv[4]))
     base, adapter, out = (Path(a) for a in sys.argv[1:4])
     merge_adapter(base, adapter, out)
