@@ -10,7 +10,10 @@ The loop, the trainer and the CLI use only `Serving`:
 `start()` attaches to servers already started by `agora serve CONFIG --run-dir DIR` (recorded in
 `run_paths.servers`) when that file names a live process whose servers are healthy; otherwise it
 launches what the config needs. `stop()` stops only what this process started; it is idempotent
-and also runs at exit and on SIGTERM.
+and also runs at exit and on SIGTERM. A Ctrl-C or SIGTERM that arrives while `stop()` runs does
+not cut it short (servers it had not reached yet would be left running): it SIGKILLs every server
+this process started, `stop()` finishes, and the interruption is raised afterwards. A killed
+agora (SIGKILL, OOM) cannot run any of this; each server's guard stops it (`process.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +34,7 @@ from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.serving.base import Endpoint, ServingBackend
 from agora_cli.serving.openai_compat import OpenAIServing
+from agora_cli.serving.process import kill_all
 from agora_cli.serving.sglang import SGLangServing
 from agora_cli.serving.transformers import TransformersServing
 
@@ -75,7 +81,7 @@ class Serving:
         if self._started:
             return
         self.run_paths.logs.mkdir(parents=True, exist_ok=True)
-        atexit.register(self.stop)
+        atexit.register(self._stop_at_exit)
         _stop_on_sigterm()
         if self._try_attach():
             self.attached = True
@@ -89,16 +95,27 @@ class Serving:
         self._started = True
 
     def stop(self) -> None:
-        """Stop what this process started and remove the servers file it wrote (idempotent)."""
-        for backend in self.backends.values():
-            try:
-                backend.stop()
-            except Exception:  # noqa: BLE001 - keep stopping the others
-                pass
-        if self._wrote_servers_file:
-            self.run_paths.servers.unlink(missing_ok=True)
-            self._wrote_servers_file = False
-        self._started = False
+        """Stop what this process started and remove the servers file it wrote (idempotent).
+
+        A signal arriving meanwhile SIGKILLs the servers instead of abandoning them; see the
+        module docstring.
+        """
+        with _escalate_signals():
+            for backend in self.backends.values():
+                try:
+                    backend.stop()
+                except Exception:  # noqa: BLE001 - keep stopping the others
+                    pass
+            if self._wrote_servers_file:
+                self.run_paths.servers.unlink(missing_ok=True)
+                self._wrote_servers_file = False
+            self._started = False
+
+    def _stop_at_exit(self) -> None:
+        try:
+            self.stop()
+        except (KeyboardInterrupt, SystemExit):  # the process is ending anyway; stop() finished
+            pass
 
     def __enter__(self) -> Serving:
         self.start()
@@ -177,6 +194,41 @@ def read_servers_file(run_paths: RunPaths) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return state
+
+
+@contextmanager
+def _escalate_signals() -> Iterator[None]:
+    """While stopping: SIGINT/SIGTERM SIGKILL every server instead of raising mid-stop; the first
+    such signal is raised once the block is done (KeyboardInterrupt, or SystemExit(128 + n)).
+
+    Only the main thread can set handlers; elsewhere (and for signals set to SIG_IGN or handled
+    outside Python) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def escalate(signum: int, frame: object) -> None:
+        caught.append(signum)
+        kill_all()
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is signal.SIG_IGN or handler is None:
+            continue
+        previous[sig] = handler
+        signal.signal(sig, escalate)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        if caught[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + caught[0])
 
 
 def _stop_on_sigterm() -> None:
