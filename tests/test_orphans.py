@@ -303,3 +303,70 @@ def test_a_killed_merges_temporary_directory_is_removed(tmp_path: Path) -> None:
         (d / "model.safetensors").write_bytes(b"0" * 16)
     _remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, "v1"])
+
+
+# --------------------------------------------------------------------------- real server
+
+
+SWAP_THEN_WAIT = textwrap.dedent("""
+    import sys, threading, time
+    from pathlib import Path
+    from agora_cli.config import config_from_dict
+    from agora_cli.paths import RunPaths
+    from agora_cli.serving import Serving
+    from agora_cli.serving.process import http
+    from tests.test_serving_transformers import random_lora, smol_config
+
+    root = Path(sys.argv[1])
+    serving = Serving(config_from_dict(smol_config()), RunPaths(root / "run"))
+    serving.start()
+    adapter = random_lora(Path(serving.endpoint("smol-b").model), root / "adapter")
+    swap = threading.Thread(target=serving.activate, args=("smol-a", adapter, 1))
+    swap.start()
+    swap.join()
+    while Path(f"/proc/self/task/{swap.native_id}").exists():
+        time.sleep(0.1)
+    ep = serving.endpoint("smol-a")
+    body = {"model": ep.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    reply = http("POST", f"{ep.base_url}/chat/completions", body, timeout=120)
+    print("ready", reply.status, ep.model, flush=True)
+    time.sleep(600)
+""")
+
+
+def descendants(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += [int(child), *descendants(int(child))]
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_real_swapped_in_server_outlives_its_thread_and_not_a_killed_parent(
+    tmp_path: Path,
+) -> None:
+    parent = spawn(SWAP_THEN_WAIT, tmp_path)
+    procs: list[int] = []
+    try:
+        line = parent.stdout.readline().split()  # type: ignore[union-attr]
+        assert line[:2] == ["ready", "200"], line
+        merged = line[2]
+        assert merged.endswith("merged/smol-a/v1")
+        procs = descendants(parent.pid)
+        cmdlines = [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in procs]
+        serving = [c for c in cmdlines
+                   if "transformers.cli.transformers serve" in c and "guard.py" not in c]
+        # The base server (smol-b still uses it) and the swapped-in one, launched by the thread.
+        assert any(f" serve {merged} " in c for c in serving), cmdlines
+        assert len(serving) == 2, cmdlines
+    finally:
+        parent.kill()
+        parent.wait(30)
+    try:
+        assert wait_for(lambda: not any(alive(p) for p in procs), 60), (
+            f"left running: {[p for p in procs if alive(p)]}"
+        )
+    finally:
+        kill_leftovers(procs)
