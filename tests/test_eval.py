@@ -216,6 +216,9 @@ def test_run_evaluation_uses_live_or_chosen_adapter_versions(tmp_path: Path) -> 
             s.execute("INSERT INTO adapters(member, version, path, status, created_at) "
                       "VALUES (?, ?, ?, ?, 0)", (member, version, "x", status))
             run.adapter_dir(member, version).mkdir(parents=True)
+        for step in (0, 1):  # the summaries record the last committed step with the versions
+            s.execute("INSERT INTO steps(step, started_at, committed_at, difficulty) "
+                      "VALUES (?, 0, 1, 1.0)", (step,))
     items = subset(load_benchmark("gsm8k"), 6)
     with FakeOpenAI(make_responder(items)) as fake:
         cfg = _cfg(fake.url)
@@ -232,3 +235,7 @@ def test_run_evaluation_uses_live_or_chosen_adapter_versions(tmp_path: Path) -> 
     assert {r.adapter_version for r in rows if r.member == "bob"} == {0}
     greedy_rows = read_results(run.evals / "greedy" / "results.jsonl")
     assert {(r.member, r.adapter_version) for r in greedy_rows} == {("alice", 1)}
+    summaries = {d: json.loads((run.evals / d / "summary.json").read_text())
+                 for d in ("sampled", "greedy")}
+    assert summaries["sampled"]["step"] == summaries["greedy"]["step"] == 1
+    assert summaries["greedy"]["adapter_versions"] == {"alice": 1}

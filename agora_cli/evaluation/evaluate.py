@@ -351,6 +351,24 @@ def live_versions(run_dir: Path, members: list[str]) -> dict[str, int]:
     return {m: int(rows.get(m) or 0) for m in members}
 
 
+def last_step(run_dir: Path) -> int | None:
+    """The run's last committed step, or None when it has no store or no committed step yet.
+
+    `agora eval` records it in summary.json so `agora report` can draw the evaluation on
+    Figure 1 at the step it was taken (the anchors' x axis: an anchor of step t is taken while
+    step t runs, so after step t commits both describe the same adapters).
+    """
+    from agora_cli.paths import RunPaths
+    from agora_cli.store import Store
+
+    path = RunPaths(run_dir).store
+    if not path.exists():
+        return None
+    with Store(path, readonly=True) as store:
+        step = store.last_committed_step()
+    return step if step >= 0 else None
+
+
 def check_versions(run_dir: Path, versions: dict[str, int]) -> None:
     """Every chosen adapter version must exist on disk (base = 0 always does)."""
     from agora_cli.paths import RunPaths
@@ -381,7 +399,8 @@ def run_evaluation(
 
     `versions` overrides the run's live adapters per member ({member: N}, 0 = base). With `pool`
     given, that pool is used as is (the caller serves the members) and adapters are not switched.
-    Results go to `out` (default `<run>/evals/<greedy|sampled>`).
+    Results go to `out` (default `<run>/evals/<greedy|sampled>`); summary.json records the run's
+    last committed step when the evaluation started (`step`, null before the first step).
     """
     from agora_cli.evaluation.benchmarks import load_benchmark, subset
     from agora_cli.paths import RunPaths
@@ -396,6 +415,8 @@ def run_evaluation(
     extra = [m for m in (versions or {}) if m not in names]
     if extra:
         raise EvaluationError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
+    # Read with the live versions, so the step and the adapters evaluated belong together.
+    step = last_step(run_dir)
     vers = {**live_versions(run_dir, chosen), **{m: v for m, v in (versions or {}).items()
                                                  if m in chosen}}
     check_versions(run_dir, vers)
@@ -404,8 +425,8 @@ def run_evaluation(
     greedy = cfg.evaluation.greedy if greedy is None else greedy
     sampling = greedy_sampling(cfg.evaluation.sampling) if greedy else cfg.evaluation.sampling
     out = Path(out) if out else RunPaths(run_dir).evals / ("greedy" if greedy else "sampled")
-    meta = {"config": cfg.name, "run_dir": str(run_dir), "benchmarks": benches, "limit": limit,
-            "members": chosen, "greedy": greedy, "sampling": sampling.model_dump()}
+    meta = {"config": cfg.name, "run_dir": str(run_dir), "step": step, "benchmarks": benches,
+            "limit": limit, "members": chosen, "greedy": greedy, "sampling": sampling.model_dump()}
     prompts = Prompts(cfg.prompts_dir)
 
     async def go(p: ClientPool) -> EvalReport:
