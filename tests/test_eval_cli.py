@@ -18,7 +18,7 @@ from agora_cli.cli import app
 from agora_cli.evaluation.benchmarks import load_benchmark, subset
 from agora_cli.evaluation.evaluate import MAJORITY, read_results
 from tests.fakes.openai_server import FakeOpenAI
-from tests.test_eval import MEMBERS, make_responder
+from tests.test_eval import MEMBERS, RIGHT, make_responder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -143,3 +143,56 @@ def test_killed_evaluation_resumes_without_repeating_items(tmp_path: Path) -> No
                                  "carol": {0, 5}}.items()}
     assert {m: summary[m]["score"] for m in MEMBERS} == expected
     assert summary[MAJORITY]["score"] == 2 / n_items
+
+
+def _commit_steps(store_path: Path, steps: range, open_step: int | None = None) -> None:
+    from agora_cli.store import Store
+
+    with Store(store_path) as s:
+        for t in steps:
+            s.execute("INSERT INTO steps(step, started_at, committed_at, difficulty) "
+                      "VALUES (?, ?, ?, 1.0) ON CONFLICT(step) DO UPDATE "
+                      "SET committed_at = excluded.committed_at", (t, 10.0 * t, 10.0 * t + 8))
+        if open_step is not None:  # a step still running has no committed_at: it must not count
+            s.execute("INSERT INTO steps(step, started_at, difficulty) VALUES (?, ?, 1.0)",
+                      (open_step, 10.0 * open_step))
+
+
+def test_eval_records_the_runs_step_and_the_report_draws_it_there(tmp_path: Path) -> None:
+    from agora_cli.evaluation.report import build_report
+    from agora_cli.paths import RunPaths
+
+    items = subset(load_benchmark("gsm8k"), 4)
+    run = RunPaths(tmp_path / "run").ensure()
+    with FakeOpenAI(make_responder(items)) as fake:
+        cfg = write_config(tmp_path, fake.url)
+        before = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--members", "alice",
+                                          "--out", str(run.evals / "base")])
+        assert before.exit_code == 0, before.output
+        _commit_steps(run.store, range(0, 3), open_step=3)
+        first = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4",
+                                         "--out", str(run.evals / "step2")])
+        assert first.exit_code == 0, first.output
+        # Two more steps commit; bob now answers item 2 right as well.
+        _commit_steps(run.store, range(3, 5))
+        fake.responder = make_responder(items, right={**RIGHT, "bob": {0, 1, 2, 4}})
+        second = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4",
+                                          "--out", str(run.evals / "step4")])
+        assert second.exit_code == 0, second.output
+
+    def summary(name: str) -> dict:
+        return json.loads((run.evals / name / "summary.json").read_text())
+
+    assert summary("base")["step"] is None  # no committed step yet
+    assert summary("step2")["step"] == 2  # step 3 was still open
+    assert summary("step4")["step"] == 4
+    assert summary("step4")["adapter_versions"] == {m: 0 for m in MEMBERS}
+
+    fig1 = json.loads((build_report([run.root]).parent / "run-fig1-anchor.json").read_text())
+    assert fig1["anchors"] == {}  # this run had no anchors: the panel is the evaluations'
+    got = fig1["evals"]["gsm8k"]
+    assert got["alice"]["step"] == [2, 4] and got["alice"]["score"] == [1.0, 1.0]
+    assert got["bob"]["score"] == [2 / 4, 3 / 4]
+    assert got["carol"]["score"] == [1 / 4, 1 / 4]
+    assert got[MAJORITY]["score"] == [2 / 4, 3 / 4]
+    assert fig1["evals_without_step"] == ["base"]

@@ -163,7 +163,9 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
 
     fig1 = _sidecar(out / "run-agora-fig1-anchor.png")
     for m, points in exp["anchors"].items():
-        assert fig1["gsm8k"][m] == {"step": [p[0] for p in points], "score": [p[1] for p in points]}
+        assert fig1["anchors"]["gsm8k"][m] == {"step": [p[0] for p in points],
+                                                "score": [p[1] for p in points]}
+    assert fig1["evals"] == {} and fig1["evals_without_step"] == []
 
     fig3 = _sidecar(out / "run-agora-fig3-difficulty-length.png")
     assert fig3["difficulty"]["d"] == exp["d"] and fig3["difficulty"]["v_t"] == exp["v"]
@@ -230,6 +232,11 @@ def test_report_across_modes_and_variants(tmp_path: Path) -> None:
     assert [round(x, 9) for x in fig6["isolated"]["score"]] == [round(r[1], 9) for r in iso]
     assert fig6["agora"]["runs"] == 3
 
+    # Those evaluations recorded no step (summaries from before agora did): counted, not drawn.
+    fig1 = _sidecar(out / "agora-0-full-fig1-anchor.png")
+    assert fig1["evals"] == {} and fig1["evals_without_step"] == ["sampled"]
+    assert "Not drawn, no step recorded" in md and "`sampled`" in md
+
     fig5 = _sidecar(out / "fig5-groups.png")
     assert fig5["scores"]["agora-1-full"]["gsm8k"]["b"] == 0.7
     assert "gsm8k (anchor)" in fig5["scores"]["isolated-0-full"]
@@ -275,7 +282,7 @@ def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
     assert {r["step"] for r in anchors} == {0, 1, 2}
     fig1 = _sidecar(out / "looprun-fig1-anchor.png")
     for r in anchors:
-        line = fig1["gsm8k"][r["member"]]
+        line = fig1["anchors"]["gsm8k"][r["member"]]
         assert line["score"][line["step"].index(r["step"])] == r["score"]
     flow = _sidecar(out / "looprun-knowledge-flow.png")
     names = flow["members"]
@@ -284,3 +291,86 @@ def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
         for j, teacher in enumerate(names):
             assert flow["elite"][i][j] == elite_pairs.count((learner, teacher))
     assert _sidecar(out / "looprun-fig4-yield.png")["buffered"] == buffered
+
+
+def write_summary(run: Path, name: str, scores: dict, *, step: object = "absent",
+                  written_at: float = 1.0, versions: dict | None = None) -> None:
+    """An `agora eval` summary.json; `step="absent"` writes one as agora did before it had `step`."""
+    d = RunPaths(run).evals / name
+    d.mkdir(parents=True, exist_ok=True)
+    summary: dict = {
+        "scores": {b: {m: {"score": v, "n": 10} for m, v in per.items()}
+                   for b, per in scores.items()},
+        "adapter_versions": versions or {m: 0 for m in MEMBERS}, "written_at": written_at,
+    }
+    if step != "absent":
+        summary["step"] = step
+    d.joinpath("summary.json").write_text(json.dumps(summary))
+
+
+def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -> None:
+    from agora_cli.evaluation import plots
+
+    run = tmp_path / "stepped"
+    paths = RunPaths(run).ensure()
+    paths.config.write_text(dump_config(config_from_dict({
+        "name": "stepped", "members": [{"name": m, "model": f"model-{m}"} for m in MEMBERS],
+        "protocol": {"anchor_every": 2}, "evaluation": {"calibration_size": 8},
+    })))
+    anchors = {2: {"a": 0.25, "b": 0.5, "@majority": 0.5}, 4: {"a": 0.5, "b": 0.75,
+                                                             "@majority": 0.75}}
+    with Store(paths.store) as s:
+        for step in range(5):
+            s.execute("INSERT INTO steps(step, started_at, committed_at, difficulty) "
+                      "VALUES (?, ?, ?, 1.0)", (step, 10.0 * step, 10.0 * step + 8))
+        for step, per in anchors.items():
+            for m, score in per.items():
+                s.execute("INSERT INTO anchors(step, member, benchmark, score, n, created_at) "
+                          "VALUES (?, ?, 'gsm8k', ?, 8, 0)", (step, m, score))
+    # Written out of step order (step 4's summary is older) and with a second benchmark the anchor
+    # never measures, plus one summary from before agora recorded steps and one before step 0.
+    write_summary(run, "step4", {"gsm8k": {"a": 0.6, "b": 0.7, "@majority": 0.8},
+                                 "math500": {"a": 0.1}},
+                  step=4, written_at=5.0, versions={"a": 2, "b": 1})
+    write_summary(run, "step2", {"gsm8k": {"a": 0.3, "b": 0.4, "@majority": 0.4},
+                                 "math500": {"a": 0.05}},
+                  step=2, written_at=9.0, versions={"a": 1, "b": 0})
+    write_summary(run, "old", {"gsm8k": {"a": 0.9, "b": 0.9}})
+    write_summary(run, "base", {"gsm8k": {"a": 0.0, "b": 0.0}}, step=None)
+
+    legends: list[list[str]] = []
+    save = plots._save
+
+    def keep_legends(fig, path, data):
+        if path.name.endswith("fig1-anchor.png"):
+            legends.extend([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
+        return save(fig, path, data)
+
+    monkeypatch.setattr(plots, "_save", keep_legends)
+    md = build_report([run]).read_text()
+    png = run / "report" / "stepped-fig1-anchor.png"
+    fig1 = _sidecar(png)
+
+    assert fig1["anchors"]["gsm8k"]["a"] == {"step": [2, 4], "score": [0.25, 0.5]}
+    assert fig1["evals"]["gsm8k"]["a"] == {"step": [2, 4], "score": [0.3, 0.6], "n": [10, 10],
+                                           "eval": ["step2", "step4"], "adapter_version": [1, 2]}
+    assert fig1["evals"]["gsm8k"]["@majority"]["score"] == [0.4, 0.8]
+    assert fig1["evals"]["gsm8k"]["@majority"]["adapter_version"] == [None, None]
+    assert fig1["evals"]["gsm8k"]["b"]["step"] == [2, 4]
+    # A benchmark with evaluations only gets its own panel: two panels, each 6 in wide at 110 dpi.
+    assert fig1["evals"]["math500"] == {"a": {"step": [2, 4], "score": [0.05, 0.1], "n": [10, 10],
+                                              "eval": ["step2", "step4"],
+                                              "adapter_version": [1, 2]}}
+    assert "math500" not in fig1["anchors"]
+    assert mpimg.imread(png).shape[1] == 2 * 6 * 110
+    # Summaries without a step are left out, and the report says which.
+    assert fig1["evals_without_step"] == ["base", "old"]
+    assert all(0.9 not in p["score"] and 0.0 not in p["score"]
+               for per in fig1["evals"].values() for p in per.values())
+    assert "Not drawn, no step recorded" in md and "`base`, `old`" in md
+    assert "Evaluations drawn: `step2`, `step4`." in md
+    # One legend entry per member and per marker kind, not one per point.
+    assert legends == [
+        ["a", "b", "@majority", "anchor (calibration subset)", "eval (full agora eval)"],
+        ["a", "eval (full agora eval)"],
+    ]

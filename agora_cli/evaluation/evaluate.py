@@ -355,8 +355,8 @@ def last_step(run_dir: Path) -> int | None:
     """The run's last committed step, or None when it has no store or no committed step yet.
 
     `agora eval` records it in summary.json so `agora report` can draw the evaluation on
-    Figure 1 at the step it was taken (the anchors' x axis: an anchor of step t is taken while
-    step t runs, so after step t commits both describe the same adapters).
+    Figure 1 at the step it was taken, on the anchors' axis (the anchor of step t is taken
+    while step t runs; an evaluation after step t commits is drawn at t too).
     """
     from agora_cli.paths import RunPaths
     from agora_cli.store import Store

@@ -41,27 +41,75 @@ def _empty(ax: Any, what: str) -> None:
 # --------------------------------------------------------------------------- Figure 1
 
 
-def fig_scores_vs_step(store: Store, path: Path, title: str = "") -> Data:
-    """Figure 1: external-anchor score against step, one line per member and `@majority`.
+def _member_colors(members: list[str]) -> dict[str, Any]:
+    """One color per member, the same in every panel (anchor line and eval stars); majority black."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    plain = [m for m in members if m != MAJORITY]
+    colors: dict[str, Any] = {m: cycle[i % len(cycle)] for i, m in enumerate(plain)}
+    colors[MAJORITY] = "black"
+    return colors
 
-    Data: {benchmark: {member: {"step": [...], "score": [...]}}}.
+
+def fig_scores_vs_step(
+    store: Store, path: Path, title: str = "", evals: Data | None = None,
+    evals_without_step: list[str] | None = None,
+) -> Data:
+    """Figure 1: benchmark score against step, one color per member and `@majority`.
+
+    Lines are the external anchor (the calibration subset, from the `anchors` table); stars are
+    full `agora eval` results at the step each was taken. `evals` is
+    {benchmark: {member: {"step": [...], "score": [...], ...}}} (see `report.eval_points`); a
+    benchmark with evaluations but no anchors gets its own panel.
+
+    Data: {"anchors": {benchmark: {member: {"step", "score"}}}, "evals": `evals` as given,
+    "evals_without_step": names of evaluations not drawn because they recorded no step}.
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    evals = evals or {}
     rows = store.query("SELECT step, member, benchmark, score FROM anchors ORDER BY step, member")
-    data: Data = {}
+    anchors: Data = {}
     for r in rows:
-        line = data.setdefault(r["benchmark"], {}).setdefault(r["member"], {"step": [], "score": []})
+        line = anchors.setdefault(r["benchmark"], {}).setdefault(r["member"],
+                                                                 {"step": [], "score": []})
         line["step"].append(r["step"])
         line["score"].append(r["score"])
-    fig, axes = plt.subplots(1, max(1, len(data)), figsize=(6 * max(1, len(data)), 4), squeeze=False)
-    if not data:
-        _empty(axes[0][0], "anchor scores")
-    for ax, (bench, lines) in zip(axes[0], data.items(), strict=False):
+    benches = list(anchors) + [b for b in evals if b not in anchors]
+    members = [m for per in (*anchors.values(), *evals.values()) for m in per]
+    colors = _member_colors(list(dict.fromkeys(members)))
+    n = max(1, len(benches))
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+    if not benches:
+        _empty(axes[0][0], "anchor scores or evaluations with a step")
+    for ax, bench in zip(axes[0], benches, strict=False):
+        lines, stars = anchors.get(bench, {}), evals.get(bench, {})
         for member, line in lines.items():
-            style = {"linestyle": "--", "color": "black"} if member == MAJORITY else {}
-            ax.plot(line["step"], line["score"], marker="o", label=member, **style)
-        ax.set(xlabel="step", ylabel="pass@1", title=f"{bench} (calibration) {title}".strip(),
+            style = "--" if member == MAJORITY else "-"
+            ax.plot(line["step"], line["score"], marker="o", linestyle=style,
+                    color=colors[member])
+        # Majority first and larger: where it equals a member's score it rings that member's star
+        # instead of hiding it. Unlabelled: the legend names each member and marker kind once.
+        for member, pts in sorted(stars.items(), key=lambda kv: kv[0] != MAJORITY):
+            ax.plot(pts["step"], pts["score"], linestyle="none", marker="*",
+                    markersize=22 if member == MAJORITY else 16, markeredgecolor="black",
+                    markeredgewidth=0.6, color=colors[member], zorder=3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        shown = sorted(dict.fromkeys([*lines, *stars]), key=lambda m: m == MAJORITY)
+        handles = [Line2D([], [], color=colors[m], linestyle="--" if m == MAJORITY else "-",
+                          label=m) for m in shown]
+        if lines:
+            handles.append(Line2D([], [], color="gray", marker="o",
+                                  label="anchor (calibration subset)"))
+        if stars:
+            handles.append(Line2D([], [], color="gray", marker="*", markersize=12,
+                                  linestyle="none", markeredgecolor="black",
+                                  label="eval (full agora eval)"))
+        what = " + ".join(k for k, has in (("anchor", lines), ("eval", stars)) if has)
+        ax.set(xlabel="step", ylabel="pass@1", title=f"{bench} ({what}) {title}".strip(),
                ylim=(-0.02, 1.02))
-        ax.legend(fontsize=8)
+        ax.legend(handles=handles, fontsize=8)
+    data = {"anchors": anchors, "evals": evals, "evals_without_step": evals_without_step or []}
     return _save(fig, path, data)
 
 
@@ -257,6 +305,10 @@ def fig_knowledge_flow(store: Store, path: Path, members: list[str], title: str 
               ("training", "via buffer rows in LoRA training")]
     for ax, (key, label) in zip(axes, panels, strict=True):
         m = data[key]
+        ax.set_title(label)
+        if not names:  # no config members and nothing written yet: imshow cannot draw 0x0
+            _empty(ax, "members")
+            continue
         ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, max(max(r) for r in m) if m else 1))
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_yticks(range(len(names)), names)

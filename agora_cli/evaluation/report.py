@@ -1,6 +1,7 @@
 """`agora report`: a Markdown report of one or more runs, with the paper's figures and tables.
 
-Per run: anchor score against step (Figure 1), difficulty and response length against performance
+Per run: benchmark score against step (Figure 1: the external anchor as lines, each `agora eval`
+as stars at the step it was taken), difficulty and response length against performance
 (Figure 3), high-quality yield and time to fill the buffer (Figure 4), the knowledge-flow matrix
 and the adapters' training loss. Across runs: group comparison (Figure 5), AGORA against the
 isolated control when both modes are given (Figure 6), and tables shaped like the paper's Table 1
@@ -92,6 +93,65 @@ def anchor_curve(store: Store) -> dict[str, list[float]]:
         "ORDER BY step", (MAJORITY,),
     )
     return {"step": [r["step"] for r in rows], "score": [r["score"] for r in rows]}
+
+
+def eval_step(summary: dict[str, Any]) -> int | None:
+    """The run's step an evaluation was taken at; None for summaries written before agora
+    recorded it, or taken before the run's first committed step."""
+    step = summary.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def eval_points(run: RunInfo) -> tuple[dict[str, Any], list[str]]:
+    """Figure 1's stars: the run's evaluations at the step each was taken.
+
+    Returns ({benchmark: {member: {"step", "score", "n", "eval", "adapter_version"}}}, ordered
+    by step then time written; the names of evaluations with no step, which are not drawn).
+    """
+    points: dict[str, Any] = {}
+    without: list[str] = []
+    dated = []
+    for name, summary in run.evals.items():
+        step = eval_step(summary)
+        if step is None:
+            without.append(name)
+        else:
+            dated.append((step, summary.get("written_at", 0), name, summary))
+    for step, _, name, summary in sorted(dated, key=lambda d: d[:3]):
+        versions = summary.get("adapter_versions") or {}
+        for bench, per in (summary.get("scores") or {}).items():
+            for member, v in per.items():
+                p = points.setdefault(bench, {}).setdefault(
+                    member, {"step": [], "score": [], "n": [], "eval": [], "adapter_version": []}
+                )
+                p["step"].append(step)
+                p["score"].append(v["score"])
+                p["n"].append(v.get("n"))
+                p["eval"].append(name)
+                p["adapter_version"].append(versions.get(member))
+    return points, sorted(without)
+
+
+def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> str:
+    ev = run.config.get("evaluation") or {}
+    every = (run.config.get("protocol") or {}).get("anchor_every", "?")
+    text = (
+        f"Lines: the external anchor, pass@1 on the calibration subset "
+        f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}, every "
+        f"{every} step(s)). Stars: full `agora eval` results, drawn at the run's last committed "
+        "step when the evaluation started, whatever adapter versions it evaluated (Table 1 lists "
+        "them); same color per member, `@majority` in black."
+    )
+    drawn = {e for per in points.values() for p in per.values() for e in p["eval"]}
+    if drawn:
+        text += f" Evaluations drawn: {', '.join(f'`{e}`' for e in sorted(drawn))}."
+    else:
+        text += (" No evaluation with a step yet: run `agora eval CONFIG --run-dir RUN --out "
+                 "RUN/evals/NAME` after a step to add one.")
+    if without:
+        text += (f" Not drawn, no step recorded (written by an older agora, or taken before the "
+                 f"first committed step): {', '.join(f'`{w}`' for w in without)}.")
+    return text
 
 
 def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
@@ -218,7 +278,9 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
         slug = _slug(run.label)
         threshold = (run.config.get("protocol") or {}).get("buffer_threshold")
         with Store(RunPaths(run.root).store, readonly=True) as store:
-            plots.fig_scores_vs_step(store, out / f"{slug}-fig1-anchor.png", run.label)
+            points, without = eval_points(run)
+            plots.fig_scores_vs_step(store, out / f"{slug}-fig1-anchor.png", run.label,
+                                     evals=points, evals_without_step=without)
             plots.fig_difficulty_length(store, out / f"{slug}-fig3-difficulty-length.png",
                                         run.label)
             plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
@@ -229,8 +291,10 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
         md += [
             f"## Run `{run.label}`", "",
             f"Directory: `{run.root}`; members: {', '.join(run.members) or '?'}.", "",
-            "### Figure 1: external-anchor score against step", "",
+            "### Figure 1: benchmark score against step (anchors as lines, evaluations as "
+            "stars)", "",
             f"![Figure 1, {run.label}]({slug}-fig1-anchor.png)", "",
+            _fig1_caption(run, points, without), "",
             "### Figure 3: difficulty and response length against performance", "",
             f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)", "",
             "### Figure 4: high-quality yield per step and time to fill the buffer", "",
