@@ -2,7 +2,7 @@
 
 The servers here are a few lines of Python answering `/health` (real HTTP on 127.0.0.1) that
 write their pid to a file, so the tests watch the server itself, not the guard in front of it. A
-"stubborn" one ignores SIGTERM (noting it in a file), so only a SIGKILL ends it. Process states
+"stubborn" one ignores SIGTERM (noting each in a file), so only a SIGKILL ends it. Process states
 come from /proc (Linux): a zombie counts as gone, it has exited.
 """
 
@@ -32,7 +32,11 @@ FAKE_SERVER = textwrap.dedent("""
 
     pidfile, port, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     if mode == "stubborn":
-        signal.signal(signal.SIGTERM, lambda *a: Path(f"{pidfile}.term").write_text("TERM"))
+        def note(*args):
+            with open(f"{pidfile}.term", "a") as f:
+                f.write("TERM\\n")
+
+        signal.signal(signal.SIGTERM, note)
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -184,8 +188,8 @@ def test_servers_of_a_sigkilled_parent_are_stopped(tmp_path: Path, mode: str) ->
         )
     finally:
         kill_leftovers(servers + guards)
-    if mode == "stubborn":  # it was asked to drain first
-        assert (tmp_path / "fake0.pid.term").read_text() == "TERM"
+    if mode == "stubborn":  # it was asked to drain first, once
+        assert (tmp_path / "fake0.pid.term").read_text() == "TERM\n"
 
 
 def test_a_server_outlives_the_thread_that_launched_it(tmp_path: Path) -> None:
@@ -222,7 +226,7 @@ def test_stop_sends_one_sigterm_and_kills_after_the_grace(tmp_path: Path) -> Non
     assert polite.proc.returncode == -signal.SIGTERM  # type: ignore[union-attr]
     assert not alive(polite_pid)
     stubborn.stop(grace_s=0.5)
-    assert (tmp_path / "stubborn.pid.term").read_text() == "TERM"
+    assert (tmp_path / "stubborn.pid.term").read_text() == "TERM\n"  # not forwarded twice
     assert stubborn.proc.returncode == -signal.SIGKILL  # type: ignore[union-attr]
     assert wait_for(lambda: not alive(stubborn_pid))
     stubborn.stop()  # idempotent
