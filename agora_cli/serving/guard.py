@@ -98,7 +98,11 @@ def run(parent: int, grace_s: float, cmd: list[str]) -> int:
     # Before the child exists, so a stop that races the launch is not lost; caught handlers reset
     # to the default in the child at exec, so the server gets SIGTERM's default or its own.
     signal.signal(signal.SIGTERM, on_sigterm)
-    child = subprocess.Popen(cmd)  # stdio (the log file) is inherited
+    try:
+        child = subprocess.Popen(cmd)  # stdio (the log file) is inherited
+    except OSError as e:  # lands in the server's log, which agora's error message names
+        print(f"agora guard: cannot run {cmd[0]}: {e}", file=sys.stderr)
+        return 127
     watch_parent(parent, lambda: _stop_orphaned(child, grace_s))
     rc = child.wait()
     if rc < 0:  # died of a signal: die of the same one, so agora sees what it would have seen
