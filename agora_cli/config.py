@@ -40,7 +40,11 @@ class TransformersBackend(Strict):
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     continuous_batching: bool = True
     device: str = "cpu"
-    dtype: str = "float32"
+    # Unset picks per machine (`serving.transformers.server_dtype`): bfloat16 where the CPU multiplies
+    # it natively (batched decode measured ~1.9x faster, one request no slower), else float32.
+    dtype: str | None = Field(
+        None, description="torch dtype for serving; unset = bfloat16 on CPUs with native bf16"
+    )
     startup_timeout_s: float = Field(600.0, gt=0)
     keep_merged: int = Field(2, ge=1, description="merged adapter copies kept per member")
     # Continuous batching sizes its KV cache from free RAM (60% of it on CPU) unless told; one

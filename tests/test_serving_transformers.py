@@ -329,3 +329,46 @@ def test_server_that_fails_to_start_is_reported_with_its_log(
         serving.start()
     backend = serving.backends["embedded"]
     assert backend.state()["servers"] == {}  # nothing left running or recorded
+
+
+# --------------------------------------------------------------------------- serving dtype
+
+
+def _launch_dtype(tmp_path: Path, **backend: object) -> str:
+    serving = Serving(config_from_dict(smol_config(port=18123, **backend)), RunPaths(tmp_path))
+    line = serving.describe()[0]
+    return line.split("--dtype ", 1)[1].split()[0]
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\n")
+    return path
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    from agora_cli.serving.transformers import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(_cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert cpu_has_native_bf16(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    assert not cpu_has_native_bf16(_cpuinfo(tmp_path, "avx512f avx512bw"))  # bf16 emulated
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("native", "backend", "expected"),
+    [
+        (True, {}, "bfloat16"),
+        (False, {}, "float32"),
+        (True, {"dtype": "float32"}, "float32"),  # an explicit dtype always wins
+        (False, {"dtype": "bfloat16"}, "bfloat16"),
+        (True, {"device": "cuda:0"}, "float32"),  # the bf16 choice is about CPU matmuls only
+    ],
+)
+def test_launch_dtype_defaults_to_bfloat16_only_on_native_bf16_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, backend: dict, expected: str
+) -> None:
+    import agora_cli.serving.transformers as tf
+
+    monkeypatch.setattr(tf, "cpu_has_native_bf16", lambda: native)
+    assert _launch_dtype(tmp_path, **backend) == expected

@@ -206,7 +206,7 @@ class TransformersServing:
         cmd = [
             sys.executable, "-m", "transformers.cli.transformers", "serve", model,
             "--host", self.cfg.host, "--port", str(port),
-            "--device", self.cfg.device, "--dtype", self.cfg.dtype,
+            "--device", self.cfg.device, "--dtype", server_dtype(self.cfg),
         ]
         if self.cfg.continuous_batching:
             cmd += [
@@ -305,6 +305,33 @@ class TransformersServing:
         for _, d in versions[: max(0, len(versions) - self.cfg.keep_merged)]:
             if _served_path(d) not in served:
                 shutil.rmtree(d, ignore_errors=True)
+
+
+def server_dtype(cfg: TransformersBackend) -> str:
+    """The `--dtype` to serve with: the configured one, else bfloat16 on a CPU with native bf16.
+
+    Measured on SmolLM2-135M (one torch thread, AMX): a decode step for 16 requests takes 71 ms in
+    bfloat16 against 133 ms in float32, one request 55 ms in both, so batching gains ~1.9x and a
+    single request loses nothing. Without AVX512-BF16/AMX oneDNN emulates bf16 (limited to plain
+    AVX512 on the same machine the 16-request step took 190 ms), so those CPUs keep float32, and so
+    do non-CPU devices, which this measurement says nothing about.
+    """
+    if cfg.dtype:
+        return cfg.dtype
+    return "bfloat16" if cfg.device == "cpu" and cpu_has_native_bf16() else "float32"
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU flags list AVX512-BF16 or AMX-BF16 (Linux; False where unreadable)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _served_path(path: Path) -> str:
