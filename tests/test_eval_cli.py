@@ -196,3 +196,30 @@ def test_eval_records_the_runs_step_and_the_report_draws_it_there(tmp_path: Path
     assert got["carol"]["score"] == [1 / 4, 1 / 4]
     assert got[MAJORITY]["score"] == [2 / 4, 3 / 4]
     assert fig1["evals_without_step"] == ["base"]
+
+
+def test_repeated_evals_into_one_directory_each_leave_a_point(tmp_path: Path) -> None:
+    from agora_cli.evaluation.report import build_report
+    from agora_cli.paths import RunPaths
+
+    items = subset(load_benchmark("gsm8k"), 4)
+    run = RunPaths(tmp_path / "run").ensure()
+    out = str(run.evals / "sampled")  # what `agora eval` uses when --out is not given
+    with FakeOpenAI(make_responder(items)) as fake:
+        cfg = write_config(tmp_path, fake.url)
+        _commit_steps(run.store, range(0, 3))
+        first = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--out", out])
+        assert first.exit_code == 0, first.output
+        _commit_steps(run.store, range(3, 5))
+        for _ in range(2):  # the second evaluation at step 4 replaces the first, not adds to it
+            again = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--out", out])
+            assert again.exit_code == 0, again.output
+
+    history = (run.evals / "sampled" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in history] == [2, 4, 4]
+    assert json.loads((run.evals / "sampled" / "summary.json").read_text())["step"] == 4
+    fig1 = json.loads((build_report([run.root]).parent / "run-fig1-anchor.json").read_text())
+    got = fig1["evals"]["gsm8k"]
+    assert got["alice"]["step"] == [2, 4] and got["alice"]["eval"] == ["sampled", "sampled"]
+    assert got["bob"]["score"] == [2 / 4, 2 / 4]  # same adapters: the items were reused
+    assert fig1["evals_without_step"] == []

@@ -323,6 +323,11 @@ async def evaluate(
                         len(failed), models, versions)
     summary = {**(meta or {}), **report.summary(), "written_at": time.time()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    # summary.json is the latest evaluation in this directory; history.jsonl keeps every one, so
+    # re-running `agora eval` into the same directory after later steps (it reuses the items of
+    # unchanged adapters) adds a point to Figure 1 instead of replacing the last.
+    with (out_dir / "history.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(summary, ensure_ascii=False) + "\n")
     if failed:
         example = failed[0]
         raise EvaluationError(
@@ -400,7 +405,8 @@ def run_evaluation(
     `versions` overrides the run's live adapters per member ({member: N}, 0 = base). With `pool`
     given, that pool is used as is (the caller serves the members) and adapters are not switched.
     Results go to `out` (default `<run>/evals/<greedy|sampled>`); summary.json records the run's
-    last committed step when the evaluation started (`step`, null before the first step).
+    last committed step when the evaluation started (`step`, null before the first step), and
+    history.jsonl gains the same summary, one line per finished evaluation (Figure 1's stars).
     """
     from agora_cli.evaluation.benchmarks import load_benchmark, subset
     from agora_cli.paths import RunPaths

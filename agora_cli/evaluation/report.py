@@ -47,6 +47,9 @@ class RunInfo:
     seed: int = 0
     variant: str = "full"
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval name -> summary.json
+    # (eval name, summary) of every finished evaluation, from each directory's history.jsonl
+    # (its summary.json alone for directories written before the history existed).
+    eval_history: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def variant_of(config: dict[str, Any]) -> str:
@@ -69,18 +72,36 @@ def load_run(root: Path | str) -> RunInfo:
     config = yaml.safe_load(paths.config.read_text()) if paths.config.exists() else {}
     config = config or {}
     members = [m["name"] for m in config.get("members", []) if isinstance(m, dict) and "name" in m]
-    evals = {}
+    evals: dict[str, dict[str, Any]] = {}
+    history: list[tuple[str, dict[str, Any]]] = []
     if paths.evals.exists():
         for summary in sorted(paths.evals.glob("*/summary.json")):
             try:
                 evals[summary.parent.name] = json.loads(summary.read_text())
             except json.JSONDecodeError:
                 continue
+            past = _read_history(summary.parent / "history.jsonl")
+            history += [(summary.parent.name, s) for s in past or [evals[summary.parent.name]]]
     return RunInfo(
         root=paths.root, label=paths.root.name, config=config, members=members,
         mode=(config.get("protocol") or {}).get("mode", "agora"), seed=int(config.get("seed", 0)),
-        variant=variant_of(config), evals=evals,
+        variant=variant_of(config), evals=evals, eval_history=history,
     )
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    """The summaries in an evaluation's history.jsonl; a torn or garbled line is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
 
 
 # --------------------------------------------------------------------------- scores
@@ -109,14 +130,18 @@ def eval_points(run: RunInfo) -> tuple[dict[str, Any], list[str]]:
     by step then time written; the names of evaluations with no step, which are not drawn).
     """
     points: dict[str, Any] = {}
-    without: list[str] = []
-    dated = []
-    for name, summary in run.evals.items():
+    undated: set[str] = set()
+    latest: dict[tuple, tuple] = {}  # a repeated evaluation of the same adapters at one step: last
+    for name, summary in run.eval_history or list(run.evals.items()):
         step = eval_step(summary)
         if step is None:
-            without.append(name)
-        else:
-            dated.append((step, summary.get("written_at", 0), name, summary))
+            undated.add(name)
+            continue
+        versions = json.dumps(summary.get("adapter_versions") or {}, sort_keys=True)
+        key = (name, step, versions)
+        if key not in latest or summary.get("written_at", 0) >= latest[key][1]:
+            latest[key] = (step, summary.get("written_at", 0), name, summary)
+    dated = list(latest.values())
     for step, _, name, summary in sorted(dated, key=lambda d: d[:3]):
         versions = summary.get("adapter_versions") or {}
         for bench, per in (summary.get("scores") or {}).items():
@@ -129,7 +154,8 @@ def eval_points(run: RunInfo) -> tuple[dict[str, Any], list[str]]:
                 p["n"].append(v.get("n"))
                 p["eval"].append(name)
                 p["adapter_version"].append(versions.get(member))
-    return points, sorted(without)
+    drawn = {name for _, _, name, _ in dated}
+    return points, sorted(undated - drawn)
 
 
 def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> str:
@@ -146,8 +172,8 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
     if drawn:
         text += f" Evaluations drawn: {', '.join(f'`{e}`' for e in sorted(drawn))}."
     else:
-        text += (" No evaluation with a step yet: run `agora eval CONFIG --run-dir RUN --out "
-                 "RUN/evals/NAME` after a step to add one.")
+        text += (" No evaluation with a step yet: run `agora eval CONFIG --run-dir RUN` after a "
+                 "step to add one (each evaluation into a directory is kept in its history.jsonl).")
     if without:
         text += (f" Not drawn, no step recorded (written by an older agora, or taken before the "
                  f"first committed step): {', '.join(f'`{w}`' for w in without)}.")
