@@ -1,6 +1,7 @@
 """Embedded engine: tokens/s at 1, 8 and 16 concurrent requests on SmolLM2-135M.
 
-    python -m bench engine [--max-tokens 64] [--levels 1 8 16]
+    python -m bench engine
+    python -m bench.bench_engine [--max-tokens 64] [--levels 1 8 16] [--dtype float32]
 
 Starts the real embedded backend (`transformers serve --continuous-batching` on 127.0.0.1, through
 `agora_cli.serving.Serving`, exactly as `agora run` does), then at each concurrency level sends
@@ -28,12 +29,17 @@ from bench.common import SMOL, Row, setup_env
 PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm. Use many sentences."
 
 
-def engine_config(run_dir: Path) -> Any:
+def engine_config(run_dir: Path, dtype: str | None = None) -> Any:
+    """The backend's defaults; `dtype` overrides only the serving dtype (to compare with float32)."""
     from agora_cli.config import config_from_dict
 
+    backend: dict[str, Any] = {"kind": "transformers"}
+    if dtype:
+        backend["dtype"] = dtype
     return config_from_dict({
         "name": "bench-engine",
         "run_dir": str(run_dir),
+        "backends": {"embedded": backend},
         "members": [
             {"name": n, "model": SMOL, "max_concurrency": 64, "request_timeout_s": 600}
             for n in ("smol-a", "smol-b")  # one base: one server, as in configs/tiny.yaml
@@ -85,14 +91,16 @@ async def _batch(pool: Any, n: int, max_tokens: int) -> tuple[int, float, float 
     return sum(r.completion_tokens for r in results), wall, others
 
 
-def measure(levels: list[int], max_tokens: int) -> dict[int, tuple[int, float, float | None]]:
+def measure(
+    levels: list[int], max_tokens: int, dtype: str | None = None
+) -> dict[int, tuple[int, float, float | None]]:
     """level -> (completion tokens, wall s, others' CPU s) of one batch of `level` requests."""
     from agora_cli.paths import RunPaths
     from agora_cli.serving import Serving
 
     out: dict[int, tuple[int, float, float | None]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = engine_config(Path(tmp) / "run")
+        cfg = engine_config(Path(tmp) / "run", dtype)
         paths = RunPaths(Path(tmp) / "run").ensure()
         with Serving(cfg, paths) as serving:
             pool = serving.client_pool()
@@ -109,9 +117,11 @@ def measure(levels: list[int], max_tokens: int) -> dict[int, tuple[int, float, f
     return out
 
 
-def run(levels: tuple[int, ...] = (1, 8, 16), max_tokens: int = 64) -> list[Row]:
+def run(
+    levels: tuple[int, ...] = (1, 8, 16), max_tokens: int = 64, dtype: str | None = None
+) -> list[Row]:
     setup_env()
-    m = measure(list(levels), max_tokens)
+    m = measure(list(levels), max_tokens, dtype)
     tps = {n: tokens / wall for n, (tokens, wall, _) in m.items()}
     base = tps[levels[0]]
     rows = []
@@ -135,10 +145,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--dtype", default=None, help="serving dtype (default: the backend's choice)")
     args = ap.parse_args()
     from bench.common import table
 
-    print(table(run(tuple(args.levels), args.max_tokens)))
+    print(table(run(tuple(args.levels), args.max_tokens, args.dtype)))
 
 
 if __name__ == "__main__":
