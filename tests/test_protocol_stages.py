@@ -15,7 +15,7 @@ from agora_cli.protocol.generate import (
     load_seed_pool,
     sample_seeds,
 )
-from agora_cli.protocol.isolated import self_consistency
+from agora_cli.protocol.isolated import majority_answer, self_consistency
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.protocol.select import explain
 from agora_cli.protocol.solve import solve
@@ -349,6 +349,14 @@ async def test_explain_returns_the_members_reply() -> None:
 def _answers(*answers: str) -> Callable[[Request], str]:
     it = iter(answers)
     return lambda r: next(it)
+
+
+def test_self_consistency_answer_does_not_depend_on_finishing_order() -> None:
+    # concurrent samples finish in any order; the spelling reported must not follow it
+    answers = ["1,000", "1000", "1000.0", "1000", "9", None]
+    seen = {majority_answer(random.Random(seed).sample(answers, len(answers)), 6) for seed in range(50)}
+    assert seen == {"1000"}
+    assert majority_answer(["1000.0", "1,000", "9", None], 4) is None  # 2 of 4 is no majority
 
 
 async def test_self_consistency_needs_a_strict_majority() -> None:

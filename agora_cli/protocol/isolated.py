@@ -14,21 +14,27 @@ from agora_cli.protocol.types import Ctx, SolutionDraft
 
 
 def majority_answer(answers: list[str | None], n: int) -> str | None:
-    """The answer held by more than n/2 of the n samples (failed ones count against), else None."""
-    groups: list[tuple[str, int]] = []
+    """The answer held by more than n/2 of the n samples (failed ones count against), else None.
+
+    The answer is spelled as its group's most common spelling (ties: the shortest, then the
+    alphabetically first), so it does not depend on the order the samples finished in.
+    """
+    groups: list[list[str]] = []
     for a in answers:
         if a is None:
             continue
-        for i, (rep, count) in enumerate(groups):
-            if answers_match(rep, a):
-                groups[i] = (rep, count + 1)
+        for g in groups:
+            if answers_match(g[0], a):
+                g.append(a)
                 break
         else:
-            groups.append((a, 1))
+            groups.append([a])
     if not groups:
         return None
-    rep, count = max(groups, key=lambda g: g[1])
-    return rep if count * 2 > n else None
+    winner = max(groups, key=len)
+    if len(winner) * 2 <= n:
+        return None
+    return min(set(winner), key=lambda a: (-winner.count(a), len(a), a))
 
 
 async def self_consistency(
