@@ -29,9 +29,9 @@ from tenacity import (
 )
 
 from agora_cli.config import ClientSettings, Sampling
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import EndpointError
 from agora_cli.events import NULL_BUS, EventBus
-from agora_cli.serving.base import Endpoint
 
 Messages = list[dict[str, str]]
 

@@ -1,32 +1,37 @@
 """A step's effects: computed from its stored work, written in one transaction, announced.
 
-Everything here reads the run store and the open step's in-memory index (`loop.StepRun`), and
-nothing calls a model. Ratings are a pure function of the committed votes (`replay_ratings`), so
-the rating history can always be recomputed and checked.
+Everything here reads the run store and what the loop hands it as plain data (`StepWork`: the
+open step, its members and each solution's outcome), and nothing calls a model. Ratings are a
+pure function of the committed votes (`replay_ratings`), so the rating history can always be
+recomputed and checked.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from agora_cli import steps as db
 from agora_cli.config import Config
 from agora_cli.events import EventBus
 from agora_cli.protocol.difficulty import next_difficulty
+from agora_cli.protocol.majority import MAJORITY
 from agora_cli.protocol.select import indicator
-from agora_cli.protocol.surprise import apply_fem, strategy, surprise
+from agora_cli.protocol.surprise import apply_fem, step_strategy, surprise
 from agora_cli.protocol.types import EliteExample
 from agora_cli.protocol.vote import apply_vote, make_env
 from agora_cli.store import Store
 
-if TYPE_CHECKING:
-    from agora_cli.loop import StepRun
 
+@dataclass
+class StepWork:
+    """What the loop knows about the open step that the store does not: plain data."""
 
-def step_strategy(cfg: Config, anchors: list[float]) -> str:
-    """The dynamic strategy in force for the next step ('balanced' | 'elite')."""
-    return strategy(anchors, cfg.protocol.surprise, cfg.ablations.dynamic_strategy)
+    open: db.OpenStep
+    members: list[str]
+    isolated: bool  # the isolated-evolution control (no votes, one sample per problem and member)
+    correct: dict[int, bool]  # solution id -> unanimous consensus (or self-consistency) outcome
+    failures: int  # requests that failed after retries in this invocation
 
 
 def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float | None]:
@@ -81,15 +86,13 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def compute_effects(run: StepRun, elite: list[EliteExample], anchors: dict[str, tuple[float, int]],
-                    wall_s: float, request_s: float) -> db.Effects:
+def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteExample],
+                    anchors: dict[str, tuple[float, int]], wall_s: float,
+                    request_s: float) -> db.Effects:
     """The step's effects from its stored work (pure apart from reads)."""
-    cfg, store, t = run.cfg, run.store, run.t
+    t = run.open.step
     all_solutions = db.step_solutions(store, t)
-    if run.isolated:
-        correct = run.isolated_correct()
-    else:
-        correct = {s["id"]: run.is_correct(dict(s)) for s in all_solutions}
+    correct = run.correct
 
     # Protocol step 4: every vote of the step updates the two authors, in vote-id order.
     env = make_env()
@@ -133,7 +136,7 @@ def compute_effects(run: StepRun, elite: list[EliteExample], anchors: dict[str, 
     f_t = None
     if anchors:
         # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
-        ens = _mean([s for m, (s, _) in anchors.items() if m != db.MAJORITY])
+        ens = _mean([s for m, (s, _) in anchors.items() if m != MAJORITY])
         d_next, f_t = fem(cfg, db.anchor_history(store) + [ens], d_next)
     all_problems = db.step_problems(store, t, only_ok=False)
     counts = {

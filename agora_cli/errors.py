@@ -51,6 +51,12 @@ class StoreError(AgoraError):
     """The run store is missing, locked, from a newer agora, or inconsistent."""
 
 
+class RunLockedError(StoreError):
+    """Another agora process holds the run directory (see `agora_cli.runlock`)."""
+
+    exit_code = 2
+
+
 class TrainingError(AgoraError):
     """A training round failed; the buffer rows stay unconsumed and the round is retried on resume."""
 

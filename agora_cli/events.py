@@ -19,11 +19,14 @@ Kinds in use (add new ones here so consumers can find them):
   validation_score                        {step, member, benchmark, score, n}
   server_started, server_stopped          {backend, url, log} (+ model on server_started)
   adapter_unload_failed                   {backend, member, lora_name, error}  (sglang; harmless)
+  server_stop_failed                      {backend, error}  (a server may still be running)
+  sink_failed                             {sink, error}  (once per sink; the others keep going)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,26 +35,48 @@ from typing import Any
 
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
+log = logging.getLogger("agora")
 
 
 class EventBus:
-    """Fan-out of events to sinks. Thread-safe; a failing sink never breaks the engine."""
+    """Fan-out of events to sinks. Thread-safe; a failing sink never breaks the engine.
+
+    The first failure of a sink is said once: a warning on the `agora` logger (stderr unless
+    configured otherwise) and a `sink_failed` event to the other sinks. The failing sink keeps
+    receiving events (a full disk may free up) and every other sink keeps going.
+    """
 
     def __init__(self, sinks: list[Sink] | None = None):
         self._sinks: list[Sink] = list(sinks or [])
-        self._lock = threading.Lock()
+        self._failed: set[int] = set()  # id() of sinks whose failure was reported
+        self._lock = threading.RLock()
 
     def add(self, sink: Sink) -> None:
-        self._sinks.append(sink)
+        with self._lock:
+            self._sinks.append(sink)
+
+    def remove(self, sink: Sink) -> None:
+        """Stop sending to `sink` (a no-op when it is not attached)."""
+        with self._lock:
+            self._sinks = [s for s in self._sinks if s is not sink]
+            self._failed.discard(id(sink))
 
     def emit(self, kind: str, **fields: Any) -> Event:
         event: Event = {"t": round(time.time(), 3), "kind": kind, **fields}
         with self._lock:
+            failures = []
             for sink in self._sinks:
                 try:
                     sink(event)
-                except Exception:  # noqa: BLE001 - display must never take the engine down
-                    pass
+                except Exception as e:  # noqa: BLE001 - display must never take the engine down
+                    if id(sink) not in self._failed:
+                        self._failed.add(id(sink))
+                        failures.append((sink, e))
+            for sink, e in failures:
+                name = getattr(sink, "name", None) or type(sink).__name__
+                error = f"{type(e).__name__}: {e}"
+                log.warning("event sink %s failed (%s); other sinks keep going", name, error)
+                self.emit("sink_failed", sink=name, error=error)
         return event
 
 
@@ -60,13 +85,17 @@ class JsonlSink:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.name = str(path)
         self._f = path.open("a", buffering=1, encoding="utf-8")
 
     def __call__(self, event: Event) -> None:
         self._f.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # a line that failed to write (already reported by the bus) fails again
+            pass
 
 
 def read_events(path: Path) -> list[Event]:

@@ -34,17 +34,18 @@ from typing import Any
 
 from agora_cli import steps as db
 from agora_cli.client import ClientPool
-from agora_cli.commit import compute_effects, emit_committed, step_strategy
+from agora_cli.commit import StepWork, compute_effects, emit_committed
 from agora_cli.config import Config
 from agora_cli.events import EventBus
 from agora_cli.protocol import generate as gen
 from agora_cli.protocol.answers import answers_match
 from agora_cli.protocol.difficulty import next_target
-from agora_cli.protocol.isolated import majority_answer, self_consistency
+from agora_cli.protocol.isolated import self_consistency
+from agora_cli.protocol.majority import strict_majority
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.protocol.select import explain, update_elite
 from agora_cli.protocol.solve import solve
-from agora_cli.protocol.surprise import elite_shots
+from agora_cli.protocol.surprise import elite_shots, step_strategy
 from agora_cli.protocol.types import Ctx, EliteExample, Verdict
 from agora_cli.protocol.verify import consensus, verify
 from agora_cli.protocol.vote import vote
@@ -367,6 +368,15 @@ class StepRun:
                 e.explanation = db.explanation_of(self.store, e.solution_id)
         return elite
 
+    def work(self) -> StepWork:
+        """What `commit` needs from this step besides the store, as plain data."""
+        if self.isolated:
+            correct = self.isolated_correct()
+        else:
+            correct = {s["id"]: self.is_correct(dict(s))
+                       for s in db.step_solutions(self.store, self.t)}
+        return StepWork(self.open, self.members, self.isolated, correct, self.failures)
+
     # -- isolated-mode correctness ---------------------------------------------------------------
 
     def isolated_correct(self) -> dict[int, bool]:
@@ -375,7 +385,7 @@ class StepRun:
         for rows in self.samples.values():
             # Strict majority of the n samples asked for; failed samples count against.
             n = max(len(rows), self.cfg.protocol.self_consistency_samples)
-            majority = majority_answer([r["answer"] for r in rows], n)
+            majority = strict_majority([r["answer"] for r in rows], n)
             for r in rows:
                 out[r["id"]] = (
                     majority is not None and r["answer"] is not None
@@ -468,7 +478,8 @@ async def run_step(
             raise next(iter(pool.unreachable.values()))
     elite = await run.select_elite(elite_shots(run.open.strategy, cfg.protocol))  # type: ignore[arg-type]
     bus.emit("phase_started", phase="commit", step=t, n=1)
-    fx = compute_effects(run, elite, anchors, time.perf_counter() - t0, busy_s(pool) - busy0)
+    fx = compute_effects(cfg, store, run.work(), elite, anchors, time.perf_counter() - t0,
+                         busy_s(pool) - busy0)
     db.commit_effects(store, fx)
     bus.emit("phase_finished", phase="commit", step=t, n=1)
     emit_committed(cfg, store, bus, fx, run.open.difficulty, versions())

@@ -9,6 +9,7 @@ is what `agora generate|solve|verify|vote` call: one phase of the open step, not
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,18 +18,24 @@ from typing import Any
 
 import yaml
 
+from agora_cli import runlock
 from agora_cli import steps as db
 from agora_cli.client import ClientPool
 from agora_cli.commit import init_ratings, member_stats
 from agora_cli.config import Config, dump_config, load_config
-from agora_cli.errors import ConfigError, StoreError
+from agora_cli.errors import ConfigError, StoreError, TrainingError
+from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.loop import begin_step, run_step
 from agora_cli.paths import RunPaths
 from agora_cli.protocol.prompts import Prompts
+from agora_cli.serving import serving_pool
 from agora_cli.store import Store
+from agora_cli.training.round_store import live_versions
+from agora_cli.training.rounds import RoundManager
 
 STAGES = ("generate", "solve", "verify", "vote")
+TRAINING_PACKAGES = ("torch", "peft")  # what a training worker imports (agora_cli.training.trainer)
 WORK_TABLES = ("problems", "solutions", "verdicts", "votes", "explanations")
 
 
@@ -77,35 +84,34 @@ def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool 
     return paths
 
 
-@contextmanager
-def serving(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[Any, ClientPool]]:
-    """Start (or attach to) every member's server; yields (serving, client pool)."""
-    from agora_cli.serving import Serving
-
-    with Serving(cfg, paths, bus) as srv:
-        yield srv, srv.client_pool()
-
-
 def _rounds(cfg: Config, store: Store, paths: RunPaths, srv: Any, bus: EventBus) -> Any:
-    """The training-round manager when LoRA is on (None otherwise or before it is installed)."""
+    """The training-round manager when LoRA is on (None when `ablations.lora` is off)."""
     if not cfg.ablations.lora:
-        return None
-    try:
-        from agora_cli.training.rounds import RoundManager
-    except ImportError:
-        bus.emit("training_failed", error="agora_cli.training.rounds is not available")
         return None
     rounds = RoundManager(store, cfg, paths, srv, bus)
     rounds.resume()
     return rounds
 
 
-def _anchor() -> Any:
+def check_training_packages(cfg: Config) -> None:
+    """With LoRA on, the packages a training worker imports must be there: say what to install
+    (before any server starts) instead of finding out at the first round."""
+    if not cfg.ablations.lora:
+        return
+    missing = [m for m in TRAINING_PACKAGES if not _importable(m)]
+    if missing:
+        raise TrainingError(
+            f"LoRA training needs {' and '.join(missing)}, which this Python cannot import; "
+            f"install them (`./scripts/setup.sh`, or `pip install {' '.join(missing)}`) or run "
+            "without training (ablations.lora=false)"
+        )
+
+
+def _importable(module: str) -> bool:
     try:
-        from agora_cli.evaluation.anchor import run_anchor
-    except ImportError:
-        return None
-    return run_anchor
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked package
+        return False
 
 
 async def drive(
@@ -119,7 +125,7 @@ async def drive(
     brings the unconsumed buffer to the threshold (protocol step 6).
     """
     versions = rounds.live_versions if rounds is not None else dict
-    anchor = _anchor()
+    anchor = run_anchor
 
     async def poller() -> None:
         last = ""
@@ -149,20 +155,23 @@ def run(
     cfg: Config, *, run_dir: Path | str | None = None, steps: int | None = None,
     force: bool = False, bus: EventBus | None = None,
 ) -> RunResult:
-    """`agora run`: start or resume the run in `run_dir` and commit steps until `steps` total."""
+    """`agora run`: start or resume the run in `run_dir` and commit steps until `steps` total.
+
+    Holds the run directory's lock throughout (RunLockedError, exit 2, when another agora
+    process writes it). `bus` gets a JSONL sink on `events.jsonl` for the call only.
+    """
     bus = bus or EventBus()
-    paths = prepare_run_dir(cfg, run_dir, force)
-    cfg = load_config(paths.config)
-    sink = JsonlSink(paths.events)
-    bus.add(sink)
-    prompts = Prompts(cfg.prompts_dir)
-    prompts.validate()
-    try:
-        with Store(paths.store) as store:
+    with runlock.hold(Path(run_dir) if run_dir else cfg.resolved_run_dir()):
+        paths = prepare_run_dir(cfg, run_dir, force)
+        cfg = load_config(paths.config)
+        check_training_packages(cfg)
+        prompts = Prompts(cfg.prompts_dir)
+        prompts.validate()
+        with _events_file(bus, paths), Store(paths.store) as store:
             init_ratings(cfg, store)
             first = db.open_step_number(store)
             kind = "run_resumed" if first > 0 or store.one("SELECT 1 FROM steps") else "run_started"
-            with serving(cfg, paths, bus) as (srv, pool):
+            with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
                 versions = rounds.live_versions() if rounds is not None else {}
                 bus.emit(kind, run_dir=str(paths.root), step=first, steps_target=steps,
@@ -181,7 +190,18 @@ def run(
             last = store.one("SELECT * FROM steps WHERE step = ?", (committed - 1,))
             bus.emit("run_finished", steps=committed)
             return RunResult(paths.root, first, committed, dict(last) if last else None)
+
+
+@contextmanager
+def _events_file(bus: EventBus, paths: RunPaths) -> Iterator[JsonlSink]:
+    """`events.jsonl` on `bus` for the block; removed and closed after it, so a bus reused by
+    the next run (`agora ablate`) never writes into a closed file."""
+    sink = JsonlSink(paths.events)
+    bus.add(sink)
+    try:
+        yield sink
     finally:
+        bus.remove(sink)
         sink.close()
 
 
@@ -210,26 +230,22 @@ def run_stage(run_dir: Path | str, stage: str, bus: EventBus | None = None) -> t
         raise ValueError(stage)
     cfg, paths = load_run(run_dir)
     bus = bus or EventBus()
-    sink = JsonlSink(paths.events)
-    bus.add(sink)
     prompts = Prompts(cfg.prompts_dir)
     prompts.validate()
-    try:
-        with Store(paths.store) as store, serving(cfg, paths, bus) as (srv, pool):
-            init_ratings(cfg, store)
+    with (runlock.hold(paths.root), _events_file(bus, paths), Store(paths.store) as store,
+          serving_pool(cfg, paths, bus) as (srv, pool)):
+        init_ratings(cfg, store)
 
-            async def go() -> tuple[int, dict[str, int]]:
-                try:
-                    step_run = begin_step(
-                        cfg, store, pool, prompts, bus, lambda: db.live_versions(store)
-                    )
-                    before = _work_counts(store, step_run.t)
-                    await step_run.stage(stage)
-                    after = _work_counts(store, step_run.t)
-                    return step_run.t, {t: after[t] - before[t] for t in WORK_TABLES}
-                finally:
-                    await pool.aclose()
+        async def go() -> tuple[int, dict[str, int]]:
+            try:
+                step_run = begin_step(
+                    cfg, store, pool, prompts, bus, lambda: live_versions(store)
+                )
+                before = _work_counts(store, step_run.t)
+                await step_run.stage(stage)
+                after = _work_counts(store, step_run.t)
+                return step_run.t, {t: after[t] - before[t] for t in WORK_TABLES}
+            finally:
+                await pool.aclose()
 
-            return asyncio.run(go())
-    finally:
-        sink.close()
+        return asyncio.run(go())

@@ -17,9 +17,8 @@ from typing import Any
 
 import trueskill
 
+from agora_cli.protocol.majority import MAJORITY
 from agora_cli.store import Store, now
-
-MAJORITY = "@majority"
 
 
 @dataclass
@@ -271,14 +270,6 @@ def active_elite(store: Store) -> list[sqlite3.Row]:
         "LEFT JOIN explanations x ON x.solution_id = e.solution_id "
         "WHERE e.active = 1 ORDER BY e.score DESC, e.id"
     )
-
-
-def live_versions(store: Store) -> dict[str, int]:
-    """The adapter version live per member, as recorded by the training rounds."""
-    rows = store.query(
-        "SELECT member, MAX(version) AS v FROM adapters WHERE status = 'live' GROUP BY member"
-    )
-    return {r["member"]: r["v"] for r in rows}
 
 
 def buffer_size(store: Store) -> int:

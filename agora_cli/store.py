@@ -24,6 +24,8 @@ from typing import Any
 
 from agora_cli.errors import StoreError
 
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another connection's write lock
+
 MIGRATIONS: list[str] = [
     # v1: the protocol's tables.
     """
@@ -202,11 +204,11 @@ class Store:
             if not self.path.exists():
                 raise StoreError(f"no run store at {self.path}; start a run with `agora run CONFIG`")
             uri = f"file:{self.path}?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+            self.conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")

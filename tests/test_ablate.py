@@ -138,8 +138,8 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     import yaml
 
     from agora_cli.evaluation.benchmarks import load_benchmark, subset
+    from tests.fakes.ensemble import config_dict, responder
     from tests.fakes.openai_server import FakeOpenAI, Request
-    from tests.test_loop_helpers import config_dict, responder
 
     gold = {it.problem: it.answer for it in subset(load_benchmark("gsm8k"), 3)}
     script = responder()

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from agora_cli.cli import app
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
+from tests.fakes.ensemble import responder, write_config
 from tests.fakes.openai_server import FakeOpenAI
-from tests.test_loop_helpers import responder, write_config
 
 pytestmark = pytest.mark.timeout(120)
 cli = CliRunner()
@@ -53,7 +53,9 @@ def test_overrides_and_config_errors(tmp_path, run_dir):
 def test_status_of_missing_run_is_one_error_line(tmp_path):
     res = cli.invoke(app, ["status", str(tmp_path / "nope")])
     assert res.exit_code == 1
-    assert "agora run" in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "agora run" in lines[0]
+    assert res.stdout == ""
 
 
 def test_stage_commands_then_run_reuses_their_work(tmp_path, run_dir):
@@ -96,8 +98,8 @@ def test_status_while_a_run_is_live(tmp_path, run_dir):
     import threading
     import time
 
+    from tests.fakes.ensemble import REPO
     from tests.fakes.openai_server import Reply
-    from tests.test_loop_helpers import REPO
 
     script = responder()
     stalled = threading.Event()
@@ -139,7 +141,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
     import sys
     import time
 
-    from tests.test_loop_helpers import REPO
+    from tests.fakes.ensemble import REPO
 
     with FakeOpenAI(responder(), latency_s=0.01) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
@@ -156,7 +158,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
         # time to cancel the step, close its clients and exit.
         out, err = p.communicate(timeout=300)
         assert p.returncode == 130, out + err
-        assert "interrupted" in err
+        assert err.strip().splitlines() == ["interrupted"]  # one line, no traceback
         with Store(RunPaths(run_dir).store) as store:
             done = store.last_committed_step() + 1
         assert done >= 2

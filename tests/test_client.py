@@ -9,9 +9,9 @@ import pytest
 
 from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import ClientSettings, Sampling
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import EndpointError
 from agora_cli.events import EventBus
-from agora_cli.serving.base import Endpoint
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
 MSGS = [{"role": "user", "content": "2+2?"}]
@@ -170,3 +170,28 @@ async def _chat_member(pool: ClientPool, member: str):  # noqa: ANN202
         return await pool.chat(member, MSGS, SAMPLING)
     finally:
         await pool.aclose()
+
+
+def test_role_travels_in_a_header_never_in_the_prompt_and_usage_is_counted() -> None:
+    """What the client sends: the role as X-Agora-Role, the prompt untouched, the member's model
+    and max_tokens in the body; what it counts: tokens per member."""
+    sys_user = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two words"}]
+    with FakeOpenAI(lambda r: f"{r.role}: {r.user}") as fake:
+        pool = make_pool(fake, max_retries=0)
+
+        async def go():  # noqa: ANN202
+            try:
+                return (await pool.chat("a", sys_user, SAMPLING, role="verify"),
+                        await pool.chat("a", sys_user, SAMPLING))
+            finally:
+                await pool.aclose()
+
+        verify, plain = asyncio.run(go())
+    assert verify.text == "verify: two words" and plain.text == "chat: two words"
+    assert [r.role for r in fake.requests] == ["verify", "chat"]
+    assert all(r.messages == sys_user for r in fake.requests)  # nothing added to the prompt
+    assert fake.requests[0].model == "a" and fake.requests[0].body["max_tokens"] == 8
+    assert verify.completion_tokens == 3 and verify.prompt_tokens > 0
+    usage = pool.usage["a"]
+    assert usage.requests == 2
+    assert usage.completion_tokens == verify.completion_tokens + plain.completion_tokens

@@ -17,7 +17,7 @@ from agora_cli.commit import replay_ratings
 from agora_cli.paths import RunPaths
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
-from tests.test_loop_helpers import REPO
+from tests.fakes.ensemble import REPO
 
 MEMBERS = ["smol-a", "smol-b", "gemma"]
 OVERRIDES = [

@@ -9,6 +9,7 @@ import pytest
 
 from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Sampling, config_from_dict
+from agora_cli.endpoint import Endpoint
 from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.evaluation.benchmarks import (
     Item,
@@ -17,10 +18,10 @@ from agora_cli.evaluation.benchmarks import (
     load_seed_pool,
     subset,
 )
-from agora_cli.evaluation.evaluate import MAJORITY, evaluate, majority_answer, read_results
+from agora_cli.evaluation.evaluate import evaluate, read_results
 from agora_cli.evaluation.grading import Grader
+from agora_cli.protocol.majority import MAJORITY, plurality
 from agora_cli.protocol.prompts import Prompts
-from agora_cli.serving.base import Endpoint
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
 
 MEMBERS = ["alice", "bob", "carol"]
@@ -78,12 +79,12 @@ def test_calibration_set_is_test_split_and_disjoint_from_seed_pool() -> None:
 
 
 def test_majority_answer_groups_equivalents_and_breaks_ties_by_member_order() -> None:
-    assert majority_answer(["18", "1,000", "1000"]) == "1,000"
-    assert majority_answer(["7", "8"]) == "7"
-    assert majority_answer(["8", "7"]) == "8"
-    assert majority_answer([None, "3", None]) == "3"
-    assert majority_answer([None, None]) is None
-    assert majority_answer(["2", "3", "3", "2"]) == "2"
+    assert plurality(["18", "1,000", "1000"]) == "1,000"
+    assert plurality(["7", "8"]) == "7"
+    assert plurality(["8", "7"]) == "8"
+    assert plurality([None, "3", None]) == "3"
+    assert plurality([None, None]) is None
+    assert plurality(["2", "3", "3", "2"]) == "2"
 
 
 async def test_evaluate_exact_accuracy_per_member_and_majority(tmp_path: Path, grader) -> None:

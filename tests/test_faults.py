@@ -29,8 +29,8 @@ from agora_cli.commit import replay_ratings
 from agora_cli.paths import RunPaths
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
+from tests.fakes.ensemble import MEMBERS, REPO, WORDS, config_dict, verify, vote, write_config
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
-from tests.test_loop_helpers import MEMBERS, REPO, WORDS, config_dict, verify, vote, write_config
 
 pytestmark = pytest.mark.timeout(240)
 

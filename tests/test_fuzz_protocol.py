@@ -30,8 +30,8 @@ from agora_cli.protocol.types import Ctx
 from agora_cli.protocol.verify import parse_verdict, verify
 from agora_cli.protocol.vote import parse_vote, vote
 from agora_cli.store import Store
+from tests.fakes.ensemble import MEMBERS, config_dict
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, pool_for
-from tests.test_loop_helpers import MEMBERS, config_dict
 
 pytestmark = pytest.mark.timeout(300)
 

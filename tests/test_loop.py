@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -12,8 +13,8 @@ from agora_cli.events import EventBus, read_events
 from agora_cli.paths import RunPaths
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
-from tests.fakes.openai_server import FakeOpenAI
-from tests.test_loop_helpers import MEMBERS, make_config, responder
+from tests.fakes.ensemble import MEMBERS, make_config, responder
+from tests.fakes.openai_server import FakeOpenAI, Reply
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,12 +76,29 @@ def test_two_steps_write_consistent_rows(run_dir):
 
 
 def test_pipelining_slow_problem_does_not_block_another(run_dir):
-    """Problem Q0's solves take 3 s; Q1's verifications and votes must not wait for them."""
-    with FakeOpenAI(responder(solve_delay={0: 3.0}), latency_s=0.01) as fake:
+    """Problem Q0's solves are held until Q1's three votes have arrived: a loop that made Q1
+    wait for Q0 would never send them (the hold times out and the order check fails)."""
+    from tests.fakes.ensemble import problem_of
+
+    script = responder()
+    q1_voted = threading.Event()
+    q1_votes: list[int] = []
+
+    def hold_q0(req):  # noqa: ANN001, ANN202
+        out = script(req)
+        if req.role == "vote" and problem_of(req) == 1:
+            q1_votes.append(1)
+            if len(q1_votes) == 3:
+                q1_voted.set()
+        if req.role == "solve" and problem_of(req) == 0:
+            return Reply(text=out, wait_for=q1_voted, wait_timeout_s=30)
+        return out
+
+    with FakeOpenAI(hold_q0, latency_s=0.01) as fake:
         cfg = make_config(fake.url, run_dir)
         runner.run(cfg, run_dir=run_dir, steps=1, bus=EventBus())
         reqs = list(fake.requests)
-    from tests.test_loop_helpers import problem_of
+    assert q1_voted.is_set()
 
     order = [(r.role, problem_of(r)) for r in reqs]
     first_q0_verify = order.index(("verify", 0))
@@ -142,7 +160,7 @@ def test_all_generated_problems_dropped_falls_back_to_seeds(run_dir):
 
 def test_anchor_rows_and_surprise(run_dir):
     from agora_cli.config import config_from_dict
-    from tests.test_loop_helpers import config_dict
+    from tests.fakes.ensemble import config_dict
 
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         data = config_dict(fake.url, run_dir, anchor_every=1)

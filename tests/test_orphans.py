@@ -21,7 +21,7 @@ import pytest
 
 from agora_cli.serving.merge import _remove_stale_temporaries
 from agora_cli.serving.process import ServerProcess, free_port, is_healthy
-from tests.test_loop_helpers import REPO
+from tests.fakes.ensemble import REPO
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -85,7 +85,7 @@ PARENT_SERVING = textwrap.dedent("""
     from agora_cli.paths import RunPaths
     from agora_cli.serving import Serving
     from agora_cli.serving.process import ServerProcess, free_port
-    from tests.test_loop_helpers import config_dict
+    from tests.fakes.ensemble import config_dict
 
     root = Path(sys.argv[1])
 

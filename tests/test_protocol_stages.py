@@ -15,7 +15,8 @@ from agora_cli.protocol.generate import (
     load_seed_pool,
     sample_seeds,
 )
-from agora_cli.protocol.isolated import majority_answer, self_consistency
+from agora_cli.protocol.isolated import self_consistency
+from agora_cli.protocol.majority import strict_majority
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.protocol.select import explain
 from agora_cli.protocol.solve import solve
@@ -238,7 +239,11 @@ async def test_reply_in_the_demonstrated_format_is_read() -> None:
         no = await verify(ctx, "beta", PROBLEM, "3 + 4 = 7 \\boxed{7}")
         v = await vote(ctx, "alpha", PROBLEM, "x \\boxed{7}", "y \\boxed{7}")
     assert ok.valid is True and no.valid is False
-    assert v.winner in ("a", "b")
+    # "A." names the solution shown first; the stage may show them swapped.
+    shown = fake.requests[-1].user
+    assert "x \\boxed{7}" in shown and "y \\boxed{7}" in shown
+    x_first = shown.find("x \\boxed{7}") < shown.find("y \\boxed{7}")
+    assert v.winner == ("a" if x_first else "b")
     assert [m["role"] for m in fake.requests[0].messages].count("assistant") == 2  # the demos
 
 
@@ -354,9 +359,9 @@ def _answers(*answers: str) -> Callable[[Request], str]:
 def test_self_consistency_answer_does_not_depend_on_finishing_order() -> None:
     # concurrent samples finish in any order; the spelling reported must not follow it
     answers = ["1,000", "1000", "1000.0", "1000", "9", None]
-    seen = {majority_answer(random.Random(seed).sample(answers, len(answers)), 6) for seed in range(50)}
+    seen = {strict_majority(random.Random(seed).sample(answers, len(answers)), 6) for seed in range(50)}
     assert seen == {"1000"}
-    assert majority_answer(["1000.0", "1,000", "9", None], 4) is None  # 2 of 4 is no majority
+    assert strict_majority(["1000.0", "1,000", "9", None], 4) is None  # 2 of 4 is no majority
 
 
 async def test_self_consistency_needs_a_strict_majority() -> None:

@@ -261,8 +261,8 @@ def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
     """The loop's own writes (fake ensemble, anchors on) feed every figure consistently."""
     from agora_cli import runner
     from agora_cli.config import config_from_dict
+    from tests.fakes.ensemble import config_dict, responder
     from tests.fakes.openai_server import FakeOpenAI
-    from tests.test_loop_helpers import config_dict, responder
 
     run_dir = tmp_path / "looprun"
     with FakeOpenAI(responder()) as fake:

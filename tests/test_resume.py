@@ -18,8 +18,8 @@ from agora_cli.commit import replay_ratings
 from agora_cli.paths import RunPaths
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
+from tests.fakes.ensemble import MEMBERS, REPO, responder, write_config
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request
-from tests.test_loop_helpers import MEMBERS, REPO, responder, write_config
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,7 +18,8 @@ from agora_cli.config import config_from_dict
 from agora_cli.events import EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store, now
-from agora_cli.training.rounds import RoundManager, live_adapters
+from agora_cli.training.round_store import live_adapters
+from agora_cli.training.rounds import RoundManager
 from agora_cli.training.trainer import read_adapter_meta
 
 # A hang guard, not a timing assertion: the box is shared and training speed varies tenfold.

@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 from agora_cli import runner
 from agora_cli.cli import app
 from agora_cli.config import config_from_dict, load_config
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import AgoraError, ConfigError, EvaluationError
 from agora_cli.events import EventBus
 from agora_cli.paths import CONFIGS_DIR, PACKAGE_DIR, RunPaths, safe_join
 from agora_cli.serving import build_backend
-from agora_cli.serving.base import Endpoint
 from agora_cli.store import Store
+from tests.fakes.ensemble import REPO, config_dict, responder
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
-from tests.test_loop_helpers import REPO, config_dict, responder
 
 pytestmark = pytest.mark.timeout(120)
 cli = CliRunner()

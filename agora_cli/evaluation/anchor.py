@@ -14,14 +14,14 @@ import asyncio
 from agora_cli.client import ClientPool
 from agora_cli.config import Config
 from agora_cli.evaluation.benchmarks import calibration_set
-from agora_cli.evaluation.evaluate import (
+from agora_cli.evaluation.grading import Grader
+from agora_cli.evaluation.scoring import (
     MAJORITY,
     accuracy,
     answer_items,
     greedy_sampling,
     majority_rows,
 )
-from agora_cli.evaluation.grading import Grader
 from agora_cli.protocol.prompts import Prompts
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agora_cli.config import Protocol, Surprise
+from agora_cli.config import Config, Protocol, Surprise
 
 Strategy = Literal["balanced", "elite"]
 
@@ -71,6 +71,11 @@ def strategy(anchor_history: list[float], cfg: Surprise, enabled: bool) -> Strat
     if enabled and is_plateau(anchor_history, cfg):
         return "elite"
     return "balanced"
+
+
+def step_strategy(cfg: Config, anchor_history: list[float]) -> Strategy:
+    """The strategy in force for the next step, from the run's config and anchor history."""
+    return strategy(anchor_history, cfg.protocol.surprise, cfg.ablations.dynamic_strategy)
 
 
 def elite_shots(strategy_: Strategy, cfg: Protocol) -> int:

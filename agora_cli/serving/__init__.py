@@ -1,6 +1,7 @@
 """Serving: every configured backend behind one object.
 
-The loop, the trainer and the CLI use only `Serving`:
+The loop, the trainer and the CLI use only `Serving` (or `serving_pool`, which also makes the
+client pool):
 
     with Serving(cfg, run_paths, bus) as serving:
         pool = serving.client_pool()          # requests resolve serving.endpoint(member)
@@ -10,7 +11,9 @@ The loop, the trainer and the CLI use only `Serving`:
 `start()` attaches to servers already started by `agora serve CONFIG --run-dir DIR` (recorded in
 `run_paths.servers`) when that file names a live process whose servers are healthy; otherwise it
 launches what the config needs. `stop()` stops only what this process started; it is idempotent
-and also runs at exit and on SIGTERM. A Ctrl-C or SIGTERM that arrives while `stop()` runs does
+and also runs at exit and on SIGTERM; a backend that fails to stop is reported (a
+`server_stop_failed` event and a warning on the `agora` logger) and the others are still stopped.
+A Ctrl-C or SIGTERM that arrives while `stop()` runs does
 not cut it short (servers it had not reached yet would be left running): it SIGKILLs every server
 this process started, `stop()` finishes, and the interruption is raised afterwards. A killed
 agora (SIGKILL, OOM) cannot run any of this; each server's guard stops it (`process.py`).
@@ -20,28 +23,29 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Config, OpenAIBackend, SGLangBackend, TransformersBackend
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
-from agora_cli.serving.base import Endpoint, ServingBackend
+from agora_cli.serving.base import ServingBackend
 from agora_cli.serving.openai_compat import OpenAIServing
 from agora_cli.serving.process import kill_all
 from agora_cli.serving.sglang import SGLangServing
 from agora_cli.serving.transformers import TransformersServing
 
-if TYPE_CHECKING:
-    from agora_cli.client import ClientPool
-
-__all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend"]
+__all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend", "serving_pool"]
+log = logging.getLogger("agora")
 
 
 def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = NULL_BUS) -> Any:
@@ -101,11 +105,14 @@ class Serving:
         module docstring.
         """
         with _escalate_signals():
-            for backend in self.backends.values():
+            for name, backend in self.backends.items():
                 try:
                     backend.stop()
-                except Exception:  # noqa: BLE001 - keep stopping the others
-                    pass
+                except Exception as e:  # noqa: BLE001 - keep stopping the others, but say so
+                    error = f"{type(e).__name__}: {e}"
+                    log.warning("backend %s failed to stop (%s); its servers may still run, "
+                                "see %s", name, error, self.run_paths.logs)
+                    self.bus.emit("server_stop_failed", backend=name, error=error)
             if self._wrote_servers_file:
                 self.run_paths.servers.unlink(missing_ok=True)
                 self._wrote_servers_file = False
@@ -144,9 +151,6 @@ class Serving:
 
     def client_pool(self) -> ClientPool:
         """A ClientPool resolving through `endpoint`, with each member's limits from the config."""
-        # Imported here: agora_cli.client imports serving.base, which runs this package first.
-        from agora_cli.client import ClientPool, MemberLimits
-
         limits = {
             m.name: MemberLimits(max_concurrency=m.max_concurrency, timeout_s=m.request_timeout_s)
             for m in self.cfg.members
@@ -184,6 +188,13 @@ class Serving:
         if set(backends) != set(self.backends):
             return False
         return all(b.attach(backends[name]) for name, b in self.backends.items())
+
+
+@contextmanager
+def serving_pool(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[Serving, ClientPool]]:
+    """Start (or attach to) every member's server for the block; yields (serving, client pool)."""
+    with Serving(cfg, paths, bus) as srv:
+        yield srv, srv.client_pool()
 
 
 def read_servers_file(run_paths: RunPaths) -> dict | None:

@@ -8,21 +8,10 @@ endpoints through `openai.AsyncOpenAI` (see `agora_cli.client`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where one member's requests go. `api_key` is resolved at runtime, never written anywhere."""
-
-    base_url: str  # e.g. http://127.0.0.1:8000/v1
-    model: str  # the `model` field of requests for this member
-    api_key: str = "agora-local"
-
-    def __repr__(self) -> str:  # keep keys out of logs and tracebacks
-        return f"Endpoint(base_url={self.base_url!r}, model={self.model!r})"
+from agora_cli.endpoint import Endpoint  # noqa: F401 - what every backend returns; re-exported
 
 
 class ServingBackend(Protocol):

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from agora_cli.config import Member, OpenAIBackend
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
-from agora_cli.serving.base import Endpoint
 from agora_cli.serving.process import http
 
 NO_KEY = "agora-local"  # local OpenAI-compatible servers accept any key

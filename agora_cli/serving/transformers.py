@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agora_cli.config import Member, Sampling, TransformersBackend
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.models import prepare
 from agora_cli.paths import RunPaths
-from agora_cli.serving.base import Endpoint
 from agora_cli.serving.merge import merge_in_subprocess
 from agora_cli.serving.process import ServerProcess, free_port, http, is_healthy
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agora_cli.protocol.prompts import Prompts
 from agora_cli.store import Store
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
@@ -54,13 +55,8 @@ class Example:
 def solve_messages(problem: str, prompts_dir: str | Path | None = None) -> Messages:
     """The solve-style prompt for `problem`, with no elite examples (the one place to change it).
 
-    Uses the protocol's `solve` template when it is available, so training sees the prompt the
-    members answered; falls back to the bare problem as a user message.
+    The protocol's `solve` template, so training sees the prompt the members answered.
     """
-    try:
-        from agora_cli.protocol.prompts import Prompts
-    except ImportError:  # protocol package absent: the bare problem
-        return [{"role": "user", "content": problem}]
     return Prompts(prompts_dir).render("solve", problem=problem, examples=[])
 
 

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agora_cli import runlock
 from agora_cli.config import Config, load_config
 from agora_cli.errors import StoreError, TrainingError
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.paths import RunPaths
+from agora_cli.serving import Serving, read_servers_file
 from agora_cli.store import Store
+from agora_cli.training import round_store as rs
 from agora_cli.training.rounds import RoundManager
 
 
@@ -47,10 +50,6 @@ class RoundOutcome:
 
 def attached_serving(cfg: Config, paths: RunPaths, bus: EventBus) -> Any:
     """The run's servers when `agora serve` is running for it (attached, never launched)."""
-    try:
-        from agora_cli.serving import Serving, read_servers_file
-    except ImportError:  # serving not installed in this build: train without activating
-        return None
     if read_servers_file(paths) is None:
         return None
     serving = Serving(cfg, paths, bus)
@@ -84,38 +83,36 @@ def train_now(
     if not cfg.ablations.lora:
         raise TrainingError("ablations.lora is off in this run's config: nothing is trained")
     bus = bus or EventBus()
-    sink = JsonlSink(paths.events)
-    bus.add(sink)
-    serving = None
-    try:
-        with Store(paths.store) as store:
-            serving = attached_serving(cfg, paths, bus)
-            rounds = RoundManager(
-                store, cfg, paths.ensure(), serving, bus, members=[member] if member else None
-            )
-            try:
-                round_id = rounds.start_now(max(store.last_committed_step(), 0))
-                if round_id is not None:
-                    rounds.wait(timeout_s)
-            finally:
-                rounds.shutdown()
-            if round_id is None:
-                return RoundOutcome(None, None, 0, None, serving is not None, [])
-            return _outcome(store, round_id, serving is not None)
-    finally:
-        if serving is not None:
-            serving.stop()  # attached: stops nothing it did not start
-        sink.close()
+    with runlock.hold(paths.root):
+        sink = JsonlSink(paths.events)
+        bus.add(sink)
+        serving = None
+        try:
+            with Store(paths.store) as store:
+                serving = attached_serving(cfg, paths, bus)
+                rounds = RoundManager(
+                    store, cfg, paths.ensure(), serving, bus, members=[member] if member else None
+                )
+                try:
+                    round_id = rounds.start_now(max(store.last_committed_step(), 0))
+                    if round_id is not None:
+                        rounds.wait(timeout_s)
+                finally:
+                    rounds.shutdown()
+                if round_id is None:
+                    return RoundOutcome(None, None, 0, None, serving is not None, [])
+                return _outcome(store, round_id, serving is not None)
+        finally:
+            if serving is not None:
+                serving.stop()  # attached: stops nothing it did not start
+            bus.remove(sink)
+            sink.close()
 
 
 def _outcome(store: Store, round_id: int, attached: bool) -> RoundOutcome:
-    r = store.one("SELECT status, buffer_ids, error FROM rounds WHERE id = ?", (round_id,))
+    r = rs.round_row(store, round_id)
     adapters = []
-    for a in store.query(
-        "SELECT member, version, status, path, model_name, metrics FROM adapters "
-        "WHERE round_id = ? ORDER BY member",
-        (round_id,),
-    ):
+    for a in sorted(rs.round_adapters(store, round_id), key=lambda a: a["member"]):
         m = json.loads(a["metrics"] or "{}")
         losses = m.get("losses") or [None]
         adapters.append(

@@ -17,9 +17,14 @@ and the round retriable with the same rows: `maybe_start` relaunches it (up to M
 the round is already `ready` or `live` is not trained again. Rows are therefore used by exactly
 one round, and a round's rows are trained into each member exactly once.
 
-Statuses written here: rounds `pending | training | live | failed`; adapters
-`training | ready | live | retired | failed`. `live` means "the member's current adapter"; its
-`model_name` is set when a server has loaded it (NULL when trained with no server attached).
+Statuses (written through `round_store`, the one home of the rounds' SQL): rounds
+`pending | training | live | failed`; adapters `training | ready | live | retired | failed`.
+`live` means "the member's current adapter"; its `model_name` is set when a server has loaded it
+(NULL when trained with no server attached).
+
+The worker's command is a parameter (`command(spec_path) -> argv`, default `worker_command`), so
+the retry, crash, activation-failure and shutdown paths run in the fast tests against a small stub
+worker; real training runs in the training and end-to-end tests.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
@@ -40,13 +46,14 @@ from agora_cli.config import Config, chat_template_text
 from agora_cli.errors import TrainingError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
-from agora_cli.store import Store, now
+from agora_cli.store import Store
+from agora_cli.training import round_store as rs
 from agora_cli.training.data import load_samples, samples_to_json
 from agora_cli.training.trainer import TrainSpec
 from agora_cli.training.worker import terminate, worker_command
 
 MAX_ATTEMPTS = 3  # in one process; resume() always retries once more
-RETRIABLE = ("pending", "training", "failed")
+WorkerCommand = Callable[[Path], list[str]]  # spec path -> the worker's argv
 
 
 @dataclass
@@ -89,6 +96,7 @@ class RoundManager:
         members: list[str] | None = None,
         max_parallel: int = 1,
         poll_interval_s: float = 0.5,
+        command: WorkerCommand | None = None,
     ):
         self.store = store
         self.cfg = cfg
@@ -98,6 +106,7 @@ class RoundManager:
         self.members = members or [m.name for m in cfg.members]
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
+        self.command = command or (lambda spec: worker_command(spec, cfg.training))
         self._flight: _Flight | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agora-activate")
 
@@ -112,10 +121,7 @@ class RoundManager:
         if self._flight is not None:
             return
         self.restore_live()
-        row = self.store.one(
-            f"SELECT id FROM rounds WHERE status IN ({_marks(RETRIABLE)}) ORDER BY id LIMIT 1",
-            RETRIABLE,
-        )
+        row = rs.retriable_round(self.store)
         if row is not None:
             self._launch(int(row["id"]))
 
@@ -128,11 +134,7 @@ class RoundManager:
         """
         if self._flight is not None or not self.cfg.ablations.lora:
             return None
-        row = self.store.one(
-            f"SELECT id, attempts FROM rounds WHERE status IN ({_marks(RETRIABLE)}) "
-            "ORDER BY id LIMIT 1",
-            RETRIABLE,
-        )
+        row = rs.retriable_round(self.store)
         if row is not None:
             if row["attempts"] >= MAX_ATTEMPTS:
                 return None
@@ -151,10 +153,7 @@ class RoundManager:
         """
         if self._flight is not None:
             raise TrainingError(f"round {self._flight.round_id} is already in flight")
-        row = self.store.one(
-            f"SELECT id FROM rounds WHERE status IN ({_marks(RETRIABLE)}) ORDER BY id LIMIT 1",
-            RETRIABLE,
-        )
+        row = rs.retriable_round(self.store)
         round_id = int(row["id"]) if row is not None else self.create_round(step, limit=None)
         if round_id is not None:
             self._launch(round_id)
@@ -199,14 +198,12 @@ class RoundManager:
         """
         if self.serving is None:
             return
-        for member, (version, path) in live_adapters(self.store).items():
+        for member, (version, path) in rs.live_adapters(self.store).items():
             if member not in self.members:
                 continue
-            row = self.store.one(
-                "SELECT model_name FROM adapters WHERE member = ? AND version = ?", (member, version)
-            )
+            name = rs.model_name(self.store, member, version)
             try:
-                if row["model_name"] and self.serving.endpoint(member).model == row["model_name"]:
+                if name and self.serving.endpoint(member).model == name:
                     continue  # attached to servers that already serve it
                 t0 = time.perf_counter()
                 endpoint = self.serving.activate(member, path, version)
@@ -216,11 +213,7 @@ class RoundManager:
                     error=f"could not re-activate adapter v{version} from {path}: {exc}",
                 )
                 continue
-            with self.store.transaction() as conn:
-                conn.execute(
-                    "UPDATE adapters SET model_name = ? WHERE member = ? AND version = ?",
-                    (endpoint.model, member, version),
-                )
+            rs.set_model_name(self.store, member, version, endpoint.model)
             self.bus.emit(
                 "adapter_live", member=member, version=version, model_name=endpoint.model,
                 latency_s=round(time.perf_counter() - t0, 3), restored=True,
@@ -239,7 +232,7 @@ class RoundManager:
 
     def live_versions(self) -> dict[str, int]:
         """member -> live adapter version (0 = the base model)."""
-        return live_versions(self.store, [m.name for m in self.cfg.members])
+        return rs.live_versions(self.store, [m.name for m in self.cfg.members])
 
     def shutdown(self) -> None:
         """Stop in-flight workers; the round stays retriable by the next run's `resume()`.
@@ -267,58 +260,20 @@ class RoundManager:
         """Reserve unconsumed rows (oldest first) for a new round, in ONE transaction.
 
         `exact`: only when at least `limit` rows wait, and then exactly `limit`. Each member gets
-        an `adapters` row (status training) with its next version.
+        an `adapters` row (status training) with its next version. In the isolated-evolution
+        control a member learns only from its own validated solutions, so only members with rows
+        in the round train in it.
         """
-        with self.store.transaction() as conn:
-            sql = "SELECT id FROM buffer WHERE round_id IS NULL ORDER BY id"
-            ids = [r[0] for r in conn.execute(sql + ("" if limit is None else f" LIMIT {limit}"))]
-            if not ids or (exact and limit is not None and len(ids) < limit):
-                return None
-            cur = conn.execute(
-                "INSERT INTO rounds(step, status, buffer_ids, attempts, started_at) "
-                "VALUES (?, 'pending', ?, 0, ?)",
-                (step, json.dumps(ids), now()),
-            )
-            round_id = int(cur.lastrowid)
-            conn.execute(
-                f"UPDATE buffer SET round_id = ? WHERE id IN ({_marks(ids)}) AND round_id IS NULL",
-                (round_id, *ids),
-            )
-            learners = self.members
-            if self.cfg.protocol.mode == "isolated":
-                # The isolated-evolution control: a member learns only from its own validated
-                # solutions, so only members with rows in this round train in it.
-                authors = {r[0] for r in conn.execute(
-                    f"SELECT DISTINCT member FROM buffer WHERE id IN ({_marks(ids)})", ids
-                )}
-                learners = [m for m in self.members if m in authors]
-            for member in learners:
-                version = 1 + (
-                    conn.execute(
-                        "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE member = ?", (member,)
-                    ).fetchone()[0]
-                )
-                conn.execute(
-                    "INSERT INTO adapters(member, version, round_id, path, status, created_at) "
-                    "VALUES (?, ?, ?, ?, 'training', ?)",
-                    (member, version, round_id, str(self.paths.adapter_dir(member, version)), now()),
-                )
-        return round_id
+        return rs.create_round(
+            self.store, step, self.members, self.paths.adapter_dir, limit=limit, exact=exact,
+            own_rows_only=self.cfg.protocol.mode == "isolated",
+        )
 
     # ------------------------------------------------------------------ launching
 
     def _launch(self, round_id: int) -> None:
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE rounds SET status = 'training', attempts = attempts + 1, error = NULL "
-                "WHERE id = ?",
-                (round_id,),
-            )
-        attempt = int(self.store.scalar("SELECT attempts FROM rounds WHERE id = ?", (round_id,)))
-        rows = self.store.query(
-            "SELECT member, version, path, status FROM adapters WHERE round_id = ? ORDER BY id",
-            (round_id,),
-        )
+        attempt = rs.start_attempt(self.store, round_id)
+        rows = rs.round_adapters(self.store, round_id)
         f = _Flight(round_id, attempt, to_train=[])
         self._flight = f
         for r in rows:
@@ -341,14 +296,9 @@ class RoundManager:
             f.running[member] = job
 
     def _spawn(self, f: _Flight, member: str) -> _Job:
-        row = self.store.one(
-            "SELECT version, path FROM adapters WHERE round_id = ? AND member = ?",
-            (f.round_id, member),
-        )
+        row = rs.adapter_of(self.store, f.round_id, member)
         version, out = int(row["version"]), Path(row["path"])
-        buffer_ids = json.loads(
-            self.store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (f.round_id,))
-        )
+        buffer_ids = rs.buffer_ids(self.store, f.round_id)
         work = self.paths.root / "training" / f"round-{f.round_id}"
         work.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(str(out.parent / f".{out.name}.tmp-*")):  # a killed save
@@ -384,7 +334,7 @@ class RoundManager:
         if self.cfg.training.max_threads:
             env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
         job.proc = subprocess.Popen(
-            worker_command(job.spec_path, self.cfg.training),
+            self.command(job.spec_path),
             stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         job.started = time.monotonic()
@@ -395,12 +345,8 @@ class RoundManager:
         return job
 
     def _previous_adapter(self, member: str, round_id: int) -> str | None:
-        row = self.store.one(
-            "SELECT path FROM adapters WHERE member = ? AND status = 'live' AND round_id != ? "
-            "ORDER BY version DESC LIMIT 1",
-            (member, round_id),
-        )
-        return row["path"] if row is not None and Path(row["path"]).is_dir() else None
+        path = rs.previous_live_path(self.store, member, round_id)
+        return path if path is not None and Path(path).is_dir() else None
 
     # ------------------------------------------------------------------ collecting
 
@@ -439,11 +385,7 @@ class RoundManager:
             "peak_memory_mb", "train_s", "cpu_s", "total_s", "skipped_ids", "buffer_ids",
         )}
         metrics["wall_s"] = round(time.monotonic() - job.started, 2)
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE adapters SET status = 'ready', metrics = ? WHERE round_id = ? AND member = ?",
-                (json.dumps(metrics), f.round_id, job.member),
-            )
+        rs.mark_ready(self.store, f.round_id, job.member, metrics)
         losses = result.get("losses") or [None]
         self.bus.emit(
             "training_finished", round=f.round_id, member=job.member, version=job.version,
@@ -456,11 +398,7 @@ class RoundManager:
     def _member_failed(self, f: _Flight, member: str, error: str, stage: str = "train") -> None:
         f.errors[member] = error
         if stage == "train":
-            with self.store.transaction() as conn:
-                conn.execute(
-                    "UPDATE adapters SET status = 'failed' WHERE round_id = ? AND member = ?",
-                    (f.round_id, member),
-                )
+            rs.mark_failed(self.store, f.round_id, member)
         self.bus.emit(
             "training_failed", round=f.round_id, member=member, stage=stage, error=error,
             attempt=f.attempt,
@@ -485,19 +423,7 @@ class RoundManager:
             return
         latency = time.perf_counter() - t0
         model_name = getattr(endpoint, "model", None)
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE adapters SET status = 'retired' WHERE member = ? AND status = 'live'",
-                (member,),
-            )
-            conn.execute(
-                "UPDATE adapters SET status = 'live', model_name = ?, live_at = ? "
-                "WHERE round_id = ? AND member = ?",
-                (model_name, now(), f.round_id, member),
-            )
-        version = self.store.scalar(
-            "SELECT version FROM adapters WHERE round_id = ? AND member = ?", (f.round_id, member)
-        )
+        version = rs.make_live(self.store, f.round_id, member, model_name)
         self.bus.emit(
             "adapter_live", round=f.round_id, member=member, version=version,
             model_name=model_name, latency_s=round(latency, 3),
@@ -506,37 +432,8 @@ class RoundManager:
     def _finish_round(self, f: _Flight) -> None:
         self._flight = None
         if not f.errors:
-            with self.store.transaction() as conn:
-                conn.execute(
-                    "UPDATE rounds SET status = 'live', error = NULL, finished_at = ? WHERE id = ?",
-                    (now(), f.round_id),
-                )
+            rs.finish_round(self.store, f.round_id, "live", None)
             return
         status = "failed" if f.attempt >= MAX_ATTEMPTS else "pending"
         error = "; ".join(f"{m}: {e}" for m, e in f.errors.items())
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE rounds SET status = ?, error = ? WHERE id = ?", (status, error, f.round_id)
-            )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def live_versions(store: Store, members: list[str]) -> dict[str, int]:
-    """member -> live adapter version (0 = base) as recorded in the store."""
-    out = dict.fromkeys(members, 0)
-    for r in store.query("SELECT member, version FROM adapters WHERE status = 'live'"):
-        if r["member"] in out:
-            out[r["member"]] = max(out[r["member"]], int(r["version"]))
-    return out
-
-
-def live_adapters(store: Store) -> dict[str, tuple[int, Path]]:
-    """member -> (version, adapter dir) of its live adapter: what a restarted server must load."""
-    rows = store.query("SELECT member, version, path FROM adapters WHERE status = 'live'")
-    return {r["member"]: (int(r["version"]), Path(r["path"])) for r in rows}
-
-
-def _marks(items: Any) -> str:
-    return ",".join("?" * len(items))
+        rs.finish_round(self.store, f.round_id, status, error)

@@ -61,12 +61,18 @@ class Request:
 
 @dataclass
 class Reply:
-    """What to answer. `status != 200` sends an OpenAI-style error; `drop` closes the connection."""
+    """What to answer. `status != 200` sends an OpenAI-style error; `drop` closes the connection.
+
+    `wait_for` holds the reply until the event is set (at most `wait_timeout_s`), so a test
+    orders requests by what happened, not by a sleep.
+    """
 
     text: str = ""
     status: int = 200
     delay_s: float = 0.0
     drop: bool = False
+    wait_for: threading.Event | None = None
+    wait_timeout_s: float = 60.0
 
 
 Responder = Callable[[Request], "str | Reply"]
@@ -262,6 +268,8 @@ class FakeOpenAI:
         except Exception as e:  # noqa: BLE001 - a failing responder is a 500, like a real server
             out = Reply(text=f"responder raised {type(e).__name__}: {e}", status=500)
         reply = out if isinstance(out, Reply) else Reply(text=str(out))
+        if reply.wait_for is not None:
+            await asyncio.to_thread(reply.wait_for.wait, reply.wait_timeout_s)
         wait = self.latency_s + reply.delay_s
         if wait > 0:
             await asyncio.sleep(wait)
@@ -321,8 +329,8 @@ def pool_for(fake: FakeOpenAI, members: Sequence[str], *, max_retries: int = 1,
     """A real `ClientPool` whose every member resolves to `fake` (model name = member name)."""
     from agora_cli.client import ClientPool, MemberLimits
     from agora_cli.config import ClientSettings
+    from agora_cli.endpoint import Endpoint
     from agora_cli.events import NULL_BUS
-    from agora_cli.serving.base import Endpoint
 
     return ClientPool(
         resolve=lambda m: Endpoint(fake.url, model=m),

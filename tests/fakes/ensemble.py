@@ -1,4 +1,4 @@
-"""A scripted ensemble for the loop tests (imported by test_loop*, test_resume, test_cli_run).
+"""A scripted ensemble for the loop, CLI and resume tests (not a test module itself).
 
 Three members on one FakeOpenAI server; the fake tells them apart by the request's `model`.
 The script makes every count predictable:
@@ -20,11 +20,11 @@ import yaml
 
 from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Config, config_from_dict
+from agora_cli.endpoint import Endpoint
 from agora_cli.events import EventBus
-from agora_cli.serving.base import Endpoint
-from tests.fakes.openai_server import Reply, Request, scripted
+from tests.fakes.openai_server import Request, scripted
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MEMBERS = ["alpha", "beta", "gamma"]
 PREFERENCE = ["alpha", "beta", "gamma"]
 WORDS = ["apples", "pears", "plums", "figs", "limes", "kiwis", "dates", "grapes", "melons"]
@@ -94,10 +94,9 @@ def vote(req: Request) -> str:
     return "A" if pos[best] == min(pos.values()) else "B"
 
 
-def responder(solve_delay: dict[int, float] | None = None, answer: str = "7"):
-    """The script described in the module docstring; `solve_delay` slows chosen problems."""
+def responder(answer: str = "7"):
+    """The script described in the module docstring."""
     counter = itertools.count()
-    solve_delay = solve_delay or {}
 
     def generate(req: Request) -> str:
         n = next(counter)
@@ -105,12 +104,10 @@ def responder(solve_delay: dict[int, float] | None = None, answer: str = "7"):
         return (f"Problem: Q{n} A farmer has {n + 11} {a}, sells {n + 2} {b} and buys "
                 f"{3 * n + 5} {c} at market number {n}. How many fruits are left?")
 
-    def solve(req: Request) -> str | Reply:
+    def solve(req: Request) -> str:
         # Per problem, so a reply never equals an elite demonstration turn (that is an echo).
-        text = (f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step "
+        return (f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step "
                 f"gives \\boxed{{{answer}}}")
-        delay = solve_delay.get(problem_of(req), 0.0)
-        return Reply(text=text, delay_s=delay) if delay else text
 
     return scripted({
         "generate": generate, "solve": solve, "verify": verify, "vote": vote,

@@ -1,0 +1,20 @@
+"""Where one member's requests go: the plain value a serving backend hands the client pool.
+
+Its own module, below both `client.py` and `serving/`, so the client needs nothing from serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one member's requests go. `api_key` is resolved at runtime, never written anywhere."""
+
+    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    model: str  # the `model` field of requests for this member
+    api_key: str = "agora-local"
+
+    def __repr__(self) -> str:  # keep keys out of logs and tracebacks
+        return f"Endpoint(base_url={self.base_url!r}, model={self.model!r})"
