@@ -1,20 +1,106 @@
-"""The Typer app and the one place where AgoraError becomes a red line and an exit code."""
+"""The Typer app, and the one place where an expected failure becomes a red line and an exit code.
+
+Commands raise; `_AgoraGroup.invoke` (the root of every command, sub-groups included) renders:
+
+- `AgoraError` (the library's typed errors): its message, its `exit_code`;
+- `sqlite3.Error` (e.g. "database is locked"), `OSError` (disk full, permission): what failed and
+  what to do, exit 1;
+- an `ExceptionGroup` (the step's TaskGroup): unwrapped to its leaves, the first one rendered
+  (with how many more there were) when every leaf is expected;
+- `KeyboardInterrupt`: "interrupted", exit 130.
+
+Each as ONE line on stderr, the text printed as plain text (never Rich markup: messages hold
+paths and YAML keys like `members[1]`). `agora --debug ...` re-raises instead, with the
+traceback. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 
 from agora_cli.errors import AgoraError
 
+EXPECTED = (AgoraError, sqlite3.Error, OSError)
+INTERRUPTED = 130
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order; `exc` itself when not a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in leaves(e)]
+    return [exc]
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """(one line, exit code) for an expected failure."""
+    if isinstance(exc, AgoraError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return (f"the run store is busy: {text}; another process holds a write lock on it "
+                    "for too long; stop it, then re-run the same command to resume"), 1
+        return f"run store: {type(exc).__name__}: {text}", 1
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = {
+            errno.ENOSPC: "free some disk space, then re-run the same command to resume",
+            errno.EDQUOT: "free some disk quota, then re-run the same command to resume",
+            errno.EACCES: "check the permissions of that path",
+            errno.EPERM: "check the permissions of that path",
+            errno.EROFS: "use a writable run directory (--run-dir)",
+        }.get(exc.errno or 0, "see the path and re-run with --debug for the traceback")
+        return f"{reason}{where}; {hint}", 1
+    raise TypeError(exc)  # pragma: no cover - only called on EXPECTED
+
+
+def render(exc: BaseException) -> int | None:
+    """Print the failure as one line on stderr and return the exit code; None when it is not an
+    expected failure (a bug: the caller re-raises it)."""
+    found = leaves(exc)
+    if any(isinstance(e, KeyboardInterrupt) for e in found):
+        err_console.print(Text("interrupted", style="yellow"))
+        return INTERRUPTED
+    if not all(isinstance(e, EXPECTED) for e in found):
+        return None
+    line, code = describe(found[0])
+    if len(found) > 1:
+        line += f" (and {len(found) - 1} more error(s); --debug shows all)"
+    # Newlines inside a message (e.g. ConfigError's list) are kept: they are the message's own.
+    err_console.print(Text("error: ", style="red") + Text(line), soft_wrap=True, markup=False)
+    return code
+
+
+class _AgoraGroup(TyperGroup):
+    """The root group: every command's failure goes through `render` here, once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except BaseException as e:  # noqa: BLE001 - rendered or re-raised below
+            if state["debug"] or isinstance(e, SystemExit | GeneratorExit):
+                raise
+            code = render(e)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
+
+
 app = typer.Typer(
     name="agora",
+    cls=_AgoraGroup,
     help="AGORA group distillation (arXiv 2507.21166) on your own ensemble of small models.",
     no_args_is_help=True,
     add_completion=False,
@@ -23,28 +109,6 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 state: dict[str, Any] = {"debug": False}
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(fn: F) -> F:
-    """Decorator for commands: AgoraError -> one red line (traceback only with --debug)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except AgoraError as e:
-            if state["debug"]:
-                raise
-            # The message is data (it may hold YAML paths like members[1]): never parse it as markup.
-            err_console.print(Text("error: ", style="red") + Text(str(e)), soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/yellow]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.callback()

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from agora_cli.cli.app import app, console, handle_errors
+from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
 from agora_cli.errors import EvaluationError
 from agora_cli.events import EventBus
@@ -56,7 +56,6 @@ def _scores_table(
 
 
 @app.command("eval")
-@handle_errors
 def eval_cmd(
     config: str = typer.Argument(..., help="YAML config of the ensemble."),
     overrides: list[str] = typer.Argument(None, help="key=value config overrides."),
@@ -88,7 +87,6 @@ def eval_cmd(
 
 
 @app.command()
-@handle_errors
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path = typer.Option(None, help="Report directory (default: RUN/report for one run, "
@@ -103,7 +101,6 @@ def report(
 
 
 @app.command()
-@handle_errors
 def ablate(
     config: str = typer.Argument(..., help="Base config (full AGORA)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides for every variant."),

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from agora_cli.cli.app import app, console, handle_errors
+from agora_cli.cli.app import app, console
 from agora_cli.config import Config, Sampling, load_config
 from agora_cli.paths import RunPaths
 
@@ -19,7 +20,6 @@ PING_PROMPT = "What is 2 + 3? Answer with one number."
 
 
 @models_app.command("prepare")
-@handle_errors
 def prepare_cmd(
     config: str = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides"),
@@ -43,7 +43,6 @@ def prepare_cmd(
 
 
 @models_app.command("list")
-@handle_errors
 def list_cmd() -> None:
     """Prepared models in the cache (`$AGORA_HOME/models`)."""
     from agora_cli.models import list_cached
@@ -64,7 +63,6 @@ def list_cmd() -> None:
 
 
 @models_app.command("ping")
-@handle_errors
 def ping_cmd(
     config: str = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides"),
@@ -84,8 +82,9 @@ def ping_cmd(
     table = Table("member", "backend", "model", "latency s", "tokens", "reply")
     for name, backend, model, result in rows:
         if isinstance(result, Exception):
-            table.add_row(name, backend, model, "-", "-", f"[red]{type(result).__name__}: "
-                          f"{str(result)[:80]}[/red]")
+            # Exception text is data (brackets, paths): a Text, never parsed as markup.
+            table.add_row(name, backend, model, "-", "-",
+                          Text(f"{type(result).__name__}: {str(result)[:80]}", style="red"))
         else:
             reply = " ".join(result.text.split())[:60]
             table.add_row(name, backend, model, f"{result.latency_s:.2f}",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from agora_cli import runner
-from agora_cli.cli.app import app, console, handle_errors, is_tty
+from agora_cli.cli.app import app, console, is_tty
 from agora_cli.config import load_config
 from agora_cli.events import EventBus
 from agora_cli.ui import status as status_ui
@@ -16,7 +17,6 @@ from agora_cli.ui.plain import PlainPrinter
 
 
 @app.command()
-@handle_errors
 def run(
     config: str = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. protocol.elite_k=5"),
@@ -36,54 +36,52 @@ def run(
         bus.add(PlainPrinter())
         result = runner.run(cfg, run_dir=run_dir, steps=steps, force=force, bus=bus)
     console.print(
-        f"[green]done[/green] {result.run_dir}: {result.committed} step(s) committed "
-        f"(this invocation started at step {result.first_step}); "
-        f"`agora status {result.run_dir}` for details", highlight=False, soft_wrap=True,
+        Text("done", style="green") + Text(
+            f" {result.run_dir}: {result.committed} step(s) committed (this invocation started "
+            f"at step {result.first_step}); `agora status {result.run_dir}` for details"
+        ), highlight=False, soft_wrap=True,
     )
 
 
 @app.command()
-@handle_errors
 def status(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     events: int = typer.Option(10, "--events", help="How many recent events to show."),
 ) -> None:
     """A run's state (safe while the run is live: reads the store read-only)."""
-    console.print(status_ui.render(status_ui.collect(run_dir, events)), highlight=False, soft_wrap=True)
+    console.print(status_ui.render(status_ui.collect(run_dir, events)), markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 def _stage(stage: str, run_dir: Path) -> None:
     step, written = runner.run_stage(run_dir, stage)
     rows = ", ".join(f"{n} {table}" for table, n in written.items() if n) or "nothing (done)"
-    console.print(f"step {step} {stage}: wrote {rows}", highlight=False, soft_wrap=True)
+    console.print(f"step {step} {stage}: wrote {rows}", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 _RUN_DIR = typer.Option(..., "--run-dir", help="Run directory of an existing run.")
 
 
 @app.command()
-@handle_errors
 def generate(run_dir: Path = _RUN_DIR) -> None:
     """Generate the open step's missing problems (Q-Group)."""
     _stage("generate", run_dir)
 
 
 @app.command()
-@handle_errors
 def solve(run_dir: Path = _RUN_DIR) -> None:
     """Solve the open step's problems: every member, every problem not yet solved."""
     _stage("solve", run_dir)
 
 
 @app.command()
-@handle_errors
 def verify(run_dir: Path = _RUN_DIR) -> None:
     """Verify the open step's solutions: every other member, every missing verdict."""
     _stage("verify", run_dir)
 
 
 @app.command()
-@handle_errors
 def vote(run_dir: Path = _RUN_DIR) -> None:
     """Vote on pairs of the open step's correct solutions (missing votes only)."""
     _stage("vote", run_dir)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import typer
 
-from agora_cli.cli.app import app, console, handle_errors
-from agora_cli.config import load_config
+from agora_cli import runlock
+from agora_cli.cli.app import app, console
+from agora_cli.config import Config, load_config
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.paths import RunPaths
 
 
 @app.command()
-@handle_errors
 def serve(
     config: str = typer.Argument(..., help="YAML config, e.g. configs/tiny.yaml."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides"),
@@ -34,6 +34,13 @@ def serve(
         for line in Serving(cfg, paths).describe():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
+    with runlock.hold(paths.root, name=runlock.SERVE_LOCK):
+        _serve(cfg, paths)
+
+
+def _serve(cfg: Config, paths: RunPaths) -> None:
+    from agora_cli.serving import Serving
+
     paths.logs.mkdir(parents=True, exist_ok=True)
     sink = JsonlSink(paths.logs / "serve-events.jsonl")
     serving = Serving(cfg, paths, EventBus([sink]))
@@ -41,16 +48,18 @@ def serve(
         serving.start()
     try:
         if serving.attached:
-            console.print(f"servers for {paths.root} are already up (see {paths.servers})")
+            console.print(f"servers for {paths.root} are already up (see {paths.servers})",
+                          markup=False, highlight=False, soft_wrap=True)
             return
         serving.write_servers_file()
         for line in serving.describe():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         for m in cfg.members:
             ep = serving.endpoint(m.name)
-            console.print(f"{m.name}: {ep.base_url}  model={ep.model}", highlight=False,
-                          soft_wrap=True)
-        console.print(f"wrote {paths.servers}; logs in {paths.logs}. Ctrl-C stops the servers.")
+            console.print(f"{m.name}: {ep.base_url}  model={ep.model}", markup=False,
+                          highlight=False, soft_wrap=True)
+        console.print(f"wrote {paths.servers}; logs in {paths.logs}. Ctrl-C stops the servers.",
+                      markup=False, highlight=False, soft_wrap=True)
         while True:
             time.sleep(1)
     finally:

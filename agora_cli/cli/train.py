@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agora_cli.cli.app import app, console, handle_errors
+from agora_cli.cli.app import app, console
 from agora_cli.errors import TrainingError
 from agora_cli.events import EventBus
 from agora_cli.training.manual import train_now
@@ -40,7 +40,6 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 @app.command()
-@handle_errors
 def train(
     run_dir: Path = typer.Option(..., "--run-dir", help="Run directory of an existing run."),
     member: str = typer.Option(None, "--member", help="Train only this member."),

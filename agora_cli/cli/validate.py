@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from agora_cli.cli.app import app, console, handle_errors
+from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
 
 
 @app.command()
-@handle_errors
 def validate(
     config: str = typer.Argument(..., help="YAML config to check."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. protocol.elite_k=5"),

@@ -116,8 +116,8 @@ def event_line(e: Event) -> str:
 def render(s: RunStatus) -> RenderableType:
     """The status page as one rich renderable."""
     last = s.last
-    head = Text.from_markup(
-        f"[bold]{s.run_dir}[/bold]: {s.committed_steps} step(s) committed"
+    head = Text(str(s.run_dir), style="bold") + Text(
+        f": {s.committed_steps} step(s) committed"
         + (f", step {s.open_step} open" if s.open_step is not None else "")
         + "\n"
         f"last step {last.get('step', '-')}: d_t {_f(last.get('difficulty'))} -> "
