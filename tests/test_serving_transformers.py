@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,15 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
     adapter = random_lora(Path(serving.endpoint("smol-b").model), tmp_path / "adapter")
     base_model = serving.endpoint("smol-a").model
     pool = serving.client_pool()
+    resolved: list[str] = []
+    resolve = pool.resolve
+
+    def counting_resolve(member: str):  # noqa: ANN202
+        if member == "smol-a" and not swapped.is_set():
+            resolved.append(member)
+        return resolve(member)
+
+    pool.resolve = counting_resolve
     swapped = threading.Event()
     swap_error: list[BaseException] = []
 
@@ -120,7 +130,9 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
         try:
             in_flight = [asyncio.create_task(pool.chat("smol-a", question(i), long))
                          for i in range(6)]
-            await asyncio.sleep(0.5)  # let them reach the server before swapping
+            # Swap once all six have resolved smol-a's endpoint (the base model) and are sent.
+            while len(resolved) < 6:
+                await asyncio.sleep(0.01)
             threading.Thread(target=swap, daemon=True).start()
             # Keep sending while the merge and the new server come up.
             during = []
@@ -204,7 +216,7 @@ def test_attach_to_recorded_transformers_servers(tmp_path: Path) -> None:
 # A stand-in for `transformers serve <model>` (same CLI shape, uvicorn, graceful on SIGTERM) so the
 # swap logic runs on real processes and real HTTP without real models.
 FAKE_SERVE = '''
-import asyncio, sys, time
+import asyncio, os, sys, time
 import uvicorn
 from fastapi import FastAPI
 model, port = sys.argv[1], int(sys.argv[2])
@@ -219,6 +231,8 @@ async def chat(body: dict):
     if body["model"] != model:
         return {"error": "pinned"}, 400
     if "slow" in body["messages"][-1]["content"]:
+        with open(os.environ["FAKE_SERVE_ARRIVALS"], "a") as f:  # the test waits for these
+            f.write(model + "\n")
         await asyncio.sleep(3)
     return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -239,6 +253,9 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
 
     script = tmp_path / "fake_serve.py"
     script.write_text(FAKE_SERVE)
+    arrivals = tmp_path / "arrivals"
+    arrivals.touch()
+    monkeypatch.setenv("FAKE_SERVE_ARRIVALS", str(arrivals))
     monkeypatch.setattr(
         tbackend.TransformersServing, "_command",
         lambda self, model, port: [sys.executable, str(script), model, str(port)],
@@ -273,7 +290,11 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
             try:
                 in_flight = [asyncio.create_task(pool.chat(m, slow, SHORT))
                              for m in ("a", "b", "b")]
-                await asyncio.sleep(0.5)
+                # Swap only once the server holds all three (it records each arrival).
+                deadline = time.monotonic() + 60
+                while len(arrivals.read_text().splitlines()) < 3:
+                    assert time.monotonic() < deadline, "the slow requests never arrived"
+                    await asyncio.sleep(0.02)
                 # Both members move off the base: its server retires with requests in flight.
                 await asyncio.to_thread(serving.activate, "a", adapter, 1)
                 await asyncio.to_thread(serving.activate, "b", adapter, 1)

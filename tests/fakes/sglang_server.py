@@ -12,6 +12,10 @@ is `<base>` or `<base>:<lora_name>`; the reply text names the adapter that serve
 POST /load_lora_adapter (400 `{"success": false, "error_message": "... already loaded"}` for a
 name already loaded; 400 when the path does not exist), POST /unload_lora_adapter (400 for an
 unknown name).
+
+`responder` (the scripted responders of `tests.fakes.openai_server`, routed on the request's
+X-Agora-Role header) writes the chat replies of a whole loop; `load_delay_s` stalls loads (a
+hot-swap in progress); `loads` lists the adapter names asked to load.
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from agora_cli.serving.process import free_port
+from tests.fakes.openai_server import Reply, Responder, detect_role
+from tests.fakes.openai_server import Request as ChatRequest
 
 
 class FakeSGLang:
-    def __init__(self, base_model: str, latency_s: float = 0.0):
+    def __init__(self, base_model: str, latency_s: float = 0.0,
+                 responder: Responder | None = None):
         self.base_model = base_model
         self.latency_s = latency_s
+        self.responder = responder
+        self.load_delay_s = 0.0
         self.adapters: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []  # (kind, name) in arrival order
         self.port = free_port()
@@ -42,6 +51,10 @@ class FakeSGLang:
             uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def loads(self) -> list[str]:
+        return [name for kind, name in self.calls if kind == "load"]
 
     def _record(self, kind: str, name: str) -> None:
         with self._lock:
@@ -70,6 +83,8 @@ class FakeSGLang:
             body = await request.json()
             name, path = body["lora_name"], body["lora_path"]
             self._record("load", name)
+            if self.load_delay_s:
+                await asyncio.sleep(self.load_delay_s)
             if name in self.adapters:
                 return _result(False, f"Failed to load LoRA adapter {name} because it is "
                                "already loaded", self.adapters)
@@ -103,6 +118,12 @@ class FakeSGLang:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
             text = f"served by {served}"
+            if self.responder is not None:
+                req = ChatRequest(model=model, messages=list(body.get("messages") or []),
+                                  role=detect_role({k.lower(): v for k, v in request.headers.items()}),
+                                  body=body)
+                out = self.responder(req)
+                text = out.text if isinstance(out, Reply) else str(out)
             return JSONResponse({
                 "id": "fake", "object": "chat.completion", "created": int(time.time()),
                 "model": model,
