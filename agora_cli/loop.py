@@ -36,6 +36,7 @@ from agora_cli import steps as db
 from agora_cli.client import ClientPool
 from agora_cli.commit import compute_effects, emit_committed, step_strategy
 from agora_cli.config import Config
+from agora_cli.evaluation.benchmarks import calibration_name
 from agora_cli.events import EventBus
 from agora_cli.protocol import generate as gen
 from agora_cli.protocol.answers import answers_match
@@ -447,13 +448,14 @@ async def run_step(
             return
         scores = await anchor(pool, cfg, prompts, t)
         live = versions()
+        calibration = calibration_name(cfg.evaluation.calibration)  # the held-out dev split
         with store.transaction():
             for member, (score, n) in scores.items():
-                db.insert_anchor(store, t, member, cfg.evaluation.calibration, score, n,
+                db.insert_anchor(store, t, member, calibration, score, n,
                                  live.get(member, 0))
         for member, (score, n) in scores.items():
             bus.emit("validation_score", step=t, member=member,
-                     benchmark=cfg.evaluation.calibration, score=score, n=n)
+                     benchmark=calibration, score=score, n=n)
         anchors = db.step_anchors(store, t)
 
     await asyncio.gather(run.pipeline(), anchor_task())
