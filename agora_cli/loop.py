@@ -43,12 +43,12 @@ from agora_cli.protocol.answers import answers_match
 from agora_cli.protocol.difficulty import next_target
 from agora_cli.protocol.isolated import majority_answer, self_consistency
 from agora_cli.protocol.prompts import Prompts
-from agora_cli.protocol.select import explain, update_elite
+from agora_cli.protocol.select import elite_score, explain, update_elite
 from agora_cli.protocol.solve import solve
 from agora_cli.protocol.surprise import elite_shots
 from agora_cli.protocol.types import Ctx, EliteExample, Verdict
 from agora_cli.protocol.verify import consensus, verify
-from agora_cli.protocol.vote import vote
+from agora_cli.protocol.vote import make_env, vote
 from agora_cli.store import Store
 
 Row = dict[str, Any]
@@ -320,7 +320,8 @@ class StepRun:
     # -- 5. selection: elite candidates and self-explanations ----------------------------------
 
     def scores(self) -> dict[int, float]:
-        """Peer-assessed quality: votes won / votes cast on each solution of this step."""
+        """Peer-assessed quality of each voted solution of this step: `elite_score` of the votes
+        it won out of the votes cast on its comparisons."""
         won: Counter[int] = Counter()
         cast: Counter[int] = Counter()
         for r in db.step_votes(self.store, self.t):
@@ -328,7 +329,23 @@ class StepRun:
             cast[r["solution_b"]] += 1
             if r["winner"] is not None:
                 won[r["winner"]] += 1
-        return {sid: won[sid] / n for sid, n in cast.items() if n}
+        return {sid: elite_score(won[sid], n) for sid, n in cast.items() if n}
+
+    def unvoted_scores(self) -> dict[int, float]:
+        """`quality_vote` off: no votes to rank by, yet H_t is still filled. Each problem's
+        candidate is its consensus-passed solution whose author has the best TrueSkill mu (lowest
+        id on ties), scored by `elite_score` of its valid verdicts out of its verdicts."""
+        ratings = db.current_ratings(self.store, make_env(), self.members)
+        out: dict[int, float] = {}
+        for p in db.step_problems(self.store, self.t):
+            passed = [s for s in self.problem_solutions(p["id"]) if self.is_correct(s)]
+            if not passed:
+                continue
+            best = max(passed, key=lambda s: (ratings[s["member"]].mu, -s["id"]))
+            got = [self.verdicts[(best["id"], v)] for v in self.verifiers_of(best)
+                   if (best["id"], v) in self.verdicts]
+            out[best["id"]] = elite_score(sum(int(v["valid"]) for v in got), len(got))
+        return out
 
     async def select_elite(self, k: int) -> list[EliteExample]:
         """H_t = Top_k(H_{t-1} ∪ I_t); I_t is each problem's best-voted correct solution.
@@ -338,7 +355,7 @@ class StepRun:
         """
         if self.isolated:
             return []
-        scores = self.scores()
+        scores = self.scores() if self.cfg.ablations.quality_vote else self.unvoted_scores()
         candidates = []
         for p in db.step_problems(self.store, self.t):
             ranked = sorted(

@@ -282,7 +282,7 @@ def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
     assert {r["step"] for r in anchors} == {0, 1, 2}
     fig1 = _sidecar(out / "looprun-fig1-anchor.png")
     for r in anchors:
-        line = fig1["anchors"]["gsm8k"][r["member"]]
+        line = fig1["anchors"]["gsm8k_dev"][r["member"]]  # the held-out calibration split
         assert line["score"][line["step"].index(r["step"])] == r["score"]
     flow = _sidecar(out / "looprun-knowledge-flow.png")
     names = flow["members"]
