@@ -45,7 +45,7 @@ from agora_cli.protocol.isolated import majority_answer, self_consistency
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.protocol.select import elite_score, explain, update_elite
 from agora_cli.protocol.solve import solve
-from agora_cli.protocol.surprise import elite_shots
+from agora_cli.protocol.surprise import anchor_step, elite_shots
 from agora_cli.protocol.types import Ctx, EliteExample, Verdict
 from agora_cli.protocol.verify import consensus, verify
 from agora_cli.protocol.vote import make_env, vote
@@ -57,7 +57,7 @@ AnchorFn = Callable[[ClientPool, Config, Prompts, int], Any]  # async run_anchor
 
 def anchor_due(cfg: Config, step: int) -> bool:
     """External anchoring (protocol step 7) after every `anchor_every`-th step."""
-    return cfg.ablations.external_anchor and (step + 1) % cfg.protocol.anchor_every == 0
+    return cfg.ablations.external_anchor and anchor_step(step, cfg.protocol.anchor_every)
 
 
 @dataclass

@@ -141,6 +141,7 @@ def ablate(
         return
     if steps is None:
         raise EvaluationError("--steps N is required to run the grid (each run stops after N steps)")
+    ab.check_steps(grid, steps)
     md, csv_path = ab.run_ablation(grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn,
                                    steps=steps, limit=limit, bus=EventBus())
     console.print(md.read_text())

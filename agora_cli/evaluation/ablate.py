@@ -80,6 +80,45 @@ def plan(
     return grid
 
 
+def min_steps(switch: str, cfg: Config) -> int:
+    """The fewest loop steps after which turning `switch` off can change what a run does.
+
+    Anchors are taken after every `anchor_every`-th step (k = anchor_every): Eq. 2 needs two of
+    them, so F_t first exists after step 2k - 1 and FEM first moves a difficulty at step 2k; a
+    plateau needs `plateau_patience` + 1 anchors, so the strategy first switches at step
+    (patience + 1) k. The elite history, difficulty control and training act from step 1 on
+    (training also needs `buffer_threshold` validated rows, which no step count guarantees).
+    """
+    k, patience = cfg.protocol.anchor_every, cfg.protocol.surprise.plateau_patience
+    fem_acts, strategy_acts = 2 * k + 1, (patience + 1) * k + 1
+    return {
+        FULL: 1, "valid_vote": 1, "random_qgen": 1,
+        "quality_vote": 2, "elite_icl": 2, "explanation": 2, "difficulty_control": 2, "lora": 2,
+        "fem": fem_acts, "dynamic_strategy": strategy_acts,
+        # Without anchors F_t comes from the ratings from step k on; with them, FEM and the
+        # strategy act as above: the comparison needs the later of the two.
+        "external_anchor": max(fem_acts, strategy_acts if cfg.ablations.dynamic_strategy else 0),
+    }[switch]
+
+
+def check_steps(grid: list[tuple[PlannedRun, Config]], steps: int) -> None:
+    """Refuse a step count too short for some variant's switch to act, naming the minimum."""
+    short = {}
+    for run, cfg in grid:
+        switch = FULL if run.variant == FULL else run.variant[3:].replace("-", "_")
+        need = min_steps(switch, cfg)
+        if steps < need:
+            short[run.variant] = need
+    if short:
+        worst = max(short.values())
+        listed = ", ".join(f"{v} needs {n}" for v, n in sorted(short.items()))
+        raise EvaluationError(
+            f"--steps {steps} is too short for these switches to act ({listed}; anchors every "
+            f"protocol.anchor_every steps); use --steps {worst} or more, or lower "
+            "protocol.anchor_every"
+        )
+
+
 def run_ablation(
     grid: list[tuple[PlannedRun, Config]],
     out: Path,
