@@ -173,6 +173,9 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     table = (out / "table2.md").read_text()
     assert "| full | 2 | 33.3 ± 0.0 |" in table
     assert "| no-valid-vote | 2 | 33.3 ± 0.0 |" in table
+    # Paired on the 2 seeds x 3 items both variants answered: no difference at all.
+    assert "`no-valid-vote` against `full` on gsm8k: +0.0 points [0.0, 0.0] over 6 pairs, " \
+        "not significant at 0.05 (p=1.000)" in table
 
 
 def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Path) -> None:

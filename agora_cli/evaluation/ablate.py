@@ -3,9 +3,10 @@
 Every variant is the base config with `ablations.<switch>=false` (the same overrides the shipped
 `configs/ablations/*.yaml` state), a seed and its own run directory under `--out`. Each run is
 driven by the loop, then evaluated like `agora eval`; the table holds the group's mean pass@1
-(mean over members) per benchmark as mean ± standard deviation over seeds. Re-running the same
-command resumes: the loop resumes each run from its last committed step and the evaluation skips
-answered items.
+(mean over members) per benchmark as mean ± standard deviation over seeds, and each variant's
+difference from full AGORA paired on the same (seed, item) with a bootstrap 95% interval and p.
+Re-running the same command resumes: the loop resumes each run from its last committed step and
+the evaluation skips answered items.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from pathlib import Path
 
 from agora_cli.config import Config, load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.report import SWITCHES, group_mean, table2
+from agora_cli.evaluation.report import (
+    SWITCHES,
+    group_mean,
+    item_outcomes,
+    load_run,
+    paired_variants,
+    run_pairs,
+    table2,
+    variant_sentences,
+)
 from agora_cli.events import NULL_BUS, EventBus
 
 FULL = "full"
@@ -147,17 +157,33 @@ def run_ablation(
         # Written after every run so an interrupted grid keeps what finished.
         results_path.write_text(json.dumps(results, indent=2))
     grouped: dict[str, list[dict[str, float]]] = {}
+    pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
     for r in results.values():
         grouped.setdefault(r["variant"], []).append(
             {b: group_mean(per) for b, per in r["scores"].items()}
         )
-    md, csv_text = table2(grouped)
+        pairs.setdefault(r["variant"], []).append(
+            run_pairs(r["seed"], r["scores"], _items_of(Path(r["run_dir"]))))
+    paired = paired_variants(pairs)
+    md, csv_text = table2(grouped, paired)
     md_path, csv_path = out / "table2.md", out / "table2.csv"
+    words = variant_sentences(paired)
     md_path.write_text(
         "# Table 2: ablations (group mean pass@1 %, mean ± sd over seeds)\n\n" + md
+        + ("\nΔ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
+           "item results exist, else on seeds; 95% interval and p from a paired bootstrap.\n\n"
+           + "\n".join(words) + "\n" if words else "")
     )
     csv_path.write_text(csv_text)
     return md_path, csv_path
+
+
+def _items_of(run_dir: Path) -> dict[str, dict[str, dict[str, bool]]]:
+    """The run's item-level evaluation results ({} when it has none to pair on)."""
+    try:
+        return item_outcomes(load_run(run_dir))
+    except EvaluationError:
+        return {}
 
 
 # --------------------------------------------------------------------------- the real pieces
