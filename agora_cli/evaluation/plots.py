@@ -146,9 +146,10 @@ def fig_scores_vs_step(
 def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     """Figure 3: difficulty d_t and response length against performance.
 
-    Data: {"difficulty": {"step", "d", "v_t"}, "length": {member: {"step", "mean_tokens",
-    "correct_rate"}}}: per committed step, d_t against consensus pass@1 V_t; per member and step,
-    mean completion tokens of its solutions against the share judged correct.
+    Data: {"difficulty": {"step", "d", "v_t", "v_lo", "v_hi"}, "length": {member: {"step",
+    "mean_tokens", "correct_rate", "n", "lo", "hi"}}}: per committed step, d_t against consensus
+    pass@1 V_t; per member and step, mean completion tokens of its solutions against the share
+    judged correct; lo/hi are 95% Wilson bounds (error bars).
     """
     steps = store.query(
         "SELECT step, difficulty, v_t, n_correct, n_solutions FROM steps "
@@ -159,17 +160,23 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     # V_t = n_correct / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
     diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [r["n_solutions"] for r in steps])
     rows = store.query(
-        "SELECT s.member, s.step, AVG(s.completion_tokens) AS tokens, AVG(s.correct) AS rate "
+        "SELECT s.member, s.step, AVG(s.completion_tokens) AS tokens, AVG(s.correct) AS rate, "
+        "COUNT(*) AS n "
         "FROM solutions s JOIN steps t ON t.step = s.step "
         "WHERE t.committed_at IS NOT NULL AND s.error IS NULL AND s.correct IS NOT NULL "
         "AND s.completion_tokens IS NOT NULL GROUP BY s.member, s.step ORDER BY s.member, s.step"
     )
     length: Data = {}
     for r in rows:
-        d = length.setdefault(r["member"], {"step": [], "mean_tokens": [], "correct_rate": []})
+        d = length.setdefault(r["member"], {"step": [], "mean_tokens": [], "correct_rate": [],
+                                            "n": [], "lo": [], "hi": []})
         d["step"].append(r["step"])
         d["mean_tokens"].append(r["tokens"])
         d["correct_rate"].append(r["rate"])
+        d["n"].append(r["n"])
+        lo, hi = intervals([r["rate"]], [r["n"]])
+        d["lo"] += lo
+        d["hi"] += hi
     data = {"difficulty": diff, "length": length}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     if diff["step"]:
@@ -182,7 +189,9 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     a1.set(xlabel="difficulty d_t (Eq. 1)", ylabel="consensus pass@1 V_t",
            title=f"Difficulty vs performance {title}".strip())
     for member, d in length.items():
-        a2.scatter(d["mean_tokens"], d["correct_rate"], label=member, alpha=0.8)
+        a2.errorbar(d["mean_tokens"], d["correct_rate"],
+                    yerr=_yerr(d["correct_rate"], d["lo"], d["hi"]), linestyle="none",
+                    marker="o", label=member, alpha=0.8, capsize=2, elinewidth=0.8)
     if length:
         a2.legend(fontsize=8)
     else:

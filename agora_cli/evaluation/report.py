@@ -177,10 +177,11 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
     every = (run.config.get("protocol") or {}).get("anchor_every", "?")
     text = (
         f"Lines: the external anchor, pass@1 on the calibration subset "
-        f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}, every "
-        f"{every} step(s)). Stars: full `agora eval` results, drawn at the run's last committed "
-        "step when the evaluation started, whatever adapter versions it evaluated (Table 1 lists "
-        "them); same color per member, `@majority` in black."
+        f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}_dev, a split "
+        f"held out from the training data and from every evaluation, every {every} step(s)); "
+        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn at the "
+        "run's last committed step when the evaluation started, whatever adapter versions it "
+        "evaluated (Table 1 lists them); same color per member, `@majority` in black."
     )
     drawn = {e for per in points.values() for p in per.values() for e in p["eval"]}
     if drawn:
