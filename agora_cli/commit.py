@@ -17,7 +17,13 @@ from agora_cli.events import EventBus
 from agora_cli.protocol.difficulty import next_difficulty
 from agora_cli.protocol.majority import MAJORITY
 from agora_cli.protocol.select import indicator
-from agora_cli.protocol.surprise import apply_fem, step_strategy, surprise
+from agora_cli.protocol.surprise import (
+    anchor_step,
+    apply_fem,
+    rating_surprise,
+    step_strategy,
+    surprise,
+)
 from agora_cli.protocol.types import EliteExample
 from agora_cli.protocol.vote import apply_vote, make_env
 from agora_cli.store import Store
@@ -138,6 +144,10 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
         # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
         ens = _mean([s for m, (s, _) in anchors.items() if m != MAJORITY])
         d_next, f_t = fem(cfg, db.anchor_history(store) + [ens], d_next)
+    elif not cfg.ablations.external_anchor and anchor_step(t, cfg.protocol.anchor_every):
+        # No ground truth: Eq. 2 on the ratings, on the anchor schedule (protocol/surprise.py).
+        f_t = rating_surprise([r.mu for r in ratings.values()], cfg.protocol.surprise.eps)
+        d_next = apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem)
     all_problems = db.step_problems(store, t, only_ok=False)
     counts = {
         "problems": sum(1 for p in all_problems if p["status"] == "ok"),

@@ -209,6 +209,8 @@ class Training(Strict):
 
 class Evaluation(Strict):
     benchmarks: list[Literal["gsm8k", "math500", "aime24"]] = ["gsm8k", "math500", "aime24"]
+    # The anchor's task; its items come from the task's held-out dev split (for gsm8k: the last
+    # 500 rows of GSM8K train, removed from the seed pool), never from an evaluation split.
     calibration: Literal["gsm8k", "math500", "aime24"] = "gsm8k"
     calibration_size: int = Field(50, ge=1)
     greedy: bool = False
@@ -320,10 +322,27 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     d = p.difficulty
     if not d.d_min <= d.d0 <= d.d_max:
         problems.append(("protocol.difficulty.d0", f"d0={d.d0} outside [{d.d_min}, {d.d_max}]"))
-    if cfg.evaluation.calibration == p.seed_pool:
-        problems.append(
-            ("evaluation.calibration", "calibration set must be disjoint from the seed pool")
-        )
+    from agora_cli.evaluation.benchmarks import CALIBRATION_SPLITS, SEED_POOL_FILES
+
+    ev = cfg.evaluation
+    if ev.calibration not in CALIBRATION_SPLITS:
+        problems.append((
+            "evaluation.calibration",
+            f"{ev.calibration!r} ships no held-out split (all its items are evaluation items); "
+            f"use one of: {', '.join(CALIBRATION_SPLITS)}",
+        ))
+    elif ev.calibration_size > CALIBRATION_SPLITS[ev.calibration][1]:
+        problems.append((
+            "evaluation.calibration_size",
+            f"{ev.calibration_size} items asked, but the {ev.calibration} calibration split has "
+            f"{CALIBRATION_SPLITS[ev.calibration][1]}",
+        ))
+    if p.seed_pool not in SEED_POOL_FILES:
+        problems.append((
+            "protocol.seed_pool",
+            f"unknown seed pool {p.seed_pool!r}; use one of: {', '.join(SEED_POOL_FILES)} "
+            "(evaluation splits are never seed pools)",
+        ))
     return problems
 
 

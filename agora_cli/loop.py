@@ -36,6 +36,7 @@ from agora_cli import steps as db
 from agora_cli.client import ClientPool
 from agora_cli.commit import StepWork, compute_effects, emit_committed
 from agora_cli.config import Config
+from agora_cli.evaluation.benchmarks import calibration_name
 from agora_cli.events import EventBus
 from agora_cli.protocol import generate as gen
 from agora_cli.protocol.answers import answers_match
@@ -43,12 +44,12 @@ from agora_cli.protocol.difficulty import next_target
 from agora_cli.protocol.isolated import self_consistency
 from agora_cli.protocol.majority import strict_majority
 from agora_cli.protocol.prompts import Prompts
-from agora_cli.protocol.select import explain, update_elite
+from agora_cli.protocol.select import elite_score, explain, update_elite
 from agora_cli.protocol.solve import solve
-from agora_cli.protocol.surprise import elite_shots, step_strategy
+from agora_cli.protocol.surprise import anchor_step, elite_shots, step_strategy
 from agora_cli.protocol.types import Ctx, EliteExample, Verdict
 from agora_cli.protocol.verify import consensus, verify
-from agora_cli.protocol.vote import vote
+from agora_cli.protocol.vote import make_env, vote
 from agora_cli.store import Store
 
 Row = dict[str, Any]
@@ -57,7 +58,7 @@ AnchorFn = Callable[[ClientPool, Config, Prompts, int], Any]  # async run_anchor
 
 def anchor_due(cfg: Config, step: int) -> bool:
     """External anchoring (protocol step 7) after every `anchor_every`-th step."""
-    return cfg.ablations.external_anchor and (step + 1) % cfg.protocol.anchor_every == 0
+    return cfg.ablations.external_anchor and anchor_step(step, cfg.protocol.anchor_every)
 
 
 @dataclass
@@ -320,7 +321,8 @@ class StepRun:
     # -- 5. selection: elite candidates and self-explanations ----------------------------------
 
     def scores(self) -> dict[int, float]:
-        """Peer-assessed quality: votes won / votes cast on each solution of this step."""
+        """Peer-assessed quality of each voted solution of this step: `elite_score` of the votes
+        it won out of the votes cast on its comparisons."""
         won: Counter[int] = Counter()
         cast: Counter[int] = Counter()
         for r in db.step_votes(self.store, self.t):
@@ -328,7 +330,23 @@ class StepRun:
             cast[r["solution_b"]] += 1
             if r["winner"] is not None:
                 won[r["winner"]] += 1
-        return {sid: won[sid] / n for sid, n in cast.items() if n}
+        return {sid: elite_score(won[sid], n) for sid, n in cast.items() if n}
+
+    def unvoted_scores(self) -> dict[int, float]:
+        """`quality_vote` off: no votes to rank by, yet H_t is still filled. Each problem's
+        candidate is its consensus-passed solution whose author has the best TrueSkill mu (lowest
+        id on ties), scored by `elite_score` of its valid verdicts out of its verdicts."""
+        ratings = db.current_ratings(self.store, make_env(), self.members)
+        out: dict[int, float] = {}
+        for p in db.step_problems(self.store, self.t):
+            passed = [s for s in self.problem_solutions(p["id"]) if self.is_correct(s)]
+            if not passed:
+                continue
+            best = max(passed, key=lambda s: (ratings[s["member"]].mu, -s["id"]))
+            got = [self.verdicts[(best["id"], v)] for v in self.verifiers_of(best)
+                   if (best["id"], v) in self.verdicts]
+            out[best["id"]] = elite_score(sum(int(v["valid"]) for v in got), len(got))
+        return out
 
     async def select_elite(self, k: int) -> list[EliteExample]:
         """H_t = Top_k(H_{t-1} ∪ I_t); I_t is each problem's best-voted correct solution.
@@ -338,7 +356,7 @@ class StepRun:
         """
         if self.isolated:
             return []
-        scores = self.scores()
+        scores = self.scores() if self.cfg.ablations.quality_vote else self.unvoted_scores()
         candidates = []
         for p in db.step_problems(self.store, self.t):
             ranked = sorted(
@@ -457,13 +475,14 @@ async def run_step(
             return
         scores = await anchor(pool, cfg, prompts, t)
         live = versions()
+        calibration = calibration_name(cfg.evaluation.calibration)  # the held-out dev split
         with store.transaction():
             for member, (score, n) in scores.items():
-                db.insert_anchor(store, t, member, cfg.evaluation.calibration, score, n,
+                db.insert_anchor(store, t, member, calibration, score, n,
                                  live.get(member, 0))
         for member, (score, n) in scores.items():
             bus.emit("validation_score", step=t, member=member,
-                     benchmark=cfg.evaluation.calibration, score=score, n=n)
+                     benchmark=calibration, score=score, n=n)
         anchors = db.step_anchors(store, t)
 
     await asyncio.gather(run.pipeline(), anchor_task())

@@ -268,7 +268,7 @@ def active_elite(store: Store) -> list[sqlite3.Row]:
         "s.text AS solution, s.problem_id, x.text AS explanation FROM elite e "
         "JOIN solutions s ON s.id = e.solution_id JOIN problems p ON p.id = s.problem_id "
         "LEFT JOIN explanations x ON x.solution_id = e.solution_id "
-        "WHERE e.active = 1 ORDER BY e.score DESC, e.id"
+        "WHERE e.active = 1 ORDER BY e.score DESC, e.solution_id DESC"  # ties: newer first
     )
 
 

@@ -158,18 +158,43 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
         cfg_path.write_text(yaml.safe_dump(config_dict(fake.url, tmp_path / "unused")))
         result = CliRunner().invoke(app, [
             "ablate", str(cfg_path), "evaluation.benchmarks=[gsm8k]", "--seeds", "0,1",
-            "--variants", "full,fem", "--steps", "1", "--limit", "3", "--out", str(out),
+            "--variants", "full,valid_vote", "--steps", "1", "--limit", "3", "--out", str(out),
         ])
         assert result.exit_code == 0, result.output
-    for variant in ("full", "no-fem"):
+    for variant in ("full", "no-valid-vote"):
         for seed in (0, 1):
             run_dir = out / variant / f"seed{seed}"
             with Store(run_dir / "agora.sqlite", readonly=True) as s:
                 assert s.last_committed_step() == 0
             stored = yaml.safe_load((run_dir / "config.yaml").read_text())
             assert stored["seed"] == seed
-            assert stored["ablations"]["fem"] is (variant == "full")
+            assert stored["ablations"]["valid_vote"] is (variant == "full")
             assert (run_dir / "evals" / "sampled" / "summary.json").exists()
     table = (out / "table2.md").read_text()
     assert "| full | 2 | 33.3 ± 0.0 |" in table
-    assert "| no-fem | 2 | 33.3 ± 0.0 |" in table
+    assert "| no-valid-vote | 2 | 33.3 ± 0.0 |" in table
+    # Paired on the 2 seeds x 3 items both variants answered: no difference at all.
+    assert "`no-valid-vote` against `full` on gsm8k: +0.0 points [0.0, 0.0] over 6 pairs, " \
+        "not significant at 0.05 (p=1.000)" in table
+
+
+def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Path) -> None:
+    # tiny.yaml anchors every 2 steps with plateau_patience 2: FEM first moves d at step 2 * 2,
+    # the strategy first switches at step 3 * 2 (so no-fem needs 5 steps, no-dynamic-strategy 7).
+    cfg = load_config(TINY)
+    k, p = cfg.protocol.anchor_every, cfg.protocol.surprise.plateau_patience
+    assert ab.min_steps("fem", cfg) == 2 * k + 1
+    assert ab.min_steps("dynamic_strategy", cfg) == (p + 1) * k + 1
+    out = tmp_path / "grid"
+    result = CliRunner().invoke(app, [
+        "ablate", TINY, "--seeds", "0", "--variants", "full,fem,dynamic_strategy", "--steps",
+        str(2 * k), "--out", str(out)])
+    assert result.exit_code != 0
+    text = " ".join(result.output.split())
+    assert f"no-fem needs {2 * k + 1}" in text
+    assert f"use --steps {(p + 1) * k + 1} or more" in text
+    assert not out.exists()  # refused before any run
+    grid = ab.plan(TINY, [0], ["full", "valid_vote", "elite_icl"], out)
+    ab.check_steps(grid, 2)
+    with pytest.raises(EvaluationError, match="no-elite-icl needs 2"):
+        ab.check_steps(grid, 1)

@@ -33,7 +33,7 @@ def test_run_prints_one_line_per_step_then_status(tmp_path, run_dir):
     for member in ("alpha", "beta", "gamma"):
         assert member in out
     assert "step_committed" in out  # last events from events.jsonl
-    assert "V_t 0.667" in out
+    assert "V_t 0.667 [0.300, 0.903] (4/6)" in out  # with its 95% Wilson interval
 
 
 def test_overrides_and_config_errors(tmp_path, run_dir):

@@ -66,7 +66,8 @@ def test_eval_command_scores_and_greedy(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "evals" / "greedy" / "summary.json").read_text())
     scores = {m: v["score"] for m, v in summary["scores"]["gsm8k"].items()}
     assert scores == {"alice": 4 / 6, "bob": 3 / 6, "carol": 2 / 6, MAJORITY: 2 / 6}
-    assert "66.7% (n=6)" in result.output  # alice in the summary table
+    assert "66.7% [30.0, 90.3] (4/6)" in result.output  # alice, with her 95% Wilson interval
+    assert summary["scores"]["gsm8k"]["alice"]["ci95"] == pytest.approx([0.2999, 0.9032], abs=1e-4)
 
 
 def test_eval_command_member_subset_and_bad_version(tmp_path: Path) -> None:

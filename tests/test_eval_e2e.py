@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_eval_smollm2_two_items(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=580)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "smol-a" in p.stdout and "(n=2)" in p.stdout
+    # pass@1 with its 95% Wilson interval and k/n, e.g. `50.0% [9.5, 90.5] (1/2)`.
+    assert "smol-a" in p.stdout and re.search(r"% \[\d+\.\d, \d+\.\d\] \([012]/2\)", p.stdout)
 
     out = run_dir / "evals" / "sampled"
     rows = read_results(out / "results.jsonl")

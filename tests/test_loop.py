@@ -56,8 +56,9 @@ def test_two_steps_write_consistent_rows(run_dir):
             "WHERE s.correct IS NOT 1")
         assert bad == 0
         # H_t: each problem's best solution is a candidate; top 3 kept, explanations for entrants.
+        # Step 1's two candidates tie step 0's entries and ties go to the newer: 2 + 2 entered.
         assert count(store, "elite", "active = 1") == 3
-        assert count(store, "explanations") == 3
+        assert count(store, "explanations") == 4
         # Step 1's solvers saw step 0's elite entries as few-shot examples.
         shown = [json.loads(r["elite_ids"]) for r in store.query(
             "SELECT elite_ids FROM solutions WHERE step = 1")]

@@ -103,11 +103,11 @@ def _e(sid: int, score: float) -> EliteExample:
                         solution_id=sid, score=score)
 
 
-def test_elite_history_keeps_top_k_by_score_with_stable_ties() -> None:
+def test_elite_history_keeps_top_k_by_score_with_ties_to_the_newer() -> None:
     h = update_elite([], [_e(1, 0.5), _e(2, 0.9)], 3)
     assert [e.solution_id for e in h] == [2, 1]
     h = update_elite(h, [_e(3, 0.5), _e(4, 0.7), _e(5, 0.1)], 3)
-    assert [e.solution_id for e in h] == [2, 4, 1]  # 1 and 3 tie at 0.5: the older one stays
+    assert [e.solution_id for e in h] == [2, 4, 3]  # 1 and 3 tie at 0.5: the newer one enters
     h = update_elite(h, [_e(2, 0.9), _e(6, 1.0)], 3)  # 2 again: not duplicated
     assert [e.solution_id for e in h] == [6, 2, 4]
     assert update_elite(h, [_e(7, 2.0)], 0) == []

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from agora_cli.cli import app
 from agora_cli.config import config_from_dict, dump_config
 from agora_cli.evaluation.report import build_report
+from agora_cli.evaluation.stats import wilson
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 
@@ -163,12 +164,16 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
 
     fig1 = _sidecar(out / "run-agora-fig1-anchor.png")
     for m, points in exp["anchors"].items():
-        assert fig1["anchors"]["gsm8k"][m] == {"step": [p[0] for p in points],
-                                                "score": [p[1] for p in points]}
+        line = fig1["anchors"]["gsm8k"][m]
+        assert (line["step"], line["score"]) == ([p[0] for p in points], [p[1] for p in points])
+        # Error bars: the 95% Wilson interval of each anchor score over its 8 items.
+        assert [[round(x, 9) for x in b] for b in zip(line["lo"], line["hi"], strict=True)] == [
+            [round(x, 9) for x in wilson(round(p[1] * 8), 8)] for p in points]
     assert fig1["evals"] == {} and fig1["evals_without_step"] == []
 
     fig3 = _sidecar(out / "run-agora-fig3-difficulty-length.png")
     assert fig3["difficulty"]["d"] == exp["d"] and fig3["difficulty"]["v_t"] == exp["v"]
+    assert set(fig3["difficulty"]["v_lo"]) == {0.0}  # no n_solutions stored: no evidence drawn
     for m, per_step in exp["tokens"].items():
         got = list(zip(fig3["length"][m]["mean_tokens"], fig3["length"][m]["correct_rate"],
                        strict=True))
@@ -245,10 +250,13 @@ def test_report_across_modes_and_variants(tmp_path: Path) -> None:
     assert "| full | 2 | 55.0 ± 7.1 |" in md
     assert "| no-fem | 1 | 30.0 ± 0.0 |" in md
     csv_text = (out / "table2.csv").read_text().splitlines()
-    assert csv_text[0] == "variant,seeds,gsm8k_mean,gsm8k_sd,gsm8k (anchor)_mean,gsm8k (anchor)_sd"
+    assert csv_text[0].startswith(
+        "variant,seeds,gsm8k_mean,gsm8k_sd,gsm8k (anchor)_mean,gsm8k (anchor)_sd,gsm8k_delta,")
+    # No item results: no-fem is paired with full on seed 0 only (0.3 against 0.5).
+    assert "`no-fem` against `full` on gsm8k: -20.0 points [-20.0, -20.0] over 1 pairs" in md
     assert csv_text[1].startswith("full,2,0.550000,0.070711")
     # Table 1 lists every evaluated member with its adapter version.
-    assert "| agora-0-full | b v1 | sampled | 60.0 |" in md
+    assert "| agora-0-full | b v1 | sampled | 60.0 [31.3, 83.2] |" in md  # 6/10, Wilson 95%
 
 
 def test_report_rejects_a_directory_without_a_store(tmp_path: Path) -> None:
@@ -282,7 +290,7 @@ def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
     assert {r["step"] for r in anchors} == {0, 1, 2}
     fig1 = _sidecar(out / "looprun-fig1-anchor.png")
     for r in anchors:
-        line = fig1["anchors"]["gsm8k"][r["member"]]
+        line = fig1["anchors"]["gsm8k_dev"][r["member"]]  # the held-out calibration split
         assert line["score"][line["step"].index(r["step"])] == r["score"]
     flow = _sidecar(out / "looprun-knowledge-flow.png")
     names = flow["members"]
@@ -351,16 +359,21 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
     png = run / "report" / "stepped-fig1-anchor.png"
     fig1 = _sidecar(png)
 
-    assert fig1["anchors"]["gsm8k"]["a"] == {"step": [2, 4], "score": [0.25, 0.5]}
+    anchor_a = fig1["anchors"]["gsm8k"]["a"]
+    assert (anchor_a["step"], anchor_a["score"]) == ([2, 4], [0.25, 0.5])
+    lo, hi = zip(wilson(3, 10), wilson(6, 10), strict=True)
     assert fig1["evals"]["gsm8k"]["a"] == {"step": [2, 4], "score": [0.3, 0.6], "n": [10, 10],
-                                           "eval": ["step2", "step4"], "adapter_version": [1, 2]}
+                                           "eval": ["step2", "step4"], "adapter_version": [1, 2],
+                                           "lo": list(lo), "hi": list(hi)}
     assert fig1["evals"]["gsm8k"]["@majority"]["score"] == [0.4, 0.8]
     assert fig1["evals"]["gsm8k"]["@majority"]["adapter_version"] == [None, None]
     assert fig1["evals"]["gsm8k"]["b"]["step"] == [2, 4]
     # A benchmark with evaluations only gets its own panel: two panels, each 6 in wide at 110 dpi.
     assert fig1["evals"]["math500"] == {"a": {"step": [2, 4], "score": [0.05, 0.1], "n": [10, 10],
                                               "eval": ["step2", "step4"],
-                                              "adapter_version": [1, 2]}}
+                                              "adapter_version": [1, 2],
+                                              "lo": [0.0, wilson(1, 10)[0]],
+                                              "hi": [wilson(0, 10)[1], wilson(1, 10)[1]]}}
     assert "math500" not in fig1["anchors"]
     assert mpimg.imread(png).shape[1] == 2 * 6 * 110
     # Summaries without a step are left out, and the report says which.

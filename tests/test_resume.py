@@ -23,8 +23,8 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, Request
 
 pytestmark = pytest.mark.timeout(180)
 
-# An uninterrupted 2-step run of the script asks 55 requests: 4 generate, 12 solve, 24 verify,
-# 12 vote, 3 explain. Kill points cover generation, solving, verifying, voting, step 1 and its end.
+# An uninterrupted 2-step run of the script asks 56 requests: 4 generate, 12 solve, 24 verify,
+# 12 vote, 4 explain. Kill points cover generation, solving, verifying, voting, step 1 and its end.
 KILL_POINTS = [2, 9, 20, 33, 45, 54]
 
 
@@ -81,7 +81,7 @@ def reference(tmp_path_factory) -> dict:
         p = agora("run", str(cfg), "--steps", "2", "--run-dir", str(d / "run"))
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out
-        assert len(fake.requests) == 55
+        assert len(fake.requests) == 56  # 3 explanations at step 0, 1 more at step 1
     return committed_state(d / "run")
 
 
@@ -122,4 +122,4 @@ def test_sigkill_mid_step_then_resume(tmp_path, reference, kill_after):
     after = committed_state(run_dir)
     assert after == reference
     # Only missing requests were asked on resume: every stored request was reused.
-    assert stored + asked_again == 55
+    assert stored + asked_again == 56

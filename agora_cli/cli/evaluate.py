@@ -10,6 +10,7 @@ from rich.table import Table
 from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
 from agora_cli.errors import EvaluationError
+from agora_cli.evaluation.stats import rate_text, successes
 from agora_cli.events import EventBus
 
 
@@ -41,7 +42,7 @@ def _scores_table(
     table.add_column("member")
     benches = list(scores)
     for b in benches:
-        table.add_column(f"{b} pass@1", justify="right")
+        table.add_column(f"{b} pass@1 [95% CI] (k/n)", justify="right")
     members = list(order)
     for per in scores.values():
         members += [m for m in per if m not in members]
@@ -50,7 +51,7 @@ def _scores_table(
         cells = []
         for b in benches:
             s = scores[b].get(m)
-            cells.append(f"{100 * s[0]:.1f}% (n={s[1]})" if s else "–")
+            cells.append(rate_text(successes(*s), s[1]) if s else "–")
         table.add_row(f"[bold]{m}[/bold]" if m.startswith("@") else m, *cells)
     return table
 
@@ -80,6 +81,9 @@ def eval_cmd(
         versions=_versions(adapter_version), greedy=greedy or None, out=out, bus=EventBus(),
     )
     console.print(_scores_table(report.scores, f"pass@1, {cfg.name}", list(report.versions)))
+    for bench, ids in report.removed.items():
+        console.print(f"{bench}: left out {len(ids)} item(s) that are the run's calibration "
+                      f"items ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
     console.print(
         f"asked {report.asked}, reused {report.reused} finished item(s); "
         f"results in {report.out_dir}/results.jsonl"
@@ -134,6 +138,7 @@ def ablate(
         return
     if steps is None:
         raise EvaluationError("--steps N is required to run the grid (each run stops after N steps)")
+    ab.check_steps(grid, steps)
     md, csv_path = ab.run_ablation(grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn,
                                    steps=steps, limit=limit, bus=EventBus())
     console.print(md.read_text())

@@ -3,9 +3,10 @@
 Every variant is the base config with `ablations.<switch>=false` (the same overrides the shipped
 `configs/ablations/*.yaml` state), a seed and its own run directory under `--out`. Each run is
 driven by the loop, then evaluated like `agora eval`; the table holds the group's mean pass@1
-(mean over members) per benchmark as mean ± standard deviation over seeds. Re-running the same
-command resumes: the loop resumes each run from its last committed step and the evaluation skips
-answered items.
+(mean over members) per benchmark as mean ± standard deviation over seeds, and each variant's
+difference from full AGORA paired on the same (seed, item) with a bootstrap 95% interval and p.
+Re-running the same command resumes: the loop resumes each run from its last committed step and
+the evaluation skips answered items.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from pathlib import Path
 
 from agora_cli.config import Config, load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.report import SWITCHES, group_mean, table2
+from agora_cli.evaluation.report import (
+    SWITCHES,
+    group_mean,
+    item_outcomes,
+    load_run,
+    paired_variants,
+    run_pairs,
+    table2,
+    variant_sentences,
+)
 from agora_cli.events import NULL_BUS, EventBus
 
 FULL = "full"
@@ -80,6 +90,45 @@ def plan(
     return grid
 
 
+def min_steps(switch: str, cfg: Config) -> int:
+    """The fewest loop steps after which turning `switch` off can change what a run does.
+
+    Anchors are taken after every `anchor_every`-th step (k = anchor_every): Eq. 2 needs two of
+    them, so F_t first exists after step 2k - 1 and FEM first moves a difficulty at step 2k; a
+    plateau needs `plateau_patience` + 1 anchors, so the strategy first switches at step
+    (patience + 1) k. The elite history, difficulty control and training act from step 1 on
+    (training also needs `buffer_threshold` validated rows, which no step count guarantees).
+    """
+    k, patience = cfg.protocol.anchor_every, cfg.protocol.surprise.plateau_patience
+    fem_acts, strategy_acts = 2 * k + 1, (patience + 1) * k + 1
+    return {
+        FULL: 1, "valid_vote": 1, "random_qgen": 1,
+        "quality_vote": 2, "elite_icl": 2, "explanation": 2, "difficulty_control": 2, "lora": 2,
+        "fem": fem_acts, "dynamic_strategy": strategy_acts,
+        # Without anchors F_t comes from the ratings from step k on; with them, FEM and the
+        # strategy act as above: the comparison needs the later of the two.
+        "external_anchor": max(fem_acts, strategy_acts if cfg.ablations.dynamic_strategy else 0),
+    }[switch]
+
+
+def check_steps(grid: list[tuple[PlannedRun, Config]], steps: int) -> None:
+    """Refuse a step count too short for some variant's switch to act, naming the minimum."""
+    short = {}
+    for run, cfg in grid:
+        switch = FULL if run.variant == FULL else run.variant[3:].replace("-", "_")
+        need = min_steps(switch, cfg)
+        if steps < need:
+            short[run.variant] = need
+    if short:
+        worst = max(short.values())
+        listed = ", ".join(f"{v} needs {n}" for v, n in sorted(short.items()))
+        raise EvaluationError(
+            f"--steps {steps} is too short for these switches to act ({listed}; anchors every "
+            f"protocol.anchor_every steps); use --steps {worst} or more, or lower "
+            "protocol.anchor_every"
+        )
+
+
 def run_ablation(
     grid: list[tuple[PlannedRun, Config]],
     out: Path,
@@ -108,17 +157,33 @@ def run_ablation(
         # Written after every run so an interrupted grid keeps what finished.
         results_path.write_text(json.dumps(results, indent=2))
     grouped: dict[str, list[dict[str, float]]] = {}
+    pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
     for r in results.values():
         grouped.setdefault(r["variant"], []).append(
             {b: group_mean(per) for b, per in r["scores"].items()}
         )
-    md, csv_text = table2(grouped)
+        pairs.setdefault(r["variant"], []).append(
+            run_pairs(r["seed"], r["scores"], _items_of(Path(r["run_dir"]))))
+    paired = paired_variants(pairs)
+    md, csv_text = table2(grouped, paired)
     md_path, csv_path = out / "table2.md", out / "table2.csv"
+    words = variant_sentences(paired)
     md_path.write_text(
         "# Table 2: ablations (group mean pass@1 %, mean ± sd over seeds)\n\n" + md
+        + ("\nΔ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
+           "item results exist, else on seeds; 95% interval and p from a paired bootstrap.\n\n"
+           + "\n".join(words) + "\n" if words else "")
     )
     csv_path.write_text(csv_text)
     return md_path, csv_path
+
+
+def _items_of(run_dir: Path) -> dict[str, dict[str, dict[str, bool]]]:
+    """The run's item-level evaluation results ({} when it has none to pair on)."""
+    try:
+        return item_outcomes(load_run(run_dir))
+    except EvaluationError:
+        return {}
 
 
 # --------------------------------------------------------------------------- the real pieces

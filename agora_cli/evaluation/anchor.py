@@ -1,8 +1,9 @@
 """External anchoring (protocol step 7): score every member on a held-out calibration set.
 
-The calibration set is a fixed seeded subset of a TEST split (`cfg.evaluation.calibration`,
-`calibration_size` items) with anything also in the seed pool removed, so the anchor measures the
-group against ground truth it never saw. The loop calls `run_anchor` every
+The calibration set is a fixed seeded subset (`calibration_size` items) of the held-out dev split
+of `cfg.evaluation.calibration` (for gsm8k: the last 500 rows of GSM8K train, which the seed pool
+leaves out), so the anchor measures the group against ground truth it never saw, and `agora eval`
+never scores an item whose label steered the run. The loop calls `run_anchor` every
 `protocol.anchor_every` steps and stores the scores in the `anchors` table; Eq. 2's surprise and
 the dynamic strategy read them from there.
 """
@@ -13,7 +14,7 @@ import asyncio
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Config
-from agora_cli.evaluation.benchmarks import calibration_set
+from agora_cli.evaluation.benchmarks import calibration_name, calibration_set
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.scoring import (
     MAJORITY,
@@ -48,5 +49,5 @@ async def run_anchor(
         rows += await loop.run_in_executor(None, majority_rows, rows, members, items, grader)
     finally:
         await loop.run_in_executor(None, grader.close)
-    scores = accuracy(rows).get(ev.calibration, {})
+    scores = accuracy(rows).get(calibration_name(ev.calibration), {})
     return {name: scores.get(name, (0.0, 0)) for name in [*members, MAJORITY]}

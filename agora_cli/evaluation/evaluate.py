@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from agora_cli.evaluation.scoring import (
     greedy_sampling,
     majority_rows,
 )
+from agora_cli.evaluation.stats import successes, wilson
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
@@ -76,6 +77,13 @@ class _Appender:
 # --------------------------------------------------------------------------- one evaluation
 
 
+def score_entry(score: float, n: int) -> dict[str, Any]:
+    """One summary.json score: pass@1, n, k and its 95% Wilson interval."""
+    k = successes(score, n)
+    lo, hi = wilson(k, n)
+    return {"score": score, "n": n, "k": k, "ci95": [round(lo, 6), round(hi, 6)]}
+
+
 @dataclass
 class EvalReport:
     """What `evaluate` did: scores per benchmark and member, plus bookkeeping."""
@@ -87,11 +95,13 @@ class EvalReport:
     failed: int
     models: dict[str, str]
     versions: dict[str, int]
+    # {benchmark: item ids left out because they are the run's calibration items}
+    removed: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
             "scores": {
-                b: {m: {"score": s, "n": n} for m, (s, n) in per.items()}
+                b: {m: score_entry(s, n) for m, (s, n) in per.items()}
                 for b, per in self.scores.items()
             },
             "models": self.models,
@@ -249,7 +259,12 @@ def run_evaluation(
     last committed step when the evaluation started (`step`, null before the first step), and
     history.jsonl gains the same summary, one line per finished evaluation (Figure 1's stars).
     """
-    from agora_cli.evaluation.benchmarks import load_benchmark, subset
+    from agora_cli.evaluation.benchmarks import (
+        calibration_set,
+        load_benchmark,
+        subset,
+        without_calibration,
+    )
     from agora_cli.paths import RunPaths
 
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
@@ -268,18 +283,31 @@ def run_evaluation(
                                                  if m in chosen}}
     check_versions(run_dir, vers)
     benches = benchmarks or list(cfg.evaluation.benchmarks)
-    items = {b: subset(load_benchmark(b), limit) for b in benches}
+    # Never score an item whose label steered the run (the anchor's calibration items): they are
+    # removed, not refused, so the rest of the benchmark is still scored and every variant of a
+    # grid is scored on the same items; summary.json lists what was removed. With the shipped
+    # data nothing is (calibration comes from a held-out slice of GSM8K train).
+    ev = cfg.evaluation
+    calibration = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
+    items, removed = {}, {}
+    for b in benches:
+        items[b], gone = without_calibration(subset(load_benchmark(b), limit), calibration)
+        if gone:
+            removed[b] = [it.id for it in gone]
     greedy = cfg.evaluation.greedy if greedy is None else greedy
     sampling = greedy_sampling(cfg.evaluation.sampling) if greedy else cfg.evaluation.sampling
     out = Path(out) if out else RunPaths(run_dir).evals / ("greedy" if greedy else "sampled")
     meta = {"config": cfg.name, "run_dir": str(run_dir), "step": step, "benchmarks": benches,
-            "limit": limit, "members": chosen, "greedy": greedy, "sampling": sampling.model_dump()}
+            "limit": limit, "members": chosen, "greedy": greedy, "sampling": sampling.model_dump(),
+            "removed_calibration_items": removed}
     prompts = Prompts(cfg.prompts_dir)
 
     async def go(p: ClientPool) -> EvalReport:
         with Grader(cfg.evaluation.grade_workers, cfg.evaluation.grade_timeout_s) as grader:
-            return await evaluate(p, prompts, chosen, items, sampling, grader, out, versions=vers,
-                                  meta=meta, bus=bus)
+            report = await evaluate(p, prompts, chosen, items, sampling, grader, out,
+                                    versions=vers, meta=meta, bus=bus)
+        report.removed = removed
+        return report
 
     if pool is not None:
         return asyncio.run(go(pool))

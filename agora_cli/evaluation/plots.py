@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agora_cli.evaluation.stats import successes, wilson  # noqa: E402
 from agora_cli.protocol.majority import MAJORITY  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
 
@@ -31,6 +32,19 @@ def _save(fig: Any, path: Path, data: Data) -> Data:
     plt.close(fig)
     path.with_suffix(".json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
     return data
+
+
+def intervals(scores: list[float], ns: list[int | None]) -> tuple[list[float], list[float]]:
+    """95% Wilson bounds (lo, hi) of each rate `scores[i]` over `ns[i]` items; a rate without
+    an n gets the whole [0, 1] (drawn as no evidence, not as certainty)."""
+    bounds = [wilson(successes(s, n), n) if n else (0.0, 1.0) for s, n in zip(scores, ns,
+                                                                               strict=True)]
+    return [b[0] for b in bounds], [b[1] for b in bounds]
+
+
+def _yerr(scores: list[float], lo: list[float], hi: list[float]) -> list[list[float]]:
+    return [[max(0.0, s - a) for s, a in zip(scores, lo, strict=True)],
+            [max(0.0, b - s) for s, b in zip(scores, hi, strict=True)]]
 
 
 def _empty(ax: Any, what: str) -> None:
@@ -68,13 +82,22 @@ def fig_scores_vs_step(
     from matplotlib.ticker import MaxNLocator
 
     evals = evals or {}
-    rows = store.query("SELECT step, member, benchmark, score FROM anchors ORDER BY step, member")
+    rows = store.query(
+        "SELECT step, member, benchmark, score, n FROM anchors ORDER BY step, member")
     anchors: Data = {}
     for r in rows:
-        line = anchors.setdefault(r["benchmark"], {}).setdefault(r["member"],
-                                                                 {"step": [], "score": []})
+        line = anchors.setdefault(r["benchmark"], {}).setdefault(
+            r["member"], {"step": [], "score": [], "n": [], "lo": [], "hi": []})
         line["step"].append(r["step"])
         line["score"].append(r["score"])
+        line["n"].append(r["n"])
+        lo, hi = intervals([r["score"]], [r["n"]])
+        line["lo"] += lo
+        line["hi"] += hi
+    for per in evals.values():  # each star's 95% interval, from the n it was scored on
+        for pts in per.values():
+            pts["lo"], pts["hi"] = intervals(pts["score"], pts.get("n") or [None] * len(
+                pts["score"]))
     benches = list(anchors) + [b for b in evals if b not in anchors]
     members = [m for per in (*anchors.values(), *evals.values()) for m in per]
     colors = _member_colors(list(dict.fromkeys(members)))
@@ -86,14 +109,17 @@ def fig_scores_vs_step(
         lines, stars = anchors.get(bench, {}), evals.get(bench, {})
         for member, line in lines.items():
             style = "--" if member == MAJORITY else "-"
-            ax.plot(line["step"], line["score"], marker="o", linestyle=style,
-                    color=colors[member])
+            ax.errorbar(line["step"], line["score"], yerr=_yerr(line["score"], line["lo"],
+                                                                line["hi"]),
+                        marker="o", linestyle=style, color=colors[member], capsize=3,
+                        elinewidth=0.8)
         # Majority first and larger: where it equals a member's score it rings that member's star
         # instead of hiding it. Unlabelled: the legend names each member and marker kind once.
         for member, pts in sorted(stars.items(), key=lambda kv: kv[0] != MAJORITY):
-            ax.plot(pts["step"], pts["score"], linestyle="none", marker="*",
-                    markersize=22 if member == MAJORITY else 16, markeredgecolor="black",
-                    markeredgewidth=0.6, color=colors[member], zorder=3)
+            ax.errorbar(pts["step"], pts["score"], yerr=_yerr(pts["score"], pts["lo"], pts["hi"]),
+                        linestyle="none", marker="*", markersize=22 if member == MAJORITY else 16,
+                        markeredgecolor="black", markeredgewidth=0.6, color=colors[member],
+                        ecolor=colors[member], capsize=4, zorder=3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         shown = sorted(dict.fromkeys([*lines, *stars]), key=lambda m: m == MAJORITY)
         handles = [Line2D([], [], color=colors[m], linestyle="--" if m == MAJORITY else "-",
@@ -106,7 +132,8 @@ def fig_scores_vs_step(
                                   linestyle="none", markeredgecolor="black",
                                   label="eval (full agora eval)"))
         what = " + ".join(k for k, has in (("anchor", lines), ("eval", stars)) if has)
-        ax.set(xlabel="step", ylabel="pass@1", title=f"{bench} ({what}) {title}".strip(),
+        ax.set(xlabel="step", ylabel="pass@1 (bars: 95% Wilson CI)",
+               title=f"{bench} ({what}) {title}".strip(),
                ylim=(-0.02, 1.02))
         ax.legend(handles=handles, fontsize=8)
     data = {"anchors": anchors, "evals": evals, "evals_without_step": evals_without_step or []}
@@ -119,39 +146,52 @@ def fig_scores_vs_step(
 def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     """Figure 3: difficulty d_t and response length against performance.
 
-    Data: {"difficulty": {"step", "d", "v_t"}, "length": {member: {"step", "mean_tokens",
-    "correct_rate"}}}: per committed step, d_t against consensus pass@1 V_t; per member and step,
-    mean completion tokens of its solutions against the share judged correct.
+    Data: {"difficulty": {"step", "d", "v_t", "v_lo", "v_hi"}, "length": {member: {"step",
+    "mean_tokens", "correct_rate", "n", "lo", "hi"}}}: per committed step, d_t against consensus
+    pass@1 V_t; per member and step, mean completion tokens of its solutions against the share
+    judged correct; lo/hi are 95% Wilson bounds (error bars).
     """
     steps = store.query(
-        "SELECT step, difficulty, v_t FROM steps WHERE committed_at IS NOT NULL AND v_t IS NOT NULL "
-        "ORDER BY step"
+        "SELECT step, difficulty, v_t, n_correct, n_solutions FROM steps "
+        "WHERE committed_at IS NOT NULL AND v_t IS NOT NULL ORDER BY step"
     )
     diff = {"step": [r["step"] for r in steps], "d": [r["difficulty"] for r in steps],
             "v_t": [r["v_t"] for r in steps]}
+    # V_t = n_correct / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
+    diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [r["n_solutions"] for r in steps])
     rows = store.query(
-        "SELECT s.member, s.step, AVG(s.completion_tokens) AS tokens, AVG(s.correct) AS rate "
+        "SELECT s.member, s.step, AVG(s.completion_tokens) AS tokens, AVG(s.correct) AS rate, "
+        "COUNT(*) AS n "
         "FROM solutions s JOIN steps t ON t.step = s.step "
         "WHERE t.committed_at IS NOT NULL AND s.error IS NULL AND s.correct IS NOT NULL "
         "AND s.completion_tokens IS NOT NULL GROUP BY s.member, s.step ORDER BY s.member, s.step"
     )
     length: Data = {}
     for r in rows:
-        d = length.setdefault(r["member"], {"step": [], "mean_tokens": [], "correct_rate": []})
+        d = length.setdefault(r["member"], {"step": [], "mean_tokens": [], "correct_rate": [],
+                                            "n": [], "lo": [], "hi": []})
         d["step"].append(r["step"])
         d["mean_tokens"].append(r["tokens"])
         d["correct_rate"].append(r["rate"])
+        d["n"].append(r["n"])
+        lo, hi = intervals([r["rate"]], [r["n"]])
+        d["lo"] += lo
+        d["hi"] += hi
     data = {"difficulty": diff, "length": length}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     if diff["step"]:
-        sc = a1.scatter(diff["d"], diff["v_t"], c=diff["step"], cmap="viridis")
+        a1.errorbar(diff["d"], diff["v_t"], yerr=_yerr(diff["v_t"], diff["v_lo"], diff["v_hi"]),
+                    linestyle="none", color="gray", elinewidth=0.8, capsize=2, zorder=1)
+        sc = a1.scatter(diff["d"], diff["v_t"], c=diff["step"], cmap="viridis", zorder=2)
         fig.colorbar(sc, ax=a1, label="step")
     else:
         _empty(a1, "committed steps")
     a1.set(xlabel="difficulty d_t (Eq. 1)", ylabel="consensus pass@1 V_t",
            title=f"Difficulty vs performance {title}".strip())
     for member, d in length.items():
-        a2.scatter(d["mean_tokens"], d["correct_rate"], label=member, alpha=0.8)
+        a2.errorbar(d["mean_tokens"], d["correct_rate"],
+                    yerr=_yerr(d["correct_rate"], d["lo"], d["hi"]), linestyle="none",
+                    marker="o", label=member, alpha=0.8, capsize=2, elinewidth=0.8)
     if length:
         a2.legend(fontsize=8)
     else:
@@ -325,11 +365,17 @@ def fig_knowledge_flow(store: Store, path: Path, members: list[str], title: str 
 # --------------------------------------------------------------------------- across runs
 
 
-def fig_group_comparison(scores: dict[str, dict[str, dict[str, float]]], path: Path) -> Data:
-    """Figure 5: grouped bars, one group per run, one bar per member (+ majority), per benchmark.
+def fig_group_comparison(
+    scores: dict[str, dict[str, dict[str, float]]], path: Path,
+    ns: dict[str, dict[str, dict[str, int]]] | None = None,
+) -> Data:
+    """Figure 5: grouped bars, one group per run, one bar per member (+ majority), per benchmark,
+    with 95% Wilson error bars from `ns` ({run: {benchmark: {member: n}}}).
 
-    `scores` is {run: {benchmark: {member: score}}}; the data written is the same structure.
+    Data: {"scores": `scores`, "ci95": {run: {benchmark: {member: [lo, hi]}}}}.
     """
+    ns = ns or {}
+    ci: Data = {}
     benches = sorted({b for per in scores.values() for b in per})
     fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(6 * max(1, len(benches)), 4),
                              squeeze=False)
@@ -342,11 +388,19 @@ def fig_group_comparison(scores: dict[str, dict[str, dict[str, float]]], path: P
         for k, member in enumerate(members):
             xs = [i + k * width for i in range(len(runs))]
             ys = [scores[r][bench].get(member, math.nan) for r in runs]
-            ax.bar(xs, ys, width, label=member)
+            n = [ns.get(r, {}).get(bench, {}).get(member) for r in runs]
+            have = [i for i, y in enumerate(ys) if y == y]
+            lo, hi = intervals([ys[i] for i in have], [n[i] for i in have])
+            for i, a, b in zip(have, lo, hi, strict=True):
+                ci.setdefault(runs[i], {}).setdefault(bench, {})[member] = [a, b]
+            err = [[0.0] * len(ys), [0.0] * len(ys)]
+            for i, a, b in zip(have, lo, hi, strict=True):
+                err[0][i], err[1][i] = max(0.0, ys[i] - a), max(0.0, b - ys[i])
+            ax.bar(xs, ys, width, label=member, yerr=err, capsize=3)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(runs))], runs, rotation=20, ha="right")
         ax.set(ylabel="pass@1", title=f"Group comparison: {bench}", ylim=(0, 1.02))
         ax.legend(fontsize=8)
-    return _save(fig, path, {"scores": scores})
+    return _save(fig, path, {"scores": scores, "ci95": ci})
 
 
 def fig_mode_comparison(
@@ -361,13 +415,21 @@ def fig_mode_comparison(
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for mode, runs in sorted(curves.items()):
         by_step: dict[int, list[float]] = defaultdict(list)
+        counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         for c in runs:
-            for s, v in zip(c["step"], c["score"], strict=True):
+            for i, (s, v) in enumerate(zip(c["step"], c["score"], strict=True)):
                 by_step[s].append(v)
+                if "n" in c:
+                    counts[s][0] += c["k"][i]
+                    counts[s][1] += c["n"][i]
         steps = sorted(s for s, vs in by_step.items() if len(vs) == len(runs))
         mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
-        data[mode] = {"step": steps, "score": mean, "runs": len(runs)}
-        ax.plot(steps, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
+        # The band: 95% Wilson interval of every member's anchor answers at that step, pooled.
+        bounds = [wilson(*counts[s]) for s in steps]
+        lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
+        data[mode] = {"step": steps, "score": mean, "runs": len(runs), "lo": lo, "hi": hi}
+        (line,) = ax.plot(steps, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
     if not data:
         _empty(ax, "anchor scores")
     else:

@@ -25,6 +25,18 @@ import yaml
 
 from agora_cli.errors import EvaluationError
 from agora_cli.evaluation import plots
+from agora_cli.evaluation.stats import (
+    PairedBinary,
+    PairedMeans,
+    interval_text,
+    p_text,
+    paired_binary,
+    paired_bootstrap,
+    rate_text,
+    significance_text,
+    successes,
+    wilson,
+)
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 
@@ -108,12 +120,14 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def anchor_curve(store: Store) -> dict[str, list[float]]:
-    """The members' mean anchor score per anchored step ('@majority' left out)."""
+    """The members' mean anchor score per anchored step ('@majority' left out), with the pooled
+    counts (`k` right of `n` graded, over members) for its interval."""
     rows = store.query(
-        "SELECT step, AVG(score) AS score FROM anchors WHERE member != ? GROUP BY step "
-        "ORDER BY step", (MAJORITY,),
+        "SELECT step, AVG(score) AS score, SUM(ROUND(score * n)) AS k, SUM(n) AS n FROM anchors "
+        "WHERE member != ? GROUP BY step ORDER BY step", (MAJORITY,),
     )
-    return {"step": [r["step"] for r in rows], "score": [r["score"] for r in rows]}
+    return {"step": [r["step"] for r in rows], "score": [r["score"] for r in rows],
+            "k": [int(r["k"] or 0) for r in rows], "n": [int(r["n"] or 0) for r in rows]}
 
 
 def eval_step(summary: dict[str, Any]) -> int | None:
@@ -163,10 +177,11 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
     every = (run.config.get("protocol") or {}).get("anchor_every", "?")
     text = (
         f"Lines: the external anchor, pass@1 on the calibration subset "
-        f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}, every "
-        f"{every} step(s)). Stars: full `agora eval` results, drawn at the run's last committed "
-        "step when the evaluation started, whatever adapter versions it evaluated (Table 1 lists "
-        "them); same color per member, `@majority` in black."
+        f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}_dev, a split "
+        f"held out from the training data and from every evaluation, every {every} step(s)); "
+        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn at the "
+        "run's last committed step when the evaluation started, whatever adapter versions it "
+        "evaluated (Table 1 lists them); same color per member, `@majority` in black."
     )
     drawn = {e for per in points.values() for p in per.values() for e in p["eval"]}
     if drawn:
@@ -199,6 +214,52 @@ def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
     return out
 
 
+def final_ns(run: RunInfo) -> dict[str, dict[str, int]]:
+    """{benchmark: {member: n}} matching `final_scores` (for the intervals of Figure 5)."""
+    out: dict[str, dict[str, int]] = {}
+    for summary in sorted(run.evals.values(), key=lambda s: s.get("written_at", 0)):
+        for bench, per in (summary.get("scores") or {}).items():
+            out[bench] = {m: int(v.get("n") or 0) for m, v in per.items()}
+    if out:
+        return out
+    with Store(RunPaths(run.root).store, readonly=True) as store:
+        step = store.scalar("SELECT MAX(step) FROM anchors")
+        for r in store.query("SELECT member, benchmark, n FROM anchors WHERE step = ?", (step,)):
+            out.setdefault(f"{r['benchmark']} (anchor)", {})[r["member"]] = int(r["n"] or 0)
+    return out
+
+
+def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
+    """{benchmark: {member: {item id: correct}}} of the run's latest evaluation per benchmark,
+    from its results.jsonl (only rows of the models that evaluation scored). Empty when the run
+    has no item-level results (then comparisons pair on seeds only)."""
+    from agora_cli.evaluation.evaluate import read_results
+
+    out: dict[str, dict[str, dict[str, bool]]] = {}
+    for name, summary in sorted(run.evals.items(), key=lambda kv: kv[1].get("written_at", 0)):
+        models = summary.get("models") or {}
+        order = [m for m in (summary.get("members") or list(models)) if m in models]
+        wanted = {**models, MAJORITY: "+".join(models[m] for m in order)}
+        rows = read_results(RunPaths(run.root).evals / name / "results.jsonl")
+        for bench in summary.get("scores") or {}:
+            per: dict[str, dict[str, bool]] = {}
+            for r in rows:
+                if r.benchmark == bench and r.model == wanted.get(r.member):
+                    per.setdefault(r.member, {})[r.item_id] = bool(r.correct)
+            if per:
+                out[bench] = per
+    return out
+
+
+def group_item_values(per_member: dict[str, dict[str, bool]]) -> dict[str, float]:
+    """{item id: share of members right} over the items every member answered (majority out)."""
+    members = [m for m in per_member if m != MAJORITY]
+    if not members:
+        return {}
+    shared = set.intersection(*(set(per_member[m]) for m in members))
+    return {i: sum(per_member[m][i] for m in members) / len(members) for i in sorted(shared)}
+
+
 def group_mean(per_member: dict[str, float]) -> float:
     """The group's pass@1: mean over members, '@majority' left out."""
     vals = [v for m, v in per_member.items() if m != MAJORITY]
@@ -212,9 +273,18 @@ def _fmt(mean: float, sd: float | None) -> str:
     return f"{100 * mean:.1f}" if sd is None else f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
 
+def _rate_cell(entry: dict[str, Any]) -> str:
+    """`60.0 [31.3, 83.2]`: pass@1 (%) and its 95% Wilson interval (the rate alone without n)."""
+    score, n = entry["score"], int(entry.get("n") or 0)
+    if not n:
+        return _fmt(score, None)
+    return f"{100 * score:.1f} {interval_text(*wilson(successes(score, n), n))}"
+
+
 def table1(runs: list[RunInfo]) -> str:
-    """Table 1 shape: one row per (run, member, adapter version), pass@1 (%) per benchmark."""
-    rows: list[tuple[str, str, str, dict[str, float]]] = []
+    """Table 1 shape: one row per (run, member, adapter version), pass@1 (%) per benchmark with
+    its 95% Wilson interval."""
+    rows: list[tuple[str, str, str, dict[str, dict[str, Any]]]] = []
     benches: list[str] = []
     for run in runs:
         for name, summary in sorted(run.evals.items(), key=lambda kv: kv[1].get("written_at", 0)):
@@ -229,34 +299,44 @@ def table1(runs: list[RunInfo]) -> str:
                 v = versions.get(m)
                 version = "" if m == MAJORITY else ("base" if not v else f"v{v}")
                 rows.append((run.label, f"{m} {version}".strip(), name,
-                             {b: scores[b][m]["score"] for b in scores if m in scores[b]}))
+                             {b: scores[b][m] for b in scores if m in scores[b]}))
     if not rows:
         return "_No evaluations yet: run `agora eval CONFIG --run-dir RUN` first._\n"
     head = "| run | model | eval | " + " | ".join(benches) + " |\n"
     head += "|---|---|---|" + "---:|" * len(benches) + "\n"
     body = "".join(
-        f"| {r} | {m} | {e} | " + " | ".join(_fmt(s[b], None) if b in s else "–" for b in benches)
+        f"| {r} | {m} | {e} | " + " | ".join(_rate_cell(s[b]) if b in s else "–" for b in benches)
         + " |\n"
         for r, m, e, s in rows
     )
     return head + body
 
 
-def table2(values: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
+def table2(
+    values: dict[str, list[dict[str, float]]],
+    paired: dict[str, dict[str, PairedMeans]] | None = None,
+) -> tuple[str, str]:
     """Table 2 shape: {variant: [one {benchmark: score} per seed]} -> (Markdown, CSV).
 
-    Cells are mean ± sample standard deviation over seeds, in percent; 'full' comes first.
+    Cells are mean ± sample standard deviation over seeds, in percent; 'full' comes first. With
+    `paired` ({variant: {benchmark: variant - full}}, see `paired_variants`), each benchmark gets
+    a `Δ vs full` column: the paired difference in points, its bootstrap 95% interval and p.
     """
+    paired = paired or {}
     benches: list[str] = []
     for per_seed in values.values():
         for s in per_seed:
             benches += [b for b in s if b not in benches]
     order = sorted(values, key=lambda v: (v != "full", v))
-    md = "| variant | seeds | " + " | ".join(benches) + " |\n"
-    md += "|---|---:|" + "---:|" * len(benches) + "\n"
+    delta_cols = [b for b in benches if any(b in per for per in paired.values())]
+    md = "| variant | seeds | " + " | ".join(
+        [*benches, *(f"{b} Δ vs full [95% CI], p" for b in delta_cols)]) + " |\n"
+    md += "|---|---:|" + "---:|" * (len(benches) + len(delta_cols)) + "\n"
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["variant", "seeds", *[f"{b}_{k}" for b in benches for k in ("mean", "sd")]])
+    w.writerow(["variant", "seeds", *[f"{b}_{k}" for b in benches for k in ("mean", "sd")],
+                *[f"{b}_{k}" for b in delta_cols for k in ("delta", "delta_lo", "delta_hi",
+                                                           "p", "pairs")]])
     for variant in order:
         per_seed = values[variant]
         cells, csv_cells = [], []
@@ -270,9 +350,106 @@ def table2(values: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
             sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
             cells.append(_fmt(mean, sd))
             csv_cells += [f"{mean:.6f}", f"{sd:.6f}"]
+        for b in delta_cols:
+            r = paired.get(variant, {}).get(b)
+            if r is None or not r.n:
+                cells.append("–")
+                csv_cells += ["", "", "", "", ""]
+                continue
+            cells.append(f"{100 * r.diff:+.1f} {interval_text(r.lo, r.hi)}, {p_text(r.p)}")
+            csv_cells += [f"{r.diff:.6f}", f"{r.lo:.6f}", f"{r.hi:.6f}", f"{r.p:.6f}", r.n]
         md += f"| {variant} | {len(per_seed)} | " + " | ".join(cells) + " |\n"
         w.writerow([variant, len(per_seed), *csv_cells])
     return md, buf.getvalue()
+
+
+def run_pairs(seed: int, scores: dict[str, dict[str, float]],
+              items: dict[str, dict[str, dict[str, bool]]]) -> dict[str, dict[str, float]]:
+    """One run's values to pair across variants: {benchmark: {key: group pass@1}}, keyed by
+    `seed/item` when item-level results exist, else by `seed` (the run's group mean)."""
+    out: dict[str, dict[str, float]] = {}
+    for bench, per in scores.items():
+        by_item = group_item_values(items.get(bench, {}))
+        if by_item:
+            out[bench] = {f"{seed}/{i}": v for i, v in by_item.items()}
+        else:
+            out[bench] = {str(seed): group_mean(per)}
+    return out
+
+
+def paired_variants(
+    pairs: dict[str, list[dict[str, dict[str, float]]]],
+) -> dict[str, dict[str, PairedMeans]]:
+    """{variant: {benchmark: paired bootstrap of variant - full}} over the keys (seed/item, or
+    seed) both have; `pairs` is {variant: [`run_pairs` of each of its runs]}."""
+    def merged(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for r in runs:
+            for bench, vals in r.items():
+                out.setdefault(bench, {}).update(vals)
+        return out
+
+    if "full" not in pairs:
+        return {}
+    full = merged(pairs["full"])
+    result: dict[str, dict[str, PairedMeans]] = {}
+    for variant, runs in pairs.items():
+        if variant == "full":
+            continue
+        for bench, vals in merged(runs).items():
+            keys = sorted(set(vals) & set(full.get(bench, {})))
+            if keys:
+                result.setdefault(variant, {})[bench] = paired_bootstrap(
+                    [full[bench][k] for k in keys], [vals[k] for k in keys])
+    return result
+
+
+def variant_sentences(paired: dict[str, dict[str, PairedMeans]]) -> list[str]:
+    """Which Table 2 differences from full AGORA are significant at 0.05, in words."""
+    lines = []
+    for variant in sorted(paired):
+        for bench, r in paired[variant].items():
+            lines.append(
+                f"- `{variant}` against `full` on {bench}: {100 * r.diff:+.1f} points "
+                f"{interval_text(r.lo, r.hi)} over {r.n} pairs, "
+                f"{significance_text(r.p)} (paired bootstrap)."
+            )
+    return lines
+
+
+def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
+    """AGORA against the isolated control on the same evaluation items: a Markdown table of
+    exact McNemar tests per benchmark and member (`@majority` included), and one sentence each.
+    Runs are paired by seed when both modes have that seed, else every AGORA run with every
+    isolated run."""
+    agora = [r for r in runs if r.mode == "agora" and r.variant == "full"]
+    isolated = [r for r in runs if r.mode == "isolated"]
+    pairs = [(a, i) for a in agora for i in isolated if a.seed == i.seed] or [
+        (a, i) for a in agora for i in isolated]
+    rows: list[tuple[str, str, str, str, PairedBinary]] = []
+    for a, i in pairs:
+        ia, ii = item_outcomes(a), item_outcomes(i)
+        for bench in [b for b in ia if b in ii]:
+            members = [m for m in ia[bench] if m in ii[bench]]
+            for m in sorted(members, key=lambda m: (m == MAJORITY, m)):
+                r = paired_binary(ia[bench][m], ii[bench][m])
+                if r.n:
+                    rows.append((a.label, i.label, bench, m, r))
+    if not rows:
+        return ("_No paired comparison: both runs need `agora eval` results on the same "
+                "benchmark items (results.jsonl)._\n", [])
+    md = ("| AGORA run | isolated run | benchmark | member | AGORA pass@1 [95% CI] | "
+          "isolated pass@1 [95% CI] | only AGORA right | only isolated right | McNemar p |\n"
+          "|---|---|---|---|---:|---:|---:|---:|---:|\n")
+    words = []
+    for a, i, bench, m, r in rows:
+        md += (f"| {a} | {i} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
+               f" | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n")
+        words.append(
+            f"- {m} on {bench} (`{a}` vs `{i}`, {r.n} shared items): "
+            f"{100 * (r.k_a - r.k_b) / r.n:+.1f} points, {significance_text(r.p)} (exact McNemar)."
+        )
+    return md, words
 
 
 # --------------------------------------------------------------------------- the report
@@ -337,25 +514,40 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
         ]
     scores = {r.label: final_scores(r) for r in runs}
     md += ["## Figure 5: group comparison across runs", ""]
-    plots.fig_group_comparison(scores, out / "fig5-groups.png")
+    plots.fig_group_comparison(scores, out / "fig5-groups.png",
+                               ns={r.label: final_ns(r) for r in runs})
     md += ["![Figure 5](fig5-groups.png)", "",
            "Each run's latest evaluation per benchmark (or, without one, its last external "
-           "anchor).", ""]
+           "anchor); error bars are 95% Wilson intervals.", ""]
     if {"agora", "isolated"} <= set(curves):
         plots.fig_mode_comparison(curves, out / "fig6-agora-vs-isolated.png")
         md += ["## Figure 6: AGORA against isolated evolution", "",
                "![Figure 6](fig6-agora-vs-isolated.png)", "",
-               "Members' mean anchor pass@1 per step, averaged over the runs of each mode.", ""]
-    md += ["## Table 1: pass@1 (%) per model and benchmark", "", table1(runs), ""]
+               "Members' mean anchor pass@1 per step, averaged over the runs of each mode; the "
+               "band is the 95% Wilson interval of the pooled anchor answers.", ""]
+    if any(r.mode == "isolated" for r in runs) and any(r.mode == "agora" for r in runs):
+        cmp_md, cmp_words = mode_comparison(runs)
+        md += ["## AGORA against isolated evolution, paired on the same items", "", cmp_md, ""]
+        md += cmp_words + ([""] if cmp_words else [])
+    md += ["## Table 1: pass@1 (%) per model and benchmark [95% Wilson interval]", "",
+           table1(runs), ""]
     grouped: dict[str, list[dict[str, float]]] = {}
+    pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
     for run in runs:
         grouped.setdefault(run.variant, []).append(
             {b: group_mean(per) for b, per in scores[run.label].items()}
         )
-    t2_md, t2_csv = table2(grouped)
+        pairs.setdefault(run.variant, []).append(
+            run_pairs(run.seed, scores[run.label], item_outcomes(run)))
+    paired = paired_variants(pairs)
+    t2_md, t2_csv = table2(grouped, paired)
     (out / "table2.csv").write_text(t2_csv)
     md += ["## Table 2: variants (group mean pass@1 %, mean ± sd over seeds)", "", t2_md,
            "", "CSV: [table2.csv](table2.csv)", ""]
+    if paired:
+        md += ["Δ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
+               "item results exist, else on seeds; 95% interval and p from a paired bootstrap.",
+               "", *variant_sentences(paired), ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path

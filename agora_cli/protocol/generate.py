@@ -18,15 +18,13 @@ lenient about form and strict about content:
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 from agora_cli.config import Config
-from agora_cli.errors import EvaluationError
-from agora_cli.paths import DATA_DIR
+from agora_cli.evaluation.benchmarks import load_seed_pool as pool_items
+from agora_cli.evaluation.benchmarks import normalize_text
 from agora_cli.protocol.common import REQUEST_ERRORS, chat_role
 from agora_cli.protocol.types import Ctx, GeneratedProblem
 
@@ -89,7 +87,7 @@ def parse_problem(raw: str) -> tuple[str | None, str | None]:
 
 def normalize_problem(text: str) -> str:
     """Lowercase alphanumeric words only: what 'the same problem' means for deduplication."""
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+    return normalize_text(text)
 
 
 def _near(a: str, b: str) -> bool:
@@ -126,26 +124,10 @@ def choose_generators(members: list[str], cfg: Config, rng: Any) -> list[str]:
     return rng.sample(list(members), k)
 
 
-@lru_cache(maxsize=8)
-def _read_pool(name: str) -> tuple[dict, ...]:
-    path = DATA_DIR / f"{name}.jsonl"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.exists():
-        known = ", ".join(sorted(p.stem for p in DATA_DIR.glob("*.jsonl")))
-        raise EvaluationError(f"unknown seed pool {name!r}; set protocol.seed_pool to one of: {known}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise EvaluationError(f"{path}:{i}: not JSON ({e.msg})") from None
-    return tuple(rows)
-
-
 def load_seed_pool(name: str) -> list[dict]:
-    """Rows (id, problem, answer, ...) of `agora_cli/data/<name>.jsonl`."""
-    return list(_read_pool(name))
+    """Rows (id, problem, answer) of the seed pool `name`: its training file minus the held-out
+    calibration slice (`evaluation.benchmarks`), so generators never see a calibration item."""
+    return [{"id": it.id, "problem": it.problem, "answer": it.answer} for it in pool_items(name)]
 
 
 def sample_seeds(pool: list[dict], k: int, rng: Any) -> list[dict]:

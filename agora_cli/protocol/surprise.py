@@ -21,8 +21,18 @@ Dynamic strategy (`ablations.dynamic_strategy`).  The strategy is 'elite' on a p
 last `plateau_patience` anchors beats the best anchor before them by less than `plateau_delta`.
 Under 'elite', solvers get `plateau_elite_k` elite examples instead of `elite_k` (more elite-peer
 learning); `elite_shots` returns that number. With the switch off the strategy is always
-'balanced'. The loop stores F_t and the strategy per step (`steps.f_t`, `steps.strategy`) and emits
-a `surprise` event, so both are visible in the run log.
+'balanced'. The loop stores F_t and the strategy per step (`steps.f_t`, `steps.strategy`) and
+emits a `surprise` event, so both are visible in the run log.
+
+Without external anchoring (`ablations.external_anchor` off), F_t comes from the ratings, on the
+steps an anchor would have been taken (every `anchor_every` steps), so FEM still acts and the
+ablation removes only the ground-truth signal:
+  F_t = ((mu*_t - mean_mu_t) / (mu*_t + eps))^2 with mu*_t the best member's TrueSkill mean and
+  mean_mu_t the ensemble's mean, after the step's votes (Eq. 2 read on the ratings themselves).
+F_t is 0 while the members are rated alike and grows as one member pulls away from the group, so
+FEM eases the curriculum when the group's peer-judged quality splits. The dynamic strategy needs a
+performance history and has none without anchors: it stays 'balanced' (not matched by the
+ablation; the README says so).
 """
 
 from __future__ import annotations
@@ -41,6 +51,19 @@ def surprise(anchor_history: list[float], cfg: Surprise) -> float | None:
     current = anchor_history[-1]
     peak = max(anchor_history[-cfg.window:])  # mu*_t: recent peak, current included
     return ((peak - current) / (peak + cfg.eps)) ** 2  # Eq. 2
+
+
+def rating_surprise(mus: list[float], eps: float) -> float | None:
+    """Eq. 2 on the ratings (external anchoring off; see module doc): best mu against mean mu."""
+    if not mus:
+        return None
+    best, mean = max(mus), sum(mus) / len(mus)
+    return ((best - mean) / (best + eps)) ** 2
+
+
+def anchor_step(step: int, every: int) -> bool:
+    """Whether step `step` is on the anchor schedule (after every `every`-th step)."""
+    return (step + 1) % every == 0
 
 
 def apply_fem(

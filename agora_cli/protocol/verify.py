@@ -3,7 +3,8 @@
 Each other member verifies a solution and answers VALID or INVALID; the solution is correct only
 if every verdict is valid. The solution is model output, so it is shown between random delimiter
 lines as quoted data, and the parser reads only the verifier's own reply: the LAST line that
-starts with a verdict, after cutting out any part of the reply that echoes the quoted block.
+starts with a verdict, after cutting out any part of the reply that echoes the quoted block, and
+skipping every line that reproduces a line of the solution (an echo without its delimiters).
 A verdict is the word (`VALID`, `invalid.`, `**Verdict:** VALID`, `Verdict - INVALID: wrong sum`)
 or, because tiny models answer in prose, one plain sentence opening the line: `The solution is
 correct.` / `The answer is not correct`. Hedged or unrelated text ("Valid reasoning needs...",
@@ -15,7 +16,14 @@ from __future__ import annotations
 
 import re
 
-from agora_cli.protocol.common import REQUEST_ERRORS, chat_role, delimiter, error_text
+from agora_cli.protocol.common import (
+    REQUEST_ERRORS,
+    chat_role,
+    delimiter,
+    error_text,
+    is_echo,
+    quoted_lines,
+)
 from agora_cli.protocol.types import Ctx, Verdict
 
 # A verdict line: optional markdown/bullets, optional "verdict"/"answer" label, the word, then
@@ -52,11 +60,20 @@ def _strip_echo(reply: str, token: str | None) -> str:
                   flags=re.DOTALL)
 
 
-def parse_verdict(reply: str, token: str | None = None) -> bool | None:
-    """True/False from the reply's last verdict line; None when there is none. Never raises."""
+def parse_verdict(reply: str, token: str | None = None, solution: str = "") -> bool | None:
+    """True/False from the reply's last verdict line; None when there is none. Never raises.
+
+    `solution` is the text under review: a reply line that reproduces one of its lines is the
+    verifier copying its input, never a verdict (a solution ending in `Verdict: VALID` cannot
+    approve itself through a verifier that echoes it). The cost: a verdict worded exactly like a
+    line of the solution does not count, so such a solution needs a verdict in other words.
+    """
     text = _strip_echo(reply or "", token)
+    quoted = quoted_lines(solution)
     verdict = None
     for line in text.splitlines():
+        if is_echo(line, quoted):
+            continue
         found = _line_verdict(line)
         if found is not None:
             verdict = found
@@ -76,7 +93,7 @@ async def verify(ctx: Ctx, verifier: str, problem: str, solution: str) -> Verdic
         return Verdict(verifier=verifier, valid=False, raw="", error=error_text(exc))
     return Verdict(
         verifier=verifier,
-        valid=parse_verdict(reply, token) is True,
+        valid=parse_verdict(reply, token, solution) is True,
         raw=result.text,
         latency_s=result.latency_s,
     )

@@ -12,7 +12,14 @@ from typing import Literal
 
 import trueskill
 
-from agora_cli.protocol.common import REQUEST_ERRORS, chat_role, delimiter, error_text
+from agora_cli.protocol.common import (
+    REQUEST_ERRORS,
+    chat_role,
+    delimiter,
+    error_text,
+    is_echo,
+    quoted_lines,
+)
 from agora_cli.protocol.types import Ctx, Vote
 
 _LETTER = r"[(\[]?(?-i:([AB]))[)\]]?"  # capital letters only: "a" is an English article
@@ -60,22 +67,28 @@ def _line_vote(line: str) -> str | None:
     return None
 
 
-def parse_vote(reply: str, token: str | None = None) -> Literal["a", "b"] | None:
+def parse_vote(
+    reply: str, token: str | None = None, solutions: tuple[str, ...] = ()
+) -> Literal["a", "b"] | None:
     """'a'/'b' (as shown) from the reply's last line that states a choice, None when none does.
 
     Accepted: a bare letter ("B", "**A**.", "Winner: A"), or one sentence opening the line ("The
     correct answer is A.", "Solution B is better"). Letters must be capitals. Once a choice is
     stated, a line opening an invented next turn ("Problem: ...", a role marker) ends the reply:
-    what follows answers a question nobody asked. Never raises.
+    what follows answers a question nobody asked. A line that reproduces a line of one of the
+    shown `solutions` is the voter copying its input and never states a choice. Never raises.
     """
     text = reply or ""
     if token:
         text = re.sub(rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)} [AB]|\Z)", "",
                       text, flags=re.DOTALL)
+    quoted = quoted_lines(*solutions)
     choice = None
     for line in text.splitlines():
         if choice is not None and _INVENTED_TURN.match(line):
             break
+        if is_echo(line, quoted):
+            continue
         found = _line_vote(line)
         if found is not None:
             choice = found
@@ -95,7 +108,7 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
         )
     except REQUEST_ERRORS as exc:
         return Vote(voter=voter, winner=None, raw="", error=error_text(exc))
-    shown = parse_vote(reply, token)
+    shown = parse_vote(reply, token, (shown_a, shown_b))
     winner: Literal["a", "b"] | None = shown
     if shown is not None and swapped:
         winner = "b" if shown == "a" else "a"

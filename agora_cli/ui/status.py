@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from agora_cli.evaluation.stats import wilson
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
 from agora_cli.steps import latest_ratings
@@ -104,6 +105,15 @@ def _f(x: Any, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _v_t(last: dict[str, Any]) -> str:
+    """V_t with its 95% Wilson interval over the step's solutions: `0.667 [0.300, 0.903] (4/6)`."""
+    v, k, n = last.get("v_t"), last.get("n_correct"), last.get("n_solutions")
+    if v is None or not n:
+        return _f(v)
+    lo, hi = wilson(int(k or 0), int(n))
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}] ({k}/{n})"
+
+
 def event_line(e: Event) -> str:
     t = datetime.fromtimestamp(e.get("t", 0)).strftime("%H:%M:%S")
     fields = " ".join(
@@ -121,7 +131,7 @@ def render(s: RunStatus) -> RenderableType:
         + (f", step {s.open_step} open" if s.open_step is not None else "")
         + "\n"
         f"last step {last.get('step', '-')}: d_t {_f(last.get('difficulty'))} -> "
-        f"d_t+1 {_f(last.get('next_difficulty'))}  V_t {_f(last.get('v_t'))}  "
+        f"d_t+1 {_f(last.get('next_difficulty'))}  V_t {_v_t(last)}  "
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
         f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}"

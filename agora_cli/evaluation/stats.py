@@ -1,0 +1,157 @@
+"""Uncertainty for every accuracy agora prints or plots: the single home of its statistics.
+
+Pure functions, no I/O:
+
+- `wilson(k, n)`: the 95% Wilson score interval of a single rate k/n (Wilson 1927). Unlike the
+  normal approximation it stays inside [0, 1] and is sensible at k = 0 or k = n, which is where
+  small benchmark subsets live (1/16 -> [1.1%, 28.3%]).
+- `mcnemar_exact(b, c)`: the exact two-sided McNemar test for paired binary outcomes on the same
+  items: b items right only under A, c right only under B; under H0 the b + c discordant items
+  split Binomial(b + c, 1/2).
+- `paired_bootstrap(xs, ys)`: the difference of means of paired values (the same item or seed
+  under two conditions) with a percentile 95% interval and a two-sided bootstrap p-value.
+- `rate_text`, `interval_text`, `significance_text`: how the tables write them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
+ALPHA = 0.05
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n trials; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson: need 0 <= k <= n (got k={k}, n={n})")
+    p = k / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # At k = 0 (k = n) the bound is exactly 0 (1); clamp rounding noise.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def wilson_lower(k: int, n: int, z: float = Z95) -> float:
+    """The lower 95% Wilson bound: a rate that rewards more evidence (3/3 beats 1/1)."""
+    return wilson(k, n, z)[0]
+
+
+def successes(rate: float, n: int) -> int:
+    """k from a stored rate and its n (rates are stored as k/n)."""
+    return int(round(rate * n))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for b and c discordant pairs (1.0 when there are none)."""
+    if b < 0 or c < 0:
+        raise ValueError(f"mcnemar_exact: counts must be >= 0 (got b={b}, c={c})")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class PairedBinary:
+    """Two conditions scored on the same items: accuracies, discordant counts, McNemar p."""
+
+    n: int  # items both conditions answered
+    k_a: int
+    k_b: int
+    only_a: int  # b: right under A, wrong under B
+    only_b: int  # c: right under B, wrong under A
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p < ALPHA
+
+
+def paired_binary(a: Mapping[str, bool], b: Mapping[str, bool]) -> PairedBinary:
+    """McNemar on the items present in both `a` and `b` ({item id: correct})."""
+    shared = sorted(set(a) & set(b))
+    only_a = sum(1 for i in shared if a[i] and not b[i])
+    only_b = sum(1 for i in shared if b[i] and not a[i])
+    return PairedBinary(
+        n=len(shared), k_a=sum(1 for i in shared if a[i]), k_b=sum(1 for i in shared if b[i]),
+        only_a=only_a, only_b=only_b, p=mcnemar_exact(only_a, only_b),
+    )
+
+
+@dataclass(frozen=True)
+class PairedMeans:
+    """mean(ys - xs) over paired values with a bootstrap 95% interval and p-value."""
+
+    n: int
+    diff: float
+    lo: float
+    hi: float
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p < ALPHA
+
+
+def paired_bootstrap(
+    xs: Sequence[float], ys: Sequence[float], *, resamples: int = 10_000, seed: int = 0
+) -> PairedMeans:
+    """Paired bootstrap of mean(ys - xs): resample the pairs with replacement `resamples` times.
+
+    The interval is the 2.5/97.5 percentiles of the resampled mean differences; the two-sided p is
+    twice the smaller share of resampled differences at or beyond zero on either side (capped at
+    1). All-equal pairs give diff 0 and p 1. Seeded, so a report is reproducible.
+    """
+    if len(xs) != len(ys):
+        raise ValueError(f"paired_bootstrap: {len(xs)} values against {len(ys)}")
+    d = [y - x for x, y in zip(xs, ys, strict=True)]
+    n = len(d)
+    if n == 0:
+        return PairedMeans(0, math.nan, math.nan, math.nan, 1.0)
+    diff = sum(d) / n
+    if all(v == d[0] for v in d):
+        p = 1.0 if d[0] == 0 else 0.0
+        return PairedMeans(n, diff, diff, diff, p if n > 1 else 1.0)
+    rng = random.Random(seed)
+    means = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    lo = means[int(0.025 * (resamples - 1))]
+    hi = means[int(math.ceil(0.975 * (resamples - 1)))]
+    le = sum(1 for m in means if m <= 0) / resamples
+    ge = sum(1 for m in means if m >= 0) / resamples
+    return PairedMeans(n, diff, lo, hi, min(1.0, 2 * min(le, ge)))
+
+
+# --------------------------------------------------------------------------- how tables write them
+
+
+def interval_text(lo: float, hi: float) -> str:
+    """`[1.1, 28.3]` (percent)."""
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def rate_text(k: int, n: int) -> str:
+    """`6.2% [1.1, 28.3] (1/16)`: the rate, its 95% Wilson interval and the counts."""
+    if n <= 0:
+        return "– (n=0)"
+    lo, hi = wilson(k, n)
+    return f"{100 * k / n:.1f}% {interval_text(lo, hi)} ({k}/{n})"
+
+
+def p_text(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def significance_text(p: float) -> str:
+    """`significant at 0.05` / `not significant at 0.05`."""
+    return ("significant" if p < ALPHA else "not significant") + f" at {ALPHA:g} ({p_text(p)})"

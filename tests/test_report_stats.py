@@ -1,0 +1,80 @@
+"""Issue 11 item 8: the report's comparisons are paired on the same items and say in words
+which differences are significant at 0.05 (exact McNemar; paired bootstrap for Table 2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from agora_cli.evaluation.evaluate import MAJORITY, ItemResult
+from agora_cli.evaluation.report import build_report
+from agora_cli.evaluation.stats import mcnemar_exact, wilson
+from agora_cli.paths import RunPaths
+from tests.test_report import MEMBERS, _sidecar, make_run
+
+ITEMS = [f"gsm8k_test/{i}" for i in range(16)]
+
+
+def write_eval(run: Path, right: dict[str, set[int]]) -> None:
+    """An `agora eval` directory: results.jsonl with these items right per member, a summary."""
+    d = RunPaths(run).evals / "sampled"
+    d.mkdir(parents=True, exist_ok=True)
+    models = {m: f"model-{m}" for m in MEMBERS}
+    rows = [ItemResult(m, "gsm8k", item, models[m], "r", "1", "1", i in right[m])
+            for m in MEMBERS for i, item in enumerate(ITEMS)]
+    # A stale row of another adapter (model name) must not be counted.
+    rows.append(ItemResult("a", "gsm8k", ITEMS[0], "old-model-a", "r", "1", "1", True))
+    majority = "+".join(models[m] for m in MEMBERS)
+    rows += [ItemResult(MAJORITY, "gsm8k", item, majority, "r", "1", "1",
+                        sum(i in right[m] for m in MEMBERS) >= 2)
+             for i, item in enumerate(ITEMS)]
+    (d / "results.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+    scores = {m: {"score": len(right[m]) / 16, "n": 16} for m in MEMBERS}
+    (d / "summary.json").write_text(json.dumps({
+        "scores": {"gsm8k": scores}, "models": models, "members": MEMBERS,
+        "adapter_versions": {m: 0 for m in MEMBERS}, "written_at": 1.0, "step": 5,
+    }))
+
+
+def test_agora_vs_isolated_is_a_paired_mcnemar_test_with_words(tmp_path: Path) -> None:
+    agora, isolated = tmp_path / "agora", tmp_path / "isolated"
+    make_run(agora)
+    make_run(isolated, mode="isolated")
+    # a: right on 7 items under AGORA, 1 under isolated (b = 6, c = 0 -> p = 0.03125);
+    # b: 3 against 3 with one discordant item each way (p = 1); c: identical.
+    write_eval(agora, {"a": set(range(7)), "b": {0, 1, 2}, "c": {5}})
+    write_eval(isolated, {"a": {0}, "b": {0, 1, 9}, "c": {5}})
+    md = build_report([agora, isolated], tmp_path / "out").read_text()
+    assert "## AGORA against isolated evolution, paired on the same items" in md
+    row_a = next(x for x in md.splitlines() if x.startswith("| agora | isolated | gsm8k | a |"))
+    assert "43.8% [23.1, 66.8] (7/16)" in row_a and "6.2% [1.1, 28.3] (1/16)" in row_a
+    assert row_a.endswith("| 6 | 0 | p=0.031 |")
+    assert mcnemar_exact(6, 0) == 0.03125
+    assert ("- a on gsm8k (`agora` vs `isolated`, 16 shared items): +37.5 points, significant "
+            "at 0.05 (p=0.031) (exact McNemar).") in md
+    assert ("- b on gsm8k (`agora` vs `isolated`, 16 shared items): +0.0 points, not significant "
+            "at 0.05 (p=1.000) (exact McNemar).") in md
+    assert "| agora | isolated | gsm8k | @majority |" in md
+    # Figure 5 carries each bar's 95% interval.
+    fig5 = _sidecar(tmp_path / "out" / "fig5-groups.png")
+    assert fig5["ci95"]["agora"]["gsm8k"]["a"] == list(wilson(7, 16))
+
+
+def test_table2_pairs_variants_on_seed_and_item(tmp_path: Path) -> None:
+    full, nofem = tmp_path / "full", tmp_path / "nofem"
+    make_run(full)
+    make_run(nofem, ablations={"fem": False})
+    everything = set(range(16))
+    write_eval(full, {"a": everything, "b": everything, "c": everything})
+    write_eval(nofem, {"a": set(), "b": set(), "c": set(range(8))})
+    md = build_report([full, nofem], tmp_path / "out").read_text()
+    # Per item group pass@1: full 1.0 everywhere; no-fem 1/3 on items 0-7, 0 on 8-15.
+    assert "| no-fem | 1 | 16.7 ± 0.0 |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| no-fem |"))
+    assert "-83.3 [" in line and "p<0.001" in line
+    assert "`no-fem` against `full` on gsm8k: -83.3 points" in md
+    assert "over 16 pairs, significant at 0.05 (p<0.001) (paired bootstrap)" in md
+    csv_rows = (tmp_path / "out" / "table2.csv").read_text().splitlines()
+    header, nofem_row = csv_rows[0].split(","), csv_rows[2].split(",")
+    assert nofem_row[header.index("gsm8k_pairs")] == "16"

@@ -1,0 +1,82 @@
+"""The statistics module against known values (agora_cli/evaluation/stats.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agora_cli.evaluation.stats import (
+    mcnemar_exact,
+    paired_binary,
+    paired_bootstrap,
+    rate_text,
+    significance_text,
+    wilson,
+    wilson_lower,
+)
+
+
+@pytest.mark.parametrize(("k", "n", "lo", "hi"), [
+    (1, 16, 0.0111, 0.2833),  # the README's 6.2% on 16 items
+    (0, 16, 0.0, 0.1936),
+    (16, 16, 0.8064, 1.0),
+    (8, 16, 0.2800, 0.7200),
+    (50, 100, 0.4038, 0.5962),
+    (81, 263, 0.2553, 0.3662),  # Newcombe (1998), Table I
+])
+def test_wilson_95_known_values(k, n, lo, hi):
+    got = wilson(k, n)
+    assert got == pytest.approx((lo, hi), abs=5e-4)
+
+
+def test_wilson_edge_cases():
+    assert wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+    # More evidence at the same rate gives a higher lower bound: the elite score's point.
+    assert wilson_lower(1, 1) < wilson_lower(3, 3) < wilson_lower(10, 10)
+    assert wilson_lower(2, 2) > wilson_lower(2, 3)
+
+
+@pytest.mark.parametrize(("b", "c", "p"), [
+    (0, 6, 0.03125),  # 2 * (1/2)^6
+    (6, 0, 0.03125),
+    (0, 5, 0.0625),
+    (1, 6, 0.125),  # 2 * (1 + 7) / 128
+    (3, 3, 1.0),
+    (0, 0, 1.0),
+    (2, 10, 0.0385742),  # 2 * (1 + 12 + 66) / 4096
+])
+def test_mcnemar_exact_known_values(b, c, p):
+    assert mcnemar_exact(b, c) == pytest.approx(p, abs=1e-6)
+
+
+def test_paired_binary_counts_only_shared_items():
+    a = {"1": True, "2": True, "3": False, "4": False, "x": True}
+    b = {"1": True, "2": False, "3": True, "4": True, "y": False}
+    r = paired_binary(a, b)
+    assert (r.n, r.k_a, r.k_b, r.only_a, r.only_b) == (4, 2, 3, 1, 2)
+    assert r.p == pytest.approx(mcnemar_exact(1, 2)) and not r.significant
+
+
+def test_paired_bootstrap():
+    same = paired_bootstrap([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    assert (same.diff, same.p) == (0.0, 1.0)
+    shift = paired_bootstrap([0.0] * 10, [1.0] * 10)
+    assert shift.diff == 1.0 and shift.p == 0.0 and shift.significant
+    xs = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1] * 3
+    ys = [1, 1, 1, 1, 1, 1, 0, 1, 1, 1] * 3  # +12 of 30 improved, none worse
+    r = paired_bootstrap(xs, ys, seed=1)
+    assert r.diff == pytest.approx(0.4)
+    assert r.lo < 0.4 < r.hi and r.lo > 0 and r.p < 0.05
+    noise = paired_bootstrap([0, 1] * 10, [1, 0] * 10)
+    assert noise.diff == 0.0 and noise.p > 0.5 and not noise.significant
+    assert paired_bootstrap(xs, ys, seed=1) == r  # seeded: reproducible
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def test_texts():
+    assert rate_text(1, 16) == "6.2% [1.1, 28.3] (1/16)"
+    assert rate_text(0, 0) == "– (n=0)"
+    assert significance_text(0.03125) == "significant at 0.05 (p=0.031)"
+    assert significance_text(0.2) == "not significant at 0.05 (p=0.200)"
