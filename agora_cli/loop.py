@@ -51,12 +51,21 @@ from agora_cli.protocol.vote import vote
 from agora_cli.store import Store
 
 Row = dict[str, Any]
-AnchorFn = Callable[[ClientPool, Config, Prompts, int], Any]  # async run_anchor
+AnchorFn = Callable[[ClientPool, Config, Prompts, int, list[str]], Any]  # async run_anchor
 
 
 def anchor_due(cfg: Config, step: int) -> bool:
     """External anchoring (protocol step 7) after every `anchor_every`-th step."""
     return cfg.ablations.external_anchor and (step + 1) % cfg.protocol.anchor_every == 0
+
+
+def anchor_plan(members: list[str], last: dict[str, Row], live: dict[str, int]) -> list[str]:
+    """The members to score at an anchor step: those never scored, scored on nothing, or whose
+    live adapter changed since their last anchor (the prompt is bare, so the adapter is all that
+    the anchor evaluates). Another score of an unchanged member would only be sampling noise, and
+    Eq. 2 would react to it; the periodic schedule (`anchor_every`) stays the upper bound."""
+    return [m for m in members
+            if m not in last or last[m]["n"] == 0 or last[m]["adapter_version"] != live.get(m, 0)]
 
 
 @dataclass
@@ -445,15 +454,23 @@ async def run_step(
         nonlocal anchors
         if anchor is None or anchors or not anchor_due(cfg, t):
             return
-        scores = await anchor(pool, cfg, prompts, t)
-        live = versions()
+        bench, live = cfg.evaluation.calibration, versions()
+        last = db.last_anchors(store, bench, t)
+        todo = anchor_plan(run.members, last, live)
+        scores = await anchor(pool, cfg, prompts, t, todo) if todo else {}
+        reused = {m: last[m] for m in run.members if m not in todo}
         with store.transaction():
             for member, (score, n) in scores.items():
-                db.insert_anchor(store, t, member, cfg.evaluation.calibration, score, n,
-                                 live.get(member, 0))
+                db.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))
+            for member, r in reused.items():
+                source = r["step"] if r["reused_from"] is None else r["reused_from"]
+                db.insert_anchor(store, t, member, bench, r["score"], r["n"],
+                                 r["adapter_version"], reused_from=source)
         for member, (score, n) in scores.items():
-            bus.emit("validation_score", step=t, member=member,
-                     benchmark=cfg.evaluation.calibration, score=score, n=n)
+            bus.emit("validation_score", step=t, member=member, benchmark=bench, score=score, n=n)
+        for member, r in reused.items():
+            bus.emit("validation_score", step=t, member=member, benchmark=bench,
+                     score=r["score"], n=r["n"], reused=True)
         anchors = db.step_anchors(store, t)
 
     await asyncio.gather(run.pipeline(), anchor_task())
@@ -468,7 +485,9 @@ async def run_step(
             raise next(iter(pool.unreachable.values()))
     elite = await run.select_elite(elite_shots(run.open.strategy, cfg.protocol))  # type: ignore[arg-type]
     bus.emit("phase_started", phase="commit", step=t, n=1)
-    fx = compute_effects(run, elite, anchors, time.perf_counter() - t0, busy_s(pool) - busy0)
+    # Eq. 2 sees a step's anchors only when some member was scored anew (real changes only).
+    fx = compute_effects(run, elite, db.rescored_anchors(store, t), time.perf_counter() - t0,
+                         busy_s(pool) - busy0)
     db.commit_effects(store, fx)
     bus.emit("phase_finished", phase="commit", step=t, n=1)
     emit_committed(cfg, store, bus, fx, run.open.difficulty, versions())
