@@ -98,13 +98,13 @@ def open_step_number(store: Store) -> int:
 
 def insert_problem(
     store: Store, step: int, author: str, text: str, difficulty: float, seed_ids: list[str],
-    raw: str | None, dropped: str | None,
+    raw: str | None, dropped: str | None, slot: int | None = None,
 ) -> int:
     cur = store.execute(
         "INSERT INTO problems(step, author, text, difficulty, seed_ids, raw, status, drop_reason, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "slot, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (step, author, text, difficulty, json.dumps(seed_ids), raw,
-         "dropped" if dropped else "ok", dropped, now()),
+         "dropped" if dropped else "ok", dropped, slot, now()),
     )
     return int(cur.lastrowid)  # type: ignore[arg-type]
 
@@ -118,6 +118,15 @@ def authors_done(store: Store, step: int) -> set[str]:
     """Generators whose batch for `step` is stored (a batch is written in one transaction)."""
     rows = store.query("SELECT DISTINCT author FROM problems WHERE step = ?", (step,))
     return {r["author"] for r in rows}
+
+
+def generation_counts(store: Store) -> dict[str, tuple[int, int]]:
+    """author -> (problems written, of which dropped) over the whole run, seed fills left out:
+    each member's drop rate as a generator."""
+    return {r["author"]: (r["n"], r["dropped"] or 0) for r in store.query(
+        "SELECT author, COUNT(*) AS n, SUM(status != 'ok') AS dropped FROM problems "
+        "WHERE author != 'seed' GROUP BY author"
+    )}
 
 
 def existing_problem_texts(store: Store) -> list[str]:

@@ -134,7 +134,8 @@ def test_all_generated_problems_dropped_falls_back_to_seeds(run_dir):
     with FakeOpenAI(garbage_generator, latency_s=0.0) as fake:
         runner.run(make_config(fake.url, run_dir), run_dir=run_dir, steps=1)
     with Store(RunPaths(run_dir).store) as store:
-        assert count(store, "problems", "status = 'dropped'") == 2
+        # Each of the 2 slots is asked 1 + problem_retries (2) times, then filled from the pool.
+        assert count(store, "problems", "status = 'dropped'") == 2 * 3
         assert count(store, "problems", "status = 'ok' AND author = 'seed'") == 2
         assert count(store, "solutions") == 6
         assert store.scalar("SELECT n_problems FROM steps WHERE step = 0") == 2
@@ -185,3 +186,29 @@ def test_unreachable_member_stops_the_step_uncommitted_then_resumes(run_dir):
     assert resumed_roles == {"vote", "explain"}  # stored solutions and verdicts were reused
     with Store(RunPaths(run_dir).store) as store:
         assert count(store, "votes") == 6 and count(store, "buffer") == 2
+
+
+def test_dropped_problems_are_asked_again_from_another_member(run_dir):
+    """Only gamma writes usable problems: every slot still gets one, asked again of another
+    member after a drop, so the step solves `problems_per_step` problems."""
+    base = responder()
+
+    def only_gamma_generates(req):
+        if req.role == "generate" and req.model != "gamma":
+            return "hi"
+        return base(req)
+
+    with FakeOpenAI(only_gamma_generates, latency_s=0.0) as fake:
+        cfg = make_config(fake.url, run_dir, problems_per_step=4)
+        runner.run(cfg, run_dir=run_dir, steps=1)
+        asked = [r.model for r in fake.requests if r.role == "generate"]
+    with Store(RunPaths(run_dir).store) as store:
+        assert store.scalar("SELECT n_problems FROM steps WHERE step = 0") == 4
+        kept = store.query("SELECT author, slot FROM problems WHERE status = 'ok' ORDER BY slot")
+        assert [r["author"] for r in kept] == ["gamma"] * 4
+        assert [r["slot"] for r in kept] == [0, 1, 2, 3]
+        assert count(store, "solutions") == 4 * 3
+        dropped = store.query("SELECT author, COUNT(*) AS n FROM problems "
+                              "WHERE status = 'dropped' GROUP BY author")
+    assert len(asked) == 4 + sum(r["n"] for r in dropped)
+    assert {r["author"] for r in dropped} <= {"alpha", "beta"}
