@@ -85,6 +85,9 @@ def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[st
     for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
         if r["member"] in out:
             out[r["member"]]["buffered"] = r["n"]
+    for m, (n, dropped) in db.generation_counts(store).items():
+        if m in out:
+            out[m].update(generated=n, dropped=dropped)
     return out
 
 

@@ -155,8 +155,10 @@ class Protocol(Strict):
     generators_per_step: int = Field(2, ge=1, description="random Q-Group size (random_qgen)")
     seed_examples: int = Field(3, ge=0, description="seed problems shown to a generator")
     seed_pool: str = "gsm8k_train"
-    # A step whose generators produced no usable problem takes `problems_per_step` problems from
-    # the seed pool (author 'seed') instead of solving nothing; off = such a step is empty.
+    # A dropped (malformed/duplicate) problem is asked again, up to `problem_retries` times and of
+    # another member where there is one; a slot still empty then takes a seed-pool problem
+    # (author 'seed') when `seed_fallback` is on, so a step solves `problems_per_step` problems.
+    problem_retries: int = Field(2, ge=0)
     seed_fallback: bool = True
     elite_k: int = Field(3, ge=0)
     buffer_threshold: int = Field(1024, ge=1)

@@ -6,9 +6,9 @@ Kinds in use (add new ones here so consumers can find them):
   run_started, run_resumed, run_finished, step_started, step_committed,
   phase_started, phase_finished          {phase, step, n}
   phase_progress                          {phase, step, done, total}  (totals grow as work flows)
-  seed_fallback                           {step, n}  (all generated problems dropped)
+  seed_fallback                           {step, n, slot}  (a slot's retries all dropped)
   request_done                            {member, role, latency_s, prompt_tokens, completion_tokens, ok}
-  problem_dropped                         {step, reason}
+  problem_dropped                         {step, reason, author, slot}
   verdict                                 {step, solution_id, verifier, valid}
   rating_update                           {member, mu, sigma}
   buffer_size                             {size, threshold}
@@ -16,7 +16,7 @@ Kinds in use (add new ones here so consumers can find them):
   surprise                                {step, f, strategy}
   training_started, training_progress, training_finished, training_failed  {round, member, ...}
   adapter_live                            {member, version, model_name, latency_s}
-  validation_score                        {step, member, benchmark, score, n}
+  validation_score                        {step, member, benchmark, score, n, reused?}
   server_started, server_stopped          {backend, url, log} (+ model on server_started)
   adapter_unload_failed                   {backend, member, lora_name, error}  (sglang; harmless)
   server_stop_failed                      {backend, error}  (a server may still be running)

@@ -53,12 +53,25 @@ from agora_cli.protocol.vote import make_env, vote
 from agora_cli.store import Store
 
 Row = dict[str, Any]
-AnchorFn = Callable[[ClientPool, Config, Prompts, int], Any]  # async run_anchor
+AnchorFn = Callable[[ClientPool, Config, Prompts, int, list[str]], Any]  # async run_anchor
 
 
 def anchor_due(cfg: Config, step: int) -> bool:
     """External anchoring (protocol step 7) after every `anchor_every`-th step."""
     return cfg.ablations.external_anchor and anchor_step(step, cfg.protocol.anchor_every)
+
+
+def anchor_plan(members: list[str], last: dict[str, Row], live: dict[str, int]) -> list[str]:
+    """The members to score at an anchor step: those never scored, scored on nothing, or whose
+    live adapter changed since their last anchor (the prompt is bare, so the adapter is all that
+    the anchor evaluates). Another score of an unchanged member would only be sampling noise, and
+    Eq. 2 would react to it; the periodic schedule (`anchor_every`) stays the upper bound."""
+    return [m for m in members
+            if m not in last or last[m]["n"] == 0 or last[m]["adapter_version"] != live.get(m, 0)]
+
+
+def _kept(problem: Row) -> bool:
+    return problem["status"] == "ok"
 
 
 @dataclass
@@ -105,59 +118,101 @@ class StepRun:
 
     # -- 1. challenge generation ---------------------------------------------------------------
 
-    def slots_todo(self) -> list[dict]:
-        """Generation slots (author, seeds) without a stored problem (kept or dropped)."""
-        done = Counter(r["author"] for r in db.step_problems(self.store, self.t, only_ok=False))
-        todo = []
-        for slot in self.open.info["slots"]:
-            if done[slot["author"]] > 0:
-                done[slot["author"]] -= 1
-            else:
-                todo.append(slot)
-        return todo
+    def slot_rows(self) -> list[list[Row]]:
+        """The step's stored problems (kept and dropped) per generation slot, oldest first.
 
-    async def generate_slot(self, slot: dict, on_problem: Callable[[Row], None] | None) -> None:
-        """One generation request; the problem is stored (deduplicated) the moment it arrives."""
-        seeds = [self.seeds[i] for i in slot["seed_ids"] if i in self.seeds]
-        (p,) = await gen.generate_problems(self.ctx, slot["author"], self.open.difficulty, seeds, 1)
+        Rows stored before slots were recorded (slot NULL, a step opened by an older agora) go to
+        a slot of their author that has none yet, seed problems to a slot with nothing kept."""
+        slots = self.open.info["slots"]
+        out: list[list[Row]] = [[] for _ in slots]
+        legacy = []
+        for r in db.step_problems(self.store, self.t, only_ok=False):
+            if r["slot"] is not None and 0 <= r["slot"] < len(slots):
+                out[r["slot"]].append(dict(r))
+            else:
+                legacy.append(dict(r))
+        for r in legacy:
+            if r["author"] == "seed":
+                free = [i for i in range(len(slots)) if not any(_kept(x) for x in out[i])]
+            else:
+                free = [i for i, s in enumerate(slots) if s["author"] == r["author"] and not out[i]]
+            if free:
+                out[free[0]].append(r)
+        return out
+
+    def slot_authors(self, slot: dict) -> list[str]:
+        """Who writes a slot's problem, attempt after attempt: its planned author, then the step's
+        other generators, then the other members (a dropped problem is asked of another member
+        where there is one)."""
+        generators = self.open.info.get("generators") or []
+        first = [slot["author"], *(g for g in generators if g != slot["author"])]
+        return first + [m for m in self.members if m not in first]
+
+    async def fill_slot(self, i: int, slot: dict, rows: list[Row],
+                        on_problem: Callable[[Row], None] | None) -> None:
+        """Ask for slot i's problem until one is kept: at most 1 + `problem_retries` stored
+        attempts (a failed request stores nothing and is asked again in the next pass), then a
+        seed-pool problem (`seed_fallback`)."""
+        authors = self.slot_authors(slot)
+        while not any(_kept(r) for r in rows):
+            if len(rows) > self.cfg.protocol.problem_retries:
+                self.seed_fill(i, on_problem)
+                return
+            if rows:
+                self._tick("generate", total=1)  # a retry
+            row = await self.generate_one(i, slot, authors[len(rows) % len(authors)], on_problem)
+            if row is None:
+                self.failures += 1
+                return
+            rows.append(row)
+
+    async def generate_one(self, i: int, slot: dict, author: str,
+                           on_problem: Callable[[Row], None] | None) -> Row | None:
+        """One generation request for slot i; the problem is stored (deduplicated, kept or
+        dropped) the moment it arrives. None when the request failed (nothing stored)."""
+        seeds = [self.seeds[s] for s in slot["seed_ids"] if s in self.seeds]
+        (p,) = await gen.generate_problems(self.ctx, author, self.open.difficulty, seeds, 1)
         self._tick("generate", done=1)
         if p.dropped == "request_failed":
-            self.failures += 1  # not stored: the slot is asked again
-            return
+            return None
         gen.dedupe([p], db.existing_problem_texts(self.store))
         pid = db.insert_problem(
             self.store, self.t, p.author, p.text or "", self.open.difficulty, slot["seed_ids"],
-            p.raw, p.dropped,
+            p.raw, p.dropped, slot=i,
         )
+        row = dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,)))
         if p.dropped:
-            self.bus.emit("problem_dropped", step=self.t, reason=p.dropped, author=p.author)
+            self.bus.emit("problem_dropped", step=self.t, reason=p.dropped, author=p.author,
+                          slot=i)
         elif on_problem is not None:
-            on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
+            on_problem(row)
+        return row
 
     async def generate(self, on_problem: Callable[[Row], None] | None = None) -> None:
-        todo = self.slots_todo()
+        """Fill every generation slot of the step (protocol step 1)."""
+        rows = self.slot_rows()
+        todo = [i for i, r in enumerate(rows) if not any(_kept(x) for x in r)]
         self._tick("generate", total=len(todo))
-        await asyncio.gather(*(self.generate_slot(s, on_problem) for s in todo))
-        if not self.slots_todo() and not db.step_problems(self.store, self.t):
-            self.seed_fallback(on_problem)
+        await asyncio.gather(*(
+            self.fill_slot(i, self.open.info["slots"][i], rows[i], on_problem) for i in todo))
 
-    def seed_fallback(self, on_problem: Callable[[Row], None] | None) -> None:
-        """Every generated problem was dropped: solve seed-pool problems (author 'seed') instead,
-        so a weak Q-Group does not stall the loop (`protocol.seed_fallback`)."""
+    def seed_fill(self, i: int, on_problem: Callable[[Row], None] | None) -> None:
+        """Slot i's generated problems were all dropped: solve a seed-pool problem (author 'seed')
+        instead, so a weak Q-Group does not shrink the step (`protocol.seed_fallback`)."""
         if not self.cfg.protocol.seed_fallback:
             return
-        rng = random.Random(f"{self.cfg.seed}:{self.t}:fallback")
+        rng = random.Random(f"{self.cfg.seed}:{self.t}:fallback:{i}")
         pool = list(self.seeds.values())
-        existing = db.existing_problem_texts(self.store)
-        picked = [s for s in rng.sample(pool, min(len(pool), 4 * self.cfg.protocol.problems_per_step))
-                  if s["problem"] not in existing][: self.cfg.protocol.problems_per_step]
-        with self.store.transaction():
-            ids = [db.insert_problem(self.store, self.t, "seed", s["problem"],
-                                     self.open.difficulty, [s["id"]], None, None) for s in picked]
-        self.bus.emit("seed_fallback", step=self.t, n=len(ids))
-        for pid in ids:
-            if on_problem is not None:
-                on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
+        existing = set(db.existing_problem_texts(self.store))
+        pick = next((s for s in rng.sample(pool, min(len(pool), 64))
+                     if s["problem"] not in existing), None)
+        if pick is None:
+            return
+        pid = db.insert_problem(self.store, self.t, "seed", pick["problem"], self.open.difficulty,
+                                [pick["id"]], None, None, slot=i)
+        self.bus.emit("seed_fallback", step=self.t, n=1, slot=i)
+        if on_problem is not None:
+            on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
 
     # -- 2. solution formulation ---------------------------------------------------------------
 
@@ -473,16 +528,24 @@ async def run_step(
         nonlocal anchors
         if anchor is None or anchors or not anchor_due(cfg, t):
             return
-        scores = await anchor(pool, cfg, prompts, t)
-        live = versions()
-        calibration = calibration_name(cfg.evaluation.calibration)  # the held-out dev split
+        # the held-out dev split
+        bench, live = calibration_name(cfg.evaluation.calibration), versions()
+        last = db.last_anchors(store, bench, t)
+        todo = anchor_plan(run.members, last, live)
+        scores = await anchor(pool, cfg, prompts, t, todo) if todo else {}
+        reused = {m: last[m] for m in run.members if m not in todo}
         with store.transaction():
             for member, (score, n) in scores.items():
-                db.insert_anchor(store, t, member, calibration, score, n,
-                                 live.get(member, 0))
+                db.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))
+            for member, r in reused.items():
+                source = r["step"] if r["reused_from"] is None else r["reused_from"]
+                db.insert_anchor(store, t, member, bench, r["score"], r["n"],
+                                 r["adapter_version"], reused_from=source)
         for member, (score, n) in scores.items():
-            bus.emit("validation_score", step=t, member=member,
-                     benchmark=calibration, score=score, n=n)
+            bus.emit("validation_score", step=t, member=member, benchmark=bench, score=score, n=n)
+        for member, r in reused.items():
+            bus.emit("validation_score", step=t, member=member, benchmark=bench,
+                     score=r["score"], n=r["n"], reused=True)
         anchors = db.step_anchors(store, t)
 
     await asyncio.gather(run.pipeline(), anchor_task())
@@ -497,7 +560,9 @@ async def run_step(
             raise next(iter(pool.unreachable.values()))
     elite = await run.select_elite(elite_shots(run.open.strategy, cfg.protocol))  # type: ignore[arg-type]
     bus.emit("phase_started", phase="commit", step=t, n=1)
-    fx = compute_effects(cfg, store, run.work(), elite, anchors, time.perf_counter() - t0,
+    # Eq. 2 sees a step's anchors only when some member was scored anew (real changes only).
+    fx = compute_effects(cfg, store, run.work(), elite, db.rescored_anchors(store, t),
+                         time.perf_counter() - t0,
                          busy_s(pool) - busy0)
     db.commit_effects(store, fx)
     bus.emit("phase_finished", phase="commit", step=t, n=1)

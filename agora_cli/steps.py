@@ -97,13 +97,13 @@ def open_step_number(store: Store) -> int:
 
 def insert_problem(
     store: Store, step: int, author: str, text: str, difficulty: float, seed_ids: list[str],
-    raw: str | None, dropped: str | None,
+    raw: str | None, dropped: str | None, slot: int | None = None,
 ) -> int:
     cur = store.execute(
         "INSERT INTO problems(step, author, text, difficulty, seed_ids, raw, status, drop_reason, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "slot, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (step, author, text, difficulty, json.dumps(seed_ids), raw,
-         "dropped" if dropped else "ok", dropped, now()),
+         "dropped" if dropped else "ok", dropped, slot, now()),
     )
     return int(cur.lastrowid)  # type: ignore[arg-type]
 
@@ -117,6 +117,15 @@ def authors_done(store: Store, step: int) -> set[str]:
     """Generators whose batch for `step` is stored (a batch is written in one transaction)."""
     rows = store.query("SELECT DISTINCT author FROM problems WHERE step = ?", (step,))
     return {r["author"] for r in rows}
+
+
+def generation_counts(store: Store) -> dict[str, tuple[int, int]]:
+    """author -> (problems written, of which dropped) over the whole run, seed fills left out:
+    each member's drop rate as a generator."""
+    return {r["author"]: (r["n"], r["dropped"] or 0) for r in store.query(
+        "SELECT author, COUNT(*) AS n, SUM(status != 'ok') AS dropped FROM problems "
+        "WHERE author != 'seed' GROUP BY author"
+    )}
 
 
 def existing_problem_texts(store: Store) -> list[str]:
@@ -194,18 +203,38 @@ def explanation_of(store: Store, solution_id: int) -> str | None:
 
 
 def insert_anchor(
-    store: Store, step: int, member: str, benchmark: str, score: float, n: int, version: int
+    store: Store, step: int, member: str, benchmark: str, score: float, n: int, version: int,
+    reused_from: int | None = None,
 ) -> None:
+    """One anchor score; `reused_from` is the step it was really measured at when it is reused."""
     store.execute(
         "INSERT OR IGNORE INTO anchors(step, member, benchmark, score, n, adapter_version, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (step, member, benchmark, score, n, version, now()),
+        "reused_from, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (step, member, benchmark, score, n, version, reused_from, now()),
     )
 
 
 def step_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
     rows = store.query("SELECT member, score, n FROM anchors WHERE step = ?", (step,))
     return {r["member"]: (r["score"], r["n"]) for r in rows}
+
+
+def rescored_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
+    """The step's anchor scores when at least one member was scored anew at it, else {}: a step
+    whose scores are all reused measured nothing new (no point for Eq. 2)."""
+    fresh = store.scalar(
+        "SELECT COUNT(*) FROM anchors WHERE step = ? AND member != ? AND reused_from IS NULL",
+        (step, MAJORITY),
+    )
+    return step_anchors(store, step) if fresh else {}
+
+
+def last_anchors(store: Store, benchmark: str, before: int) -> dict[str, sqlite3.Row]:
+    """Each member's newest anchor row on `benchmark` from a step before `before`."""
+    return {r["member"]: r for r in store.query(
+        "SELECT * FROM anchors WHERE id IN (SELECT MAX(id) FROM anchors WHERE benchmark = ? "
+        "AND step < ? AND member != ? GROUP BY member)", (benchmark, before, MAJORITY),
+    )}
 
 
 # --------------------------------------------------------------------------- committed state
@@ -218,10 +247,12 @@ def v_history(store: Store) -> list[float]:
 
 def anchor_history(store: Store) -> list[float]:
     """The ensemble's average anchor score (members' mean, '@majority' left out) per committed
-    anchored step, oldest first: the input of Eq. 2 and the dynamic strategy."""
+    anchored step at which some member was scored anew (a step of reused scores only measured no
+    change), oldest first: the input of Eq. 2 and the dynamic strategy."""
     rows = store.query(
         "SELECT a.step, AVG(a.score) AS score FROM anchors a JOIN steps s ON s.step = a.step "
-        "WHERE s.committed_at IS NOT NULL AND a.member != ? GROUP BY a.step ORDER BY a.step",
+        "WHERE s.committed_at IS NOT NULL AND a.member != ? GROUP BY a.step "
+        "HAVING SUM(a.reused_from IS NULL) > 0 ORDER BY a.step",
         (MAJORITY,),
     )
     return [r["score"] for r in rows]

@@ -190,6 +190,12 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
+    # v2 (issue 13): an anchor row may reuse an earlier score when the member's adapter did not
+    # change; a problem row records the generation slot it was asked for (retries share a slot).
+    """
+    ALTER TABLE anchors ADD COLUMN reused_from INTEGER;  -- step really scored at; NULL = now
+    ALTER TABLE problems ADD COLUMN slot INTEGER;        -- index into the step's slots
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -168,3 +168,34 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
     assert f"resuming run {run_dir} at step {done}" in res.output
     with Store(RunPaths(run_dir).store) as store:
         assert store.last_committed_step() == done
+
+
+def test_status_shows_throughput_and_each_generators_drop_rate(tmp_path, run_dir):
+    base = responder()
+    alpha_asked = []
+
+    def alpha_drops_its_first_problem(req):
+        if req.role == "generate" and req.model == "alpha" and not alpha_asked:
+            alpha_asked.append(1)
+            return "hi"
+        return base(req)
+
+    with FakeOpenAI(alpha_drops_its_first_problem, latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir, buffer_threshold=10)
+        res = cli.invoke(app, ["run", str(cfg), "--steps", "2", "--run-dir", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    with Store(RunPaths(run_dir).store) as store:
+        wall = store.scalar("SELECT SUM(wall_s) FROM steps")
+        buffered = store.scalar("SELECT COUNT(*) FROM buffer")
+        by_author = {r["author"]: (r["n"], r["d"]) for r in store.query(
+            "SELECT author, COUNT(*) AS n, SUM(status = 'dropped') AS d FROM problems "
+            "GROUP BY author")}
+    out = cli.invoke(app, ["status", str(run_dir)], terminal_width=200).output
+    rate = buffered / wall * 3600
+    assert (f"validated {rate:.1f}/h ({buffered} in 2 step(s), {wall:.0f} s step wall time); "
+            f"buffer threshold 10: {10 - buffered} to go, ~") in out
+    assert by_author["alpha"][1] == 1
+    for member, (n, d) in by_author.items():  # the "q drop" column: each generator's drop rate
+        row = next(line for line in out.splitlines() if f"{member} " in line and "v0" in line)
+        assert row.split("│")[8].strip() == f"{d / n:.0%}"
+    assert "seed" not in by_author

@@ -82,7 +82,7 @@ def test_parsers_never_raise(text):
 @given(solution=any_text, problem=hostile_text, seed=st.integers(0, 2**32))
 def test_an_echoed_solution_never_passes_verification(solution, problem, seed):
     """Whatever the solution says, a verifier that quotes it back decides by its own last line."""
-    token = delimiter(random.Random(seed), problem, solution)
+    token = delimiter(str(seed), problem, solution)
     echo = f"BEGIN {token}\n{solution}\nEND {token}"
     assert parse_verdict(f"{echo}\nINVALID", token) is False
     assert parse_verdict(echo, token) is not True  # no verdict of its own: never a pass
@@ -93,7 +93,7 @@ def test_an_echoed_solution_never_passes_verification(solution, problem, seed):
 @FAST
 @given(a=any_text, b=any_text, seed=st.integers(0, 2**32))
 def test_an_echoed_pair_never_casts_a_vote(a, b, seed):
-    token = delimiter(random.Random(seed), a, b)
+    token = delimiter(str(seed), a, b)
     echo = f"BEGIN {token} A\n{a}\nEND {token} A\n\nBEGIN {token} B\n{b}\nEND {token} B"
     assert parse_vote(echo, token) is None
     assert parse_vote(f"{echo}\nB", token) == "b"

@@ -4,8 +4,9 @@ The calibration set is a fixed seeded subset (`calibration_size` items) of the h
 of `cfg.evaluation.calibration` (for gsm8k: the last 500 rows of GSM8K train, which the seed pool
 leaves out), so the anchor measures the group against ground truth it never saw, and `agora eval`
 never scores an item whose label steered the run. The loop calls `run_anchor` every
-`protocol.anchor_every` steps and stores the scores in the `anchors` table; Eq. 2's surprise and
-the dynamic strategy read them from there.
+`protocol.anchor_every` steps for the members whose live adapter changed since their last anchor
+(`loop.anchor_plan`; the others' last scores are reused) and stores the scores in the `anchors`
+table; Eq. 2's surprise and the dynamic strategy read them from there.
 """
 
 from __future__ import annotations
@@ -27,16 +28,21 @@ from agora_cli.protocol.prompts import Prompts
 
 
 async def run_anchor(
-    pool: ClientPool, cfg: Config, prompts: Prompts, step: int
+    pool: ClientPool, cfg: Config, prompts: Prompts, step: int,
+    members: list[str] | None = None,
 ) -> dict[str, tuple[float, int]]:
     """{member or '@majority': (pass@1, n graded)} on the calibration set at `step`.
 
-    A request that fails after retries is left out of `n` (the score is over what was graded);
-    `@majority` covers the items every member answered.
+    `members` (default: all) are the members to score; the loop passes only those whose live
+    adapter changed since their last anchor. `@majority` needs every member's answers, so it is
+    scored only when all are. A request that fails after retries is left out of `n` (the score
+    is over what was graded); `@majority` covers the items every member answered.
     """
     ev = cfg.evaluation
     items = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
-    members = [m.name for m in cfg.members]
+    everyone = [m.name for m in cfg.members]
+    members = everyone if members is None else [m for m in everyone if m in members]
+    majority = members == everyone
     sampling = greedy_sampling(ev.sampling) if ev.greedy else ev.sampling
     jobs = [(m, it) for it in items for m in members]
     loop = asyncio.get_running_loop()
@@ -46,8 +52,10 @@ async def run_anchor(
             pool, prompts, sampling, grader, jobs, model_of=lambda m: pool.resolve(m).model
         )
         # Grading off the event loop: the grader blocks until its workers answer.
-        rows += await loop.run_in_executor(None, majority_rows, rows, members, items, grader)
+        if majority:
+            rows += await loop.run_in_executor(None, majority_rows, rows, members, items, grader)
     finally:
         await loop.run_in_executor(None, grader.close)
     scores = accuracy(rows).get(calibration_name(ev.calibration), {})
-    return {name: scores.get(name, (0.0, 0)) for name in [*members, MAJORITY]}
+    names = [*members, MAJORITY] if majority else members
+    return {name: scores.get(name, (0.0, 0)) for name in names}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import random
+import hashlib
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -96,12 +97,20 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def delimiter(rng: random.Random, *texts: str) -> str:
-    """A random token absent from every quoted text, so quoted data cannot close its own quote."""
-    while True:
-        token = f"QUOTE-{rng.getrandbits(40):010x}"
+def delimiter(key: str, *texts: str) -> str:
+    """The first of `key`'s delimiter tokens that is absent from every quoted text.
+
+    `key` is the step's (`Ctx.quote_key`), so every verification and vote of a step normally
+    quotes with the same token: their prompts then share the instructions and demonstrations,
+    which name the token, as an exact prefix that a server's prefix cache reuses. A text that
+    happens to contain the step's token gets the next one derived from `key`, so quoted data
+    still can never close its own quote.
+    """
+    for i in itertools.count():
+        token = "QUOTE-" + hashlib.sha256(f"{key}:{i}".encode()).hexdigest()[:10]
         if not any(token in t for t in texts):
             return token
+    raise AssertionError("unreachable")  # itertools.count() never ends
 
 
 def _line_key(line: str) -> str:

@@ -75,10 +75,21 @@ class EliteExample:
 
 @dataclass
 class Ctx:
-    """Everything a stage needs: config, client pool, prompts, a seeded RNG, the event bus."""
+    """Everything a stage needs: config, client pool, prompts, a seeded RNG, the event bus.
+
+    `quote_key` names the delimiters that quote model output in verification and vote prompts
+    (`common.delimiter`). It is one per Ctx, and the loop builds one Ctx per step, so a step's
+    prompts share their instructions and demonstrations as an exact prefix; when not given it
+    is drawn from `rng`, so a seeded step (and its resume) quotes with the same tokens.
+    """
 
     cfg: Config
     pool: ClientPool
     prompts: Prompts
     rng: random.Random
     bus: EventBus = NULL_BUS
+    quote_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.quote_key:
+            self.quote_key = f"{self.rng.getrandbits(64):016x}"

@@ -83,7 +83,7 @@ def parse_verdict(reply: str, token: str | None = None, solution: str = "") -> b
 async def verify(ctx: Ctx, verifier: str, problem: str, solution: str) -> Verdict:
     """`verifier`'s judgement of `solution`. Unparseable reply or failed request -> valid=False
     (a failed request also sets `error`, so the loop may retry it instead of storing it)."""
-    token = delimiter(ctx.rng, problem, solution)
+    token = delimiter(ctx.quote_key, problem, solution)
     try:
         result, reply = await chat_role(
             ctx, verifier, "verify", answers_are_own=True, problem=problem, solution=solution,

@@ -99,7 +99,7 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
     """`voter`'s preference between two solutions; `winner` refers to the arguments' order."""
     swapped = ctx.rng.random() < 0.5
     shown_a, shown_b = (solution_b, solution_a) if swapped else (solution_a, solution_b)
-    token = delimiter(ctx.rng, problem, solution_a, solution_b)
+    token = delimiter(ctx.quote_key, problem, solution_a, solution_b)
     try:
         result, reply = await chat_role(
             ctx, voter, "vote", answers_are_own=True, problem=problem, solution_a=shown_a,

@@ -1,7 +1,9 @@
 """The rich live view of a running loop. It consumes engine events only (an EventBus sink).
 
-Header: step t, d_t, V_t, V_target, F_t, buffer fill x/threshold, elapsed and ETA. A per-member
-table: TrueSkill mu and sigma, solutions, validated, pass rate, share of the buffer, tokens/s and the
+Header: step t, d_t, V_t, V_target, F_t, buffer fill x/threshold, elapsed and ETA, and the
+throughput: validated (buffered) samples per hour of step wall time and the projected time until
+the unconsumed buffer reaches the training threshold. A per-member table: TrueSkill mu and sigma,
+solutions, validated, pass rate, share of the buffer, generated problems dropped, tokens/s and the
 live adapter version. One progress bar per phase of the current step (generate, solve, verify,
 vote, explain, commit).
 """
@@ -34,14 +36,56 @@ class MemberStats:
     version: int = 0
     tokens: int = 0
     busy_s: float = 0.0
+    generated: int = 0  # problems this member wrote (stored: kept or dropped)
+    dropped: int = 0  # ... of which dropped as malformed/duplicate/empty
 
     @property
     def pass_rate(self) -> float | None:
         return self.validated / self.solutions if self.solutions else None
 
     @property
+    def drop_rate(self) -> float | None:
+        return self.dropped / self.generated if self.generated else None
+
+    @property
     def tokens_per_s(self) -> float | None:
         return self.tokens / self.busy_s if self.busy_s else None
+
+
+@dataclass
+class Throughput:
+    """Validated (buffered) samples over committed steps' wall time: what a user plans with."""
+
+    samples: int  # buffered by the steps measured
+    steps: int
+    wall_s: float  # the steps' own wall time (steps.wall_s), not time between runs
+    unconsumed: int  # buffer rows no training round has taken yet
+    threshold: int  # protocol.buffer_threshold
+
+    @property
+    def per_hour(self) -> float | None:
+        return self.samples / self.wall_s * 3600 if self.wall_s > 0 and self.steps else None
+
+    def to_threshold_s(self) -> float | None:
+        """Projected seconds until the unconsumed buffer reaches the threshold (0 when it has)."""
+        left = self.threshold - self.unconsumed
+        if left <= 0:
+            return 0.0
+        return left / self.per_hour * 3600 if self.per_hour else None
+
+    def line(self) -> str:
+        """One line with its basis: the rate, what it was measured on, the projection."""
+        if not self.steps:
+            return "validated -/h (no committed step yet)"
+        basis = f"{self.samples} in {self.steps} step(s), {self.wall_s:.0f} s step wall time"
+        left = self.threshold - self.unconsumed
+        if left <= 0:
+            goal = f"buffer threshold {self.threshold} reached"
+        else:
+            eta = self.to_threshold_s()
+            goal = f"buffer threshold {self.threshold}: {left} to go, " + (
+                f"~{_dur(eta)} at that rate" if eta is not None else "no projection at 0/h")
+        return f"validated {_f(self.per_hour, '.1f')}/h ({basis}); {goal}"
 
 
 @dataclass
@@ -56,7 +100,9 @@ class LiveState:
     f_t: float | None = None
     strategy: str | None = None
     buffer: int = 0
+    unconsumed: int = 0
     threshold: int = 0
+    buffered_in_steps: int = 0  # samples buffered by the steps committed in this view
     started: float = field(default_factory=time.time)
     first_step: int = 0
     target_steps: int | None = None
@@ -96,9 +142,11 @@ class LiveState:
             m.mu, m.sigma = e.get("mu"), e.get("sigma")
         elif kind == "buffer_size":
             self.buffer, self.threshold = e["size"], e.get("threshold", self.threshold)
+            self.unconsumed = e.get("unconsumed", self.unconsumed)
         elif kind == "step_committed":
             self.committed += 1
             self.step_times.append(e.get("wall_s") or 0.0)
+            self.buffered_in_steps += e.get("n_buffered") or 0
             self.v_t, self.f_t, self.d = e.get("v_t"), e.get("f_t"), e.get("d_next")
             self.buffer = e.get("buffer", self.buffer)
             self._members(e.get("members") or {})
@@ -111,16 +159,22 @@ class LiveState:
             self.recent.append(f"{kind.replace('_', ' ')}: round {e.get('round', '?')} "
                                f"{e.get('member', '')}".rstrip())
         elif kind == "validation_score":
-            self.recent.append(f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')})")
+            self.recent.append(f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')}"
+                               + (", reused: adapter unchanged)" if e.get("reused") else ")"))
         elif kind == "problem_dropped":
             self.recent.append(f"problem dropped ({e.get('reason')})")
 
     def _members(self, members: dict[str, Any]) -> None:
         for name, v in members.items():
             m = self.member(name)
-            for key in ("mu", "sigma", "solutions", "validated", "buffered", "version"):
+            for key in ("mu", "sigma", "solutions", "validated", "buffered", "version",
+                        "generated", "dropped"):
                 if v.get(key) is not None:
                     setattr(m, key, v[key])
+
+    def throughput(self) -> Throughput:
+        return Throughput(self.buffered_in_steps, self.committed, sum(self.step_times),
+                          self.unconsumed, self.threshold)
 
     def eta_s(self) -> float | None:
         if self.target_steps is None or not self.step_times:
@@ -143,13 +197,16 @@ def _dur(s: float | None) -> str:
 def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
     """Per-member table (shared with `agora status`)."""
     table = Table(expand=False, pad_edge=False)
-    for col in ("member", "mu", "sigma", "sol", "valid", "pass", "buf share", "tok/s", "adapter"):
+    for col in ("member", "mu", "sigma", "sol", "valid", "pass", "buf share", "q drop",
+                "tok/s", "adapter"):
         table.add_column(col, justify="left" if col == "member" else "right")
     for name, m in members.items():
         share = m.buffered / buffer_total if buffer_total else None
         table.add_row(
             name, _f(m.mu, ".2f"), _f(m.sigma, ".2f"), str(m.solutions), str(m.validated),
-            _f(m.pass_rate, ".0%"), _f(share, ".0%"), _f(m.tokens_per_s, ".1f"), f"v{m.version}",
+            _f(m.pass_rate, ".0%"), _f(share, ".0%"), _f(m.drop_rate, ".0%"),
+            _f(m.tokens_per_s, ".1f"),
+            f"v{m.version}",
         )
     return table
 
@@ -161,7 +218,8 @@ def header(s: LiveState) -> Text:
         f"[/bold]{f' (of {s.target_steps} steps)' if s.target_steps else ''}  "
         f"d_t {_f(s.d)}  V_t {_f(s.v_t)}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
         f"strategy {s.strategy or '-'}\n"
-        f"buffer {s.buffer}/{s.threshold}  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}"
+        f"buffer {s.buffer}/{s.threshold}  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}\n"
+        f"{s.throughput().line()}"
     )
 
 

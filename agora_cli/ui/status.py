@@ -18,9 +18,9 @@ from rich.text import Text
 from agora_cli.evaluation.stats import wilson
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
-from agora_cli.steps import latest_ratings
+from agora_cli.steps import generation_counts, latest_ratings
 from agora_cli.store import Store
-from agora_cli.ui.live import MemberStats, member_table
+from agora_cli.ui.live import MemberStats, Throughput, member_table
 
 QUIET = {"request_done", "phase_progress", "verdict"}
 
@@ -35,6 +35,7 @@ class RunStatus:
     unconsumed: int
     threshold: int
     members: dict[str, MemberStats]
+    throughput: Throughput | None = None
     open_work: dict[str, int] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
@@ -86,8 +87,15 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         ):
             m = members.setdefault(r["member"], MemberStats())
             m.tokens, m.busy_s = r["tok"] or 0, r["busy"] or 0.0
+        for name, (n, dropped) in generation_counts(store).items():
+            m = members.setdefault(name, MemberStats())
+            m.generated, m.dropped = n, dropped
         buffer = int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
         unconsumed = int(store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") or 0)
+        done = store.one("SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
+                         "FROM steps WHERE committed_at IS NOT NULL")
+        throughput = Throughput(int(done["buffered"] or 0), int(done["n"] or 0),
+                                float(done["wall"] or 0.0), unconsumed, threshold)
         rounds = [dict(r) for r in store.query(
             "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3")]
         for r in rounds:
@@ -97,7 +105,7 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
     return RunStatus(
         run_dir=str(run_dir), committed_steps=committed, open_step=open_step, last=last,
         buffer=buffer, unconsumed=unconsumed, threshold=threshold, members=members,
-        open_work=open_work, rounds=rounds, events=events,
+        throughput=throughput, open_work=open_work, rounds=rounds, events=events,
     )
 
 
@@ -135,6 +143,7 @@ def render(s: RunStatus) -> RenderableType:
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
         f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}"
+        + (f"\n{s.throughput.line()}" if s.throughput else "")
     )
     parts: list[RenderableType] = [head, member_table(s.members, s.buffer)]
     if s.open_work:
