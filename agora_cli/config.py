@@ -70,6 +70,8 @@ class SGLangBackend(Strict):
     lora_target_modules: list[str] = ["all"]
     max_loras_per_batch: int = Field(8, ge=1)
     startup_timeout_s: float = Field(900.0, gt=0)
+    # Seconds an old adapter stays loaded after the switch before its (background) unload.
+    unload_grace_s: float = Field(2.0, ge=0)
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
     cuda_visible_devices: dict[str, str] = {}
     extra_args: list[str] = []
