@@ -28,7 +28,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agora_cli.config import Config, OpenAIBackend, SGLangBackend, TransformersBackend
+from agora_cli.config import (
+    Config,
+    OpenAIBackend,
+    SGLangBackend,
+    TransformersBackend,
+    VLLMBackend,
+)
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
@@ -37,6 +43,7 @@ from agora_cli.serving.openai_compat import OpenAIServing
 from agora_cli.serving.process import kill_all
 from agora_cli.serving.sglang import SGLangServing
 from agora_cli.serving.transformers import TransformersServing
+from agora_cli.serving.vllm import VLLMServing
 
 if TYPE_CHECKING:
     from agora_cli.client import ClientPool
@@ -55,6 +62,8 @@ def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = N
         )
     if isinstance(spec, SGLangBackend):
         return SGLangServing(name, spec, members, run_paths, bus)
+    if isinstance(spec, VLLMBackend):
+        return VLLMServing(name, spec, members, run_paths, bus)
     if isinstance(spec, OpenAIBackend):
         return OpenAIServing(name, spec, members, run_paths, bus)
     raise ServerError(f"backend {name!r} has unknown kind {spec.kind!r}")  # pragma: no cover
