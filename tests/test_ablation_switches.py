@@ -12,7 +12,7 @@ from agora_cli.protocol.surprise import rating_surprise
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
 from tests.fakes.openai_server import FakeOpenAI
-from tests.test_loop_helpers import config_dict, responder
+from tests.fakes.ensemble import config_dict, responder
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,6 +1,6 @@
 """Issue 11 item 5 and item 6 (quality_vote): the elite history H_t keeps turning over.
 
-The scripted ensemble of `test_loop_helpers` makes alpha win every vote of every step, so every
+The scripted ensemble of `tests.fakes.ensemble` makes alpha win every vote of every step, so every
 step's candidates score exactly what the current entries scored. A share of votes won (1.0 for
 all of them) with ties kept by the older entry froze H_t after the first step; the Wilson lower
 bound with ties to the newer entry lets each step's winners in.
@@ -16,7 +16,7 @@ from agora_cli.protocol.select import elite_score, update_elite
 from agora_cli.protocol.types import EliteExample
 from agora_cli.store import Store
 from tests.fakes.openai_server import FakeOpenAI
-from tests.test_loop_helpers import config_dict, responder
+from tests.fakes.ensemble import config_dict, responder
 
 pytestmark = pytest.mark.timeout(180)
 
