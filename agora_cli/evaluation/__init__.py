@@ -3,6 +3,8 @@
 - `grading.Grader(workers, timeout_s)`: math-verify in worker processes, hard per-item deadline.
 - `benchmarks`: the shipped GSM8K test / MATH500 / AIME 2024 items, fixed seeded subsets, and the
   anchor's calibration set (test split, disjoint from the seed pool).
+- `scoring`: ask and grade benchmark items, the `@majority` rows, pass@1; shared by `evaluate` and
+  `anchor` (below both, so neither imports the other).
 - `evaluate.run_evaluation(cfg, ...)`: pass@1 (Eq. 5) per member and `@majority`, resumable.
 - `anchor.run_anchor(pool, cfg, prompts, step)`: protocol step 7, called by the loop.
 - `ablate`: the Table 2 grid (full AGORA and each switch off) over seeds, mean ± sd.
