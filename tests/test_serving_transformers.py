@@ -232,7 +232,7 @@ async def chat(body: dict):
         return {"error": "pinned"}, 400
     if "slow" in body["messages"][-1]["content"]:
         with open(os.environ["FAKE_SERVE_ARRIVALS"], "a") as f:  # the test waits for these
-            f.write(model + "\n")
+            f.write(model + "\\n")
         await asyncio.sleep(3)
     return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "finish_reason": "stop",

@@ -5,6 +5,8 @@
   anchor's calibration set (`gsm8k_dev`: a held-out slice of GSM8K train that the seed pool leaves
   out, disjoint from every evaluation item).
 - `stats`: Wilson intervals, exact McNemar and the paired bootstrap for every table and figure.
+- `scoring`: ask and grade benchmark items, the `@majority` rows, pass@1; shared by `evaluate` and
+  `anchor` (below both, so neither imports the other).
 - `evaluate.run_evaluation(cfg, ...)`: pass@1 (Eq. 5) per member and `@majority`, resumable.
 - `anchor.run_anchor(pool, cfg, prompts, step)`: protocol step 7, called by the loop.
 - `ablate`: the Table 2 grid (full AGORA and each switch off) over seeds, mean ± sd.
