@@ -47,7 +47,7 @@ from agora_cli.protocol.prompts import Prompts
 from agora_cli.protocol.select import elite_score, explain, update_elite
 from agora_cli.protocol.solve import solve
 from agora_cli.protocol.surprise import anchor_step, elite_shots, step_strategy
-from agora_cli.protocol.types import Ctx, EliteExample, Verdict
+from agora_cli.protocol.types import Ctx, EliteExample, GeneratedProblem, Verdict
 from agora_cli.protocol.verify import consensus, verify
 from agora_cli.protocol.vote import make_env, vote
 from agora_cli.store import Store
@@ -140,41 +140,30 @@ class StepRun:
                 out[free[0]].append(r)
         return out
 
-    def slot_authors(self, slot: dict) -> list[str]:
-        """Who writes a slot's problem, attempt after attempt: its planned author, then the step's
-        other generators, then the other members (a dropped problem is asked of another member
-        where there is one)."""
+    def slot_authors(self, slot: dict, attempt: int) -> str:
+        """Who writes attempt `attempt` (0 = the first) of a slot's problem: its planned author,
+        then the step's other generators, then the other members, in turn (a dropped problem is
+        asked of another member where there is one)."""
         generators = self.open.info.get("generators") or []
         first = [slot["author"], *(g for g in generators if g != slot["author"])]
-        return first + [m for m in self.members if m not in first]
+        order = first + [m for m in self.members if m not in first]
+        return order[attempt % len(order)]
 
-    async def fill_slot(self, i: int, slot: dict, rows: list[Row],
-                        on_problem: Callable[[Row], None] | None) -> None:
-        """Ask for slot i's problem until one is kept: at most 1 + `problem_retries` stored
-        attempts (a failed request stores nothing and is asked again in the next pass), then a
-        seed-pool problem (`seed_fallback`)."""
-        authors = self.slot_authors(slot)
-        while not any(_kept(r) for r in rows):
-            if len(rows) > self.cfg.protocol.problem_retries:
-                self.seed_fill(i, on_problem)
-                return
-            if rows:
-                self._tick("generate", total=1)  # a retry
-            row = await self.generate_one(i, slot, authors[len(rows) % len(authors)], on_problem)
-            if row is None:
-                self.failures += 1
-                return
-            rows.append(row)
-
-    async def generate_one(self, i: int, slot: dict, author: str,
-                           on_problem: Callable[[Row], None] | None) -> Row | None:
-        """One generation request for slot i; the problem is stored (deduplicated, kept or
-        dropped) the moment it arrives. None when the request failed (nothing stored)."""
+    async def ask(self, slot: dict, author: str) -> GeneratedProblem | None:
+        """One generation request for a slot; None when it failed (nothing is stored then, and
+        the slot is asked again in the step's next pass)."""
         seeds = [self.seeds[s] for s in slot["seed_ids"] if s in self.seeds]
         (p,) = await gen.generate_problems(self.ctx, author, self.open.difficulty, seeds, 1)
         self._tick("generate", done=1)
         if p.dropped == "request_failed":
+            self.failures += 1
             return None
+        return p
+
+    def store_problem(self, i: int, slot: dict, p: GeneratedProblem,
+                      on_problem: Callable[[Row], None] | None) -> Row:
+        """Store slot i's reply (deduplicated against the run's problems, kept or dropped) and
+        hand a kept problem to `on_problem` at once, so its solves start."""
         gen.dedupe([p], db.existing_problem_texts(self.store))
         pid = db.insert_problem(
             self.store, self.t, p.author, p.text or "", self.open.difficulty, slot["seed_ids"],
@@ -189,12 +178,42 @@ class StepRun:
         return row
 
     async def generate(self, on_problem: Callable[[Row], None] | None = None) -> None:
-        """Fill every generation slot of the step (protocol step 1)."""
-        rows = self.slot_rows()
-        todo = [i for i, r in enumerate(rows) if not any(_kept(x) for x in r)]
-        self._tick("generate", total=len(todo))
-        await asyncio.gather(*(
-            self.fill_slot(i, self.open.info["slots"][i], rows[i], on_problem) for i in todo))
+        """Fill every generation slot of the step (protocol step 1).
+
+        First attempts are stored as they arrive, so their solves start at once. Then, round
+        after round, every slot without a kept problem is asked again of its next author
+        (`slot_authors`), and each round's replies are stored in slot order, so which reply is
+        a duplicate of which does not depend on arrival order. A slot with 1 + `problem_retries`
+        stored attempts and nothing kept takes a seed-pool problem (`seed_fallback`)."""
+        slots, rows = self.open.info["slots"], self.slot_rows()
+        retries, failed = self.cfg.protocol.problem_retries, set()
+
+        def empty() -> list[int]:
+            return [i for i, r in enumerate(rows) if not any(_kept(x) for x in r)]
+
+        self._tick("generate", total=len(empty()))
+
+        async def first(i: int) -> None:
+            p = await self.ask(slots[i], self.slot_authors(slots[i], 0))
+            if p is None:
+                failed.add(i)
+            else:
+                rows[i].append(self.store_problem(i, slots[i], p, on_problem))
+
+        await asyncio.gather(*(first(i) for i in empty() if not rows[i]))
+        while todo := [i for i in empty() if i not in failed and len(rows[i]) <= retries]:
+            if any(rows[i] for i in todo):
+                self._tick("generate", total=sum(1 for i in todo if rows[i]))
+            replies = await asyncio.gather(*(
+                self.ask(slots[i], self.slot_authors(slots[i], len(rows[i]))) for i in todo))
+            for i, p in zip(todo, replies, strict=True):
+                if p is None:
+                    failed.add(i)
+                else:
+                    rows[i].append(self.store_problem(i, slots[i], p, on_problem))
+        for i in empty():
+            if len(rows[i]) > retries:
+                self.seed_fill(i, on_problem)
 
     def seed_fill(self, i: int, on_problem: Callable[[Row], None] | None) -> None:
         """Slot i's generated problems were all dropped: solve a seed-pool problem (author 'seed')

@@ -6,6 +6,7 @@ starts a real model.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -25,7 +26,7 @@ from agora_cli.events import EventBus
 from agora_cli.paths import CONFIGS_DIR, PACKAGE_DIR, RunPaths, safe_join
 from agora_cli.serving import build_backend
 from agora_cli.store import Store
-from tests.fakes.ensemble import REPO, config_dict, responder
+from tests.fakes.ensemble import REPO, WORDS, config_dict, responder
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,9 +194,14 @@ RENDERED = ("1337", "ZqZqZq")  # what rendering the bait would produce
 
 
 def test_model_output_is_never_rendered_as_a_template(run_dir):
+    count = itertools.count()  # the responder runs one call at a time: a fresh n per request
+
     def generate(req: Request) -> str:
-        n = len([r for r in fake.requests if r.role == "generate"])
-        return (f"Problem: A crate holds {n + 3} apples and {TEMPLATE_BAIT} pears, case {n}. "
+        n = next(count)
+        # Several varying words, so no two problems are near-duplicates (then every slot keeps
+        # a generated, bait-carrying problem instead of falling back to a seed problem).
+        return (f"Problem: A crate holds {n + 3} apples and {TEMPLATE_BAIT} pears, case {n}, "
+                f"lot {7 * n + 11}, row {n * n + 5}, bin {WORDS[n % 9]}. "
                 "How many fruits are in the crate?")
 
     def solve(req: Request) -> str:
