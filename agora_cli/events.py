@@ -18,7 +18,7 @@ Kinds in use (add new ones here so consumers can find them):
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n}
   server_started, server_stopped          {backend, url, log} (+ model on server_started)
-  adapter_unload_failed                   {backend, member, lora_name, error}  (sglang; harmless)
+  adapter_unload_failed                   {backend, member, lora_name, error}  (sglang, vllm; harmless)
 """
 
 from __future__ import annotations
