@@ -18,7 +18,7 @@ Kinds in use (add new ones here so consumers can find them):
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n, reused?}
   server_started, server_stopped          {backend, url, log} (+ model on server_started)
-  adapter_unload_failed                   {backend, member, lora_name, error}  (sglang; harmless)
+  adapter_unload_failed                   {backend, member, lora_name, error}  (sglang, vllm; harmless)
   server_stop_failed                      {backend, error}  (a server may still be running)
   sink_failed                             {sink, error}  (once per sink; the others keep going)
 """

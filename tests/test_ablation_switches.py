@@ -11,8 +11,8 @@ from agora_cli.paths import RunPaths
 from agora_cli.protocol.surprise import rating_surprise
 from agora_cli.steps import latest_ratings
 from agora_cli.store import Store
-from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.ensemble import config_dict, responder
+from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,8 @@ from agora_cli.events import EventBus
 from agora_cli.loop import run_step
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.store import Store
-from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.ensemble import MEMBERS, config_dict, make_pool, responder
+from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -76,7 +76,7 @@ BROKEN = [
         "members:\n  - {name: a, model: m, backend: gpu}\n  - {name: b, model: m, backend: gpu}\n",
         {"training.r"},
     ),
-    ("name: x\nbackends:\n  b: {kind: vllm}\nmembers: []\n", {"backends.b", "members"}),
+    ("name: x\nbackends:\n  b: {kind: tgi}\nmembers: []\n", {"backends.b", "members"}),
     ("name: [unclosed\n", {"line 2, column 1"}),
     ("- just\n- a list\n", {"<root>"}),
     (

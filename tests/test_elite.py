@@ -15,8 +15,8 @@ from agora_cli.paths import RunPaths
 from agora_cli.protocol.select import elite_score, update_elite
 from agora_cli.protocol.types import EliteExample
 from agora_cli.store import Store
-from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.ensemble import config_dict, responder
+from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,8 +1,8 @@
 """Child server processes: launch with a log file, wait for health, stop (SIGTERM, then SIGKILL).
 
-Shared by the `transformers` and `sglang` backends. Each server runs in its own process group so a
-Ctrl-C in the terminal reaches agora first, and agora stops its servers in order (the children
-would otherwise die mid-request). Each runs under `guard.py`, which stops it when agora itself is
+Shared by the `transformers`, `sglang` and `vllm` backends. Each server runs in its own process
+group so a Ctrl-C in the terminal reaches agora first, and agora stops its servers in order (the
+children would otherwise die mid-request). Each runs under `guard.py`, which stops it when agora itself is
 killed (SIGKILL, the OOM killer), whichever thread launched it; see that module for the design.
 
 Every server this process started is remembered until it is reaped, so `kill_all` can SIGKILL
