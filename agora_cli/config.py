@@ -231,7 +231,15 @@ class Training(Strict):
     group_by_length: bool = True
     # Recompute activations in the backward pass instead of keeping them: less memory for more
     # compute (see bench/bench_trainer.py for both on this machine). Gradients are unchanged.
-    gradient_checkpointing: bool = False
+    # `auto`: on when the estimated peak (training/memory.py) exceeds memory_budget_gb.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="peak memory one trainer may use; unset: 50% of RAM on CPU, "
+        "90% of the GPU's free memory on GPU",
+    )
+    # Eq. 3's loss projects only the solution positions onto the vocabulary, this many rows at a
+    # time (training/loss.py); 0 = the model's own loss, logits at every position (more memory).
+    loss_chunk_tokens: int = Field(1024, ge=0)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_gpus: int = Field(1, ge=1, description=">1 launches the trainer with `accelerate launch`")

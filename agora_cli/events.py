@@ -15,6 +15,9 @@ Kinds in use (add new ones here so consumers can find them):
   difficulty                              {step, d, v, v_target}
   surprise                                {step, f, strategy}
   training_started, training_progress, training_finished, training_failed  {round, member, ...}
+                                          (training_progress step 0: the memory plan,
+                                          {gradient_checkpointing, memory, estimated_peak_gb,
+                                          memory_budget_gb}; then one per optimizer step)
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n, reused?}
   server_started, server_stopped          {backend, url, log} (+ model on server_started)

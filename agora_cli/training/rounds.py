@@ -383,6 +383,7 @@ class RoundManager:
         metrics = {k: result.get(k) for k in (
             "losses", "steps", "tokens", "target_tokens", "padding_tokens", "tokens_per_s",
             "peak_memory_mb", "train_s", "cpu_s", "total_s", "skipped_ids", "buffer_ids",
+            "estimated_peak_mb", "gradient_checkpointing", "loss_kind",
         )}
         metrics["wall_s"] = round(time.monotonic() - job.started, 2)
         rs.mark_ready(self.store, f.round_id, job.member, metrics)

@@ -5,8 +5,10 @@ Reads top to bottom like torchtune's single-device LoRA recipe:
   adapter when there is one) -> plain torch loop -> atomic save with `agora-adapter.json`.
 
 Eq. 3: L(theta) = - sum_{(q, o) in B_hq} sum_t log p_theta(o_t | q, o_<t): the negative
-log-likelihood of the solution tokens given the problem. Prompt tokens carry label -100, so the
-model's token-averaged cross-entropy is exactly this loss (normalised per supervised token).
+log-likelihood of the solution tokens given the problem, normalised per supervised token. Prompt
+tokens carry label -100; loss.py computes it from the hidden states at the solution positions only,
+in chunks, so the logits never exist for the whole batch. memory.py decides gradient checkpointing
+from an estimate of the peak and `training.memory_budget_gb`.
 
 No embedding resize and no DoRA: SGLang's multi-LoRA rejects adapters with either.
 """
@@ -36,6 +38,7 @@ from agora_cli.training.data import (
     render_examples,
     samples_from_json,
 )
+from agora_cli.training.memory import MemoryPlan, find_dims, plan_memory
 
 META_FILE = "agora-adapter.json"
 
@@ -84,6 +87,9 @@ class TrainResult:
     total_s: float
     buffer_ids: list[int]
     skipped_ids: list[int] = field(default_factory=list)
+    gradient_checkpointing: bool = False
+    estimated_peak_mb: float | None = None  # memory.py's estimate for this run's longest batch
+    loss_kind: str = "chunked"  # "chunked" (loss.py) or "model" (the model's own, all positions)
 
     @property
     def loss_first(self) -> float:
@@ -172,6 +178,8 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     """Train one member's adapter for one round and save it atomically to `spec.output_dir`."""
     import torch
 
+    from agora_cli.training.loss import StepLoss  # imports torch
+
     t_start = time.perf_counter()
     cfg = Training.model_validate(spec.training)
     if cfg.max_threads:
@@ -203,20 +211,37 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
             f"({cfg.max_length}); raise it"
         )
 
-    model = lora_model(spec.base_model_dir, cfg, spec.previous_adapter_dir, device)
+    lengths = [len(e) for e in examples]
+    plan = memory_plan(spec, cfg, max(lengths), device, half=amp_dtype is not None)
+    checkpointing = plan.checkpointing if plan is not None else cfg.gradient_checkpointing is True
+    _note(on_progress, rank, {
+        "member": spec.member, "step": 0, "gradient_checkpointing": checkpointing,
+        "memory": plan.describe() if plan is not None else "no model dims: memory not estimated",
+        "estimated_peak_gb": round(plan.estimate.total_gb, 2) if plan is not None else None,
+        "memory_budget_gb": round(plan.budget_gb, 2) if plan is not None else None,
+    })
+    run_cfg = cfg.model_copy(update={"gradient_checkpointing": checkpointing})
+    model = lora_model(spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device)
+    loss_fn = StepLoss(model, cfg.loss_chunk_tokens)
+    if cfg.loss_chunk_tokens and not chunked_loss_agrees(model, examples[0], tok, device):
+        loss_fn.chunk = 0  # a head this module does not know how to apply: the model's own loss
+        _note(on_progress, rank, {
+            "member": spec.member, "step": 0,
+            "loss": "the chunked loss disagrees with the model's own on this architecture; "
+                    "using the model's (logits at every position)",
+        })
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
-    if accelerator is not None:
-        model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator is not None:  # DDP wraps the loss module, whose forward runs the model
+        loss_fn, optimizer = accelerator.prepare(loss_fn, optimizer)
     scaler = torch.amp.GradScaler(device) if amp_dtype == torch.float16 else None
-    lengths = [len(e) for e in examples]
     steps_per_epoch = math.ceil(math.ceil(len(examples) / cfg.batch_size) / world / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
 
     losses: list[float] = []
     tokens = target_tokens = pad_tokens = 0
     t_train, cpu_train = time.perf_counter(), time.process_time()
-    model.train()
+    loss_fn.train()
     step = 0
     for epoch in range(cfg.epochs):
         batches = make_batches(
@@ -232,7 +257,7 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
             for idx in group:
                 batch = _to(collate([examples[i] for i in idx], tok.pad_token_id), device)
                 with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = model(**batch).loss / len(group)  # Eq. 3, token-averaged
+                    loss = loss_fn(**batch) / len(group)  # Eq. 3, token-averaged
                 if accelerator is not None:
                     accelerator.backward(loss)
                 elif scaler is not None:
@@ -271,12 +296,50 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         peak_memory_mb=round(peak_memory_mb(device), 1), train_s=round(train_s, 3),
         cpu_s=round(cpu_s, 3),
         total_s=0.0, buffer_ids=[s.buffer_id for s in samples], skipped_ids=skipped,
+        gradient_checkpointing=checkpointing,
+        estimated_peak_mb=round(plan.estimate.total / 2**20, 1) if plan is not None else None,
+        loss_kind="chunked" if _chunk(loss_fn) else "model",
     )
-    if rank == 0:
-        to_save = accelerator.unwrap_model(model) if accelerator is not None else model
+    if rank == 0:  # `model` itself was never wrapped (accelerate wrapped loss_fn)
         result.total_s = round(time.perf_counter() - t_start, 3)
-        save_adapter(to_save, spec, cfg, result)
+        save_adapter(model, spec, cfg, result)
     return result
+
+
+def memory_plan(
+    spec: TrainSpec, cfg: Training, seq_len: int, device: str, half: bool
+) -> MemoryPlan | None:
+    """The checkpointing decision for this round's longest micro-batch (None: no model dims)."""
+    model = (spec.member_config or {}).get("model") or str(spec.base_model_dir)
+    dims = find_dims(model, spec.base_model_dir)
+    if dims is None:
+        return None
+    return plan_memory(
+        dims, cfg, batch_size=cfg.batch_size, seq_len=seq_len, half_precision=half, device=device
+    )
+
+
+def chunked_loss_agrees(model: Any, example: Example, tok: Any, device: str) -> bool:
+    """loss.py's loss equals the model's own on one example (eval mode: no dropout)."""
+    from agora_cli.training.loss import agrees_with_model_loss
+
+    model.eval()
+    try:
+        return agrees_with_model_loss(model, _to(collate([example], tok.pad_token_id), device))
+    finally:
+        model.train()
+
+
+def _chunk(loss_fn: Any) -> int:
+    return getattr(loss_fn, "module", loss_fn).chunk  # through a DDP wrapper
+
+
+def _note(on_progress: Progress | None, rank: int, event: dict[str, Any]) -> None:
+    """A progress line at step 0 (the round's training_progress events) and the worker's log."""
+    print(f"agora-train {event['member']}: " + "; ".join(
+        f"{k}={v}" for k, v in event.items() if k not in ("member", "step")), file=sys.stderr)
+    if on_progress is not None and rank == 0:
+        on_progress(event)
 
 
 def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
@@ -313,6 +376,9 @@ def save_adapter(model: Any, spec: TrainSpec, cfg: Training, result: TrainResult
             "target_tokens": result.target_tokens,
             "tokens_per_s": result.tokens_per_s,
             "peak_memory_mb": result.peak_memory_mb,
+            "estimated_peak_mb": result.estimated_peak_mb,
+            "gradient_checkpointing": result.gradient_checkpointing,
+            "loss_kind": result.loss_kind,
             "train_s": result.train_s,
             "cpu_s": result.cpu_s,
             "total_s": result.total_s,
