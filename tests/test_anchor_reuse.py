@@ -13,6 +13,7 @@ from agora_cli.events import EventBus
 from agora_cli.loop import run_step
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.store import Store
+from agora_cli.training.round_store import live_versions
 from tests.fakes.ensemble import MEMBERS, config_dict, make_pool, responder
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -42,7 +43,7 @@ async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
                     _swap(store, "beta", 1)  # a hot-swap between steps 1 and 2
                 n = len(fake.requests)
                 await run_step(cfg, store, pool, Prompts(), EventBus(),
-                               versions=lambda: db.live_versions(store), anchor=run_anchor)
+                               versions=lambda: live_versions(store), anchor=run_anchor)
                 evaluated.append(sorted(r.model for r in fake.requests[n:]
                                         if r.role == "evaluate"))
         finally:
