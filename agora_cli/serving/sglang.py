@@ -302,6 +302,8 @@ def check_adapter(adapter_dir: Path, cfg: SGLangBackend, member: str) -> None:
     """Refuse, before SGLang sees it, an adapter the server's LoRA pool cannot hold (rank above
     --max-lora-rank, or modules outside --lora-target-modules): SGLang's answer is a bare 400."""
     path = Path(adapter_dir) / "adapter_config.json"
+    if not path.exists():  # nothing to check: SGLang's own refusal names the missing path
+        return
     try:
         peft = json.loads(path.read_text())
     except (OSError, ValueError) as e:
