@@ -101,7 +101,8 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = load_config(REPO_DIR / "configs/paper-mixed.yaml").training
     models = _tiny_models(tmp)
     models["smollm2"] = str(prepare(Member(name="s", model=SMOL)))
-    models["gemma-270m"] = str(prepare(Member(name="g", model=GEMMA)))
+    models["gemma-270m"] = str(prepare(Member(
+        name="g", model=GEMMA, chat_template="configs/chat_templates/gemma3.jinja")))
     adapters = {name: _save(d, tmp / "adapters", name, cfg) for name, d in models.items()}
     # What the trainer wrote before issue 10: PEFT's all-linear over the whole multimodal model.
     whole = get_peft_model(AutoModelForCausalLM.from_pretrained(models["gemma3-mm"]),
