@@ -95,6 +95,8 @@ class ClientPool:
     settings: ClientSettings = field(default_factory=ClientSettings)
     bus: EventBus = NULL_BUS
     usage: dict[str, Usage] = field(default_factory=dict)
+    # member -> fields added to each of its requests (config `chat_template_kwargs`)
+    extra_body: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._clients: dict[tuple[str, str, str], openai.AsyncOpenAI] = {}
@@ -160,6 +162,8 @@ class ClientPool:
                                 "temperature": sampling.temperature,
                                 "top_p": sampling.top_p,
                                 "max_tokens": sampling.max_tokens,
+                                **self.extra_body.get(member, {}),
+                                **ep.extra_body,  # e.g. SGLang's `lora_path`
                             },
                             # The role travels out of band (logs, test fakes); servers ignore it.
                             options={"timeout": limit.timeout_s,

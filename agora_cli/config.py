@@ -63,13 +63,26 @@ class SGLangBackend(Strict):
     kind: Literal["sglang"] = "sglang"
     host: str = "127.0.0.1"
     base_port: int = Field(30000, ge=1, le=65535)
-    python: str = "python"
+    # The interpreter that has SGLang installed; unset = the one running agora.
+    python: str | None = None
     tp_size: int = Field(1, ge=1)
-    mem_fraction_static: float | None = Field(None, gt=0, le=1)
+    # Data parallelism breaks SGLang's run-time adapter loading; `agora validate` rejects > 1.
+    dp_size: int = Field(1, ge=1)
+    # GPU memory share s_k of each server (key: base model or member name); unset bases split
+    # `gpu_memory_for_servers` equally. Servers start one after another and SGLang sizes its cache
+    # from the memory free at its start, so each gets --mem-fraction-static s_k / (1 - sum of
+    # earlier s_j) on its device (`serving/sglang.py`); the rest is the trainer's.
+    gpu_memory_for_servers: float = Field(0.6, gt=0, lt=1)
+    memory_shares: dict[str, float] = {}
     max_lora_rank: int = Field(64, ge=1)
-    lora_target_modules: list[str] = ["all"]
+    # Explicit names (SGLang's normalised ones: qkv_proj, o_proj, gate_up_proj, down_proj, ...) fix
+    # what every adapter may target; `all` lets SGLang pick from the model.
+    lora_target_modules: list[str] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     max_loras_per_batch: int = Field(8, ge=1)
     startup_timeout_s: float = Field(900.0, gt=0)
+    # Servers started with --api-key (read from this environment variable, never stored): agora
+    # sends the key with requests and with adapter load/unload calls.
+    api_key_env: str | None = None
     # Seconds an old adapter stays loaded after the switch before its (background) unload.
     unload_grace_s: float = Field(2.0, ge=0)
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
@@ -78,6 +91,46 @@ class SGLangBackend(Strict):
     # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
     launch: bool = True
     urls: dict[str, str] = {}
+
+
+def sglang_device(b: SGLangBackend, base: str, members: list[Member]) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of one base model's server (None: the default device)."""
+    for key in [base, *(m.name for m in members), *(m.model for m in members)]:
+        if key in b.cuda_visible_devices:
+            return b.cuda_visible_devices[key]
+    return None
+
+
+def sglang_memory_plan(
+    b: SGLangBackend, bases: dict[str, list[Member]]
+) -> dict[str | None, list[tuple[str, float, float]]]:
+    """device -> [(base, share s_k, --mem-fraction-static f_k)] in start order (`bases`' order).
+
+    SGLang sizes its static memory as a fraction of the memory *free when it starts*, so servers
+    started one after another on one device get f_k = s_k / (1 - sum_{j<k} s_j) for intended
+    shares s_k of the whole device; shares not set in `memory_shares` split what is left of
+    `gpu_memory_for_servers` equally.
+    """
+    groups: dict[str | None, list[tuple[str, list[Member]]]] = {}
+    for base, members in bases.items():
+        groups.setdefault(sglang_device(b, base, members), []).append((base, members))
+    plan: dict[str | None, list[tuple[str, float, float]]] = {}
+    for device, servers in groups.items():
+        given = {}
+        for base, members in servers:
+            for key in [base, *(m.name for m in members), *(m.model for m in members)]:
+                if key in b.memory_shares:
+                    given[base] = b.memory_shares[key]
+                    break
+        rest = [base for base, _ in servers if base not in given]
+        left = max(b.gpu_memory_for_servers - sum(given.values()), 0.0)
+        used, rows = 0.0, []
+        for base, _ in servers:
+            share = given.get(base, left / len(rest) if rest else 0.0)
+            rows.append((base, share, round(share / (1 - used), 3) if used < 1 else 0.0))
+            used += share
+        plan[device] = rows
+    return plan
 
 
 class VLLMBackend(Strict):
@@ -131,6 +184,12 @@ class Member(Strict):
     backend: str = "embedded"
     # Jinja chat template (inline text or a path) for models that ship none (Gemma-3 base).
     chat_template: str | None = None
+    # Sent with every request (e.g. Qwen3's {enable_thinking: false}: its template thinks by default).
+    chat_template_kwargs: dict[str, Any] | None = None
+    # Models whose code is not in transformers/SGLang (BitCPM4): the trainer and the server load it.
+    trust_remote_code: bool = False
+    # Extra launch flags for this member's server (members sharing a base share the union).
+    server_args: list[str] = []
     max_concurrency: int = Field(8, ge=1)
     request_timeout_s: float = Field(600.0, gt=0)
     sampling: Sampling | None = None  # overrides protocol sampling for this member
@@ -345,6 +404,8 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
                         f"{b.max_lora_rank}",  # type: ignore[union-attr]
                     )
                 )
+        if kind == "sglang":
+            problems += _sglang_member_checks(cfg, i, m)
         if m.chat_template and "\n" not in m.chat_template and m.chat_template.endswith(
             (".jinja", ".j2", ".txt")
         ):
@@ -352,6 +413,7 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
                 problems.append(
                     (f"members[{i}].chat_template", f"file not found: {m.chat_template}")
                 )
+    problems += _sglang_backend_checks(cfg)
     p = cfg.protocol
     if p.generators_per_step > len(cfg.members):
         problems.append(
@@ -384,6 +446,71 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
             f"unknown seed pool {p.seed_pool!r}; use one of: {', '.join(SEED_POOL_FILES)} "
             "(evaluation splits are never seed pools)",
         ))
+    return problems
+
+
+def _sglang_member_checks(cfg: Config, i: int, m: Member) -> list[tuple[str, str]]:
+    """One member on an `sglang` backend: a template its server can share, and trainer target
+    modules the server's LoRA pool holds (SGLang refuses adapters with any other module)."""
+    from agora_cli.lora_names import SGLANG_LORA_MODULES, unsupported
+
+    b = cfg.backends[m.backend]
+    problems = []
+    for j, other in enumerate(cfg.members[:i]):
+        if other.backend == m.backend and other.model == m.model and (
+            other.chat_template != m.chat_template
+        ):
+            problems.append((f"members[{i}].chat_template", (
+                f"members {other.name!r} and {m.name!r} share base model {m.model!r} (one SGLang "
+                f"server, one --chat-template) but set different chat templates; give both "
+                f"members[{j}]'s")))
+    if cfg.ablations.lora and isinstance(cfg.training.target_modules, list):
+        bad = unsupported(cfg.training.target_modules, b.lora_target_modules)  # type: ignore[union-attr]
+        if bad and i == next(k for k, x in enumerate(cfg.members) if x.backend == m.backend):
+            problems.append(("training.target_modules", (
+                f"SGLang backend {m.backend!r} serves adapters on "
+                f"{b.lora_target_modules} (lora_target_modules); trained modules {bad} would be "  # type: ignore[union-attr]
+                f"refused: add them there or train only SGLang-supported modules "
+                f"({', '.join(sorted(SGLANG_LORA_MODULES))})")))
+    return problems
+
+
+def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
+    """Launch settings of each used `sglang` backend."""
+    from agora_cli.lora_names import SGLANG_LORA_MODULES, sglang_names
+
+    problems = []
+    used = {m.backend for m in cfg.members}
+    for name, b in cfg.backends.items():
+        if b.kind != "sglang" or name not in used:
+            continue
+        at = f"backends.{name}"
+        if b.dp_size > 1 and cfg.ablations.lora:
+            problems.append((f"{at}.dp_size", (
+                f"dp_size {b.dp_size}: SGLang cannot load adapters at run time across data-parallel "
+                "replicas; use dp_size: 1 (one server per base model) or ablations.lora: false")))
+        names = [x for x in b.lora_target_modules if x != "all"]
+        bad = sorted(sglang_names(names) - SGLANG_LORA_MODULES)
+        if bad:
+            problems.append((f"{at}.lora_target_modules", (
+                f"SGLang's LoRA pool has no module {bad}; use names from "
+                f"{', '.join(sorted(SGLANG_LORA_MODULES))} or 'all'")))
+        members = [m for m in cfg.members if m.backend == name]
+        keys = {m.name for m in members} | {m.model for m in members}
+        for key in b.memory_shares:
+            if key not in keys:
+                problems.append((f"{at}.memory_shares", (
+                    f"{key!r} is neither a member nor a base model of this backend")))
+        if b.launch:
+            bases: dict[str, list[Member]] = {}
+            for m in members:
+                bases.setdefault(m.model, []).append(m)
+            for device, shares in sglang_memory_plan(b, dict(sorted(bases.items()))).items():
+                total = sum(s for _, s, _ in shares)
+                if total >= 1:
+                    problems.append((f"{at}.memory_shares", (
+                        f"servers on device {device or 'default'} want {total:.2f} of its memory; "
+                        "keep the sum below 1 (the trainer needs the rest)")))
     return problems
 
 

@@ -5,7 +5,8 @@ Its own module, below both `client.py` and `serving/`, so the client needs nothi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class Endpoint:
     base_url: str  # e.g. http://127.0.0.1:8000/v1
     model: str  # the `model` field of requests for this member
     api_key: str = "agora-local"
+    extra_body: dict[str, Any] = field(default_factory=dict, hash=False)  # added to each request
 
     def __repr__(self) -> str:  # keep keys out of logs and tracebacks
         return f"Endpoint(base_url={self.base_url!r}, model={self.model!r})"

