@@ -142,25 +142,28 @@ def load_tokenizer(
     return tok
 
 
-def text_lora_targets(model: Any, target_modules: list[str] | str) -> tuple[list[str], str]:
+def text_lora_targets(model: Any, target_modules: list[str] | str) -> tuple[list[str], str | None]:
     """(target module names, exclude pattern) so LoRA touches the text model only.
 
     A multimodal checkpoint (Gemma-3-4B loads as Gemma3ForConditionalGeneration) also holds a
     vision tower; `all-linear` would wrap its fc1/fc2/out_proj too, and SGLang's LoRA pool refuses
     an adapter with modules it does not hold. The names are leaf names (SGLang and vLLM match
-    adapters by them), the pattern excludes everything outside the text decoder.
+    adapters by them), the pattern excludes everything outside the text decoder; the output head
+    only when a config names `lm_head` itself.
     """
     import re
 
     import torch
 
+    keep_head = target_modules != "all-linear" and "lm_head" in target_modules
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     prefix = next((n for n, mod in model.named_modules() if mod is decoder and n), None)
     if prefix is None:  # no separate decoder: the whole model is text
-        exclude = r"^lm_head$"
+        exclude = None if keep_head else r"^lm_head$"
         inside = model.named_modules()
     else:
-        exclude = rf"^(?!{re.escape(prefix)}\.).*"
+        allowed = rf"{re.escape(prefix)}\." + (r"|lm_head$" if keep_head else "")
+        exclude = rf"^(?!{allowed}).*"
         inside = ((f"{prefix}.{n}", mod) for n, mod in decoder.named_modules())
     if target_modules != "all-linear":
         return list(target_modules), exclude
