@@ -58,12 +58,14 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         assert q("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") == 2
         n_ok = q("SELECT COUNT(*) FROM problems WHERE status = 'ok'")
         n_all = q("SELECT COUNT(*) FROM problems")
-        # Every generation slot answered (kept or dropped); seed problems stand in for a step
-        # whose generated problems were all dropped, so every step has something to solve.
-        assert q("SELECT COUNT(*) FROM problems WHERE author != 'seed'") == 2
+        # Every problem slot filled (one per step here): a dropped problem is asked again up to
+        # `protocol.problem_retries` (2) times, then the slot takes a seed problem; every
+        # attempt is stored, kept or dropped.
+        generated = q("SELECT COUNT(*) FROM problems WHERE author != 'seed'")
+        assert 2 <= generated <= 2 * 3
         assert n_all >= 2
         for step in (0, 1):
-            assert q("SELECT COUNT(*) FROM problems WHERE step = ? AND status = 'ok'", (step,)) > 0
+            assert q("SELECT COUNT(*) FROM problems WHERE step = ? AND status = 'ok'", (step,)) == 1
         # Every kept problem was solved by every member, and every answered solution verified by
         # the two other members.
         assert q("SELECT COUNT(*) FROM solutions") == 3 * n_ok
