@@ -26,7 +26,8 @@ class _ProgressSink:
         member = e.get("member")
         if e["kind"] == "training_started":
             self.tasks[member] = self.progress.add_task(member, total=None, loss="", tps="")
-        elif e["kind"] == "training_progress" and member in self.tasks:
+        elif e["kind"] == "training_progress" and member in self.tasks and e["step"] > 0:
+            # (step 0 is the memory plan, with no loss yet)
             self.progress.update(
                 self.tasks[member], completed=e["step"], total=e["total_steps"],
                 loss=f"loss {e['loss']:.4f}", tps=f"{e['tokens_per_s']:.0f} tok/s",
