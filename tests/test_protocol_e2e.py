@@ -9,13 +9,14 @@ short budgets keep this deterministic and cheap.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 
 import pytest
 
 from agora_cli.config import config_from_dict
-from agora_cli.paths import RunPaths
+from agora_cli.paths import DATA_DIR, RunPaths
 from agora_cli.protocol.answers import extract_answer
 from agora_cli.protocol.common import strip_prompt_echo
 from agora_cli.protocol.generate import generate_problems, load_seed_pool
@@ -61,7 +62,10 @@ def test_shipped_prompts_parse_on_real_small_models(tmp_path) -> None:
 
     cfg = config_from_dict(e2e_config())
     serving = Serving(cfg, RunPaths(tmp_path / "run"))
-    seeds = load_seed_pool("gsm8k_train")[:3]
+    # The first seed-pool rows with their reference solutions (the pool itself carries none).
+    pool_ids = {row["id"] for row in load_seed_pool("gsm8k_train")[:3]}
+    with (DATA_DIR / "gsm8k_train.jsonl").open() as f:
+        seeds = [row for row in map(json.loads, f) if row["id"] in pool_ids]
     solution = seeds[0]["solution"].split("####")[0] + f"So \\boxed{{{seeds[0]['answer']}}}."
     # Gemma verifies a correct and a wrong solution (the right reasoning, the final sum off by 10)
     # of two problems: its replies must carry a parseable verdict, whatever the verdict.
