@@ -98,6 +98,14 @@ class LoraServer:
             t.join(timeout=timeout_s)
         self._hurry.clear()
 
+    def shutdown(self, processes: list) -> None:
+        """Finish pending unloads, then stop the servers this backend launched (`ServerProcess`),
+        announcing each: the stop sequence SGLang and vLLM share."""
+        self.finish()
+        for p in processes:
+            p.stop(grace_s=30)
+            self.bus.emit("server_stopped", backend=self.backend, url=p.url, log=str(p.log))
+
     # ------------------------------------------------------------------ internals
 
     def _unload_later(self, url: str, member: str, name: str) -> None:

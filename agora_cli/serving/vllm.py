@@ -210,11 +210,8 @@ class VLLMServing:
         return all(is_healthy(u) for u in self._urls.values())
 
     def stop(self) -> None:
-        self.lora.finish()
         processes, self._processes = list(self._processes.values()), {}
-        for p in processes:
-            p.stop(grace_s=30)
-            self.bus.emit("server_stopped", backend=self.name, url=p.url, log=str(p.log))
+        self.lora.shutdown(processes)
 
     # ------------------------------------------------------------------ routing
 
