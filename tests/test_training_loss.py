@@ -15,7 +15,14 @@ import torch
 from agora_cli.config import Member, Training
 from agora_cli.training import loss as loss_mod
 from agora_cli.training.data import IGNORE_INDEX, Sample, collate, render_examples, solve_messages
-from agora_cli.training.loss import StepLoss, agrees_with_model_loss, chunked_nll, supervised_loss
+from agora_cli.training.loss import (
+    StepLoss,
+    agrees_with_model_loss,
+    chunked_nll,
+    frozen_linear,
+    head_parts,
+    supervised_loss,
+)
 from agora_cli.training.memory import lora_params, read_dims
 from agora_cli.training.trainer import load_tokenizer, lora_model
 
@@ -78,6 +85,7 @@ def test_chunked_loss_equals_the_model_loss_on_smollm2() -> None:
     base, model, batch = _setup(SMOL)
     n_supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert n_supervised > 40
+    assert frozen_linear(head_parts(model)[1])  # the gradient-in-the-forward path
     _assert_same(model, batch, chunk=16)  # several chunks and a ragged last one
     # The memory formula's parameter counts are the real model's.
     dims = read_dims(base)
@@ -90,6 +98,7 @@ def test_chunked_loss_equals_the_model_loss_on_smollm2() -> None:
 def test_chunked_loss_equals_the_model_loss_with_a_lora_on_the_head() -> None:
     _, model, batch = _setup(SMOL, ["q_proj", "v_proj", "lm_head"])
     assert any("lm_head" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert not frozen_linear(head_parts(model)[1])  # the checkpointed path
     _assert_same(model, batch, chunk=1024)
 
 
@@ -113,6 +122,7 @@ def test_an_off_by_one_label_shift_is_caught(monkeypatch) -> None:
 def test_chunked_loss_equals_the_model_loss_on_gemma3() -> None:
     base, model, batch = _setup(GEMMA)
     assert read_dims(base).vocab == 262144
+    assert frozen_linear(head_parts(model)[1])
     _assert_same(model, batch, chunk=1024)  # the default: one chunk here
 
 
@@ -148,3 +158,27 @@ def test_chunked_nll_matches_cross_entropy_with_a_softcap_and_no_rows() -> None:
     empty = chunked_nll(rows[:0], targets[:0], head, None, chunk=10)
     assert empty.item() == 0.0
     empty.backward()
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_a_frozen_head_gives_cross_entropy_and_its_gradient(softcap) -> None:
+    """The gradient-in-the-forward path (frozen head, with a bias and a soft-cap) against
+    autograd through the plain cross-entropy; and without gradients, the same value."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True).requires_grad_(False)
+    assert frozen_linear(head)
+    rows = torch.randn(37, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    ours = chunked_nll(rows, targets, head, softcap, chunk=10)
+    (2.5 * ours).backward()  # the backward scales by the incoming gradient
+    g_ours = rows.grad.clone()
+    rows.grad = None
+    logits = head(rows)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref = torch.nn.functional.cross_entropy(logits, targets)
+    (2.5 * ref).backward()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, rows.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_nll(rows, targets, head, softcap, chunk=7), ref)

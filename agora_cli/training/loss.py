@@ -5,9 +5,17 @@ Eq. 3: L(theta) = - sum_{(q, o)} sum_t log p_theta(o_t | q, o_<t), averaged over
 loss projects EVERY position onto the vocabulary (Gemma-3: 262,144 columns) and then throws the
 prompt and padding positions away; here the backbone's final hidden states are gathered at the
 supervised positions (labels != -100 after the causal shift) and pushed through the output head
-`chunk` rows at a time. Each chunk's loss is wrapped in `torch.utils.checkpoint`, so its logits
-are dropped after the forward and recomputed in the backward: at most one chunk's logits (and
-their float32 upcast and gradient) exist at any moment.
+`chunk` rows at a time, so at most one chunk's logits (and their float32 upcast and gradient)
+exist at any moment.
+
+Two ways to keep only one chunk alive:
+- the head is frozen (LoRA's usual case: the output embeddings are not adapted): the gradient
+  with respect to the hidden rows is computed in the forward pass, chunk by chunk (softmax minus
+  one-hot, times the head's weight), and the backward only scales it. The head is applied once
+  per supervised row and its logits never reach autograd: no recomputation, no saved logits.
+- the head carries a LoRA (`target_modules` names it): each chunk's loss goes through
+  `torch.utils.checkpoint`, so the logits are recomputed in the backward, where autograd
+  reaches the adapter's weights.
 
 The head is applied as the model's forward applies it (the output embeddings, tied or not, a LoRA
 on them when `target_modules` names them, Gemma-2-style `final_logit_softcapping`, upcast to
@@ -62,18 +70,81 @@ def _chunk_nll_sum(rows: Any, targets: Any, head: Any, softcap: float | None) ->
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+def frozen_linear(head: Any) -> bool:
+    """Is `head` a plain linear layer with nothing to train (no LoRA on it, weights frozen)?"""
+    return type(head) is torch.nn.Linear and not any(p.requires_grad for p in head.parameters())
+
+
+def _frozen_head_pass(
+    rows: Any, weight: Any, bias: Any, targets: Any, softcap: float | None, chunk: int,
+    grad: bool,
+) -> tuple[Any, Any]:
+    """(summed NLL, its gradient with respect to `rows` or None), one chunk of logits at a time.
+
+    d(sum NLL)/d(logits) = softmax(logits) - onehot(target); through the soft-cap
+    c * tanh(z / c) it is multiplied by 1 - tanh(z / c)^2; d/d(rows) is that times the weight.
+    """
+    grad_rows = torch.empty_like(rows) if grad else None
+    total = torch.zeros((), dtype=torch.float32, device=rows.device)
+    for i in range(0, rows.shape[0], chunk):
+        part, tgt = rows[i : i + chunk], targets[i : i + chunk]
+        z = torch.nn.functional.linear(part, weight, bias)
+        squash = None
+        if softcap is not None:  # as the model's forward does, in the head's dtype
+            squash = torch.tanh(z / softcap)
+            z = squash * softcap
+        # log_softmax, the kernel the model's cross-entropy uses, so the sums round alike
+        logp = torch.log_softmax(z.float(), dim=-1)
+        del z
+        total -= logp.gather(1, tgt[:, None]).sum()
+        if grad_rows is None:
+            continue
+        g = logp.exp_()  # softmax, in place
+        g[torch.arange(g.shape[0], device=g.device), tgt] -= 1.0
+        if squash is not None:
+            g *= 1.0 - squash.float().square()
+        grad_rows[i : i + chunk] = (g.to(weight.dtype) @ weight).to(rows.dtype)
+    return total, grad_rows
+
+
+class _FrozenHeadNLL(torch.autograd.Function):
+    """Summed NLL under a frozen linear head; the backward scales the gradient the forward took.
+
+    Only the (rows x hidden) gradient is kept between the two: no logits are saved.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: Any, weight: Any, bias: Any, targets: Any,
+                softcap: float | None, chunk: int) -> Any:
+        total, grad_rows = _frozen_head_pass(rows, weight, bias, targets, softcap, chunk, True)
+        ctx.save_for_backward(grad_rows)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Any) -> tuple[Any, ...]:
+        (grad_rows,) = ctx.saved_tensors
+        return grad_rows * grad_total.to(grad_rows.dtype), None, None, None, None, None
+
+
 def chunked_nll(
     rows: Any, targets: Any, head: Any, softcap: float | None, chunk: int
 ) -> Any:
     """Mean negative log-likelihood of `targets` under `head(rows)`, `chunk` rows at a time.
 
-    Each chunk is checkpointed (non-reentrant, so dropout in a LoRA on the head replays the same
-    mask), which is what keeps only one chunk's logits alive. No supervised row: a zero that
-    still belongs to the graph (the model's own mean would be NaN).
+    A frozen linear head takes `_FrozenHeadNLL` (gradient in the forward, head applied once).
+    Any other head is checkpointed chunk by chunk (non-reentrant, so dropout in a LoRA on the
+    head replays the same mask). Either way only one chunk's logits are alive. No supervised
+    row: a zero that still belongs to the graph (the model's own mean would be NaN).
     """
     n = rows.shape[0]
     if n == 0:
         return rows.sum() * 0.0
+    if frozen_linear(head):
+        if torch.is_grad_enabled() and rows.requires_grad:
+            return _FrozenHeadNLL.apply(rows, head.weight, head.bias, targets, softcap, chunk) / n
+        with torch.no_grad():
+            return _frozen_head_pass(rows, head.weight, head.bias, targets, softcap, chunk,
+                                     False)[0] / n
     total = rows.new_zeros((), dtype=torch.float32)
     for i in range(0, n, chunk):
         part = (rows[i : i + chunk], targets[i : i + chunk], head, softcap)
