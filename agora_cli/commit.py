@@ -9,9 +9,10 @@ recomputed and checked.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agora_cli import steps as db
+from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
 from agora_cli.config import Config
 from agora_cli.events import EventBus
 from agora_cli.protocol.difficulty import next_difficulty
@@ -38,6 +39,10 @@ class StepWork:
     isolated: bool  # the isolated-evolution control (no votes, one sample per problem and member)
     correct: dict[int, bool]  # solution id -> unanimous consensus (or self-consistency) outcome
     failures: int  # requests that failed after retries in this invocation
+    # The consensus audit of the step's probes (agora_cli.audit), already graded: stored as is,
+    # read by nothing that steers the run.
+    audit: dict[str, Counts] = field(default_factory=dict)
+    audit_solutions: dict[int, tuple[bool, bool]] = field(default_factory=dict)  # id: truth, ok
 
 
 def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float | None]:
@@ -78,7 +83,8 @@ def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[st
         out[m].update(mu=round(r.mu, 3), sigma=round(r.sigma, 3))
     for r in store.query(
         "SELECT s.member, COUNT(*) AS n, SUM(s.correct = 1) AS ok FROM solutions s "
-        "JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL GROUP BY s.member"
+        f"JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL WHERE {db.NOT_PROBE} "
+        "GROUP BY s.member"
     ):
         if r["member"] in out:
             out[r["member"]].update(solutions=r["n"], validated=r["ok"] or 0)
@@ -163,6 +169,8 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
         v_t=v_t, v_target=run.open.v_target, f_t=f_t, strategy=run.open.strategy,
         counts=counts, wall_s=round(wall_s, 3), request_s=round(request_s, 3),
         info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu},
+        audit=[(v, c.tp, c.fp, c.fn, c.tn) for v, c in run.audit.items()],
+        audit_solutions=[(sid, t, a) for sid, (t, a) in run.audit_solutions.items()],
     )
 
 
@@ -177,6 +185,10 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
     bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy,
              next_strategy=step_strategy(cfg, db.anchor_history(store)))
+    if fx.audit:
+        run_total = totals(step_counts(store).values())
+        bus.emit("consensus_audit", step=fx.step, **audit_event(fx.audit),
+                 total={v: _plain(c) for v, c in run_total.items()})
     bus.emit(
         "step_committed", step=fx.step, d=d, d_next=fx.next_difficulty, v_t=fx.v_t,
         v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,
@@ -185,3 +197,22 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
     )
 
 
+
+
+def audit_event(rows: list[tuple[str, int, int, int, int]]) -> dict:
+    """The `consensus_audit` event's fields: per verifier ('@consensus' too) its counts, and the
+    consensus's precision and recall as numbers (None when undefined) for plain consumers."""
+    counts = {v: Counts(tp, fp, fn, tn) for v, tp, fp, fn, tn in rows}
+    c = counts.get(CONSENSUS, Counts())
+
+    def rate(k: int, n: int) -> float | None:
+        return k / n if n else None
+
+    return {
+        "precision": rate(*c.precision), "recall": rate(*c.recall),
+        "verifiers": {v: _plain(x) for v, x in counts.items()},
+    }
+
+
+def _plain(c: Counts) -> dict[str, int]:
+    return {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}

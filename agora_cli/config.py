@@ -248,6 +248,11 @@ class Protocol(Strict):
     # (author 'seed') when `seed_fallback` is on, so a step solves `problems_per_step` problems.
     problem_retries: int = Field(2, ge=0)
     seed_fallback: bool = True
+    # Consensus audit (agora's choice, not the paper's): gold-labelled seed-pool problems mixed
+    # into each step, solved and verified like the others but never voted on, buffered or shown
+    # as elite, to measure consensus precision and recall against gold (agora_cli/audit.py).
+    # 0 = off; `mode: isolated` has no verifiers and draws none.
+    audit_probes: int = Field(0, ge=0, description="gold-labelled probe problems per step")
     elite_k: int = Field(3, ge=0)
     buffer_threshold: int = Field(1024, ge=1)
     anchor_every: int = Field(5, ge=1)

@@ -24,6 +24,7 @@ goes to the buffer. No verification by peers, no votes, no ratings, no elite his
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
@@ -33,10 +34,12 @@ from itertools import combinations
 from typing import Any
 
 from agora_cli import steps as db
+from agora_cli.audit import GradeMany, ProbeSolution, plan_probes, tally
 from agora_cli.client import ClientPool
 from agora_cli.commit import StepWork, compute_effects, emit_committed
 from agora_cli.config import Config
 from agora_cli.evaluation.benchmarks import calibration_name
+from agora_cli.evaluation.grading import Grader
 from agora_cli.events import EventBus
 from agora_cli.protocol import generate as gen
 from agora_cli.protocol.answers import answers_match
@@ -93,7 +96,7 @@ class StepRun:
         self.t = self.open.step
         self.solutions: dict[tuple[int, str], Row] = {}
         self.samples: dict[tuple[int, str], list[Row]] = {}
-        for r in db.step_solutions(self.store, self.t):
+        for r in [*db.step_solutions(self.store, self.t), *db.probe_solutions(self.store, self.t)]:
             if r["error"] is None:
                 if r["sample"]:
                     self.samples.setdefault((r["problem_id"], r["member"]), []).append(dict(r))
@@ -233,6 +236,21 @@ class StepRun:
         if on_problem is not None:
             on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
 
+    def probe_fill(self, on_problem: Callable[[Row], None] | None) -> list[Row]:
+        """Store the step's planned audit probes not stored yet (`agora_cli.audit`), hand each
+        new one to `on_problem`, and return all the step's probe rows. A probe is a seed-pool
+        problem with its gold set aside; it is solved and verified like any other problem."""
+        stored = {json.loads(r["seed_ids"])[0] for r in db.step_probes(self.store, self.t)}
+        for seed_id in self.open.info.get("probes") or []:
+            seed = self.seeds.get(seed_id)
+            if seed is None or seed_id in stored:
+                continue
+            pid = db.insert_probe(self.store, self.t, seed["problem"], self.open.difficulty,
+                                  seed_id, seed["answer"])
+            if on_problem is not None:
+                on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
+        return [dict(r) for r in db.step_probes(self.store, self.t)]
+
     # -- 2. solution formulation ---------------------------------------------------------------
 
     async def solve_one(self, p: Row, member: str) -> Row:
@@ -347,7 +365,8 @@ class StepRun:
             await self.verify_solution(p, sol)
 
     async def problem_flow(self, p: Row) -> None:
-        """solve (all members) -> verify each solution as it lands -> vote among correct ones."""
+        """solve (all members) -> verify each solution as it lands -> vote among correct ones.
+        An audit probe stops before the votes: nothing it does may reach the ratings."""
         if self.isolated:
             n = self.cfg.protocol.self_consistency_samples
             todo = [m for m in self.members if len(self.samples.get((p["id"], m), [])) < n]
@@ -355,7 +374,8 @@ class StepRun:
             await asyncio.gather(*(self.isolated_one(p, m) for m in todo))
             return
         await asyncio.gather(*(self.solution_flow(p, m) for m in self.members))
-        await self.vote_problem(p)
+        if p["status"] != db.PROBE:
+            await self.vote_problem(p)
 
     async def pipeline(self) -> None:
         """Everything still missing in the open step, pipelined per problem."""
@@ -366,6 +386,9 @@ class StepRun:
 
             for p in db.step_problems(self.store, self.t):
                 spawn(dict(p))
+            for p in db.step_probes(self.store, self.t):
+                spawn(dict(p))
+            self.probe_fill(on_problem=spawn)
             tg.create_task(self.generate(on_problem=spawn))
 
     # -- stage commands: one phase of the open step, all missing requests at once --------------
@@ -373,8 +396,11 @@ class StepRun:
     async def stage(self, name: str) -> None:
         problems = [dict(p) for p in db.step_problems(self.store, self.t)]
         if name == "generate":
+            self.probe_fill(None)
             await self.generate()
-        elif name == "solve":
+            return
+        problems += self.probe_fill(None)  # probes are solved and verified, never voted on
+        if name == "solve":
             if self.isolated:
                 await asyncio.gather(*(self.problem_flow(p) for p in problems))
                 return
@@ -388,7 +414,8 @@ class StepRun:
                 for s in self.problem_solutions(p["id"])
             ))
         elif name == "vote":
-            await asyncio.gather(*(self.vote_problem(p) for p in problems))
+            await asyncio.gather(*(self.vote_problem(p) for p in problems
+                                   if p["status"] != db.PROBE))
         else:
             raise ValueError(name)
 
@@ -469,6 +496,23 @@ class StepRun:
                        for s in db.step_solutions(self.store, self.t)}
         return StepWork(self.open, self.members, self.isolated, correct, self.failures)
 
+    # -- the consensus audit ---------------------------------------------------------------------
+
+    def probe_work(self) -> list[ProbeSolution]:
+        """The step's answered-or-not probe solutions with their consensus outcome and verdicts
+        (failed requests left out: they are no decision). Gold is read here and nowhere else."""
+        golds = db.probe_golds(self.store, self.t)
+        out = []
+        for r in db.probe_solutions(self.store, self.t):
+            sol = self.solutions.get((r["problem_id"], r["member"]))
+            if sol is None or r["problem_id"] not in golds:
+                continue
+            verdicts = {v: bool(self.verdicts[(sol["id"], v)]["valid"])
+                        for v in self.verifiers_of(sol) if (sol["id"], v) in self.verdicts}
+            out.append(ProbeSolution(sol["id"], sol["answer"], golds[r["problem_id"]],
+                                     self.is_correct(sol), verdicts))
+        return out
+
     # -- isolated-mode correctness ---------------------------------------------------------------
 
     def isolated_correct(self) -> dict[int, bool]:
@@ -519,12 +563,41 @@ def begin_step(
     last = store.one("SELECT next_difficulty FROM steps WHERE step = ?", (t - 1,))
     d_t = last["next_difficulty"] if last else cfg.protocol.difficulty.d0
     strategy = step_strategy(cfg, db.anchor_history(store))
+    plan = plan_slots(cfg, t)
+    if cfg.protocol.audit_probes and cfg.protocol.mode == "agora":
+        # Drawn on their own seeded stream, so the step's other draws are those of a run
+        # without the audit; never a seed shown this step, never an earlier probe.
+        shown = {s for slot in plan["slots"] for s in slot["seed_ids"]}
+        plan["probes"] = plan_probes(gen.load_seed_pool(cfg.protocol.seed_pool),
+                                     cfg.protocol.audit_probes,
+                                     random.Random(f"{cfg.seed}:{t}:probes"),
+                                     shown | db.probe_seed_ids(store))
     opened = db.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty),
-                          plan_slots(cfg, t))
+                          plan)
     ctx = Ctx(cfg=cfg, pool=pool, prompts=prompts, rng=random.Random(f"{cfg.seed}:{t}"), bus=bus)
     k = elite_shots(opened.strategy, cfg.protocol)  # type: ignore[arg-type]
     run = StepRun(cfg, store, ctx, bus, opened, versions, load_elite(store)[:k])
     return run
+
+
+async def audit_probes(
+    cfg: Config, probes: list[ProbeSolution], grade: GradeMany | None
+) -> tuple[dict[int, tuple[bool, bool]], dict]:
+    """Grade the step's probe solutions (off the event loop) and tally the audit:
+    ({solution id: (truth, approved)}, {'@consensus' or verifier: Counts})."""
+    if not probes:
+        return {}, {}
+    loop = asyncio.get_running_loop()
+    own = None
+    if grade is None:
+        own = Grader(1, cfg.evaluation.grade_timeout_s)
+        grade = own.grade_many
+    try:
+        truth, counts = await loop.run_in_executor(None, tally, probes, grade)
+    finally:
+        if own is not None:
+            await loop.run_in_executor(None, own.close)
+    return {p.solution_id: (truth[p.solution_id], p.approved) for p in probes}, counts
 
 
 def busy_s(pool: ClientPool) -> float:
@@ -534,8 +607,12 @@ def busy_s(pool: ClientPool) -> float:
 async def run_step(
     cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus, *,
     versions: Callable[[], dict[str, int]] = dict, anchor: AnchorFn | None = None,
+    grade: GradeMany | None = None,
 ) -> db.Effects:
-    """Run (or finish) the open step and commit it. Returns what was committed."""
+    """Run (or finish) the open step and commit it. Returns what was committed.
+
+    `grade` grades the audit probes' answers against gold (a `Grader`'s `grade_many`); without
+    one, a one-worker grader is started for the commit when the step has probes."""
     t0, busy0 = time.perf_counter(), busy_s(pool)
     run = begin_step(cfg, store, pool, prompts, bus, versions)
     t = run.t
@@ -578,9 +655,11 @@ async def run_step(
             # instead; the stored work is kept and a re-run resumes the step.
             raise next(iter(pool.unreachable.values()))
     elite = await run.select_elite(elite_shots(run.open.strategy, cfg.protocol))  # type: ignore[arg-type]
+    work = run.work()
+    work.audit_solutions, work.audit = await audit_probes(cfg, run.probe_work(), grade)
     bus.emit("phase_started", phase="commit", step=t, n=1)
     # Eq. 2 sees a step's anchors only when some member was scored anew (real changes only).
-    fx = compute_effects(cfg, store, run.work(), elite, db.rescored_anchors(store, t),
+    fx = compute_effects(cfg, store, work, elite, db.rescored_anchors(store, t),
                          time.perf_counter() - t0,
                          busy_s(pool) - busy0)
     db.commit_effects(store, fx)

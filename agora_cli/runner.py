@@ -25,6 +25,7 @@ from agora_cli.commit import init_ratings, member_stats
 from agora_cli.config import Config, dump_config, load_config
 from agora_cli.errors import ConfigError, StoreError, TrainingError
 from agora_cli.evaluation.anchor import run_anchor
+from agora_cli.evaluation.grading import Grader
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.loop import begin_step, run_step
 from agora_cli.paths import RunPaths
@@ -126,6 +127,8 @@ async def drive(
     """
     versions = rounds.live_versions if rounds is not None else dict
     anchor = run_anchor
+    # One grader for the run's consensus audit; its worker starts at the first probe graded.
+    grader = Grader(1, cfg.evaluation.grade_timeout_s)
 
     async def poller() -> None:
         last = ""
@@ -141,13 +144,15 @@ async def drive(
     watcher = asyncio.create_task(poller()) if rounds is not None else None
     try:
         while steps is None or db.open_step_number(store) < steps:
-            fx = await run_step(cfg, store, pool, prompts, bus, versions=versions, anchor=anchor)
+            fx = await run_step(cfg, store, pool, prompts, bus, versions=versions, anchor=anchor,
+                                grade=grader.grade_many)
             if rounds is not None:
                 rounds.poll()
                 rounds.maybe_start(fx.step)
     finally:
         if watcher is not None:
             watcher.cancel()
+        grader.close()
         await pool.aclose()
 
 

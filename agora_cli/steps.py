@@ -51,7 +51,17 @@ class Effects:
     wall_s: float
     request_s: float
     info: dict[str, Any] = field(default_factory=dict)
+    # The consensus audit (agora_cli.audit): (verifier or '@consensus', tp, fp, fn, tn), and
+    # (probe solution id, truth against gold, approved by consensus).
+    audit: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    audit_solutions: list[tuple[int, bool, bool]] = field(default_factory=list)
 
+
+# A consensus-audit probe's problems.status (agora_cli.audit). Probe rows are solved and verified
+# like any problem, and nothing of the protocol reads them: no votes, buffer, elite, V_t or counts.
+PROBE = "probe"
+# WHERE fragment for solutions (aliased `s`) of the protocol's problems, not of probes.
+NOT_PROBE = f"s.problem_id NOT IN (SELECT id FROM problems WHERE status = '{PROBE}')"
 
 # --------------------------------------------------------------------------- steps
 
@@ -109,8 +119,42 @@ def insert_problem(
 
 
 def step_problems(store: Store, step: int, *, only_ok: bool = True) -> list[sqlite3.Row]:
-    where = " AND status = 'ok'" if only_ok else ""
+    """The step's problems (kept only, or kept and dropped); audit probes never."""
+    where = " AND status = 'ok'" if only_ok else f" AND status != '{PROBE}'"
     return store.query(f"SELECT * FROM problems WHERE step = ?{where} ORDER BY id", (step,))
+
+
+def insert_probe(store: Store, step: int, text: str, difficulty: float, seed_id: str,
+                 gold: str) -> int:
+    """A consensus-audit probe (`agora_cli.audit`): a problems row marked 'probe' (author
+    'seed', no slot) and its gold, which only the audit reads, in one transaction."""
+    with store.transaction():
+        cur = store.execute(
+            "INSERT INTO problems(step, author, text, difficulty, seed_ids, raw, status, "
+            "created_at) VALUES (?, 'seed', ?, ?, ?, NULL, ?, ?)",
+            (step, text, difficulty, json.dumps([seed_id]), PROBE, now()),
+        )
+        pid = int(cur.lastrowid)  # type: ignore[arg-type]
+        store.execute("INSERT INTO probes(problem_id, step, seed_id, gold) VALUES (?, ?, ?, ?)",
+                      (pid, step, seed_id, gold))
+    return pid
+
+
+def step_probes(store: Store, step: int) -> list[sqlite3.Row]:
+    """The step's probe problems (problems rows: no gold)."""
+    return store.query("SELECT * FROM problems WHERE step = ? AND status = ? ORDER BY id",
+                       (step, PROBE))
+
+
+def probe_seed_ids(store: Store) -> set[str]:
+    """Seed-pool ids already used as probes in the run (a probe is never drawn twice)."""
+    return {r["seed_id"] for r in store.query("SELECT seed_id FROM probes")}
+
+
+def probe_golds(store: Store, step: int) -> dict[int, str]:
+    """problem id -> gold answer of the step's probes. Read by the audit only."""
+    return {r["problem_id"]: r["gold"]
+            for r in store.query("SELECT problem_id, gold FROM probes WHERE step = ?", (step,))}
 
 
 def authors_done(store: Store, step: int) -> set[str]:
@@ -157,7 +201,15 @@ def upsert_solution(
 
 
 def step_solutions(store: Store, step: int) -> list[sqlite3.Row]:
-    return store.query("SELECT * FROM solutions WHERE step = ? ORDER BY id", (step,))
+    """The step's solutions of its problems (probe solutions are `probe_solutions`)."""
+    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND {NOT_PROBE} ORDER BY id",
+                       (step,))
+
+
+def probe_solutions(store: Store, step: int) -> list[sqlite3.Row]:
+    """The step's solutions of its audit probes."""
+    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND NOT {NOT_PROBE} "
+                       "ORDER BY id", (step,))
 
 
 def insert_verdict(
@@ -343,6 +395,16 @@ def commit_effects(store: Store, fx: Effects) -> None:
                 "INSERT INTO elite(step, solution_id, member, score, active, created_at) "
                 "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(solution_id) DO UPDATE SET active = 1",
                 (fx.step, sid, member, score, t),
+            )
+        for verifier, tp, fp, fn, tn in fx.audit:
+            store.execute(
+                "INSERT OR REPLACE INTO audit(step, verifier, tp, fp, fn, tn) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (fx.step, verifier, tp, fp, fn, tn),
+            )
+        for sid, truth, approved in fx.audit_solutions:
+            store.execute(
+                "INSERT OR REPLACE INTO audit_solutions(solution_id, step, truth, approved) "
+                "VALUES (?, ?, ?, ?)", (sid, fx.step, int(truth), int(approved)),
             )
         c = fx.counts
         store.execute(

@@ -196,6 +196,31 @@ MIGRATIONS: list[str] = [
     ALTER TABLE anchors ADD COLUMN reused_from INTEGER;  -- step really scored at; NULL = now
     ALTER TABLE problems ADD COLUMN slot INTEGER;        -- index into the step's slots
     """,
+    # v3 (issue 11): the consensus audit. A probe is a gold-labelled seed-pool problem mixed into
+    # a step (problems.status = 'probe'); its gold lives only here, read only when the step's
+    # audit counts are computed. `audit` holds, per step and per verifier ('@consensus' for the
+    # unanimous decision), the confusion counts of approval against gold over the probes'
+    # solutions; `audit_solutions` each probe solution's grade and consensus outcome.
+    """
+    CREATE TABLE probes (
+        problem_id INTEGER PRIMARY KEY REFERENCES problems(id),
+        step INTEGER NOT NULL,
+        seed_id TEXT NOT NULL,           -- the seed-pool row it was drawn from
+        gold TEXT NOT NULL
+    );
+    CREATE TABLE audit_solutions (
+        solution_id INTEGER PRIMARY KEY REFERENCES solutions(id),
+        step INTEGER NOT NULL,
+        truth INTEGER NOT NULL,          -- 1 when the solution's answer matches gold
+        approved INTEGER NOT NULL        -- 1 when unanimous consensus approved it
+    );
+    CREATE TABLE audit (
+        step INTEGER NOT NULL,
+        verifier TEXT NOT NULL,          -- a member, or '@consensus' for the unanimous decision
+        tp INTEGER NOT NULL, fp INTEGER NOT NULL, fn INTEGER NOT NULL, tn INTEGER NOT NULL,
+        PRIMARY KEY (step, verifier)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

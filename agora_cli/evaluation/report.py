@@ -2,9 +2,10 @@
 
 Per run: benchmark score against step (Figure 1: the external anchor as lines, each `agora eval`
 as stars at the step it was taken), difficulty and response length against performance
-(Figure 3), high-quality yield and time to fill the buffer (Figure 4), the knowledge-flow matrix
-and the adapters' training loss. Across runs: group comparison (Figure 5), AGORA against the
-isolated control when both modes are given (Figure 6), and tables shaped like the paper's Table 1
+(Figure 3), high-quality yield and time to fill the buffer (Figure 4), the knowledge-flow matrix,
+the adapters' training loss and the consensus audit (precision and recall against gold). Across
+runs: group comparison (Figure 5), AGORA against the isolated control when both modes are given
+(Figure 6), and tables shaped like the paper's Table 1
 (per-model pass@1 per benchmark) and Table 2 (variants, mean ± standard deviation over seeds).
 Everything is read from the run stores (read-only), each run's `config.yaml` and its
 `evals/*/summary.json`.
@@ -25,6 +26,7 @@ import yaml
 
 from agora_cli.errors import EvaluationError
 from agora_cli.evaluation import plots
+from agora_cli.evaluation.audit_report import audit_section
 from agora_cli.evaluation.stats import (
     PairedBinary,
     PairedMeans,
@@ -491,6 +493,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
                                      run.label)
             plots.fig_training_loss(store, out / f"{slug}-training-loss.png", run.label)
             curves.setdefault(run.mode, []).append(anchor_curve(store))
+            audit_md = audit_section(store, out, slug, run.label)
         md += [
             f"## Run `{run.label}`", "",
             f"Directory: `{run.root}`; members: {', '.join(run.members) or '?'}.", "",
@@ -511,6 +514,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "self-learning.", "",
             "### LoRA training loss (Eq. 3)", "",
             f"![Training loss, {run.label}]({slug}-training-loss.png)", "",
+            *audit_md,
         ]
     scores = {r.label: final_scores(r) for r in runs}
     md += ["## Figure 5: group comparison across runs", ""]

@@ -21,6 +21,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from agora_cli.audit import CONSENSUS, Counts
+from agora_cli.evaluation.stats import rate_text
 from agora_cli.events import Event
 
 PHASES = ["generate", "solve", "verify", "vote", "explain", "commit"]
@@ -111,6 +113,8 @@ class LiveState:
     members: dict[str, MemberStats] = field(default_factory=dict)
     phases: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> (done, total)
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=6))
+    audit: dict[str, Counts] = field(default_factory=dict)  # the run's consensus audit totals
+    audit_step: Counts | None = None  # the last audited step's consensus counts
 
     def member(self, name: str) -> MemberStats:
         return self.members.setdefault(name, MemberStats())
@@ -161,6 +165,10 @@ class LiveState:
         elif kind == "validation_score":
             self.recent.append(f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')}"
                                + (", reused: adapter unchanged)" if e.get("reused") else ")"))
+        elif kind == "consensus_audit":
+            self.audit = {v: Counts(**c) for v, c in (e.get("total") or {}).items()}
+            step = (e.get("verifiers") or {}).get(CONSENSUS)
+            self.audit_step = Counts(**step) if step else None
         elif kind == "problem_dropped":
             self.recent.append(f"problem dropped ({e.get('reason')})")
 
@@ -220,7 +228,19 @@ def header(s: LiveState) -> Text:
         f"strategy {s.strategy or '-'}\n"
         f"buffer {s.buffer}/{s.threshold}  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}\n"
         f"{s.throughput().line()}"
+        + (f"\n{audit_line(s)}" if s.audit else "")
     )
+
+
+def audit_line(s: LiveState) -> str:
+    """The consensus audit in one line: the run's totals with 95% Wilson intervals, and the
+    last step's counts."""
+    c = s.audit.get(CONSENSUS, Counts())
+    last = s.audit_step
+    step = (f"; last step tp {last.tp} fp {last.fp} fn {last.fn} tn {last.tn}"
+            if last is not None else "")
+    return (f"consensus vs gold ({c.n} probe solutions): precision {rate_text(*c.precision)}, "
+            f"recall {rate_text(*c.recall)}{step}")
 
 
 def phase_bars(s: LiveState) -> Progress:

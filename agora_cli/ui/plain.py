@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from agora_cli.audit import CONSENSUS
+from agora_cli.evaluation.stats import rate_text
 from agora_cli.events import Event
 
 
@@ -30,6 +32,14 @@ def step_line(e: Event) -> str:
     )
 
 
+def audit_step_line(e: Event) -> str:
+    """`audit 3 | consensus vs gold, run so far: precision 66.7% [20.8, 93.9] (2/3) | recall ...`."""
+    c = (e.get("total") or {}).get(CONSENSUS) or {}
+    tp, fp, fn = c.get("tp", 0), c.get("fp", 0), c.get("fn", 0)
+    return (f"audit {e['step']} | consensus vs gold, run so far: precision "
+            f"{rate_text(tp, tp + fp)} | recall {rate_text(tp, tp + fn)}")
+
+
 class PlainPrinter:
     """EventBus sink printing one line per committed step (plus run start/end and adapters)."""
 
@@ -47,6 +57,8 @@ class PlainPrinter:
             line = f"run finished: {e.get('steps')} steps committed"
         elif kind == "adapter_live":
             line = f"adapter live: {e.get('member')} v{e.get('version')}"
+        elif kind == "consensus_audit":
+            line = audit_step_line(e)
         elif kind == "training_failed":
             line = f"training failed: {e.get('member', '')} {e.get('error', '')}"
         else:

@@ -15,10 +15,11 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from agora_cli.evaluation.stats import wilson
+from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
+from agora_cli.evaluation.stats import rate_text, wilson
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
-from agora_cli.steps import generation_counts, latest_ratings
+from agora_cli.steps import NOT_PROBE, generation_counts, latest_ratings
 from agora_cli.store import Store
 from agora_cli.ui.live import MemberStats, Throughput, member_table
 
@@ -39,6 +40,10 @@ class RunStatus:
     open_work: dict[str, int] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    # The consensus audit over committed steps: {'@consensus' or verifier: Counts}, and how
+    # many steps were audited.
+    audit: dict[str, Counts] = field(default_factory=dict)
+    audit_steps: int = 0
 
 
 def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
@@ -68,7 +73,8 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         members = {name: MemberStats() for name in member_names}
         for r in store.query(
             "SELECT member, COUNT(*) AS n, SUM(correct = 1) AS ok FROM solutions s "
-            "JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL GROUP BY member"
+            "JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL "
+            f"WHERE {NOT_PROBE} GROUP BY member"
         ):
             m = members.setdefault(r["member"], MemberStats())
             m.solutions, m.validated = r["n"], r["ok"] or 0
@@ -100,12 +106,14 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
             "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3")]
         for r in rounds:
             r["n"] = len(json.loads(r.pop("buffer_ids") or "[]"))
+        per_step = step_counts(store)
     # Per-request chatter would crowd out what matters; `events.jsonl` keeps all of it.
     events = [e for e in read_events(paths.events) if e.get("kind") not in QUIET][-n_events:]
     return RunStatus(
         run_dir=str(run_dir), committed_steps=committed, open_step=open_step, last=last,
         buffer=buffer, unconsumed=unconsumed, threshold=threshold, members=members,
         throughput=throughput, open_work=open_work, rounds=rounds, events=events,
+        audit=totals(per_step.values()), audit_steps=len(per_step),
     )
 
 
@@ -122,11 +130,21 @@ def _v_t(last: dict[str, Any]) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}] ({k}/{n})"
 
 
+def audit_text(audit: dict[str, Counts], steps: int) -> str:
+    """The consensus audit's run totals, rates with 95% Wilson intervals: the unanimous
+    decision first, then each verifier's own verdicts."""
+    c = audit.get(CONSENSUS, Counts())
+    lines = [f"consensus audit ({c.n} probe solutions, {steps} step(s)): {c.text()}"]
+    lines += [f"  verifier {v}: precision {rate_text(*x.precision)}, recall "
+              f"{rate_text(*x.recall)}" for v, x in audit.items() if v != CONSENSUS]
+    return "\n".join(lines)
+
+
 def event_line(e: Event) -> str:
     t = datetime.fromtimestamp(e.get("t", 0)).strftime("%H:%M:%S")
     fields = " ".join(
         f"{k}={round(v, 4) if isinstance(v, float) else v}"
-        for k, v in e.items() if k not in ("t", "kind", "members")
+        for k, v in e.items() if k not in ("t", "kind", "members", "verifiers", "total")
     )
     return f"{t} {e.get('kind')} {fields}"[:160]
 
@@ -146,6 +164,8 @@ def render(s: RunStatus) -> RenderableType:
         + (f"\n{s.throughput.line()}" if s.throughput else "")
     )
     parts: list[RenderableType] = [head, member_table(s.members, s.buffer)]
+    if s.audit:
+        parts.append(Text(audit_text(s.audit, s.audit_steps)))
     if s.open_work:
         parts.append(Text("open step work: " + ", ".join(
             f"{k} {v}" for k, v in s.open_work.items())))
