@@ -20,6 +20,9 @@ Kinds in use (add new ones here so consumers can find them):
                                           memory_budget_gb}; then one per optimizer step)
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n, reused?}
+  consensus_audit                         {step, precision, recall, verifiers, total}  (probe
+                                          counts {tp, fp, fn, tn} per verifier and '@consensus':
+                                          this step's, and the run's `total`; agora_cli/audit.py)
   server_started, server_stopped          {backend, url, log} (+ model on server_started)
   adapter_unload_failed                   {backend, member, lora_name, error}  (sglang, vllm; harmless)
   server_stop_failed                      {backend, error}  (a server may still be running)

@@ -15,6 +15,10 @@ written by `steps.commit_effects` in one transaction:
   buffer rows by Eq. 4, the elite history H_t                (step 5)
   d_{t+1} by Eq. 1 and F_t by Eq. 2 (FEM)                    (steps 1, 7)
 
+With `protocol.audit_probes` on, the step also solves and verifies a few gold-labelled seed-pool
+problems (`agora_cli.audit`); they never vote and none of the effects above reads them. At commit
+their solutions are graded against gold into the consensus audit's counts.
+
 `mode: isolated` is the paper's isolated-evolution baseline: the same generated problems, each
 member solves each problem `self_consistency_samples` times, and a sample is correct when its answer
 is the strict majority of the member's samples; the first majority sample per (problem, member)

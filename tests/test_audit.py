@@ -204,6 +204,7 @@ def reported(audited, plain) -> None:
     assert data["precision_lo"] == pytest.approx([lo, lo])
     assert data["precision_hi"] == pytest.approx([hi, hi])
     assert "No consensus audit in this run" in build_report([plain], plain / "report").read_text()
+    assert not list((plain / "report").glob("*consensus-audit*"))
 
 
 def text_of(renderable) -> str:  # noqa: ANN001

@@ -70,10 +70,14 @@ def audit_table(store: Store) -> str:
 
 
 def audit_section(store: Store, out: Path, slug: str, label: str) -> list[str]:
-    """The report's Markdown lines for one run (and its figure, written into `out`)."""
+    """The report's Markdown lines for one run (and its figure, written into `out`; a run
+    without audited steps gets the note on how to turn the audit on, and no empty figure)."""
+    head = ["### Consensus audit: verification against gold", ""]
+    if not step_counts(store):
+        return [*head, audit_table(store), ""]
     fig_consensus_audit(store, out / f"{slug}-consensus-audit.png", label)
     return [
-        "### Consensus audit: verification against gold", "",
+        *head,
         f"![Consensus audit, {label}]({slug}-consensus-audit.png)", "",
         "Each step mixes gold-labelled probe problems from the seed pool (never an evaluation "
         "or calibration item) into its problems; they are solved and verified like the others "
