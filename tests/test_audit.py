@@ -252,3 +252,23 @@ def test_a_v2_run_store_migrates_and_keeps_its_rows(tmp_path):
         assert s.scalar("PRAGMA user_version") == SCHEMA_VERSION
         assert s.scalar("SELECT COUNT(*) FROM problems") == 1
         assert s.scalar("SELECT COUNT(*) FROM audit") == 0
+
+
+def test_a_resumed_step_reuses_its_stored_probes(run_dir):
+    """Probes solved by a stage command before the step commits are reused by `agora run`: no
+    second probe row, no request asked twice, and the audit counts the stored work."""
+    with FakeOpenAI(audit_responder(), latency_s=0.005) as fake:
+        cfg = make_config(fake.url, run_dir, audit_probes=1)
+        runner.run(cfg, run_dir=run_dir, steps=1)
+        step, written = runner.run_stage(run_dir, "solve")
+        assert step == 1 and written["problems"] == 1 and written["solutions"] == 3
+        solves = sum(1 for r in fake.requests if r.role == "solve")
+        runner.run(cfg, run_dir=run_dir, steps=2)
+        # Step 1's two generated problems were solved by the run, its probe was not again.
+        assert sum(1 for r in fake.requests if r.role == "solve") - solves == 2 * len(MEMBERS)
+    with Store(RunPaths(run_dir).store) as s:
+        assert s.scalar("SELECT COUNT(*) FROM probes WHERE step = 1") == 1
+        assert s.scalar("SELECT COUNT(*) FROM solutions s JOIN problems p ON p.id = s.problem_id "
+                        "WHERE p.step = 1 AND p.status = 'probe'") == 3
+        c = s.one("SELECT * FROM audit WHERE step = 1 AND verifier = ?", (CONSENSUS,))
+        assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 0, 0)
