@@ -42,10 +42,12 @@ def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path
     assert lines == [
         "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-a --host 127.0.0.1 --port 8200 "
-        "--enable-lora --max-lora-rank 16 --max-loras 2 --dtype float32    # a1, a2",
+        "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
+        "--dtype float32    # a1, a2",
         "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-b --host 127.0.0.1 --port 8201 "
-        f"--enable-lora --max-lora-rank 16 --max-loras 2 --dtype float32 --chat-template {template}"
+        "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
+        f"--dtype float32 --chat-template {template}"
         "    # b1",
     ]
     assert not template.exists()  # a dry run writes nothing

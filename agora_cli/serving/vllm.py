@@ -73,6 +73,9 @@ class VLLMServing(LoraServing):
             "--enable-lora",
             "--max-lora-rank", str(self.cfg.max_lora_rank),
             "--max-loras", str(self.cfg.max_loras),
+            # usage.prompt_tokens_details.cached_tokens: the prefix-cache hits of each request,
+            # which request_done events record per role
+            "--enable-prompt-tokens-details",
         ]
         if self.cfg.dtype:
             cmd += ["--dtype", self.cfg.dtype]
