@@ -66,8 +66,12 @@ async def answer_items(
     model_of: Callable[[str], str],
     version_of: Callable[[str], int] = lambda m: 0,
     on_result: Callable[[ItemResult], None] | None = None,
+    examples: list[dict[str, str | None]] | None = None,
 ) -> list[ItemResult]:
     """Ask each (member, item) once and grade the replies; `on_result` sees each graded result.
+
+    `examples` are in-context examples for the evaluate prompt (`agora eval --with-elite`: the
+    run's elite history H_t); none by default.
 
     A request that fails after the pool's retries gives a result with `error` set and
     `correct=False`. Grading runs in a thread (the grader's deadline needs no signals) while the
@@ -79,7 +83,7 @@ async def answer_items(
     loop = asyncio.get_running_loop()
 
     async def ask(member: str, item: Item) -> None:
-        messages = prompts.render("evaluate", problem=item.problem)
+        messages = prompts.render("evaluate", problem=item.problem, examples=examples or [])
         model = model_of(member)
         try:
             res = await pool.chat(member, messages, sampling, role="evaluate")
