@@ -77,8 +77,9 @@ def eval_cmd(
     overrides: list[str] = typer.Argument(None, help="key=value config overrides."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Run whose adapters to evaluate "
                                  "(default: the config's run directory)."),
-    benchmarks: str = typer.Option(None, help="Comma list: gsm8k,math500,aime24 "
-                                   "(default: evaluation.benchmarks)."),
+    benchmarks: str = typer.Option(
+        None, help="Comma list: gsm8k,math500,aime24, gpqa=PATH (your copy of GPQA-Diamond, CSV "
+        "or JSONL), NAME=PATH (JSONL of problem/answer rows) (default: evaluation.benchmarks)."),
     limit: int = typer.Option(None, help="A fixed seeded subset of N items per benchmark."),
     members: str = typer.Option(None, help="Comma list of members (default: all)."),
     adapter_version: list[str] = typer.Option(

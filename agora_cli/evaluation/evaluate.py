@@ -381,12 +381,8 @@ def run_evaluation(
     (`report.elite`, `report.paired`, and comparison.json there). Items whose text is in H_t are
     left out of both arms (`report.elite_removed`).
     """
-    from agora_cli.evaluation.benchmarks import (
-        calibration_set,
-        load_benchmark,
-        subset,
-        without_calibration,
-    )
+    from agora_cli.evaluation.benchmarks import calibration_set, subset, without_calibration
+    from agora_cli.evaluation.user_data import load_spec
     from agora_cli.paths import RunPaths
 
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
@@ -412,14 +408,15 @@ def run_evaluation(
     ev = cfg.evaluation
     calibration = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
     items, removed = {}, {}
-    for b in benches:
-        items[b], gone = without_calibration(subset(load_benchmark(b), limit), calibration)
+    for spec in benches:  # a shipped benchmark, or NAME=PATH (a user's own file, e.g. GPQA)
+        b, loaded = load_spec(spec)
+        items[b], gone = without_calibration(subset(loaded, limit), calibration)
         if gone:
             removed[b] = [it.id for it in gone]
     elite_ctx = final_elite(cfg, Path(with_elite)) if with_elite else None
     elite_removed: dict[str, list[str]] = {}
     if elite_ctx is not None:
-        for b in benches:
+        for b in items:
             items[b], gone = without_elite_text(items[b], elite_ctx.examples)
             if gone:
                 elite_removed[b] = [it.id for it in gone]
