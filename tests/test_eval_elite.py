@@ -142,3 +142,26 @@ def test_with_elite_refuses_what_cannot_put_h_t_in_the_prompt(tmp_path: Path,
                                         str(run_dir)])
         assert no_h.exit_code == 1 and "H_t is empty" in no_h.output
         assert fake.requests == []
+
+
+def test_with_elite_refuses_an_evaluate_template_without_examples(tmp_path: Path,
+                                                                  run_dir: Path) -> None:
+    import shutil
+
+    from agora_cli.paths import PROMPTS_DIR
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(PROMPTS_DIR, prompts)
+    (prompts / "evaluate.jinja").write_text("{% block user %}Problem: {{ problem }}\n"
+                                            "Solution:{% endblock %}")
+    with FakeOpenAI(_loop_responder(), latency_s=0.0) as fake:
+        cfg_path = _config(tmp_path, fake.url, run_dir)
+        runner.run(config_from_dict(yaml.safe_load(cfg_path.read_text())), run_dir=run_dir,
+                   steps=1)
+        fake.clear()
+        res = CliRunner().invoke(app, ["eval", str(cfg_path), f"prompts_dir={prompts}",
+                                       "--run-dir", str(run_dir), "--limit", "2",
+                                       "--with-elite", str(run_dir)])
+        assert fake.requests == []  # refused before anything is asked
+    assert res.exit_code == 1
+    assert "does not use the `examples` variable" in " ".join(res.output.split())
