@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -187,6 +188,7 @@ class ClientPool:
         text = _valid_utf8((choice.message.content if choice and choice.message else None) or "")
         pt = resp.usage.prompt_tokens if resp.usage else 0
         ct = resp.usage.completion_tokens if resp.usage else 0
+        cached = _cached_tokens(resp.usage)
         usage.requests += 1
         usage.prompt_tokens += pt or 0
         usage.completion_tokens += ct or 0
@@ -194,6 +196,7 @@ class ClientPool:
         self.bus.emit(
             "request_done", member=member, role=role, ok=True, latency_s=round(latency, 3),
             prompt_tokens=pt, completion_tokens=ct,
+            **({"cached_tokens": cached} if cached is not None else {}),
         )
         return ChatResult(
             member=member, text=text, prompt_tokens=pt or 0, completion_tokens=ct or 0,
@@ -204,3 +207,11 @@ class ClientPool:
         for c in self._clients.values():
             await c.close()
         self._clients.clear()
+
+
+def _cached_tokens(usage: Any) -> int | None:
+    """Prompt tokens the server answered from its prefix cache, when it reports them
+    (`usage.prompt_tokens_details.cached_tokens`: vLLM with --enable-prompt-tokens-details)."""
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    cached = getattr(details, "cached_tokens", None) if details else None
+    return cached if isinstance(cached, int) else None

@@ -322,6 +322,11 @@ class Evaluation(Strict):
     grade_workers: int = Field(2, ge=1)
 
 
+class Logging(Strict):
+    # Step scalars to RUN/tensorboard/ (agora_cli/metric_logging.py); needs `pip install tensorboard`.
+    tensorboard: bool = False
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -337,6 +342,7 @@ class Config(Strict):
     ablations: Ablations = Ablations()
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
+    logging: Logging = Logging()
 
     def member(self, name: str) -> Member:
         for m in self.members:

@@ -550,11 +550,7 @@ def plan_slots(cfg: Config, t: int) -> dict[str, Any]:
 
 
 def load_elite(store: Store) -> list[EliteExample]:
-    return [
-        EliteExample(problem=r["problem"], solution=r["solution"], explanation=r["explanation"],
-                     member=r["member"], solution_id=r["solution_id"], score=r["score"])
-        for r in db.active_elite(store)
-    ]
+    return db.elite_examples(store)
 
 
 def begin_step(

@@ -65,6 +65,10 @@ class RunPaths:
         return self.root / "evals"
 
     @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
     def report(self) -> Path:
         return self.root / "report"
 

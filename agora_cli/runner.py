@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.evaluation.grading import Grader
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.loop import begin_step, run_step
+from agora_cli.metric_logging import TensorBoardSink, check_tensorboard
 from agora_cli.paths import RunPaths
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
@@ -58,11 +60,14 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
-    """(key, 'stored -> given') for every setting that differs, `run_dir` aside."""
+    """(key, 'stored -> given') for every setting that differs, `run_dir` and `logging.*` aside
+    (where the step scalars are also written changes no result; a run stored before the
+    `logging` section existed resumes as it is)."""
     a, b = _flatten(old), _flatten(new)
     return [
         (k, f"run has {a.get(k)!r}, config gives {b.get(k)!r}")
-        for k in sorted(set(a) | set(b)) if k != "run_dir" and a.get(k) != b.get(k)
+        for k in sorted(set(a) | set(b))
+        if k != "run_dir" and not k.startswith("logging.") and a.get(k) != b.get(k)
     ]
 
 
@@ -170,9 +175,11 @@ def run(
         paths = prepare_run_dir(cfg, run_dir, force)
         cfg = load_config(paths.config)
         check_training_packages(cfg)
+        if cfg.logging.tensorboard:
+            check_tensorboard(str(paths.config))
         prompts = Prompts(cfg.prompts_dir)
         prompts.validate()
-        with _events_file(bus, paths), Store(paths.store) as store:
+        with _events_file(bus, paths), _tensorboard(bus, cfg, paths), Store(paths.store) as store:
             init_ratings(cfg, store)
             first = db.open_step_number(store)
             kind = "run_resumed" if first > 0 or store.one("SELECT 1 FROM steps") else "run_started"
@@ -208,6 +215,25 @@ def _events_file(bus: EventBus, paths: RunPaths) -> Iterator[JsonlSink]:
     finally:
         bus.remove(sink)
         sink.close()
+
+
+@contextmanager
+def _tensorboard(bus: EventBus, cfg: Config, paths: RunPaths) -> Iterator[None]:
+    """With `logging.tensorboard` on, step scalars go to RUN/tensorboard/ for the block."""
+    if not cfg.logging.tensorboard:
+        yield
+        return
+    sink = TensorBoardSink(paths.tensorboard)
+    bus.add(sink)
+    try:
+        yield
+    finally:
+        bus.remove(sink)
+        try:
+            sink.close()
+        except Exception as e:  # noqa: BLE001 - logging must never fail a finished run
+            logging.getLogger("agora").warning(
+                "tensorboard log %s did not close cleanly (%s)", sink.name, e)
 
 
 def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:

@@ -18,6 +18,7 @@ from typing import Any
 import trueskill
 
 from agora_cli.protocol.majority import MAJORITY
+from agora_cli.protocol.types import EliteExample
 from agora_cli.store import Store, now
 
 
@@ -353,6 +354,16 @@ def active_elite(store: Store) -> list[sqlite3.Row]:
         "LEFT JOIN explanations x ON x.solution_id = e.solution_id "
         "WHERE e.active = 1 ORDER BY e.score DESC, e.solution_id DESC"  # ties: newer first
     )
+
+
+def elite_examples(store: Store) -> list[EliteExample]:
+    """H_t as solvers see it (best first): what the loop's solve prompts and
+    `agora eval --with-elite` show."""
+    return [
+        EliteExample(problem=r["problem"], solution=r["solution"], explanation=r["explanation"],
+                     member=r["member"], solution_id=r["solution_id"], score=r["score"])
+        for r in active_elite(store)
+    ]
 
 
 def buffer_size(store: Store) -> int:

@@ -42,7 +42,7 @@ def engine_config(run_dir: Path, dtype: str | None = None) -> Any:
         "backends": {"embedded": backend},
         "members": [
             {"name": n, "model": SMOL, "max_concurrency": 64, "request_timeout_s": 600}
-            for n in ("smol-a", "smol-b")  # one base: one server, as in configs/tiny.yaml
+            for n in ("smol-a", "smol-b")  # one base: one server, as in configs/tiny-transformers.yaml
         ],
         "ablations": {"lora": False},
     })

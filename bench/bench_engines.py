@@ -15,7 +15,7 @@ after the other so they never share the cores) with two SmolLM2-135M members on 
   3. tokens/s again, now through the adapter;
   4. vLLM only: the prefix-cache hit rate from its `/metrics` (these requests share their prompt).
 
-vLLM runs with configs/tiny-vllm.yaml's backend settings (float32, 1 GiB KV cache); transformers
+vLLM runs with configs/tiny.yaml's backend settings (float32, 1 GiB KV cache); transformers
 with its defaults (one torch thread, bfloat16 only on CPUs with native bf16), as `agora run` does.
 """
 
@@ -37,13 +37,13 @@ ENGINES = ("transformers", "vllm")
 
 
 def backend_settings(engine: str) -> dict[str, Any]:
-    """The backend section each engine runs with (vLLM: configs/tiny-vllm.yaml's)."""
+    """The backend section each engine runs with (vLLM: configs/tiny.yaml's)."""
     if engine == "transformers":
         return {"kind": "transformers"}
     from agora_cli.config import load_config
     from bench.common import REPO
 
-    cfg = load_config(REPO / "configs" / "tiny-vllm.yaml")
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
     return cfg.backends["vllm"].model_dump()
 
 

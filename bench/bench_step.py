@@ -1,4 +1,4 @@
-"""One real step of the tiny trio on each CPU engine: configs/tiny.yaml vs configs/tiny-vllm.yaml.
+"""One real step of the tiny trio on each CPU engine: configs/tiny-transformers.yaml vs configs/tiny.yaml.
 
     python -m bench step
     python -m bench.bench_step [--engines transformers vllm] [--steps 1]
@@ -28,7 +28,7 @@ from typing import Any
 from bench.bench_engines import prefix_cache_hit_rate
 from bench.common import REPO, Row, setup_env
 
-CONFIGS = {"transformers": "configs/tiny.yaml", "vllm": "configs/tiny-vllm.yaml"}
+CONFIGS = {"transformers": "configs/tiny-transformers.yaml", "vllm": "configs/tiny.yaml"}
 
 
 def _events(path: Path) -> list[dict]:

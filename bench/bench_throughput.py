@@ -155,9 +155,12 @@ def _figures(run_dir: Path, wall: float, cpu: float, caches: list) -> dict[str, 
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         e = json.loads(line) if line.strip() else {}
         if e.get("kind") == "request_done" and e.get("ok"):
-            r = per_role.setdefault(e.get("role") or "?", [0, 0])
+            r = per_role.setdefault(e.get("role") or "?", [0, 0, 0, 0])
             r[0] += 1
             r[1] += e.get("prompt_tokens") or 0
+            if "cached_tokens" in e:  # vLLM's per-request prefix-cache hits
+                r[2] += e["cached_tokens"] or 0
+                r[3] += e.get("prompt_tokens") or 0
     return {
         "steps": steps["n"], "step_wall_s": steps["wall"] or 0.0, "run_wall_s": wall,
         "cpu_s": cpu, "samples": samples, "problems": steps["problems"] or 0,
@@ -169,7 +172,7 @@ def _figures(run_dir: Path, wall: float, cpu: float, caches: list) -> dict[str, 
 def rows_for(label: str, m: dict) -> list[Row]:
     per_h = m["samples"] / m["step_wall_s"] * 3600 if m["step_wall_s"] else 0.0
     per_cpu = m["samples"] / m["cpu_s"] if m["cpu_s"] else 0.0
-    roles = ", ".join(f"{r} {n}/{tok}" for r, (n, tok) in sorted(m["per_role"].items()))
+    roles = ", ".join(f"{r} {n}/{tok}" for r, (n, tok, *_) in sorted(m["per_role"].items()))
     out = [
         Row("throughput", f"{label}: validated samples/h of step wall time", f"{per_h:.1f}", "-",
             None, f"{m['samples']} samples in {m['steps']} steps, {m['step_wall_s']:.0f} s"),
@@ -180,8 +183,15 @@ def rows_for(label: str, m: dict) -> list[Row]:
     ]
     if m["prefix_cache"]:
         hits, queries = m["prefix_cache"]
-        out.append(Row("throughput", f"{label}: prefix-cache hit rate", f"{hits / queries:.0%}",
-                       "> 50%", hits / queries > 0.5, f"{queries:.0f} prompt tokens (vLLM)"))
+        out.append(Row("throughput", f"{label}: prefix-cache hit rate, all roles",
+                       f"{hits / queries:.0%}", "-", None,
+                       f"{queries:.0f} prompt tokens (vLLM /metrics)"))
+    for role in ("verify", "vote"):
+        n, _tok, hit, seen = (m["per_role"].get(role) or [0, 0, 0, 0])[:4]
+        if seen:  # the engine reported per-request hits (usage.prompt_tokens_details)
+            out.append(Row("throughput", f"{label}: prefix-cache hit rate, {role}",
+                           f"{hit / seen:.0%}", "> 50%", hit / seen > 0.5,
+                           f"{hit} of {seen} prompt tokens over {n} requests"))
     return out
 
 

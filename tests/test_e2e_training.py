@@ -50,7 +50,7 @@ OVERRIDES = [
 def agora_run(run_dir: Path, steps: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", "run", "configs/tiny.yaml", *OVERRIDES,
+        [sys.executable, "-m", "agora_cli", "run", "configs/tiny-transformers.yaml", *OVERRIDES,
          "--steps", str(steps), "--run-dir", str(run_dir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -4,7 +4,7 @@
    server; a steady load of requests runs while each member's adapter goes live (and one member's
    second version replaces its first); no request fails, every request sent after a swap is served
    by the new adapter, and the replaced adapter is unloaded.
-2. `agora run configs/tiny-vllm.yaml` with a small buffer threshold trains a round, the trained
+2. `agora run configs/tiny.yaml` with a small buffer threshold trains a round, the trained
    adapters go live in the running server, and `agora status` shows the new versions live.
 
 Client retries are off (`client.max_retries=0`) so that any failed request shows.
@@ -61,7 +61,7 @@ def save_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> None:
-    cfg = load_config(REPO / "configs" / "tiny-vllm.yaml", [
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
         TWO_SMOL, "client.max_retries=0", "backends.vllm.unload_grace_s=1",
     ])
     paths = RunPaths(tmp_path / "run").ensure()
@@ -167,7 +167,7 @@ def test_run_trains_a_round_and_swaps_it_into_the_vllm_server(tmp_path: Path) ->
     run_dir = tmp_path / "evolve"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run(
-        [sys.executable, "-m", "agora_cli", "run", "configs/tiny-vllm.yaml", *RUN_OVERRIDES,
+        [sys.executable, "-m", "agora_cli", "run", "configs/tiny.yaml", *RUN_OVERRIDES,
          "--steps", "3", "--run-dir", str(run_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
     )

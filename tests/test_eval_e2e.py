@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(600)
 def test_eval_smollm2_two_items(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "agora_cli", "eval", "configs/tiny.yaml",
+    cmd = [sys.executable, "-m", "agora_cli", "eval", "configs/tiny-transformers.yaml",
            "evaluation.sampling.max_tokens=32", "--members", "smol-a", "--limit", "2",
            "--benchmarks", "gsm8k", "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

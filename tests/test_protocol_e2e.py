@@ -47,7 +47,7 @@ def e2e_config() -> dict:
             "sampling": {
                 "generate": {**GREEDY, "max_tokens": 64},
                 "solve": {**GREEDY, "max_tokens": 64},
-                "verify": {**GREEDY, "max_tokens": 24},  # as configs/tiny.yaml
+                "verify": {**GREEDY, "max_tokens": 24},  # as configs/tiny-transformers.yaml
                 "vote": {**GREEDY, "max_tokens": 8},
                 "explain": {**GREEDY, "max_tokens": 16},
             },

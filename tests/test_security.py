@@ -42,13 +42,13 @@ def _host_flag(cmd: list[str]) -> str:
 
 
 def test_embedded_servers_bind_loopback_unless_configured(tmp_path):
-    cfg = load_config(CONFIGS_DIR / "tiny.yaml")
+    cfg = load_config(CONFIGS_DIR / "tiny-transformers.yaml")
     backend = build_backend(cfg, "embedded", RunPaths(tmp_path))
     assert _host_flag(backend._command("/models/smol", 8123)) == "127.0.0.1"
     for line in backend.describe():  # what `agora serve --dry-run` prints
         assert "--host 127.0.0.1" in line and "0.0.0.0" not in line
 
-    opened = load_config(CONFIGS_DIR / "tiny.yaml", ["backends.embedded.host=0.0.0.0"])
+    opened = load_config(CONFIGS_DIR / "tiny-transformers.yaml", ["backends.embedded.host=0.0.0.0"])
     backend = build_backend(opened, "embedded", RunPaths(tmp_path))
     assert _host_flag(backend._command("/models/smol", 8123)) == "0.0.0.0"
 
@@ -61,7 +61,7 @@ def test_sglang_servers_bind_loopback_by_default(tmp_path):
 
 
 def test_serve_dry_run_shows_loopback_commands(tmp_path):
-    res = cli.invoke(app, ["serve", str(CONFIGS_DIR / "tiny.yaml"), "--dry-run",
+    res = cli.invoke(app, ["serve", str(CONFIGS_DIR / "tiny-transformers.yaml"), "--dry-run",
                            "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     hosts = re.findall(r"--host (\S+)", res.output)
@@ -253,7 +253,7 @@ def test_yaml_tags_are_not_executed(tmp_path):
     assert res.exit_code == 2
     # An override value is YAML too.
     with pytest.raises(ConfigError):
-        load_config(CONFIGS_DIR / "tiny.yaml", [f"name=!!python/object/apply:os.system "
+        load_config(CONFIGS_DIR / "tiny-transformers.yaml", [f"name=!!python/object/apply:os.system "
                                                   f"['touch {marker}']"])
     assert not marker.exists()
 

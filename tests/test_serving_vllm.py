@@ -12,6 +12,8 @@ from agora_cli.errors import ConfigError, ServerError
 from agora_cli.paths import RunPaths
 from agora_cli.serving import Serving
 from agora_cli.serving.vllm import PROJECT_VLLM_PYTHON, default_python
+from tests.fakes.ensemble import responder
+from tests.fakes.openai_server import FakeOpenAI
 
 BASE_A = "org/base-a"  # hub ids pass through `prepare` unchanged
 BASE_B = "org/base-b"
@@ -40,10 +42,12 @@ def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path
     assert lines == [
         "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-a --host 127.0.0.1 --port 8200 "
-        "--enable-lora --max-lora-rank 16 --max-loras 2 --dtype float32    # a1, a2",
+        "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
+        "--dtype float32    # a1, a2",
         "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-b --host 127.0.0.1 --port 8201 "
-        f"--enable-lora --max-lora-rank 16 --max-loras 2 --dtype float32 --chat-template {template}"
+        "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
+        f"--dtype float32 --chat-template {template}"
         "    # b1",
     ]
     assert not template.exists()  # a dry run writes nothing
@@ -95,3 +99,25 @@ def test_rank_vllm_cannot_allocate_is_refused() -> None:
     with pytest.raises(ConfigError, match="max_lora_rank"):
         config_from_dict(_cfg({"max_lora_rank": 12}, [{"name": "a1", "model": BASE_A},
                                                        {"name": "a2", "model": BASE_A}]))
+
+
+def test_attached_server_routes_members_by_vllm_adapter_names(tmp_path: Path) -> None:
+    """A second process takes over recorded vLLM servers (`/health` is vLLM's readiness): a
+    member's `model` is its adapter's name alone (the base's until its first adapter), with no
+    SGLang `lora_path`, and the state it records again says vllm."""
+    with FakeOpenAI(responder()) as fake:
+        root = fake.url.removesuffix("/v1")
+        cfg = config_from_dict(_cfg({"launch": False, "urls": {BASE_A: root}},
+                                    [{"name": "a1", "model": BASE_A},
+                                     {"name": "a2", "model": BASE_A}]))
+        backend = Serving(cfg, RunPaths(tmp_path)).backends["cpu"]
+        state = {"kind": "vllm", "servers": {BASE_A: f"{root}/"}, "adapters": {"a1": "a1-v3"}}
+        assert backend.attach(state) is True
+        assert backend.health() is True
+        a1, a2 = backend.endpoint("a1"), backend.endpoint("a2")
+        assert (a1.base_url, a1.model, a1.extra_body) == (f"{root}/v1", "a1-v3", {})
+        assert (a2.model, a2.extra_body) == (BASE_A, {})
+        assert backend.state() == {"kind": "vllm", "servers": {BASE_A: root},
+                                   "adapters": {"a1": "a1-v3", "a2": None}}
+    assert backend.health() is False
+    assert backend.attach(state) is False  # its server is gone: start new ones instead

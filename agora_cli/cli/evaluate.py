@@ -10,7 +10,7 @@ from rich.table import Table
 from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.stats import rate_text, successes
+from agora_cli.evaluation.stats import PairedBinary, rate_text, significance_text, successes
 from agora_cli.events import EventBus
 
 
@@ -56,14 +56,30 @@ def _scores_table(
     return table
 
 
+def _paired_lines(paired: dict[str, dict[str, PairedBinary]], order: list[str]) -> list[str]:
+    """Bare against with-H_t, member by member, on the same items, in words (exact McNemar)."""
+    lines = []
+    for b, per in paired.items():
+        for m in sorted(per, key=lambda m: (m.startswith("@"), order.index(m) if m in order
+                                            else len(order))):
+            pb = per[m]
+            lines.append(
+                f"{b} {m}: bare {rate_text(pb.k_a, pb.n)} -> with H_t {rate_text(pb.k_b, pb.n)}; "
+                f"right only bare {pb.only_a}, only with H_t {pb.only_b}; the difference is "
+                f"{significance_text(pb.p)}, exact McNemar on the same items"
+            )
+    return lines
+
+
 @app.command("eval")
 def eval_cmd(
     config: str = typer.Argument(..., help="YAML config of the ensemble."),
     overrides: list[str] = typer.Argument(None, help="key=value config overrides."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Run whose adapters to evaluate "
                                  "(default: the config's run directory)."),
-    benchmarks: str = typer.Option(None, help="Comma list: gsm8k,math500,aime24 "
-                                   "(default: evaluation.benchmarks)."),
+    benchmarks: str = typer.Option(
+        None, help="Comma list: gsm8k,math500,aime24, gpqa=PATH (your copy of GPQA-Diamond, CSV "
+        "or JSONL), NAME=PATH (JSONL of problem/answer rows) (default: evaluation.benchmarks)."),
     limit: int = typer.Option(None, help="A fixed seeded subset of N items per benchmark."),
     members: str = typer.Option(None, help="Comma list of members (default: all)."),
     adapter_version: list[str] = typer.Option(
@@ -71,6 +87,9 @@ def eval_cmd(
         "run's live adapter)."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding instead of T=0.6/p=0.95."),
     out: Path = typer.Option(None, help="Results directory (default: RUN/evals/<decoding>)."),
+    with_elite: Path = typer.Option(
+        None, "--with-elite", help="Also score with this run's final elite history H_t in the "
+        "prompt (as its solve prompt shows it), beside the bare score, with a paired test."),
 ) -> None:
     """pass@1 with one chain-of-thought sample per problem, per member and @majority; resumable."""
     from agora_cli.evaluation.evaluate import run_evaluation
@@ -79,8 +98,19 @@ def eval_cmd(
     report = run_evaluation(
         cfg, run_dir=run_dir, benchmarks=_csv(benchmarks), limit=limit, members=_csv(members),
         versions=_versions(adapter_version), greedy=greedy or None, out=out, bus=EventBus(),
+        with_elite=with_elite,
     )
     console.print(_scores_table(report.scores, f"pass@1, {cfg.name}", list(report.versions)))
+    if report.elite is not None:
+        console.print(_scores_table(report.elite.scores, f"pass@1 with H_t of {with_elite}",
+                                    list(report.versions)))
+        for line in _paired_lines(report.paired, list(report.versions)):
+            console.print(line, soft_wrap=True, markup=False)
+        for bench, ids in report.elite_removed.items():
+            console.print(f"{bench}: left out {len(ids)} item(s) whose text appears in H_t "
+                          f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+        console.print(f"with-H_t results in {report.elite.out_dir}/results.jsonl "
+                      f"(comparison.json beside it)")
     for bench, ids in report.removed.items():
         console.print(f"{bench}: left out {len(ids)} item(s) that are the run's calibration "
                       f"items ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")

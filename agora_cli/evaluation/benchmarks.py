@@ -40,14 +40,18 @@ CALIBRATION_SPLITS: dict[str, tuple[str, int]] = {"gsm8k": ("gsm8k_train", DEV_S
 SUBSET_SEED = 0
 
 
+MATH, CHOICE = "math", "choice"  # how an item is graded: math-verify, or the chosen letter
+
+
 @dataclass(frozen=True)
 class Item:
-    """One benchmark problem with its gold final answer."""
+    """One benchmark problem with its gold final answer (a letter for a CHOICE item)."""
 
     benchmark: str
     id: str
     problem: str
     answer: str
+    kind: str = MATH
 
 
 @lru_cache(maxsize=8)

@@ -8,11 +8,17 @@ therefore resumes without re-asking or re-grading anything: a row's key is
 
 `@majority` is the ensemble's plurality answer (`protocol.majority.plurality`), graded like any
 reply. Asking, grading and scoring live in `scoring.py`, shared with the external anchor.
+
+`agora eval --with-elite RUN` scores every member twice on the same items: bare, and with RUN's
+final elite history H_t quoted in the prompt as the run's solve prompt quotes it (the paper's
+evaluation appears to keep in-context learning; issue 11). Items whose text appears in H_t are
+left out of both arms, and the two arms are compared item by item (exact McNemar).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +38,7 @@ from agora_cli.evaluation.scoring import (
     greedy_sampling,
     majority_rows,
 )
-from agora_cli.evaluation.stats import successes, wilson
+from agora_cli.evaluation.stats import PairedBinary, paired_binary, successes, wilson
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
@@ -97,6 +103,12 @@ class EvalReport:
     versions: dict[str, int]
     # {benchmark: item ids left out because they are the run's calibration items}
     removed: dict[str, list[str]] = field(default_factory=dict)
+    rows: list[ItemResult] = field(default_factory=list, repr=False)  # what the scores count
+    # `--with-elite`: the same members and items scored with H_t in the prompt, the paired
+    # comparison {benchmark: {member: bare vs with H_t}}, and the items whose text is in H_t.
+    elite: EvalReport | None = None
+    paired: dict[str, dict[str, PairedBinary]] = field(default_factory=dict)
+    elite_removed: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -124,8 +136,12 @@ async def evaluate(
     versions: dict[str, int] | None = None,
     meta: dict[str, Any] | None = None,
     bus: EventBus = NULL_BUS,
+    examples: list[dict[str, str | None]] | None = None,
 ) -> EvalReport:
     """Evaluate `members` on `items` ({benchmark: items}), resuming from `out_dir/results.jsonl`.
+
+    `examples` go into every prompt as in-context examples (`--with-elite`: H_t); a directory
+    holds the results of one prompt, so the caller gives each set of examples its own `out_dir`.
 
     Writes `results.jsonl` (one line per graded item, members and `@majority`) and `summary.json`.
     Raises EvaluationError after writing what it could when some requests failed after retries.
@@ -149,6 +165,7 @@ async def evaluate(
         fresh = await answer_items(
             pool, prompts, sampling, grader, jobs,
             model_of=models.__getitem__, version_of=versions.__getitem__, on_result=appender,
+            examples=examples,
         )
         current = {(m, it.benchmark, it.id, models[m]) for m, it in
                    ((m, it) for it in all_items for m in members)}
@@ -174,7 +191,7 @@ async def evaluate(
     bus.emit("phase_finished", phase="evaluate", step=None, n=len(jobs),
              wall_s=round(time.perf_counter() - t0, 3))
     report = EvalReport(out_dir, scores, len(jobs), len(all_items) * len(members) - len(jobs),
-                        len(failed), models, versions)
+                        len(failed), models, versions, rows=rows)
     summary = {**(meta or {}), **report.summary(), "written_at": time.time()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     # summary.json is the latest evaluation in this directory; history.jsonl keeps every one, so
@@ -190,6 +207,105 @@ async def evaluate(
             f"{path}; re-run the same command to ask only the missing items"
         )
     return report
+
+
+# --------------------------------------------------------------------------- `--with-elite`
+
+
+@dataclass(frozen=True)
+class EliteContext:
+    """A run's final elite history H_t, as the `examples` of the evaluate prompt."""
+
+    run_dir: Path
+    step: int | None  # the run's last committed step: H_t is the one after it
+    solution_ids: list[int]
+    examples: list[dict[str, str | None]]
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the results directory: one H_t, one directory (rows of two never mix)."""
+        key = json.dumps([str(self.run_dir.resolve()), self.solution_ids, self.examples])
+        return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
+    """RUN's H_t after its last committed step, cut and rendered exactly as the next step's solve
+    prompt would show it: `elite_shots` of the strategy in force, `few_shot` honouring the
+    `elite_icl` and `explanation` switches."""
+    from agora_cli import steps as db
+    from agora_cli.paths import RunPaths
+    from agora_cli.protocol.solve import few_shot
+    from agora_cli.protocol.surprise import elite_shots, step_strategy
+    from agora_cli.store import Store
+
+    path = RunPaths(run_dir).store
+    if not path.exists():
+        raise EvaluationError(f"--with-elite {run_dir}: no run store at {path}; give the directory "
+                              "of a run that has committed at least one step")
+    if not cfg.ablations.elite_icl:
+        raise EvaluationError(
+            f"--with-elite {run_dir}: the config has ablations.elite_icl off, so its solvers never "
+            "see H_t; evaluate without --with-elite, or with the config the run used"
+        )
+    with Store(path, readonly=True) as store:
+        k = elite_shots(step_strategy(cfg, db.anchor_history(store)), cfg.protocol)
+        elite = db.elite_examples(store)[:k]
+        step = store.last_committed_step()
+    if not elite:
+        raise EvaluationError(
+            f"--with-elite {run_dir}: the run's elite history H_t is empty (no solution has won a "
+            "quality vote yet); run more steps or evaluate without --with-elite"
+        )
+    return EliteContext(Path(run_dir), step if step >= 0 else None,
+                        [e.solution_id for e in elite], few_shot(cfg, elite))
+
+
+def without_elite_text(
+    items: list[Item], examples: list[dict[str, str | None]]
+) -> tuple[list[Item], list[Item]]:
+    """(items kept, items removed): an item is removed when its normalised problem text occurs
+    anywhere in an elite example (problem, solution or explanation). Elite problems were written by
+    the run's generators, so none should; a model can still copy a seed or a benchmark problem."""
+    from agora_cli.evaluation.benchmarks import normalize_text
+
+    blob = "\n".join(normalize_text(" ".join(v or "" for v in ex.values())) for ex in examples)
+    kept, removed = [], []
+    for it in items:
+        text = normalize_text(it.problem)
+        (removed if text and text in blob else kept).append(it)
+    return kept, removed
+
+
+def compare_arms(bare: EvalReport, elite: EvalReport) -> dict[str, dict[str, PairedBinary]]:
+    """{benchmark: {member: McNemar of bare (a) against with-H_t (b) on the items both scored}}."""
+    def by_item(rows: list[ItemResult]) -> dict[tuple[str, str], dict[str, bool]]:
+        out: dict[tuple[str, str], dict[str, bool]] = {}
+        for r in rows:
+            out.setdefault((r.benchmark, r.member), {})[r.item_id] = r.correct
+        return out
+
+    a, b = by_item(bare.rows), by_item(elite.rows)
+    out: dict[str, dict[str, PairedBinary]] = {}
+    for key in a.keys() & b.keys():
+        out.setdefault(key[0], {})[key[1]] = paired_binary(a[key], b[key])
+    return out
+
+
+def comparison_json(elite_ctx: EliteContext, report: EvalReport) -> dict[str, Any]:
+    """comparison.json of a `--with-elite` evaluation."""
+    return {
+        "elite_run": str(elite_ctx.run_dir), "elite_step": elite_ctx.step,
+        "elite_solution_ids": elite_ctx.solution_ids,
+        "bare_results": str(report.out_dir / "results.jsonl"),
+        "removed_elite_overlap": report.elite_removed,
+        "paired": {
+            b: {m: {**asdict(pb), "significant": pb.significant, "test": "exact McNemar",
+                    "bare": score_entry(pb.k_a / pb.n if pb.n else 0.0, pb.n),
+                    "with_elite": score_entry(pb.k_b / pb.n if pb.n else 0.0, pb.n)}
+                for m, pb in per.items()}
+            for b, per in report.paired.items()
+        },
+    }
 
 
 # --------------------------------------------------------------------------- `agora eval`
@@ -250,6 +366,7 @@ def run_evaluation(
     out: Path | None = None,
     bus: EventBus = NULL_BUS,
     pool: ClientPool | None = None,
+    with_elite: Path | None = None,
 ) -> EvalReport:
     """`agora eval`: serve the members (live adapter, a chosen version, or base) and evaluate.
 
@@ -258,13 +375,14 @@ def run_evaluation(
     Results go to `out` (default `<run>/evals/<greedy|sampled>`); summary.json records the run's
     last committed step when the evaluation started (`step`, null before the first step), and
     history.jsonl gains the same summary, one line per finished evaluation (Figure 1's stars).
+
+    `with_elite` (a run directory): score the same items a second time with that run's final H_t
+    in the prompt, into `<out>-with-elite-<fingerprint>`, and compare the arms item by item
+    (`report.elite`, `report.paired`, and comparison.json there). Items whose text is in H_t are
+    left out of both arms (`report.elite_removed`).
     """
-    from agora_cli.evaluation.benchmarks import (
-        calibration_set,
-        load_benchmark,
-        subset,
-        without_calibration,
-    )
+    from agora_cli.evaluation.benchmarks import calibration_set, subset, without_calibration
+    from agora_cli.evaluation.user_data import load_spec
     from agora_cli.paths import RunPaths
 
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
@@ -290,23 +408,52 @@ def run_evaluation(
     ev = cfg.evaluation
     calibration = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
     items, removed = {}, {}
-    for b in benches:
-        items[b], gone = without_calibration(subset(load_benchmark(b), limit), calibration)
+    for spec in benches:  # a shipped benchmark, or NAME=PATH (a user's own file, e.g. GPQA)
+        b, loaded = load_spec(spec)
+        items[b], gone = without_calibration(subset(loaded, limit), calibration)
         if gone:
             removed[b] = [it.id for it in gone]
+    elite_ctx = final_elite(cfg, Path(with_elite)) if with_elite else None
+    elite_removed: dict[str, list[str]] = {}
+    if elite_ctx is not None:
+        for b in items:
+            items[b], gone = without_elite_text(items[b], elite_ctx.examples)
+            if gone:
+                elite_removed[b] = [it.id for it in gone]
     greedy = cfg.evaluation.greedy if greedy is None else greedy
     sampling = greedy_sampling(cfg.evaluation.sampling) if greedy else cfg.evaluation.sampling
     out = Path(out) if out else RunPaths(run_dir).evals / ("greedy" if greedy else "sampled")
     meta = {"config": cfg.name, "run_dir": str(run_dir), "step": step, "benchmarks": benches,
             "limit": limit, "members": chosen, "greedy": greedy, "sampling": sampling.model_dump(),
             "removed_calibration_items": removed}
+    if elite_removed:
+        meta["removed_elite_overlap"] = elite_removed
     prompts = Prompts(cfg.prompts_dir)
+    if elite_ctx is not None and "examples" not in prompts.variables("evaluate"):
+        raise EvaluationError(
+            f"--with-elite: {prompts.path('evaluate')} does not use the `examples` variable, so "
+            "H_t would not reach the prompt; add the examples loop of the shipped "
+            "prompts/evaluate.jinja to it"
+        )
 
     async def go(p: ClientPool) -> EvalReport:
         with Grader(cfg.evaluation.grade_workers, cfg.evaluation.grade_timeout_s) as grader:
             report = await evaluate(p, prompts, chosen, items, sampling, grader, out,
                                     versions=vers, meta=meta, bus=bus)
+            if elite_ctx is not None:
+                elite_out = out.with_name(f"{out.name}-with-elite-{elite_ctx.fingerprint}")
+                elite_meta = {**meta, "with_elite": {"run_dir": str(elite_ctx.run_dir),
+                                                     "step": elite_ctx.step,
+                                                     "solution_ids": elite_ctx.solution_ids}}
+                report.elite = await evaluate(
+                    p, prompts, chosen, items, sampling, grader, elite_out, versions=vers,
+                    meta=elite_meta, bus=bus, examples=elite_ctx.examples)
         report.removed = removed
+        if elite_ctx is not None and report.elite is not None:
+            report.elite_removed = elite_removed
+            report.paired = compare_arms(report, report.elite)
+            (report.elite.out_dir / "comparison.json").write_text(
+                json.dumps(comparison_json(elite_ctx, report), indent=2, ensure_ascii=False))
         return report
 
     if pool is not None:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Sampling
-from agora_cli.evaluation.benchmarks import Item
+from agora_cli.evaluation.benchmarks import CHOICE, Item
 from agora_cli.evaluation.grading import Grader
+from agora_cli.evaluation.user_data import chosen_letter
 from agora_cli.protocol.answers import extract_answer
 from agora_cli.protocol.common import strip_prompt_echo
 from agora_cli.protocol.majority import MAJORITY, plurality
@@ -66,20 +67,27 @@ async def answer_items(
     model_of: Callable[[str], str],
     version_of: Callable[[str], int] = lambda m: 0,
     on_result: Callable[[ItemResult], None] | None = None,
+    examples: list[dict[str, str | None]] | None = None,
 ) -> list[ItemResult]:
     """Ask each (member, item) once and grade the replies; `on_result` sees each graded result.
 
+    `examples` are in-context examples for the evaluate prompt (`agora eval --with-elite`: the
+    run's elite history H_t); none by default.
+
     A request that fails after the pool's retries gives a result with `error` set and
-    `correct=False`. Grading runs in a thread (the grader's deadline needs no signals) while the
-    next replies arrive, so the models never wait for the grader.
+    `correct=False`. A multiple-choice item (GPQA) is graded by the letter the reply chooses,
+    which is its `answer`; every other item by math-verify. Grading runs in a thread (the
+    grader's deadline needs no signals) while the next replies arrive, so the models never wait
+    for the grader.
     """
-    # (result, the reply with any echoed prompt removed: what is graded), None = no more.
-    queue: asyncio.Queue[tuple[ItemResult, str] | None] = asyncio.Queue()
+    # (result, the reply with any echoed prompt removed: what math-verify grades, or None when the
+    # result is graded already), None = no more.
+    queue: asyncio.Queue[tuple[ItemResult, str | None] | None] = asyncio.Queue()
     results: list[ItemResult] = []
     loop = asyncio.get_running_loop()
 
     async def ask(member: str, item: Item) -> None:
-        messages = prompts.render("evaluate", problem=item.problem)
+        messages = prompts.render("evaluate", problem=item.problem, examples=examples or [])
         model = model_of(member)
         try:
             res = await pool.chat(member, messages, sampling, role="evaluate")
@@ -92,14 +100,15 @@ async def answer_items(
             return
         # Base models repeat the prompt first; grade only what follows (same rule as the loop).
         text = strip_prompt_echo(res.text, messages)
-        await queue.put((
-            ItemResult(
-                member, item.benchmark, item.id, model, res.text, extract_answer(text),
-                item.answer, False, version_of(member), res.completion_tokens,
-                round(res.latency_s, 3),
-            ),
-            text,
-        ))
+        choice = item.kind == CHOICE
+        result = ItemResult(
+            member, item.benchmark, item.id, model, res.text,
+            chosen_letter(text) if choice else extract_answer(text), item.answer, False,
+            version_of(member), res.completion_tokens, round(res.latency_s, 3),
+        )
+        if choice:
+            result.correct = result.answer == item.answer
+        await queue.put((result, None if choice else text))
 
     async def grade_loop() -> None:
         finished = False
@@ -110,7 +119,7 @@ async def answer_items(
             if None in batch:
                 finished = True
             got = [b for b in batch if b is not None]
-            todo = [(r, text) for r, text in got if r.error is None]
+            todo = [(r, text) for r, text in got if r.error is None and text is not None]
             pairs = [(text, r.gold) for r, text in todo]
             verdicts = await loop.run_in_executor(None, grader.grade_many, pairs) if pairs else []
             for (r, _), ok in zip(todo, verdicts, strict=True):
@@ -142,9 +151,12 @@ def majority_rows(
         answer = plurality([r.answer for r in per_member])  # type: ignore[union-attr]
         model = "+".join(r.model for r in per_member)  # type: ignore[union-attr]
         out.append(ItemResult(MAJORITY, it.benchmark, it.id, model, answer or "", answer,
-                              it.answer, False))
-    graded = grader.grade_many([(r.answer or "", r.gold) for r in out])
-    for r, ok in zip(out, graded, strict=True):
+                              it.answer, it.kind == CHOICE and answer == it.answer))
+    # Choice items' answers are letters, graded above; math-verify grades the rest.
+    kinds = {(it.benchmark, it.id): it.kind for it in items}
+    math = [r for r in out if kinds[(r.benchmark, r.item_id)] != CHOICE]
+    graded = grader.grade_many([(r.answer or "", r.gold) for r in math])
+    for r, ok in zip(math, graded, strict=True):
         r.correct = ok and r.answer is not None
     return out
 

@@ -50,7 +50,11 @@ ROLE_VARIABLES: dict[str, list[dict[str, Any]]] = {
     "vote": [{"problem": _SEED["problem"], "solution_a": "3+4=7 \\boxed{7}",
               "solution_b": "7 \\boxed{7}", "delimiter": "Q7F3"}],
     "explain": [{"problem": _SEED["problem"], "solution": "3 + 4 = 7. \\boxed{7}"}],
-    "evaluate": [{"problem": _SEED["problem"]}],
+    "evaluate": [
+        {"problem": _SEED["problem"], "examples": []},
+        {"problem": _SEED["problem"], "examples": [_EXAMPLE]},
+        {"problem": _SEED["problem"], "examples": [{**_EXAMPLE, "explanation": None}]},
+    ],
 }
 ROLES = tuple(ROLE_VARIABLES)
 TURN_VARIABLES = ("user_turn", "assistant_turn")  # provided by render to every template
@@ -90,6 +94,12 @@ class Prompts:
             except jinja2.TemplateSyntaxError as e:
                 raise PromptError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
         return self._cache[role]
+
+    def variables(self, role: str) -> set[str]:
+        """The variables `role`'s template uses (e.g. whether `evaluate` shows `examples`)."""
+        self._template(role)  # a clear error when missing or unparsable
+        return set(meta.find_undeclared_variables(
+            self.env.parse(self.path(role).read_text(encoding="utf-8"))))
 
     def validate(self) -> None:
         """Check every role: present, parses, uses only its variables, renders its samples."""

@@ -14,6 +14,12 @@ adapters get versioned names (`<member>-v<N>`, never reused for other weights), 
 
 An engine differs only in the small facts of `LoraApi`: endpoint paths, how a request names an
 adapter, how a refusal reads.
+
+`LoraServing` is the backend both engines are: one server per base model (members sharing a base
+share its server, each with its own adapters), started one after another, each ready before the
+next; routing, activation, attach/state/health/stop. An engine's module keeps only what differs:
+its `LoraApi`, its command line and environment (`_launch`), its readiness check (`_ready`), and
+the two SGLang-only hooks (`_extra_body`, `_check_adapter`).
 """
 
 from __future__ import annotations
@@ -23,9 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agora_cli.config import Member, SGLangBackend, VLLMBackend
+from agora_cli.endpoint import NO_KEY, Endpoint
 from agora_cli.errors import ServerError
-from agora_cli.events import EventBus
-from agora_cli.serving.process import Reply, http
+from agora_cli.events import NULL_BUS, EventBus
+from agora_cli.models import cached_path, prepare
+from agora_cli.paths import RunPaths
+from agora_cli.serving.keys import bearer
+from agora_cli.serving.process import Reply, ServerProcess, free_port, http
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,193 @@ class LoraServer:
             return listed is None
         root = listed[name]
         return root is None or Path(root).resolve() == Path(path).resolve()
+
+
+class LoraServing:
+    """Members of one multi-LoRA backend (`sglang`, `vllm`): one server per base model.
+
+    An engine subclass sets `kind` (the config's backend kind) and `API`, and implements `_launch`
+    and `_ready`; `cfg` is its backend config (host, base_port, launch, urls, startup_timeout_s,
+    unload_grace_s). With `launch: false` the servers are started elsewhere and `cfg.urls` maps
+    base model to URL.
+    """
+
+    kind: str  # "sglang", "vllm": the state's kind and the log files' prefix
+    API: LoraApi
+
+    def __init__(self, name: str, cfg: SGLangBackend | VLLMBackend, members: list[Member],
+                 run_paths: RunPaths, bus: EventBus = NULL_BUS):
+        self.name = name
+        self.cfg = cfg
+        self.members = {m.name: m for m in members}
+        self.run_paths = run_paths
+        self.bus = bus
+        self._base: dict[str, str] = {}  # member -> base model path / hub id
+        self._urls: dict[str, str] = {}  # base -> server root URL
+        self._processes: dict[str, ServerProcess] = {}  # base -> process we launched
+        self.lora = LoraServer(self.API, name, bus, timeout_s=cfg.startup_timeout_s,
+                               unload_grace_s=cfg.unload_grace_s)
+
+    # ------------------------------------------------------------------ engine hooks
+
+    def _launch(self, base: str, members: list[str], port: int,
+                dry_run: bool) -> tuple[list[str], dict[str, str]]:
+        """The server command line and extra environment for one base model (`dry_run`: for
+        `describe`, writing and checking nothing)."""
+        raise NotImplementedError
+
+    def _ready(self, url: str) -> bool:
+        """True when the server at `url` answers (without making it generate)."""
+        raise NotImplementedError
+
+    def _api_key(self) -> str | None:
+        """The key the servers want (`keys.api_key`), or None."""
+        return None
+
+    def _extra_body(self, lora: str | None) -> dict:
+        """Fields added to each request of a member whose live adapter is `lora`."""
+        return {}
+
+    def _check_adapter(self, member: str, adapter_dir: Path) -> None:
+        """Refuse, before the engine sees it, an adapter its server cannot load."""
+
+    # ------------------------------------------------------------------ plan
+
+    def _bases(self, planned: bool = False) -> dict[str, list[str]]:
+        """base model -> members sharing it, in a stable order (ports follow it). `planned`: the
+        paths `prepare` would give, without preparing anything (for `describe`)."""
+        out: dict[str, list[str]] = {}
+        for m in self.members.values():
+            if planned:
+                path = cached_path(m)
+                base = str(path) if path else m.model
+            else:
+                if m.name not in self._base:
+                    self._base[m.name] = str(prepare(m))
+                base = self._base[m.name]
+            out.setdefault(base, []).append(m.name)
+        return dict(sorted(out.items()))
+
+    def _port(self, i: int, dry_run: bool = False) -> int:
+        """The i-th server's port: base_port + i, or a free one when base_port is 0 (0 in a
+        dry run)."""
+        if self.cfg.base_port:
+            return self.cfg.base_port + i
+        return 0 if dry_run else free_port(self.cfg.host)
+
+    def _log(self, base: str) -> Path:
+        return self.run_paths.logs / f"{self.kind}-{self.name}-{slug(base)}.log"
+
+    def _server(self, i: int, base: str, members: list[str]) -> ServerProcess:
+        """The i-th server: to launch, or (`launch: false`) the one already running elsewhere."""
+        if not self.cfg.launch:
+            url = self.cfg.urls.get(base)
+            if url is None:
+                raise ServerError(
+                    f"backend {self.name!r} has launch: false but no URL for base model "
+                    f"{base!r}; add it under backends.{self.name}.urls"
+                )
+            return ServerProcess(name=f"{self.API.engine} server", cmd=[], url=url.rstrip("/"),
+                                 log=self._log(base))
+        port = self._port(i)
+        cmd, env = self._launch(base, members, port, dry_run=False)
+        return ServerProcess(name=f"{self.API.engine} server ({Path(base).name})", cmd=cmd,
+                             url=f"http://{self.cfg.host}:{port}", log=self._log(base), env=env)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Launch (or, with `launch: false`, find) one server per base model, one after another,
+        each healthy before the next starts (on one GPU each sizes its memory from what is free
+        when it starts; on CPU they would fight for the cores while loading)."""
+        bases = self._bases()
+        self.lora.headers = bearer(self._api_key())  # load/unload are admin calls: key them too
+        try:
+            for i, (base, members) in enumerate(bases.items()):
+                process = self._server(i, base, members)
+                if self.cfg.launch:
+                    process.start()
+                    self._processes[base] = process
+                process.wait_healthy(self.cfg.startup_timeout_s)
+                self._urls[base] = process.url
+                self.bus.emit("server_started", backend=self.name, url=process.url, model=base,
+                              log=str(process.log))
+        except BaseException:
+            self.stop()
+            raise
+        with self.lora.lock:
+            for m in self.members:
+                self.lora.adapters.setdefault(m, None)
+
+    def attach(self, state: dict) -> bool:
+        """Take over the servers a previous process recorded (`state()`), when they are the ones
+        this config needs and all answer; False (nothing changed) otherwise."""
+        servers, adapters = state.get("servers", {}), state.get("adapters", {})
+        if set(self._bases()) != set(servers) or not all(self._ready(u) for u in servers.values()):
+            return False
+        key = self._api_key()
+        with self.lora.lock:
+            self.lora.headers = bearer(key)
+            self._urls = {b: u.rstrip("/") for b, u in servers.items()}
+            self.lora.adapters = {m: adapters.get(m) for m in self.members}
+        return True
+
+    def state(self) -> dict:
+        """What `attach` needs: server URLs and live adapters (never the key)."""
+        with self.lora.lock:
+            return {"kind": self.kind, "servers": dict(self._urls),
+                    "adapters": dict(self.lora.adapters)}
+
+    def health(self) -> bool:
+        return all(self._ready(u) for u in self._urls.values())
+
+    def stop(self) -> None:
+        processes, self._processes = list(self._processes.values()), {}
+        self.lora.shutdown(processes)
+
+    # ------------------------------------------------------------------ routing
+
+    def endpoint(self, member: str) -> Endpoint:
+        with self.lora.lock:
+            base = self._base.get(member)
+            if base is None or base not in self._urls:
+                raise ServerError(
+                    f"member {member!r} has no live server on backend {self.name!r}; "
+                    "start the servers first"
+                )
+            return Endpoint(base_url=f"{self._urls[base]}/v1", model=self.lora.model(base, member),
+                            api_key=self._api_key() or NO_KEY,
+                            extra_body=self._extra_body(self.lora.adapters.get(member)))
+
+    def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
+        """Load the adapter under `<member>-v<version>`, switch the member, unload the old one
+        (`LoraServer.activate`)."""
+        if member not in self.members:
+            raise ServerError(f"member {member!r} is not served by backend {self.name!r}")
+        base = self._base.get(member)
+        if base is None or base not in self._urls:
+            raise ServerError(f"backend {self.name!r} is not started; call start() first")
+        self._check_adapter(member, adapter_dir)
+        self.lora.activate(self._urls[base], member, adapter_dir, version)
+        return self.endpoint(member)
+
+    def describe(self) -> list[str]:
+        """One line per server: its environment and command line, or the external URL."""
+        lines = []
+        for i, (base, members) in enumerate(self._bases(planned=True).items()):
+            who = ", ".join(members)
+            if self.cfg.launch:
+                cmd, env = self._launch(base, members, self._port(i, dry_run=True), dry_run=True)
+                line = " ".join([*(f"{k}={v}" for k, v in env.items()), *cmd])
+            else:
+                line = f"(external) {self.cfg.urls.get(base, '<no url>')} serves {base}"
+            lines.append(f"{line}    # {who}")
+        return lines
+
+
+def slug(base: str) -> str:
+    """A base model's short name for file names."""
+    return Path(base).name.replace(":", "-")[:48]
 
 
 def _success(r: Reply) -> bool:

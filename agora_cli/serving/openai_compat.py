@@ -7,17 +7,15 @@ hides it). Such members cannot load adapters (config validation already rejects 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from agora_cli.config import Member, OpenAIBackend
-from agora_cli.endpoint import Endpoint
+from agora_cli.endpoint import NO_KEY, Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
+from agora_cli.serving.keys import api_key, bearer
 from agora_cli.serving.process import http
-
-NO_KEY = "agora-local"  # local OpenAI-compatible servers accept any key
 
 
 class OpenAIServing:
@@ -42,18 +40,8 @@ class OpenAIServing:
         return f"OpenAIServing(name={self.name!r}, base_url={self.cfg.base_url!r})"
 
     def _api_key(self) -> str:
-        if self._key is None:
-            env = self.cfg.api_key_env
-            if env is None:
-                self._key = NO_KEY
-            else:
-                value = os.environ.get(env)
-                if not value:
-                    raise ServerError(
-                        f"backend {self.name!r} reads its API key from ${env}, which is not set; "
-                        f"export {env}=... and run the command again"
-                    )
-                self._key = value
+        if self._key is None:  # read once, at start; kept in memory only
+            self._key = api_key(self.name, self.cfg.api_key_env) or NO_KEY
         return self._key
 
     def start(self) -> None:
@@ -71,7 +59,7 @@ class OpenAIServing:
         try:
             r = http(
                 "GET", f"{self.cfg.base_url.rstrip('/')}/models", timeout=5.0,
-                headers={"Authorization": f"Bearer {self._api_key()}"},
+                headers=bearer(self._api_key()),
             )
         except OSError:
             return False

@@ -22,7 +22,6 @@ With `launch: false` the servers are started elsewhere and `urls` maps base mode
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -34,14 +33,11 @@ from agora_cli.config import (
     sglang_device,
     sglang_memory_plan,
 )
-from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
-from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.lora_names import unsupported
-from agora_cli.models import cached_path, prepare
-from agora_cli.paths import RunPaths
-from agora_cli.serving.lora_server import LoraApi, LoraServer
-from agora_cli.serving.process import ServerProcess, http
+from agora_cli.serving.keys import api_key, bearer
+from agora_cli.serving.lora_server import LoraApi, LoraServing
+from agora_cli.serving.process import http
 
 # SGLang's runtime-LoRA API (`http_server.py`, `lora_manager.py`): `model: "<base>:<lora_name>"`.
 SGLANG_LORA = LoraApi(
@@ -53,27 +49,12 @@ SGLANG_LORA = LoraApi(
 )
 
 
-class SGLangServing:
+class SGLangServing(LoraServing):
     """Members of one `sglang` backend; see the module docstring."""
 
-    def __init__(
-        self,
-        name: str,
-        cfg: SGLangBackend,
-        members: list[Member],
-        run_paths: RunPaths,
-        bus: EventBus = NULL_BUS,
-    ):
-        self.name = name
-        self.cfg = cfg
-        self.members = {m.name: m for m in members}
-        self.run_paths = run_paths
-        self.bus = bus
-        self._base: dict[str, str] = {}  # member -> base model path / hub id
-        self._urls: dict[str, str] = {}  # base -> server root URL
-        self._processes: dict[str, ServerProcess] = {}  # base -> process we launched
-        self.lora = LoraServer(SGLANG_LORA, name, bus, timeout_s=cfg.startup_timeout_s,
-                               unload_grace_s=cfg.unload_grace_s)
+    kind = "sglang"
+    API = SGLANG_LORA
+    cfg: SGLangBackend
 
     # ------------------------------------------------------------------ commands
 
@@ -108,6 +89,18 @@ class SGLangServing:
             extra += args
         return cmd + extra + list(self.cfg.extra_args)
 
+    def _launch(self, base: str, members: list[str], port: int,
+                dry_run: bool) -> tuple[list[str], dict[str, str]]:
+        """The command with this server's --mem-fraction-static (`config.sglang_memory_plan`
+        counts on the one-after-another start) and its CUDA_VISIBLE_DEVICES; at start the real
+        API key replaces `$VAR`."""
+        fraction = self._fractions(self._bases(planned=dry_run)).get(base)
+        cmd = self.command(base, port, fraction)
+        key = None if dry_run else self._api_key()
+        if key is not None:
+            cmd[cmd.index(f"${self.cfg.api_key_env}")] = key
+        return cmd, self._devices(base, members)
+
     def _members_of(self, base: str) -> list[Member]:
         return [self.members[n] for n in self._bases(planned=True).get(base, [])] or [
             m for m in self.members.values() if m.model == base
@@ -131,168 +124,31 @@ class SGLangServing:
         )
         return {base: f for rows in plan.values() for base, _, f in rows}
 
-    def _bases(self, planned: bool = False) -> dict[str, list[str]]:
-        """base model -> members sharing it, in a stable order (ports follow it)."""
-        out: dict[str, list[str]] = {}
-        for m in self.members.values():
-            if planned:
-                path = cached_path(m)
-                base = str(path) if path else m.model
-            else:
-                if m.name not in self._base:
-                    self._base[m.name] = str(prepare(m))
-                base = self._base[m.name]
-            out.setdefault(base, []).append(m.name)
-        return dict(sorted(out.items()))
-
     def _devices(self, base: str, members: list[str]) -> dict[str, str]:
         device = sglang_device(self.cfg, base, [self.members[m] for m in members])
         return {} if device is None else {"CUDA_VISIBLE_DEVICES": device}
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Launch (or, with `launch: false`, find) one server per base model, one after another:
-        each is healthy before the next starts, since SGLang sizes its memory from what is free
-        when it starts (the fractions of `config.sglang_memory_plan` count on that order)."""
-        bases = self._bases()
-        fractions = self._fractions(bases) if self.cfg.launch else {}
-        key = self._api_key()
-        if key is not None:  # load/unload are admin calls: the server wants the key there too
-            self.lora.headers = {"Authorization": f"Bearer {key}"}
-        for i, (base, members) in enumerate(bases.items()):
-            if self.cfg.launch:
-                port = self.cfg.base_port + i
-                url = f"http://{self.cfg.host}:{port}"
-                slug = Path(base).name.replace(":", "-")[:48]
-                cmd = self.command(base, port, fractions.get(base))
-                if key is not None:
-                    cmd[cmd.index(f"${self.cfg.api_key_env}")] = key
-                process = ServerProcess(
-                    name=f"sglang server ({Path(base).name})",
-                    cmd=cmd,
-                    url=url,
-                    log=self.run_paths.logs / f"sglang-{self.name}-{slug}.log",
-                    env=self._devices(base, members),
-                )
-                self._processes[base] = process
-                try:
-                    process.start()
-                    process.wait_healthy(self.cfg.startup_timeout_s)
-                except BaseException:
-                    self.stop()
-                    raise
-                self.bus.emit("server_started", backend=self.name, url=url, model=base,
-                              log=str(process.log))
-            else:
-                url = self.cfg.urls.get(base)
-                if url is None:
-                    raise ServerError(
-                        f"backend {self.name!r} has launch: false but no URL for base model "
-                        f"{base!r}; add it under backends.{self.name}.urls"
-                    )
-                process = ServerProcess(name=f"sglang server at {url}", cmd=[], url=url,
-                                        log=self.run_paths.logs / f"sglang-{self.name}.log")
-                process.wait_healthy(self.cfg.startup_timeout_s)
-                self.bus.emit("server_started", backend=self.name, url=url, model=base,
-                              log=str(process.log))
-            self._urls[base] = url.rstrip("/")
-        with self.lora.lock:
-            for m in self.members:
-                self.lora.adapters.setdefault(m, None)
+    # ------------------------------------------------------------------ engine hooks
 
     def _api_key(self) -> str | None:
-        if not self.cfg.api_key_env:
-            return None
-        key = os.environ.get(self.cfg.api_key_env)
-        if not key:
-            raise ServerError(
-                f"backend {self.name!r} sets api_key_env: {self.cfg.api_key_env} but that "
-                "environment variable is empty; export the server's API key in it"
-            )
-        return key
-
-    def attach(self, state: dict) -> bool:
-        servers, adapters = state.get("servers", {}), state.get("adapters", {})
-        bases = self._bases()
-        # /model_info answers without generating (SGLang's /health generates a token and can take
-        # its 20 s timeout under load), so a busy server is not mistaken for a dead one.
-        if set(bases) != set(servers) or not all(self._ready(u) for u in servers.values()):
-            return False
-        key = self._api_key()
-        with self.lora.lock:
-            self.lora.headers = {"Authorization": f"Bearer {key}"} if key else {}
-            self._urls = {b: u.rstrip("/") for b, u in servers.items()}
-            self.lora.adapters = {m: adapters.get(m) for m in self.members}
-        return True
-
-    def state(self) -> dict:
-        with self.lora.lock:
-            return {"kind": "sglang", "servers": dict(self._urls),
-                    "adapters": dict(self.lora.adapters)}
-
-    def health(self) -> bool:
-        return all(self._ready(u) for u in self._urls.values())
+        return api_key(self.name, self.cfg.api_key_env)
 
     def _ready(self, url: str) -> bool:
-        """True when the server answers `GET /model_info` (no generation; see `attach`)."""
-        key = self._api_key()
-        headers = {"Authorization": f"Bearer {key}"} if key else None
+        """True when the server answers `GET /model_info`: SGLang's /health generates a token and
+        can take its 20 s timeout under load, so a busy server would read as a dead one."""
         try:
-            return http("GET", f"{url}/model_info", timeout=10, headers=headers).status == 200
+            return http("GET", f"{url}/model_info", timeout=10,
+                        headers=bearer(self._api_key())).status == 200
         except OSError:
             return False
 
-    def stop(self) -> None:
-        processes, self._processes = list(self._processes.values()), {}
-        self.lora.shutdown(processes)
+    def _extra_body(self, lora: str | None) -> dict:
+        # `lora_path` in the body too: every SGLang version honours it, while `base:adapter` in
+        # `model` needs >= 0.5.4 (an older server answers with the base model, silently).
+        return {"lora_path": lora} if lora else {}
 
-    # ------------------------------------------------------------------ routing
-
-    def endpoint(self, member: str) -> Endpoint:
-        with self.lora.lock:
-            base = self._base.get(member)
-            if base is None or base not in self._urls:
-                raise ServerError(
-                    f"member {member!r} has no live server on backend {self.name!r}; "
-                    "start the servers first"
-                )
-            model = self.lora.model(base, member)
-            key = self._api_key()
-            lora = self.lora.adapters.get(member)
-            # `lora_path` in the body too: every SGLang version honours it, while `base:adapter`
-            # in `model` needs >= 0.5.4 (an older server answers with the base model, silently).
-            return Endpoint(base_url=f"{self._urls[base]}/v1", model=model,
-                            api_key=key or "agora-local",
-                            extra_body={"lora_path": lora} if lora else {})
-
-    def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
-        """Load the adapter under `<member>-v<version>`, switch the member, unload the old one
-        (`lora_server.py`)."""
-        if member not in self.members:
-            raise ServerError(f"member {member!r} is not served by backend {self.name!r}")
-        base = self._base.get(member)
-        if base is None or base not in self._urls:
-            raise ServerError(f"backend {self.name!r} is not started; call start() first")
+    def _check_adapter(self, member: str, adapter_dir: Path) -> None:
         check_adapter(adapter_dir, self.cfg, member)
-        self.lora.activate(self._urls[base], member, adapter_dir, version)
-        return self.endpoint(member)
-
-    def describe(self) -> list[str]:
-        lines = []
-        bases = self._bases(planned=True)
-        fractions = self._fractions(bases) if self.cfg.launch else {}
-        for i, (base, members) in enumerate(bases.items()):
-            who = ", ".join(members)
-            if self.cfg.launch:
-                cmd = self.command(base, self.cfg.base_port + i, fractions.get(base))
-                device = sglang_device(self.cfg, base, self._members_of(base))
-                env = f"CUDA_VISIBLE_DEVICES={device} " if device is not None else ""
-                lines.append(f"{env}{' '.join(cmd)}    # {who}")
-            else:
-                lines.append(f"(external) {self.cfg.urls.get(base, '<no url>')} serves {base}"
-                             f"    # {who}")
-        return lines
 
 
 def check_adapter(adapter_dir: Path, cfg: SGLangBackend, member: str) -> None:

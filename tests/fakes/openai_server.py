@@ -73,6 +73,7 @@ class Reply:
     drop: bool = False
     wait_for: threading.Event | None = None
     wait_timeout_s: float = 60.0
+    cached_tokens: int | None = None  # reported as usage.prompt_tokens_details, as vLLM does
 
 
 Responder = Callable[[Request], "str | Reply"]
@@ -298,6 +299,8 @@ class FakeOpenAI:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+        if reply.cached_tokens is not None:
+            payload["usage"]["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
         return await self._send(writer, 200, payload)
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, payload: dict) -> bool:
