@@ -67,16 +67,34 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         assert n_all >= 2
         for step in (0, 1):
             assert q("SELECT COUNT(*) FROM problems WHERE step = ? AND status = 'ok'", (step,)) == 1
-        # Every kept problem was solved by every member, and every answered solution verified by
-        # the two other members.
-        assert q("SELECT COUNT(*) FROM solutions") == 3 * n_ok
+        # The consensus audit (tiny: one gold-labelled probe per step) went through solve and
+        # verify like any problem, on the real models.
+        n_probe = q("SELECT COUNT(*) FROM problems WHERE status = 'probe'")
+        assert n_probe == 2 and q("SELECT COUNT(*) FROM probes") == 2
+        # Every kept problem and probe was solved by every member, and every answered solution
+        # verified by the two other members.
+        assert q("SELECT COUNT(*) FROM solutions") == 3 * (n_ok + n_probe)
         answered = q("SELECT COUNT(*) FROM solutions WHERE answer IS NOT NULL AND error IS NULL")
         assert q("SELECT COUNT(*) FROM verdicts") == 2 * answered
-        # correct == unanimous consensus, recomputed from the stored verdicts.
+        # correct == unanimous consensus, recomputed from the stored verdicts; a probe's solutions
+        # carry no `correct` (it must not steer the run), their consensus is in audit_solutions.
+        probe_solutions = {r["solution_id"]: r for r in store.query("SELECT * FROM audit_solutions")}
         for s in store.query("SELECT id, answer, correct FROM solutions"):
             valid = q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1",
                       (s["id"],))
-            assert s["correct"] == int(s["answer"] is not None and valid == 2)
+            if s["id"] in probe_solutions:
+                assert s["correct"] is None
+                assert probe_solutions[s["id"]]["approved"] == int(
+                    s["answer"] is not None and valid == 2)
+            else:
+                assert s["correct"] == int(s["answer"] is not None and valid == 2)
+        assert 0 < len(probe_solutions) <= 3 * n_probe  # a failed solve request is no decision
+        # The audit's counts: per step, @consensus's tp+fp+fn+tn covers every audited solution.
+        for step in (0, 1):
+            row = store.query("SELECT tp + fp + fn + tn AS n FROM audit "
+                              "WHERE step = ? AND verifier = '@consensus'", (step,))
+            audited = q("SELECT COUNT(*) FROM audit_solutions WHERE step = ?", (step,))
+            assert row and row[0]["n"] == audited > 0
         # Votes only on pairs of correct solutions of the same problem, 3 voters per pair.
         for v in store.query("SELECT * FROM votes"):
             pair = store.query("SELECT problem_id, correct FROM solutions WHERE id IN (?, ?)",
