@@ -150,9 +150,20 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(fake.requests_for("vote")) < 20:
+        # Interrupt mid-step once two steps are committed: wait on the run's own events, not on
+        # a request count (a fresh clone's first imports can take most of a minute under load).
+        events = RunPaths(run_dir).events
+
+        def committed() -> int:
+            text = events.read_text() if events.exists() else ""
+            return text.count('"kind": "step_committed"')
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and committed() < 2:
             time.sleep(0.05)
+        votes = len(fake.requests_for("vote"))
+        while time.monotonic() < deadline and len(fake.requests_for("vote")) < votes + 3:
+            time.sleep(0.05)  # the third step is under way
         p.send_signal(signal.SIGINT)
         # A hang guard, not a timing: on a loaded 2-core CI box the interrupted process needs
         # time to cancel the step, close its clients and exit.
