@@ -8,6 +8,7 @@ the clone), otherwise `<repo>/.agora-home`.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,11 @@ os.environ.setdefault("AGORA_HOME", str(REPO / ".agora-home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A shell starts background jobs (`cmd &`, nohup) with SIGINT ignored, and an ignored signal stays
+# ignored through exec: the agora processes the tests interrupt would never see their Ctrl-C.
+# A handled signal is reset to the default in children, so the suite restores Python's own.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
