@@ -186,6 +186,11 @@ def test_run_trains_a_round_and_swaps_it_into_the_vllm_server(tmp_path: Path) ->
     events = read_events(RunPaths(run_dir).events)
     done = [e for e in events if e["kind"] == "request_done"]
     assert done and [e for e in done if not e["ok"]] == []
+    # The real server reports each request's prefix-cache hits (--enable-prompt-tokens-details),
+    # and prompts sharing their instructions do hit (this run has no verification: valid_vote is
+    # off; the solve prompts share theirs).
+    assert all(isinstance(e.get("cached_tokens"), int) for e in done)
+    assert sum(e["cached_tokens"] for e in done if e["role"] == "solve") > 0
     started = [e for e in events if e["kind"] == "server_started"]
     assert len(started) == 1  # both members on one vLLM server
     live_events = [e for e in events if e["kind"] == "adapter_live"]
