@@ -74,8 +74,11 @@ def _assert_same(model, batch, chunk: int) -> None:
     assert abs(new - ref) <= 1e-5, (new, ref)
     assert ref_grads.keys() == new_grads.keys() and ref_grads
     for name, g in ref_grads.items():
-        # float32 sums in another order: tight relative agreement, tensor by tensor
-        torch.testing.assert_close(new_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+        # float32 sums in another order (the frozen head's gradient is formed in the forward):
+        # every element within 1e-4 of its tensor's scale. Reassociation error scales with the
+        # tensor, not with each element, so an elementwise rtol fails on near-zero entries.
+        worst = float((new_grads[name] - g).abs().max() / g.abs().max())
+        assert worst <= 1e-4, (name, worst)
     flat_ref = torch.cat([g.flatten() for g in ref_grads.values()])
     flat_new = torch.cat([new_grads[n].flatten() for n in ref_grads])
     assert float((flat_new - flat_ref).norm() / flat_ref.norm()) < 1e-5
