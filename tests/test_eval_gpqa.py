@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from agora_cli.cli import app
@@ -21,6 +20,7 @@ from agora_cli.evaluation.evaluate import MAJORITY, read_results
 from agora_cli.evaluation.user_data import GPQA_COLUMNS, chosen_letter, load_spec
 from tests.fakes.openai_server import FakeOpenAI, Request, scripted
 from tests.test_eval import MEMBERS
+from tests.test_eval_cli import write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,22 +72,6 @@ def test_the_chosen_letter_is_what_is_graded() -> None:
     assert chosen_letter("\\boxed{42}") is None and chosen_letter("\\boxed{E}") is None
 
 
-def _config(tmp_path: Path, url: str) -> Path:
-    cfg = {
-        "name": "gpqa", "run_dir": str(tmp_path / "run"),
-        "backends": {"fake": {"kind": "openai", "base_url": url}},
-        "members": [{"name": m, "model": m, "backend": "fake", "max_concurrency": 4}
-                    for m in MEMBERS],
-        "ablations": {"lora": False},
-        "client": {"max_retries": 1, "backoff_initial_s": 0.05},
-        "evaluation": {"benchmarks": ["gsm8k"], "grade_workers": 2,
-                       "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 64}},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def _responder():
     """alice boxes the right letter; bob says `the answer is (X)`, right on even records only;
     carol always boxes A. On the JSONL benchmark everyone answers 12, right on item 0 only."""
@@ -118,7 +102,7 @@ def test_eval_scores_gpqa_and_a_jsonl_benchmark_by_path(tmp_path: Path) -> None:
                     '{"id": "m2", "problem": "What is 5 + 6?", "answer": "11"}\n')
     items = load_spec(f"gpqa={gpqa}")[1]
     with FakeOpenAI(_responder()) as fake:
-        cfg = _config(tmp_path, fake.url)
+        cfg = write_config(tmp_path, fake.url)
         res = CliRunner().invoke(app, ["eval", str(cfg), "--benchmarks",
                                        f"gpqa={gpqa},mine={mine}"])
         assert res.exit_code == 0, res.output
@@ -140,7 +124,7 @@ def test_eval_scores_gpqa_and_a_jsonl_benchmark_by_path(tmp_path: Path) -> None:
 
 
 def test_bad_benchmark_files_are_usage_errors_that_say_what_is_wrong(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "http://127.0.0.1:9")  # never asked: the files fail first
+    cfg = write_config(tmp_path, "http://127.0.0.1:9")  # never asked: the files fail first
     short = write_csv(tmp_path / "short.csv", ROWS, columns=["Question", "Correct Answer",
                                                              "Incorrect Answer 1"])
     holes = write_csv(tmp_path / "holes.csv", [{**ROWS[0], "Incorrect Answer 2": ""}, ROWS[1]])
