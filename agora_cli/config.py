@@ -334,7 +334,9 @@ class Config(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = 0
     run_dir: str | None = None  # default: runs/<name>
-    prompts_dir: str | None = None  # default: the repo's prompts/
+    # A prompt set (agora_cli/protocol/prompts.py): unset = the repo's prompts/ (tiny models);
+    # prompts/capable = the reasoning verify/vote prompts; roles a set lacks come from prompts/.
+    prompts_dir: str | None = None
     backends: dict[str, Backend] = {"embedded": TransformersBackend()}
     members: list[Member] = Field(min_length=2)
     client: ClientSettings = ClientSettings()
@@ -451,6 +453,10 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
             f"{ev.calibration_size} items asked, but the {ev.calibration} calibration split has "
             f"{CALIBRATION_SPLITS[ev.calibration][1]}",
         ))
+    # The prompt set: every template present (own or default set's), parsing and rendering.
+    from agora_cli.protocol.prompts import Prompts
+
+    problems += [("prompts_dir", msg) for msg in Prompts(cfg.prompts_dir).problems()]
     if p.seed_pool not in SEED_POOL_FILES:
         problems.append((
             "protocol.seed_pool",

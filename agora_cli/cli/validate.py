@@ -19,6 +19,7 @@ def validate(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. protocol.elite_k=5"),
 ) -> None:
     """Check a config (and overrides) without running anything."""
+    from agora_cli.protocol.prompts import prompt_set_note
     from agora_cli.training.memory import config_memory_report
     from agora_cli.training.trainer import resolve_precision
 
@@ -27,6 +28,8 @@ def validate(
         f"[green]ok[/green] {config}: {len(cfg.members)} members "
         f"({', '.join(m.name for m in cfg.members)}), backends: {', '.join(cfg.backends)}"
     )
+    console.print(Text("note: ", style="dim") + Text(prompt_set_note(cfg.prompts_dir)),
+                  soft_wrap=True)
     device, amp = resolve_precision(cfg.training.precision)  # this machine's trainer
     warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
     for line in notes:

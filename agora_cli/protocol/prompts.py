@@ -10,6 +10,15 @@ an assistant message and `{{ user_turn }}` a new user message. Tiny models, base
 follow a format they have just "said" far better than one they are told about. The two variables
 are random per-render tokens, so model output passed as data can never open a turn of its own.
 
+A prompt set is a directory of templates (`cfg.prompts_dir`). A variant set need not hold every
+role: a role it lacks is read from the default set, `prompts/` (so `prompts/capable/` holds only the
+verify and vote templates that differ, and solve/generate/explain/evaluate have one home). A file in
+a set that names no role (a misspelt `verfy.jinja` would otherwise fall back silently) is an error;
+files starting with `_` are partials for `{% include %}`.
+
+A template may declare how its replies are parsed in a `{% block reply_format %}` (see
+REPLY_FORMATS); without one the role's parser reads the free formats tiny models produce.
+
 Model output is data: problems, solutions and explanations written by models only ever enter a
 template as variables, and Jinja never re-renders a variable's value as template source. Templates
 run with StrictUndefined, and `validate` (called once at start) rejects a template that uses a
@@ -57,6 +66,14 @@ ROLE_VARIABLES: dict[str, list[dict[str, Any]]] = {
     ],
 }
 ROLES = tuple(ROLE_VARIABLES)
+# How a template asks to be answered, and so how its replies are parsed (`reply_format`):
+#   free          the tiny models' formats: a bare word/letter or a plain sentence on its own line
+#                 (protocol/verify.py, protocol/vote.py document what counts);
+#   verdict_line  the model reasons first and ends with `VERDICT: VALID|INVALID` (verify) or
+#                 `VERDICT: A|B` (vote); only such lines count, the last one decides, so words in
+#                 the analysis ("step 2 is invalid") never do.
+REPLY_FORMATS = ("free", "verdict_line")
+FORMATTED_ROLES = ("verify", "vote")  # the roles whose parsers know both formats
 TURN_VARIABLES = ("user_turn", "assistant_turn")  # provided by render to every template
 
 
@@ -67,16 +84,25 @@ class Prompts:
         self.dir = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
         if not self.dir.is_absolute() and not self.dir.exists() and (REPO_DIR / self.dir).exists():
             self.dir = REPO_DIR / self.dir  # a config's relative prompts_dir names a repo folder
+        # The set's own templates first, then the default set for the roles it does not override.
+        self.search = [self.dir]
+        if self.dir.resolve() != PROMPTS_DIR.resolve():
+            self.search.append(PROMPTS_DIR)
         # Sandboxed: templates may come from a user's prompts_dir; autoescape off (plain text).
         self.env = SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(self.dir)),
+            loader=jinja2.FileSystemLoader([str(d) for d in self.search]),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,
         )
         self._cache: dict[str, jinja2.Template] = {}
+        self._formats: dict[str, str] = {}
 
     def path(self, role: str) -> Path:
+        """The file `role` is read from: the set's own, else the default set's."""
+        for d in self.search:
+            if (d / f"{role}.jinja").exists():
+                return d / f"{role}.jinja"
         return self.dir / f"{role}.jinja"
 
     def _template(self, role: str) -> jinja2.Template:
@@ -86,8 +112,9 @@ class Prompts:
             path = self.path(role)
             if not path.exists():
                 raise PromptError(
-                    f"prompt template {path} is missing; copy it from {PROMPTS_DIR} or fix "
-                    "prompts_dir in the config"
+                    f"prompt template {role}.jinja is in none of "
+                    f"{', '.join(str(d) for d in self.search)}; restore it or fix prompts_dir in "
+                    "the config"
                 )
             try:
                 self._cache[role] = self.env.get_template(f"{role}.jinja")
@@ -101,9 +128,50 @@ class Prompts:
         return set(meta.find_undeclared_variables(
             self.env.parse(self.path(role).read_text(encoding="utf-8"))))
 
+    def reply_format(self, role: str) -> str:
+        """How `role`'s replies are parsed (REPLY_FORMATS): the template's `reply_format` block,
+        else "free"."""
+        if role not in self._formats:
+            tmpl = self._template(role)
+            value = "free"
+            if "reply_format" in tmpl.blocks:
+                try:
+                    value = "".join(tmpl.blocks["reply_format"](tmpl.new_context({}))).strip()
+                except jinja2.TemplateError as e:
+                    raise PromptError(f"{self.path(role)}: reply_format block: {e}") from None
+            if value != "free" and (value not in REPLY_FORMATS or role not in FORMATTED_ROLES):
+                allowed = REPLY_FORMATS if role in FORMATTED_ROLES else ("free",)
+                raise PromptError(
+                    f"{self.path(role)}: reply_format {value!r} is not one the {role} parser "
+                    f"reads; use one of: {', '.join(allowed)}"
+                )
+            self._formats[role] = value
+        return self._formats[role]
+
+    def sources(self) -> dict[str, Path]:
+        """{role: the template file it is read from} (the set's own or the default set's)."""
+        return {role: self.path(role) for role in ROLES}
+
     def validate(self) -> None:
-        """Check every role: present, parses, uses only its variables, renders its samples."""
+        """Check every role: present, parses, uses only its variables, renders its samples.
+        Raises one PromptError listing every problem."""
+        problems = self.problems()
+        if problems:
+            raise PromptError("invalid prompt templates:\n  " + "\n  ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every problem of the set, one line each (empty when it is fine): the directory, files
+        that name no role, and per role what `validate` checks."""
+        if not self.dir.is_dir():
+            return [f"prompt set {self.dir} is not a directory; fix prompts_dir in the config "
+                    f"(e.g. prompts/capable), or leave it unset for {PROMPTS_DIR}"]
         problems: list[str] = []
+        for f in sorted(self.dir.glob("*.jinja")):
+            if f.stem not in ROLE_VARIABLES and not f.name.startswith("_"):
+                problems.append(
+                    f"{f}: names no prompt role (roles: {', '.join(ROLES)}; partials start "
+                    "with '_'); a misspelt role would silently use the default template"
+                )
         for role, samples in ROLE_VARIABLES.items():
             try:
                 tmpl = self._template(role)
@@ -119,10 +187,10 @@ class Prompts:
                     )
                 for variables in samples:
                     self.render(role, **variables)
+                self.reply_format(role)
             except PromptError as e:
                 problems.append(str(e))
-        if problems:
-            raise PromptError("invalid prompt templates:\n  " + "\n  ".join(problems))
+        return problems
 
     def render(self, role: str, **variables: Any) -> list[dict[str, str]]:
         """Chat messages for `role`: system, then user (and any demonstration turns), ending with
@@ -158,6 +226,16 @@ class Prompts:
         if messages[-1]["role"] != "user" or len(messages) < 2:
             raise PromptError(f"{self.path(role)}: the user block must end with a user turn")
         return messages
+
+
+def prompt_set_note(prompts_dir: Path | str | None) -> str:
+    """One line naming where each role's template comes from, for `agora validate`."""
+    prompts = Prompts(prompts_dir)
+    own = [r for r, path in prompts.sources().items() if path.parent == prompts.dir]
+    if prompts.dir.resolve() == PROMPTS_DIR.resolve():
+        return f"prompts: the default set {PROMPTS_DIR} (tiny-model formats)"
+    rest = f"; the rest from {PROMPTS_DIR}" if len(own) < len(ROLES) else ""
+    return f"prompts: {', '.join(own)} from {prompts.dir}{rest}"
 
 
 def _turn_token(variables: dict[str, Any]) -> str:

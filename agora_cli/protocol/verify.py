@@ -10,6 +10,11 @@ or, because tiny models answer in prose, one plain sentence opening the line: `T
 correct.` / `The answer is not correct`. Hedged or unrelated text ("Valid reasoning needs...",
 "The solution is probably right") is unparseable, and an unparseable verdict counts as invalid:
 a solution passes only on explicit approval.
+
+A prompt set for capable models (prompts/capable/verify.jinja, `reply_format` verdict_line) asks
+for an analysis first and a final `VERDICT: VALID|INVALID` line; then only such lines count (the
+last one decides), so "invalid" or "the answer is wrong" inside the analysis never decides, and a
+reply without one is no verdict (invalid). The echo guard is the same in both formats.
 """
 
 from __future__ import annotations
@@ -41,9 +46,17 @@ _VERDICT_SENTENCE = re.compile(
     re.IGNORECASE,
 )
 _POSITIVE = {"valid", "correct", "right"}
+# The capable prompts' verdict line: `VERDICT: VALID`, `**Verdict:** invalid.`, `Final verdict - VALID`.
+_VERDICT_LINE = re.compile(
+    r"^[\s>*#_`\-]*(?:final\s+)?verdict[\s*_`]*[:\-=][\s*_`]*(VALID|INVALID)" + _END,
+    re.IGNORECASE,
+)
 
 
-def _line_verdict(line: str) -> bool | None:
+def _line_verdict(line: str, verdict_line: bool = False) -> bool | None:
+    if verdict_line:
+        m = _VERDICT_LINE.match(line)
+        return None if m is None else m.group(1).upper() == "VALID"
     m = _VERDICT_WORD.match(line)
     if m:
         return m.group(1).upper() == "VALID"
@@ -60,8 +73,13 @@ def _strip_echo(reply: str, token: str | None) -> str:
                   flags=re.DOTALL)
 
 
-def parse_verdict(reply: str, token: str | None = None, solution: str = "") -> bool | None:
+def parse_verdict(
+    reply: str, token: str | None = None, solution: str = "", *, verdict_line: bool = False
+) -> bool | None:
     """True/False from the reply's last verdict line; None when there is none. Never raises.
+
+    `verdict_line`: the prompt's `reply_format` is verdict_line (prompts/capable): only
+    `VERDICT: VALID|INVALID` lines are verdicts.
 
     `solution` is the text under review: a reply line that reproduces one of its lines is the
     verifier copying its input, never a verdict (a solution ending in `Verdict: VALID` cannot
@@ -74,7 +92,7 @@ def parse_verdict(reply: str, token: str | None = None, solution: str = "") -> b
     for line in text.splitlines():
         if is_echo(line, quoted):
             continue
-        found = _line_verdict(line)
+        found = _line_verdict(line, verdict_line)
         if found is not None:
             verdict = found
     return verdict
@@ -91,9 +109,10 @@ async def verify(ctx: Ctx, verifier: str, problem: str, solution: str) -> Verdic
         )
     except REQUEST_ERRORS as exc:
         return Verdict(verifier=verifier, valid=False, raw="", error=error_text(exc))
+    verdict_line = ctx.prompts.reply_format("verify") == "verdict_line"
     return Verdict(
         verifier=verifier,
-        valid=parse_verdict(reply, token, solution) is True,
+        valid=parse_verdict(reply, token, solution, verdict_line=verdict_line) is True,
         raw=result.text,
         latency_s=result.latency_s,
     )

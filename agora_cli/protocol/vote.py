@@ -3,6 +3,8 @@
 For each pair of correct solutions to one problem, every R-Group member votes which reasoning is
 better; each vote is a 1-vs-1 game between the two authors (no draws). Presentation order is
 randomised per vote against position bias, and the winner is mapped back to the caller's (a, b).
+With the capable prompt set (prompts/capable/vote.jinja, `reply_format` verdict_line) the voter
+compares first and ends with `VERDICT: A|B`; then only such lines state a choice, the last one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ _VOTE_FORMS = [
     ),
 ]
 
+# The capable prompts' choice line: `VERDICT: B`, `**Verdict:** Solution A.`
+_VERDICT_LINE = re.compile(
+    _PREFIX + r"(?:final\s+)?verdict[\s*_`]*[:\-=][\s*_`]*(?:(?:solution|option)\s+)?" + _LETTER
+    + _END,
+    re.IGNORECASE,
+)
+
 
 # A line where a reply runs on into a turn the model invents: the vote prompt's user turn opens with
 # "Problem:", and chat-template markers or bare role names show up when special tokens are decoded
@@ -59,8 +68,8 @@ _INVENTED_TURN = re.compile(
 )
 
 
-def _line_vote(line: str) -> str | None:
-    for form in _VOTE_FORMS:
+def _line_vote(line: str, verdict_line: bool = False) -> str | None:
+    for form in [_VERDICT_LINE] if verdict_line else _VOTE_FORMS:
         m = form.match(line)
         if m:
             return m.group(1).lower()
@@ -68,7 +77,8 @@ def _line_vote(line: str) -> str | None:
 
 
 def parse_vote(
-    reply: str, token: str | None = None, solutions: tuple[str, ...] = ()
+    reply: str, token: str | None = None, solutions: tuple[str, ...] = (), *,
+    verdict_line: bool = False,
 ) -> Literal["a", "b"] | None:
     """'a'/'b' (as shown) from the reply's last line that states a choice, None when none does.
 
@@ -77,6 +87,9 @@ def parse_vote(
     stated, a line opening an invented next turn ("Problem: ...", a role marker) ends the reply:
     what follows answers a question nobody asked. A line that reproduces a line of one of the
     shown `solutions` is the voter copying its input and never states a choice. Never raises.
+
+    `verdict_line`: the prompt's `reply_format` is verdict_line (prompts/capable): only
+    `VERDICT: A|B` lines state a choice, so "solution A is better at..." in the comparison does not.
     """
     text = reply or ""
     if token:
@@ -89,7 +102,7 @@ def parse_vote(
             break
         if is_echo(line, quoted):
             continue
-        found = _line_vote(line)
+        found = _line_vote(line, verdict_line)
         if found is not None:
             choice = found
     return choice  # type: ignore[return-value]
@@ -108,7 +121,8 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
         )
     except REQUEST_ERRORS as exc:
         return Vote(voter=voter, winner=None, raw="", error=error_text(exc))
-    shown = parse_vote(reply, token, (shown_a, shown_b))
+    verdict_line = ctx.prompts.reply_format("vote") == "verdict_line"
+    shown = parse_vote(reply, token, (shown_a, shown_b), verdict_line=verdict_line)
     winner: Literal["a", "b"] | None = shown
     if shown is not None and swapped:
         winner = "b" if shown == "a" else "a"
