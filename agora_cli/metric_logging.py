@@ -12,6 +12,12 @@ Scalars, by event (x axis = the loop step unless said otherwise):
   validation_score    anchor/<benchmark>/<member> (the in-run external anchor; `agora eval`
                       scores have no step and are not logged)
   training_progress   train_loss/<member>/round_<n>, x = the round's optimizer step
+  consensus_audit     audit/precision, audit/recall (unanimous consensus vs gold on this step's
+                      probe solutions), audit/precision_run, audit/recall_run (the run so far),
+                      audit_precision/<verifier>, audit_recall/<verifier> (each verifier's own
+                      verdicts, this step); a rate with no cases (e.g. nothing approved) is not
+                      logged. TensorBoard shows no intervals: `agora status` and the report give
+                      each rate with its 95% Wilson interval (agora_cli/audit.py).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from agora_cli.audit import CONSENSUS, Counts
 from agora_cli.errors import ConfigError
 from agora_cli.events import Event
 
@@ -66,6 +73,8 @@ class TensorBoardSink:
         elif kind == "validation_score" and event.get("step") is not None:
             self._scalar(f"anchor/{event['benchmark']}/{event['member']}", event.get("score"),
                          event["step"])
+        elif kind == "consensus_audit":
+            self._audit(event)
         elif kind == "training_progress" and "loss" in event:
             self._scalar(f"train_loss/{event['member']}/round_{event.get('round')}",
                          event["loss"], event.get("step", 0))
@@ -83,6 +92,25 @@ class TensorBoardSink:
                 self._scalar(f"{tag}/{member}", stats.get(key), t)
         self._w().flush()  # one flush per step: TensorBoard shows a live run
 
+    def _audit(self, e: Event) -> None:
+        t = e["step"]
+
+        def rates(counts: dict[str, int] | None) -> tuple[float | None, float | None]:
+            c = Counts(**(counts or {}))
+            return _rate(*c.precision), _rate(*c.recall)
+
+        for verifier, counts in (e.get("verifiers") or {}).items():
+            precision, recall = rates(counts)
+            if verifier == CONSENSUS:
+                self._scalar("audit/precision", precision, t)
+                self._scalar("audit/recall", recall, t)
+            else:
+                self._scalar(f"audit_precision/{verifier}", precision, t)
+                self._scalar(f"audit_recall/{verifier}", recall, t)
+        precision, recall = rates((e.get("total") or {}).get(CONSENSUS))
+        self._scalar("audit/precision_run", precision, t)
+        self._scalar("audit/recall_run", recall, t)
+
     def _scalar(self, tag: str, value: Any, step: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return  # not computed this step (None)
@@ -91,3 +119,7 @@ class TensorBoardSink:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None

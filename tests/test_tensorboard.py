@@ -80,3 +80,48 @@ def test_a_failing_writer_never_stops_the_run(run_dir):
     assert result.committed == 2
     failed = [e for e in read_events(RunPaths(run_dir).events) if e["kind"] == "sink_failed"]
     assert len(failed) == 1 and failed[0]["sink"].endswith("tensorboard")
+
+
+def test_consensus_audit_scalars_per_step_and_verifier(run_dir):
+    """The audit's precision and recall (consensus, run so far, each verifier) are logged per
+    step with the values of the stored counts. The fake's probes: beta answers wrong, everyone
+    approves everything, so precision is 2/3 and recall 1 for the consensus."""
+    from agora_cli.audit import CONSENSUS, Counts
+    from tests.test_audit import audit_responder
+
+    data = config_dict("http://unused", run_dir, audit_probes=1)
+    data["logging"] = {"tensorboard": True}
+    with FakeOpenAI(audit_responder("VALID"), latency_s=0.0) as fake:
+        data["backends"]["fake"]["base_url"] = fake.url
+        runner.run(config_from_dict(data), run_dir=run_dir, steps=2)
+    paths = RunPaths(run_dir)
+    with Store(paths.store, readonly=True) as store:
+        rows = store.query("SELECT * FROM audit ORDER BY step, verifier")
+    counts = {(r["step"], r["verifier"]): Counts(r["tp"], r["fp"], r["fn"], r["tn"]) for r in rows}
+    assert {s for s, _ in counts} == {0, 1}
+    acc = EventAccumulator(str(paths.tensorboard))
+    acc.Reload()
+
+    def series(tag: str) -> list[tuple[int, float]]:
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    def want(verifier: str, which: str) -> list[tuple[int, float]]:
+        out = []
+        for t in (0, 1):
+            k, n = getattr(counts[(t, verifier)], which)
+            out.append((t, pytest.approx(k / n)))
+        return out
+
+    assert series("audit/precision") == want(CONSENSUS, "precision")
+    assert series("audit/recall") == want(CONSENSUS, "recall")
+    assert series("audit/precision") == [(0, pytest.approx(2 / 3)), (1, pytest.approx(2 / 3))]
+    assert series("audit/recall") == [(0, 1.0), (1, 1.0)]
+    for m in MEMBERS:
+        assert series(f"audit_precision/{m}") == want(m, "precision")
+        assert series(f"audit_recall/{m}") == want(m, "recall")
+    assert series("audit_precision/beta") == [(0, 1.0), (1, 1.0)]  # judged only right ones
+    run_total = Counts()
+    for t in (0, 1):
+        run_total += counts[(t, CONSENSUS)]
+    k, n = run_total.precision
+    assert series("audit/precision_run")[-1] == (1, pytest.approx(k / n))
