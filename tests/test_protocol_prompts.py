@@ -53,12 +53,17 @@ def test_undefined_variable_in_an_untaken_branch_is_still_rejected(tmp_path: Pat
 
 
 def test_missing_or_broken_template_is_reported(tmp_path: Path) -> None:
+    """A role a set lacks comes from prompts/ (tests/test_capable_prompts.py); a missing set, a
+    broken template and a file that names no role are reported together."""
     d = _copy(tmp_path)
-    (d / "vote.jinja").unlink()
+    (d / "vote.jinja").rename(d / "vote.jinja.txt")
+    (d / "votes.jinja").write_text("{% block user %}{{ problem }}{% endblock %}")
     (d / "solve.jinja").write_text("{% block user %}{{ problem {% endblock %}")
     with pytest.raises(PromptError) as err:
         Prompts(d).validate()
-    assert "vote.jinja" in str(err.value) and "solve.jinja" in str(err.value)
+    assert "votes.jinja" in str(err.value) and "solve.jinja" in str(err.value)
+    with pytest.raises(PromptError, match="not a directory"):
+        Prompts(tmp_path / "missing").validate()
 
 
 def test_render_without_a_variable_raises_prompt_error() -> None:

@@ -29,9 +29,10 @@ MEMBERS = ["alpha", "beta", "gamma"]
 PROBLEM = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
 
 
-def make_cfg(**ablations: bool) -> Config:
+def make_cfg(prompts_dir: str | None = None, **ablations: bool) -> Config:
     return Config(
         name="t",
+        prompts_dir=prompts_dir,
         members=[Member(name=m, model="fake") for m in MEMBERS],
         ablations=ablations,
         protocol={"generators_per_step": 2, "elite_k": 3},
@@ -45,7 +46,8 @@ async def stage(responder: Callable[[Request], str | Reply], cfg: Config | None 
     # break connections of other clients in the same process (seen as random request timeouts).
     with FakeOpenAI(responder) as fake:
         cfg = cfg or make_cfg()
-        ctx = Ctx(cfg=cfg, pool=pool_for(fake, MEMBERS, max_retries=0), prompts=Prompts(),
+        ctx = Ctx(cfg=cfg, pool=pool_for(fake, MEMBERS, max_retries=0),
+                  prompts=Prompts(cfg.prompts_dir),
                   rng=random.Random(seed))
         try:
             yield ctx, fake
