@@ -210,8 +210,10 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
     for m, s in stats.items():
         bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
     size = db.buffer_size(store)
+    isolated = cfg.protocol.mode == "isolated"
+    # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
     bus.emit("buffer_size", size=size, threshold=cfg.protocol.buffer_threshold,
-             unconsumed=db.unconsumed_buffer(store))
+             unconsumed=db.waiting_rows(store, isolated), per_member=isolated)
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
     bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy,
              next_strategy=step_strategy(cfg, db.anchor_history(store)))
@@ -224,6 +226,8 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
         v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,
         request_s=fx.request_s, buffer=size, threshold=cfg.protocol.buffer_threshold,
         members=stats, **{f"n_{k}": v for k, v in fx.counts.items()},
+        **({"member_d": {m: round(x.next_difficulty, 4) for m, x in fx.member_steps.items()}}
+           if fx.member_steps else {}),
     )
 
 

@@ -425,6 +425,20 @@ def unconsumed_buffer(store: Store) -> int:
     return int(store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") or 0)
 
 
+def unconsumed_by_member(store: Store) -> dict[str, int]:
+    """member -> its own buffer rows no round has taken yet (the isolated control's trigger)."""
+    return {r["member"]: r["n"] for r in store.query(
+        "SELECT member, COUNT(*) AS n FROM buffer WHERE round_id IS NULL GROUP BY member")}
+
+
+def waiting_rows(store: Store, isolated: bool) -> int:
+    """The unconsumed count the training threshold is compared with: the pooled count in AGORA
+    mode, the largest member's own count in the isolated control (its threshold is per member)."""
+    if isolated:
+        return max(unconsumed_by_member(store).values(), default=0)
+    return unconsumed_buffer(store)
+
+
 # --------------------------------------------------------------------------- commit
 
 

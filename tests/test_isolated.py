@@ -13,11 +13,15 @@ import json
 import sqlite3
 
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
 from agora_cli import runner
+from agora_cli.cli import app
 from agora_cli.paths import RunPaths
 from agora_cli.store import MIGRATIONS, SCHEMA_VERSION, Store
-from tests.fakes.ensemble import MEMBERS, make_config, problem_of, responder
+from agora_cli.ui.status import collect, render
+from tests.fakes.ensemble import MEMBERS, make_config, problem_of, responder, write_config
 from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(180)
@@ -130,6 +134,13 @@ def test_members_with_different_v_get_their_own_difficulty_and_resume_keeps_it(t
     asked_at = {(m, d) for m, u in asked for d in ("0.5", "1.5")
                 if f"difficulty {d} out of 10" in u}
     assert asked_at == {("alpha", "1.5"), ("beta", "1.5"), ("gamma", "0.5")}
+    st = collect(a)  # `agora status` shows each member's d_{t+1}^i and the per-member threshold
+    assert st.isolated and st.member_d == pytest.approx(
+        {m: rows[(2, m)][5] for m in MEMBERS})
+    console = Console(record=True, width=200)
+    console.print(render(st))
+    page = console.export_text()
+    assert f"gamma {rows[(2, 'gamma')][5]:.3f}" in page and "threshold 100 per member" in page
     with Store(RunPaths(b).store) as store:
         resumed = member_rows(store)
     assert [r[:2] for r in resumed] == [r[:2] for r in straight]
@@ -191,3 +202,13 @@ def test_a_v3_run_store_migrates_to_member_steps(tmp_path):
         assert s.scalar("PRAGMA user_version") == SCHEMA_VERSION == 4
         assert s.scalar("SELECT COUNT(*) FROM member_steps") == 0
         assert s.scalar("SELECT COUNT(*) FROM problems") == 1
+
+
+def test_validate_says_the_difficulty_control_is_inert_with_seed_pool(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", tmp_path / "run",
+                       problem_source="seed_pool")
+    result = CliRunner().invoke(app, ["validate", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "seed_pool" in result.output and "inert" in result.output
+    plain = write_config(tmp_path / "p.yaml", "http://127.0.0.1:9", tmp_path / "run")
+    assert "inert" not in CliRunner().invoke(app, ["validate", str(plain)]).output

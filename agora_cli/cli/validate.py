@@ -29,6 +29,12 @@ def validate(
     )
     device, amp = resolve_precision(cfg.training.precision)  # this machine's trainer
     warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
+    if cfg.protocol.problem_source == "seed_pool":
+        notes = [f"protocol.problem_source is seed_pool: each step solves "
+                 f"{cfg.protocol.problems_per_step} problems drawn from the seed pool "
+                 f"{cfg.protocol.seed_pool!r} by (seed, step, slot) alone and nothing is generated; "
+                 "d_t is still recorded but steers nothing (the difficulty control is inert)",
+                 *notes]
     for line in notes:
         console.print(Text("note: ", style="dim") + Text(line), soft_wrap=True)
     for line in warnings:
