@@ -18,6 +18,7 @@ from rich.console import Console
 from agora_cli import runner
 from agora_cli.cli.validate import protocol_notes
 from agora_cli.paths import RunPaths
+from agora_cli.runner import config_diff
 from agora_cli.store import MIGRATIONS, SCHEMA_VERSION, Store
 from agora_cli.ui.status import collect, render
 from tests.fakes.ensemble import MEMBERS, make_config, problem_of, responder
@@ -209,3 +210,14 @@ def test_validate_says_the_difficulty_control_is_inert_with_seed_pool(tmp_path):
     (note,) = protocol_notes(pool)
     assert "seed_pool" in note and "inert" in note
     assert protocol_notes(make_config("http://127.0.0.1:9", tmp_path / "run")) == []
+
+
+def test_a_run_stored_before_problem_source_resumes_without_force():
+    """A stored config without `protocol.problem_source` did what `generated` does: no diff;
+    asking such a run for `seed_pool` is a change."""
+    stored = {"protocol": {"mode": "agora", "elite_k": 3}}
+    assert config_diff(stored, {"protocol": {"mode": "agora", "elite_k": 3,
+                                             "problem_source": "generated"}}) == []
+    (key, _), = config_diff(stored, {"protocol": {"mode": "agora", "elite_k": 3,
+                                                  "problem_source": "seed_pool"}})
+    assert key == "protocol.problem_source"
