@@ -36,7 +36,7 @@ class StepWork:
 
     open: db.OpenStep
     members: list[str]
-    isolated: bool  # the isolated-evolution control (no votes, one sample per problem and member)
+    isolated: bool  # the isolated-evolution control (no votes, own problems, own difficulty)
     correct: dict[int, bool]  # solution id -> unanimous consensus (or self-consistency) outcome
     failures: int  # requests that failed after retries in this invocation
     # The consensus audit of the step's probes (agora_cli.audit), already graded: stored as is,
@@ -49,6 +49,30 @@ def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float 
     """Eq. 2 surprise F_t over the ensemble's anchor history, and d_{t+1} adjusted by FEM."""
     f_t = surprise(anchors, cfg.protocol.surprise)  # Eq. 2
     return apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem), f_t
+
+
+def member_difficulty(cfg: Config, store: Store, run: StepWork,
+                      solutions: list, correct: dict[int, bool]) -> dict[str, db.MemberStep]:
+    """The isolated control's own difficulty loop per member (protocol step 1, per member):
+    V_t^i = the share of member i's samples that self-consistency validated, d_{t+1}^i by Eq. 1
+    from its d_t^i and V_target^i (fixed when the step opened), then FEM (Eq. 2) on the member's
+    OWN anchor history when it was scored anew at this step. Nothing pooled enters."""
+    plan = run.open.info.get("members") or {}  # absent: a step opened by an older agora
+    fresh = db.fresh_anchor_scores(store, run.open.step)
+    out: dict[str, db.MemberStep] = {}
+    for m in run.members:
+        if m not in plan:
+            continue
+        d, v_target = float(plan[m]["d"]), float(plan[m]["v_target"])
+        mine = [s["id"] for s in solutions if s["member"] == m]
+        v = sum(1 for sid in mine if correct.get(sid)) / len(mine) if mine else None
+        d_next = d if v is None else next_difficulty(
+            d, v, v_target, cfg.protocol.difficulty, cfg.ablations.difficulty_control)  # Eq. 1
+        f_t = None
+        if m in fresh:
+            d_next, f_t = fem(cfg, db.member_anchor_history(store, m) + [fresh[m]], d_next)
+        out[m] = db.MemberStep(d, v, v_target, d_next, f_t)
+    return out
 
 
 def replay_ratings(store: Store, members: list[str]) -> dict[str, tuple[float, float]]:
@@ -157,6 +181,11 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
         # No ground truth: Eq. 2 on the ratings, on the anchor schedule (protocol/surprise.py).
         f_t = rating_surprise([r.mu for r in ratings.values()], cfg.protocol.surprise.eps)
         d_next = apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem)
+    own = member_difficulty(cfg, store, run, all_solutions, correct) if run.isolated else {}
+    if own:
+        # The isolated step's steps.next_difficulty is the members' mean, for the views only:
+        # each member's next step reads its own d_{t+1}^i (member_steps).
+        d_next = _mean([m.next_difficulty for m in own.values()])
     all_problems = db.step_problems(store, t, only_ok=False)
     counts = {
         "problems": sum(1 for p in all_problems if p["status"] == "ok"),
@@ -171,6 +200,7 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
         info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu},
         audit=[(v, c.tp, c.fp, c.fn, c.tn) for v, c in run.audit.items()],
         audit_solutions=[(sid, t, a) for sid, (t, a) in run.audit_solutions.items()],
+        member_steps=own,
     )
 
 
@@ -180,8 +210,10 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
     for m, s in stats.items():
         bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
     size = db.buffer_size(store)
+    isolated = cfg.protocol.mode == "isolated"
+    # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
     bus.emit("buffer_size", size=size, threshold=cfg.protocol.buffer_threshold,
-             unconsumed=db.unconsumed_buffer(store))
+             unconsumed=db.waiting_rows(store, isolated), per_member=isolated)
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
     bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy,
              next_strategy=step_strategy(cfg, db.anchor_history(store)))
@@ -194,6 +226,8 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
         v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,
         request_s=fx.request_s, buffer=size, threshold=cfg.protocol.buffer_threshold,
         members=stats, **{f"n_{k}": v for k, v in fx.counts.items()},
+        **({"member_d": {m: round(x.next_difficulty, 4) for m, x in fx.member_steps.items()}}
+           if fx.member_steps else {}),
     )
 
 

@@ -238,7 +238,17 @@ class ProtocolSampling(Strict):
 
 
 class Protocol(Strict):
+    # `isolated`: the paper's isolated-evolution control, matched to AGORA (see README "Protocol
+    # rules"): each member writes `problems_per_step` problems of its own at its own d_t^i (Eq. 1
+    # on its own V_t^i), solves only those (`self_consistency_samples` samples each) and trains
+    # when ITS OWN buffered rows reach `buffer_threshold`.
     mode: Literal["agora", "isolated"] = "agora"
+    # Where a step's problems come from. `generated`: the Q-Group writes them (protocol step 1).
+    # `seed_pool`: no generation; slot i of step t solves the seed-pool item a stream seeded by
+    # (seed, step, slot) alone picks, so an AGORA run and an isolated run with the same seed solve
+    # identical problems at every step. d_t is still computed and recorded but steers nothing
+    # then (the difficulty control is inert).
+    problem_source: Literal["generated", "seed_pool"] = "generated"
     problems_per_step: int = Field(16, ge=1)
     generators_per_step: int = Field(2, ge=1, description="random Q-Group size (random_qgen)")
     seed_examples: int = Field(3, ge=0, description="seed problems shown to a generator")

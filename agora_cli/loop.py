@@ -19,10 +19,16 @@ With `protocol.audit_probes` on, the step also solves and verifies a few gold-la
 problems (`agora_cli.audit`); they never vote and none of the effects above reads them. At commit
 their solutions are graded against gold into the consensus audit's counts.
 
-`mode: isolated` is the paper's isolated-evolution baseline: the same generated problems, each
-member solves each problem `self_consistency_samples` times, and a sample is correct when its answer
-is the strict majority of the member's samples; the first majority sample per (problem, member)
-goes to the buffer. No verification by peers, no votes, no ratings, no elite history.
+`mode: isolated` is the paper's isolated-evolution baseline, matched to AGORA's per-member
+budget: each member writes `problems_per_step` problems of its own at its own d_t^i and solves only
+those (with `problem_source: seed_pool`, every member solves the step's pool problems), each
+`self_consistency_samples` times; a sample is correct when its answer is the strict majority of the
+member's samples, and the first majority sample per (problem, member) goes to the buffer. d_{t+1}^i
+is Eq. 1 on the member's own V_t^i (`member_steps`). No verification by peers, no votes, no
+ratings, no elite history.
+
+`problem_source: seed_pool` replaces generation: slot i of step t takes `pool_pick(cfg, t, i)`, a
+function of (seed, step, slot) alone, so both arms solve the same problems.
 """
 
 from __future__ import annotations
@@ -150,17 +156,36 @@ class StepRun:
     def slot_authors(self, slot: dict, attempt: int) -> str:
         """Who writes attempt `attempt` (0 = the first) of a slot's problem: its planned author,
         then the step's other generators, then the other members, in turn (a dropped problem is
-        asked of another member where there is one)."""
+        asked of another member where there is one). An isolated member's slot is always asked
+        of its owner: it solves only what it wrote."""
+        if slot.get("owner"):
+            return str(slot["owner"])
         generators = self.open.info.get("generators") or []
         first = [slot["author"], *(g for g in generators if g != slot["author"])]
         order = first + [m for m in self.members if m not in first]
         return order[attempt % len(order)]
 
+    def difficulty_of(self, slot: dict) -> float:
+        """The d_t a slot's problem is written at: its isolated owner's own d_t^i, else the
+        step's shared d_t."""
+        own = (self.open.info.get("members") or {}).get(slot.get("owner") or "")
+        return float(own["d"]) if own else self.open.difficulty
+
+    def solvers(self, p: Row) -> list[str]:
+        """Who solves problem p: in isolated mode the owner of its slot (the member that wrote
+        it, or whose seed fallback it is) when the slot has one; else every member."""
+        slots = self.open.info.get("slots") or []
+        if self.isolated and p["slot"] is not None and 0 <= p["slot"] < len(slots):
+            owner = slots[p["slot"]].get("owner")
+            if owner in self.members:
+                return [owner]
+        return self.members
+
     async def ask(self, slot: dict, author: str) -> GeneratedProblem | None:
         """One generation request for a slot; None when it failed (nothing is stored then, and
         the slot is asked again in the step's next pass)."""
         seeds = [self.seeds[s] for s in slot["seed_ids"] if s in self.seeds]
-        (p,) = await gen.generate_problems(self.ctx, author, self.open.difficulty, seeds, 1)
+        (p,) = await gen.generate_problems(self.ctx, author, self.difficulty_of(slot), seeds, 1)
         self._tick("generate", done=1)
         if p.dropped == "request_failed":
             self.failures += 1
@@ -173,7 +198,7 @@ class StepRun:
         hand a kept problem to `on_problem` at once, so its solves start."""
         gen.dedupe([p], db.existing_problem_texts(self.store))
         pid = db.insert_problem(
-            self.store, self.t, p.author, p.text or "", self.open.difficulty, slot["seed_ids"],
+            self.store, self.t, p.author, p.text or "", self.difficulty_of(slot), slot["seed_ids"],
             p.raw, p.dropped, slot=i,
         )
         row = dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,)))
@@ -194,6 +219,11 @@ class StepRun:
         stored attempts and nothing kept takes a seed-pool problem (`seed_fallback`)."""
         slots, rows = self.open.info["slots"], self.slot_rows()
         retries, failed = self.cfg.protocol.problem_retries, set()
+        if self.open.info.get("source") == "seed_pool":
+            for i, slot in enumerate(slots):
+                if not rows[i]:
+                    self.pool_fill(i, slot, on_problem)
+            return
 
         def empty() -> list[int]:
             return [i for i, r in enumerate(rows) if not any(_kept(x) for x in r)]
@@ -222,6 +252,16 @@ class StepRun:
             if len(rows[i]) > retries:
                 self.seed_fill(i, on_problem)
 
+    def pool_fill(self, i: int, slot: dict, on_problem: Callable[[Row], None] | None) -> None:
+        """`problem_source: seed_pool`: store slot i's planned pool problem (author 'seed')."""
+        seed = self.seeds.get(slot["seed_ids"][0]) if slot["seed_ids"] else None
+        if seed is None:
+            return
+        pid = db.insert_problem(self.store, self.t, "seed", seed["problem"],
+                                self.difficulty_of(slot), [seed["id"]], None, None, slot=i)
+        if on_problem is not None:
+            on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
+
     def seed_fill(self, i: int, on_problem: Callable[[Row], None] | None) -> None:
         """Slot i's generated problems were all dropped: solve a seed-pool problem (author 'seed')
         instead, so a weak Q-Group does not shrink the step (`protocol.seed_fallback`)."""
@@ -234,8 +274,9 @@ class StepRun:
                      if s["problem"] not in existing), None)
         if pick is None:
             return
-        pid = db.insert_problem(self.store, self.t, "seed", pick["problem"], self.open.difficulty,
-                                [pick["id"]], None, None, slot=i)
+        pid = db.insert_problem(self.store, self.t, "seed", pick["problem"],
+                                self.difficulty_of(self.open.info["slots"][i]), [pick["id"]],
+                                None, None, slot=i)
         self.bus.emit("seed_fallback", step=self.t, n=1, slot=i)
         if on_problem is not None:
             on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
@@ -373,7 +414,7 @@ class StepRun:
         An audit probe stops before the votes: nothing it does may reach the ratings."""
         if self.isolated:
             n = self.cfg.protocol.self_consistency_samples
-            todo = [m for m in self.members if len(self.samples.get((p["id"], m), [])) < n]
+            todo = [m for m in self.solvers(p) if len(self.samples.get((p["id"], m), [])) < n]
             self._tick("solve", total=len(todo))
             await asyncio.gather(*(self.isolated_one(p, m) for m in todo))
             return
@@ -534,19 +575,56 @@ class StepRun:
         return out
 
 
+def pool_order(seed: int, pool: list[dict]) -> list[str]:
+    """The seed pool's ids in the order `problem_source: seed_pool` solves them: one shuffle
+    seeded by the run's seed alone."""
+    ids = [s["id"] for s in pool]
+    random.Random(f"{seed}:problem-pool").shuffle(ids)
+    return ids
+
+
+def pool_pick(order: list[str], t: int, slot: int, per_step: int) -> str:
+    """The pool id slot `slot` of step t solves: the (t * per_step + slot)-th of `pool_order`,
+    so no item repeats before the pool is used up, whatever the mode or the models replied."""
+    return order[(t * per_step + slot) % len(order)]
+
+
 def plan_slots(cfg: Config, t: int) -> dict[str, Any]:
-    """Who generates what in step t (Q-Group and seeds), fixed when the step opens."""
+    """Who generates what in step t (Q-Group and seeds), fixed when the step opens.
+
+    `problem_source: seed_pool`: one slot per problem, its pool item fixed here (`pool_pick`),
+    no generators, in both modes. `mode: isolated` (generated): every member owns
+    `problems_per_step` slots, written and solved by itself alone."""
     rng = random.Random(f"{cfg.seed}:{t}:plan")
     members = [m.name for m in cfg.members]
-    generators = gen.choose_generators(members, cfg, rng)
     pool = gen.load_seed_pool(cfg.protocol.seed_pool)
     n = cfg.protocol.problems_per_step
+    if cfg.protocol.problem_source == "seed_pool":
+        order = pool_order(cfg.seed, pool)
+        slots = [{"author": "seed", "seed_ids": [pool_pick(order, t, i, n)]} for i in range(n)]
+        return {"source": "seed_pool", "generators": [], "slots": slots}
+    if cfg.protocol.mode == "isolated":
+        slots = [{"author": m, "owner": m, "seed_ids": [
+            s["id"] for s in gen.sample_seeds(pool, cfg.protocol.seed_examples, rng)]}
+            for m in members for _ in range(n)]
+        return {"generators": members, "slots": slots}
+    generators = gen.choose_generators(members, cfg, rng)
     slots = []
     for i in range(n):
         author = generators[i % len(generators)]
         seeds = gen.sample_seeds(pool, cfg.protocol.seed_examples, rng)
         slots.append({"author": author, "seed_ids": [s["id"] for s in seeds]})
     return {"generators": generators, "slots": slots}
+
+
+def member_plan(cfg: Config, store: Store, t: int, d_t: float) -> dict[str, dict[str, float]]:
+    """Isolated mode: each member's own d_t^i (its d_{t+1}^i of step t-1, else the shared d_t
+    of a run without per-member rows) and V_target^i (the outer loop on its own V^i history)."""
+    last = db.member_steps(store, t - 1)
+    return {m.name: {
+        "d": last[m.name].next_difficulty if m.name in last else d_t,
+        "v_target": next_target(db.member_v_history(store, m.name), cfg.protocol.difficulty),
+    } for m in cfg.members}
 
 
 def load_elite(store: Store) -> list[EliteExample]:
@@ -564,14 +642,19 @@ def begin_step(
     d_t = last["next_difficulty"] if last else cfg.protocol.difficulty.d0
     strategy = step_strategy(cfg, db.anchor_history(store))
     plan = plan_slots(cfg, t)
+    if cfg.protocol.mode == "isolated":
+        plan["members"] = member_plan(cfg, store, t, d_t)
+        # steps.difficulty of an isolated step is the members' mean d_t^i, for the views only.
+        d_t = sum(m["d"] for m in plan["members"].values()) / len(plan["members"])
     if cfg.protocol.audit_probes and cfg.protocol.mode == "agora":
         # Drawn on their own seeded stream, so the step's other draws are those of a run
-        # without the audit; never a seed shown this step, never an earlier probe.
+        # without the audit; never a seed shown this step, never an earlier probe, never a
+        # pool item already solved as a problem (so seed_pool problems do not depend on probes).
         shown = {s for slot in plan["slots"] for s in slot["seed_ids"]}
         plan["probes"] = plan_probes(gen.load_seed_pool(cfg.protocol.seed_pool),
                                      cfg.protocol.audit_probes,
                                      random.Random(f"{cfg.seed}:{t}:probes"),
-                                     shown | db.probe_seed_ids(store))
+                                     shown | db.probe_seed_ids(store) | db.pool_problem_ids(store))
     opened = db.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty),
                           plan)
     ctx = Ctx(cfg=cfg, pool=pool, prompts=prompts, rng=random.Random(f"{cfg.seed}:{t}"), bus=bus)

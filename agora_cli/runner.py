@@ -59,11 +59,19 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
+# Settings added after runs were stored, with the value that does what those runs did: a stored
+# config without the key resumes under that value as it is.
+ADDED_SINCE = {"protocol.problem_source": "generated"}
+
+
 def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     """(key, 'stored -> given') for every setting that differs, `run_dir` and `logging.*` aside
     (where the step scalars are also written changes no result; a run stored before the
-    `logging` section existed resumes as it is)."""
+    `logging` section existed resumes as it is), and keys of ADDED_SINCE a stored config lacks
+    when the given value is the old behaviour."""
     a, b = _flatten(old), _flatten(new)
+    for k, v in ADDED_SINCE.items():
+        a.setdefault(k, v)
     return [
         (k, f"run has {a.get(k)!r}, config gives {b.get(k)!r}")
         for k in sorted(set(a) | set(b))

@@ -56,6 +56,19 @@ class Effects:
     # (probe solution id, truth against gold, approved by consensus).
     audit: list[tuple[str, int, int, int, int]] = field(default_factory=list)
     audit_solutions: list[tuple[int, bool, bool]] = field(default_factory=list)
+    # The isolated control's per-member difficulty (Eq. 1 on V_t^i): member -> MemberStep.
+    member_steps: dict[str, MemberStep] = field(default_factory=dict)
+
+
+@dataclass
+class MemberStep:
+    """One member's own difficulty loop in an isolated step (a `member_steps` row)."""
+
+    difficulty: float  # d_t^i
+    v_t: float | None  # V_t^i
+    v_target: float  # V_target^i
+    next_difficulty: float  # d_{t+1}^i
+    f_t: float | None = None
 
 
 # A consensus-audit probe's problems.status (agora_cli.audit). Probe rows are solved and verified
@@ -366,12 +379,64 @@ def elite_examples(store: Store) -> list[EliteExample]:
     ]
 
 
+def member_steps(store: Store, step: int) -> dict[str, MemberStep]:
+    """member -> its `member_steps` row of `step` (empty for an AGORA step or an older run)."""
+    return {r["member"]: MemberStep(r["difficulty"], r["v_t"], r["v_target"],
+                                    r["next_difficulty"], r["f_t"])
+            for r in store.query("SELECT * FROM member_steps WHERE step = ?", (step,))}
+
+
+def member_v_history(store: Store, member: str) -> list[float]:
+    """V_t^i of every committed isolated step of `member`, oldest first (its outer loop)."""
+    return [r["v_t"] for r in store.query(
+        "SELECT m.v_t FROM member_steps m JOIN steps s ON s.step = m.step "
+        "WHERE s.committed_at IS NOT NULL AND m.member = ? AND m.v_t IS NOT NULL "
+        "ORDER BY m.step", (member,))]
+
+
+def member_anchor_history(store: Store, member: str) -> list[float]:
+    """The member's own anchor scores at committed steps where it was scored anew, oldest
+    first: Eq. 2's input for an isolated member (no ensemble average couples the members)."""
+    return [r["score"] for r in store.query(
+        "SELECT a.score FROM anchors a JOIN steps s ON s.step = a.step "
+        "WHERE s.committed_at IS NOT NULL AND a.member = ? AND a.reused_from IS NULL "
+        "ORDER BY a.step", (member,))]
+
+
+def fresh_anchor_scores(store: Store, step: int) -> dict[str, float]:
+    """member -> its anchor score at `step` when it was scored anew there (not reused)."""
+    return {r["member"]: r["score"] for r in store.query(
+        "SELECT member, score FROM anchors WHERE step = ? AND member != ? "
+        "AND reused_from IS NULL", (step, MAJORITY))}
+
+
+def pool_problem_ids(store: Store) -> set[str]:
+    """Seed-pool ids the run has solved as problems (seed_pool source, seed fallbacks)."""
+    return {i for r in store.query(
+        "SELECT seed_ids FROM problems WHERE author = 'seed' AND status = 'ok'")
+        for i in json.loads(r["seed_ids"])}
+
+
 def buffer_size(store: Store) -> int:
     return int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
 
 
 def unconsumed_buffer(store: Store) -> int:
     return int(store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") or 0)
+
+
+def unconsumed_by_member(store: Store) -> dict[str, int]:
+    """member -> its own buffer rows no round has taken yet (the isolated control's trigger)."""
+    return {r["member"]: r["n"] for r in store.query(
+        "SELECT member, COUNT(*) AS n FROM buffer WHERE round_id IS NULL GROUP BY member")}
+
+
+def waiting_rows(store: Store, isolated: bool) -> int:
+    """The unconsumed count the training threshold is compared with: the pooled count in AGORA
+    mode, the largest member's own count in the isolated control (its threshold is per member)."""
+    if isolated:
+        return max(unconsumed_by_member(store).values(), default=0)
+    return unconsumed_buffer(store)
 
 
 # --------------------------------------------------------------------------- commit
@@ -416,6 +481,12 @@ def commit_effects(store: Store, fx: Effects) -> None:
             store.execute(
                 "INSERT OR REPLACE INTO audit_solutions(solution_id, step, truth, approved) "
                 "VALUES (?, ?, ?, ?)", (sid, fx.step, int(truth), int(approved)),
+            )
+        for member, m in fx.member_steps.items():
+            store.execute(
+                "INSERT OR REPLACE INTO member_steps(step, member, difficulty, v_t, v_target, "
+                "next_difficulty, f_t) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (fx.step, member, m.difficulty, m.v_t, m.v_target, m.next_difficulty, m.f_t),
             )
         c = fx.counts
         store.execute(

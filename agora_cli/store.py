@@ -221,6 +221,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (step, verifier)
     );
     """,
+    # v4 (issue 11): the matched isolated control. Each member has its own difficulty: d_t^i it
+    # wrote its problems at, its own V_t^i (validated share of its samples), V_target^i and
+    # d_{t+1}^i by Eq. 1, one row per committed isolated step and member (AGORA runs write none).
+    """
+    CREATE TABLE member_steps (
+        step INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        difficulty REAL NOT NULL,        -- d_t^i
+        v_t REAL,                        -- V_t^i (NULL: no samples this step)
+        v_target REAL NOT NULL,          -- V_target^i
+        next_difficulty REAL NOT NULL,   -- d_{t+1}^i (Eq. 1, then FEM on its own anchors)
+        f_t REAL,                        -- Eq. 2 on the member's own anchor history
+        PRIMARY KEY (step, member)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

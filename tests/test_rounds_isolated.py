@@ -12,6 +12,7 @@ from agora_cli.config import config_from_dict
 from agora_cli.evaluation.plots import knowledge_flow
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store, now
+from agora_cli.training import round_store as rs
 from agora_cli.training.data import load_samples
 from agora_cli.training.rounds import RoundManager
 
@@ -46,15 +47,50 @@ def fill(store: Store, authors: list[str]) -> list[int]:
 
 def test_isolated_round_trains_only_members_with_own_rows(tmp_path):
     store = Store(tmp_path / "agora.sqlite")
-    ids = fill(store, ["a", "a", "b", "a"])
+    ids = fill(store, ["a", "a", "b", "a", "b", "b", "b"])
     rm = RoundManager(store, cfg_for("isolated"), RunPaths(tmp_path).ensure())
-    round_id = rm.create_round(0, limit=4, exact=True)
+    round_id = rm.create_round(0, limit=3, exact=True)
     learners = [r["member"] for r in store.query(
         "SELECT member FROM adapters WHERE round_id = ? ORDER BY id", (round_id,))]
-    assert learners == ["a", "b"]  # c authored nothing in this round: nothing to learn from
-    own_a = [s.buffer_id for s in load_samples(store, ids, author="a")]
-    own_b = [s.buffer_id for s in load_samples(store, ids, author="b")]
-    assert own_a == [ids[0], ids[1], ids[3]] and own_b == [ids[2]]
+    assert learners == ["a", "b"]  # c authored nothing: nothing to learn from
+    round_ids = json.loads(store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (round_id,)))
+    own_a = [s.buffer_id for s in load_samples(store, round_ids, author="a")]
+    own_b = [s.buffer_id for s in load_samples(store, round_ids, author="b")]
+    assert own_a == [ids[0], ids[1], ids[3]] and own_b == [ids[2], ids[4], ids[5]]
+    # b's fourth row was not needed for its threshold: it waits for b's next round
+    assert store.scalar("SELECT round_id FROM buffer WHERE id = ?", (ids[6],)) is None
+
+
+def test_isolated_threshold_is_per_member(tmp_path):
+    """7 rows wait, 4 or more is the threshold: the pooled count would start a round, yet only
+    a has 4 rows of its own. a trains (on exactly its 4), b and c do not and keep theirs."""
+    store = Store(tmp_path / "agora.sqlite")
+    ids = fill(store, ["a", "b", "a", "c", "a", "b", "a"])
+    assert rs.own_rows_due(store, MEMBERS, 4) == {"a": [ids[0], ids[2], ids[4], ids[6]]}
+    assert rs.own_rows_due(store, MEMBERS, 5) == {}
+    rm = RoundManager(store, cfg_for("isolated"), RunPaths(tmp_path).ensure())
+    round_id = rm.create_round(0, limit=4, exact=True)
+    assert round_id is not None
+    learners = [r["member"] for r in store.query(
+        "SELECT member FROM adapters WHERE round_id = ?", (round_id,))]
+    assert learners == ["a"]
+    assert json.loads(store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (round_id,))) \
+        == [ids[0], ids[2], ids[4], ids[6]]
+    waiting = [r["member"] for r in store.query(
+        "SELECT member FROM buffer WHERE round_id IS NULL ORDER BY id")]
+    assert waiting == ["b", "c", "b"]
+    # 3 rows of their own are below the threshold: no round at all, although 3 rows wait
+    assert rm.create_round(1, limit=4, exact=True) is None
+
+
+def test_isolated_no_round_below_own_threshold(tmp_path):
+    """6 pooled rows reach a threshold of 4, but no member has 4 of its own: no round starts."""
+    store = Store(tmp_path / "agora.sqlite")
+    fill(store, ["a", "b", "c", "a", "b", "c"])
+    rm = RoundManager(store, cfg_for("isolated"), RunPaths(tmp_path).ensure())
+    assert rm.create_round(0, limit=4, exact=True) is None
+    assert store.scalar("SELECT COUNT(*) FROM rounds") == 0
+    assert store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") == 6
 
 
 def test_agora_round_trains_every_member_on_every_row(tmp_path):

@@ -10,7 +10,17 @@ import typer
 from rich.text import Text
 
 from agora_cli.cli.app import app, console
-from agora_cli.config import load_config
+from agora_cli.config import Config, load_config
+
+
+def protocol_notes(cfg: Config) -> list[str]:
+    """What a valid protocol section will (not) do that its fields alone do not say."""
+    if cfg.protocol.problem_source != "seed_pool":
+        return []
+    return [f"protocol.problem_source is seed_pool: each step solves "
+            f"{cfg.protocol.problems_per_step} problems drawn from the seed pool "
+            f"{cfg.protocol.seed_pool!r} by (seed, step, slot) alone and nothing is generated; "
+            "d_t is still recorded but steers nothing (the difficulty control is inert)"]
 
 
 @app.command()
@@ -32,7 +42,7 @@ def validate(
                   soft_wrap=True)
     device, amp = resolve_precision(cfg.training.precision)  # this machine's trainer
     warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
-    for line in notes:
+    for line in [*protocol_notes(cfg), *notes]:
         console.print(Text("note: ", style="dim") + Text(line), soft_wrap=True)
     for line in warnings:
         console.print(Text("warning: ", style="yellow") + Text(line), soft_wrap=True)

@@ -70,6 +70,20 @@ def retriable_round(store: Store) -> sqlite3.Row | None:
     )
 
 
+def own_rows_due(store: Store, members: list[str], threshold: int) -> dict[str, list[int]]:
+    """The isolated control's per-member trigger: member -> the oldest `threshold` of its OWN
+    unconsumed buffer rows, for each member with at least `threshold` of them (members below it
+    are absent: they keep collecting). AGORA's trigger is the pooled count instead."""
+    due: dict[str, list[int]] = {}
+    for m in members:
+        ids = [r[0] for r in store.query(
+            "SELECT id FROM buffer WHERE round_id IS NULL AND member = ? ORDER BY id LIMIT ?",
+            (m, threshold))]
+        if len(ids) >= threshold:
+            due[m] = ids
+    return due
+
+
 def create_round(
     store: Store, step: int, members: list[str], adapter_dir: Callable[[str, int], Path], *,
     limit: int | None, exact: bool = False, own_rows_only: bool = False,
@@ -78,11 +92,17 @@ def create_round(
 
     `exact`: only when at least `limit` rows wait, and then exactly `limit`. Each member gets an
     `adapters` row (status training) with its next version; `own_rows_only` (the isolated
-    control) gives one only to members with rows in the round.
+    control) gives one only to members with rows in the round, and with `exact` the threshold
+    is per member (`own_rows_due`): the round holds `limit` own rows of each member that has
+    them, and only those members train.
     """
     with store.transaction() as conn:
-        sql = "SELECT id FROM buffer WHERE round_id IS NULL ORDER BY id"
-        ids = [r[0] for r in conn.execute(sql + ("" if limit is None else f" LIMIT {limit}"))]
+        if own_rows_only and exact and limit is not None:
+            due = own_rows_due(store, members, limit)
+            ids = sorted(i for rows in due.values() for i in rows)
+        else:
+            sql = "SELECT id FROM buffer WHERE round_id IS NULL ORDER BY id"
+            ids = [r[0] for r in conn.execute(sql + ("" if limit is None else f" LIMIT {limit}"))]
         if not ids or (exact and limit is not None and len(ids) < limit):
             return None
         cur = conn.execute(

@@ -126,7 +126,9 @@ class RoundManager:
             self._launch(int(row["id"]))
 
     def maybe_start(self, step: int) -> int | None:
-        """Start a round when none is in flight and `protocol.buffer_threshold` rows wait.
+        """Start a round when none is in flight and `protocol.buffer_threshold` rows wait (in the
+        isolated control: when some member's OWN unconsumed rows reach it; only such members
+        train, each on its own `buffer_threshold` rows).
 
         An unfinished round (failed attempt) is retried first, up to MAX_ATTEMPTS; a round that
         used them all blocks new rounds until `resume()` (a restart) retries it. Returns the id of

@@ -19,7 +19,13 @@ from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
 from agora_cli.evaluation.stats import rate_text, wilson
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
-from agora_cli.steps import NOT_PROBE, generation_counts, latest_ratings
+from agora_cli.steps import (
+    NOT_PROBE,
+    generation_counts,
+    latest_ratings,
+    member_steps,
+    waiting_rows,
+)
 from agora_cli.store import Store
 from agora_cli.ui.live import MemberStats, Throughput, member_table
 
@@ -44,6 +50,10 @@ class RunStatus:
     # many steps were audited.
     audit: dict[str, Counts] = field(default_factory=dict)
     audit_steps: int = 0
+    # The isolated control: the threshold is per member (`unconsumed` is then the largest
+    # member's own count), and each member's d_{t+1}^i after the last step.
+    isolated: bool = False
+    member_d: dict[str, float] = field(default_factory=dict)
 
 
 def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
@@ -51,12 +61,14 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
     paths = RunPaths(run_dir)
     threshold = 0
     member_names: list[str] = []
+    isolated = False
     if paths.config.exists():
         import yaml
 
         raw = yaml.safe_load(paths.config.read_text()) or {}
         threshold = int(raw.get("protocol", {}).get("buffer_threshold", 1024))
         member_names = [m["name"] for m in raw.get("members", [])]
+        isolated = raw.get("protocol", {}).get("mode") == "isolated"
     with Store(paths.store, readonly=True) as store:
         last_row = store.one(
             "SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step DESC LIMIT 1"
@@ -97,7 +109,11 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
             m = members.setdefault(name, MemberStats())
             m.generated, m.dropped = n, dropped
         buffer = int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
-        unconsumed = int(store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id IS NULL") or 0)
+        unconsumed = waiting_rows(store, isolated)
+        member_d = {}
+        if last and store.scalar(  # a store older than schema v4 has no member_steps
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'member_steps'"):
+            member_d = {m: x.next_difficulty for m, x in member_steps(store, last["step"]).items()}
         done = store.one("SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
                          "FROM steps WHERE committed_at IS NOT NULL")
         throughput = Throughput(int(done["buffered"] or 0), int(done["n"] or 0),
@@ -114,6 +130,7 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         buffer=buffer, unconsumed=unconsumed, threshold=threshold, members=members,
         throughput=throughput, open_work=open_work, rounds=rounds, events=events,
         audit=totals(per_step.values()), audit_steps=len(per_step),
+        isolated=isolated, member_d=member_d,
     )
 
 
@@ -160,7 +177,11 @@ def render(s: RunStatus) -> RenderableType:
         f"d_t+1 {_f(last.get('next_difficulty'))}  V_t {_v_t(last)}  "
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
-        f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}"
+        + (f"d_t+1 per member: {', '.join(f'{m} {d:.3f}' for m, d in s.member_d.items())}\n"
+           if s.member_d else "")
+        + (f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}" if not s.isolated
+           else f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
+                f"{s.unconsumed} of its own rows untrained")
         + (f"\n{s.throughput.line()}" if s.throughput else "")
     )
     parts: list[RenderableType] = [head, member_table(s.members, s.buffer)]
