@@ -2,17 +2,21 @@
 
 1. Batching (SmolLM2-135M): without and with length-grouped batching, and grouped with gradient
    checkpointing: tokens/s, padding, peak memory and round time.
-2. Loss (SmolLM2-135M and Gemma-3-270M, grouped, no checkpointing): today's `model(**batch).loss`
-   (logits at every position, `training.loss_chunk_tokens: 0`) against Eq. 3's loss from the
-   solution positions only, in chunks (training/loss.py): tokens/s, tokens/CPU-s and peak memory
-   with ratios, and memory.py's estimate next to the measured peak.
+2. Loss (SmolLM2-135M and Gemma-3-270M, grouped, no checkpointing): today's trainer
+   (`model(**batch).loss`, logits at every position, `training.loss_chunk_tokens: 0`, PEFT's
+   `nn.Dropout`) against Eq. 3's loss from the solution positions only, in chunks
+   (training/loss.py), with PEFT's dropout and with the fused LoRA dropout
+   (`training.lora_dropout_kernel`, training/lora_dropout.py): tokens/s, tokens/CPU-s and peak
+   memory with ratios, and memory.py's estimate next to the measured peak.
 
     python bench/bench_trainer.py [--rows 16] [--epochs 1] [--batch-size 4] [--threads 2]
                                   [--only batching|loss] [--context N] [--models NAME ...]
 
 Peak memory is the training worker's own RSS high-water mark (ru_maxrss): every variant runs in
-a fresh worker process. The closing note gives memory.py's estimate for Gemma-3-4B at the paper's
-batch (configs/paper-mixed.yaml) on an 80 GB GPU, from the formula `agora validate` uses.
+a fresh worker process. It is the training step's peak, not loading's: loading SmolLM2 (GGUF
+de-quantisation included) peaks at about 1.6 GB, the steps at 4-7 GB. The closing note gives
+memory.py's estimate for Gemma-3-4B at the paper's batch (configs/paper-mixed.yaml) on an 80 GB
+GPU, from the formula `agora validate` uses.
 
 Rows are GSM8K train problems with their reference solutions (lengths vary like real CoT), written
 into a scratch run store; each variant runs a full round through RoundManager (worker process,
@@ -65,7 +69,7 @@ def fill(store: Store, rows: int, member: str, context: int = 0) -> None:
 
 def one_round(
     root: Path, args: argparse.Namespace, grouped: bool, ckpt: bool = False,
-    model: str = SMOL, chunk: int = 1024, label: str = "",
+    model: str = SMOL, chunk: int = 1024, label: str = "", kernel: str = "fused",
 ) -> dict:
     member = {"name": "m", "model": model}
     if model == GEMMA:
@@ -76,7 +80,8 @@ def one_round(
         "protocol": {"buffer_threshold": args.rows},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": 384,
                      "group_by_length": grouped, "max_threads": args.threads,
-                     "gradient_checkpointing": ckpt, "loss_chunk_tokens": chunk},
+                     "gradient_checkpointing": ckpt, "loss_chunk_tokens": chunk,
+                     "lora_dropout_kernel": kernel},
     })
     name = label or f"{'grouped' if grouped else 'plain'}{'-ckpt' if ckpt else ''}"
     paths = RunPaths(root / name).ensure()
@@ -135,17 +140,26 @@ def batching(tmp: Path, args: argparse.Namespace) -> None:
 
 
 def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
-    """Today's loss vs the chunked one, per model; ratio = chunked / today's."""
+    """Today's trainer vs the new one, per model; ratio = new / today's.
+
+    today: `model(**batch).loss` (logits at every position) with PEFT's nn.Dropout; chunked: the
+    chunked loss with PEFT's dropout (the loss's share of the gain); new: the chunked loss with
+    the fused LoRA dropout (training/lora_dropout.py), the trainer's default.
+    """
     results = {}
     models = (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA))
     for name, model in [(n, m) for n, m in models if n in args.models]:
-        full = one_round(tmp, args, grouped=True, model=model, chunk=0, label=f"{name}-full")
-        chunked = one_round(tmp, args, grouped=True, model=model, label=f"{name}-chunked")
-        results[name] = (full, chunked)
+        full = one_round(tmp, args, grouped=True, model=model, chunk=0, label=f"{name}-full",
+                         kernel="peft")
+        chunked = one_round(tmp, args, grouped=True, model=model, label=f"{name}-chunked",
+                            kernel="peft")
+        new = one_round(tmp, args, grouped=True, model=model, label=f"{name}-new")
+        results[name] = (full, chunked, new)
     shape = f", {args.context} problems of context before each" if args.context else ""
-    print(f"\nLoss: model(**batch).loss (all positions) vs chunked at solution positions; "
+    print(f"\nLoss: today (model(**batch).loss, all positions, PEFT dropout) vs chunked at "
+          f"solution positions (PEFT dropout) vs new (chunked + fused LoRA dropout); "
           f"{args.rows} rows{shape}, batch {args.batch_size}, fp32, grouped, no checkpointing\n")
-    print(f"{'metric':<28}{'model':<14}{'all positions':>14}{'chunked':>12}{'ratio':>9}")
+    print(f"{'metric':<28}{'model':<14}{'today':>10}{'chunked':>10}{'new':>10}{'new/today':>11}")
     rows = [
         ("loss: tokens/s", "tokens_per_s", ".1f"),
         ("loss: tokens/CPU-s", "tokens_per_cpu_s", ".1f"),
@@ -156,11 +170,11 @@ def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
         ("loss: final loss", None, ".4f"),
     ]
     for label, key, spec in rows:
-        for name, (a_m, b_m) in results.items():
-            a = a_m["losses"][-1] if key is None else a_m[key]
-            b = b_m["losses"][-1] if key is None else b_m[key]
-            ratio = f"{b / a:.2f}x" if a else "-"
-            print(f"{label:<28}{name:<14}{format(a, spec):>14}{format(b, spec):>12}{ratio:>9}")
+        for name, runs in results.items():
+            a, b, c = (m["losses"][-1] if key is None else m[key] for m in runs)
+            ratio = f"{c / a:.2f}x" if a else "-"
+            print(f"{label:<28}{name:<14}{format(a, spec):>10}{format(b, spec):>10}"
+                  f"{format(c, spec):>10}{ratio:>11}")
 
 
 def paper_estimate() -> None:
