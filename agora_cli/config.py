@@ -314,10 +314,11 @@ class Training(Strict):
     # Eq. 3's loss projects only the solution positions onto the vocabulary, this many rows at a
     # time (training/loss.py); 0 = the model's own loss, logits at every position (more memory).
     loss_chunk_tokens: int = Field(1024, ge=0)
-    # LoRA's dropout: "fused" applies it inside the adapter's first projection (same distribution,
-    # a 1-byte mask instead of two float copies of each adapted layer's input; training/
-    # lora_dropout.py); "peft" keeps PEFT's nn.Dropout module (the benchmark's baseline).
-    lora_dropout_kernel: Literal["fused", "peft"] = "fused"
+    # LoRA's dropout: "peft" keeps PEFT's nn.Dropout module; "fused" applies it inside the
+    # adapter's first projection (same distribution, a 1-byte mask instead of two float copies of
+    # each adapted layer's input; training/lora_dropout.py). Opt-in until a quiet bench has
+    # measured its speed and the trainer's real-model tests have run with it (bench/RESULTS.md).
+    lora_dropout_kernel: Literal["fused", "peft"] = "peft"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_gpus: int = Field(1, ge=1, description=">1 launches the trainer with `accelerate launch`")

@@ -144,7 +144,7 @@ def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
 
     today: `model(**batch).loss` (logits at every position) with PEFT's nn.Dropout; chunked: the
     chunked loss with PEFT's dropout (the loss's share of the gain); new: the chunked loss with
-    the fused LoRA dropout (training/lora_dropout.py), the trainer's default.
+    the fused LoRA dropout (training/lora_dropout.py), opt-in (`training.lora_dropout_kernel: fused`).
     """
     results = {}
     models = (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA))
