@@ -61,7 +61,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Settings added after runs were stored, with the value that does what those runs did: a stored
 # config without the key resumes under that value as it is.
-ADDED_SINCE = {"protocol.problem_source": "generated"}
+ADDED_SINCE = {"protocol.problem_source": "generated", "training.lora_dropout_kernel": "peft"}
 
 
 def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
@@ -71,7 +71,8 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     when the given value is the old behaviour."""
     a, b = _flatten(old), _flatten(new)
     for k, v in ADDED_SINCE.items():
-        a.setdefault(k, v)
+        if k in b:
+            a.setdefault(k, v)
     return [
         (k, f"run has {a.get(k)!r}, config gives {b.get(k)!r}")
         for k in sorted(set(a) | set(b))

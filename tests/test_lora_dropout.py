@@ -114,3 +114,16 @@ def test_fused_layers_replay_under_checkpointing_and_save_as_peft() -> None:
     assert peft.state_dict().keys() == fused.state_dict().keys()
     peft.eval(), fused.eval()
     torch.testing.assert_close(peft(x), fused(x), rtol=0, atol=0)
+
+
+def test_a_run_stored_before_the_dropout_kernel_setting_resumes_without_force() -> None:
+    """Such a run trained with PEFT's dropout: the default `peft` is no change, `fused` is one."""
+    from agora_cli.runner import config_diff
+
+    old = {"protocol": {"problem_source": "generated"}, "training": {"r": 16}}
+
+    def given(kernel: str) -> dict:
+        return {**old, "training": {"r": 16, "lora_dropout_kernel": kernel}}
+
+    assert config_diff(old, given("peft")) == []
+    assert [k for k, _ in config_diff(old, given("fused"))] == ["training.lora_dropout_kernel"]
