@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agora_cli.evaluation.stats import (
+    interval_text,
     mcnemar_exact,
     paired_binary,
     paired_bootstrap,
@@ -62,7 +63,12 @@ def test_paired_bootstrap():
     same = paired_bootstrap([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
     assert (same.diff, same.p) == (0.0, 1.0)
     shift = paired_bootstrap([0.0] * 10, [1.0] * 10)
-    assert shift.diff == 1.0 and shift.p == 0.0 and shift.significant
+    # every resample is the same: the exact sign test's p, not the bootstrap's 0
+    assert shift.diff == 1.0 and shift.p == pytest.approx(2 * 0.5**10) and shift.significant
+    assert paired_bootstrap([0.0] * 3, [1.0] * 3).p == 0.25  # 3 of 3 better is not evidence
+    one = paired_bootstrap([0.0], [0.042])  # one pair: a difference, no interval, no evidence
+    assert one.diff == 0.042 and one.p == 1.0 and not one.significant
+    assert interval_text(one.lo, one.hi) == "[–]"
     xs = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1] * 3
     ys = [1, 1, 1, 1, 1, 1, 0, 1, 1, 1] * 3  # +12 of 30 improved, none worse
     r = paired_bootstrap(xs, ys, seed=1)

@@ -111,7 +111,11 @@ def paired_bootstrap(
 
     The interval is the 2.5/97.5 percentiles of the resampled mean differences; the two-sided p is
     twice the smaller share of resampled differences at or beyond zero on either side (capped at
-    1). All-equal pairs give diff 0 and p 1. Seeded, so a report is reproducible.
+    1). Seeded, so a report is reproducible.
+
+    Where resampling cannot vary, it says nothing: one pair has no interval (NaN, printed `[–]`)
+    and p 1; n > 1 pairs that all differ by the same d keep the zero-width interval [d, d] but take
+    the exact sign test's p = 2 * 0.5^n (all-equal zero differences: p 1), not the bootstrap's 0.
     """
     if len(xs) != len(ys):
         raise ValueError(f"paired_bootstrap: {len(xs)} values against {len(ys)}")
@@ -120,9 +124,11 @@ def paired_bootstrap(
     if n == 0:
         return PairedMeans(0, math.nan, math.nan, math.nan, 1.0)
     diff = sum(d) / n
+    if n == 1:
+        return PairedMeans(1, diff, math.nan, math.nan, 1.0)
     if all(v == d[0] for v in d):
-        p = 1.0 if d[0] == 0 else 0.0
-        return PairedMeans(n, diff, diff, diff, p if n > 1 else 1.0)
+        p = 1.0 if d[0] == 0 else min(1.0, 2 * 0.5**n)
+        return PairedMeans(n, diff, diff, diff, p)
     rng = random.Random(seed)
     means = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     lo = means[int(0.025 * (resamples - 1))]
@@ -136,7 +142,9 @@ def paired_bootstrap(
 
 
 def interval_text(lo: float, hi: float) -> str:
-    """`[1.1, 28.3]` (percent)."""
+    """`[1.1, 28.3]` (percent); `[–]` where there is no interval (NaN)."""
+    if math.isnan(lo) or math.isnan(hi):
+        return "[–]"
     return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
