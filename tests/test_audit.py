@@ -233,17 +233,23 @@ def test_audit_off_writes_no_probe_rows(run_dir):
         assert "probes" not in json.loads(s.scalar("SELECT info FROM steps WHERE step = 0"))
 
 
-def test_a_v2_run_store_migrates_and_keeps_its_rows(tmp_path):
-    """A store written before the audit (schema v2) opens, gains the audit tables, loses nothing."""
-    path = tmp_path / "run.sqlite"
+def write_old_store(path, version: int) -> None:
+    """A run store as agora wrote it at schema `version` (its first `version` migrations), with
+    one problem row: what an older run directory holds."""
     conn = sqlite3.connect(path)
-    for script in MIGRATIONS[:2]:
+    for script in MIGRATIONS[:version]:
         conn.executescript(script)
     conn.execute("INSERT INTO problems(step, author, text, difficulty, created_at) "
                  "VALUES (0, 'alpha', 'Q?', 1.0, 0)")
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {int(version)}")
     conn.commit()
     conn.close()
+
+
+def test_a_v2_run_store_migrates_and_keeps_its_rows(tmp_path):
+    """A store written before the audit (schema v2) opens, gains the audit tables, loses nothing."""
+    path = tmp_path / "run.sqlite"
+    write_old_store(path, 2)
     with Store(path, readonly=True) as s:  # `agora status` on an old run: no audit, no error
         from agora_cli.audit import step_counts
 

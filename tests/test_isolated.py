@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 
 import pytest
 from rich.console import Console
@@ -19,10 +18,11 @@ from agora_cli import runner
 from agora_cli.cli.validate import protocol_notes
 from agora_cli.paths import RunPaths
 from agora_cli.runner import config_diff
-from agora_cli.store import MIGRATIONS, SCHEMA_VERSION, Store
+from agora_cli.store import SCHEMA_VERSION, Store
 from agora_cli.ui.status import collect, render
 from tests.fakes.ensemble import MEMBERS, make_config, problem_of, responder
 from tests.fakes.openai_server import FakeOpenAI
+from tests.test_audit import write_old_store
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -188,14 +188,7 @@ def test_a_v3_run_store_migrates_to_member_steps(tmp_path):
     """A store written before per-member difficulty (schema v3) opens read-only with no error,
     and a writable open adds the table and keeps its rows."""
     path = tmp_path / "run.sqlite"
-    conn = sqlite3.connect(path)
-    for script in MIGRATIONS[:3]:
-        conn.executescript(script)
-    conn.execute("INSERT INTO problems(step, author, text, difficulty, created_at) "
-                 "VALUES (0, 'alpha', 'Q?', 1.0, 0)")
-    conn.execute("PRAGMA user_version = 3")
-    conn.commit()
-    conn.close()
+    write_old_store(path, 3)
     with Store(path, readonly=True) as s:
         assert s.scalar("SELECT COUNT(*) FROM problems") == 1
     with Store(path) as s:
