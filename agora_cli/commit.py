@@ -99,12 +99,13 @@ def init_ratings(cfg: Config, store: Store) -> None:
 
 
 def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[str, dict]:
-    """Cumulative per-member numbers for the views (committed steps only)."""
+    """Cumulative per-member numbers for the views (committed steps only). The isolated control
+    has no votes, so no ratings: its members carry no mu/sigma (a prior would read as a result)."""
     out: dict[str, dict] = {m.name: {"solutions": 0, "validated": 0, "buffered": 0,
                                      "version": versions.get(m.name, 0)} for m in cfg.members}
-    env = make_env()
-    for m, r in db.current_ratings(store, env, list(out)).items():
-        out[m].update(mu=round(r.mu, 3), sigma=round(r.sigma, 3))
+    if cfg.protocol.mode != "isolated":
+        for m, r in db.current_ratings(store, make_env(), list(out)).items():
+            out[m].update(mu=round(r.mu, 3), sigma=round(r.sigma, 3))
     for r in store.query(
         "SELECT s.member, COUNT(*) AS n, SUM(s.correct = 1) AS ok FROM solutions s "
         f"JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL WHERE {db.NOT_PROBE} "
@@ -207,10 +208,11 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
 def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: float,
                    versions: dict[str, int]) -> None:
     stats = member_stats(store, cfg, versions)
-    for m, s in stats.items():
-        bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
-    size = db.buffer_size(store)
     isolated = cfg.protocol.mode == "isolated"
+    for m, s in stats.items():
+        if not isolated:
+            bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
+    size = db.buffer_size(store)
     # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
     bus.emit("buffer_size", size=size, threshold=cfg.protocol.buffer_threshold,
              unconsumed=db.waiting_rows(store, isolated), per_member=isolated)
@@ -225,7 +227,7 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
         "step_committed", step=fx.step, d=d, d_next=fx.next_difficulty, v_t=fx.v_t,
         v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,
         request_s=fx.request_s, buffer=size, threshold=cfg.protocol.buffer_threshold,
-        members=stats, **{f"n_{k}": v for k, v in fx.counts.items()},
+        per_member=isolated, members=stats, **{f"n_{k}": v for k, v in fx.counts.items()},
         **({"member_d": {m: round(x.next_difficulty, 4) for m, x in fx.member_steps.items()}}
            if fx.member_steps else {}),
     )

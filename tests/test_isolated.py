@@ -8,6 +8,7 @@ nothing is generated.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 
@@ -214,3 +215,36 @@ def test_a_run_stored_before_problem_source_resumes_without_force():
     (key, _), = config_diff(stored, {"protocol": {"mode": "agora", "elite_k": 3,
                                                   "problem_source": "seed_pool"}})
     assert key == "protocol.problem_source"
+
+
+def test_isolated_views_show_no_ratings_and_a_per_member_threshold(run_dir):
+    """The isolated control has no votes: the live view, the plain log and `status` show no
+    mu/sigma (a TrueSkill prior would read as a rating), and say the threshold is per member."""
+    from agora_cli.events import read_events
+    from agora_cli.ui.live import LiveState
+    from agora_cli.ui.live import render as live_render
+    from agora_cli.ui.plain import PlainPrinter
+
+    with FakeOpenAI(responder(), latency_s=0.0) as fake:
+        cfg = make_config(fake.url, run_dir, mode="isolated", self_consistency_samples=3)
+        runner.run(cfg, run_dir=run_dir, steps=1)
+    events = read_events(RunPaths(run_dir).events)
+    assert not [e for e in events if e["kind"] == "rating_update"]
+    state, log = LiveState(), io.StringIO()
+    printer = PlainPrinter(log)
+    for e in events:
+        state.apply(e)
+        printer(e)
+    pages = []
+    for renderable in (live_render(state), render(collect(run_dir))):
+        console = Console(record=True, width=200, file=io.StringIO())
+        console.print(renderable)
+        pages.append(console.export_text())
+    for page in pages:
+        header = next(line for line in page.splitlines() if "member" in line and "sol" in line)
+        assert "mu" not in header.split() and "sigma" not in header.split()
+        assert "25.00" not in page
+        assert f"threshold {cfg.protocol.buffer_threshold} per member" in page
+    step_line = next(line for line in log.getvalue().splitlines() if line.startswith("step 0"))
+    assert f"(threshold {cfg.protocol.buffer_threshold} per member)" in step_line
+    assert " mu " not in step_line

@@ -115,6 +115,7 @@ class LiveState:
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=6))
     audit: dict[str, Counts] = field(default_factory=dict)  # the run's consensus audit totals
     audit_step: Counts | None = None  # the last audited step's consensus counts
+    per_member: bool = False  # the isolated control: the threshold is each member's own
 
     def member(self, name: str) -> MemberStats:
         return self.members.setdefault(name, MemberStats())
@@ -147,6 +148,7 @@ class LiveState:
         elif kind == "buffer_size":
             self.buffer, self.threshold = e["size"], e.get("threshold", self.threshold)
             self.unconsumed = e.get("unconsumed", self.unconsumed)
+            self.per_member = bool(e.get("per_member", self.per_member))
         elif kind == "step_committed":
             self.committed += 1
             self.step_times.append(e.get("wall_s") or 0.0)
@@ -203,18 +205,19 @@ def _dur(s: float | None) -> str:
 
 
 def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
-    """Per-member table (shared with `agora status`)."""
+    """Per-member table (shared with `agora status`). Without any rating (the isolated control
+    has no votes) the mu and sigma columns are left out rather than shown empty."""
+    rated = any(m.mu is not None for m in members.values())
     table = Table(expand=False, pad_edge=False)
-    for col in ("member", "mu", "sigma", "sol", "valid", "pass", "buf share", "q drop",
-                "tok/s", "adapter"):
+    for col in (("member",) + (("mu", "sigma") if rated else ())
+                + ("sol", "valid", "pass", "buf share", "q drop", "tok/s", "adapter")):
         table.add_column(col, justify="left" if col == "member" else "right")
     for name, m in members.items():
         share = m.buffered / buffer_total if buffer_total else None
         table.add_row(
-            name, _f(m.mu, ".2f"), _f(m.sigma, ".2f"), str(m.solutions), str(m.validated),
-            _f(m.pass_rate, ".0%"), _f(share, ".0%"), _f(m.drop_rate, ".0%"),
-            _f(m.tokens_per_s, ".1f"),
-            f"v{m.version}",
+            name, *((_f(m.mu, ".2f"), _f(m.sigma, ".2f")) if rated else ()), str(m.solutions),
+            str(m.validated), _f(m.pass_rate, ".0%"), _f(share, ".0%"), _f(m.drop_rate, ".0%"),
+            _f(m.tokens_per_s, ".1f"), f"v{m.version}",
         )
     return table
 
@@ -226,7 +229,10 @@ def header(s: LiveState) -> Text:
         f"[/bold]{f' (of {s.target_steps} steps)' if s.target_steps else ''}  "
         f"d_t {_f(s.d)}  V_t {_f(s.v_t)}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
         f"strategy {s.strategy or '-'}\n"
-        f"buffer {s.buffer}/{s.threshold}  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}\n"
+        + (f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
+           f"{s.unconsumed} of its own rows untrained" if s.per_member
+           else f"buffer {s.buffer}/{s.threshold}")
+        + f"  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}\n"
         f"{s.throughput().line()}"
         + (f"\n{audit_line(s)}" if s.audit else "")
     )

@@ -21,14 +21,19 @@ def _f(x: object, fmt: str = ".3f") -> str:
 def step_line(e: Event) -> str:
     """`step 3 | d 1.02->1.01 | V 0.42 tgt 0.55 | F - | buffer 12/16 | sol 24 ok 10 | 8.1s`."""
     members = e.get("members") or {}
-    mus = " ".join(f"{m}:{v['mu']:.1f}" for m, v in members.items())
+    # The isolated control has no ratings and a threshold per member.
+    mus = " ".join(f"{m}:{v['mu']:.1f}" for m, v in members.items() if v.get("mu") is not None)
+    buffer, threshold = e.get("buffer", 0), e.get("threshold", 0)
+    buffer_text = (f"buffer {buffer} (threshold {threshold} per member)" if e.get("per_member")
+                   else f"buffer {buffer}/{threshold}")
     return (
         f"step {e['step']} | d {_f(e.get('d'))}->{_f(e.get('d_next'))} | "
         f"V {_f(e.get('v_t'))} tgt {_f(e.get('v_target'))} | F {_f(e.get('f_t'), '.4f')} | "
-        f"{e.get('strategy', '-')} | buffer {e.get('buffer', 0)}/{e.get('threshold', 0)} | "
+        f"{e.get('strategy', '-')} | {buffer_text} | "
         f"problems {e.get('n_problems', 0)} sol {e.get('n_solutions', 0)} "
         f"ok {e.get('n_correct', 0)} +buf {e.get('n_buffered', 0)} | "
-        f"wall {_f(e.get('wall_s'), '.1f')}s req {_f(e.get('request_s'), '.1f')}s | mu {mus}"
+        f"wall {_f(e.get('wall_s'), '.1f')}s req {_f(e.get('request_s'), '.1f')}s"
+        + (f" | mu {mus}" if mus else "")
     )
 
 

@@ -90,7 +90,8 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         ):
             m = members.setdefault(r["member"], MemberStats())
             m.solutions, m.validated = r["n"], r["ok"] or 0
-        for name, (mu, sigma) in latest_ratings(store).items():
+        # The isolated control never votes: its rows are the prior, not a rating.
+        for name, (mu, sigma) in ({} if isolated else latest_ratings(store)).items():
             m = members.setdefault(name, MemberStats())
             m.mu, m.sigma = mu, sigma
         for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
