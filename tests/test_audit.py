@@ -278,3 +278,27 @@ def test_a_resumed_step_reuses_its_stored_probes(run_dir):
                         "WHERE p.step = 1 AND p.status = 'probe'") == 3
         c = s.one("SELECT * FROM audit WHERE step = 1 AND verifier = ?", (CONSENSUS,))
         assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 0, 0)
+
+
+def test_probes_never_repeat_a_pool_problem_of_the_run(tmp_path, monkeypatch):
+    """With `problem_source: seed_pool` probes and problems come from the same pool. On a pool
+    small enough for a blind draw to collide, no probe is a problem of its own step or of an
+    earlier one, and no probe repeats."""
+    from agora_cli.protocol import generate as gen
+
+    small = load_seed_pool("gsm8k_train")[:9]
+    monkeypatch.setattr(gen, "load_seed_pool", lambda name: small)
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(audit_responder(), latency_s=0.0) as fake:
+        cfg = make_config(fake.url, run_dir, audit_probes=1, problem_source="seed_pool")
+        runner.run(cfg, run_dir=run_dir, steps=3)
+    with Store(RunPaths(run_dir).store) as s:
+        problems = [(r["step"], json.loads(r["seed_ids"])[0]) for r in s.query(
+            "SELECT step, seed_ids FROM problems WHERE status = 'ok' ORDER BY step")]
+        probes = [(r["step"], r["seed_id"]) for r in s.query(
+            "SELECT p.step, pr.seed_id FROM probes pr JOIN problems p ON p.id = pr.problem_id "
+            "ORDER BY p.step")]
+    assert [t for t, _ in probes] == [0, 1, 2]
+    assert len({i for _, i in probes}) == 3
+    for t, probe in probes:
+        assert probe not in {i for step, i in problems if step <= t}
