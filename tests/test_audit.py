@@ -81,9 +81,10 @@ def protocol_state(run_dir) -> dict:
             "buffer": sorted(tuple(r) for r in q(
                 "SELECT b.step, b.member, p.text FROM buffer b JOIN problems p "
                 "ON p.id = b.problem_id")),
+            # Without texts: among equal scores the newer solution wins, and solution ids (like
+            # the fake's problem numbers) follow arrival order, which races.
             "elite": sorted(tuple(r) for r in q(
-                "SELECT e.step, e.member, e.score, e.active, p.text FROM elite e JOIN solutions "
-                "so ON so.id = e.solution_id JOIN problems p ON p.id = so.problem_id")),
+                "SELECT e.step, e.member, e.score, e.active FROM elite e")),
             "votes": len(q("SELECT id FROM votes")),
             # The fake numbers problems in arrival order, so which slot or author got which
             # text races: texts and authors are compared apart.
