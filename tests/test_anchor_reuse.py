@@ -65,3 +65,61 @@ async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
     assert f_t[0] is None and f_t[1] is None and f_t[2] is not None and f_t[3] is None
     assert len(db.anchor_history(store)) == 2
     store.close()
+
+
+async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
+    """The isolated control's FEM (Eq. 2) per member: beta's new adapter scores 1/2 where it
+    scored 2/2 before, so only beta gets an F_t at step 2, from its own history ((1 - 0.5) / 1)^2
+    (alpha, always wrong, would pull a pooled history's peak down), and its d_{t+1}^i is Eq. 1's
+    value lowered by difficulty_gain * F_t; alpha and gamma, not scored anew, keep Eq. 1's value
+    and no F_t."""
+    from agora_cli.evaluation.benchmarks import load_dev_split
+    from agora_cli.protocol.difficulty import next_difficulty
+
+    gold = {it.problem: it.answer for it in load_dev_split("gsm8k")}
+    base, beta_evals = responder(), []
+
+    def reply(req):  # noqa: ANN001, ANN202
+        if req.role != "evaluate":
+            return base(req)
+        answer = next(a for q, a in gold.items() if q in req.user)
+        if req.model == "alpha":
+            answer = f"{answer}1"
+        if req.model == "beta":
+            beta_evals.append(answer)
+            if len(beta_evals) == 4:  # beta's adapter v1 (step 2) gets one of two wrong
+                answer = f"{answer}1"
+        return f"The answer is \\boxed{{{answer}}}"
+
+    with FakeOpenAI(reply) as fake:
+        data = config_dict(fake.url, run_dir, anchor_every=1, mode="isolated",
+                           self_consistency_samples=3)
+        data["ablations"]["external_anchor"] = True
+        data["evaluation"] = {"calibration_size": 2, "benchmarks": ["gsm8k"]}
+        cfg = config_from_dict(data)
+        store = Store(run_dir / "agora.sqlite")
+        pool = make_pool(cfg, fake.url)
+        try:
+            for t in range(3):
+                if t == 2:
+                    _swap(store, "beta", 1)
+                await run_step(cfg, store, pool, Prompts(), EventBus(),
+                               versions=lambda: live_versions(store), anchor=run_anchor)
+        finally:
+            await pool.aclose()
+    assert len(beta_evals) == 4
+    assert db.member_anchor_history(store, "beta") == [1.0, 0.5]
+    rows = db.member_steps(store, 2)
+    p = cfg.protocol
+    for m, row in rows.items():
+        eq1 = next_difficulty(row.difficulty, row.v_t, row.v_target, p.difficulty,
+                              cfg.ablations.difficulty_control)
+        if m == "beta":
+            assert row.f_t == pytest.approx((0.5 / (1.0 + p.surprise.eps)) ** 2)
+            assert row.f_t > p.surprise.threshold
+            want = min(max(eq1 - p.surprise.difficulty_gain * row.f_t, p.difficulty.d_min),
+                       p.difficulty.d_max)
+            assert row.next_difficulty == pytest.approx(want) and want < eq1
+        else:
+            assert row.f_t is None and row.next_difficulty == pytest.approx(eq1)
+    store.close()
