@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agora_cli.cli import app
+from agora_cli.evaluation.stats import wilson
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 from tests.fakes.ensemble import responder, write_config
@@ -208,5 +209,6 @@ def test_status_shows_throughput_and_each_generators_drop_rate(tmp_path, run_dir
     assert by_author["alpha"][1] == 1
     for member, (n, d) in by_author.items():  # the "q drop" column: each generator's drop rate
         row = next(line for line in out.splitlines() if f"{member} " in line and "v0" in line)
-        assert row.split("│")[8].strip() == f"{d / n:.0%}"
+        lo, hi = wilson(d, n)  # with its 95% Wilson interval
+        assert row.split("│")[8].strip() == f"{d / n:.0%} [{100 * lo:.0f}-{100 * hi:.0f}]"
     assert "seed" not in by_author

@@ -41,10 +41,13 @@ def test_live_view_shows_header_members_and_phases():
     console.print(render(state))
     text = console.export_text()
     assert "step t=0 (of 2 steps)" in text
-    assert "V_t 0.750" in text and "V_target 0.500" in text and "buffer 2/16" in text
+    # V_t = 3 of 4 solutions validated, with its 95% Wilson interval
+    assert "V_t 0.750 [0.301, 0.954] (3/4)" in text
+    assert "V_target 0.500" in text and "buffer 2/16" in text
     row = next(line for line in text.splitlines() if "alpha" in line and "29.40" in line)
-    # mu, sigma, solutions, validated, pass rate, buffer share, tokens/s (50 tok / 2 s), adapter
-    for cell in ("29.40", "7.10", "75%", "100%", "25.0", "v2"):
+    # mu, sigma, solutions, validated, pass rate (3/4, 95% Wilson), buffer share, tokens/s
+    # (50 tok / 2 s), adapter
+    for cell in ("29.40", "7.10", "75% [30-95]", "100%", "25.0", "v2"):
         assert cell in row
     assert "3/6" in text  # solve progress
     assert "ETA 0:00:12" in text  # one step left at 12 s per step
@@ -61,6 +64,6 @@ def test_plain_printer_one_line_per_committed_step():
     lines = out.getvalue().splitlines()
     assert lines[0] == "starting run runs/x at step 0"
     assert lines[1] == "adapter live: alpha v2"
-    assert lines[2].startswith("step 0 | d 1.000->1.010 | V 0.750 tgt 0.500")
+    assert lines[2].startswith("step 0 | d 1.000->1.010 | V 0.750 [0.301, 0.954] (3/4) tgt 0.500")
     assert "buffer 2/16" in lines[2] and "alpha:29.4" in lines[2]
     assert len(lines) == 3  # request/phase/rating events print nothing

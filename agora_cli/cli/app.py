@@ -106,7 +106,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped or redirected output (a log file, `| less`) gets 160 columns instead of rich's 80, so the
+# status tables (rates with their intervals) do not wrap; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 state: dict[str, Any] = {"debug": False}
 

@@ -148,6 +148,22 @@ def interval_text(lo: float, hi: float) -> str:
     return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def short_rate(k: int, n: int) -> str:
+    """`75% [30-95]`: a table cell's rate with its 95% Wilson interval, whole percent; `-` at n=0."""
+    if n <= 0:
+        return "-"
+    lo, hi = wilson(k, n)
+    return f"{100 * k / n:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}]"
+
+
+def fraction_text(k: int, n: int) -> str:
+    """`0.750 [0.301, 0.954] (3/4)`: a share such as V_t, its 95% Wilson interval and counts."""
+    if n <= 0:
+        return "- (n=0)"
+    lo, hi = wilson(k, n)
+    return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}] ({k}/{n})"
+
+
 def rate_text(k: int, n: int) -> str:
     """`6.2% [1.1, 28.3] (1/16)`: the rate, its 95% Wilson interval and the counts."""
     if n <= 0:

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agora_cli.audit import CONSENSUS, Counts
-from agora_cli.evaluation.stats import rate_text
+from agora_cli.evaluation.stats import fraction_text, rate_text, short_rate
 from agora_cli.events import Event
 
 PHASES = ["generate", "solve", "verify", "vote", "explain", "commit"]
@@ -40,14 +40,6 @@ class MemberStats:
     busy_s: float = 0.0
     generated: int = 0  # problems this member wrote (stored: kept or dropped)
     dropped: int = 0  # ... of which dropped as malformed/duplicate/empty
-
-    @property
-    def pass_rate(self) -> float | None:
-        return self.validated / self.solutions if self.solutions else None
-
-    @property
-    def drop_rate(self) -> float | None:
-        return self.dropped / self.generated if self.generated else None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -98,6 +90,7 @@ class LiveState:
     step: int | None = None
     d: float | None = None
     v_t: float | None = None
+    v_counts: tuple[int, int] | None = None  # (validated, solutions) of the last committed step
     v_target: float | None = None
     f_t: float | None = None
     strategy: str | None = None
@@ -154,6 +147,8 @@ class LiveState:
             self.step_times.append(e.get("wall_s") or 0.0)
             self.buffered_in_steps += e.get("n_buffered") or 0
             self.v_t, self.f_t, self.d = e.get("v_t"), e.get("f_t"), e.get("d_next")
+            n = e.get("n_solutions")
+            self.v_counts = (int(e.get("n_correct") or 0), int(n)) if n else None
             self.buffer = e.get("buffer", self.buffer)
             self._members(e.get("members") or {})
             self.recent.append(f"step {e['step']} committed: V={_f(e.get('v_t'))}, "
@@ -216,7 +211,8 @@ def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
         share = m.buffered / buffer_total if buffer_total else None
         table.add_row(
             name, *((_f(m.mu, ".2f"), _f(m.sigma, ".2f")) if rated else ()), str(m.solutions),
-            str(m.validated), _f(m.pass_rate, ".0%"), _f(share, ".0%"), _f(m.drop_rate, ".0%"),
+            str(m.validated), short_rate(m.validated, m.solutions), _f(share, ".0%"),
+            short_rate(m.dropped, m.generated),
             _f(m.tokens_per_s, ".1f"), f"v{m.version}",
         )
     return table
@@ -224,10 +220,11 @@ def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
 
 def header(s: LiveState) -> Text:
     elapsed = time.time() - s.started
+    v_t = fraction_text(*s.v_counts) if s.v_counts else _f(s.v_t)
     return Text.from_markup(
         f"[bold]agora[/bold] {s.run_dir}  step t=[bold]{s.step if s.step is not None else '-'}"
         f"[/bold]{f' (of {s.target_steps} steps)' if s.target_steps else ''}  "
-        f"d_t {_f(s.d)}  V_t {_f(s.v_t)}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
+        f"d_t {_f(s.d)}  V_t {v_t}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
         f"strategy {s.strategy or '-'}\n"
         + (f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
            f"{s.unconsumed} of its own rows untrained" if s.per_member

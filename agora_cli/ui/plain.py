@@ -10,7 +10,7 @@ import sys
 from typing import TextIO
 
 from agora_cli.audit import CONSENSUS
-from agora_cli.evaluation.stats import rate_text
+from agora_cli.evaluation.stats import fraction_text, rate_text
 from agora_cli.events import Event
 
 
@@ -24,11 +24,13 @@ def step_line(e: Event) -> str:
     # The isolated control has no ratings and a threshold per member.
     mus = " ".join(f"{m}:{v['mu']:.1f}" for m, v in members.items() if v.get("mu") is not None)
     buffer, threshold = e.get("buffer", 0), e.get("threshold", 0)
+    n = e.get("n_solutions")  # V_t with its 95% Wilson interval over the step's solutions
+    v_t = fraction_text(e.get("n_correct") or 0, n) if n else _f(e.get("v_t"))
     buffer_text = (f"buffer {buffer} (threshold {threshold} per member)" if e.get("per_member")
                    else f"buffer {buffer}/{threshold}")
     return (
         f"step {e['step']} | d {_f(e.get('d'))}->{_f(e.get('d_next'))} | "
-        f"V {_f(e.get('v_t'))} tgt {_f(e.get('v_target'))} | F {_f(e.get('f_t'), '.4f')} | "
+        f"V {v_t} tgt {_f(e.get('v_target'))} | F {_f(e.get('f_t'), '.4f')} | "
         f"{e.get('strategy', '-')} | {buffer_text} | "
         f"problems {e.get('n_problems', 0)} sol {e.get('n_solutions', 0)} "
         f"ok {e.get('n_correct', 0)} +buf {e.get('n_buffered', 0)} | "

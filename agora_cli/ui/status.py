@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
-from agora_cli.evaluation.stats import rate_text, wilson
+from agora_cli.evaluation.stats import fraction_text, rate_text
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
 from agora_cli.steps import (
@@ -144,8 +144,7 @@ def _v_t(last: dict[str, Any]) -> str:
     v, k, n = last.get("v_t"), last.get("n_correct"), last.get("n_solutions")
     if v is None or not n:
         return _f(v)
-    lo, hi = wilson(int(k or 0), int(n))
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}] ({k}/{n})"
+    return fraction_text(int(k or 0), int(n))
 
 
 def audit_text(audit: dict[str, Counts], steps: int) -> str:
