@@ -12,7 +12,8 @@ from agora_cli.config import config_from_dict
 from agora_cli.errors import ConfigError, ServerError
 from agora_cli.paths import RunPaths
 from agora_cli.serving import Serving
-from agora_cli.serving.vllm import PROJECT_VLLM_PYTHON, default_python
+from agora_cli.serving import vllm as vllm_backend
+from agora_cli.serving.vllm import PROJECT_VLLM_PYTHON, cpu_binding, default_python
 from tests.fakes.ensemble import responder
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -31,7 +32,9 @@ def _cfg(backend: dict, members: list[dict]) -> dict:
     }
 
 
-def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path) -> None:
+def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setattr(vllm_backend, "usable_cores", lambda: [0, 1])
     cfg = config_from_dict(_cfg(
         {"base_port": 8200, "python": "/opt/vllm/bin/python", "dtype": "float32",
          "max_lora_rank": 16, "max_loras": 2, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
@@ -42,12 +45,12 @@ def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path
     template = tmp_path / "logs" / "chat-template-cpu-base-b.jinja"
     assert lines == [
         "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1800 "
-        "VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
+        "VLLM_CPU_OMP_THREADS_BIND=0 VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-a --host 127.0.0.1 --port 8200 "
         "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
         "--dtype float32    # a1, a2",
         "[cpu] VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=1800 "
-        "VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
+        "VLLM_CPU_OMP_THREADS_BIND=1 VLLM_CPU_KVCACHE_SPACE=1 /opt/vllm/bin/python "
         "-m vllm.entrypoints.openai.api_server --model org/base-b --host 127.0.0.1 --port 8201 "
         "--enable-lora --max-lora-rank 16 --max-loras 2 --enable-prompt-tokens-details "
         f"--dtype float32 --chat-template {template}"
@@ -74,6 +77,49 @@ def test_engine_step_timeout_is_vllms_own_setting_and_the_config_env_wins(tmp_pa
                                            STEP_TIMEOUT_S})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == STEP_TIMEOUT_S
+
+
+def test_each_server_computes_on_its_own_cores_as_vllm_parses_them(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """vLLM's `auto` binding puts every engine on the same cores; agora gives each server of a
+    backend its own slice, in the form vLLM's own parser reads (`parse_id_list`, run in the
+    vLLM interpreter). One server keeps vLLM's auto; the config's env wins."""
+    import json
+    import subprocess
+
+    for cores, count, want in (
+        ([0, 1], 2, ["0", "1"]),
+        ([0, 1, 2, 3], 2, ["0,1", "2,3"]),
+        ([0, 1, 2, 3, 4], 2, ["0,1,2", "3,4"]),
+        ([4, 5, 6, 7, 8, 9, 10], 3, ["4,5,6", "7,8", "9,10"]),
+        ([0, 1], 3, ["0", "1", "0"]),
+    ):
+        got = [cpu_binding(i, count, cores) for i in range(count)]
+        assert got == want
+        if count <= len(cores):  # a partition: disjoint, nothing left over
+            flat = [int(c) for g in got for c in g.split(",")]
+            assert sorted(flat) == cores
+    assert cpu_binding(0, 1, [0, 1]) is None  # vLLM's own auto for a lone server
+    probe = ("import json, sys, vllm.utils.cpu_resource_utils as c; "
+             "print(json.dumps([c.parse_id_list(x) for x in sys.argv[1:]]))")
+    out = subprocess.run([default_python(), "-c", probe, "0", "1", "0,1", "2,3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [[0], [1], [0, 1], [2, 3]]
+
+    monkeypatch.setattr(vllm_backend, "usable_cores", lambda: [0, 1])
+    two = [{"name": "a1", "model": BASE_A}, {"name": "b1", "model": BASE_B}]
+    lines = Serving(config_from_dict(_cfg({"python": "/x/python"}, two)),
+                    RunPaths(tmp_path)).describe()
+    assert "VLLM_CPU_OMP_THREADS_BIND=0 " in lines[0] and "VLLM_CPU_OMP_THREADS_BIND=1 " in lines[1]
+    (one,) = Serving(config_from_dict(_cfg({"python": "/x/python"},
+                                           [two[0], {**two[0], "name": "a2"}])),
+                     RunPaths(tmp_path)).describe()
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in one
+    mine = Serving(config_from_dict(_cfg(
+        {"python": "/x/python", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}}, two)),
+        RunPaths(tmp_path)).describe()
+    assert all("VLLM_CPU_OMP_THREADS_BIND=nobind " in x and "BIND=0" not in x for x in mine)
 
 
 def test_default_python_is_the_one_that_has_vllm() -> None:

