@@ -86,3 +86,22 @@ def test_texts():
     assert rate_text(0, 0) == "– (n=0)"
     assert significance_text(0.03125) == "significant at 0.05 (p=0.031)"
     assert significance_text(0.2) == "not significant at 0.05 (p=0.200)"
+
+
+def test_clopper_pearson_and_the_rate_ratio_of_two_counts():
+    """Known exact intervals (16/20: [0.563, 0.943]; 0/10: [0, 0.308]), and the rate ratio of
+    validated samples over step time: equal rates give 1 with p = 1; swapping the runs inverts
+    the ratio and its interval; 16 samples in 432 s against 4 in 746 s is 6.9x [2.2, 28.4]."""
+    from agora_cli.evaluation.stats import clopper_pearson, count_ratio
+
+    assert clopper_pearson(16, 20) == pytest.approx((0.5634, 0.9427), abs=1e-4)
+    assert clopper_pearson(0, 10) == pytest.approx((0.0, 0.3085), abs=1e-4)
+    even = count_ratio(5, 100.0, 5, 100.0)
+    assert even.ratio == 1.0 and even.p == 1.0 and even.lo < 1 < even.hi
+    a, b = count_ratio(16, 432.0, 4, 746.0), count_ratio(4, 746.0, 16, 432.0)
+    assert (a.ratio, a.lo, a.hi) == pytest.approx((1 / b.ratio, 1 / b.hi, 1 / b.lo))
+    assert (a.ratio, a.lo, a.hi) == pytest.approx((6.907, 2.228, 28.392), abs=1e-3)
+    assert a.p == pytest.approx(b.p) and a.p < 1e-3
+    assert a.text().startswith("6.91x [2.23, 28.39], p")
+    with pytest.raises(ValueError):
+        count_ratio(0, 1.0, 0, 1.0)

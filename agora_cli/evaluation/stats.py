@@ -10,6 +10,10 @@ Pure functions, no I/O:
   split Binomial(b + c, 1/2).
 - `paired_bootstrap(xs, ys)`: the difference of means of paired values (the same item or seed
   under two conditions) with a percentile 95% interval and a two-sided bootstrap p-value.
+- `count_ratio(k1, t1, k0, t0)`: the ratio of two event rates (k1 events in exposure t1 against
+  k0 in t0, e.g. validated samples per hour of two runs) with an exact 95% interval and
+  two-sided p-value: given k1 + k0 events, k1 is Binomial(k1 + k0, t1 / (t1 + t0)) when the rates
+  are equal; the Clopper-Pearson interval of that share maps to the ratio.
 - `rate_text`, `interval_text`, `significance_text`: how the tables write them.
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
@@ -60,6 +64,60 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 1 - alpha interval of a binomial share k/n, by bisection."""
+    if not 0 <= k <= n or n <= 0:
+        raise ValueError(f"clopper_pearson: need 0 <= k <= n, n > 0 (got k={k}, n={n})")
+
+    def solve(too_low: Callable[[float], bool]) -> float:
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if too_low(mid) else (lo, mid)
+        return (lo + hi) / 2
+
+    lower = 0.0 if k == 0 else solve(lambda q: 1 - _binom_cdf(k - 1, n, q) < alpha / 2)
+    upper = 1.0 if k == n else solve(lambda q: _binom_cdf(k, n, q) > alpha / 2)
+    return lower, upper
+
+
+@dataclass(frozen=True)
+class RateRatio:
+    """(k1 / t1) / (k0 / t0) with its exact 95% interval and the two-sided p of equal rates."""
+
+    ratio: float
+    lo: float
+    hi: float
+    p: float
+
+    def text(self) -> str:
+        return f"{self.ratio:.2f}x [{self.lo:.2f}, {self.hi:.2f}], {p_text(self.p)}"
+
+
+def count_ratio(k1: int, t1: float, k0: int, t0: float) -> RateRatio:
+    """The rate ratio of k1 events in exposure t1 against k0 in t0 (see the module doc)."""
+    if k1 < 0 or k0 < 0 or t1 <= 0 or t0 <= 0 or k1 + k0 == 0:
+        raise ValueError(f"count_ratio: need counts >= 0 (not both 0) and exposures > 0 "
+                         f"(got {k1}/{t1}, {k0}/{t0})")
+    n, share = k1 + k0, t1 / (t1 + t0)
+    lo, hi = clopper_pearson(k1, n)
+    scale = t0 / t1
+
+    def odds(q: float) -> float:
+        return math.inf if q >= 1 else q / (1 - q) * scale
+
+    # Two-sided exact p: the outcomes no more likely than the one seen, under equal rates.
+    probs = [math.comb(n, i) * share**i * (1 - share) ** (n - i) for i in range(n + 1)]
+    p = min(1.0, sum(x for x in probs if x <= probs[k1] * (1 + 1e-9)))
+    ratio = math.inf if k0 == 0 else k1 / t1 / (k0 / t0)
+    return RateRatio(ratio, odds(lo), odds(hi), p)
 
 
 @dataclass(frozen=True)
