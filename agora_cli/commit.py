@@ -209,8 +209,8 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
                    versions: dict[str, int]) -> None:
     stats = member_stats(store, cfg, versions)
     isolated = cfg.protocol.mode == "isolated"
-    for m, s in stats.items():
-        if not isolated:
+    if not isolated:  # the isolated control is never rated (member_stats has no mu/sigma)
+        for m, s in stats.items():
             bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
     size = db.buffer_size(store)
     # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful

@@ -66,9 +66,14 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _binom_pmf(i: int, n: int, p: float) -> float:
+    """P(X = i) for X ~ Binomial(n, p)."""
+    return math.comb(n, i) * p**i * (1 - p) ** (n - i)
+
+
 def _binom_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p)."""
-    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+    return sum(_binom_pmf(i, n, p) for i in range(k + 1))
 
 
 def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
@@ -114,7 +119,7 @@ def count_ratio(k1: int, t1: float, k0: int, t0: float) -> RateRatio:
         return math.inf if q >= 1 else q / (1 - q) * scale
 
     # Two-sided exact p: the outcomes no more likely than the one seen, under equal rates.
-    probs = [math.comb(n, i) * share**i * (1 - share) ** (n - i) for i in range(n + 1)]
+    probs = [_binom_pmf(i, n, share) for i in range(n + 1)]
     p = min(1.0, sum(x for x in probs if x <= probs[k1] * (1 + 1e-9)))
     ratio = math.inf if k0 == 0 else k1 / t1 / (k0 / t0)
     return RateRatio(ratio, odds(lo), odds(hi), p)
