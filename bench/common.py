@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,24 @@ def setup_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def gsm8k_train() -> list[dict]:
+    """The shipped GSM8K train rows (id, problem, answer, solution), in file order."""
+    path = REPO / "agora_cli" / "data" / "gsm8k_train.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def cpu_flags() -> str:
+    """The CPU's vector flags that decide CPU speeds here (absolute figures differ 2-3x between
+    an AVX2-only machine and one with AVX512-BF16/AMX)."""
+    try:
+        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
+                     if x.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+    return " ".join(f for f in keep if f in flags) or "none of avx2/avx512/amx"
 
 
 @dataclass
