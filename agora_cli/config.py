@@ -314,12 +314,12 @@ class Training(Strict):
     # Eq. 3's loss projects only the solution positions onto the vocabulary, this many rows at a
     # time (training/loss.py); 0 = the model's own loss, logits at every position (more memory).
     loss_chunk_tokens: int = Field(1024, ge=0)
-    # LoRA's dropout: "peft" keeps PEFT's nn.Dropout module; "fused" applies it inside the
-    # adapter's first projection (same distribution, a 1-byte mask instead of two float copies of
-    # each adapted layer's input; training/lora_dropout.py): 1-12% faster, a 6-10% lower peak
-    # (bench/RESULTS.md). Opt-in: runs stored without the key trained with PEFT's, and a new
-    # default would make each of them need --force to resume.
-    lora_dropout_kernel: Literal["fused", "peft"] = "peft"
+    # How each adapted linear layer is computed: "fused" is one autograd function for the base
+    # product, LoRA's dropout and its A and B (training/lora_kernel.py: PEFT's values, gradients
+    # and dropout distribution, a byte mask instead of two float copies of the input, no pass
+    # over the output); "peft" is PEFT's modules. Speed and memory only (bench/RESULTS.md), so a
+    # run resumes under either (runner.EXECUTION_ONLY).
+    lora_dropout_kernel: Literal["fused", "peft"] = "fused"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_gpus: int = Field(1, ge=1, description=">1 launches the trainer with `accelerate launch`")

@@ -61,14 +61,23 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Settings added after runs were stored, with the value that does what those runs did: a stored
 # config without the key resumes under that value as it is.
-ADDED_SINCE = {"protocol.problem_source": "generated", "training.lora_dropout_kernel": "peft"}
+ADDED_SINCE = {"protocol.problem_source": "generated"}
+
+# Settings that change how the trainer computes, not what: the same loss and gradients (to float
+# rounding) and the same dropout distribution, in other threads, memory or kernels. A run resumes
+# under new values as it is (a run stored before one existed too); each adapter's
+# agora-adapter.json records the values its round used.
+EXECUTION_ONLY = (
+    "training.gradient_checkpointing", "training.loss_chunk_tokens",
+    "training.lora_dropout_kernel", "training.max_threads", "training.memory_budget_gb",
+)
 
 
 def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     """(key, 'stored -> given') for every setting that differs, `run_dir` and `logging.*` aside
     (where the step scalars are also written changes no result; a run stored before the
-    `logging` section existed resumes as it is), and keys of ADDED_SINCE a stored config lacks
-    when the given value is the old behaviour."""
+    `logging` section existed resumes as it is), EXECUTION_ONLY settings aside, and keys of
+    ADDED_SINCE a stored config lacks when the given value is the old behaviour."""
     a, b = _flatten(old), _flatten(new)
     for k, v in ADDED_SINCE.items():
         if k in b:
@@ -76,7 +85,8 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     return [
         (k, f"run has {a.get(k)!r}, config gives {b.get(k)!r}")
         for k in sorted(set(a) | set(b))
-        if k != "run_dir" and not k.startswith("logging.") and a.get(k) != b.get(k)
+        if k != "run_dir" and not k.startswith("logging.") and k not in EXECUTION_ONLY
+        and a.get(k) != b.get(k)
     ]
 
 

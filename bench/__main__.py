@@ -56,7 +56,7 @@ def trainer() -> list[Row]:
     if pad and len(pad) >= 3:
         rows.append(Row("trainer", "padding tokens", pad[2], "-", None, f"padded: {pad[1]}"))
     # Loss rows: "loss: <metric>  <model>  <today>  <chunked>  <new>  <new/today>"; today is
-    # all positions with PEFT's dropout, new the chunked loss with the fused dropout.
+    # all positions with PEFT's modules, new the chunked loss with the fused LoRA layer.
     loss = {(c[0], c[1]): c for c in (re.split(r"\s{2,}", x.strip()) for x in p.stdout.splitlines()
                                       if x.startswith("loss: ")) if len(c) >= 6}
     for model in sorted({m for _, m in loss}):

@@ -4,13 +4,16 @@
    checkpointing: tokens/s, padding, peak memory and round time.
 2. Loss (SmolLM2-135M and Gemma-3-270M, grouped, no checkpointing): today's trainer
    (`model(**batch).loss`, logits at every position, `training.loss_chunk_tokens: 0`, PEFT's
-   `nn.Dropout`) against Eq. 3's loss from the solution positions only, in chunks
-   (training/loss.py), with PEFT's dropout and with the fused LoRA dropout
-   (`training.lora_dropout_kernel`, training/lora_dropout.py): tokens/s, tokens/CPU-s and peak
-   memory with ratios, and memory.py's estimate next to the measured peak.
+   LoRA modules) against Eq. 3's loss from the solution positions only, in chunks
+   (training/loss.py), with PEFT's modules and with the fused LoRA layer
+   (`training.lora_dropout_kernel: fused`, training/lora_kernel.py): tokens/s, tokens/CPU-s and
+   peak memory with ratios, and memory.py's estimate next to the measured peak. `--repeats N`
+   runs the three variants N times in turn and prints medians, the ratio being the median of
+   each turn's new/today (the two ran minutes apart, so load drifts less between them).
 
     python bench/bench_trainer.py [--rows 16] [--epochs 1] [--batch-size 4] [--threads 2]
                                   [--only batching|loss] [--context N] [--models NAME ...]
+                                  [--repeats 1]
 
 Peak memory is the training worker's own RSS high-water mark (ru_maxrss): every variant runs in
 a fresh worker process. It is the training step's peak, not loading's: loading SmolLM2 (GGUF
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -133,23 +137,26 @@ def batching(tmp: Path, args: argparse.Namespace) -> None:
 def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
     """Today's trainer vs the new one, per model; ratio = new / today's.
 
-    today: `model(**batch).loss` (logits at every position) with PEFT's nn.Dropout; chunked: the
-    chunked loss with PEFT's dropout (the loss's share of the gain); new: the chunked loss with
-    the fused LoRA dropout (training/lora_dropout.py), opt-in (`training.lora_dropout_kernel: fused`).
+    today: `model(**batch).loss` (logits at every position) with PEFT's LoRA modules; chunked:
+    the chunked loss with PEFT's modules (the loss's share of the gain); new: the chunked loss
+    with the fused LoRA layer (training/lora_kernel.py), the trainer's default. With repeats,
+    every cell is the median over the turns and the ratio the median of the turns' ratios.
     """
+    variants = (("today", 0, "peft"), ("chunked", 1024, "peft"), ("new", 1024, "fused"))
     results = {}
     models = (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA))
     for name, model in [(n, m) for n, m in models if n in args.models]:
-        full = one_round(tmp, args, grouped=True, model=model, chunk=0, label=f"{name}-full",
-                         kernel="peft")
-        chunked = one_round(tmp, args, grouped=True, model=model, label=f"{name}-chunked",
-                            kernel="peft")
-        new = one_round(tmp, args, grouped=True, model=model, label=f"{name}-new")
-        results[name] = (full, chunked, new)
+        turns = [
+            {v: one_round(tmp, args, grouped=True, model=model, chunk=chunk, kernel=kernel,
+                          label=f"{name}-{v}-{turn}") for v, chunk, kernel in variants}
+            for turn in range(args.repeats)
+        ]
+        results[name] = turns
     shape = f", {args.context} problems of context before each" if args.context else ""
-    print(f"\nLoss: today (model(**batch).loss, all positions, PEFT dropout) vs chunked at "
-          f"solution positions (PEFT dropout) vs new (chunked + fused LoRA dropout); "
-          f"{args.rows} rows{shape}, batch {args.batch_size}, fp32, grouped, no checkpointing\n")
+    print(f"\nLoss: today (model(**batch).loss, all positions, PEFT's LoRA modules) vs chunked "
+          f"at solution positions (PEFT's modules) vs new (chunked + fused LoRA layer); "
+          f"{args.rows} rows{shape}, batch {args.batch_size}, fp32, grouped, no checkpointing, "
+          f"{args.repeats} turn(s) of the three\n")
     print(f"{'metric':<28}{'model':<14}{'today':>10}{'chunked':>10}{'new':>10}{'new/today':>11}")
     rows = [
         ("loss: tokens/s", "tokens_per_s", ".1f"),
@@ -161,11 +168,23 @@ def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
         ("loss: final loss", None, ".4f"),
     ]
     for label, key, spec in rows:
-        for name, runs in results.items():
-            a, b, c = (m["losses"][-1] if key is None else m[key] for m in runs)
-            ratio = f"{c / a:.2f}x" if a else "-"
-            print(f"{label:<28}{name:<14}{format(a, spec):>10}{format(b, spec):>10}"
-                  f"{format(c, spec):>10}{ratio:>11}")
+        for name, turns in results.items():
+            cells = [statistics.median(_value(t[v], key) for t in turns) for v, _, _ in variants]
+            ratios = [_value(t["new"], key) / _value(t["today"], key) for t in turns
+                      if _value(t["today"], key)]
+            ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
+            text = [format(int(c) if spec == "d" else c, spec) for c in cells]
+            print(f"{label:<28}{name:<14}" + "".join(f"{t:>10}" for t in text) + f"{ratio:>11}")
+    if args.repeats > 1:
+        for name, turns in results.items():
+            each = ", ".join(f"{t['new']['tokens_per_s'] / t['today']['tokens_per_s']:.2f}x"
+                             for t in turns)
+            print(f"{name}: new/today tokens/s per turn: {each}")
+
+
+def _value(metrics: dict, key: str | None) -> float:
+    """A round's metric; None: its final loss."""
+    return metrics["losses"][-1] if key is None else metrics[key]
 
 
 def paper_estimate() -> None:
@@ -200,6 +219,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["batching", "loss"], default=None)
     ap.add_argument("--context", type=int, default=0,
                     help="loss rows: other problems' text before each problem (longer prompts)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="loss rows: turns of the three variants (medians and per-turn ratios)")
     ap.add_argument("--models", nargs="+", default=["SmolLM2-135M", "Gemma-3-270M"],
                     choices=["SmolLM2-135M", "Gemma-3-270M"], help="loss rows: which models")
     args = ap.parse_args()

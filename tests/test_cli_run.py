@@ -51,6 +51,32 @@ def test_overrides_and_config_errors(tmp_path, run_dir):
     assert "protocol.problems_per_step" in res.output and "--force" in res.output
 
 
+def test_a_run_resumes_under_new_execution_settings_but_not_new_hyperparameters(tmp_path, run_dir):
+    """Threads, memory, checkpointing, the loss's chunks and the LoRA kernel change how the
+    trainer computes, not what: resuming with new ones is no config change (and the stored config
+    takes them); the LoRA rank is one."""
+    import yaml
+
+    execution = ["training.max_threads=2", "training.memory_budget_gb=3",
+                 "training.gradient_checkpointing=true", "training.loss_chunk_tokens=0",
+                 "training.lora_dropout_kernel=peft"]
+    with FakeOpenAI(responder(), latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        res = cli.invoke(app, ["run", str(cfg), "--steps", "1", "--run-dir", str(run_dir)])
+        assert res.exit_code == 0, res.output
+        res = cli.invoke(app, ["run", str(cfg), *execution, "--steps", "2",
+                               "--run-dir", str(run_dir)])
+        assert res.exit_code == 0, res.output
+        assert "2 step(s) committed" in res.output
+        stored = yaml.safe_load(RunPaths(run_dir).config.read_text())["training"]
+        assert (stored["max_threads"], stored["lora_dropout_kernel"]) == (2, "peft")
+        res = cli.invoke(app, ["run", str(cfg), "training.r=4", "--steps", "3",
+                               "--run-dir", str(run_dir)])
+    assert res.exit_code == 2
+    assert "training.r" in res.output and "--force" in res.output
+    assert "max_threads" not in res.output
+
+
 def test_status_of_missing_run_is_one_error_line(tmp_path):
     res = cli.invoke(app, ["status", str(tmp_path / "nope")])
     assert res.exit_code == 1

@@ -39,9 +39,9 @@ PAIRS = [
 ]
 
 
-def _setup(member: Member, target_modules: list[str] | str = "all-linear"):
-    """(model, batch): a fresh LoRA (dropout off, B randomised so every LoRA weight gets a
-    gradient) in float32 and a right-padded batch of real examples."""
+def _setup(member: Member, target_modules: list[str] | str = "all-linear", dropout: float = 0.0):
+    """(model, batch): a fresh LoRA (dropout off unless asked, B randomised so every LoRA weight
+    gets a gradient) in float32 and a right-padded batch of real examples."""
     from agora_cli.models import prepare
 
     base = str(prepare(member))
@@ -51,7 +51,7 @@ def _setup(member: Member, target_modules: list[str] | str = "all-linear"):
     batch = collate(examples, tok.pad_token_id)
     assert (batch["attention_mask"] == 0).any()  # padding is part of what is tested
     torch.manual_seed(0)
-    cfg = Training(dropout=0.0, gradient_checkpointing=False, target_modules=target_modules)
+    cfg = Training(dropout=dropout, gradient_checkpointing=False, target_modules=target_modules)
     model = lora_model(base, cfg, None, "cpu")
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -71,6 +71,10 @@ def _loss_and_grads(model, fn) -> tuple[float, dict[str, torch.Tensor]]:
 def _assert_same(model, batch, chunk: int) -> None:
     ref, ref_grads = _loss_and_grads(model, lambda: model(**batch).loss)
     new, new_grads = _loss_and_grads(model, lambda: StepLoss(model, chunk)(**batch))
+    _assert_close(ref, ref_grads, new, new_grads)
+
+
+def _assert_close(ref: float, ref_grads: dict, new: float, new_grads: dict) -> None:
     assert abs(new - ref) <= 1e-5, (new, ref)
     assert ref_grads.keys() == new_grads.keys() and ref_grads
     for name, g in ref_grads.items():
@@ -96,6 +100,37 @@ def test_chunked_loss_equals_the_model_loss_on_smollm2() -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert abs(dims.params - frozen) / frozen < 1e-3
     assert lora_params(dims, 16, "all-linear") == trainable
+
+
+def test_the_fused_lora_layer_gives_peft_loss_and_gradients_on_smollm2(monkeypatch) -> None:
+    """The trainer's default kernel (training/lora_kernel.py) against PEFT's modules on the real
+    model with LoRA dropout on: PEFT's dropout replays the masks the fused layers drew."""
+    import copy
+
+    from agora_cli.training import lora_kernel
+
+    _, model, batch = _setup(SMOL, dropout=0.05)
+    fused = copy.deepcopy(model)
+    assert lora_kernel.fuse_lora_layers(fused) == 210  # 30 layers x q, k, v, o, gate, up, down
+    masks: list[torch.Tensor] = []
+    real = lora_kernel.keep_mask
+
+    def recording(shape, p, device):
+        masks.append(real(shape, p, device))
+        return masks[-1]
+
+    monkeypatch.setattr(lora_kernel, "keep_mask", recording)
+    new, new_grads = _loss_and_grads(fused, lambda: StepLoss(fused, 1024)(**batch))
+    assert len(masks) == 210 and all(0.9 < float(m.float().mean()) < 0.99 for m in masks)
+    order = iter(masks)
+
+    def replay(inp, p=0.5, training=True, inplace=False):
+        return inp * next(order).reshape(inp.shape).to(inp.dtype) / (1 - p) if training else inp
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    ref, ref_grads = _loss_and_grads(model, lambda: StepLoss(model, 1024)(**batch))
+    assert next(order, None) is None  # PEFT drew exactly as many masks, in the same order
+    _assert_close(ref, ref_grads, new, new_grads)
 
 
 def test_chunked_loss_equals_the_model_loss_with_a_lora_on_the_head() -> None:

@@ -263,9 +263,9 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     run_cfg = cfg.model_copy(update={"gradient_checkpointing": checkpointing})
     model = lora_model(spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device, remote)
     if cfg.lora_dropout_kernel == "fused":
-        from agora_cli.training.lora_dropout import fuse_lora_dropout
+        from agora_cli.training.lora_kernel import fuse_lora_layers
 
-        fuse_lora_dropout(model)
+        fuse_lora_layers(model)
     loss_fn = StepLoss(model, cfg.loss_chunk_tokens)
     if cfg.loss_chunk_tokens and not chunked_loss_agrees(model, examples[0], tok, device):
         loss_fn.chunk = 0  # a head this module does not know how to apply: the model's own loss

@@ -1,0 +1,176 @@
+"""One adapted linear layer of LoRA as one autograd function: PEFT's values, less time and memory.
+
+LoRA (Hu et al. 2021, with PEFT's `lora_dropout`) computes, for each adapted linear layer,
+
+    y = x W^T + b + s * B A dropout(x)          (W, b frozen; A: r x in, B: out x r; s = alpha / r)
+
+PEFT builds it from modules: the base linear, `nn.Dropout` on the layer's whole input, `lora_A`,
+`lora_B`, a multiplication by s and an addition. On CPU that costs, per adapted layer and call:
+a float32 Bernoulli noise tensor and a dropped copy of the input kept for the backward (two float
+copies of the input; q, k and v, and gate and up, each make their own from the same input), and
+two passes over the layer's full output (times s, plus the base output) in the forward and one
+more in the backward. For SmolLM2's MLP (576 -> 1536) those output-sized passes cost as much as
+the adapter's matrix products.
+
+`FusedLoraLinear` (`fuse_lora_layers` swaps PEFT's class for it in place) computes the same sum
+with the same distribution in one function:
+- the dropout mask is drawn as 32-bit integers against a threshold (cheaper than a float
+  Bernoulli draw, and in parallel parts: `keep_mask`), kept as one byte per element, and the
+  masked input is recomputed in the backward instead of being stored: every element kept
+  independently with probability 1 - p, kept elements scaled by 1 / (1 - p), a fresh mask per
+  layer and call, seeded from torch's generator so seeding and (non-reentrant) checkpointing
+  replay it;
+- s and 1 / (1 - p) scale the r-wide product (x * keep) A^T, not the output, and the adapter's
+  term is added into the base output by the matrix product itself (`addmm_`): no output-sized
+  pass;
+- the backward takes the input gradient as  g W + ((g B) s / (1 - p) A) * keep  with one
+  accumulating product, and A's and B's gradients from the byte mask and the r-wide product.
+
+The forward value and every gradient equal PEFT's for the same mask (tests/test_lora_kernel.py);
+the adapter's parameters, names and saved files are PEFT's. Anything PEFT computes differently
+(evaluation mode, merged or disabled adapters, several active adapters, DoRA and other variants,
+non-Linear bases, autocast) goes through PEFT's own forward unchanged.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import Any
+
+import torch
+
+_RANGE = 2**31  # int32 `random_()` draws uniformly from [0, 2**31)
+_PARTS = 4  # a large mask is drawn in this many parts, whatever the thread count (reproducible)
+_PARALLEL_MIN = 1 << 16  # elements; below this one thread's draw is quicker than handing it out
+
+
+def keep_mask(shape: torch.Size, p: float, device: Any) -> torch.Tensor:
+    """Bernoulli(1 - p) keep mask (bool), from 31 random bits per element.
+
+    P(keep) = round((1 - p) * 2**31) / 2**31: within 2.4e-10 of 1 - p, finer than the float32
+    uniform a float Bernoulli draw compares against. On CPU torch's generator draws one element
+    at a time on one thread while the other cores wait (8% of a SmolLM2 step); a large mask is
+    therefore drawn in `_PARTS` parts on torch's threads, each part from its own generator seeded
+    from torch's, so seeding and checkpointing still replay it.
+    """
+    threshold = round((1.0 - p) * _RANGE)
+    ints = torch.empty(shape, dtype=torch.int32, device=device)
+    if ints.device.type != "cpu" or ints.numel() < _PARALLEL_MIN:
+        return ints.random_() < threshold
+    seeds = torch.empty(_PARTS, dtype=torch.int64).random_().tolist()
+    parts = ints.view(-1).tensor_split(_PARTS)
+    threads = torch.get_num_threads()
+    if threads > 1:
+        list(_mask_pool(threads).map(_fill, parts, seeds))
+    else:
+        list(map(_fill, parts, seeds))
+    return ints < threshold
+
+
+@cache
+def _mask_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="agora-mask")
+
+
+def _fill(part: torch.Tensor, seed: int) -> None:
+    part.random_(generator=torch.Generator().manual_seed(seed))
+
+
+class _LoraLinearFn(torch.autograd.Function):
+    """y = x W^T + b + (s * dropout(x) A^T) B^T on the flattened rows, W and b frozen.
+
+    dropout(x) = (x * keep) / (1 - p): the 1 / (1 - p) joins s on the r-wide side, so the
+    input-sized work is one masked multiplication each way. Saved for the backward: x (the
+    layer's input, alive anyway), the byte mask, the r-wide product u = s * dropout(x) A^T, and
+    the weights.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                a: torch.Tensor, b: torch.Tensor, s: float, p: float) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        keep = keep_mask(rows.shape, p, x.device) if p > 0.0 else None
+        gain = s / (1.0 - p)  # s times dropout's scaling of the kept elements
+        u = ((rows * keep if keep is not None else rows) @ a.t()).mul_(gain)
+        y = torch.nn.functional.linear(rows, weight, bias)
+        y.addmm_(u, b.t())
+        ctx.save_for_backward(rows, keep, u, weight, a, b)
+        ctx.gain, ctx.x_shape = gain, x.shape
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        rows, keep, u, weight, a, b = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        gu = (g @ b).mul_(ctx.gain)  # d/d(x * keep) through A, B, s and 1 / (1 - p), r-wide
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            lora = gu @ a
+            if keep is not None:
+                lora.mul_(keep)
+            grad_x = lora.addmm_(g, weight).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[3]:
+            grad_a = gu.t() @ (rows * keep if keep is not None else rows)
+        if ctx.needs_input_grad[4]:
+            grad_b = g.t() @ u
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+@cache  # one class, so every fused layer is of the same type
+def _lora_linear_class() -> type:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    class FusedLoraLinear(LoraLinear):
+        """PEFT's LoRA Linear whose training forward is `_LoraLinearFn` (PEFT's otherwise)."""
+
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            name = _fusable_adapter(self, x, args, kwargs)
+            if name is None:
+                return super().forward(x, *args, **kwargs)
+            base, drop = self.get_base_layer(), self.lora_dropout[name]
+            p = float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0
+            return _LoraLinearFn.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                       self.lora_B[name].weight, float(self.scaling[name]), p)
+
+    return FusedLoraLinear
+
+
+def _fusable_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+    """The one adapter `_LoraLinearFn` can compute exactly as PEFT would here, or None."""
+    if (not layer.training or args or kwargs or layer.disable_adapters or layer.merged
+            or torch.is_autocast_enabled(x.device.type)):
+        return None
+    active = [n for n in layer.active_adapters if n in layer.lora_A]
+    if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
+        return None
+    name = active[0]
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    weights = (layer.get_base_layer().weight, a.weight, b.weight)
+    if any(w.dtype != x.dtype for w in weights) or a.bias is not None or b.bias is not None:
+        return None
+    return name
+
+
+def fuse_lora_layers(model: Any) -> int:
+    """Swap every PEFT LoRA Linear with a plain linear base and plain A/B for `FusedLoraLinear`
+    (in place); the count. Parameters, their names (so the saved adapter) and the config are
+    PEFT's: only the layers' class changes. Dropout other than `nn.Dropout` (or none) is left to
+    PEFT's forward, as are layers whose base is not exactly `nn.Linear`.
+    """
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    fused_class = _lora_linear_class()
+    fused = 0
+    for module in model.modules():
+        if type(module) is not LoraLinear or type(module.get_base_layer()) is not torch.nn.Linear:
+            continue
+        if any(type(m) not in (torch.nn.Linear,) for m in (*module.lora_A.values(),
+                                                           *module.lora_B.values())):
+            continue
+        if any(type(d) not in (torch.nn.Dropout, torch.nn.Identity)
+               for d in module.lora_dropout.values()):
+            continue
+        module.__class__ = fused_class
+        fused += 1
+    return fused
