@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from agora_cli.evaluation.stats import count_ratio
-from bench.common import REPO, Row, setup_env, table
+from bench.common import REPO, Row, cpu_flags, setup_env, table
 
 DEFAULT_OVERRIDES = ("ablations.lora=false", "protocol.anchor_every=1")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -199,10 +199,7 @@ def rows_for(label: str, m: dict) -> list[Row]:
 def run(before: str = "main", steps: int = 2, config: str = "configs/tiny.yaml",
         overrides: tuple[str, ...] = DEFAULT_OVERRIDES) -> list[Row]:
     setup_env()
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), "")
-    print(f"throughput: cpu flags with avx2={'avx2' in flags} avx512_bf16={'avx512_bf16' in flags}"
-          f" amx={'amx_bf16' in flags}; {os.cpu_count()} cores", flush=True)
+    print(f"throughput: CPU flags {cpu_flags()}; {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
         old_tree = export_tree(before, Path(tmp) / "tree")
         got = {f"before ({before})": measure(old_tree, config, steps, list(overrides), "before")}
