@@ -5,6 +5,7 @@ exactly as PEFT's."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,6 +25,30 @@ class _Block(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.o(torch.tanh(self.q(x) + self.k(x) * self.v(x)))
+
+
+def record_masks(monkeypatch) -> list[torch.Tensor]:
+    """From now on, every mask the fused layers draw, in order (they still use it)."""
+    masks: list[torch.Tensor] = []
+    real = lora_kernel.keep_mask
+
+    def recording(shape, p, device):
+        masks.append(real(shape, p, device))
+        return masks[-1]
+
+    monkeypatch.setattr(lora_kernel, "keep_mask", recording)
+    return masks
+
+
+def replay_masks(monkeypatch, masks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """PEFT's nn.Dropout from now on applies `masks` in order; the masks it has not used yet."""
+    order = iter(masks)
+
+    def replay(inp, p=0.5, training=True, inplace=False):
+        return inp * next(order).reshape(inp.shape).to(inp.dtype) / (1 - p) if training else inp
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    return order
 
 
 def _pair(p: float = 0.3) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -55,24 +80,13 @@ def test_fused_layer_gives_peft_values_and_gradients_for_the_same_masks(
 ) -> None:
     peft, fused = _pair()
     x = torch.randn(2, 5, 24)
-    masks: list[torch.Tensor] = []
-    real = lora_kernel.keep_mask
-
-    def recording(shape, p, device):
-        masks.append(real(shape, p, device))
-        return masks[-1]
-
-    monkeypatch.setattr(lora_kernel, "keep_mask", recording)
+    masks = record_masks(monkeypatch)
     out_f, grads_f, gx_f = _grads(fused.train(), x, input_grad)
     assert len(masks) == 4  # one mask per adapted module, each its own
     # PEFT's nn.Dropout, replayed with the masks the fused layers drew (forward order q, k, v, o)
-    order = iter(masks)
-
-    def replay(inp, p=0.5, training=True, inplace=False):
-        return inp * next(order).reshape(inp.shape).to(inp.dtype) / (1 - p) if training else inp
-
-    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    left = replay_masks(monkeypatch, masks)
     out_p, grads_p, gx_p = _grads(peft.train(), x, input_grad)
+    assert next(left, None) is None
     torch.testing.assert_close(out_f, out_p, rtol=1e-6, atol=1e-6)
     if input_grad:
         torch.testing.assert_close(gx_f, gx_p, rtol=1e-4, atol=1e-5)

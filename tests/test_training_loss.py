@@ -107,29 +107,18 @@ def test_the_fused_lora_layer_gives_peft_loss_and_gradients_on_smollm2(monkeypat
     model with LoRA dropout on: PEFT's dropout replays the masks the fused layers drew."""
     import copy
 
-    from agora_cli.training import lora_kernel
+    from agora_cli.training.lora_kernel import fuse_lora_layers
+    from tests.test_lora_kernel import record_masks, replay_masks
 
     _, model, batch = _setup(SMOL, dropout=0.05)
     fused = copy.deepcopy(model)
-    assert lora_kernel.fuse_lora_layers(fused) == 210  # 30 layers x q, k, v, o, gate, up, down
-    masks: list[torch.Tensor] = []
-    real = lora_kernel.keep_mask
-
-    def recording(shape, p, device):
-        masks.append(real(shape, p, device))
-        return masks[-1]
-
-    monkeypatch.setattr(lora_kernel, "keep_mask", recording)
+    assert fuse_lora_layers(fused) == 210  # 30 layers x q, k, v, o, gate, up, down
+    masks = record_masks(monkeypatch)
     new, new_grads = _loss_and_grads(fused, lambda: StepLoss(fused, 1024)(**batch))
     assert len(masks) == 210 and all(0.9 < float(m.float().mean()) < 0.99 for m in masks)
-    order = iter(masks)
-
-    def replay(inp, p=0.5, training=True, inplace=False):
-        return inp * next(order).reshape(inp.shape).to(inp.dtype) / (1 - p) if training else inp
-
-    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    left = replay_masks(monkeypatch, masks)
     ref, ref_grads = _loss_and_grads(model, lambda: StepLoss(model, 1024)(**batch))
-    assert next(order, None) is None  # PEFT drew exactly as many masks, in the same order
+    assert next(left, None) is None  # PEFT drew exactly as many masks, in the same order
     _assert_close(ref, ref_grads, new, new_grads)
 
 
