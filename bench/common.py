@@ -24,8 +24,9 @@ def setup_env() -> None:
 
 def gsm8k_train() -> list[dict]:
     """The shipped GSM8K train rows (id, problem, answer, solution), in file order."""
-    path = REPO / "agora_cli" / "data" / "gsm8k_train.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()]
+    from agora_cli.paths import DATA_DIR
+
+    return [json.loads(x) for x in (DATA_DIR / "gsm8k_train.jsonl").read_text().splitlines()]
 
 
 def cpu_flags() -> str:

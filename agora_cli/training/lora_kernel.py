@@ -64,7 +64,8 @@ def keep_mask(shape: torch.Size, p: float, device: Any) -> torch.Tensor:
     if threads > 1:
         list(_mask_pool(threads).map(_fill, parts, seeds))
     else:
-        list(map(_fill, parts, seeds))
+        for part, seed in zip(parts, seeds, strict=True):
+            _fill(part, seed)
     return ints < threshold
 
 
@@ -165,8 +166,8 @@ def fuse_lora_layers(model: Any) -> int:
     for module in model.modules():
         if type(module) is not LoraLinear or type(module.get_base_layer()) is not torch.nn.Linear:
             continue
-        if any(type(m) not in (torch.nn.Linear,) for m in (*module.lora_A.values(),
-                                                           *module.lora_B.values())):
+        if any(type(m) is not torch.nn.Linear
+               for m in (*module.lora_A.values(), *module.lora_B.values())):
             continue
         if any(type(d) not in (torch.nn.Dropout, torch.nn.Identity)
                for d in module.lora_dropout.values()):
