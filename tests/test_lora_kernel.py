@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from agora_cli.training import lora_kernel
-from agora_cli.training.lora_kernel import fuse_lora_layers, keep_mask
+from agora_cli.training.lora_kernel import drop_positions, fuse_lora_layers, keep_mask
 
 
 class _Block(torch.nn.Module):
@@ -27,16 +27,26 @@ class _Block(torch.nn.Module):
         return self.o(torch.tanh(self.q(x) + self.k(x) * self.v(x)))
 
 
+def as_keep_mask(drawn: torch.Tensor, numel: int) -> torch.Tensor:
+    """A `draw_dropout` result as a flat keep mask (bool), whichever form it took."""
+    if drawn.dtype == torch.bool:
+        return drawn.reshape(-1)
+    keep = torch.ones(numel, dtype=torch.bool)
+    keep[drawn] = False
+    return keep
+
+
 def record_masks(monkeypatch) -> list[torch.Tensor]:
-    """From now on, every mask the fused layers draw, in order (they still use it)."""
+    """From now on, every keep mask the fused layers draw (flat), in order (they still use it)."""
     masks: list[torch.Tensor] = []
-    real = lora_kernel.keep_mask
+    real = lora_kernel.draw_dropout
 
     def recording(shape, p, device):
-        masks.append(real(shape, p, device))
-        return masks[-1]
+        drawn = real(shape, p, device)
+        masks.append(as_keep_mask(drawn, shape.numel()))
+        return drawn
 
-    monkeypatch.setattr(lora_kernel, "keep_mask", recording)
+    monkeypatch.setattr(lora_kernel, "draw_dropout", recording)
     return masks
 
 
@@ -74,11 +84,12 @@ def _grads(
     return out.detach(), grads, x.grad
 
 
+@pytest.mark.parametrize("p", [0.05, 0.5])  # dropped positions; a whole mask
 @pytest.mark.parametrize("input_grad", [True, False])  # False: the first layer's input
 def test_fused_layer_gives_peft_values_and_gradients_for_the_same_masks(
-    monkeypatch, input_grad: bool
+    monkeypatch, input_grad: bool, p: float
 ) -> None:
-    peft, fused = _pair()
+    peft, fused = _pair(p)
     x = torch.randn(2, 5, 24)
     masks = record_masks(monkeypatch)
     out_f, grads_f, gx_f = _grads(fused.train(), x, input_grad)
@@ -98,9 +109,10 @@ def test_fused_layer_gives_peft_values_and_gradients_for_the_same_masks(
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-5)
 
 
-def test_fused_dropout_keeps_the_distribution_and_draws_independent_masks() -> None:
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5])  # positions, positions, a whole mask
+def test_fused_dropout_keeps_the_distribution_and_draws_independent_masks(p: float) -> None:
     torch.manual_seed(1)
-    p, n = 0.3, 2_000_000
+    n = 2_000_000
     keep = keep_mask(torch.Size([n]), p, "cpu").double().mean().item()
     assert abs(keep - (1 - p)) < 5 * ((p * (1 - p)) / n) ** 0.5
     # values: a layer whose base is 0 and whose adapter is 1 returns dropout(x) itself: x / (1 - p)
@@ -122,6 +134,40 @@ def test_fused_dropout_keeps_the_distribution_and_draws_independent_masks() -> N
     agree = (a == b).double().mean().item()
     assert abs(agree - (p * p + (1 - p) ** 2)) < 0.01
     assert torch.equal(layer.eval()(ones), ones)
+
+
+@pytest.mark.parametrize("sigmas", [6.0, -1e9])  # -1e9: 64 gaps per draw, thousands of draws
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_dropped_positions_are_a_bernoulli_process(monkeypatch, p: float, sigmas: float) -> None:
+    """Every element dropped independently with probability p: the rate, neighbours dropped
+    together at p^2, the tail as covered as the head; sorted distinct in-range indices; the
+    same draw for a seed whatever the thread count."""
+    monkeypatch.setattr(lora_kernel, "_SIGMAS", sigmas)
+    n = 2_000_000
+    threads = torch.get_num_threads()
+    draws = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            torch.manual_seed(5)
+            draws.append(drop_positions(n, p))
+    finally:
+        torch.set_num_threads(threads)
+    drop = draws[0]
+    assert torch.equal(draws[0], draws[1])
+    assert drop.dtype == torch.int64 and 0 <= int(drop[0]) and int(drop[-1]) < n
+    assert bool((drop[1:] > drop[:-1]).all())
+
+    def near(rate: float, q: float, count: int) -> bool:
+        return abs(rate - q) < 5 * (q * (1 - q) / count) ** 0.5
+
+    dropped = ~as_keep_mask(drop, n)
+    assert near(dropped.double().mean().item(), p, n)
+    assert near((dropped[1:] & dropped[:-1]).double().mean().item(), p * p, n - 1)
+    tail = dropped[-n // 100 :]
+    assert near(tail.double().mean().item(), p, len(tail))
+    torch.manual_seed(6)
+    assert not torch.equal(drop_positions(n, p), drop)
 
 
 def test_a_large_mask_is_drawn_in_parts_reproducibly_whatever_the_thread_count() -> None:
@@ -166,9 +212,10 @@ def test_without_dropout_and_with_the_adapter_disabled_the_fused_layer_is_peft()
     torch.testing.assert_close(base, o(torch.tanh(q(x) + k(x) * v(x))), rtol=0, atol=0)
 
 
-def test_fused_layers_replay_under_checkpointing_and_save_as_peft() -> None:
-    peft, fused = _pair()
-    x = torch.randn(3, 1000, 24)  # 72,000 elements: the mask is drawn in parallel parts
+@pytest.mark.parametrize("p", [0.05, 0.5])  # dropped positions; a mask drawn in parallel parts
+def test_fused_layers_replay_under_checkpointing_and_save_as_peft(p: float) -> None:
+    peft, fused = _pair(p)
+    x = torch.randn(3, 1000, 24)  # 72,000 elements: a whole mask is drawn in parallel parts
     torch.manual_seed(7)
     _, plain, _ = _grads(fused.train(), x)
     fused.zero_grad()

@@ -14,12 +14,15 @@ the adapter's matrix products.
 
 `FusedLoraLinear` (`fuse_lora_layers` swaps PEFT's class for it in place) computes the same sum
 with the same distribution in one function:
-- the dropout mask is drawn as 32-bit integers against a threshold (cheaper than a float
-  Bernoulli draw, and in parallel parts: `keep_mask`), kept as one byte per element, and the
-  masked input is recomputed in the backward instead of being stored: every element kept
-  independently with probability 1 - p, kept elements scaled by 1 / (1 - p), a fresh mask per
-  layer and call, seeded from torch's generator so seeding and (non-reentrant) checkpointing
-  replay it;
+- dropout: every element kept independently with probability 1 - p, kept elements scaled by
+  1 / (1 - p), a fresh draw per layer and call from torch's generator, so seeding and
+  (non-reentrant) checkpointing replay it. At LoRA's usual rates (p <= 0.3) on CPU the draw is the
+  dropped positions themselves (`drop_positions`: geometric gaps, about p x n numbers instead of
+  n), kept as their indices, and the masked input is a copy with those positions zeroed; drawing
+  a whole mask, converting it and multiplying by it cost a sixth of a SmolLM2 step. Above that
+  rate, or on a GPU, a whole mask is drawn as 32-bit integers against a threshold (`keep_mask`,
+  in parallel parts on CPU) and kept as one byte per element. Either way the masked input is
+  recomputed in the backward instead of being stored;
 - s and 1 / (1 - p) scale the r-wide product (x * keep) A^T, not the output, and the adapter's
   term is added into the base output by the matrix product itself (`addmm_`): no output-sized
   pass;
@@ -34,6 +37,7 @@ non-Linear bases, autocast) goes through PEFT's own forward unchanged.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
@@ -43,6 +47,57 @@ import torch
 _RANGE = 2**31  # int32 `random_()` draws uniformly from [0, 2**31)
 _PARTS = 4  # a large mask is drawn in this many parts, whatever the thread count (reproducible)
 _PARALLEL_MIN = 1 << 16  # elements; below this one thread's draw is quicker than handing it out
+_SPARSE_MAX_P = 0.3  # on CPU, dropout up to this rate draws the dropped positions, not a mask
+_SIGMAS = 6.0  # `drop_positions` draws this many standard deviations more gaps than expected
+
+
+def draw_dropout(shape: torch.Size, p: float, device: Any) -> torch.Tensor:
+    """Which elements of a `shape` tensor dropout(p) drops, as `dropped` applies it: the sorted
+    flat indices of the dropped elements (int64) on CPU for p <= `_SPARSE_MAX_P`, else the keep
+    mask (bool)."""
+    if torch.device(device).type == "cpu" and p <= _SPARSE_MAX_P:
+        return drop_positions(math.prod(shape), p)
+    return keep_mask(shape, p, device)
+
+
+def dropped(t: torch.Tensor, drop: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+    """`t` with the elements `draw_dropout` chose set to 0 (a new tensor unless `inplace`)."""
+    if drop is None:
+        return t
+    if drop.dtype == torch.bool:
+        return t.mul_(drop) if inplace else t * drop
+    out = t if inplace else t.clone(memory_format=torch.contiguous_format)
+    return out.view(-1).index_fill_(0, drop, 0.0).view(out.shape)
+
+
+def drop_positions(numel: int, p: float) -> torch.Tensor:
+    """Sorted flat indices (int64, CPU) of the dropped elements of a `numel`-element tensor:
+    each element dropped independently with probability p, the same distribution as a Bernoulli
+    mask.
+
+    A Bernoulli process is its gaps: the number of trials from one drop to the next is
+    Geometric(p), drawn by inversion as 1 + floor(log(1 - U) / log(1 - p)) from float64 uniforms
+    U in [0, 1) (1 - U is in (0, 1], so the logarithm is finite). About p x numel numbers come
+    from torch's generator instead of numel: serially, so the draw is the same for any thread
+    count, and seeding and checkpointing replay it. Gaps are drawn `_SIGMAS` standard deviations
+    beyond the expected count, and again from the last drop on in the rare case that they end
+    before the tensor does.
+    """
+    log_keep = math.log1p(-p)
+    found: list[torch.Tensor] = []
+    start = 0  # the first position not yet covered by a gap
+    while True:
+        left = numel - start
+        count = int(max(0.0, left * p + _SIGMAS * math.sqrt(left * p * (1.0 - p)))) + 64
+        draws = torch.empty(count, dtype=torch.float64).uniform_()
+        gaps = draws.neg_().log1p_().div_(log_keep).floor_().add_(1.0)
+        ends = gaps.cumsum_(0).add_(start - 1)  # the dropped positions
+        inside = int(torch.searchsorted(ends, float(numel)))  # ends are increasing
+        found.append(ends[:inside])
+        if inside < count:
+            break
+        start = int(ends[-1]) + 1
+    return (torch.cat(found) if len(found) > 1 else found[0]).long()
 
 
 def keep_mask(shape: torch.Size, p: float, device: Any) -> torch.Tensor:
@@ -81,38 +136,35 @@ def _fill(part: torch.Tensor, seed: int) -> None:
 class _LoraLinearFn(torch.autograd.Function):
     """y = x W^T + b + (s * dropout(x) A^T) B^T on the flattened rows, W and b frozen.
 
-    dropout(x) = (x * keep) / (1 - p): the 1 / (1 - p) joins s on the r-wide side, so the
-    input-sized work is one masked multiplication each way. Saved for the backward: x (the
-    layer's input, alive anyway), the byte mask, the r-wide product u = s * dropout(x) A^T, and
-    the weights.
+    dropout(x) = dropped(x) / (1 - p): the 1 / (1 - p) joins s on the r-wide side, so the
+    input-sized work is one masked copy each way. Saved for the backward: x (the layer's input,
+    alive anyway), the draw (dropped positions or byte mask), the r-wide product
+    u = s * dropout(x) A^T, and the weights.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 a: torch.Tensor, b: torch.Tensor, s: float, p: float) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        keep = keep_mask(rows.shape, p, x.device) if p > 0.0 else None
+        drop = draw_dropout(rows.shape, p, x.device) if p > 0.0 else None
         gain = s / (1.0 - p)  # s times dropout's scaling of the kept elements
-        u = ((rows * keep if keep is not None else rows) @ a.t()).mul_(gain)
+        u = (dropped(rows, drop) @ a.t()).mul_(gain)
         y = torch.nn.functional.linear(rows, weight, bias)
         y.addmm_(u, b.t())
-        ctx.save_for_backward(rows, keep, u, weight, a, b)
+        ctx.save_for_backward(rows, drop, u, weight, a, b)
         ctx.gain, ctx.x_shape = gain, x.shape
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        rows, keep, u, weight, a, b = ctx.saved_tensors
+        rows, drop, u, weight, a, b = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
-        gu = (g @ b).mul_(ctx.gain)  # d/d(x * keep) through A, B, s and 1 / (1 - p), r-wide
+        gu = (g @ b).mul_(ctx.gain)  # d/d(dropped x) through A, B, s and 1 / (1 - p), r-wide
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            lora = gu @ a
-            if keep is not None:
-                lora.mul_(keep)
-            grad_x = lora.addmm_(g, weight).reshape(ctx.x_shape)
+            grad_x = dropped(gu @ a, drop, inplace=True).addmm_(g, weight).reshape(ctx.x_shape)
         if ctx.needs_input_grad[3]:
-            grad_a = gu.t() @ (rows * keep if keep is not None else rows)
+            grad_a = gu.t() @ dropped(rows, drop)
         if ctx.needs_input_grad[4]:
             grad_b = g.t() @ u
         return grad_x, None, None, grad_a, grad_b, None, None
