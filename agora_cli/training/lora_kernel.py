@@ -19,15 +19,15 @@ with the same distribution in one function:
   (non-reentrant) checkpointing replay it. At LoRA's usual rates (p <= 0.3) on CPU the draw is the
   dropped positions themselves (`drop_positions`: geometric gaps, about p x n numbers instead of
   n), kept as their indices, and the masked input is a copy with those positions zeroed; drawing
-  a whole mask, converting it and multiplying by it cost a sixth of a SmolLM2 step. Above that
+  a whole mask, converting it and multiplying by it cost an eighth of a SmolLM2 step. Above that
   rate, or on a GPU, a whole mask is drawn as 32-bit integers against a threshold (`keep_mask`,
   in parallel parts on CPU) and kept as one byte per element. Either way the masked input is
   recomputed in the backward instead of being stored;
-- s and 1 / (1 - p) scale the r-wide product (x * keep) A^T, not the output, and the adapter's
+- s and 1 / (1 - p) scale the r-wide product dropped(x) A^T, not the output, and the adapter's
   term is added into the base output by the matrix product itself (`addmm_`): no output-sized
   pass;
-- the backward takes the input gradient as  g W + ((g B) s / (1 - p) A) * keep  with one
-  accumulating product, and A's and B's gradients from the byte mask and the r-wide product.
+- the backward takes the input gradient as  g W + dropped((g B) s / (1 - p) A)  with one
+  accumulating product, and A's and B's gradients from the draw and the r-wide product.
 
 The forward value and every gradient equal PEFT's for the same mask (tests/test_lora_kernel.py);
 the adapter's parameters, names and saved files are PEFT's. Anything PEFT computes differently
