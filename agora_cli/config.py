@@ -316,9 +316,9 @@ class Training(Strict):
     loss_chunk_tokens: int = Field(1024, ge=0)
     # How each adapted linear layer is computed: "fused" is one autograd function for the base
     # product, LoRA's dropout and its A and B (training/lora_kernel.py: PEFT's values, gradients
-    # and dropout distribution, a byte mask instead of two float copies of the input, no pass
-    # over the output); "peft" is PEFT's modules. Speed and memory only (bench/RESULTS.md), so a
-    # run resumes under either (runner.EXECUTION_ONLY).
+    # and dropout distribution; the dropped positions or a byte mask instead of two float copies
+    # of the input, no pass over the output); "peft" is PEFT's modules. Speed and memory only
+    # (bench/RESULTS.md), so a run resumes under either (runner.EXECUTION_ONLY).
     lora_dropout_kernel: Literal["fused", "peft"] = "fused"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
