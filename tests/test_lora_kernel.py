@@ -36,6 +36,11 @@ def as_keep_mask(drawn: torch.Tensor, numel: int) -> torch.Tensor:
     return keep
 
 
+def near(rate: float, q: float, count: int) -> bool:
+    """`rate`, measured over `count` Bernoulli(q) trials, is within 5 standard deviations of q."""
+    return abs(rate - q) < 5 * (q * (1 - q) / count) ** 0.5
+
+
 def record_masks(monkeypatch) -> list[torch.Tensor]:
     """From now on, every keep mask the fused layers draw (flat), in order (they still use it)."""
     masks: list[torch.Tensor] = []
@@ -114,7 +119,7 @@ def test_fused_dropout_keeps_the_distribution_and_draws_independent_masks(p: flo
     torch.manual_seed(1)
     n = 2_000_000
     keep = keep_mask(torch.Size([n]), p, "cpu").double().mean().item()
-    assert abs(keep - (1 - p)) < 5 * ((p * (1 - p)) / n) ** 0.5
+    assert near(keep, 1 - p, n)
     # values: a layer whose base is 0 and whose adapter is 1 returns dropout(x) itself: x / (1 - p)
     # where kept, 0 elsewhere, so unbiased
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False)),
@@ -158,9 +163,6 @@ def test_dropped_positions_are_a_bernoulli_process(monkeypatch, p: float, sigmas
     assert drop.dtype == torch.int64 and 0 <= int(drop[0]) and int(drop[-1]) < n
     assert bool((drop[1:] > drop[:-1]).all())
 
-    def near(rate: float, q: float, count: int) -> bool:
-        return abs(rate - q) < 5 * (q * (1 - q) / count) ** 0.5
-
     dropped = ~as_keep_mask(drop, n)
     assert near(dropped.double().mean().item(), p, n)
     assert near((dropped[1:] & dropped[:-1]).double().mean().item(), p * p, n - 1)
@@ -192,8 +194,7 @@ def test_a_large_mask_is_drawn_in_parts_reproducibly_whatever_the_thread_count()
     n = min(len(x) for x in parts)
     assert not torch.equal(parts[0][:n], parts[1][:n])
     for part in parts:
-        rate = part.double().mean().item()
-        assert abs(rate - (1 - p)) < 5 * (p * (1 - p) / len(part)) ** 0.5
+        assert near(part.double().mean().item(), 1 - p, len(part))
 
 
 def test_without_dropout_and_with_the_adapter_disabled_the_fused_layer_is_peft() -> None:
