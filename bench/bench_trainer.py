@@ -167,19 +167,20 @@ def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
         ("loss: tokens (non-pad)", "tokens", "d"),
         ("loss: final loss", None, ".4f"),
     ]
+    speed_per_turn = {}  # model -> each turn's new/today tokens/s, from the table's own ratios
     for label, key, spec in rows:
         for name, turns in results.items():
             cells = [statistics.median(_value(t[v], key) for t in turns) for v, _, _ in variants]
             ratios = [_value(t["new"], key) / _value(t["today"], key) for t in turns
                       if _value(t["today"], key)]
+            if key == "tokens_per_s":
+                speed_per_turn[name] = ratios
             ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
             text = [format(int(c) if spec == "d" else c, spec) for c in cells]
             print(f"{label:<28}{name:<14}" + "".join(f"{t:>10}" for t in text) + f"{ratio:>11}")
     if args.repeats > 1:
-        for name, turns in results.items():
-            each = ", ".join(f"{t['new']['tokens_per_s'] / t['today']['tokens_per_s']:.2f}x"
-                             for t in turns)
-            print(f"{name}: new/today tokens/s per turn: {each}")
+        for name, ratios in speed_per_turn.items():
+            print(f"{name}: new/today tokens/s per turn: {', '.join(f'{r:.2f}x' for r in ratios)}")
 
 
 def _value(metrics: dict, key: str | None) -> float:
