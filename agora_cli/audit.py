@@ -71,8 +71,10 @@ class Counts:
 
     def text(self) -> str:
         """`precision 50.0% [9.5, 90.5] (1/2), recall 100.0% [20.7, 100.0] (1/1)`."""
-        return (f"precision {rate_text(*self.precision)}, recall {rate_text(*self.recall)}, "
-                f"solutions correct {rate_text(*self.accuracy)}")
+        return (
+            f"precision {rate_text(*self.precision)}, recall {rate_text(*self.recall)}, "
+            f"solutions correct {rate_text(*self.accuracy)}"
+        )
 
 
 def plan_probes(pool: list[dict], k: int, rng: random.Random, exclude: set[str]) -> list[str]:
@@ -95,8 +97,7 @@ class ProbeSolution:
     verdicts: dict[str, bool]  # verifier -> its own verdict
 
 
-def tally(solutions: list[ProbeSolution], grade: GradeMany
-          ) -> tuple[dict[int, bool], dict[str, Counts]]:
+def tally(solutions: list[ProbeSolution], grade: GradeMany) -> tuple[dict[int, bool], dict[str, Counts]]:
     """(truth per solution id, {'@consensus' or verifier: Counts}). A solution without an
     answer is wrong against gold without grading; verifiers that gave no verdict are left out."""
     graded = [s for s in solutions if s.answer is not None]
@@ -118,8 +119,7 @@ def tally(solutions: list[ProbeSolution], grade: GradeMany
 
 def has_audit(store: Store) -> bool:
     """False for a store written before the audit existed (schema < v3, opened read-only)."""
-    return store.scalar(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'") == 1
+    return store.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'") == 1
 
 
 def _counts(row: sqlite3.Row) -> Counts:

@@ -113,9 +113,7 @@ class ClientPool:
         key = (member, ep.base_url, ep.api_key)
         if key not in self._clients:
             # Retries are ours (tenacity), so the SDK's own are off.
-            self._clients[key] = openai.AsyncOpenAI(
-                base_url=ep.base_url, api_key=ep.api_key, max_retries=0
-            )
+            self._clients[key] = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
         return self._clients[key]
 
     def _sem(self, member: str) -> asyncio.Semaphore:
@@ -167,15 +165,18 @@ class ClientPool:
                                 **ep.extra_body,  # e.g. SGLang's `lora_path`
                             },
                             # The role travels out of band (logs, test fakes); servers ignore it.
-                            options={"timeout": limit.timeout_s,
-                                     "headers": {"X-Agora-Role": role}},
+                            options={"timeout": limit.timeout_s, "headers": {"X-Agora-Role": role}},
                         )
                         latency = time.perf_counter() - t0
             except Exception as exc:
                 usage.failures += 1
                 self.bus.emit(
-                    "request_done", member=member, role=role, ok=False,
-                    latency_s=round(time.perf_counter() - start, 3), error=type(exc).__name__,
+                    "request_done",
+                    member=member,
+                    role=role,
+                    ok=False,
+                    latency_s=round(time.perf_counter() - start, 3),
+                    error=type(exc).__name__,
                 )
                 if is_retryable(exc):
                     ep = self.resolve(member)
@@ -194,13 +195,23 @@ class ClientPool:
         usage.completion_tokens += ct or 0
         usage.busy_s += latency
         self.bus.emit(
-            "request_done", member=member, role=role, ok=True, latency_s=round(latency, 3),
-            prompt_tokens=pt, completion_tokens=ct,
+            "request_done",
+            member=member,
+            role=role,
+            ok=True,
+            latency_s=round(latency, 3),
+            prompt_tokens=pt,
+            completion_tokens=ct,
             **({"cached_tokens": cached} if cached is not None else {}),
         )
         return ChatResult(
-            member=member, text=text, prompt_tokens=pt or 0, completion_tokens=ct or 0,
-            latency_s=latency, model=ep.model, finish_reason=choice.finish_reason if choice else None,
+            member=member,
+            text=text,
+            prompt_tokens=pt or 0,
+            completion_tokens=ct or 0,
+            latency_s=latency,
+            model=ep.model,
+            finish_reason=choice.finish_reason if choice else None,
         )
 
     async def aclose(self) -> None:

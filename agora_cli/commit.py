@@ -51,8 +51,9 @@ def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float 
     return apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem), f_t
 
 
-def member_difficulty(cfg: Config, store: Store, run: StepWork,
-                      solutions: list, correct: dict[int, bool]) -> dict[str, db.MemberStep]:
+def member_difficulty(
+    cfg: Config, store: Store, run: StepWork, solutions: list, correct: dict[int, bool]
+) -> dict[str, db.MemberStep]:
     """The isolated control's own difficulty loop per member (protocol step 1, per member):
     V_t^i = the share of member i's samples that self-consistency validated, d_{t+1}^i by Eq. 1
     from its d_t^i and V_target^i (fixed when the step opened), then FEM (Eq. 2) on the member's
@@ -66,8 +67,11 @@ def member_difficulty(cfg: Config, store: Store, run: StepWork,
         d, v_target = float(plan[m]["d"]), float(plan[m]["v_target"])
         mine = [s["id"] for s in solutions if s["member"] == m]
         v = sum(1 for sid in mine if correct.get(sid)) / len(mine) if mine else None
-        d_next = d if v is None else next_difficulty(
-            d, v, v_target, cfg.protocol.difficulty, cfg.ablations.difficulty_control)  # Eq. 1
+        d_next = (
+            d
+            if v is None
+            else next_difficulty(d, v, v_target, cfg.protocol.difficulty, cfg.ablations.difficulty_control)
+        )  # Eq. 1
         f_t = None
         if m in fresh:
             d_next, f_t = fem(cfg, db.member_anchor_history(store, m) + [fresh[m]], d_next)
@@ -94,15 +98,18 @@ def init_ratings(cfg: Config, store: Store) -> None:
                 r = env.create_rating()
                 store.execute(
                     "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) "
-                    "VALUES (0, ?, ?, ?, NULL, ?)", (m.name, r.mu, r.sigma, time.time()),
+                    "VALUES (0, ?, ?, ?, NULL, ?)",
+                    (m.name, r.mu, r.sigma, time.time()),
                 )
 
 
 def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[str, dict]:
     """Cumulative per-member numbers for the views (committed steps only). The isolated control
     has no votes, so no ratings: its members carry no mu/sigma (a prior would read as a result)."""
-    out: dict[str, dict] = {m.name: {"solutions": 0, "validated": 0, "buffered": 0,
-                                     "version": versions.get(m.name, 0)} for m in cfg.members}
+    out: dict[str, dict] = {
+        m.name: {"solutions": 0, "validated": 0, "buffered": 0, "version": versions.get(m.name, 0)}
+        for m in cfg.members
+    }
     if cfg.protocol.mode != "isolated":
         for m, r in db.current_ratings(store, make_env(), list(out)).items():
             out[m].update(mu=round(r.mu, 3), sigma=round(r.sigma, 3))
@@ -126,9 +133,15 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteExample],
-                    anchors: dict[str, tuple[float, int]], wall_s: float,
-                    request_s: float) -> db.Effects:
+def compute_effects(
+    cfg: Config,
+    store: Store,
+    run: StepWork,
+    elite: list[EliteExample],
+    anchors: dict[str, tuple[float, int]],
+    wall_s: float,
+    request_s: float,
+) -> db.Effects:
     """The step's effects from its stored work (pure apart from reads)."""
     t = run.open.step
     all_solutions = db.step_solutions(store, t)
@@ -171,8 +184,13 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
     v_t = n_ok / n_sol if n_sol else None
     d_next = run.open.difficulty
     if v_t is not None:
-        d_next = next_difficulty(run.open.difficulty, v_t, run.open.v_target,
-                                 cfg.protocol.difficulty, cfg.ablations.difficulty_control)  # Eq. 1
+        d_next = next_difficulty(
+            run.open.difficulty,
+            v_t,
+            run.open.v_target,
+            cfg.protocol.difficulty,
+            cfg.ablations.difficulty_control,
+        )  # Eq. 1
     f_t = None
     if anchors:
         # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
@@ -191,13 +209,24 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
     counts = {
         "problems": sum(1 for p in all_problems if p["status"] == "ok"),
         "dropped": sum(1 for p in all_problems if p["status"] != "ok"),
-        "solutions": n_sol, "correct": n_ok, "buffered": len(buffer),
+        "solutions": n_sol,
+        "correct": n_ok,
+        "buffered": len(buffer),
     }
     return db.Effects(
-        step=t, rating_rows=rating_rows, correct=correct, buffer=buffer,
-        elite=[(e.solution_id, e.member, e.score) for e in elite], next_difficulty=d_next,
-        v_t=v_t, v_target=run.open.v_target, f_t=f_t, strategy=run.open.strategy,
-        counts=counts, wall_s=round(wall_s, 3), request_s=round(request_s, 3),
+        step=t,
+        rating_rows=rating_rows,
+        correct=correct,
+        buffer=buffer,
+        elite=[(e.solution_id, e.member, e.score) for e in elite],
+        next_difficulty=d_next,
+        v_t=v_t,
+        v_target=run.open.v_target,
+        f_t=f_t,
+        strategy=run.open.strategy,
+        counts=counts,
+        wall_s=round(wall_s, 3),
+        request_s=round(request_s, 3),
         info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu},
         audit=[(v, c.tp, c.fp, c.fn, c.tn) for v, c in run.audit.items()],
         audit_solutions=[(sid, t, a) for sid, (t, a) in run.audit_solutions.items()],
@@ -205,8 +234,9 @@ def compute_effects(cfg: Config, store: Store, run: StepWork, elite: list[EliteE
     )
 
 
-def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: float,
-                   versions: dict[str, int]) -> None:
+def emit_committed(
+    cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: float, versions: dict[str, int]
+) -> None:
     stats = member_stats(store, cfg, versions)
     isolated = cfg.protocol.mode == "isolated"
     if not isolated:  # the isolated control is never rated (member_stats has no mu/sigma)
@@ -214,25 +244,51 @@ def emit_committed(cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: 
             bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
     size = db.buffer_size(store)
     # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
-    bus.emit("buffer_size", size=size, threshold=cfg.protocol.buffer_threshold,
-             unconsumed=db.waiting_rows(store, isolated), per_member=isolated)
+    bus.emit(
+        "buffer_size",
+        size=size,
+        threshold=cfg.protocol.buffer_threshold,
+        unconsumed=db.waiting_rows(store, isolated),
+        per_member=isolated,
+    )
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
-    bus.emit("surprise", step=fx.step, f=fx.f_t, strategy=fx.strategy,
-             next_strategy=step_strategy(cfg, db.anchor_history(store)))
+    bus.emit(
+        "surprise",
+        step=fx.step,
+        f=fx.f_t,
+        strategy=fx.strategy,
+        next_strategy=step_strategy(cfg, db.anchor_history(store)),
+    )
     if fx.audit:
         run_total = totals(step_counts(store).values())
-        bus.emit("consensus_audit", step=fx.step, **audit_event(fx.audit),
-                 total={v: _plain(c) for v, c in run_total.items()})
+        bus.emit(
+            "consensus_audit",
+            step=fx.step,
+            **audit_event(fx.audit),
+            total={v: _plain(c) for v, c in run_total.items()},
+        )
     bus.emit(
-        "step_committed", step=fx.step, d=d, d_next=fx.next_difficulty, v_t=fx.v_t,
-        v_target=fx.v_target, f_t=fx.f_t, strategy=fx.strategy, wall_s=fx.wall_s,
-        request_s=fx.request_s, buffer=size, threshold=cfg.protocol.buffer_threshold,
-        per_member=isolated, members=stats, **{f"n_{k}": v for k, v in fx.counts.items()},
-        **({"member_d": {m: round(x.next_difficulty, 4) for m, x in fx.member_steps.items()}}
-           if fx.member_steps else {}),
+        "step_committed",
+        step=fx.step,
+        d=d,
+        d_next=fx.next_difficulty,
+        v_t=fx.v_t,
+        v_target=fx.v_target,
+        f_t=fx.f_t,
+        strategy=fx.strategy,
+        wall_s=fx.wall_s,
+        request_s=fx.request_s,
+        buffer=size,
+        threshold=cfg.protocol.buffer_threshold,
+        per_member=isolated,
+        members=stats,
+        **{f"n_{k}": v for k, v in fx.counts.items()},
+        **(
+            {"member_d": {m: round(x.next_difficulty, 4) for m, x in fx.member_steps.items()}}
+            if fx.member_steps
+            else {}
+        ),
     )
-
-
 
 
 def audit_event(rows: list[tuple[str, int, int, int, int]]) -> dict:
@@ -245,7 +301,8 @@ def audit_event(rows: list[tuple[str, int, int, int, int]]) -> dict:
         return k / n if n else None
 
     return {
-        "precision": rate(*c.precision), "recall": rate(*c.recall),
+        "precision": rate(*c.precision),
+        "recall": rate(*c.recall),
         "verifiers": {v: _plain(x) for v, x in counts.items()},
     }
 

@@ -308,7 +308,9 @@ class Training(Strict):
     # `auto`: on when the estimated peak (training/memory.py) exceeds memory_budget_gb.
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     memory_budget_gb: float | None = Field(
-        None, gt=0, description="peak memory one trainer may use; unset: 50% of RAM on CPU, "
+        None,
+        gt=0,
+        description="peak memory one trainer may use; unset: 50% of RAM on CPU, "
         "90% of the GPU's free memory on GPU",
     )
     # Eq. 3's loss projects only the solution positions onto the vocabulary, this many rows at a
@@ -409,9 +411,7 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
         seen[m.name] = i
         if m.backend not in cfg.backends:
             known = ", ".join(sorted(cfg.backends)) or "none"
-            problems.append(
-                (f"members[{i}].backend", f"unknown backend {m.backend!r} (defined: {known})")
-            )
+            problems.append((f"members[{i}].backend", f"unknown backend {m.backend!r} (defined: {known})"))
             continue
         kind = cfg.backends[m.backend].kind
         if kind == "openai" and cfg.ablations.lora:
@@ -435,13 +435,13 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
                 )
         if kind == "sglang":
             problems += _sglang_member_checks(cfg, i, m)
-        if m.chat_template and "\n" not in m.chat_template and m.chat_template.endswith(
-            (".jinja", ".j2", ".txt")
+        if (
+            m.chat_template
+            and "\n" not in m.chat_template
+            and m.chat_template.endswith((".jinja", ".j2", ".txt"))
         ):
             if not _template_path(m.chat_template).exists():
-                problems.append(
-                    (f"members[{i}].chat_template", f"file not found: {m.chat_template}")
-                )
+                problems.append((f"members[{i}].chat_template", f"file not found: {m.chat_template}"))
     problems += _sglang_backend_checks(cfg)
     p = cfg.protocol
     if p.generators_per_step > len(cfg.members):
@@ -458,27 +458,33 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
 
     ev = cfg.evaluation
     if ev.calibration not in CALIBRATION_SPLITS:
-        problems.append((
-            "evaluation.calibration",
-            f"{ev.calibration!r} ships no held-out split (all its items are evaluation items); "
-            f"use one of: {', '.join(CALIBRATION_SPLITS)}",
-        ))
+        problems.append(
+            (
+                "evaluation.calibration",
+                f"{ev.calibration!r} ships no held-out split (all its items are evaluation items); "
+                f"use one of: {', '.join(CALIBRATION_SPLITS)}",
+            )
+        )
     elif ev.calibration_size > CALIBRATION_SPLITS[ev.calibration][1]:
-        problems.append((
-            "evaluation.calibration_size",
-            f"{ev.calibration_size} items asked, but the {ev.calibration} calibration split has "
-            f"{CALIBRATION_SPLITS[ev.calibration][1]}",
-        ))
+        problems.append(
+            (
+                "evaluation.calibration_size",
+                f"{ev.calibration_size} items asked, but the {ev.calibration} calibration split has "
+                f"{CALIBRATION_SPLITS[ev.calibration][1]}",
+            )
+        )
     # The prompt set: every template present (own or default set's), parsing and rendering.
     from agora_cli.protocol.prompts import Prompts
 
     problems += [("prompts_dir", msg) for msg in Prompts(cfg.prompts_dir).problems()]
     if p.seed_pool not in SEED_POOL_FILES:
-        problems.append((
-            "protocol.seed_pool",
-            f"unknown seed pool {p.seed_pool!r}; use one of: {', '.join(SEED_POOL_FILES)} "
-            "(evaluation splits are never seed pools)",
-        ))
+        problems.append(
+            (
+                "protocol.seed_pool",
+                f"unknown seed pool {p.seed_pool!r}; use one of: {', '.join(SEED_POOL_FILES)} "
+                "(evaluation splits are never seed pools)",
+            )
+        )
     return problems
 
 
@@ -490,21 +496,31 @@ def _sglang_member_checks(cfg: Config, i: int, m: Member) -> list[tuple[str, str
     b = cfg.backends[m.backend]
     problems = []
     for j, other in enumerate(cfg.members[:i]):
-        if other.backend == m.backend and other.model == m.model and (
-            other.chat_template != m.chat_template
-        ):
-            problems.append((f"members[{i}].chat_template", (
-                f"members {other.name!r} and {m.name!r} share base model {m.model!r} (one SGLang "
-                f"server, one --chat-template) but set different chat templates; give both "
-                f"members[{j}]'s")))
+        if other.backend == m.backend and other.model == m.model and (other.chat_template != m.chat_template):
+            problems.append(
+                (
+                    f"members[{i}].chat_template",
+                    (
+                        f"members {other.name!r} and {m.name!r} share base model {m.model!r} (one SGLang "
+                        f"server, one --chat-template) but set different chat templates; give both "
+                        f"members[{j}]'s"
+                    ),
+                )
+            )
     if cfg.ablations.lora and isinstance(cfg.training.target_modules, list):
         bad = unsupported(cfg.training.target_modules, b.lora_target_modules)  # type: ignore[union-attr]
         if bad and i == next(k for k, x in enumerate(cfg.members) if x.backend == m.backend):
-            problems.append(("training.target_modules", (
-                f"SGLang backend {m.backend!r} serves adapters on "
-                f"{b.lora_target_modules} (lora_target_modules); trained modules {bad} would be "  # type: ignore[union-attr]
-                f"refused: add them there or train only SGLang-supported modules "
-                f"({', '.join(sorted(SGLANG_LORA_MODULES))})")))
+            problems.append(
+                (
+                    "training.target_modules",
+                    (
+                        f"SGLang backend {m.backend!r} serves adapters on "
+                        f"{b.lora_target_modules} (lora_target_modules); trained modules {bad} would be "  # type: ignore[union-attr]
+                        f"refused: add them there or train only SGLang-supported modules "
+                        f"({', '.join(sorted(SGLANG_LORA_MODULES))})"
+                    ),
+                )
+            )
     return problems
 
 
@@ -519,21 +535,34 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
             continue
         at = f"backends.{name}"
         if b.dp_size > 1 and cfg.ablations.lora:
-            problems.append((f"{at}.dp_size", (
-                f"dp_size {b.dp_size}: SGLang cannot load adapters at run time across data-parallel "
-                "replicas; use dp_size: 1 (one server per base model) or ablations.lora: false")))
+            problems.append(
+                (
+                    f"{at}.dp_size",
+                    (
+                        f"dp_size {b.dp_size}: SGLang cannot load adapters at run time across data-parallel "
+                        "replicas; use dp_size: 1 (one server per base model) or ablations.lora: false"
+                    ),
+                )
+            )
         names = [x for x in b.lora_target_modules if x != "all"]
         bad = sorted(sglang_names(names) - SGLANG_LORA_MODULES)
         if bad:
-            problems.append((f"{at}.lora_target_modules", (
-                f"SGLang's LoRA pool has no module {bad}; use names from "
-                f"{', '.join(sorted(SGLANG_LORA_MODULES))} or 'all'")))
+            problems.append(
+                (
+                    f"{at}.lora_target_modules",
+                    (
+                        f"SGLang's LoRA pool has no module {bad}; use names from "
+                        f"{', '.join(sorted(SGLANG_LORA_MODULES))} or 'all'"
+                    ),
+                )
+            )
         members = [m for m in cfg.members if m.backend == name]
         keys = {m.name for m in members} | {m.model for m in members}
         for key in b.memory_shares:
             if key not in keys:
-                problems.append((f"{at}.memory_shares", (
-                    f"{key!r} is neither a member nor a base model of this backend")))
+                problems.append(
+                    (f"{at}.memory_shares", (f"{key!r} is neither a member nor a base model of this backend"))
+                )
         if b.launch:
             bases: dict[str, list[Member]] = {}
             for m in members:
@@ -541,9 +570,15 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
             for device, shares in sglang_memory_plan(b, dict(sorted(bases.items()))).items():
                 total = sum(s for _, s, _ in shares)
                 if total >= 1:
-                    problems.append((f"{at}.memory_shares", (
-                        f"servers on device {device or 'default'} want {total:.2f} of its memory; "
-                        "keep the sum below 1 (the trainer needs the rest)")))
+                    problems.append(
+                        (
+                            f"{at}.memory_shares",
+                            (
+                                f"servers on device {device or 'default'} want {total:.2f} of its memory; "
+                                "keep the sum below 1 (the trainer needs the rest)"
+                            ),
+                        )
+                    )
     return problems
 
 

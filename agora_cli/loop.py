@@ -79,8 +79,11 @@ def anchor_plan(members: list[str], last: dict[str, Row], live: dict[str, int]) 
     live adapter changed since their last anchor (the prompt is bare, so the adapter is all that
     the anchor evaluates). Another score of an unchanged member would only be sampling noise, and
     Eq. 2 would react to it; the periodic schedule (`anchor_every`) stays the upper bound."""
-    return [m for m in members
-            if m not in last or last[m]["n"] == 0 or last[m]["adapter_version"] != live.get(m, 0)]
+    return [
+        m
+        for m in members
+        if m not in last or last[m]["n"] == 0 or last[m]["adapter_version"] != live.get(m, 0)
+    ]
 
 
 def _kept(problem: Row) -> bool:
@@ -112,9 +115,7 @@ class StepRun:
                     self.samples.setdefault((r["problem_id"], r["member"]), []).append(dict(r))
                 else:
                     self.solutions[(r["problem_id"], r["member"])] = dict(r)
-        self.verdicts = {
-            (r["solution_id"], r["verifier"]): r for r in db.step_verdicts(self.store, self.t)
-        }
+        self.verdicts = {(r["solution_id"], r["verifier"]): r for r in db.step_verdicts(self.store, self.t)}
         self.votes = {
             (r["solution_a"], r["solution_b"], r["voter"]) for r in db.step_votes(self.store, self.t)
         }
@@ -192,19 +193,26 @@ class StepRun:
             return None
         return p
 
-    def store_problem(self, i: int, slot: dict, p: GeneratedProblem,
-                      on_problem: Callable[[Row], None] | None) -> Row:
+    def store_problem(
+        self, i: int, slot: dict, p: GeneratedProblem, on_problem: Callable[[Row], None] | None
+    ) -> Row:
         """Store slot i's reply (deduplicated against the run's problems, kept or dropped) and
         hand a kept problem to `on_problem` at once, so its solves start."""
         gen.dedupe([p], db.existing_problem_texts(self.store))
         pid = db.insert_problem(
-            self.store, self.t, p.author, p.text or "", self.difficulty_of(slot), slot["seed_ids"],
-            p.raw, p.dropped, slot=i,
+            self.store,
+            self.t,
+            p.author,
+            p.text or "",
+            self.difficulty_of(slot),
+            slot["seed_ids"],
+            p.raw,
+            p.dropped,
+            slot=i,
         )
         row = dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,)))
         if p.dropped:
-            self.bus.emit("problem_dropped", step=self.t, reason=p.dropped, author=p.author,
-                          slot=i)
+            self.bus.emit("problem_dropped", step=self.t, reason=p.dropped, author=p.author, slot=i)
         elif on_problem is not None:
             on_problem(row)
         return row
@@ -241,8 +249,9 @@ class StepRun:
         while todo := [i for i in empty() if i not in failed and len(rows[i]) <= retries]:
             if any(rows[i] for i in todo):
                 self._tick("generate", total=sum(1 for i in todo if rows[i]))
-            replies = await asyncio.gather(*(
-                self.ask(slots[i], self.slot_authors(slots[i], len(rows[i]))) for i in todo))
+            replies = await asyncio.gather(
+                *(self.ask(slots[i], self.slot_authors(slots[i], len(rows[i]))) for i in todo)
+            )
             for i, p in zip(todo, replies, strict=True):
                 if p is None:
                     failed.add(i)
@@ -257,8 +266,17 @@ class StepRun:
         seed = self.seeds.get(slot["seed_ids"][0]) if slot["seed_ids"] else None
         if seed is None:
             return
-        pid = db.insert_problem(self.store, self.t, "seed", seed["problem"],
-                                self.difficulty_of(slot), [seed["id"]], None, None, slot=i)
+        pid = db.insert_problem(
+            self.store,
+            self.t,
+            "seed",
+            seed["problem"],
+            self.difficulty_of(slot),
+            [seed["id"]],
+            None,
+            None,
+            slot=i,
+        )
         if on_problem is not None:
             on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
 
@@ -270,13 +288,20 @@ class StepRun:
         rng = random.Random(f"{self.cfg.seed}:{self.t}:fallback:{i}")
         pool = list(self.seeds.values())
         existing = set(db.existing_problem_texts(self.store))
-        pick = next((s for s in rng.sample(pool, min(len(pool), 64))
-                     if s["problem"] not in existing), None)
+        pick = next((s for s in rng.sample(pool, min(len(pool), 64)) if s["problem"] not in existing), None)
         if pick is None:
             return
-        pid = db.insert_problem(self.store, self.t, "seed", pick["problem"],
-                                self.difficulty_of(self.open.info["slots"][i]), [pick["id"]],
-                                None, None, slot=i)
+        pid = db.insert_problem(
+            self.store,
+            self.t,
+            "seed",
+            pick["problem"],
+            self.difficulty_of(self.open.info["slots"][i]),
+            [pick["id"]],
+            None,
+            None,
+            slot=i,
+        )
         self.bus.emit("seed_fallback", step=self.t, n=1, slot=i)
         if on_problem is not None:
             on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
@@ -290,8 +315,9 @@ class StepRun:
             seed = self.seeds.get(seed_id)
             if seed is None or seed_id in stored:
                 continue
-            pid = db.insert_probe(self.store, self.t, seed["problem"], self.open.difficulty,
-                                  seed_id, seed["answer"])
+            pid = db.insert_probe(
+                self.store, self.t, seed["problem"], self.open.difficulty, seed_id, seed["answer"]
+            )
             if on_problem is not None:
                 on_problem(dict(self.store.one("SELECT * FROM problems WHERE id = ?", (pid,))))
         return [dict(r) for r in db.step_probes(self.store, self.t)]
@@ -303,9 +329,19 @@ class StepRun:
         draft = await solve(self.ctx, member, p["text"], self.elite)
         version = self.versions().get(member, 0)
         sid = db.upsert_solution(
-            self.store, self.t, p["id"], member, 0, draft.text, draft.answer, version,
+            self.store,
+            self.t,
+            p["id"],
+            member,
+            0,
+            draft.text,
+            draft.answer,
+            version,
             [e.solution_id for e in self.elite if self.cfg.ablations.elite_icl],
-            draft.prompt_tokens, draft.completion_tokens, draft.latency_s, draft.error,
+            draft.prompt_tokens,
+            draft.completion_tokens,
+            draft.latency_s,
+            draft.error,
         )
         self._tick("solve", done=1)
         row = dict(self.store.one("SELECT * FROM solutions WHERE id = ?", (sid,)))
@@ -323,13 +359,29 @@ class StepRun:
         with self.store.transaction():
             for i, d in enumerate(drafts, 1):
                 db.upsert_solution(
-                    self.store, self.t, p["id"], member, i, d.text, d.answer, version, [],
-                    d.prompt_tokens, d.completion_tokens, d.latency_s, d.error,
+                    self.store,
+                    self.t,
+                    p["id"],
+                    member,
+                    i,
+                    d.text,
+                    d.answer,
+                    version,
+                    [],
+                    d.prompt_tokens,
+                    d.completion_tokens,
+                    d.latency_s,
+                    d.error,
                 )
         self.failures += sum(1 for d in drafts if d.error)
-        self.samples[(p["id"], member)] = [dict(r) for r in self.store.query(
-            "SELECT * FROM solutions WHERE problem_id = ? AND member = ? AND sample > 0 "
-            "AND error IS NULL", (p["id"], member))]
+        self.samples[(p["id"], member)] = [
+            dict(r)
+            for r in self.store.query(
+                "SELECT * FROM solutions WHERE problem_id = ? AND member = ? AND sample > 0 "
+                "AND error IS NULL",
+                (p["id"], member),
+            )
+        ]
         self._tick("solve", done=1)
 
     # -- 3. unanimous consensus ----------------------------------------------------------------
@@ -348,8 +400,7 @@ class StepRun:
             return
         db.insert_verdict(self.store, self.t, sol["id"], verifier, v.valid, v.raw, v.latency_s)
         self.verdicts[(sol["id"], verifier)] = {"valid": int(v.valid), "raw": v.raw}
-        self.bus.emit("verdict", step=self.t, solution_id=sol["id"], verifier=verifier,
-                      valid=v.valid)
+        self.bus.emit("verdict", step=self.t, solution_id=sol["id"], verifier=verifier, valid=v.valid)
 
     async def verify_solution(self, p: Row, sol: Row) -> None:
         if not self.needs_verdicts(sol):
@@ -366,16 +417,15 @@ class StepRun:
             return True  # w/o valid_vote: every answered solution counts
         verdicts = [
             Verdict(verifier=v, valid=bool(self.verdicts[(sol["id"], v)]["valid"]), raw="")
-            for v in self.verifiers_of(sol) if (sol["id"], v) in self.verdicts
+            for v in self.verifiers_of(sol)
+            if (sol["id"], v) in self.verdicts
         ]
         return len(verdicts) == len(self.verifiers_of(sol)) and consensus(verdicts)
 
     # -- 4. quality recognition ----------------------------------------------------------------
 
     def problem_solutions(self, pid: int) -> list[Row]:
-        return sorted(
-            (s for (p, _), s in self.solutions.items() if p == pid), key=lambda s: s["id"]
-        )
+        return sorted((s for (p, _), s in self.solutions.items() if p == pid), key=lambda s: s["id"])
 
     async def vote_one(self, p: Row, a: Row, b: Row, voter: str) -> None:
         v = await vote(self.ctx, voter, p["text"], a["text"], b["text"])
@@ -384,8 +434,7 @@ class StepRun:
             self.failures += 1
             return
         winner = {"a": a["id"], "b": b["id"]}.get(v.winner or "")
-        db.insert_vote(self.store, self.t, p["id"], a["id"], b["id"], voter, winner, v.raw,
-                       v.latency_s)
+        db.insert_vote(self.store, self.t, p["id"], a["id"], b["id"], voter, winner, v.raw, v.latency_s)
         self.votes.add((a["id"], b["id"], voter))
 
     async def vote_problem(self, p: Row) -> None:
@@ -393,7 +442,9 @@ class StepRun:
             return
         correct = [s for s in self.problem_solutions(p["id"]) if self.is_correct(s)]
         todo = [
-            (a, b, voter) for a, b in combinations(correct, 2) for voter in self.members
+            (a, b, voter)
+            for a, b in combinations(correct, 2)
+            for voter in self.members
             if (a["id"], b["id"], voter) not in self.votes
         ]
         self._tick("vote", total=len(todo))
@@ -449,18 +500,15 @@ class StepRun:
             if self.isolated:
                 await asyncio.gather(*(self.problem_flow(p) for p in problems))
                 return
-            todo = [(p, m) for p in problems for m in self.members
-                    if (p["id"], m) not in self.solutions]
+            todo = [(p, m) for p in problems for m in self.members if (p["id"], m) not in self.solutions]
             self._tick("solve", total=len(todo))
             await asyncio.gather(*(self.solve_one(p, m) for p, m in todo))
         elif name == "verify":
-            await asyncio.gather(*(
-                self.verify_solution(p, s) for p in problems
-                for s in self.problem_solutions(p["id"])
-            ))
+            await asyncio.gather(
+                *(self.verify_solution(p, s) for p in problems for s in self.problem_solutions(p["id"]))
+            )
         elif name == "vote":
-            await asyncio.gather(*(self.vote_problem(p) for p in problems
-                                   if p["status"] != db.PROBE))
+            await asyncio.gather(*(self.vote_problem(p) for p in problems if p["status"] != db.PROBE))
         else:
             raise ValueError(name)
 
@@ -489,8 +537,11 @@ class StepRun:
             if not passed:
                 continue
             best = max(passed, key=lambda s: (ratings[s["member"]].mu, -s["id"]))
-            got = [self.verdicts[(best["id"], v)] for v in self.verifiers_of(best)
-                   if (best["id"], v) in self.verdicts]
+            got = [
+                self.verdicts[(best["id"], v)]
+                for v in self.verifiers_of(best)
+                if (best["id"], v) in self.verdicts
+            ]
             out[best["id"]] = elite_score(sum(int(v["valid"]) for v in got), len(got))
         return out
 
@@ -511,10 +562,16 @@ class StepRun:
             )
             if ranked:
                 best = ranked[0]
-                candidates.append(EliteExample(
-                    problem=p["text"], solution=best["text"], explanation=None,
-                    member=best["member"], solution_id=best["id"], score=scores[best["id"]],
-                ))
+                candidates.append(
+                    EliteExample(
+                        problem=p["text"],
+                        solution=best["text"],
+                        explanation=None,
+                        member=best["member"],
+                        solution_id=best["id"],
+                        score=scores[best["id"]],
+                    )
+                )
         elite = update_elite(self.elite, candidates, k)
         new = [e for e in elite if e.explanation is None]
         if self.cfg.ablations.explanation and self.cfg.ablations.elite_icl:
@@ -537,8 +594,7 @@ class StepRun:
         if self.isolated:
             correct = self.isolated_correct()
         else:
-            correct = {s["id"]: self.is_correct(dict(s))
-                       for s in db.step_solutions(self.store, self.t)}
+            correct = {s["id"]: self.is_correct(dict(s)) for s in db.step_solutions(self.store, self.t)}
         return StepWork(self.open, self.members, self.isolated, correct, self.failures)
 
     # -- the consensus audit ---------------------------------------------------------------------
@@ -552,10 +608,16 @@ class StepRun:
             sol = self.solutions.get((r["problem_id"], r["member"]))
             if sol is None or r["problem_id"] not in golds:
                 continue
-            verdicts = {v: bool(self.verdicts[(sol["id"], v)]["valid"])
-                        for v in self.verifiers_of(sol) if (sol["id"], v) in self.verdicts}
-            out.append(ProbeSolution(sol["id"], sol["answer"], golds[r["problem_id"]],
-                                     self.is_correct(sol), verdicts))
+            verdicts = {
+                v: bool(self.verdicts[(sol["id"], v)]["valid"])
+                for v in self.verifiers_of(sol)
+                if (sol["id"], v) in self.verdicts
+            }
+            out.append(
+                ProbeSolution(
+                    sol["id"], sol["answer"], golds[r["problem_id"]], self.is_correct(sol), verdicts
+                )
+            )
         return out
 
     # -- isolated-mode correctness ---------------------------------------------------------------
@@ -569,8 +631,7 @@ class StepRun:
             majority = strict_majority([r["answer"] for r in rows], n)
             for r in rows:
                 out[r["id"]] = (
-                    majority is not None and r["answer"] is not None
-                    and answers_match(r["answer"], majority)
+                    majority is not None and r["answer"] is not None and answers_match(r["answer"], majority)
                 )
         return out
 
@@ -604,9 +665,15 @@ def plan_slots(cfg: Config, t: int) -> dict[str, Any]:
         slots = [{"author": "seed", "seed_ids": [pool_pick(order, t, i, n)]} for i in range(n)]
         return {"source": "seed_pool", "generators": [], "slots": slots}
     if cfg.protocol.mode == "isolated":
-        slots = [{"author": m, "owner": m, "seed_ids": [
-            s["id"] for s in gen.sample_seeds(pool, cfg.protocol.seed_examples, rng)]}
-            for m in members for _ in range(n)]
+        slots = [
+            {
+                "author": m,
+                "owner": m,
+                "seed_ids": [s["id"] for s in gen.sample_seeds(pool, cfg.protocol.seed_examples, rng)],
+            }
+            for m in members
+            for _ in range(n)
+        ]
         return {"generators": members, "slots": slots}
     generators = gen.choose_generators(members, cfg, rng)
     slots = []
@@ -621,10 +688,13 @@ def member_plan(cfg: Config, store: Store, t: int, d_t: float) -> dict[str, dict
     """Isolated mode: each member's own d_t^i (its d_{t+1}^i of step t-1, else the shared d_t
     of a run without per-member rows) and V_target^i (the outer loop on its own V^i history)."""
     last = db.member_steps(store, t - 1)
-    return {m.name: {
-        "d": last[m.name].next_difficulty if m.name in last else d_t,
-        "v_target": next_target(db.member_v_history(store, m.name), cfg.protocol.difficulty),
-    } for m in cfg.members}
+    return {
+        m.name: {
+            "d": last[m.name].next_difficulty if m.name in last else d_t,
+            "v_target": next_target(db.member_v_history(store, m.name), cfg.protocol.difficulty),
+        }
+        for m in cfg.members
+    }
 
 
 def load_elite(store: Store) -> list[EliteExample]:
@@ -632,7 +702,11 @@ def load_elite(store: Store) -> list[EliteExample]:
 
 
 def begin_step(
-    cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus,
+    cfg: Config,
+    store: Store,
+    pool: ClientPool,
+    prompts: Prompts,
+    bus: EventBus,
     versions: Callable[[], dict[str, int]] = dict,
 ) -> StepRun:
     """Open (or reopen) step t = last committed + 1, with state read from committed rows."""
@@ -651,12 +725,13 @@ def begin_step(
         # without the audit; never a seed shown this step, never an earlier probe, never a
         # pool item already solved as a problem (so seed_pool problems do not depend on probes).
         shown = {s for slot in plan["slots"] for s in slot["seed_ids"]}
-        plan["probes"] = plan_probes(gen.load_seed_pool(cfg.protocol.seed_pool),
-                                     cfg.protocol.audit_probes,
-                                     random.Random(f"{cfg.seed}:{t}:probes"),
-                                     shown | db.probe_seed_ids(store) | db.pool_problem_ids(store))
-    opened = db.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty),
-                          plan)
+        plan["probes"] = plan_probes(
+            gen.load_seed_pool(cfg.protocol.seed_pool),
+            cfg.protocol.audit_probes,
+            random.Random(f"{cfg.seed}:{t}:probes"),
+            shown | db.probe_seed_ids(store) | db.pool_problem_ids(store),
+        )
+    opened = db.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty), plan)
     ctx = Ctx(cfg=cfg, pool=pool, prompts=prompts, rng=random.Random(f"{cfg.seed}:{t}"), bus=bus)
     k = elite_shots(opened.strategy, cfg.protocol)  # type: ignore[arg-type]
     run = StepRun(cfg, store, ctx, bus, opened, versions, load_elite(store)[:k])
@@ -688,8 +763,14 @@ def busy_s(pool: ClientPool) -> float:
 
 
 async def run_step(
-    cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus, *,
-    versions: Callable[[], dict[str, int]] = dict, anchor: AnchorFn | None = None,
+    cfg: Config,
+    store: Store,
+    pool: ClientPool,
+    prompts: Prompts,
+    bus: EventBus,
+    *,
+    versions: Callable[[], dict[str, int]] = dict,
+    anchor: AnchorFn | None = None,
     grade: GradeMany | None = None,
 ) -> db.Effects:
     """Run (or finish) the open step and commit it. Returns what was committed.
@@ -699,8 +780,14 @@ async def run_step(
     t0, busy0 = time.perf_counter(), busy_s(pool)
     run = begin_step(cfg, store, pool, prompts, bus, versions)
     t = run.t
-    bus.emit("step_started", step=t, d=run.open.difficulty, v_target=run.open.v_target,
-             strategy=run.open.strategy, generators=run.open.info.get("generators"))
+    bus.emit(
+        "step_started",
+        step=t,
+        d=run.open.difficulty,
+        v_target=run.open.v_target,
+        strategy=run.open.strategy,
+        generators=run.open.info.get("generators"),
+    )
     anchors = db.step_anchors(store, t)
 
     async def anchor_task() -> None:
@@ -718,13 +805,21 @@ async def run_step(
                 db.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))
             for member, r in reused.items():
                 source = r["step"] if r["reused_from"] is None else r["reused_from"]
-                db.insert_anchor(store, t, member, bench, r["score"], r["n"],
-                                 r["adapter_version"], reused_from=source)
+                db.insert_anchor(
+                    store, t, member, bench, r["score"], r["n"], r["adapter_version"], reused_from=source
+                )
         for member, (score, n) in scores.items():
             bus.emit("validation_score", step=t, member=member, benchmark=bench, score=score, n=n)
         for member, r in reused.items():
-            bus.emit("validation_score", step=t, member=member, benchmark=bench,
-                     score=r["score"], n=r["n"], reused=True)
+            bus.emit(
+                "validation_score",
+                step=t,
+                member=member,
+                benchmark=bench,
+                score=r["score"],
+                n=r["n"],
+                reused=True,
+            )
         anchors = db.step_anchors(store, t)
 
     await asyncio.gather(run.pipeline(), anchor_task())
@@ -742,11 +837,10 @@ async def run_step(
     work.audit_solutions, work.audit = await audit_probes(cfg, run.probe_work(), grade)
     bus.emit("phase_started", phase="commit", step=t, n=1)
     # Eq. 2 sees a step's anchors only when some member was scored anew (real changes only).
-    fx = compute_effects(cfg, store, work, elite, db.rescored_anchors(store, t),
-                         time.perf_counter() - t0,
-                         busy_s(pool) - busy0)
+    fx = compute_effects(
+        cfg, store, work, elite, db.rescored_anchors(store, t), time.perf_counter() - t0, busy_s(pool) - busy0
+    )
     db.commit_effects(store, fx)
     bus.emit("phase_finished", phase="commit", step=t, n=1)
     emit_committed(cfg, store, bus, fx, run.open.difficulty, versions())
     return fx
-

@@ -14,19 +14,42 @@ from collections.abc import Iterable
 
 # The dense-model part of SGLang's mapping (PEFT leaf name -> SGLang's fused name).
 _FUSED = {
-    "q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-    "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
-    "vocab_emb": "embed_tokens", "embeddings": "embed_tokens", "word_embeddings": "embed_tokens",
-    "output": "lm_head", "unembed_tokens": "lm_head",
-    "q_a_proj": "fused_qkv_a_proj_with_mqa", "kv_a_proj_with_mqa": "fused_qkv_a_proj_with_mqa",
+    "q_proj": "qkv_proj",
+    "k_proj": "qkv_proj",
+    "v_proj": "qkv_proj",
+    "gate_proj": "gate_up_proj",
+    "up_proj": "gate_up_proj",
+    "vocab_emb": "embed_tokens",
+    "embeddings": "embed_tokens",
+    "word_embeddings": "embed_tokens",
+    "output": "lm_head",
+    "unembed_tokens": "lm_head",
+    "q_a_proj": "fused_qkv_a_proj_with_mqa",
+    "kv_a_proj_with_mqa": "fused_qkv_a_proj_with_mqa",
 }
 
 # Names SGLang's LoRA memory pool can hold (its `_KNOWN_LORA_TARGET_MODULES`, DSA indexer aside).
-SGLANG_LORA_MODULES = frozenset({
-    "qkv_proj", "qkvr", "o_proj", "wo_ud", "out_proj", "in_proj", "in_proj_qkvz", "up_proj",
-    "gate_up_proj", "down_proj", "fc1_latent_proj", "fc2_latent_proj", "embed_tokens", "lm_head",
-    "fused_qkv_a_proj_with_mqa", "q_b_proj", "kv_b_proj",
-})
+SGLANG_LORA_MODULES = frozenset(
+    {
+        "qkv_proj",
+        "qkvr",
+        "o_proj",
+        "wo_ud",
+        "out_proj",
+        "in_proj",
+        "in_proj_qkvz",
+        "up_proj",
+        "gate_up_proj",
+        "down_proj",
+        "fc1_latent_proj",
+        "fc2_latent_proj",
+        "embed_tokens",
+        "lm_head",
+        "fused_qkv_a_proj_with_mqa",
+        "q_b_proj",
+        "kv_b_proj",
+    }
+)
 
 
 def sglang_names(modules: Iterable[str]) -> set[str]:

@@ -39,12 +39,17 @@ def check_tensorboard(source: str) -> None:
     except (ImportError, ValueError):  # a broken or blocked package
         ok = False
     if not ok:
-        raise ConfigError(source, [(
-            "logging.tensorboard",
-            "needs the tensorboard package, which this Python cannot import; "
-            "`pip install tensorboard` (or `pip install -e '.[tensorboard]'`), or set "
-            "logging.tensorboard: false",
-        )])
+        raise ConfigError(
+            source,
+            [
+                (
+                    "logging.tensorboard",
+                    "needs the tensorboard package, which this Python cannot import; "
+                    "`pip install tensorboard` (or `pip install -e '.[tensorboard]'`), or set "
+                    "logging.tensorboard: false",
+                )
+            ],
+        )
 
 
 class TensorBoardSink:
@@ -71,24 +76,30 @@ class TensorBoardSink:
         if kind == "step_committed":
             self._step(event)
         elif kind == "validation_score" and event.get("step") is not None:
-            self._scalar(f"anchor/{event['benchmark']}/{event['member']}", event.get("score"),
-                         event["step"])
+            self._scalar(f"anchor/{event['benchmark']}/{event['member']}", event.get("score"), event["step"])
         elif kind == "consensus_audit":
             self._audit(event)
         elif kind == "training_progress" and "loss" in event:
-            self._scalar(f"train_loss/{event['member']}/round_{event.get('round')}",
-                         event["loss"], event.get("step", 0))
+            self._scalar(
+                f"train_loss/{event['member']}/round_{event.get('round')}",
+                event["loss"],
+                event.get("step", 0),
+            )
 
     def _step(self, e: Event) -> None:
         t = e["step"]
-        for tag, key in (("protocol/d_t", "d"), ("protocol/d_next", "d_next"),
-                         ("protocol/V_t", "v_t"), ("protocol/V_target", "v_target"),
-                         ("protocol/F_t", "f_t"), ("buffer/size", "buffer"),
-                         ("step/wall_s", "wall_s")):
+        for tag, key in (
+            ("protocol/d_t", "d"),
+            ("protocol/d_next", "d_next"),
+            ("protocol/V_t", "v_t"),
+            ("protocol/V_target", "v_target"),
+            ("protocol/F_t", "f_t"),
+            ("buffer/size", "buffer"),
+            ("step/wall_s", "wall_s"),
+        ):
             self._scalar(tag, e.get(key), t)
         for member, stats in (e.get("members") or {}).items():
-            for key, tag in (("mu", "rating_mu"), ("sigma", "rating_sigma"),
-                             ("validated", "validated")):
+            for key, tag in (("mu", "rating_mu"), ("sigma", "rating_sigma"), ("validated", "validated")):
                 self._scalar(f"{tag}/{member}", stats.get(key), t)
         self._w().flush()  # one flush per step: TensorBoard shows a live run
 

@@ -265,9 +265,7 @@ def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> Non
             "gguf": str(gguf),
             "gguf_size": gguf.stat().st_size,
             "gguf_sha256": _sha256(gguf),
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()
-            if template
-            else None,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
             "architecture": (model.config.architectures or [None])[0],
             "dtype": "float32",
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

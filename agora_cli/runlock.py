@@ -80,8 +80,12 @@ def _held_message(root: Path, path: Path) -> str:
     what = "served" if path.name == SERVE_LOCK else "in use"
     h = holder(path)
     if h is None:  # the holder is between taking the lock and writing its name
-        return (f"run directory {root} is {what} by another agora process; wait for it to "
-                "finish or stop it, then re-run")
+        return (
+            f"run directory {root} is {what} by another agora process; wait for it to "
+            "finish or stop it, then re-run"
+        )
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(h.get("since", 0))))
-    return (f"run directory {root} is {what} by pid {h.get('pid')} (`{h.get('command')}`) "
-            f"since {since}; wait for it to finish or stop it (Ctrl-C), then re-run")
+    return (
+        f"run directory {root} is {what} by pid {h.get('pid')} (`{h.get('command')}`) "
+        f"since {since}; wait for it to finish or stop it (Ctrl-C), then re-run"
+    )

@@ -68,8 +68,11 @@ ADDED_SINCE = {"protocol.problem_source": "generated"}
 # under new values as it is (a run stored before one existed too); each adapter's
 # agora-adapter.json records the values its round used.
 EXECUTION_ONLY = (
-    "training.gradient_checkpointing", "training.loss_chunk_tokens",
-    "training.lora_dropout_kernel", "training.max_threads", "training.memory_budget_gb",
+    "training.gradient_checkpointing",
+    "training.loss_chunk_tokens",
+    "training.lora_dropout_kernel",
+    "training.max_threads",
+    "training.memory_budget_gb",
 )
 
 
@@ -85,7 +88,9 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     return [
         (k, f"run has {a.get(k)!r}, config gives {b.get(k)!r}")
         for k in sorted(set(a) | set(b))
-        if k != "run_dir" and not k.startswith("logging.") and k not in EXECUTION_ONLY
+        if k != "run_dir"
+        and not k.startswith("logging.")
+        and k not in EXECUTION_ONLY
         and a.get(k) != b.get(k)
     ]
 
@@ -140,8 +145,15 @@ def _importable(module: str) -> bool:
 
 
 async def drive(
-    cfg: Config, store: Store, pool: ClientPool, prompts: Prompts, bus: EventBus, *,
-    steps: int | None, rounds: Any = None, poll_s: float = 1.0,
+    cfg: Config,
+    store: Store,
+    pool: ClientPool,
+    prompts: Prompts,
+    bus: EventBus,
+    *,
+    steps: int | None,
+    rounds: Any = None,
+    poll_s: float = 1.0,
 ) -> None:
     """Run steps until `steps` are committed in total (forever when None).
 
@@ -168,8 +180,9 @@ async def drive(
     watcher = asyncio.create_task(poller()) if rounds is not None else None
     try:
         while steps is None or db.open_step_number(store) < steps:
-            fx = await run_step(cfg, store, pool, prompts, bus, versions=versions, anchor=anchor,
-                                grade=grader.grade_many)
+            fx = await run_step(
+                cfg, store, pool, prompts, bus, versions=versions, anchor=anchor, grade=grader.grade_many
+            )
             if rounds is not None:
                 rounds.poll()
                 rounds.maybe_start(fx.step)
@@ -181,8 +194,12 @@ async def drive(
 
 
 def run(
-    cfg: Config, *, run_dir: Path | str | None = None, steps: int | None = None,
-    force: bool = False, bus: EventBus | None = None,
+    cfg: Config,
+    *,
+    run_dir: Path | str | None = None,
+    steps: int | None = None,
+    force: bool = False,
+    bus: EventBus | None = None,
 ) -> RunResult:
     """`agora run`: start or resume the run in `run_dir` and commit steps until `steps` total.
 
@@ -205,9 +222,15 @@ def run(
             with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
                 versions = rounds.live_versions() if rounds is not None else {}
-                bus.emit(kind, run_dir=str(paths.root), step=first, steps_target=steps,
-                         threshold=cfg.protocol.buffer_threshold, buffer=db.buffer_size(store),
-                         members=member_stats(store, cfg, versions))
+                bus.emit(
+                    kind,
+                    run_dir=str(paths.root),
+                    step=first,
+                    steps_target=steps,
+                    threshold=cfg.protocol.buffer_threshold,
+                    buffer=db.buffer_size(store),
+                    members=member_stats(store, cfg, versions),
+                )
                 try:
                     asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))
                     if rounds is not None and rounds.in_flight() is not None:
@@ -251,8 +274,7 @@ def _tensorboard(bus: EventBus, cfg: Config, paths: RunPaths) -> Iterator[None]:
         try:
             sink.close()
         except Exception as e:  # noqa: BLE001 - logging must never fail a finished run
-            logging.getLogger("agora").warning(
-                "tensorboard log %s did not close cleanly (%s)", sink.name, e)
+            logging.getLogger("agora").warning("tensorboard log %s did not close cleanly (%s)", sink.name, e)
 
 
 def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:
@@ -265,8 +287,7 @@ def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:
 
 def _work_counts(store: Store, step: int) -> dict[str, int]:
     return {
-        t: int(store.scalar(f"SELECT COUNT(*) FROM {t} WHERE step = ?", (step,)) or 0)
-        for t in WORK_TABLES
+        t: int(store.scalar(f"SELECT COUNT(*) FROM {t} WHERE step = ?", (step,)) or 0) for t in WORK_TABLES
     }
 
 
@@ -282,15 +303,17 @@ def run_stage(run_dir: Path | str, stage: str, bus: EventBus | None = None) -> t
     bus = bus or EventBus()
     prompts = Prompts(cfg.prompts_dir)
     prompts.validate()
-    with (runlock.hold(paths.root), _events_file(bus, paths), Store(paths.store) as store,
-          serving_pool(cfg, paths, bus) as (srv, pool)):
+    with (
+        runlock.hold(paths.root),
+        _events_file(bus, paths),
+        Store(paths.store) as store,
+        serving_pool(cfg, paths, bus) as (srv, pool),
+    ):
         init_ratings(cfg, store)
 
         async def go() -> tuple[int, dict[str, int]]:
             try:
-                step_run = begin_step(
-                    cfg, store, pool, prompts, bus, lambda: live_versions(store)
-                )
+                step_run = begin_step(cfg, store, pool, prompts, bus, lambda: live_versions(store))
                 before = _work_counts(store, step_run.t)
                 await step_run.stage(stage)
                 after = _work_counts(store, step_run.t)

@@ -102,8 +102,12 @@ def open_step(
         raise ValueError(f"step {step} is already committed")
     info = json.loads(row["info"] or "{}")
     return OpenStep(
-        step, row["difficulty"], row["strategy"] or strategy,
-        info.get("v_target", v_target), info, row["started_at"],
+        step,
+        row["difficulty"],
+        row["strategy"] or strategy,
+        info.get("v_target", v_target),
+        info,
+        row["started_at"],
     )
 
 
@@ -120,14 +124,31 @@ def open_step_number(store: Store) -> int:
 
 
 def insert_problem(
-    store: Store, step: int, author: str, text: str, difficulty: float, seed_ids: list[str],
-    raw: str | None, dropped: str | None, slot: int | None = None,
+    store: Store,
+    step: int,
+    author: str,
+    text: str,
+    difficulty: float,
+    seed_ids: list[str],
+    raw: str | None,
+    dropped: str | None,
+    slot: int | None = None,
 ) -> int:
     cur = store.execute(
         "INSERT INTO problems(step, author, text, difficulty, seed_ids, raw, status, drop_reason, "
         "slot, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (step, author, text, difficulty, json.dumps(seed_ids), raw,
-         "dropped" if dropped else "ok", dropped, slot, now()),
+        (
+            step,
+            author,
+            text,
+            difficulty,
+            json.dumps(seed_ids),
+            raw,
+            "dropped" if dropped else "ok",
+            dropped,
+            slot,
+            now(),
+        ),
     )
     return int(cur.lastrowid)  # type: ignore[arg-type]
 
@@ -138,8 +159,7 @@ def step_problems(store: Store, step: int, *, only_ok: bool = True) -> list[sqli
     return store.query(f"SELECT * FROM problems WHERE step = ?{where} ORDER BY id", (step,))
 
 
-def insert_probe(store: Store, step: int, text: str, difficulty: float, seed_id: str,
-                 gold: str) -> int:
+def insert_probe(store: Store, step: int, text: str, difficulty: float, seed_id: str, gold: str) -> int:
     """A consensus-audit probe (`agora_cli.audit`): a problems row marked 'probe' (author
     'seed', no slot) and its gold, which only the audit reads, in one transaction."""
     with store.transaction():
@@ -149,15 +169,16 @@ def insert_probe(store: Store, step: int, text: str, difficulty: float, seed_id:
             (step, text, difficulty, json.dumps([seed_id]), PROBE, now()),
         )
         pid = int(cur.lastrowid)  # type: ignore[arg-type]
-        store.execute("INSERT INTO probes(problem_id, step, seed_id, gold) VALUES (?, ?, ?, ?)",
-                      (pid, step, seed_id, gold))
+        store.execute(
+            "INSERT INTO probes(problem_id, step, seed_id, gold) VALUES (?, ?, ?, ?)",
+            (pid, step, seed_id, gold),
+        )
     return pid
 
 
 def step_probes(store: Store, step: int) -> list[sqlite3.Row]:
     """The step's probe problems (problems rows: no gold)."""
-    return store.query("SELECT * FROM problems WHERE step = ? AND status = ? ORDER BY id",
-                       (step, PROBE))
+    return store.query("SELECT * FROM problems WHERE step = ? AND status = ? ORDER BY id", (step, PROBE))
 
 
 def probe_seed_ids(store: Store) -> set[str]:
@@ -167,8 +188,10 @@ def probe_seed_ids(store: Store) -> set[str]:
 
 def probe_golds(store: Store, step: int) -> dict[int, str]:
     """problem id -> gold answer of the step's probes. Read by the audit only."""
-    return {r["problem_id"]: r["gold"]
-            for r in store.query("SELECT problem_id, gold FROM probes WHERE step = ?", (step,))}
+    return {
+        r["problem_id"]: r["gold"]
+        for r in store.query("SELECT problem_id, gold FROM probes WHERE step = ?", (step,))
+    }
 
 
 def authors_done(store: Store, step: int) -> set[str]:
@@ -180,10 +203,13 @@ def authors_done(store: Store, step: int) -> set[str]:
 def generation_counts(store: Store) -> dict[str, tuple[int, int]]:
     """author -> (problems written, of which dropped) over the whole run, seed fills left out:
     each member's drop rate as a generator."""
-    return {r["author"]: (r["n"], r["dropped"] or 0) for r in store.query(
-        "SELECT author, COUNT(*) AS n, SUM(status != 'ok') AS dropped FROM problems "
-        "WHERE author != 'seed' GROUP BY author"
-    )}
+    return {
+        r["author"]: (r["n"], r["dropped"] or 0)
+        for r in store.query(
+            "SELECT author, COUNT(*) AS n, SUM(status != 'ok') AS dropped FROM problems "
+            "WHERE author != 'seed' GROUP BY author"
+        )
+    }
 
 
 def existing_problem_texts(store: Store) -> list[str]:
@@ -191,9 +217,19 @@ def existing_problem_texts(store: Store) -> list[str]:
 
 
 def upsert_solution(
-    store: Store, step: int, problem_id: int, member: str, sample: int, text: str,
-    answer: str | None, adapter_version: int, elite_ids: list[int], prompt_tokens: int | None,
-    completion_tokens: int | None, latency_s: float | None, error: str | None,
+    store: Store,
+    step: int,
+    problem_id: int,
+    member: str,
+    sample: int,
+    text: str,
+    answer: str | None,
+    adapter_version: int,
+    elite_ids: list[int],
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    latency_s: float | None,
+    error: str | None,
 ) -> int:
     """Write one solution; a failed attempt stored earlier is replaced by the retry."""
     store.execute(
@@ -205,29 +241,47 @@ def upsert_solution(
         "elite_ids = excluded.elite_ids, prompt_tokens = excluded.prompt_tokens, "
         "completion_tokens = excluded.completion_tokens, latency_s = excluded.latency_s, "
         "error = excluded.error, created_at = excluded.created_at WHERE solutions.error IS NOT NULL",
-        (problem_id, step, member, sample, text, answer, adapter_version, json.dumps(elite_ids),
-         prompt_tokens, completion_tokens, latency_s, error, now()),
+        (
+            problem_id,
+            step,
+            member,
+            sample,
+            text,
+            answer,
+            adapter_version,
+            json.dumps(elite_ids),
+            prompt_tokens,
+            completion_tokens,
+            latency_s,
+            error,
+            now(),
+        ),
     )
-    return int(store.scalar(
-        "SELECT id FROM solutions WHERE problem_id = ? AND member = ? AND sample = ?",
-        (problem_id, member, sample),
-    ))
+    return int(
+        store.scalar(
+            "SELECT id FROM solutions WHERE problem_id = ? AND member = ? AND sample = ?",
+            (problem_id, member, sample),
+        )
+    )
 
 
 def step_solutions(store: Store, step: int) -> list[sqlite3.Row]:
     """The step's solutions of its problems (probe solutions are `probe_solutions`)."""
-    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND {NOT_PROBE} ORDER BY id",
-                       (step,))
+    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND {NOT_PROBE} ORDER BY id", (step,))
 
 
 def probe_solutions(store: Store, step: int) -> list[sqlite3.Row]:
     """The step's solutions of its audit probes."""
-    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND NOT {NOT_PROBE} "
-                       "ORDER BY id", (step,))
+    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND NOT {NOT_PROBE} ORDER BY id", (step,))
 
 
 def insert_verdict(
-    store: Store, step: int, solution_id: int, verifier: str, valid: bool, raw: str | None,
+    store: Store,
+    step: int,
+    solution_id: int,
+    verifier: str,
+    valid: bool,
+    raw: str | None,
     latency_s: float | None,
 ) -> None:
     store.execute(
@@ -242,8 +296,15 @@ def step_verdicts(store: Store, step: int) -> list[sqlite3.Row]:
 
 
 def insert_vote(
-    store: Store, step: int, problem_id: int, solution_a: int, solution_b: int, voter: str,
-    winner: int | None, raw: str | None, latency_s: float | None,
+    store: Store,
+    step: int,
+    problem_id: int,
+    solution_a: int,
+    solution_b: int,
+    voter: str,
+    winner: int | None,
+    raw: str | None,
+    latency_s: float | None,
 ) -> None:
     store.execute(
         "INSERT OR IGNORE INTO votes(problem_id, step, solution_a, solution_b, voter, winner, raw, "
@@ -269,7 +330,13 @@ def explanation_of(store: Store, solution_id: int) -> str | None:
 
 
 def insert_anchor(
-    store: Store, step: int, member: str, benchmark: str, score: float, n: int, version: int,
+    store: Store,
+    step: int,
+    member: str,
+    benchmark: str,
+    score: float,
+    n: int,
+    version: int,
     reused_from: int | None = None,
 ) -> None:
     """One anchor score; `reused_from` is the step it was really measured at when it is reused."""
@@ -297,10 +364,14 @@ def rescored_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
 
 def last_anchors(store: Store, benchmark: str, before: int) -> dict[str, sqlite3.Row]:
     """Each member's newest anchor row on `benchmark` from a step before `before`."""
-    return {r["member"]: r for r in store.query(
-        "SELECT * FROM anchors WHERE id IN (SELECT MAX(id) FROM anchors WHERE benchmark = ? "
-        "AND step < ? AND member != ? GROUP BY member)", (benchmark, before, MAJORITY),
-    )}
+    return {
+        r["member"]: r
+        for r in store.query(
+            "SELECT * FROM anchors WHERE id IN (SELECT MAX(id) FROM anchors WHERE benchmark = ? "
+            "AND step < ? AND member != ? GROUP BY member)",
+            (benchmark, before, MAJORITY),
+        )
+    }
 
 
 # --------------------------------------------------------------------------- committed state
@@ -326,18 +397,18 @@ def anchor_history(store: Store) -> list[float]:
 
 def latest_ratings(store: Store) -> dict[str, tuple[float, float]]:
     """member -> (mu, sigma) of its newest rating row (members never rated are absent)."""
-    return {r["member"]: (r["mu"], r["sigma"]) for r in store.query(
-        "SELECT member, mu, sigma FROM ratings WHERE id IN "
-        "(SELECT MAX(id) FROM ratings GROUP BY member)"
-    )}
+    return {
+        r["member"]: (r["mu"], r["sigma"])
+        for r in store.query(
+            "SELECT member, mu, sigma FROM ratings WHERE id IN (SELECT MAX(id) FROM ratings GROUP BY member)"
+        )
+    }
 
 
 def current_ratings(store: Store, env: trueskill.TrueSkill, members: list[str]) -> dict:
     """The latest committed rating per member (a fresh rating for a member never rated)."""
     latest = latest_ratings(store)
-    return {
-        m: env.create_rating(*latest[m]) if m in latest else env.create_rating() for m in members
-    }
+    return {m: env.create_rating(*latest[m]) if m in latest else env.create_rating() for m in members}
 
 
 def committed_votes(store: Store) -> list[sqlite3.Row]:
@@ -373,48 +444,71 @@ def elite_examples(store: Store) -> list[EliteExample]:
     """H_t as solvers see it (best first): what the loop's solve prompts and
     `agora eval --with-elite` show."""
     return [
-        EliteExample(problem=r["problem"], solution=r["solution"], explanation=r["explanation"],
-                     member=r["member"], solution_id=r["solution_id"], score=r["score"])
+        EliteExample(
+            problem=r["problem"],
+            solution=r["solution"],
+            explanation=r["explanation"],
+            member=r["member"],
+            solution_id=r["solution_id"],
+            score=r["score"],
+        )
         for r in active_elite(store)
     ]
 
 
 def member_steps(store: Store, step: int) -> dict[str, MemberStep]:
     """member -> its `member_steps` row of `step` (empty for an AGORA step or an older run)."""
-    return {r["member"]: MemberStep(r["difficulty"], r["v_t"], r["v_target"],
-                                    r["next_difficulty"], r["f_t"])
-            for r in store.query("SELECT * FROM member_steps WHERE step = ?", (step,))}
+    return {
+        r["member"]: MemberStep(r["difficulty"], r["v_t"], r["v_target"], r["next_difficulty"], r["f_t"])
+        for r in store.query("SELECT * FROM member_steps WHERE step = ?", (step,))
+    }
 
 
 def member_v_history(store: Store, member: str) -> list[float]:
     """V_t^i of every committed isolated step of `member`, oldest first (its outer loop)."""
-    return [r["v_t"] for r in store.query(
-        "SELECT m.v_t FROM member_steps m JOIN steps s ON s.step = m.step "
-        "WHERE s.committed_at IS NOT NULL AND m.member = ? AND m.v_t IS NOT NULL "
-        "ORDER BY m.step", (member,))]
+    return [
+        r["v_t"]
+        for r in store.query(
+            "SELECT m.v_t FROM member_steps m JOIN steps s ON s.step = m.step "
+            "WHERE s.committed_at IS NOT NULL AND m.member = ? AND m.v_t IS NOT NULL "
+            "ORDER BY m.step",
+            (member,),
+        )
+    ]
 
 
 def member_anchor_history(store: Store, member: str) -> list[float]:
     """The member's own anchor scores at committed steps where it was scored anew, oldest
     first: Eq. 2's input for an isolated member (no ensemble average couples the members)."""
-    return [r["score"] for r in store.query(
-        "SELECT a.score FROM anchors a JOIN steps s ON s.step = a.step "
-        "WHERE s.committed_at IS NOT NULL AND a.member = ? AND a.reused_from IS NULL "
-        "ORDER BY a.step", (member,))]
+    return [
+        r["score"]
+        for r in store.query(
+            "SELECT a.score FROM anchors a JOIN steps s ON s.step = a.step "
+            "WHERE s.committed_at IS NOT NULL AND a.member = ? AND a.reused_from IS NULL "
+            "ORDER BY a.step",
+            (member,),
+        )
+    ]
 
 
 def fresh_anchor_scores(store: Store, step: int) -> dict[str, float]:
     """member -> its anchor score at `step` when it was scored anew there (not reused)."""
-    return {r["member"]: r["score"] for r in store.query(
-        "SELECT member, score FROM anchors WHERE step = ? AND member != ? "
-        "AND reused_from IS NULL", (step, MAJORITY))}
+    return {
+        r["member"]: r["score"]
+        for r in store.query(
+            "SELECT member, score FROM anchors WHERE step = ? AND member != ? AND reused_from IS NULL",
+            (step, MAJORITY),
+        )
+    }
 
 
 def pool_problem_ids(store: Store) -> set[str]:
     """Seed-pool ids the run has solved as problems (seed_pool source, seed fallbacks)."""
-    return {i for r in store.query(
-        "SELECT seed_ids FROM problems WHERE author = 'seed' AND status = 'ok'")
-        for i in json.loads(r["seed_ids"])}
+    return {
+        i
+        for r in store.query("SELECT seed_ids FROM problems WHERE author = 'seed' AND status = 'ok'")
+        for i in json.loads(r["seed_ids"])
+    }
 
 
 def buffer_size(store: Store) -> int:
@@ -427,8 +521,12 @@ def unconsumed_buffer(store: Store) -> int:
 
 def unconsumed_by_member(store: Store) -> dict[str, int]:
     """member -> its own buffer rows no round has taken yet (the isolated control's trigger)."""
-    return {r["member"]: r["n"] for r in store.query(
-        "SELECT member, COUNT(*) AS n FROM buffer WHERE round_id IS NULL GROUP BY member")}
+    return {
+        r["member"]: r["n"]
+        for r in store.query(
+            "SELECT member, COUNT(*) AS n FROM buffer WHERE round_id IS NULL GROUP BY member"
+        )
+    }
 
 
 def waiting_rows(store: Store, isolated: bool) -> int:
@@ -448,8 +546,7 @@ def commit_effects(store: Store, fx: Effects) -> None:
     with store.transaction():
         for member, mu, sigma, vote_id in fx.rating_rows:
             store.execute(
-                "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (fx.step, member, mu, sigma, vote_id, t),
             )
         for sid, ok in fx.correct.items():
@@ -463,9 +560,7 @@ def commit_effects(store: Store, fx: Effects) -> None:
         keep = {sid for sid, _, _ in fx.elite}
         for row in store.query("SELECT solution_id FROM elite WHERE active = 1"):
             if row["solution_id"] not in keep:
-                store.execute(
-                    "UPDATE elite SET active = 0 WHERE solution_id = ?", (row["solution_id"],)
-                )
+                store.execute("UPDATE elite SET active = 0 WHERE solution_id = ?", (row["solution_id"],))
         for sid, member, score in fx.elite:
             store.execute(
                 "INSERT INTO elite(step, solution_id, member, score, active, created_at) "
@@ -474,13 +569,14 @@ def commit_effects(store: Store, fx: Effects) -> None:
             )
         for verifier, tp, fp, fn, tn in fx.audit:
             store.execute(
-                "INSERT OR REPLACE INTO audit(step, verifier, tp, fp, fn, tn) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (fx.step, verifier, tp, fp, fn, tn),
+                "INSERT OR REPLACE INTO audit(step, verifier, tp, fp, fn, tn) VALUES (?, ?, ?, ?, ?, ?)",
+                (fx.step, verifier, tp, fp, fn, tn),
             )
         for sid, truth, approved in fx.audit_solutions:
             store.execute(
                 "INSERT OR REPLACE INTO audit_solutions(solution_id, step, truth, approved) "
-                "VALUES (?, ?, ?, ?)", (sid, fx.step, int(truth), int(approved)),
+                "VALUES (?, ?, ?, ?)",
+                (sid, fx.step, int(truth), int(approved)),
             )
         for member, m in fx.member_steps.items():
             store.execute(
@@ -493,8 +589,21 @@ def commit_effects(store: Store, fx: Effects) -> None:
             "UPDATE steps SET committed_at = ?, next_difficulty = ?, v_t = ?, v_target = ?, "
             "f_t = ?, strategy = ?, n_problems = ?, n_dropped = ?, n_solutions = ?, "
             "n_correct = ?, n_buffered = ?, wall_s = ?, request_s = ?, info = ? WHERE step = ?",
-            (t, fx.next_difficulty, fx.v_t, fx.v_target, fx.f_t, fx.strategy,
-             c.get("problems", 0), c.get("dropped", 0), c.get("solutions", 0),
-             c.get("correct", 0), c.get("buffered", 0), fx.wall_s, fx.request_s,
-             json.dumps(fx.info), fx.step),
+            (
+                t,
+                fx.next_difficulty,
+                fx.v_t,
+                fx.v_target,
+                fx.f_t,
+                fx.strategy,
+                c.get("problems", 0),
+                c.get("dropped", 0),
+                c.get("solutions", 0),
+                c.get("correct", 0),
+                c.get("buffered", 0),
+                fx.wall_s,
+                fx.request_s,
+                json.dumps(fx.info),
+                fx.step,
+            ),
         )

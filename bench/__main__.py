@@ -23,8 +23,7 @@ from pathlib import Path
 
 from bench.common import REPO, Row, setup_env, table
 
-NAMES = ("orchestrator", "engine", "trainer", "hotswap", "engines", "binding", "step", "gpu",
-         "throughput")
+NAMES = ("orchestrator", "engine", "trainer", "hotswap", "engines", "binding", "step", "gpu", "throughput")
 
 
 def trainer() -> list[Row]:
@@ -37,41 +36,75 @@ def trainer() -> list[Row]:
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
         return [Row("trainer", "failed", "-", note=f"exit {p.returncode}: {tail[0][:200]}")]
-    lines = {re.split(r"\s{2,}", line.strip())[0]: re.split(r"\s{2,}", line.strip())
-             for line in p.stdout.splitlines() if line.strip()}
+    lines = {
+        re.split(r"\s{2,}", line.strip())[0]: re.split(r"\s{2,}", line.strip())
+        for line in p.stdout.splitlines()
+        if line.strip()
+    }
     rows = []
     tps = lines.get("tokens/s (non-pad)")
     if tps and len(tps) >= 4:
         ratio = float(tps[3].rstrip("x"))
-        rows.append(Row("trainer", "length-grouped vs padded tokens/s", f"{ratio:.2f}x",
-                        ">= 1.3x", ratio >= 1.3, f"{tps[1]} -> {tps[2]} tokens/s"))
+        rows.append(
+            Row(
+                "trainer",
+                "length-grouped vs padded tokens/s",
+                f"{ratio:.2f}x",
+                ">= 1.3x",
+                ratio >= 1.3,
+                f"{tps[1]} -> {tps[2]} tokens/s",
+            )
+        )
     mem = lines.get("peak memory MB")
     if mem and len(mem) >= 3:
-        rows.append(Row("trainer", "peak memory", f"{mem[2]} MB", "-", None,
-                        f"padded batches: {mem[1]} MB"))
+        rows.append(Row("trainer", "peak memory", f"{mem[2]} MB", "-", None, f"padded batches: {mem[1]} MB"))
     if mem and tps and len(mem) >= 5 and len(tps) >= 5:
-        rows.append(Row("trainer", "peak memory with gradient checkpointing", f"{mem[4]} MB",
-                        "-", None, f"grouped batches; {tps[4]} tokens/s (without: {tps[2]})"))
+        rows.append(
+            Row(
+                "trainer",
+                "peak memory with gradient checkpointing",
+                f"{mem[4]} MB",
+                "-",
+                None,
+                f"grouped batches; {tps[4]} tokens/s (without: {tps[2]})",
+            )
+        )
     pad = lines.get("padding tokens")
     if pad and len(pad) >= 3:
         rows.append(Row("trainer", "padding tokens", pad[2], "-", None, f"padded: {pad[1]}"))
     # Loss rows: "loss: <metric>  <model>  <today>  <chunked>  <new>  <new/today>"; today is
     # all positions with PEFT's modules, new the chunked loss with the fused LoRA layer.
-    loss = {(c[0], c[1]): c for c in (re.split(r"\s{2,}", x.strip()) for x in p.stdout.splitlines()
-                                      if x.startswith("loss: ")) if len(c) >= 6}
+    loss = {
+        (c[0], c[1]): c
+        for c in (re.split(r"\s{2,}", x.strip()) for x in p.stdout.splitlines() if x.startswith("loss: "))
+        if len(c) >= 6
+    }
     for model in sorted({m for _, m in loss}):
         tps, cpu = loss.get(("loss: tokens/s", model)), loss.get(("loss: tokens/CPU-s", model))
         mem = loss.get(("loss: peak memory MB", model))
         if tps and cpu:
             ratio = float(tps[-1].rstrip("x"))
-            rows.append(Row("trainer", f"{model}: new trainer vs today's loss, tokens/s",
-                            tps[-1], ">= 1.3x", ratio >= 1.3,
-                            f"{tps[2]} -> {tps[-2]} tokens/s; {cpu[2]} -> {cpu[-2]} tokens/CPU-s "
-                            f"({cpu[-1]})"))
+            rows.append(
+                Row(
+                    "trainer",
+                    f"{model}: new trainer vs today's loss, tokens/s",
+                    tps[-1],
+                    ">= 1.3x",
+                    ratio >= 1.3,
+                    f"{tps[2]} -> {tps[-2]} tokens/s; {cpu[2]} -> {cpu[-2]} tokens/CPU-s ({cpu[-1]})",
+                )
+            )
         if mem:
-            rows.append(Row("trainer", f"{model}: peak memory, new trainer vs today's loss",
-                            f"{mem[-2]} MB", "lower", float(mem[-2]) < float(mem[2]),
-                            f"today: {mem[2]} MB ({mem[-1]})"))
+            rows.append(
+                Row(
+                    "trainer",
+                    f"{model}: peak memory, new trainer vs today's loss",
+                    f"{mem[-2]} MB",
+                    "lower",
+                    float(mem[-2]) < float(mem[2]),
+                    f"today: {mem[2]} MB ({mem[-1]})",
+                )
+            )
     return rows or [Row("trainer", "unparsed", "-", note="see its output above")]
 
 
@@ -113,8 +146,9 @@ def save(rows: list[Row], command: str, seconds: float, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", metavar="NAME",
-                    help=f"benchmarks to run (default: all of {', '.join(NAMES)})")
+    ap.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(NAMES)})"
+    )
     ap.add_argument("--no-save", action="store_true", help="do not write bench/RESULTS.md")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in NAMES]

@@ -38,30 +38,31 @@ SETTINGS = (("vLLM auto", {"VLLM_CPU_OMP_THREADS_BIND": "auto"}), ("per-server c
 def loads(per_member: int) -> dict[str, list[str]]:
     """name -> the prompts one member sends (every member sends the same ones)."""
     rows = gsm8k_train()
-    solve = [f"Solve step by step, then give the answer as \\boxed{{N}}.\n\n{p['problem']}"
-             for p in rows[:per_member]]
-    context = rows[100:100 + 6 * per_member]
+    solve = [
+        f"Solve step by step, then give the answer as \\boxed{{N}}.\n\n{p['problem']}"
+        for p in rows[:per_member]
+    ]
+    context = rows[100 : 100 + 6 * per_member]
     prefill = []
-    for i, p in enumerate(rows[50:50 + per_member]):
-        shots = "\n\n".join(f"Problem: {c['problem']}\nSolution: {c['solution']}"
-                            for c in context[6 * i:6 * i + 6])
+    for i, p in enumerate(rows[50 : 50 + per_member]):
+        shots = "\n\n".join(
+            f"Problem: {c['problem']}\nSolution: {c['solution']}" for c in context[6 * i : 6 * i + 6]
+        )
         prefill.append(f"{shots}\n\nProblem: {p['problem']}\nSolution:")
     return {"decode": solve, "prefill": prefill}
 
 
-async def _load(pool: Any, members: list[str], prompts: list[str], max_tokens: int
-                ) -> tuple[float, int, int]:
+async def _load(pool: Any, members: list[str], prompts: list[str], max_tokens: int) -> tuple[float, int, int]:
     """(wall s, prompt tokens, completion tokens) of every member sending every prompt at once."""
     from agora_cli.config import Sampling
 
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(
-        pool.chat(m, [{"role": "user", "content": p}], sampling)
-        for p in prompts for m in members))
+    results = await asyncio.gather(
+        *(pool.chat(m, [{"role": "user", "content": p}], sampling) for p in prompts for m in members)
+    )
     wall = time.perf_counter() - t0
-    return (wall, sum(r.prompt_tokens for r in results),
-            sum(r.completion_tokens for r in results))
+    return (wall, sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results))
 
 
 def measure(env: dict[str, str], per_member: int, max_tokens: int) -> dict[str, Any]:
@@ -85,10 +86,12 @@ def measure(env: dict[str, str], per_member: int, max_tokens: int) -> dict[str, 
             async def go() -> None:
                 await _load(pool, members, ["Say hi."], 4)  # warm every server once
                 for name, prompts in loads(per_member).items():
-                    out[name] = await _load(pool, members, prompts,
-                                            max_tokens if name == "decode" else 8)
-                    print(f"{env or 'per-server'}: {name}: {out[name][0]:.1f} s, "
-                          f"{out[name][1]} prompt + {out[name][2]} completion tokens", flush=True)
+                    out[name] = await _load(pool, members, prompts, max_tokens if name == "decode" else 8)
+                    print(
+                        f"{env or 'per-server'}: {name}: {out[name][0]:.1f} s, "
+                        f"{out[name][1]} prompt + {out[name][2]} completion tokens",
+                        flush=True,
+                    )
                 await pool.aclose()
 
             asyncio.run(go())
@@ -104,12 +107,21 @@ def run(per_member: int = 8, max_tokens: int = 96) -> list[Row]:
     for name, tokens in (("decode", 2), ("prefill", 1)):
         what = "completion" if tokens == 2 else "prompt"
         ta, tb = a[name][tokens] / a[name][0], b[name][tokens] / b[name][0]
-        rows.append(Row("binding", f"{name}: {what} tokens/s, {a_label} -> {b_label}",
-                        f"{ta:.1f} -> {tb:.1f} ({tb / ta:.2f}x)", "-", None,
-                        f"wall {a[name][0]:.1f} -> {b[name][0]:.1f} s; tokens {a[name][1]}+"
-                        f"{a[name][2]} / {b[name][1]}+{b[name][2]}"))
-    rows[-1].note += (f"; CPU flags {cpu_flags()}, {os.cpu_count()} cores, load average "
-                      f"{load_at_start:.1f} -> {os.getloadavg()[0]:.1f}")
+        rows.append(
+            Row(
+                "binding",
+                f"{name}: {what} tokens/s, {a_label} -> {b_label}",
+                f"{ta:.1f} -> {tb:.1f} ({tb / ta:.2f}x)",
+                "-",
+                None,
+                f"wall {a[name][0]:.1f} -> {b[name][0]:.1f} s; tokens {a[name][1]}+"
+                f"{a[name][2]} / {b[name][1]}+{b[name][2]}",
+            )
+        )
+    rows[-1].note += (
+        f"; CPU flags {cpu_flags()}, {os.cpu_count()} cores, load average "
+        f"{load_at_start:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
     return rows
 
 

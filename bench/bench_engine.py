@@ -36,16 +36,18 @@ def engine_config(run_dir: Path, dtype: str | None = None) -> Any:
     backend: dict[str, Any] = {"kind": "transformers"}
     if dtype:
         backend["dtype"] = dtype
-    return config_from_dict({
-        "name": "bench-engine",
-        "run_dir": str(run_dir),
-        "backends": {"embedded": backend},
-        "members": [
-            {"name": n, "model": SMOL, "max_concurrency": 64, "request_timeout_s": 600}
-            for n in ("smol-a", "smol-b")  # one base: one server, as in configs/tiny-transformers.yaml
-        ],
-        "ablations": {"lora": False},
-    })
+    return config_from_dict(
+        {
+            "name": "bench-engine",
+            "run_dir": str(run_dir),
+            "backends": {"embedded": backend},
+            "members": [
+                {"name": n, "model": SMOL, "max_concurrency": 64, "request_timeout_s": 600}
+                for n in ("smol-a", "smol-b")  # one base: one server, as in configs/tiny-transformers.yaml
+            ],
+            "ablations": {"lora": False},
+        }
+    )
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
@@ -109,17 +111,14 @@ def measure(
                 await _batch(pool, 2, 8)  # warm the batching path once
                 for n in levels:
                     out[n] = await _batch(pool, n, max_tokens)
-                    print(f"engine: {n} concurrent: {out[n][0]} tokens in {out[n][1]:.1f} s",
-                          flush=True)
+                    print(f"engine: {n} concurrent: {out[n][0]} tokens in {out[n][1]:.1f} s", flush=True)
                 await pool.aclose()
 
             asyncio.run(go())
     return out
 
 
-def run(
-    levels: tuple[int, ...] = (1, 8, 16), max_tokens: int = 64, dtype: str | None = None
-) -> list[Row]:
+def run(levels: tuple[int, ...] = (1, 8, 16), max_tokens: int = 64, dtype: str | None = None) -> list[Row]:
     setup_env()
     m = measure(list(levels), max_tokens, dtype)
     tps = {n: tokens / wall for n, (tokens, wall, _) in m.items()}
@@ -135,8 +134,9 @@ def run(
         note = f"{tokens} tokens in {wall:.1f} s"
         if others is not None:
             note += f", other processes {others:.1f} CPU s"
-        rows.append(Row("engine", f"tokens/s at {n} concurrent", f"{tps[n]:.1f} ({ratio:.1f}x)",
-                        target, met, note))
+        rows.append(
+            Row("engine", f"tokens/s at {n} concurrent", f"{tps[n]:.1f} ({ratio:.1f}x)", target, met, note)
+        )
     rows[-1].note += f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     return rows
 

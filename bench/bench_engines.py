@@ -50,17 +50,24 @@ def backend_settings(engine: str) -> dict[str, Any]:
 def engine_config(run_dir: Path, engine: str) -> Any:
     from agora_cli.config import config_from_dict
 
-    return config_from_dict({
-        "name": f"bench-{engine}",
-        "run_dir": str(run_dir),
-        "backends": {"engine": backend_settings(engine)},
-        "members": [
-            {"name": n, "model": SMOL, "backend": "engine", "max_concurrency": 64,
-             "request_timeout_s": 600}
-            for n in ("smol-a", "smol-b")  # one base: one server
-        ],
-        "training": {"r": 16, "alpha": 32},
-    })
+    return config_from_dict(
+        {
+            "name": f"bench-{engine}",
+            "run_dir": str(run_dir),
+            "backends": {"engine": backend_settings(engine)},
+            "members": [
+                {
+                    "name": n,
+                    "model": SMOL,
+                    "backend": "engine",
+                    "max_concurrency": 64,
+                    "request_timeout_s": 600,
+                }
+                for n in ("smol-a", "smol-b")  # one base: one server
+            ],
+            "training": {"r": 16, "alpha": 32},
+        }
+    )
 
 
 def prefix_cache_hit_rate(url: str) -> tuple[float, float] | None:
@@ -102,20 +109,25 @@ def measure(engine: str, levels: list[int], max_tokens: int) -> dict[str, Any]:
                 await _batch(pool, 2, 8)  # warm the batching path once
                 for n in levels:
                     out["base"][n] = await _batch(pool, n, max_tokens)
-                    print(f"{engine}: base, {n} concurrent: {out['base'][n][0]} tokens in "
-                          f"{out['base'][n][1]:.1f} s", flush=True)
+                    print(
+                        f"{engine}: base, {n} concurrent: {out['base'][n][0]} tokens in "
+                        f"{out['base'][n][1]:.1f} s",
+                        flush=True,
+                    )
                 t0 = time.perf_counter()  # the adapter is saved
                 await asyncio.to_thread(serving.activate, "smol-a", adapter, 1)
                 new = serving.endpoint("smol-a").model
                 r = await pool.chat("smol-a", ping, Sampling(temperature=0.0, max_tokens=1))
                 out["swap_s"] = time.perf_counter() - t0
                 out["swap_model_ok"] = r.model == new or r.model.endswith(new)
-                print(f"{engine}: adapter saved -> answering as {new}: {out['swap_s']:.2f} s",
-                      flush=True)
+                print(f"{engine}: adapter saved -> answering as {new}: {out['swap_s']:.2f} s", flush=True)
                 for n in levels:
                     out["adapter"][n] = await _batch(pool, n, max_tokens)
-                    print(f"{engine}: adapter, {n} concurrent: {out['adapter'][n][0]} tokens in "
-                          f"{out['adapter'][n][1]:.1f} s", flush=True)
+                    print(
+                        f"{engine}: adapter, {n} concurrent: {out['adapter'][n][0]} tokens in "
+                        f"{out['adapter'][n][1]:.1f} s",
+                        flush=True,
+                    )
                 await pool.aclose()
 
             asyncio.run(go())
@@ -138,19 +150,40 @@ def run(
             note = f"{' / '.join(str(m[kind][n][0]) for n in levels)} tokens"
             if all(o is not None for o in others):
                 note += f"; other processes {' / '.join(f'{o:.1f}' for o in others)} CPU s"
-            rows.append(Row("engines", f"{e} {kind} tokens/s at {' / '.join(map(str, levels))} "
-                            "concurrent", " / ".join(f"{t:.1f}" for t in tps), "-", None, note))
+            rows.append(
+                Row(
+                    "engines",
+                    f"{e} {kind} tokens/s at {' / '.join(map(str, levels))} concurrent",
+                    " / ".join(f"{t:.1f}" for t in tps),
+                    "-",
+                    None,
+                    note,
+                )
+            )
         target = "< 1 s" if e == "vllm" else "-"
         met = m["swap_s"] < 1.0 if e == "vllm" else None
-        rows.append(Row("engines", f"{e} swap: adapter saved -> answering with it",
-                        f"{m['swap_s']:.2f} s", target, met,
-                        f"server start {m['start_s']:.0f} s; first answer named the new model: "
-                        f"{m['swap_model_ok']}"))
+        rows.append(
+            Row(
+                "engines",
+                f"{e} swap: adapter saved -> answering with it",
+                f"{m['swap_s']:.2f} s",
+                target,
+                met,
+                f"server start {m['start_s']:.0f} s; first answer named the new model: {m['swap_model_ok']}",
+            )
+        )
         if e == "vllm":
             pc = m.get("prefix_cache")
-            rows.append(Row("engines", "vllm prefix-cache hit rate", "-" if pc is None else
-                            f"{pc[0] / pc[1]:.0%}", "-", None, "no /metrics counters" if pc is None
-                            else f"{pc[0]:.0f} of {pc[1]:.0f} prompt tokens"))
+            rows.append(
+                Row(
+                    "engines",
+                    "vllm prefix-cache hit rate",
+                    "-" if pc is None else f"{pc[0] / pc[1]:.0%}",
+                    "-",
+                    None,
+                    "no /metrics counters" if pc is None else f"{pc[0]:.0f} of {pc[1]:.0f} prompt tokens",
+                )
+            )
     rows[-1].note += f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     return rows
 

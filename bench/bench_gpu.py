@@ -31,8 +31,9 @@ def unavailable() -> str | None:
     return None
 
 
-def run(config: str = "configs/homogeneous-1b.yaml", max_tokens: int = 256,
-        levels: tuple[int, ...] = (1, 16, 64)) -> list[Row]:
+def run(
+    config: str = "configs/homogeneous-1b.yaml", max_tokens: int = 256, levels: tuple[int, ...] = (1, 16, 64)
+) -> list[Row]:
     setup_env()
     why = unavailable()
     if why:
@@ -54,8 +55,7 @@ def run(config: str = "configs/homogeneous-1b.yaml", max_tokens: int = 256,
         async def go() -> None:
             for n in levels:
                 t0 = time.perf_counter()
-                rs = await asyncio.gather(*(pool.chat(member, messages, sampling)
-                                            for _ in range(n)))
+                rs = await asyncio.gather(*(pool.chat(member, messages, sampling) for _ in range(n)))
                 tps[n] = sum(r.completion_tokens for r in rs) / (time.perf_counter() - t0)
             await pool.aclose()
 
@@ -64,9 +64,16 @@ def run(config: str = "configs/homogeneous-1b.yaml", max_tokens: int = 256,
     for n in levels:
         ratio = tps[n] / tps[levels[0]]
         last = n == levels[-1]
-        rows.append(Row("gpu", f"{member} tokens/s at {n} concurrent",
-                        f"{tps[n]:.0f} ({ratio:.1f}x)", ">= 10x one request" if last else "-",
-                        ratio >= 10 if last else None, config))
+        rows.append(
+            Row(
+                "gpu",
+                f"{member} tokens/s at {n} concurrent",
+                f"{tps[n]:.0f} ({ratio:.1f}x)",
+                ">= 10x one request" if last else "-",
+                ratio >= 10 if last else None,
+                config,
+            )
+        )
     return rows
 
 

@@ -33,8 +33,14 @@ def save_adapter(base_dir: Path, out: Path) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                      init_lora_weights=False, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        target_modules="all-linear",
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     get_peft_model(model, lora).save_pretrained(str(out))
     return out
 
@@ -82,17 +88,22 @@ def measure(concurrency: int, max_tokens: int) -> dict[str, Any]:
 
             t0, t1 = asyncio.run(go())
             new_model = serving.endpoint("smol-a").model
-        manifest = json.loads((paths.root / "merged" / "smol-a" / "v1" / "agora-merged.json")
-                              .read_text()) if (paths.root / "merged" / "smol-a" / "v1").exists() \
+        manifest = (
+            json.loads((paths.root / "merged" / "smol-a" / "v1" / "agora-merged.json").read_text())
+            if (paths.root / "merged" / "smol-a" / "v1").exists()
             else {}
+        )
     return {
-        "swap_s": t1 - t0, "merge_s": manifest.get("seconds"),
+        "swap_s": t1 - t0,
+        "merge_s": manifest.get("seconds"),
         "during": sum(1 for _, f, _ in done if t0 <= f <= t1),
         # Requests sent after the switch must reach the new model (those in flight at the
         # switch finish on the old one, by design).
         "after_new": sum(1 for s, _, m in done if s > t1 and m == new_model),
         "after": sum(1 for s, _, _ in done if s > t1),
-        "failed": failed, "changed": new_model != old_model, "total": len(done),
+        "failed": failed,
+        "changed": new_model != old_model,
+        "total": len(done),
     }
 
 
@@ -103,11 +114,16 @@ def run(concurrency: int = 4, max_tokens: int = 16) -> list[Row]:
     first = m["failed"][0] if m["failed"] else ""
     return [
         Row("hotswap", "adapter saved -> live", f"{m['swap_s']:.1f} s", "-", None, merge),
-        Row("hotswap", "failed requests during swap", str(len(m["failed"])), "0",
+        Row(
+            "hotswap",
+            "failed requests during swap",
+            str(len(m["failed"])),
+            "0",
             not m["failed"],
             f"{m['during']} requests completed during the swap at concurrency {concurrency}; "
             f"{m['after_new']}/{m['after']} requests sent after it reached the new model "
-            f"{first}".strip()),
+            f"{first}".strip(),
+        ),
     ]
 
 

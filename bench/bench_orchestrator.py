@@ -32,19 +32,25 @@ PHASES = ("generate", "solve", "verify", "vote", "explain")  # each depends on t
 def bench_config(url: str, run_dir: Path, problems: int) -> Any:
     from agora_cli.config import config_from_dict
 
-    return config_from_dict({
-        "name": "bench-orchestrator",
-        "run_dir": str(run_dir),
-        "backends": {"fake": {"kind": "openai", "base_url": url}},
-        "members": [
-            {"name": m, "model": m, "backend": "fake", "max_concurrency": 1024,
-             "request_timeout_s": 60}
-            for m in ("alpha", "beta", "gamma")
-        ],
-        "protocol": {"problems_per_step": problems, "generators_per_step": 3, "seed_examples": 2,
-                     "anchor_every": 1000, "buffer_threshold": 100000},
-        "ablations": {"lora": False, "external_anchor": False},
-    })
+    return config_from_dict(
+        {
+            "name": "bench-orchestrator",
+            "run_dir": str(run_dir),
+            "backends": {"fake": {"kind": "openai", "base_url": url}},
+            "members": [
+                {"name": m, "model": m, "backend": "fake", "max_concurrency": 1024, "request_timeout_s": 60}
+                for m in ("alpha", "beta", "gamma")
+            ],
+            "protocol": {
+                "problems_per_step": problems,
+                "generators_per_step": 3,
+                "seed_examples": 2,
+                "anchor_every": 1000,
+                "buffer_threshold": 100000,
+            },
+            "ablations": {"lora": False, "external_anchor": False},
+        }
+    )
 
 
 async def _replay(pool: Any, calls: list[tuple]) -> float:
@@ -67,8 +73,9 @@ def measure(latency_s: float, problems: int) -> dict[str, Any]:
 
     roles: list[str] = []  # of the step's requests (the replay's are not recorded)
     recording = [True]
-    bus = EventBus([lambda e: roles.append(e["role"])
-                    if e["kind"] == "request_done" and recording[0] else None])
+    bus = EventBus(
+        [lambda e: roles.append(e["role"]) if e["kind"] == "request_done" and recording[0] else None]
+    )
     with FakeProcess(latency_s) as fake, tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(fake.url, Path(tmp) / "run", problems)
         paths = prepare_run_dir(cfg)
@@ -99,10 +106,17 @@ def measure(latency_s: float, problems: int) -> dict[str, Any]:
             failures = sum(u.failures for u in pool.usage.values())
     phases = [p for p in PHASES if p in roles]
     return {
-        "latency_s": latency_s, "problems": problems, "requests": len(calls),
-        "by_role": {p: roles.count(p) for p in PHASES}, "phases": phases,
-        "wall_s": wall, "step_wall_s": fx.wall_s, "cpu_s": cpu, "sequential_s": seq,
-        "failures": failures, "solutions": fx.counts.get("solutions"),
+        "latency_s": latency_s,
+        "problems": problems,
+        "requests": len(calls),
+        "by_role": {p: roles.count(p) for p in PHASES},
+        "phases": phases,
+        "wall_s": wall,
+        "step_wall_s": fx.wall_s,
+        "cpu_s": cpu,
+        "sequential_s": seq,
+        "failures": failures,
+        "solutions": fx.counts.get("solutions"),
     }
 
 
@@ -117,16 +131,34 @@ def run(latency_s: float = 0.5, problems: int = 16) -> list[Row]:
     load = os.getloadavg()[0]
     name = "orchestrator"
     return [
-        Row(name, "step wall / critical path", f"{ratio:.2f}", "<= 1.3", ratio <= 1.3,
+        Row(
+            name,
+            "step wall / critical path",
+            f"{ratio:.2f}",
+            "<= 1.3",
+            ratio <= 1.3,
             f"{m['wall_s']:.2f} s vs {len(m['phases'])} phases x {latency_s} s; "
-            f"{m['requests']} requests ({roles})"),
-        Row(name, "speedup over sequential", f"{speedup:.1f}x", ">= 20x", speedup >= 20,
+            f"{m['requests']} requests ({roles})",
+        ),
+        Row(
+            name,
+            "speedup over sequential",
+            f"{speedup:.1f}x",
+            ">= 20x",
+            speedup >= 20,
             f"same {m['requests']} requests replayed one at a time through the same ClientPool: "
-            f"{m['sequential_s']:.1f} s"),
-        Row(name, "orchestrator CPU / request", f"{cpu_ms:.2f} ms", "-", None,
+            f"{m['sequential_s']:.1f} s",
+        ),
+        Row(
+            name,
+            "orchestrator CPU / request",
+            f"{cpu_ms:.2f} ms",
+            "-",
+            None,
             f"process CPU {m['cpu_s']:.2f} s during the step (fake server in its own process); "
             f"{m['failures']} failed requests; machine load average {load:.1f} on "
-            f"{os.cpu_count()} cores"),
+            f"{os.cpu_count()} cores",
+        ),
     ]
 
 

@@ -43,7 +43,11 @@ def measure(engine: str, steps: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         serve = subprocess.Popen(
             [sys.executable, "-m", "agora_cli", "serve", config, "--run-dir", str(run_dir)],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             servers = run_dir / "servers.json"
@@ -54,9 +58,22 @@ def measure(engine: str, steps: int) -> dict[str, Any]:
             start_s = time.perf_counter() - t0
             print(f"step: {engine} servers up in {start_s:.0f} s", flush=True)
             p = subprocess.run(
-                [sys.executable, "-m", "agora_cli", "run", config, "--steps", str(steps),
-                 "--run-dir", str(run_dir)],
-                cwd=REPO, env=env, capture_output=True, text=True, timeout=3600,
+                [
+                    sys.executable,
+                    "-m",
+                    "agora_cli",
+                    "run",
+                    config,
+                    "--steps",
+                    str(steps),
+                    "--run-dir",
+                    str(run_dir),
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=3600,
             )
             if p.returncode != 0:
                 raise RuntimeError(f"agora run {config} failed: {(p.stdout + p.stderr)[-800:]}")
@@ -89,18 +106,35 @@ def run(engines: tuple[str, ...] = ("transformers", "vllm"), steps: int = 1) -> 
     got = {e: measure(e, steps) for e in engines}
     rows = []
     for e, m in got.items():
-        note = (f"{m['requests']} requests, {m['tokens']} completion tokens, {m['failed']} failed; "
-                f"server start {m['start_s']:.0f} s")
+        note = (
+            f"{m['requests']} requests, {m['tokens']} completion tokens, {m['failed']} failed; "
+            f"server start {m['start_s']:.0f} s"
+        )
         if m["prefix_cache"]:
             hits, queries = m["prefix_cache"]
             note += f"; prefix cache hit {hits / queries:.0%} of {queries:.0f} prompt tokens"
-        rows.append(Row("step", f"tiny trio, {steps} step(s) on {e} ({CONFIGS[e]})",
-                        f"{m['step_s']:.0f} s", "-", None, note))
+        rows.append(
+            Row(
+                "step",
+                f"tiny trio, {steps} step(s) on {e} ({CONFIGS[e]})",
+                f"{m['step_s']:.0f} s",
+                "-",
+                None,
+                note,
+            )
+        )
     if len(got) == 2:
         a, b = (got[e]["step_s"] for e in engines)
-        rows.append(Row("step", f"{engines[1]} vs {engines[0]} step wall time", f"{a / b:.2f}x",
-                        "-", None, f"load average {os.getloadavg()[0]:.1f} on "
-                        f"{os.cpu_count()} cores"))
+        rows.append(
+            Row(
+                "step",
+                f"{engines[1]} vs {engines[0]} step wall time",
+                f"{a / b:.2f}x",
+                "-",
+                None,
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+            )
+        )
     return rows
 
 

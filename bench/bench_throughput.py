@@ -93,8 +93,7 @@ def _prefix_cache(url: str) -> tuple[float, float] | None:
 def export_tree(ref: str, into: Path) -> Path:
     """The files of git ref `ref` of this repository, written under `into`."""
     into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True,
-                             check=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
 
@@ -105,12 +104,23 @@ def measure(tree: Path, config: str, steps: int, overrides: list[str], label: st
     with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as tmp:
         run_dir = Path(tmp) / "run"
         agora = [sys.executable, "-m", "agora_cli"]
-        which = subprocess.run([*agora[:1], "-c", "import agora_cli; print(agora_cli.__file__)"],
-                               cwd=tree, env=env, capture_output=True, text=True, check=True)
+        which = subprocess.run(
+            [*agora[:1], "-c", "import agora_cli; print(agora_cli.__file__)"],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert which.stdout.startswith(str(tree)), f"{label}: imported {which.stdout.strip()}"
-        serve = subprocess.Popen([*agora, "serve", config, *overrides, "--run-dir", str(run_dir)],
-                                 cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+        serve = subprocess.Popen(
+            [*agora, "serve", config, *overrides, "--run-dir", str(run_dir)],
+            cwd=tree,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             servers = run_dir / "servers.json"
             t0 = time.perf_counter()
@@ -121,18 +131,26 @@ def measure(tree: Path, config: str, steps: int, overrides: list[str], label: st
             print(f"throughput: {label} servers up in {time.perf_counter() - t0:.0f} s", flush=True)
             cpu0, own0 = _tree_cpu_s(serve.pid), os.times()
             t1 = time.perf_counter()
-            p = subprocess.run([*agora, "run", config, *overrides, "--steps", str(steps),
-                                "--run-dir", str(run_dir)],
-                               cwd=tree, env=env, capture_output=True, text=True, timeout=7200)
+            p = subprocess.run(
+                [*agora, "run", config, *overrides, "--steps", str(steps), "--run-dir", str(run_dir)],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=7200,
+            )
             wall = time.perf_counter() - t1
             own1 = os.times()
-            cpu = (_tree_cpu_s(serve.pid) - cpu0 + (own1.children_user - own0.children_user)
-                   + (own1.children_system - own0.children_system))
+            cpu = (
+                _tree_cpu_s(serve.pid)
+                - cpu0
+                + (own1.children_user - own0.children_user)
+                + (own1.children_system - own0.children_system)
+            )
             if p.returncode != 0:
                 raise RuntimeError(f"{label}: agora run failed: {(p.stdout + p.stderr)[-800:]}")
             state = json.loads(servers.read_text())
-            urls = [u for b in state.get("backends", {}).values()
-                    for u in (b.get("servers") or {}).values()]
+            urls = [u for b in state.get("backends", {}).values() for u in (b.get("servers") or {}).values()]
             caches = [c for c in (_prefix_cache(u) for u in urls) if c]
         finally:
             serve.send_signal(signal.SIGINT)
@@ -147,8 +165,10 @@ def measure(tree: Path, config: str, steps: int, overrides: list[str], label: st
 def _figures(run_dir: Path, wall: float, cpu: float, caches: list) -> dict[str, Any]:
     con = sqlite3.connect(run_dir / "agora.sqlite")
     con.row_factory = sqlite3.Row
-    steps = con.execute("SELECT COUNT(*) AS n, SUM(wall_s) AS wall, SUM(n_problems) AS problems "
-                        "FROM steps WHERE committed_at IS NOT NULL").fetchone()
+    steps = con.execute(
+        "SELECT COUNT(*) AS n, SUM(wall_s) AS wall, SUM(n_problems) AS problems "
+        "FROM steps WHERE committed_at IS NOT NULL"
+    ).fetchone()
     samples = con.execute("SELECT COUNT(*) FROM buffer").fetchone()[0]
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     con.close()
@@ -163,9 +183,14 @@ def _figures(run_dir: Path, wall: float, cpu: float, caches: list) -> dict[str, 
                 r[2] += e["cached_tokens"] or 0
                 r[3] += e.get("prompt_tokens") or 0
     return {
-        "steps": steps["n"], "step_wall_s": steps["wall"] or 0.0, "run_wall_s": wall,
-        "cpu_s": cpu, "samples": samples, "problems": steps["problems"] or 0,
-        "slots": cfg["protocol"]["problems_per_step"] * steps["n"], "per_role": per_role,
+        "steps": steps["n"],
+        "step_wall_s": steps["wall"] or 0.0,
+        "run_wall_s": wall,
+        "cpu_s": cpu,
+        "samples": samples,
+        "problems": steps["problems"] or 0,
+        "slots": cfg["protocol"]["problems_per_step"] * steps["n"],
+        "per_role": per_role,
         "prefix_cache": (sum(h for h, _ in caches), sum(q for _, q in caches)) if caches else None,
     }
 
@@ -175,29 +200,65 @@ def rows_for(label: str, m: dict) -> list[Row]:
     per_cpu = m["samples"] / m["cpu_s"] if m["cpu_s"] else 0.0
     roles = ", ".join(f"{r} {n}/{tok}" for r, (n, tok, *_) in sorted(m["per_role"].items()))
     out = [
-        Row("throughput", f"{label}: validated samples/h of step wall time", f"{per_h:.1f}", "-",
-            None, f"{m['samples']} samples in {m['steps']} steps, {m['step_wall_s']:.0f} s"),
-        Row("throughput", f"{label}: validated samples per CPU-hour", f"{per_cpu * 3600:.1f}",
-            "-", None, f"{m['cpu_s']:.0f} CPU s (servers + agora run) while the steps ran"),
-        Row("throughput", f"{label}: problem slots filled", f"{m['problems']}/{m['slots']}", "-",
-            None, f"requests/prompt tokens per role: {roles}"),
+        Row(
+            "throughput",
+            f"{label}: validated samples/h of step wall time",
+            f"{per_h:.1f}",
+            "-",
+            None,
+            f"{m['samples']} samples in {m['steps']} steps, {m['step_wall_s']:.0f} s",
+        ),
+        Row(
+            "throughput",
+            f"{label}: validated samples per CPU-hour",
+            f"{per_cpu * 3600:.1f}",
+            "-",
+            None,
+            f"{m['cpu_s']:.0f} CPU s (servers + agora run) while the steps ran",
+        ),
+        Row(
+            "throughput",
+            f"{label}: problem slots filled",
+            f"{m['problems']}/{m['slots']}",
+            "-",
+            None,
+            f"requests/prompt tokens per role: {roles}",
+        ),
     ]
     if m["prefix_cache"]:
         hits, queries = m["prefix_cache"]
-        out.append(Row("throughput", f"{label}: prefix-cache hit rate, all roles",
-                       f"{hits / queries:.0%}", "-", None,
-                       f"{queries:.0f} prompt tokens (vLLM /metrics)"))
+        out.append(
+            Row(
+                "throughput",
+                f"{label}: prefix-cache hit rate, all roles",
+                f"{hits / queries:.0%}",
+                "-",
+                None,
+                f"{queries:.0f} prompt tokens (vLLM /metrics)",
+            )
+        )
     for role in ("verify", "vote"):
         n, _tok, hit, seen = (m["per_role"].get(role) or [0, 0, 0, 0])[:4]
         if seen:  # the engine reported per-request hits (usage.prompt_tokens_details)
-            out.append(Row("throughput", f"{label}: prefix-cache hit rate, {role}",
-                           f"{hit / seen:.0%}", "> 50%", hit / seen > 0.5,
-                           f"{hit} of {seen} prompt tokens over {n} requests"))
+            out.append(
+                Row(
+                    "throughput",
+                    f"{label}: prefix-cache hit rate, {role}",
+                    f"{hit / seen:.0%}",
+                    "> 50%",
+                    hit / seen > 0.5,
+                    f"{hit} of {seen} prompt tokens over {n} requests",
+                )
+            )
     return out
 
 
-def run(before: str = "main", steps: int = 2, config: str = "configs/tiny.yaml",
-        overrides: tuple[str, ...] = DEFAULT_OVERRIDES) -> list[Row]:
+def run(
+    before: str = "main",
+    steps: int = 2,
+    config: str = "configs/tiny.yaml",
+    overrides: tuple[str, ...] = DEFAULT_OVERRIDES,
+) -> list[Row]:
     setup_env()
     print(f"throughput: CPU flags {cpu_flags()}; {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
@@ -208,18 +269,37 @@ def run(before: str = "main", steps: int = 2, config: str = "configs/tiny.yaml",
     (a, b) = got.values()
     rate = [m["samples"] / m["step_wall_s"] if m["step_wall_s"] else 0.0 for m in (a, b)]
     cpu_rate = [m["samples"] / m["cpu_s"] if m["cpu_s"] else 0.0 for m in (a, b)]
-    note = (f"{config} {' '.join(overrides)}, {steps} steps, seed from the config; load average "
-            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
+    note = (
+        f"{config} {' '.join(overrides)}, {steps} steps, seed from the config; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"
+    )
     # Validated samples are counts: the ratio carries an exact 95% interval and the p of equal
     # rates; the 4x goal is established only when the interval's lower bound reaches it.
-    ratio = (count_ratio(b["samples"], b["step_wall_s"], a["samples"], a["step_wall_s"])
-             if a["samples"] + b["samples"] and a["step_wall_s"] and b["step_wall_s"] else None)
-    rows.append(Row("throughput", "after / before, validated samples per step-hour",
-                    ratio.text() if ratio else "-", "4x", rate[1] >= 4 * rate[0] if rate[0] else None,
-                    note + (f"; 4x {'established' if ratio.lo >= 4 else 'not established'} at 95%"
-                            if ratio else "")))
-    rows.append(Row("throughput", "after / before, validated samples per CPU-second",
-                    f"{cpu_rate[1] / cpu_rate[0]:.2f}x" if cpu_rate[0] else "-", "-", None, note))
+    ratio = (
+        count_ratio(b["samples"], b["step_wall_s"], a["samples"], a["step_wall_s"])
+        if a["samples"] + b["samples"] and a["step_wall_s"] and b["step_wall_s"]
+        else None
+    )
+    rows.append(
+        Row(
+            "throughput",
+            "after / before, validated samples per step-hour",
+            ratio.text() if ratio else "-",
+            "4x",
+            rate[1] >= 4 * rate[0] if rate[0] else None,
+            note + (f"; 4x {'established' if ratio.lo >= 4 else 'not established'} at 95%" if ratio else ""),
+        )
+    )
+    rows.append(
+        Row(
+            "throughput",
+            "after / before, validated samples per CPU-second",
+            f"{cpu_rate[1] / cpu_rate[0]:.2f}x" if cpu_rate[0] else "-",
+            "-",
+            None,
+            note,
+        )
+    )
     return rows
 
 
@@ -230,8 +310,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("overrides", nargs="*", help=f"key=value (default: {DEFAULT_OVERRIDES})")
     args = ap.parse_args()
-    print(table(run(args.before, args.steps, args.config,
-                    tuple(args.overrides) or DEFAULT_OVERRIDES)))
+    print(table(run(args.before, args.steps, args.config, tuple(args.overrides) or DEFAULT_OVERRIDES)))
 
 
 if __name__ == "__main__":

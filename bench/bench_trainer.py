@@ -62,32 +62,57 @@ def fill(store: Store, rows: int, member: str, context: int = 0) -> None:
             text = "\n\n".join([*before, it["problem"]]) if before else it["problem"]
             pid = c.execute(
                 "INSERT INTO problems(step, author, text, difficulty, created_at) "
-                "VALUES (0, 'seed', ?, 1.0, ?)", (text, now())).lastrowid
+                "VALUES (0, 'seed', ?, 1.0, ?)",
+                (text, now()),
+            ).lastrowid
             sid = c.execute(
                 "INSERT INTO solutions(problem_id, step, member, text, answer, created_at) "
-                "VALUES (?, 0, ?, ?, ?, ?)", (pid, member,
-                it["solution"] + f"\nThe answer is \\boxed{{{it['answer']}}}.",
-                 it["answer"], now())).lastrowid
-            c.execute("INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
-                      "VALUES (0, ?, ?, ?, ?)", (sid, pid, member, now()))
+                "VALUES (?, 0, ?, ?, ?, ?)",
+                (
+                    pid,
+                    member,
+                    it["solution"] + f"\nThe answer is \\boxed{{{it['answer']}}}.",
+                    it["answer"],
+                    now(),
+                ),
+            ).lastrowid
+            c.execute(
+                "INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
+                "VALUES (0, ?, ?, ?, ?)",
+                (sid, pid, member, now()),
+            )
 
 
 def one_round(
-    root: Path, args: argparse.Namespace, grouped: bool, ckpt: bool = False,
-    model: str = SMOL, chunk: int = 1024, label: str = "", kernel: str = "fused",
+    root: Path,
+    args: argparse.Namespace,
+    grouped: bool,
+    ckpt: bool = False,
+    model: str = SMOL,
+    chunk: int = 1024,
+    label: str = "",
+    kernel: str = "fused",
 ) -> dict:
     member = {"name": "m", "model": model}
     if model == GEMMA:
         member["chat_template"] = GEMMA_TEMPLATE
-    cfg = config_from_dict({
-        "name": "bench-trainer",
-        "members": [member, {**member, "name": "other"}],
-        "protocol": {"buffer_threshold": args.rows},
-        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": 384,
-                     "group_by_length": grouped, "max_threads": args.threads,
-                     "gradient_checkpointing": ckpt, "loss_chunk_tokens": chunk,
-                     "lora_dropout_kernel": kernel},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "bench-trainer",
+            "members": [member, {**member, "name": "other"}],
+            "protocol": {"buffer_threshold": args.rows},
+            "training": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "max_length": 384,
+                "group_by_length": grouped,
+                "max_threads": args.threads,
+                "gradient_checkpointing": ckpt,
+                "loss_chunk_tokens": chunk,
+                "lora_dropout_kernel": kernel,
+            },
+        }
+    )
     name = label or f"{'grouped' if grouped else 'plain'}{'-ckpt' if ckpt else ''}"
     paths = RunPaths(root / name).ensure()
     with Store(paths.store) as store:
@@ -102,16 +127,22 @@ def one_round(
     if status != "live":
         sys.exit(f"round failed; see {paths.logs}")
     # CPU seconds are much less sensitive than wall time to other processes on a shared box.
-    return {**metrics, "round_s": wall, "tokens_per_cpu_s": metrics["tokens"] / metrics["cpu_s"],
-            "estimated_peak_mb": metrics.get("estimated_peak_mb") or 0.0}
+    return {
+        **metrics,
+        "round_s": wall,
+        "tokens_per_cpu_s": metrics["tokens"] / metrics["cpu_s"],
+        "estimated_peak_mb": metrics.get("estimated_peak_mb") or 0.0,
+    }
 
 
 def batching(tmp: Path, args: argparse.Namespace) -> None:
     plain = one_round(tmp, args, grouped=False)
     grouped = one_round(tmp, args, grouped=True)
     ckpt = one_round(tmp, args, grouped=True, ckpt=True)
-    print(f"SmolLM2-135M LoRA, {args.rows} rows, {args.epochs} epoch(s), batch {args.batch_size}, "
-          f"{args.threads} thread(s)\n")
+    print(
+        f"SmolLM2-135M LoRA, {args.rows} rows, {args.epochs} epoch(s), batch {args.batch_size}, "
+        f"{args.threads} thread(s)\n"
+    )
     rows = [
         ("tokens/s (non-pad)", "tokens_per_s", ".1f"),
         ("tokens/CPU-s (non-pad)", "tokens_per_cpu_s", ".1f"),
@@ -130,8 +161,7 @@ def batching(tmp: Path, args: argparse.Namespace) -> None:
         b = grouped["losses"][-1] if key is None else grouped[key]
         c = ckpt["losses"][-1] if key is None else ckpt[key]
         ratio = f"{b / a:.2f}x" if a else "-"
-        print(f"{label:<24}{format(a, spec):>12}{format(b, spec):>12}{ratio:>9}"
-              f"{format(c, spec):>14}")
+        print(f"{label:<24}{format(a, spec):>12}{format(b, spec):>12}{ratio:>9}{format(c, spec):>14}")
 
 
 def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
@@ -147,16 +177,28 @@ def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
     models = (("SmolLM2-135M", SMOL), ("Gemma-3-270M", GEMMA))
     for name, model in [(n, m) for n, m in models if n in args.models]:
         turns = [
-            {v: one_round(tmp, args, grouped=True, model=model, chunk=chunk, kernel=kernel,
-                          label=f"{name}-{v}-{turn}") for v, chunk, kernel in variants}
+            {
+                v: one_round(
+                    tmp,
+                    args,
+                    grouped=True,
+                    model=model,
+                    chunk=chunk,
+                    kernel=kernel,
+                    label=f"{name}-{v}-{turn}",
+                )
+                for v, chunk, kernel in variants
+            }
             for turn in range(args.repeats)
         ]
         results[name] = turns
     shape = f", {args.context} problems of context before each" if args.context else ""
-    print(f"\nLoss: today (model(**batch).loss, all positions, PEFT's LoRA modules) vs chunked "
-          f"at solution positions (PEFT's modules) vs new (chunked + fused LoRA layer); "
-          f"{args.rows} rows{shape}, batch {args.batch_size}, fp32, grouped, no checkpointing, "
-          f"{args.repeats} turn(s) of the three\n")
+    print(
+        f"\nLoss: today (model(**batch).loss, all positions, PEFT's LoRA modules) vs chunked "
+        f"at solution positions (PEFT's modules) vs new (chunked + fused LoRA layer); "
+        f"{args.rows} rows{shape}, batch {args.batch_size}, fp32, grouped, no checkpointing, "
+        f"{args.repeats} turn(s) of the three\n"
+    )
     print(f"{'metric':<28}{'model':<14}{'today':>10}{'chunked':>10}{'new':>10}{'new/today':>11}")
     rows = [
         ("loss: tokens/s", "tokens_per_s", ".1f"),
@@ -171,8 +213,9 @@ def loss_rows(tmp: Path, args: argparse.Namespace) -> None:
     for label, key, spec in rows:
         for name, turns in results.items():
             cells = [statistics.median(_value(t[v], key) for t in turns) for v, _, _ in variants]
-            ratios = [_value(t["new"], key) / _value(t["today"], key) for t in turns
-                      if _value(t["today"], key)]
+            ratios = [
+                _value(t["new"], key) / _value(t["today"], key) for t in turns if _value(t["today"], key)
+            ]
             if key == "tokens_per_s":
                 speed_per_turn[name] = ratios
             ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
@@ -196,18 +239,28 @@ def paper_estimate() -> None:
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper-mixed.yaml")
     t = cfg.training
     dims = KNOWN_DIMS["google/gemma-3-4b-it"]
-    print(f"\nEstimate (training/memory.py, as `agora validate`): Gemma-3-4B, batch "
-          f"{t.batch_size} x {t.max_length}, bf16 autocast, LoRA r{t.r} {t.target_modules}, "
-          "80 GB GPU")
+    print(
+        f"\nEstimate (training/memory.py, as `agora validate`): Gemma-3-4B, batch "
+        f"{t.batch_size} x {t.max_length}, bf16 autocast, LoRA r{t.r} {t.target_modules}, "
+        "80 GB GPU"
+    )
     for chunk in (0, t.loss_chunk_tokens):
-        plan = plan_memory(dims, t.model_copy(update={"loss_chunk_tokens": chunk}),
-                           batch_size=t.batch_size, seq_len=t.max_length, half_precision=True,
-                           device="cuda", budget_gb=80.0)
+        plan = plan_memory(
+            dims,
+            t.model_copy(update={"loss_chunk_tokens": chunk}),
+            batch_size=t.batch_size,
+            seq_len=t.max_length,
+            half_precision=True,
+            device="cuda",
+            budget_gb=80.0,
+        )
         what = "all positions" if chunk == 0 else f"chunked ({chunk} rows)"
         for tag, est in (("plain", plan.plain), ("checkpointed", plan.checkpointed)):
-            print(f"  loss {what:<20} {tag:<13} {est.total_gb:6.1f} GB  (weights "
-                  f"{est.weights / 2**30:.1f}, LoRA+Adam {est.lora / 2**30:.2f}, activations "
-                  f"{est.activations / 2**30:.1f}, logits {est.logits / 2**30:.1f})")
+            print(
+                f"  loss {what:<20} {tag:<13} {est.total_gb:6.1f} GB  (weights "
+                f"{est.weights / 2**30:.1f}, LoRA+Adam {est.lora / 2**30:.2f}, activations "
+                f"{est.activations / 2**30:.1f}, logits {est.logits / 2**30:.1f})"
+            )
         print(f"  -> {plan.describe()}; fits: {plan.fits}")
 
 
@@ -218,15 +271,27 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["batching", "loss"], default=None)
-    ap.add_argument("--context", type=int, default=0,
-                    help="loss rows: other problems' text before each problem (longer prompts)")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="loss rows: turns of the three variants (medians and per-turn ratios)")
-    ap.add_argument("--models", nargs="+", default=["SmolLM2-135M", "Gemma-3-270M"],
-                    choices=["SmolLM2-135M", "Gemma-3-270M"], help="loss rows: which models")
+    ap.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        help="loss rows: other problems' text before each problem (longer prompts)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="loss rows: turns of the three variants (medians and per-turn ratios)",
+    )
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["SmolLM2-135M", "Gemma-3-270M"],
+        choices=["SmolLM2-135M", "Gemma-3-270M"],
+        help="loss rows: which models",
+    )
     args = ap.parse_args()
-    print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average at start "
-          f"{os.getloadavg()[0]:.1f}")
+    print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         if args.only in (None, "batching"):
             batching(Path(tmp), args)

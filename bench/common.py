@@ -33,8 +33,9 @@ def cpu_flags() -> str:
     """The CPU's vector flags that decide CPU speeds here (absolute figures differ 2-3x between
     an AVX2-only machine and one with AVX512-BF16/AMX)."""
     try:
-        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
-                     if x.startswith("flags")).split()
+        flags = next(
+            x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")
+        ).split()
     except (OSError, StopIteration):
         return "unknown"
     keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")

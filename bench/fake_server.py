@@ -26,17 +26,21 @@ def responder():
     def generate(req: Request) -> str:
         n = next(counter)
         a, b = WORDS[n % 9], WORDS[(n * 5 + 2) % 9]
-        return (f"Problem: Q{n} A trader holds {n + 11} {a} and {2 * n + 3} {b}, sells {n + 2} "
-                f"{a} on day {n}. How many pieces of fruit remain?")
+        return (
+            f"Problem: Q{n} A trader holds {n + 11} {a} and {2 * n + 3} {b}, sells {n + 2} "
+            f"{a} on day {n}. How many pieces of fruit remain?"
+        )
 
-    return scripted({
-        "generate": generate,
-        "solve": f"{'We add and subtract step by step. ' * 8}So the answer is \\boxed{{7}}",
-        "verify": "VALID",
-        "vote": "A",
-        "explain": "Track what is sold and what remains.",
-        "*": "ok",
-    })
+    return scripted(
+        {
+            "generate": generate,
+            "solve": f"{'We add and subtract step by step. ' * 8}So the answer is \\boxed{{7}}",
+            "verify": "VALID",
+            "vote": "A",
+            "explain": "Track what is sold and what remains.",
+            "*": "ok",
+        }
+    )
 
 
 def serve(latency_s: float) -> None:
@@ -59,7 +63,10 @@ class FakeProcess:
     def __enter__(self) -> FakeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.fake_server", "--latency", str(self.latency_s)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()

@@ -52,8 +52,8 @@ def test_parse_variants() -> None:
 def test_dry_run_lists_runs_without_running(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     result = CliRunner().invoke(
-        app, ["ablate", TINY, "--seeds", "0,1", "--variants", "fem,lora", "--out", str(out),
-              "--dry-run"],
+        app,
+        ["ablate", TINY, "--seeds", "0,1", "--variants", "fem,lora", "--out", str(out), "--dry-run"],
     )
     assert result.exit_code == 0, result.output
     assert "4 run(s)" in result.output
@@ -74,12 +74,17 @@ def fake_run(cfg: Config, steps: int | None, bus: EventBus) -> None:
     """Stands in for the loop: writes `steps` committed steps and an anchor per member."""
     with Store(Path(cfg.run_dir) / "agora.sqlite") as s:
         for t in range(steps or 1):
-            s.execute("INSERT OR IGNORE INTO steps(step, started_at, committed_at, difficulty) "
-                      "VALUES (?, 0, 1, 1.0)", (t,))
+            s.execute(
+                "INSERT OR IGNORE INTO steps(step, started_at, committed_at, difficulty) "
+                "VALUES (?, 0, 1, 1.0)",
+                (t,),
+            )
         for m in cfg.members:
-            s.execute("INSERT OR IGNORE INTO anchors(step, member, benchmark, score, n, created_at)"
-                      " VALUES (?, ?, 'gsm8k', ?, 8, 0)", (steps or 1, m.name,
-                                                           BASE[_variant(cfg)]))
+            s.execute(
+                "INSERT OR IGNORE INTO anchors(step, member, benchmark, score, n, created_at)"
+                " VALUES (?, ?, 'gsm8k', ?, 8, 0)",
+                (steps or 1, m.name, BASE[_variant(cfg)]),
+            )
 
 
 def fake_eval(cfg: Config, limit: int | None, bus: EventBus) -> dict[str, dict[str, float]]:
@@ -106,8 +111,7 @@ def test_run_ablation_writes_mean_and_sd_tables(tmp_path: Path) -> None:
         assert rows[variant]["seeds"] == "3"
         assert float(rows[variant]["gsm8k_mean"]) == pytest.approx(statistics.fmean(per_seed))
         assert float(rows[variant]["gsm8k_sd"]) == pytest.approx(statistics.stdev(per_seed))
-        assert float(rows[variant]["math500_mean"]) == pytest.approx(
-            statistics.fmean(per_seed) / 2)
+        assert float(rows[variant]["math500_mean"]) == pytest.approx(statistics.fmean(per_seed) / 2)
     text = md.read_text()
     assert "| full | 3 | 62.0 ± 2.0 | 31.0 ± 1.0 |" in text
     assert "| no-lora | 3 | 42.0 ± 2.0 | 21.0 ± 1.0 |" in text
@@ -156,10 +160,24 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     with FakeOpenAI(respond) as fake:
         cfg_path = tmp_path / "base.yaml"
         cfg_path.write_text(yaml.safe_dump(config_dict(fake.url, tmp_path / "unused")))
-        result = CliRunner().invoke(app, [
-            "ablate", str(cfg_path), "evaluation.benchmarks=[gsm8k]", "--seeds", "0,1",
-            "--variants", "full,valid_vote", "--steps", "1", "--limit", "3", "--out", str(out),
-        ])
+        result = CliRunner().invoke(
+            app,
+            [
+                "ablate",
+                str(cfg_path),
+                "evaluation.benchmarks=[gsm8k]",
+                "--seeds",
+                "0,1",
+                "--variants",
+                "full,valid_vote",
+                "--steps",
+                "1",
+                "--limit",
+                "3",
+                "--out",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
     for variant in ("full", "no-valid-vote"):
         for seed in (0, 1):
@@ -174,8 +192,10 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     assert "| full | 2 | 33.3 ± 0.0 |" in table
     assert "| no-valid-vote | 2 | 33.3 ± 0.0 |" in table
     # Paired on the 2 seeds x 3 items both variants answered: no difference at all.
-    assert "`no-valid-vote` against `full` on gsm8k: +0.0 points [0.0, 0.0] over 6 pairs, " \
+    assert (
+        "`no-valid-vote` against `full` on gsm8k: +0.0 points [0.0, 0.0] over 6 pairs, "
         "not significant at 0.05 (p=1.000)" in table
+    )
 
 
 def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Path) -> None:
@@ -186,9 +206,21 @@ def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Pat
     assert ab.min_steps("fem", cfg) == 2 * k + 1
     assert ab.min_steps("dynamic_strategy", cfg) == (p + 1) * k + 1
     out = tmp_path / "grid"
-    result = CliRunner().invoke(app, [
-        "ablate", TINY, "--seeds", "0", "--variants", "full,fem,dynamic_strategy", "--steps",
-        str(2 * k), "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            TINY,
+            "--seeds",
+            "0",
+            "--variants",
+            "full,fem,dynamic_strategy",
+            "--steps",
+            str(2 * k),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code != 0
     text = " ".join(result.output.split())
     assert f"no-fem needs {2 * k + 1}" in text

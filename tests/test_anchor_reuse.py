@@ -24,8 +24,9 @@ def _swap(store: Store, member: str, version: int) -> None:
     """What a training round records when a member's new adapter goes live."""
     store.execute(
         "INSERT INTO adapters(member, version, path, status, model_name, created_at, live_at) "
-        "VALUES (?, ?, ?, 'live', ?, 0, 0)", (member, version, f"/x/{member}/v{version}",
-                                               f"{member}-v{version}"))
+        "VALUES (?, ?, ?, 'live', ?, 0, 0)",
+        (member, version, f"/x/{member}/v{version}", f"{member}-v{version}"),
+    )
 
 
 async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
@@ -42,10 +43,16 @@ async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
                 if t == 2:
                     _swap(store, "beta", 1)  # a hot-swap between steps 1 and 2
                 n = len(fake.requests)
-                await run_step(cfg, store, pool, Prompts(), EventBus(),
-                               versions=lambda: live_versions(store), anchor=run_anchor)
-                evaluated.append(sorted(r.model for r in fake.requests[n:]
-                                        if r.role == "evaluate"))
+                await run_step(
+                    cfg,
+                    store,
+                    pool,
+                    Prompts(),
+                    EventBus(),
+                    versions=lambda: live_versions(store),
+                    anchor=run_anchor,
+                )
+                evaluated.append(sorted(r.model for r in fake.requests[n:] if r.role == "evaluate"))
         finally:
             await pool.aclose()
 
@@ -92,8 +99,7 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
         return f"The answer is \\boxed{{{answer}}}"
 
     with FakeOpenAI(reply) as fake:
-        data = config_dict(fake.url, run_dir, anchor_every=1, mode="isolated",
-                           self_consistency_samples=3)
+        data = config_dict(fake.url, run_dir, anchor_every=1, mode="isolated", self_consistency_samples=3)
         data["ablations"]["external_anchor"] = True
         data["evaluation"] = {"calibration_size": 2, "benchmarks": ["gsm8k"]}
         cfg = config_from_dict(data)
@@ -103,8 +109,15 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
             for t in range(3):
                 if t == 2:
                     _swap(store, "beta", 1)
-                await run_step(cfg, store, pool, Prompts(), EventBus(),
-                               versions=lambda: live_versions(store), anchor=run_anchor)
+                await run_step(
+                    cfg,
+                    store,
+                    pool,
+                    Prompts(),
+                    EventBus(),
+                    versions=lambda: live_versions(store),
+                    anchor=run_anchor,
+                )
         finally:
             await pool.aclose()
     assert len(beta_evals) == 4
@@ -112,13 +125,15 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
     rows = db.member_steps(store, 2)
     p = cfg.protocol
     for m, row in rows.items():
-        eq1 = next_difficulty(row.difficulty, row.v_t, row.v_target, p.difficulty,
-                              cfg.ablations.difficulty_control)
+        eq1 = next_difficulty(
+            row.difficulty, row.v_t, row.v_target, p.difficulty, cfg.ablations.difficulty_control
+        )
         if m == "beta":
             assert row.f_t == pytest.approx((0.5 / (1.0 + p.surprise.eps)) ** 2)
             assert row.f_t > p.surprise.threshold
-            want = min(max(eq1 - p.surprise.difficulty_gain * row.f_t, p.difficulty.d_min),
-                       p.difficulty.d_max)
+            want = min(
+                max(eq1 - p.surprise.difficulty_gain * row.f_t, p.difficulty.d_min), p.difficulty.d_max
+            )
             assert row.next_difficulty == pytest.approx(want) and want < eq1
         else:
             assert row.f_t is None and row.next_difficulty == pytest.approx(eq1)

@@ -74,24 +74,32 @@ def protocol_state(run_dir) -> dict:
     with Store(RunPaths(run_dir).store) as s:
         q = s.query
         return {
-            "steps": [tuple(r) for r in q(
-                "SELECT step, difficulty, next_difficulty, v_t, v_target, f_t, strategy, "
-                "n_problems, n_dropped, n_solutions, n_correct, n_buffered FROM steps")],
+            "steps": [
+                tuple(r)
+                for r in q(
+                    "SELECT step, difficulty, next_difficulty, v_t, v_target, f_t, strategy, "
+                    "n_problems, n_dropped, n_solutions, n_correct, n_buffered FROM steps"
+                )
+            ],
             "ratings": [tuple(r) for r in q("SELECT step, member, mu, sigma FROM ratings")],
-            "buffer": sorted(tuple(r) for r in q(
-                "SELECT b.step, b.member, p.text FROM buffer b JOIN problems p "
-                "ON p.id = b.problem_id")),
+            "buffer": sorted(
+                tuple(r)
+                for r in q(
+                    "SELECT b.step, b.member, p.text FROM buffer b JOIN problems p ON p.id = b.problem_id"
+                )
+            ),
             # Without texts: among equal scores the newer solution wins, and solution ids (like
             # the fake's problem numbers) follow arrival order, which races.
-            "elite": sorted(tuple(r) for r in q(
-                "SELECT e.step, e.member, e.score, e.active FROM elite e")),
+            "elite": sorted(tuple(r) for r in q("SELECT e.step, e.member, e.score, e.active FROM elite e")),
             "votes": len(q("SELECT id FROM votes")),
             # The fake numbers problems in arrival order, so which slot or author got which
             # text races: texts and authors are compared apart.
-            "problems": sorted(tuple(r) for r in q(
-                "SELECT step, text, status FROM problems WHERE status != 'probe'")),
-            "authors": sorted(tuple(r) for r in q(
-                "SELECT step, author FROM problems WHERE status != 'probe'")),
+            "problems": sorted(
+                tuple(r) for r in q("SELECT step, text, status FROM problems WHERE status != 'probe'")
+            ),
+            "authors": sorted(
+                tuple(r) for r in q("SELECT step, author FROM problems WHERE status != 'probe'")
+            ),
         }
 
 
@@ -110,9 +118,10 @@ def test_tally_of_an_approve_all_verifier():
     assert counts[CONSENSUS].recall == (2, 2)
     assert counts["v1"] == Counts(tp=2, fp=1) and counts["v2"] == Counts(tp=1, fp=1)
     # A verifier that rejects what is right loses recall, not precision.
-    _, c = tally([ProbeSolution(1, "5", "5", False, {"v": False}),
-                  ProbeSolution(2, "6", "5", False, {"v": False})],
-                 lambda pairs: [a == g for a, g in pairs])
+    _, c = tally(
+        [ProbeSolution(1, "5", "5", False, {"v": False}), ProbeSolution(2, "6", "5", False, {"v": False})],
+        lambda pairs: [a == g for a, g in pairs],
+    )
     assert c["v"] == Counts(fn=1, tn=1) and c["v"].recall == (0, 1) and c["v"].precision == (0, 0)
 
 
@@ -126,8 +135,10 @@ def test_probes_are_audited_and_never_steer_the_run(tmp_path):
     assert protocol_state(audited) == protocol_state(plain)
 
     with Store(RunPaths(audited).store) as s:
-        probes = s.query("SELECT p.*, pr.seed_id, pr.gold FROM problems p "
-                         "JOIN probes pr ON pr.problem_id = p.id ORDER BY p.id")
+        probes = s.query(
+            "SELECT p.*, pr.seed_id, pr.gold FROM problems p "
+            "JOIN probes pr ON pr.problem_id = p.id ORDER BY p.id"
+        )
         assert [r["step"] for r in probes] == [0, 1]
         assert {r["status"] for r in probes} == {"probe"}
         pool = {r["id"]: r for r in load_seed_pool("gsm8k_train")}
@@ -148,16 +159,22 @@ def test_probes_are_audited_and_never_steer_the_run(tmp_path):
         assert s.scalar(f"SELECT COUNT(*) FROM elite WHERE solution_id IN ({sids})") == 0
         assert s.scalar(f"SELECT COUNT(*) FROM explanations WHERE solution_id IN ({sids})") == 0
         # Per step: alpha and gamma right, beta wrong, all approved by everyone.
-        audit = {(r["step"], r["verifier"]): (r["tp"], r["fp"], r["fn"], r["tn"])
-                 for r in s.query("SELECT * FROM audit")}
+        audit = {
+            (r["step"], r["verifier"]): (r["tp"], r["fp"], r["fn"], r["tn"])
+            for r in s.query("SELECT * FROM audit")
+        }
         for t in (0, 1):
             assert audit[(t, CONSENSUS)] == (2, 1, 0, 0)
             assert audit[(t, "alpha")] == (1, 1, 0, 0)  # judged beta (wrong) and gamma (right)
             assert audit[(t, "beta")] == (2, 0, 0, 0)
             assert audit[(t, "gamma")] == (1, 1, 0, 0)
-        graded = {(r["member"], r["truth"], r["approved"]) for r in s.query(
-            "SELECT so.member, a.truth, a.approved FROM audit_solutions a "
-            "JOIN solutions so ON so.id = a.solution_id")}
+        graded = {
+            (r["member"], r["truth"], r["approved"])
+            for r in s.query(
+                "SELECT so.member, a.truth, a.approved FROM audit_solutions a "
+                "JOIN solutions so ON so.id = a.solution_id"
+            )
+        }
         assert graded == {("alpha", 1, 1), ("beta", 0, 1), ("gamma", 1, 1)}
     events = [e for e in read_events(RunPaths(audited).events) if e["kind"] == "consensus_audit"]
     assert [e["step"] for e in events] == [0, 1]
@@ -183,7 +200,8 @@ def shown_to_user(audited, plain) -> None:
         state.apply(e)
         printer(e)
     assert f"consensus vs gold (6 probe solutions): precision {want_p}, recall {want_r}" in (
-        text_of(live_render(state)))
+        text_of(live_render(state))
+    )
     assert f"audit 1 | consensus vs gold, run so far: precision {want_p}" in lines.getvalue()
     reported(audited, plain)
 
@@ -240,8 +258,9 @@ def write_old_store(path, version: int) -> None:
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:version]:
         conn.executescript(script)
-    conn.execute("INSERT INTO problems(step, author, text, difficulty, created_at) "
-                 "VALUES (0, 'alpha', 'Q?', 1.0, 0)")
+    conn.execute(
+        "INSERT INTO problems(step, author, text, difficulty, created_at) VALUES (0, 'alpha', 'Q?', 1.0, 0)"
+    )
     conn.execute(f"PRAGMA user_version = {int(version)}")
     conn.commit()
     conn.close()
@@ -275,8 +294,13 @@ def test_a_resumed_step_reuses_its_stored_probes(run_dir):
         assert sum(1 for r in fake.requests if r.role == "solve") - solves == 2 * len(MEMBERS)
     with Store(RunPaths(run_dir).store) as s:
         assert s.scalar("SELECT COUNT(*) FROM probes WHERE step = 1") == 1
-        assert s.scalar("SELECT COUNT(*) FROM solutions s JOIN problems p ON p.id = s.problem_id "
-                        "WHERE p.step = 1 AND p.status = 'probe'") == 3
+        assert (
+            s.scalar(
+                "SELECT COUNT(*) FROM solutions s JOIN problems p ON p.id = s.problem_id "
+                "WHERE p.step = 1 AND p.status = 'probe'"
+            )
+            == 3
+        )
         c = s.one("SELECT * FROM audit WHERE step = 1 AND verifier = ?", (CONSENSUS,))
         assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 0, 0)
 
@@ -294,11 +318,17 @@ def test_probes_never_repeat_a_pool_problem_of_the_run(tmp_path, monkeypatch):
         cfg = make_config(fake.url, run_dir, audit_probes=1, problem_source="seed_pool")
         runner.run(cfg, run_dir=run_dir, steps=3)
     with Store(RunPaths(run_dir).store) as s:
-        problems = [(r["step"], json.loads(r["seed_ids"])[0]) for r in s.query(
-            "SELECT step, seed_ids FROM problems WHERE status = 'ok' ORDER BY step")]
-        probes = [(r["step"], r["seed_id"]) for r in s.query(
-            "SELECT p.step, pr.seed_id FROM probes pr JOIN problems p ON p.id = pr.problem_id "
-            "ORDER BY p.step")]
+        problems = [
+            (r["step"], json.loads(r["seed_ids"])[0])
+            for r in s.query("SELECT step, seed_ids FROM problems WHERE status = 'ok' ORDER BY step")
+        ]
+        probes = [
+            (r["step"], r["seed_id"])
+            for r in s.query(
+                "SELECT p.step, pr.seed_id FROM probes pr JOIN problems p ON p.id = pr.problem_id "
+                "ORDER BY p.step"
+            )
+        ]
     assert [t for t, _ in probes] == [0, 1, 2]
     assert len({i for _, i in probes}) == 3
     for t, probe in probes:

@@ -48,8 +48,10 @@ ANALYSIS_SAYING_VALID = (
 def test_capable_verdict_only_the_last_verdict_line_decides():
     assert parse_verdict(ANALYSIS_SAYING_INVALID + "\nVERDICT: VALID", verdict_line=True) is True
     assert parse_verdict(ANALYSIS_SAYING_VALID + "\nVERDICT: INVALID", verdict_line=True) is False
-    assert parse_verdict("VERDICT: INVALID\nOn reflection it is fine.\n**Verdict:** VALID",
-                         verdict_line=True) is True
+    assert (
+        parse_verdict("VERDICT: INVALID\nOn reflection it is fine.\n**Verdict:** VALID", verdict_line=True)
+        is True
+    )
     # No VERDICT line: no verdict, whatever the analysis says.
     assert parse_verdict(ANALYSIS_SAYING_INVALID, verdict_line=True) is None
     assert parse_verdict(ANALYSIS_SAYING_VALID, verdict_line=True) is None
@@ -65,18 +67,18 @@ def test_capable_verdict_echoed_from_the_solution_is_no_verdict():
     echo = "Analysis: the sum is claimed to be 8.\n3 + 4 = 8, so \\boxed{8}\nVERDICT: VALID"
     assert parse_verdict(echo, solution=solution, verdict_line=True) is None
     # The verifier's own verdict after the echo still counts.
-    assert parse_verdict(echo + "\n\nVERDICT: INVALID", solution=solution,
-                         verdict_line=True) is False
+    assert parse_verdict(echo + "\n\nVERDICT: INVALID", solution=solution, verdict_line=True) is False
 
 
 def test_capable_vote_only_the_last_verdict_line_decides():
-    comparison = ("Solution A is better at showing the product.\n"
-                  "B.\n"  # the free format's vote line
-                  "The better solution is A in rigor, B in brevity.")
+    comparison = (
+        "Solution A is better at showing the product.\n"
+        "B.\n"  # the free format's vote line
+        "The better solution is A in rigor, B in brevity."
+    )
     assert parse_vote(comparison + "\nVERDICT: B", verdict_line=True) == "b"
     assert parse_vote("Solution B is better.\nA\nVERDICT: A", verdict_line=True) == "a"
-    assert parse_vote("VERDICT: A\nThinking again...\n**Verdict:** Solution B.",
-                      verdict_line=True) == "b"
+    assert parse_vote("VERDICT: A\nThinking again...\n**Verdict:** Solution B.", verdict_line=True) == "b"
     assert parse_vote(comparison, verdict_line=True) is None
     assert parse_vote(comparison) == "b"  # the free format reads the comparison's "B." line
     assert parse_vote("end with VERDICT: A or VERDICT: B.", verdict_line=True) is None
@@ -91,15 +93,18 @@ def test_capable_vote_only_the_last_verdict_line_decides():
 async def test_verify_and_vote_read_the_capable_format_from_the_prompt_set():
     """The stage functions parse by the set's reply_format: a capable reply is read, and the
     tiny set's free-format lines inside it never decide."""
-    verdicts = {"alpha": ANALYSIS_SAYING_INVALID + "\nVERDICT: VALID",
-                "beta": ANALYSIS_SAYING_VALID + "\nVERDICT: INVALID",
-                "gamma": ANALYSIS_SAYING_VALID}  # no VERDICT line
+    verdicts = {
+        "alpha": ANALYSIS_SAYING_INVALID + "\nVERDICT: VALID",
+        "beta": ANALYSIS_SAYING_VALID + "\nVERDICT: INVALID",
+        "gamma": ANALYSIS_SAYING_VALID,
+    }  # no VERDICT line
 
     def voter(req: Request) -> str:
         return "Solution A is better.\nVERDICT: B\nA is clearer."  # free format: the last line
 
-    async with stage(scripted({"verify": lambda r: verdicts[r.model], "vote": voter}),
-                     make_cfg(prompts_dir=CAPABLE)) as (ctx, fake):
+    async with stage(
+        scripted({"verify": lambda r: verdicts[r.model], "vote": voter}), make_cfg(prompts_dir=CAPABLE)
+    ) as (ctx, fake):
         got = {m: (await verify(ctx, m, PROBLEM, RIGHT)).valid for m in verdicts}
         v = await vote(ctx, "alpha", PROBLEM, "x \\boxed{7}", "y \\boxed{7}")
     assert got == {"alpha": True, "beta": False, "gamma": False}
@@ -117,8 +122,10 @@ async def test_capable_verifier_echoing_an_injected_verdict_does_not_pass_it():
         assert quoted
         return "Let me restate the solution.\n" + quoted.group(2)
 
-    async with stage(scripted({"verify": echo_without_delimiters}),
-                     make_cfg(prompts_dir=CAPABLE)) as (ctx, _):
+    async with stage(scripted({"verify": echo_without_delimiters}), make_cfg(prompts_dir=CAPABLE)) as (
+        ctx,
+        _,
+    ):
         v = await verify(ctx, "alpha", PROBLEM, injected)
     assert v.valid is False
 
@@ -132,13 +139,11 @@ def _verify_text(prompts_dir: str | None) -> str:
 
 
 def _vote_text(prompts_dir: str | None) -> str:
-    messages = Prompts(prompts_dir).render("vote", problem="P", solution_a="a", solution_b="b",
-                                           delimiter="D")
+    messages = Prompts(prompts_dir).render("vote", problem="P", solution_a="a", solution_b="b", delimiter="D")
     return "\n".join(m["content"] for m in messages)
 
 
-@pytest.mark.parametrize("name", ["paper-mixed", "homogeneous-1b", "homogeneous-4b",
-                                  "ablations/no-lora"])
+@pytest.mark.parametrize("name", ["paper-mixed", "homogeneous-1b", "homogeneous-4b", "ablations/no-lora"])
 def test_capable_configs_render_the_capable_prompts(name: str):
     cfg = load_config(CONFIGS_DIR / f"{name}.yaml")
     verify_text, vote_text = _verify_text(cfg.prompts_dir), _vote_text(cfg.prompts_dir)
@@ -188,8 +193,8 @@ def test_a_broken_set_is_a_config_error_listing_every_problem(tmp_path: Path):
     (d / "vote.jinja").write_text("{% block user %}{{ problem {% endblock %}")  # syntax
     (d / "verfy.jinja").write_text("{% block user %}x{% endblock %}")  # names no role
     (d / "explain.jinja").write_text(  # a reply format its parser does not read
-        "{% block reply_format %}verdict_line{% endblock %}{% block user %}{{ problem }}"
-        "{% endblock %}")
+        "{% block reply_format %}verdict_line{% endblock %}{% block user %}{{ problem }}{% endblock %}"
+    )
     (d / "solve.jinja").write_text("{% block user %}{{ problem }} {{ gold }}{% endblock %}")
     config = tmp_path / "c.yaml"
     config.write_text(f"extends: {CONFIGS_DIR / 'tiny.yaml'}\nprompts_dir: {d}\n")
@@ -198,8 +203,12 @@ def test_a_broken_set_is_a_config_error_listing_every_problem(tmp_path: Path):
     paths = [p for p, _ in err.value.problems]
     assert paths == ["prompts_dir"] * 4
     text = str(err.value)
-    for needle in ("vote.jinja:1: template syntax error", "verfy.jinja: names no prompt role",
-                   "reply_format 'verdict_line'", "undefined variable(s) gold"):
+    for needle in (
+        "vote.jinja:1: template syntax error",
+        "verfy.jinja: names no prompt role",
+        "reply_format 'verdict_line'",
+        "undefined variable(s) gold",
+    ):
         assert needle in text
 
     result = CliRunner().invoke(app, ["validate", str(config)])

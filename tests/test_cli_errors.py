@@ -55,8 +55,7 @@ def test_a_locked_database_is_one_line(tmp_path, run_dir, monkeypatch):
     monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
-        assert cli.invoke(app, ["run", str(cfg), "--steps", "0", "--run-dir", str(run_dir)]
-                          ).exit_code == 0
+        assert cli.invoke(app, ["run", str(cfg), "--steps", "0", "--run-dir", str(run_dir)]).exit_code == 0
         other = sqlite3.connect(RunPaths(run_dir).store, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process's write lock, held
         try:
@@ -90,8 +89,7 @@ def test_an_exception_group_from_the_step_is_unwrapped_to_one_line(tmp_path, run
 
     def lock_on_solve(req):  # noqa: ANN001, ANN202
         if req.role == "solve" and not held:
-            conn = sqlite3.connect(RunPaths(run_dir).store, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(RunPaths(run_dir).store, isolation_level=None, check_same_thread=False)
             conn.execute("BEGIN IMMEDIATE")
             held.append(conn)
             locked.set()
@@ -118,8 +116,7 @@ def test_missing_training_packages_are_named_not_silently_skipped(tmp_path, run_
     for m in d["members"]:
         m.update(backend="gpu", model="m")
     (tmp_path / "lora.yaml").write_text(yaml.safe_dump(d))
-    res = cli.invoke(app, ["run", str(tmp_path / "lora.yaml"), "--steps", "1", "--run-dir",
-                           str(run_dir)])
+    res = cli.invoke(app, ["run", str(tmp_path / "lora.yaml"), "--steps", "1", "--run-dir", str(run_dir)])
     assert res.exit_code == 1, res.output
     line = one_error_line(res)
     assert "peft" in line and "ablations.lora=false" in line

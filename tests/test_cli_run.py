@@ -40,8 +40,9 @@ def test_run_prints_one_line_per_step_then_status(tmp_path, run_dir):
 def test_overrides_and_config_errors(tmp_path, run_dir):
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
-        res = cli.invoke(app, ["run", str(cfg), "protocol.problems_per_step=1", "--steps", "1",
-                               "--run-dir", str(run_dir)])
+        res = cli.invoke(
+            app, ["run", str(cfg), "protocol.problems_per_step=1", "--steps", "1", "--run-dir", str(run_dir)]
+        )
         assert res.exit_code == 0, res.output
         with Store(RunPaths(run_dir).store) as store:
             assert store.scalar("SELECT COUNT(*) FROM problems") == 1
@@ -57,21 +58,23 @@ def test_a_run_resumes_under_new_execution_settings_but_not_new_hyperparameters(
     takes them); the LoRA rank is one."""
     import yaml
 
-    execution = ["training.max_threads=2", "training.memory_budget_gb=3",
-                 "training.gradient_checkpointing=true", "training.loss_chunk_tokens=0",
-                 "training.lora_dropout_kernel=peft"]
+    execution = [
+        "training.max_threads=2",
+        "training.memory_budget_gb=3",
+        "training.gradient_checkpointing=true",
+        "training.loss_chunk_tokens=0",
+        "training.lora_dropout_kernel=peft",
+    ]
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
         res = cli.invoke(app, ["run", str(cfg), "--steps", "1", "--run-dir", str(run_dir)])
         assert res.exit_code == 0, res.output
-        res = cli.invoke(app, ["run", str(cfg), *execution, "--steps", "2",
-                               "--run-dir", str(run_dir)])
+        res = cli.invoke(app, ["run", str(cfg), *execution, "--steps", "2", "--run-dir", str(run_dir)])
         assert res.exit_code == 0, res.output
         assert "2 step(s) committed" in res.output
         stored = yaml.safe_load(RunPaths(run_dir).config.read_text())["training"]
         assert (stored["max_threads"], stored["lora_dropout_kernel"]) == (2, "peft")
-        res = cli.invoke(app, ["run", str(cfg), "training.r=4", "--steps", "3",
-                               "--run-dir", str(run_dir)])
+        res = cli.invoke(app, ["run", str(cfg), "training.r=4", "--steps", "3", "--run-dir", str(run_dir)])
     assert res.exit_code == 2
     assert "training.r" in res.output and "--force" in res.output
     assert "max_threads" not in res.output
@@ -140,9 +143,11 @@ def test_status_while_a_run_is_live(tmp_path, run_dir):
     with FakeOpenAI(stall_votes, latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
         p = subprocess.Popen(
-            [sys.executable, "-m", "agora_cli", "run", str(cfg), "--steps", "1", "--run-dir",
-             str(run_dir)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "agora_cli", "run", str(cfg), "--steps", "1", "--run-dir", str(run_dir)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             assert stalled.wait(60)
@@ -174,8 +179,11 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
         p = subprocess.Popen(  # no --steps: runs until interrupted
             [sys.executable, "-m", "agora_cli", "run", str(cfg), "--run-dir", str(run_dir)],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         # Interrupt mid-step once two steps are committed: wait on the run's own events, not on
         # a request count (a fresh clone's first imports can take most of a minute under load).
@@ -200,8 +208,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
         with Store(RunPaths(run_dir).store) as store:
             done = store.last_committed_step() + 1
         assert done >= 2
-        res = cli.invoke(app, ["run", str(cfg), "--steps", str(done + 1), "--run-dir",
-                               str(run_dir)])
+        res = cli.invoke(app, ["run", str(cfg), "--steps", str(done + 1), "--run-dir", str(run_dir)])
     assert res.exit_code == 0, res.output
     assert f"resuming run {run_dir} at step {done}" in res.output
     with Store(RunPaths(run_dir).store) as store:
@@ -225,13 +232,18 @@ def test_status_shows_throughput_and_each_generators_drop_rate(tmp_path, run_dir
     with Store(RunPaths(run_dir).store) as store:
         wall = store.scalar("SELECT SUM(wall_s) FROM steps")
         buffered = store.scalar("SELECT COUNT(*) FROM buffer")
-        by_author = {r["author"]: (r["n"], r["d"]) for r in store.query(
-            "SELECT author, COUNT(*) AS n, SUM(status = 'dropped') AS d FROM problems "
-            "GROUP BY author")}
+        by_author = {
+            r["author"]: (r["n"], r["d"])
+            for r in store.query(
+                "SELECT author, COUNT(*) AS n, SUM(status = 'dropped') AS d FROM problems GROUP BY author"
+            )
+        }
     out = cli.invoke(app, ["status", str(run_dir)], terminal_width=200).output
     rate = buffered / wall * 3600
-    assert (f"validated {rate:.1f}/h ({buffered} in 2 step(s), {wall:.0f} s step wall time); "
-            f"buffer threshold 10: {10 - buffered} to go, ~") in out
+    assert (
+        f"validated {rate:.1f}/h ({buffered} in 2 step(s), {wall:.0f} s step wall time); "
+        f"buffer threshold 10: {10 - buffered} to go, ~"
+    ) in out
     assert by_author["alpha"][1] == 1
     for member, (n, d) in by_author.items():  # the "q drop" column: each generator's drop rate
         row = next(line for line in out.splitlines() if f"{member} " in line and "v0" in line)

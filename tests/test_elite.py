@@ -22,8 +22,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _example(sid: int, score: float) -> EliteExample:
-    return EliteExample(problem="p", solution="s", explanation=None, member="m",
-                        solution_id=sid, score=score)
+    return EliteExample(problem="p", solution="s", explanation=None, member="m", solution_id=sid, score=score)
 
 
 def test_more_wins_beat_one_win_and_ties_go_to_the_newer_entry():
@@ -50,8 +49,7 @@ def _elite_by_step(run_dir, steps: int, **ablations: bool) -> list[set[int]]:
         for t in range(1, steps + 1):
             runner.run(cfg, run_dir=run_dir, steps=t)
             with Store(RunPaths(run_dir).store, readonly=True) as store:
-                history.append({r[0] for r in store.query(
-                    "SELECT solution_id FROM elite WHERE active = 1")})
+                history.append({r[0] for r in store.query("SELECT solution_id FROM elite WHERE active = 1")})
     return history
 
 
@@ -79,8 +77,7 @@ def test_without_quality_vote_the_elite_history_is_still_filled(run_dir):
     assert history[1] <= _solutions_of_step(run_dir, 1)  # still turning over
     with Store(RunPaths(run_dir).store) as store:
         assert store.scalar("SELECT COUNT(*) FROM votes") == 0
-        rows = store.query(
-            "SELECT e.score, s.correct FROM elite e JOIN solutions s ON s.id = e.solution_id")
+        rows = store.query("SELECT e.score, s.correct FROM elite e JOIN solutions s ON s.id = e.solution_id")
         assert rows and all(r["correct"] == 1 for r in rows)
         assert all(r["score"] == pytest.approx(elite_score(2, 2)) for r in rows)  # 2 verifiers
         # Step 1's solvers saw step 0's entries (elite ICL is not silently switched off).

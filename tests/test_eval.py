@@ -111,7 +111,11 @@ async def test_evaluate_exact_accuracy_per_member_and_majority(tmp_path: Path, g
     assert "\\boxed" in by[("alice", first.id)].reply
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["scores"]["gsm8k"]["bob"] == {
-        "score": 0.5, "n": 6, "k": 3, "ci95": [0.187616, 0.812384]}  # Wilson 95% of 3/6
+        "score": 0.5,
+        "n": 6,
+        "k": 3,
+        "ci95": [0.187616, 0.812384],
+    }  # Wilson 95% of 3/6
 
 
 async def test_evaluate_resumes_without_reasking(tmp_path: Path, grader) -> None:
@@ -121,9 +125,7 @@ async def test_evaluate_resumes_without_reasking(tmp_path: Path, grader) -> None
         await evaluate(pool, Prompts(), MEMBERS, {"gsm8k": items[:3]}, Sampling(), grader, tmp_path)
         assert len(fake.requests) == 9
         fake.clear()
-        report = await evaluate(
-            pool, Prompts(), MEMBERS, {"gsm8k": items}, Sampling(), grader, tmp_path
-        )
+        report = await evaluate(pool, Prompts(), MEMBERS, {"gsm8k": items}, Sampling(), grader, tmp_path)
         await pool.aclose()
         # Only the three new items were asked, for each member.
         asked = {(r.model, r.user) for r in fake.requests}
@@ -167,12 +169,9 @@ async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> No
         pool = make_pool(fake.url)
         scores = await run_anchor(pool, cfg, Prompts(), step=5)
         await pool.aclose()
-        asked = {r.user.split("Problem:", 1)[1].rsplit("Solution:", 1)[0].strip()
-                 for r in fake.requests}
+        asked = {r.user.split("Problem:", 1)[1].rsplit("Solution:", 1)[0].strip() for r in fake.requests}
     assert asked == {it.problem for it in items}
-    assert scores == {
-        "alice": (4 / 6, 6), "bob": (3 / 6, 6), "carol": (2 / 6, 6), MAJORITY: (2 / 6, 6)
-    }
+    assert scores == {"alice": (4 / 6, 6), "bob": (3 / 6, 6), "carol": (2 / 6, 6), MAJORITY: (2 / 6, 6)}
 
 
 async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) -> None:
@@ -192,8 +191,9 @@ async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) 
 
     with FakeOpenAI(scripted({"evaluate": echo})) as fake:
         pool = make_pool(fake.url, ["a", "b"])
-        report = await evaluate(pool, prompts, ["a", "b"], {"gsm8k": [item]}, Sampling(),
-                                grader, tmp_path / "out")
+        report = await evaluate(
+            pool, prompts, ["a", "b"], {"gsm8k": [item]}, Sampling(), grader, tmp_path / "out"
+        )
         await pool.aclose()
     rows = {r.member: r for r in read_results(tmp_path / "out" / "results.jsonl")}
     assert rows["a"].answer is None and not rows["a"].correct
@@ -210,22 +210,25 @@ def test_run_evaluation_uses_live_or_chosen_adapter_versions(tmp_path: Path) -> 
 
     run = RunPaths(tmp_path / "run").ensure()
     with Store(run.store) as s:
-        for member, version, status in [("alice", 1, "retired"), ("alice", 2, "live"),
-                                        ("bob", 1, "failed")]:
-            s.execute("INSERT INTO adapters(member, version, path, status, created_at) "
-                      "VALUES (?, ?, ?, ?, 0)", (member, version, "x", status))
+        for member, version, status in [("alice", 1, "retired"), ("alice", 2, "live"), ("bob", 1, "failed")]:
+            s.execute(
+                "INSERT INTO adapters(member, version, path, status, created_at) VALUES (?, ?, ?, ?, 0)",
+                (member, version, "x", status),
+            )
             run.adapter_dir(member, version).mkdir(parents=True)
         for step in (0, 1):  # the summaries record the last committed step with the versions
-            s.execute("INSERT INTO steps(step, started_at, committed_at, difficulty) "
-                      "VALUES (?, 0, 1, 1.0)", (step,))
+            s.execute(
+                "INSERT INTO steps(step, started_at, committed_at, difficulty) VALUES (?, 0, 1, 1.0)", (step,)
+            )
     items = subset(load_benchmark("gsm8k"), 6)
     with FakeOpenAI(make_responder(items)) as fake:
         cfg = _cfg(fake.url)
         common = {"run_dir": run.root, "limit": 6, "benchmarks": ["gsm8k"]}
         live = run_evaluation(cfg, **common, pool=make_pool(fake.url))
         assert live.versions == {"alice": 2, "bob": 0, "carol": 0}
-        chosen = run_evaluation(cfg, **common, members=["alice"], versions={"alice": 1},
-                                greedy=True, pool=make_pool(fake.url))
+        chosen = run_evaluation(
+            cfg, **common, members=["alice"], versions={"alice": 1}, greedy=True, pool=make_pool(fake.url)
+        )
         assert chosen.versions == {"alice": 1}
         with pytest.raises(EvaluationError, match="no adapter v7"):
             run_evaluation(cfg, **common, versions={"bob": 7}, pool=make_pool(fake.url))
@@ -234,7 +237,6 @@ def test_run_evaluation_uses_live_or_chosen_adapter_versions(tmp_path: Path) -> 
     assert {r.adapter_version for r in rows if r.member == "bob"} == {0}
     greedy_rows = read_results(run.evals / "greedy" / "results.jsonl")
     assert {(r.member, r.adapter_version) for r in greedy_rows} == {("alice", 1)}
-    summaries = {d: json.loads((run.evals / d / "summary.json").read_text())
-                 for d in ("sampled", "greedy")}
+    summaries = {d: json.loads((run.evals / d / "summary.json").read_text()) for d in ("sampled", "greedy")}
     assert summaries["sampled"]["step"] == summaries["greedy"]["step"] == 1
     assert summaries["greedy"]["adapter_versions"] == {"alice": 1}

@@ -43,12 +43,16 @@ def write_config(tmp_path: Path, url: str, concurrency: int = 4) -> Path:
         "name": "eval-cli",
         "run_dir": str(tmp_path / "run"),
         "backends": {"fake": {"kind": "openai", "base_url": url}},
-        "members": [{"name": m, "model": m, "backend": "fake", "max_concurrency": concurrency}
-                    for m in MEMBERS],
+        "members": [
+            {"name": m, "model": m, "backend": "fake", "max_concurrency": concurrency} for m in MEMBERS
+        ],
         "ablations": {"lora": False},
         "client": {"max_retries": 1, "backoff_initial_s": 0.05},
-        "evaluation": {"benchmarks": ["gsm8k"], "grade_workers": 2,
-                       "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 64}},
+        "evaluation": {
+            "benchmarks": ["gsm8k"],
+            "grade_workers": 2,
+            "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 64},
+        },
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -75,12 +79,12 @@ def test_eval_command_member_subset_and_bad_version(tmp_path: Path) -> None:
     with FakeOpenAI(make_responder(items)) as fake:
         cfg = write_config(tmp_path, fake.url)
         out = tmp_path / "out"
-        ok = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--members", "carol",
-                                      "--out", str(out)])
+        ok = CliRunner().invoke(
+            app, ["eval", str(cfg), "--limit", "4", "--members", "carol", "--out", str(out)]
+        )
         assert ok.exit_code == 0, ok.output
         assert {r.model for r in fake.requests} == {"carol"}
-        bad = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4",
-                                       "--adapter-version", "carol=3"])
+        bad = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--adapter-version", "carol=3"])
         assert bad.exit_code == 1 and "no adapter v3" in bad.output
         unknown = CliRunner().invoke(app, ["eval", str(cfg), "--members", "dave"])
         assert unknown.exit_code == 1 and "unknown member" in unknown.output
@@ -99,7 +103,10 @@ def test_killed_evaluation_resumes_without_repeating_items(tmp_path: Path) -> No
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "agora_cli", "eval", str(cfg), "--limit", str(n_items)],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -139,9 +146,10 @@ def test_killed_evaluation_resumes_without_repeating_items(tmp_path: Path) -> No
     assert len(keys) == len(set(keys)) == n_items * (len(MEMBERS) + 1)
     # ... and the scores are those of an uninterrupted evaluation.
     summary = json.loads(results.with_name("summary.json").read_text())["scores"]["gsm8k"]
-    expected = {m: sum(i in right for i in range(n_items)) / n_items
-                for m, right in {"alice": {0, 1, 2, 3}, "bob": {0, 1, 4},
-                                 "carol": {0, 5}}.items()}
+    expected = {
+        m: sum(i in right for i in range(n_items)) / n_items
+        for m, right in {"alice": {0, 1, 2, 3}, "bob": {0, 1, 4}, "carol": {0, 5}}.items()
+    }
     assert {m: summary[m]["score"] for m in MEMBERS} == expected
     assert summary[MAJORITY]["score"] == 2 / n_items
 
@@ -151,12 +159,17 @@ def _commit_steps(store_path: Path, steps: range, open_step: int | None = None) 
 
     with Store(store_path) as s:
         for t in steps:
-            s.execute("INSERT INTO steps(step, started_at, committed_at, difficulty) "
-                      "VALUES (?, ?, ?, 1.0) ON CONFLICT(step) DO UPDATE "
-                      "SET committed_at = excluded.committed_at", (t, 10.0 * t, 10.0 * t + 8))
+            s.execute(
+                "INSERT INTO steps(step, started_at, committed_at, difficulty) "
+                "VALUES (?, ?, ?, 1.0) ON CONFLICT(step) DO UPDATE "
+                "SET committed_at = excluded.committed_at",
+                (t, 10.0 * t, 10.0 * t + 8),
+            )
         if open_step is not None:  # a step still running has no committed_at: it must not count
-            s.execute("INSERT INTO steps(step, started_at, difficulty) VALUES (?, ?, 1.0)",
-                      (open_step, 10.0 * open_step))
+            s.execute(
+                "INSERT INTO steps(step, started_at, difficulty) VALUES (?, ?, 1.0)",
+                (open_step, 10.0 * open_step),
+            )
 
 
 def test_eval_records_the_runs_step_and_the_report_draws_it_there(tmp_path: Path) -> None:
@@ -167,18 +180,19 @@ def test_eval_records_the_runs_step_and_the_report_draws_it_there(tmp_path: Path
     run = RunPaths(tmp_path / "run").ensure()
     with FakeOpenAI(make_responder(items)) as fake:
         cfg = write_config(tmp_path, fake.url)
-        before = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--members", "alice",
-                                          "--out", str(run.evals / "base")])
+        before = CliRunner().invoke(
+            app, ["eval", str(cfg), "--limit", "4", "--members", "alice", "--out", str(run.evals / "base")]
+        )
         assert before.exit_code == 0, before.output
         _commit_steps(run.store, range(0, 3), open_step=3)
-        first = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4",
-                                         "--out", str(run.evals / "step2")])
+        first = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--out", str(run.evals / "step2")])
         assert first.exit_code == 0, first.output
         # Two more steps commit; bob now answers item 2 right as well.
         _commit_steps(run.store, range(3, 5))
         fake.responder = make_responder(items, right={**RIGHT, "bob": {0, 1, 2, 4}})
-        second = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4",
-                                          "--out", str(run.evals / "step4")])
+        second = CliRunner().invoke(
+            app, ["eval", str(cfg), "--limit", "4", "--out", str(run.evals / "step4")]
+        )
         assert second.exit_code == 0, second.output
 
     def summary(name: str) -> dict:

@@ -25,9 +25,22 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(600)
 def test_eval_smollm2_two_items(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "agora_cli", "eval", "configs/tiny-transformers.yaml",
-           "evaluation.sampling.max_tokens=32", "--members", "smol-a", "--limit", "2",
-           "--benchmarks", "gsm8k", "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agora_cli",
+        "eval",
+        "configs/tiny-transformers.yaml",
+        "evaluation.sampling.max_tokens=32",
+        "--members",
+        "smol-a",
+        "--limit",
+        "2",
+        "--benchmarks",
+        "gsm8k",
+        "--run-dir",
+        str(run_dir),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=580)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -51,4 +64,3 @@ def test_eval_smollm2_two_items(tmp_path: Path) -> None:
     s = summary["scores"]["gsm8k"]["smol-a"]
     assert s["n"] == 2 and s["score"] == sum(r.correct for r in rows) / 2
     assert summary["sampling"]["max_tokens"] == 32 and summary["adapter_versions"] == {"smol-a": 0}
-

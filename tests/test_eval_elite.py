@@ -42,8 +42,7 @@ def _loop_responder():
     base = responder()
 
     def solve(req: Request) -> str:
-        text = (f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step "
-                f"gives \\boxed{{7}}")
+        text = f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step gives \\boxed{{7}}"
         if req.model == "alpha":  # a model may copy a benchmark problem into its solution
             text += f" Compare: {ITEMS[QUOTED].problem}"
         return text
@@ -66,8 +65,11 @@ def _eval_responder():
 
 def _config(tmp_path: Path, url: str, run_dir: Path) -> Path:
     data = config_dict(url, run_dir, elite_k=2)
-    data["evaluation"] = {"benchmarks": ["gsm8k"], "grade_workers": 2,
-                          "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 64}}
+    data["evaluation"] = {
+        "benchmarks": ["gsm8k"],
+        "grade_workers": 2,
+        "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 64},
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -76,18 +78,31 @@ def _config(tmp_path: Path, url: str, run_dir: Path) -> Path:
 def test_with_elite_scores_beside_bare_with_a_paired_test(tmp_path: Path, run_dir: Path) -> None:
     with FakeOpenAI(_loop_responder(), latency_s=0.0) as fake:
         cfg_path = _config(tmp_path, fake.url, run_dir)
-        runner.run(config_from_dict(yaml.safe_load(cfg_path.read_text())), run_dir=run_dir,
-                   steps=2)
+        runner.run(config_from_dict(yaml.safe_load(cfg_path.read_text())), run_dir=run_dir, steps=2)
         with Store(RunPaths(run_dir).store, readonly=True) as store:
-            elite_ids = [r[0] for r in store.query(
-                "SELECT solution_id FROM elite WHERE active = 1 ORDER BY score DESC, "
-                "solution_id DESC")]
+            elite_ids = [
+                r[0]
+                for r in store.query(
+                    "SELECT solution_id FROM elite WHERE active = 1 ORDER BY score DESC, solution_id DESC"
+                )
+            ]
         assert len(elite_ids) == 2
         fake.responder = _eval_responder()
         fake.clear()
         res = CliRunner().invoke(
-            app, ["eval", str(cfg_path), "--run-dir", str(run_dir), "--limit", str(N),
-                  "--with-elite", str(run_dir)], terminal_width=240)
+            app,
+            [
+                "eval",
+                str(cfg_path),
+                "--run-dir",
+                str(run_dir),
+                "--limit",
+                str(N),
+                "--with-elite",
+                str(run_dir),
+            ],
+            terminal_width=240,
+        )
         assert res.exit_code == 0, res.output
         asked = fake.requests_for("evaluate")
 
@@ -102,8 +117,11 @@ def test_with_elite_scores_beside_bare_with_a_paired_test(tmp_path: Path, run_di
     bare_rows = read_results(evals / "sampled" / "results.jsonl")
     (elite_dir,) = [d for d in evals.iterdir() if d.name.startswith("sampled-with-elite-")]
     elite_rows = read_results(elite_dir / "results.jsonl")
-    assert {r.item_id for r in bare_rows} == {r.item_id for r in elite_rows} == {
-        it.id for i, it in enumerate(ITEMS) if i != QUOTED}
+    assert (
+        {r.item_id for r in bare_rows}
+        == {r.item_id for r in elite_rows}
+        == {it.id for i, it in enumerate(ITEMS) if i != QUOTED}
+    )
 
     comparison = json.loads((elite_dir / "comparison.json").read_text())
     assert comparison["elite_solution_ids"] == elite_ids
@@ -121,47 +139,56 @@ def test_with_elite_scores_beside_bare_with_a_paired_test(tmp_path: Path, run_di
 
     out = res.output
     assert "22.2% [6.3, 54.7] (2/9)" in out and "100.0% [70.1, 100.0] (9/9)" in out
-    assert ("gsm8k alpha: bare 22.2% [6.3, 54.7] (2/9) -> with H_t 100.0% [70.1, 100.0] (9/9); "
-            "right only bare 0, only with H_t 7; the difference is significant at 0.05 "
-            "(p=0.016)") in out
+    assert (
+        "gsm8k alpha: bare 22.2% [6.3, 54.7] (2/9) -> with H_t 100.0% [70.1, 100.0] (9/9); "
+        "right only bare 0, only with H_t 7; the difference is significant at 0.05 "
+        "(p=0.016)"
+    ) in out
     assert "only with H_t 0; the difference is not significant at 0.05 (p=0.125)" in out
     assert f"left out 1 item(s) whose text appears in H_t ({ITEMS[QUOTED].id})" in out
 
 
-def test_with_elite_refuses_what_cannot_put_h_t_in_the_prompt(tmp_path: Path,
-                                                               run_dir: Path) -> None:
+def test_with_elite_refuses_what_cannot_put_h_t_in_the_prompt(tmp_path: Path, run_dir: Path) -> None:
     with FakeOpenAI(_eval_responder()) as fake:
         cfg_path = _config(tmp_path, fake.url, run_dir)
-        empty = CliRunner().invoke(app, ["eval", str(cfg_path), "--limit", "2", "--with-elite",
-                                         str(tmp_path / "nowhere")])
+        empty = CliRunner().invoke(
+            app, ["eval", str(cfg_path), "--limit", "2", "--with-elite", str(tmp_path / "nowhere")]
+        )
         assert empty.exit_code == 1 and "no run store" in empty.output
         # A run store with no elite row yet.
         RunPaths(run_dir).ensure()
         Store(RunPaths(run_dir).store).close()
-        no_h = CliRunner().invoke(app, ["eval", str(cfg_path), "--limit", "2", "--with-elite",
-                                        str(run_dir)])
+        no_h = CliRunner().invoke(app, ["eval", str(cfg_path), "--limit", "2", "--with-elite", str(run_dir)])
         assert no_h.exit_code == 1 and "H_t is empty" in no_h.output
         assert fake.requests == []
 
 
-def test_with_elite_refuses_an_evaluate_template_without_examples(tmp_path: Path,
-                                                                  run_dir: Path) -> None:
+def test_with_elite_refuses_an_evaluate_template_without_examples(tmp_path: Path, run_dir: Path) -> None:
     import shutil
 
     from agora_cli.paths import PROMPTS_DIR
 
     prompts = tmp_path / "prompts"
     shutil.copytree(PROMPTS_DIR, prompts)
-    (prompts / "evaluate.jinja").write_text("{% block user %}Problem: {{ problem }}\n"
-                                            "Solution:{% endblock %}")
+    (prompts / "evaluate.jinja").write_text("{% block user %}Problem: {{ problem }}\nSolution:{% endblock %}")
     with FakeOpenAI(_loop_responder(), latency_s=0.0) as fake:
         cfg_path = _config(tmp_path, fake.url, run_dir)
-        runner.run(config_from_dict(yaml.safe_load(cfg_path.read_text())), run_dir=run_dir,
-                   steps=1)
+        runner.run(config_from_dict(yaml.safe_load(cfg_path.read_text())), run_dir=run_dir, steps=1)
         fake.clear()
-        res = CliRunner().invoke(app, ["eval", str(cfg_path), f"prompts_dir={prompts}",
-                                       "--run-dir", str(run_dir), "--limit", "2",
-                                       "--with-elite", str(run_dir)])
+        res = CliRunner().invoke(
+            app,
+            [
+                "eval",
+                str(cfg_path),
+                f"prompts_dir={prompts}",
+                "--run-dir",
+                str(run_dir),
+                "--limit",
+                "2",
+                "--with-elite",
+                str(run_dir),
+            ],
+        )
         assert fake.requests == []  # refused before anything is asked
     assert res.exit_code == 1
     assert "does not use the `examples` variable" in " ".join(res.output.split())

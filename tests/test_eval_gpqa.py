@@ -26,10 +26,15 @@ pytestmark = pytest.mark.timeout(120)
 
 N = 8
 ROWS = [
-    {"Record ID": f"rec{i}", "Question": f"Which value does constant {i} take,\n\"roughly\"?",
-     "Correct Answer": f"right-{i}", "Incorrect Answer 1": f"wrong-{i}-a, with a comma",
-     "Incorrect Answer 2": f"wrong-{i}-b", "Incorrect Answer 3": f"wrong-{i}-c",
-     "Subdomain": "physics"}
+    {
+        "Record ID": f"rec{i}",
+        "Question": f'Which value does constant {i} take,\n"roughly"?',
+        "Correct Answer": f"right-{i}",
+        "Incorrect Answer 1": f"wrong-{i}-a, with a comma",
+        "Incorrect Answer 2": f"wrong-{i}-b",
+        "Incorrect Answer 3": f"wrong-{i}-c",
+        "Subdomain": "physics",
+    }
     for i in range(N)
 ]
 
@@ -98,26 +103,30 @@ def _responder():
 def test_eval_scores_gpqa_and_a_jsonl_benchmark_by_path(tmp_path: Path) -> None:
     gpqa = write_csv(tmp_path / "gpqa_diamond.csv", ROWS)
     mine = tmp_path / "mine.jsonl"
-    mine.write_text('{"problem": "What is 3 * 4?", "answer": "12"}\n'
-                    '{"id": "m2", "problem": "What is 5 + 6?", "answer": "11"}\n')
+    mine.write_text(
+        '{"problem": "What is 3 * 4?", "answer": "12"}\n'
+        '{"id": "m2", "problem": "What is 5 + 6?", "answer": "11"}\n'
+    )
     items = load_spec(f"gpqa={gpqa}")[1]
     with FakeOpenAI(_responder()) as fake:
         cfg = write_config(tmp_path, fake.url)
-        res = CliRunner().invoke(app, ["eval", str(cfg), "--benchmarks",
-                                       f"gpqa={gpqa},mine={mine}"])
+        res = CliRunner().invoke(app, ["eval", str(cfg), "--benchmarks", f"gpqa={gpqa},mine={mine}"])
         assert res.exit_code == 0, res.output
     out = tmp_path / "run" / "evals" / "sampled"
     scores = json.loads((out / "summary.json").read_text())["scores"]
     carol = sum(it.answer == "A" for it in items)
     assert {m: v["k"] for m, v in scores["gpqa"].items()} == {
-        "alice": N, "bob": N // 2, "carol": carol,
+        "alice": N,
+        "bob": N // 2,
+        "carol": carol,
         # Plurality of letters: alice and bob agree on even records. On odd ones bob's wrong letter
         # is A unless A is right, so bob and carol outvote alice, except where A is right and
         # carol sides with alice.
         MAJORITY: N // 2 + sum(1 for i, it in enumerate(items) if i % 2 and it.answer == "A"),
     }
     assert {m: (v["k"], v["n"]) for m, v in scores["mine"].items()} == {
-        m: (1, 2) for m in [*MEMBERS, MAJORITY]}
+        m: (1, 2) for m in [*MEMBERS, MAJORITY]
+    }
     rows = read_results(out / "results.jsonl")
     assert {r.answer for r in rows if r.benchmark == "gpqa" and r.member == "carol"} == {"A"}
     assert {r.item_id for r in rows if r.benchmark == "mine"} == {"mine/1", "m2"}
@@ -125,15 +134,18 @@ def test_eval_scores_gpqa_and_a_jsonl_benchmark_by_path(tmp_path: Path) -> None:
 
 def test_bad_benchmark_files_are_usage_errors_that_say_what_is_wrong(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "http://127.0.0.1:9")  # never asked: the files fail first
-    short = write_csv(tmp_path / "short.csv", ROWS, columns=["Question", "Correct Answer",
-                                                             "Incorrect Answer 1"])
+    short = write_csv(
+        tmp_path / "short.csv", ROWS, columns=["Question", "Correct Answer", "Incorrect Answer 1"]
+    )
     holes = write_csv(tmp_path / "holes.csv", [{**ROWS[0], "Incorrect Answer 2": ""}, ROWS[1]])
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text('{"problem": "1+1?"}\nnot json\n')
     cases = {
         f"gpqa={tmp_path / 'absent.csv'}": ["no such file", "absent.csv"],
-        f"gpqa={short}": ["missing column(s) 'Incorrect Answer 2', 'Incorrect Answer 3'",
-                          "the file has 'Question', 'Correct Answer', 'Incorrect Answer 1'"],
+        f"gpqa={short}": [
+            "missing column(s) 'Incorrect Answer 2', 'Incorrect Answer 3'",
+            "the file has 'Question', 'Correct Answer', 'Incorrect Answer 1'",
+        ],
         f"gpqa={holes}": ["row 2: missing or empty 'Incorrect Answer 2'"],
         f"mine={bad_jsonl}": ["line 2: not JSON"],
         f"mine={short}": ["only GPQA is read from CSV"],

@@ -48,22 +48,34 @@ def responder():
     def generate(req: Request) -> str:
         n = int(hashlib.sha256((req.model + req.user).encode()).hexdigest()[:8], 16) % 100_000
         a, b, c = WORDS[n % 9], WORDS[(n + 3) % 9], WORDS[(n + 5) % 9]
-        return (f"Problem: Q{n} A farmer has {n + 11} {a}, sells {n + 2} {b} and buys "
-                f"{3 * n + 5} {c} at market number {n}. How many fruits are left?")
+        return (
+            f"Problem: Q{n} A farmer has {n + 11} {a}, sells {n + 2} {b} and buys "
+            f"{3 * n + 5} {c} at market number {n}. How many fruits are left?"
+        )
 
     def solve(req: Request) -> str:
         return f"I am {req.model}. Adding the numbers step by step gives \\boxed{{7}}"
 
-    return scripted({"generate": generate, "solve": solve, "verify": verify, "vote": vote,
-                     "explain": "Add what is bought and subtract what is sold."})
+    return scripted(
+        {
+            "generate": generate,
+            "solve": solve,
+            "verify": verify,
+            "vote": vote,
+            "explain": "Add what is bought and subtract what is sold.",
+        }
+    )
 
 
 def agora(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`agora ...` in a child process (so it can be SIGKILLed)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", *args], cwd=REPO,
+        [sys.executable, "-m", "agora_cli", *args],
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -71,28 +83,40 @@ def check_invariants(run_dir: Path, members: list[str]) -> dict:
     """Assert what must hold after any crash; return the committed content for comparison."""
     with Store(RunPaths(run_dir).store) as store:
         q = store.scalar
-        committed = [r["step"] for r in store.query(
-            "SELECT step FROM steps WHERE committed_at IS NOT NULL ORDER BY step")]
+        committed = [
+            r["step"]
+            for r in store.query("SELECT step FROM steps WHERE committed_at IS NOT NULL ORDER BY step")
+        ]
         # Steps commit in order, with no gap.
         assert committed == list(range(len(committed)))
         # Every validated sample is in the buffer once: buffered solutions passed unanimous
         # consensus in a committed step, and no solution is buffered twice.
-        assert q("SELECT COUNT(*) FROM (SELECT solution_id FROM buffer GROUP BY 1 "
-                 "HAVING COUNT(*) > 1)") == 0
+        assert q("SELECT COUNT(*) FROM (SELECT solution_id FROM buffer GROUP BY 1 HAVING COUNT(*) > 1)") == 0
         for row in store.query(
             "SELECT b.solution_id, s.correct, s.member, t.committed_at FROM buffer b "
             "JOIN solutions s ON s.id = b.solution_id JOIN steps t ON t.step = b.step"
         ):
             assert row["correct"] == 1 and row["committed_at"] is not None
-            valid = q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1",
-                      (row["solution_id"],))
+            valid = q(
+                "SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1", (row["solution_id"],)
+            )
             assert valid == len(members) - 1
         # Every solution of a committed step has its consensus outcome; open-step work has none.
-        assert q("SELECT COUNT(*) FROM solutions s JOIN steps t ON t.step = s.step "
-                 "WHERE t.committed_at IS NOT NULL AND s.correct IS NULL") == 0
+        assert (
+            q(
+                "SELECT COUNT(*) FROM solutions s JOIN steps t ON t.step = s.step "
+                "WHERE t.committed_at IS NOT NULL AND s.correct IS NULL"
+            )
+            == 0
+        )
         # One rating row per author per vote, and ratings equal a replay of the stored votes.
-        assert q("SELECT COUNT(*) FROM (SELECT vote_id, member FROM ratings "
-                 "WHERE vote_id IS NOT NULL GROUP BY 1, 2 HAVING COUNT(*) > 1)") == 0
+        assert (
+            q(
+                "SELECT COUNT(*) FROM (SELECT vote_id, member FROM ratings "
+                "WHERE vote_id IS NOT NULL GROUP BY 1, 2 HAVING COUNT(*) > 1)"
+            )
+            == 0
+        )
         latest = latest_ratings(store)
         replay = replay_ratings(store, members)
         for m in members:
@@ -103,22 +127,37 @@ def check_invariants(run_dir: Path, members: list[str]) -> dict:
             ids = set(json.loads(r["buffer_ids"]))
             assert not ids & seen
             seen |= ids
-            assert {x["id"] for x in store.query(
-                "SELECT id FROM buffer WHERE round_id = ?", (r["id"],))} == ids
+            assert {
+                x["id"] for x in store.query("SELECT id FROM buffer WHERE round_id = ?", (r["id"],))
+            } == ids
         return {
             "steps": len(committed),
-            "problems": sorted(r[0] for r in store.query(
-                "SELECT text FROM problems WHERE status = 'ok' AND step IN "
-                "(SELECT step FROM steps WHERE committed_at IS NOT NULL)")),
-            "buffer": sorted(tuple(r) for r in store.query(
-                "SELECT p.text, b.member FROM buffer b JOIN problems p ON p.id = b.problem_id")),
+            "problems": sorted(
+                r[0]
+                for r in store.query(
+                    "SELECT text FROM problems WHERE status = 'ok' AND step IN "
+                    "(SELECT step FROM steps WHERE committed_at IS NOT NULL)"
+                )
+            ),
+            "buffer": sorted(
+                tuple(r)
+                for r in store.query(
+                    "SELECT p.text, b.member FROM buffer b JOIN problems p ON p.id = b.problem_id"
+                )
+            ),
             "correct": q("SELECT COUNT(*) FROM solutions WHERE correct = 1"),
-            "votes": q("SELECT COUNT(*) FROM votes v JOIN steps t ON t.step = v.step "
-                       "WHERE t.committed_at IS NOT NULL"),
+            "votes": q(
+                "SELECT COUNT(*) FROM votes v JOIN steps t ON t.step = v.step "
+                "WHERE t.committed_at IS NOT NULL"
+            ),
             "ratings": {m: tuple(round(x, 9) for x in latest[m]) for m in members},
             "elite": q("SELECT COUNT(*) FROM elite WHERE active = 1"),
-            "difficulty": [round(r[0], 9) for r in store.query(
-                "SELECT next_difficulty FROM steps WHERE committed_at IS NOT NULL ORDER BY step")],
+            "difficulty": [
+                round(r[0], 9)
+                for r in store.query(
+                    "SELECT next_difficulty FROM steps WHERE committed_at IS NOT NULL ORDER BY step"
+                )
+            ],
         }
 
 
@@ -215,17 +254,18 @@ def _flaky_config(url: str, run_dir: Path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_flaky_server_run_completes_with_the_same_steps(tmp_path, reference, seed):
     with FakeOpenAI(responder(), latency_s=0.002) as fake:
-        clean = runner.run(_flaky_config(fake.url, tmp_path / "clean"),
-                           run_dir=tmp_path / "clean", steps=STEPS)
+        clean = runner.run(
+            _flaky_config(fake.url, tmp_path / "clean"), run_dir=tmp_path / "clean", steps=STEPS
+        )
     respond = flaky(responder(), seed)
     with FakeOpenAI(respond, latency_s=0.002) as fake:
-        result = runner.run(_flaky_config(fake.url, tmp_path / "flaky"),
-                            run_dir=tmp_path / "flaky", steps=STEPS)
+        result = runner.run(
+            _flaky_config(fake.url, tmp_path / "flaky"), run_dir=tmp_path / "flaky", steps=STEPS
+        )
     faults = respond.faults  # type: ignore[attr-defined]
     assert all(n > 0 for n in faults.values()), faults  # every kind of fault was injected
     assert result.committed == clean.committed == STEPS
-    assert check_invariants(tmp_path / "flaky", MEMBERS) == check_invariants(
-        tmp_path / "clean", MEMBERS)
+    assert check_invariants(tmp_path / "flaky", MEMBERS) == check_invariants(tmp_path / "clean", MEMBERS)
     with Store(RunPaths(tmp_path / "flaky").store) as store:
         # Retries absorbed every fault: nothing was stored as a failed request.
         assert store.scalar("SELECT COUNT(*) FROM solutions WHERE error IS NOT NULL") == 0
@@ -263,8 +303,10 @@ def test_member_down_fails_clearly_keeps_store_and_resumes(tmp_path, reference):
         assert "gamma" in message[0] and fake.url in message[0], err
         assert "Traceback" not in out + err
         with Store(RunPaths(run_dir).store) as store:
-            after_rows = [dict(r) for r in store.query(
-                "SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step")]
+            after_rows = [
+                dict(r)
+                for r in store.query("SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step")
+            ]
         assert after_rows == rows_before  # committed steps unchanged, nothing new committed
         assert check_invariants(run_dir, MEMBERS) == before
 
@@ -275,7 +317,11 @@ def test_member_down_fails_clearly_keeps_store_and_resumes(tmp_path, reference):
     final = check_invariants(run_dir, MEMBERS)
     assert final["steps"] == STEPS
     with Store(RunPaths(run_dir).store) as store:
-        assert store.scalar("SELECT COUNT(*) FROM solutions WHERE error IS NOT NULL "
-                            "AND step IN (SELECT step FROM steps WHERE committed_at IS NOT NULL)"
-                            ) == 0
+        assert (
+            store.scalar(
+                "SELECT COUNT(*) FROM solutions WHERE error IS NOT NULL "
+                "AND step IN (SELECT step FROM steps WHERE committed_at IS NOT NULL)"
+            )
+            == 0
+        )
     assert final == ref_state  # the same content as a run that never lost a member

@@ -56,14 +56,20 @@ def responder():
 
     def generate(req: Request) -> str:
         n = next(counter)
-        return (f"Problem: Q{n} A shop has {n + 12} pens and sells {n % 7 + 2} of them on day "
-                f"{n}. How many pens are left?")
+        return (
+            f"Problem: Q{n} A shop has {n + 12} pens and sells {n % 7 + 2} of them on day "
+            f"{n}. How many pens are left?"
+        )
 
-    return scripted({
-        "generate": generate,
-        "solve": "We subtract the pens sold from the pens the shop had. \\boxed{7}",
-        "verify": "VALID", "vote": "A", "explain": "Subtract what was sold.",
-    })
+    return scripted(
+        {
+            "generate": generate,
+            "solve": "We subtract the pens sold from the pens the shop had. \\boxed{7}",
+            "verify": "VALID",
+            "vote": "A",
+            "explain": "Subtract what was sold.",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +80,55 @@ def base_dir() -> str:
 
 
 def write_config(path: Path, fake: FakeSGLang, run_dir: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "faults-training",
-        "run_dir": str(run_dir),
-        "backends": {"gpu": {"kind": "sglang", "launch": False, "urls": {fake.base_model: fake.url},
-                             "startup_timeout_s": 30}},
-        "members": [{"name": m, "model": SMOL, "backend": "gpu", "request_timeout_s": 60}
-                    for m in MEMBERS],
-        "client": {"max_retries": 1, "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
-        # 2 problems x 2 members, all validated (no quality vote): a round of 4 rows per step.
-        "protocol": {"problems_per_step": 2, "generators_per_step": 2, "seed_examples": 1,
-                     "buffer_threshold": 4, "anchor_every": 100, "elite_k": 2},
-        "ablations": {"quality_vote": False, "external_anchor": False},
-        "training": {"r": 4, "alpha": 8, "batch_size": 2, "max_length": 320, "epochs": 1,
-                     "max_threads": 1},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "faults-training",
+                "run_dir": str(run_dir),
+                "backends": {
+                    "gpu": {
+                        "kind": "sglang",
+                        "launch": False,
+                        "urls": {fake.base_model: fake.url},
+                        "startup_timeout_s": 30,
+                    }
+                },
+                "members": [
+                    {"name": m, "model": SMOL, "backend": "gpu", "request_timeout_s": 60} for m in MEMBERS
+                ],
+                "client": {"max_retries": 1, "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
+                # 2 problems x 2 members, all validated (no quality vote): a round of 4 rows per step.
+                "protocol": {
+                    "problems_per_step": 2,
+                    "generators_per_step": 2,
+                    "seed_examples": 1,
+                    "buffer_threshold": 4,
+                    "anchor_every": 100,
+                    "elite_k": 2,
+                },
+                "ablations": {"quality_vote": False, "external_anchor": False},
+                "training": {
+                    "r": 4,
+                    "alpha": 8,
+                    "batch_size": 2,
+                    "max_length": 320,
+                    "epochs": 1,
+                    "max_threads": 1,
+                },
+            }
+        )
+    )
     return path
 
 
 def agora(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", *args], cwd=REPO,
+        [sys.executable, "-m", "agora_cli", *args],
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -135,8 +167,11 @@ def check_rounds(run_dir: Path, fake: FakeSGLang) -> dict[str, int]:
         assert len(consumed) == len(set(consumed))  # no row trained in two rounds
         live: dict[str, int] = {}
         for m in MEMBERS:
-            rows = store.query("SELECT version, status, path, model_name, round_id FROM adapters "
-                               "WHERE member = ? ORDER BY version", (m,))
+            rows = store.query(
+                "SELECT version, status, path, model_name, round_id FROM adapters "
+                "WHERE member = ? ORDER BY version",
+                (m,),
+            )
             assert [r["version"] for r in rows] == list(range(1, len(rounds) + 1))
             newest = rows[-1]
             assert newest["status"] == "live"
@@ -144,8 +179,9 @@ def check_rounds(run_dir: Path, fake: FakeSGLang) -> dict[str, int]:
             path = Path(newest["path"])
             assert (path / "adapter_config.json").exists()
             meta = json.loads((path / "agora-adapter.json").read_text())
-            ids = json.loads(store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?",
-                                          (newest["round_id"],)))
+            ids = json.loads(
+                store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (newest["round_id"],))
+            )
             assert meta["buffer_ids"] == ids  # trained on exactly its round's rows
             assert not list(path.parent.glob(".v*.tmp-*"))  # no half-written save left
             name = f"{m}-v{newest['version']}"
@@ -195,19 +231,21 @@ def test_seed9_sigkill_during_hot_swap_then_resume(tmp_path, base_dir):
         p.communicate(timeout=30)
         with Store(RunPaths(run_dir).store) as store:
             trained = store.scalar("SELECT COUNT(*) FROM adapters WHERE status = 'ready'")
-            assert trained >= 1 and store.scalar(
-                "SELECT COUNT(*) FROM adapters WHERE status = 'live'") == 0
+            assert trained >= 1 and store.scalar("SELECT COUNT(*) FROM adapters WHERE status = 'live'") == 0
         fake.load_delay_s = 0
         finish(agora(*args))
         live = check_rounds(run_dir, fake)
     assert live == {"smol-a": 1, "smol-b": 1}
-    resumed = [e for e in read_events(RunPaths(run_dir).events)
-               if e["kind"] == "training_started" and e.get("attempt") == 2]
+    resumed = [
+        e
+        for e in read_events(RunPaths(run_dir).events)
+        if e["kind"] == "training_started" and e.get("attempt") == 2
+    ]
     # Members whose adapter was already saved are only activated, not trained again.
     assert len(resumed) == len(MEMBERS) - trained
 
 
-DISK_FULL_HOOK = '''
+DISK_FULL_HOOK = """
 import errno, os
 if os.environ.get("AGORA_TEST_DISK_FULL_FLAG"):
     import peft
@@ -220,7 +258,7 @@ if os.environ.get("AGORA_TEST_DISK_FULL_FLAG"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return _save(self, save_directory, *a, **kw)
     peft.PeftModel.save_pretrained = _maybe_full
-'''
+"""
 
 
 @pytest.mark.timeout(900)  # three runs, six worker trainings
@@ -241,9 +279,10 @@ def test_disk_full_while_saving_keeps_previous_adapter_live_and_retries(tmp_path
         with Store(RunPaths(run_dir).store) as store:
             r2 = store.one("SELECT status, error, buffer_ids FROM rounds WHERE id = 2")
             assert r2["status"] in ("pending", "failed") and "No space left" in r2["error"]
-            assert {r["member"]: r["version"] for r in store.query(
-                "SELECT member, version FROM adapters WHERE status = 'live'")} == {
-                "smol-a": 1, "smol-b": 1}
+            assert {
+                r["member"]: r["version"]
+                for r in store.query("SELECT member, version FROM adapters WHERE status = 'live'")
+            } == {"smol-a": 1, "smol-b": 1}
             rows2 = json.loads(r2["buffer_ids"])
         paths = RunPaths(run_dir)
         for m in MEMBERS:

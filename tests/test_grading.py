@@ -112,8 +112,7 @@ def test_grader_from_threads(grader: Grader) -> None:
 def test_every_gold_answer_grades_against_itself(grader: Grader) -> None:
     """Each benchmark's own gold, boxed in a sentence, must be graded correct (format coverage)."""
     items = load_benchmark("math500") + load_benchmark("aime24") + subset(load_benchmark("gsm8k"), 100)
-    got = grader.grade_many([(f"Therefore the answer is \\boxed{{{it.answer}}}.", it.answer)
-                             for it in items])
+    got = grader.grade_many([(f"Therefore the answer is \\boxed{{{it.answer}}}.", it.answer) for it in items])
     missed = [(it.id, it.answer) for it, ok in zip(items, got, strict=True) if not ok]
     assert not missed
 

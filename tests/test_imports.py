@@ -143,7 +143,7 @@ def a_cycle(graph: dict[str, set[str]], comp: list[str]) -> list[str]:
         nxt = sorted(w for w in graph[path[-1]] if w in members)
         back = [w for w in nxt if w in seen]
         if back:
-            return path[path.index(back[0]):] + [back[0]]
+            return path[path.index(back[0]) :] + [back[0]]
         path.append(nxt[0])
         seen.add(nxt[0])
 
@@ -187,8 +187,14 @@ def importable_modules() -> list[str]:
 
 def _run(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=PACKAGE_DIR.parent)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=PACKAGE_DIR.parent,
+    )
 
 
 @pytest.mark.timeout(600)

@@ -30,9 +30,13 @@ pytestmark = pytest.mark.timeout(180)
 
 def solved_by(store: Store) -> list[tuple[int, str, str, int | None]]:
     """(step, solver, problem author, problem slot) of every stored solution."""
-    return [(r["step"], r["member"], r["author"], r["slot"]) for r in store.query(
-        "SELECT s.step, s.member, p.author, p.slot FROM solutions s "
-        "JOIN problems p ON p.id = s.problem_id ORDER BY s.id")]
+    return [
+        (r["step"], r["member"], r["author"], r["slot"])
+        for r in store.query(
+            "SELECT s.step, s.member, p.author, p.slot FROM solutions s "
+            "JOIN problems p ON p.id = s.problem_id ORDER BY s.id"
+        )
+    ]
 
 
 def slot_owners(store: Store, step: int) -> list[str | None]:
@@ -69,12 +73,14 @@ def test_isolated_members_solve_only_problems_they_wrote(run_dir):
             for m in MEMBERS:
                 solved = store.scalar(
                     "SELECT COUNT(DISTINCT problem_id) FROM solutions WHERE step = ? AND member = ?",
-                    (step, m))
+                    (step, m),
+                )
                 assert solved == cfg.protocol.problems_per_step
         # nothing dropped is solved, and every kept problem is solved by exactly one member
         per_problem = store.query(
             "SELECT p.id, COUNT(DISTINCT s.member) AS n FROM problems p "
-            "JOIN solutions s ON s.problem_id = p.id GROUP BY p.id")
+            "JOIN solutions s ON s.problem_id = p.id GROUP BY p.id"
+        )
         assert {r["n"] for r in per_problem} == {1}
 
 
@@ -92,9 +98,13 @@ def split_responder():
 
 
 def member_rows(store: Store) -> list[tuple]:
-    return [tuple(r) for r in store.query(
-        "SELECT step, member, difficulty, v_t, v_target, next_difficulty FROM member_steps "
-        "ORDER BY step, member")]
+    return [
+        tuple(r)
+        for r in store.query(
+            "SELECT step, member, difficulty, v_t, v_target, next_difficulty FROM member_steps "
+            "ORDER BY step, member"
+        )
+    ]
 
 
 def test_members_with_different_v_get_their_own_difficulty_and_resume_keeps_it(tmp_path):
@@ -127,17 +137,17 @@ def test_members_with_different_v_get_their_own_difficulty_and_resume_keeps_it(t
         assert rows[(1, "gamma")][5] == pytest.approx(0.45)
         # each member's step-1 problems are stored at its own difficulty ...
         for m in MEMBERS:
-            ds = [r["difficulty"] for r in store.query(
-                "SELECT difficulty FROM problems WHERE step = 1 AND author = ?", (m,))]
+            ds = [
+                r["difficulty"]
+                for r in store.query("SELECT difficulty FROM problems WHERE step = 1 AND author = ?", (m,))
+            ]
             assert ds and all(d == pytest.approx(rows[(0, m)][5]) for d in ds)
         straight = member_rows(store)
     # ... and asked at it: gamma was asked for difficulty 0.5, alpha for 1.5, nobody else for 0.5
-    asked_at = {(m, d) for m, u in asked for d in ("0.5", "1.5")
-                if f"difficulty {d} out of 10" in u}
+    asked_at = {(m, d) for m, u in asked for d in ("0.5", "1.5") if f"difficulty {d} out of 10" in u}
     assert asked_at == {("alpha", "1.5"), ("beta", "1.5"), ("gamma", "0.5")}
     st = collect(a)  # `agora status` shows each member's d_{t+1}^i and the per-member threshold
-    assert st.isolated and st.member_d == pytest.approx(
-        {m: rows[(2, m)][5] for m in MEMBERS})
+    assert st.isolated and st.member_d == pytest.approx({m: rows[(2, m)][5] for m in MEMBERS})
     console = Console(record=True, width=200)
     console.print(render(st))
     page = console.export_text()
@@ -160,10 +170,12 @@ def pool_texts(run_dir) -> dict[int, list[str]]:
 def test_seed_pool_gives_both_arms_the_same_problems_and_no_generation(tmp_path):
     agora, isolated = tmp_path / "agora", tmp_path / "isolated"
     with FakeOpenAI(split_responder(), latency_s=0.0) as fake:
-        runner.run(make_config(fake.url, agora, problem_source="seed_pool"),
-                   run_dir=agora, steps=2)
-        runner.run(make_config(fake.url, isolated, problem_source="seed_pool", mode="isolated"),
-                   run_dir=isolated, steps=2)
+        runner.run(make_config(fake.url, agora, problem_source="seed_pool"), run_dir=agora, steps=2)
+        runner.run(
+            make_config(fake.url, isolated, problem_source="seed_pool", mode="isolated"),
+            run_dir=isolated,
+            steps=2,
+        )
         roles = {r.role for r in fake.requests}
     assert "generate" not in roles
     a, b = pool_texts(agora), pool_texts(isolated)
@@ -174,9 +186,13 @@ def test_seed_pool_gives_both_arms_the_same_problems_and_no_generation(tmp_path)
         # every member solves every pool problem of the step, alone (self-consistency)
         for step in (0, 1):
             for m in MEMBERS:
-                assert store.scalar(
-                    "SELECT COUNT(DISTINCT problem_id) FROM solutions WHERE step = ? "
-                    "AND member = ?", (step, m)) == 2
+                assert (
+                    store.scalar(
+                        "SELECT COUNT(DISTINCT problem_id) FROM solutions WHERE step = ? AND member = ?",
+                        (step, m),
+                    )
+                    == 2
+                )
         assert store.scalar("SELECT COUNT(*) FROM verdicts") == 0
     other = tmp_path / "other-seed"
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
@@ -210,10 +226,13 @@ def test_a_run_stored_before_problem_source_resumes_without_force():
     """A stored config without `protocol.problem_source` did what `generated` does: no diff;
     asking such a run for `seed_pool` is a change."""
     stored = {"protocol": {"mode": "agora", "elite_k": 3}}
-    assert config_diff(stored, {"protocol": {"mode": "agora", "elite_k": 3,
-                                             "problem_source": "generated"}}) == []
-    (key, _), = config_diff(stored, {"protocol": {"mode": "agora", "elite_k": 3,
-                                                  "problem_source": "seed_pool"}})
+    assert (
+        config_diff(stored, {"protocol": {"mode": "agora", "elite_k": 3, "problem_source": "generated"}})
+        == []
+    )
+    ((key, _),) = config_diff(
+        stored, {"protocol": {"mode": "agora", "elite_k": 3, "problem_source": "seed_pool"}}
+    )
     assert key == "protocol.problem_source"
 
 

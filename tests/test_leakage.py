@@ -34,8 +34,7 @@ def test_calibration_is_disjoint_from_every_evaluation_item(bench):
     assert len(dev) == DEV_SIZE
     evaluated = load_benchmark(bench)
     assert not {it.id for it in dev} & {it.id for it in evaluated}
-    assert not ({normalize_text(it.problem) for it in dev}
-                & {normalize_text(it.problem) for it in evaluated})
+    assert not ({normalize_text(it.problem) for it in dev} & {normalize_text(it.problem) for it in evaluated})
     cal = calibration_set("gsm8k", DEV_SIZE)
     assert {it.id for it in cal} <= {it.id for it in dev}
 
@@ -44,18 +43,17 @@ def test_generators_never_see_a_calibration_item():
     pool = load_seed_pool("gsm8k_train")
     dev = load_dev_split("gsm8k")
     assert not {r["id"] for r in pool} & {it.id for it in dev}
-    assert not ({normalize_text(r["problem"]) for r in pool}
-                & {normalize_text(it.problem) for it in dev})
+    assert not ({normalize_text(r["problem"]) for r in pool} & {normalize_text(it.problem) for it in dev})
 
 
 def _cfg_dict(url: str, tmp_path: Path, **evaluation) -> dict:
     return {
-        "name": "leak", "run_dir": str(tmp_path / "run"),
+        "name": "leak",
+        "run_dir": str(tmp_path / "run"),
         "backends": {"fake": {"kind": "openai", "base_url": url}},
         "members": [{"name": m, "model": m, "backend": "fake"} for m in MEMBERS],
         "ablations": {"lora": False},
-        "evaluation": {"benchmarks": ["gsm8k"], "grade_workers": 2, "calibration_size": 4,
-                       **evaluation},
+        "evaluation": {"benchmarks": ["gsm8k"], "grade_workers": 2, "calibration_size": 4, **evaluation},
     }
 
 

@@ -38,8 +38,7 @@ def test_two_steps_write_consistent_rows(run_dir):
         assert count(store, "solutions", "correct = 1 AND member = 'gamma'") == 0
         # One pair of correct solutions per problem, 3 voters each, alpha always preferred.
         assert count(store, "votes") == 12
-        assert count(store, "votes v JOIN solutions s ON s.id = v.winner",
-                     "s.member = 'alpha'") == 12
+        assert count(store, "votes v JOIN solutions s ON s.id = v.winner", "s.member = 'alpha'") == 12
         # 3 initial rating rows + 2 per decisive vote.
         assert count(store, "ratings") == 3 + 2 * 12
         latest = latest_ratings(store)
@@ -52,16 +51,17 @@ def test_two_steps_write_consistent_rows(run_dir):
         assert count(store, "buffer") == 4
         assert count(store, "buffer", "member = 'alpha'") == 4
         bad = store.scalar(
-            "SELECT COUNT(*) FROM buffer b JOIN solutions s ON s.id = b.solution_id "
-            "WHERE s.correct IS NOT 1")
+            "SELECT COUNT(*) FROM buffer b JOIN solutions s ON s.id = b.solution_id WHERE s.correct IS NOT 1"
+        )
         assert bad == 0
         # H_t: each problem's best solution is a candidate; top 3 kept, explanations for entrants.
         # Step 1's two candidates tie step 0's entries and ties go to the newer: 2 + 2 entered.
         assert count(store, "elite", "active = 1") == 3
         assert count(store, "explanations") == 4
         # Step 1's solvers saw step 0's elite entries as few-shot examples.
-        shown = [json.loads(r["elite_ids"]) for r in store.query(
-            "SELECT elite_ids FROM solutions WHERE step = 1")]
+        shown = [
+            json.loads(r["elite_ids"]) for r in store.query("SELECT elite_ids FROM solutions WHERE step = 1")
+        ]
         assert all(len(ids) == 2 for ids in shown)
         rows = store.query("SELECT * FROM steps ORDER BY step")
         assert [r["n_solutions"] for r in rows] == [6, 6]
@@ -175,7 +175,8 @@ def test_anchor_rows_and_surprise(run_dir):
     with Store(RunPaths(run_dir).store) as store:
         rows = store.query("SELECT step, member, n, reused_from FROM anchors ORDER BY step, member")
         assert [(r["step"], r["member"], r["reused_from"]) for r in rows] == [
-            (0, m, None) for m in sorted(["@majority", *MEMBERS])] + [(1, m, 0) for m in MEMBERS]
+            (0, m, None) for m in sorted(["@majority", *MEMBERS])
+        ] + [(1, m, 0) for m in MEMBERS]
         assert all(r["n"] == 2 for r in rows)
         f = [r["f_t"] for r in store.query("SELECT f_t FROM steps ORDER BY step")]
         assert f == [None, None]  # Eq. 2 needs two anchors that measured a change
@@ -227,7 +228,8 @@ def test_dropped_problems_are_asked_again_from_another_member(run_dir):
         assert [r["author"] for r in kept] == ["gamma"] * 4
         assert [r["slot"] for r in kept] == [0, 1, 2, 3]
         assert count(store, "solutions") == 4 * 3
-        dropped = store.query("SELECT author, COUNT(*) AS n FROM problems "
-                              "WHERE status = 'dropped' GROUP BY author")
+        dropped = store.query(
+            "SELECT author, COUNT(*) AS n FROM problems WHERE status = 'dropped' GROUP BY author"
+        )
     assert len(asked) == 4 + sum(r["n"] for r in dropped)
     assert {r["author"] for r in dropped} <= {"alpha", "beta"}

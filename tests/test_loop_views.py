@@ -15,21 +15,44 @@ def events() -> list[dict]:
     bus = EventBus()
     out: list[dict] = []
     bus.add(out.append)
-    members = {"alpha": {"mu": 25.0, "sigma": 8.333, "solutions": 0, "validated": 0,
-                         "buffered": 0, "version": 0}}
-    bus.emit("run_started", run_dir="runs/x", step=0, steps_target=2, threshold=16, buffer=0,
-             members=members)
+    members = {
+        "alpha": {"mu": 25.0, "sigma": 8.333, "solutions": 0, "validated": 0, "buffered": 0, "version": 0}
+    }
+    bus.emit("run_started", run_dir="runs/x", step=0, steps_target=2, threshold=16, buffer=0, members=members)
     bus.emit("step_started", step=0, d=1.0, v_target=0.5, strategy="balanced")
     bus.emit("phase_progress", phase="solve", step=0, done=3, total=6)
-    bus.emit("request_done", member="alpha", role="solve", ok=True, latency_s=2.0,
-             prompt_tokens=10, completion_tokens=50)
+    bus.emit(
+        "request_done",
+        member="alpha",
+        role="solve",
+        ok=True,
+        latency_s=2.0,
+        prompt_tokens=10,
+        completion_tokens=50,
+    )
     bus.emit("rating_update", member="alpha", mu=29.4, sigma=7.1)
     bus.emit("adapter_live", member="alpha", version=2, model_name="m")
     members["alpha"].update(mu=29.4, sigma=7.1, solutions=4, validated=3, buffered=2, version=2)
     bus.emit("buffer_size", size=2, threshold=16, unconsumed=2)
-    bus.emit("step_committed", step=0, d=1.0, d_next=1.01, v_t=0.75, v_target=0.5, f_t=None,
-             strategy="balanced", wall_s=12.0, request_s=40.0, buffer=2, threshold=16,
-             members=members, n_problems=2, n_solutions=4, n_correct=3, n_buffered=2)
+    bus.emit(
+        "step_committed",
+        step=0,
+        d=1.0,
+        d_next=1.01,
+        v_t=0.75,
+        v_target=0.5,
+        f_t=None,
+        strategy="balanced",
+        wall_s=12.0,
+        request_s=40.0,
+        buffer=2,
+        threshold=16,
+        members=members,
+        n_problems=2,
+        n_solutions=4,
+        n_correct=3,
+        n_buffered=2,
+    )
     return out
 
 
@@ -52,8 +75,10 @@ def test_live_view_shows_header_members_and_phases():
     assert "3/6" in text  # solve progress
     assert "ETA 0:00:12" in text  # one step left at 12 s per step
     # 2 samples in 12 s of step wall time: 600/h; 14 more to the threshold take 84 s.
-    assert ("validated 600.0/h (2 in 1 step(s), 12 s step wall time); buffer threshold 16: "
-            "14 to go, ~0:01:24 at that rate") in text
+    assert (
+        "validated 600.0/h (2 in 1 step(s), 12 s step wall time); buffer threshold 16: "
+        "14 to go, ~0:01:24 at that rate"
+    ) in text
 
 
 def test_plain_printer_one_line_per_committed_step():

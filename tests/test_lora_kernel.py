@@ -69,8 +69,9 @@ def replay_masks(monkeypatch, masks: list[torch.Tensor]) -> Iterator[torch.Tenso
 def _pair(p: float = 0.3) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(PEFT's LoRA, the same LoRA fused); B randomised so every gradient is non-zero."""
     torch.manual_seed(0)
-    peft = get_peft_model(_Block(), LoraConfig(r=4, lora_alpha=8, lora_dropout=p,
-                                              target_modules=["q", "k", "v", "o"]))
+    peft = get_peft_model(
+        _Block(), LoraConfig(r=4, lora_alpha=8, lora_dropout=p, target_modules=["q", "k", "v", "o"])
+    )
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)
@@ -122,8 +123,10 @@ def test_fused_dropout_keeps_the_distribution_and_draws_independent_masks(p: flo
     assert near(keep, 1 - p, n)
     # values: a layer whose base is 0 and whose adapter is 1 returns dropout(x) itself: x / (1 - p)
     # where kept, 0 elsewhere, so unbiased
-    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False)),
-                           LoraConfig(r=1, lora_alpha=1, lora_dropout=p, target_modules=["0"]))
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False)),
+        LoraConfig(r=1, lora_alpha=1, lora_dropout=p, target_modules=["0"]),
+    )
     layer = model.base_model.model[0]
     layer.get_base_layer().weight.data.fill_(0.0)
     layer.lora_A["default"].weight.data.fill_(1.0)

@@ -35,8 +35,9 @@ def test_pkg_file_is_found_without_importing_the_package() -> None:
 
 
 def test_hub_ids_and_directories_pass_through(tmp_path: Path) -> None:
-    assert models.resolve_source("Qwen/Qwen3-1.7B") == models.Source("hub", "Qwen/Qwen3-1.7B",
-                                                                       "Qwen/Qwen3-1.7B")
+    assert models.resolve_source("Qwen/Qwen3-1.7B") == models.Source(
+        "hub", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-1.7B"
+    )
     assert models.prepare(member("Qwen/Qwen3-1.7B")) == Path("Qwen/Qwen3-1.7B")
     assert models.prepare(member(str(tmp_path))) == tmp_path.resolve()
 
@@ -70,15 +71,19 @@ def test_prepare_smollm2_cold_then_cached(tmp_path: Path, monkeypatch: pytest.Mo
     cold = models.prepare_member(m)
     assert cold.path == target and not cold.cached
     files = {p.name for p in cold.path.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json",
-            models.MANIFEST} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        models.MANIFEST,
+    } <= files
     manifest = json.loads((cold.path / models.MANIFEST).read_text())
     gguf = Path(models.resolve_source(SMOL).value)
     assert manifest["source"] == SMOL
     assert manifest["gguf_size"] == gguf.stat().st_size and len(manifest["gguf_sha256"]) == 64
     assert manifest["architecture"] == "LlamaForCausalLM" and manifest["dtype"] == "float32"
-    assert json.loads((cold.path / "config.json").read_text())["architectures"] == [
-        "LlamaForCausalLM"]
+    assert json.loads((cold.path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     weights = cold.path / "model.safetensors"
     inode, mtime = weights.stat().st_ino, weights.stat().st_mtime_ns
 
@@ -90,14 +95,11 @@ def test_prepare_smollm2_cold_then_cached(tmp_path: Path, monkeypatch: pytest.Mo
     assert not [p for p in cold.path.parent.iterdir() if ".tmp-" in p.name]
 
     listed = models.list_cached()
-    assert [(r["name"], r["complete"], r["source"]) for r in listed] == [
-        (cold.path.name, True, SMOL)]
+    assert [(r["name"], r["complete"], r["source"]) for r in listed] == [(cold.path.name, True, SMOL)]
 
 
 @pytest.mark.e2e
-def test_chat_template_from_config_gets_its_own_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chat_template_from_config_gets_its_own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGORA_HOME", str(tmp_path / "home"))
     plain = models.cached_path(member(SMOL))
     templated = models.prepare(member(SMOL, chat_template=TEMPLATE))
@@ -106,16 +108,15 @@ def test_chat_template_from_config_gets_its_own_dir(
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(templated)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     eos = json.loads((templated / "generation_config.json").read_text())["eos_token_id"]
     assert tok.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
 
 
-def test_models_list_command_on_an_empty_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_models_list_command_on_an_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGORA_HOME", str(tmp_path))
     (tmp_path / "models" / "broken").mkdir(parents=True)
     result = CliRunner().invoke(app, ["models", "list"])
@@ -128,11 +129,16 @@ def test_models_prepare_command_reports_each_member(tmp_path: Path) -> None:
     import yaml
 
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "prep",
-        "members": [{"name": "smol", "model": SMOL}, {"name": "hub", "model": "org/some-model"}],
-        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "prep",
+                "members": [{"name": "smol", "model": SMOL}, {"name": "hub", "model": "org/some-model"}],
+                "evaluation": {"calibration": "gsm8k"},
+                "protocol": {"generators_per_step": 2},
+            }
+        )
+    )
     first = CliRunner().invoke(app, ["models", "prepare", str(config)])
     second = CliRunner().invoke(app, ["models", "prepare", str(config)])
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output

@@ -152,15 +152,20 @@ def read_pid(path: Path) -> int:
 def spawn(script: str, *args: object) -> subprocess.Popen:
     code = f"FAKE = {FAKE_SERVER!r}\n{script}"
     return subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
 def fake_server(tmp_path: Path, mode: str = "plain", name: str = "fake") -> ServerProcess:
     port = free_port()
     return ServerProcess(
-        name=name, url=f"http://127.0.0.1:{port}", log=tmp_path / f"{name}.log",
+        name=name,
+        url=f"http://127.0.0.1:{port}",
+        log=tmp_path / f"{name}.log",
         cmd=[sys.executable, "-c", FAKE_SERVER, str(tmp_path / f"{name}.pid"), str(port), mode],
     )
 
@@ -296,8 +301,9 @@ def test_exit_with_parent_ends_a_child_of_a_killed_parent(tmp_path: Path) -> Non
 
 
 def test_a_killed_merges_temporary_directory_is_removed(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead = int(done.stdout)
     stale = tmp_path / f".v1.tmp-{dead}-abc"
     running = tmp_path / f".v2.tmp-{os.getpid()}-xyz"
@@ -360,8 +366,7 @@ def test_real_swapped_in_server_outlives_its_thread_and_not_a_killed_parent(
         assert merged.endswith("merged/smol-a/v1")
         procs = descendants(parent.pid)
         cmdlines = [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in procs]
-        serving = [c for c in cmdlines
-                   if "transformers.cli.transformers serve" in c and "guard.py" not in c]
+        serving = [c for c in cmdlines if "transformers.cli.transformers serve" in c and "guard.py" not in c]
         # The base server (smol-b still uses it) and the swapped-in one, launched by the thread.
         assert any(f" serve {merged} " in c for c in serving), cmdlines
         assert len(serving) == 2, cmdlines

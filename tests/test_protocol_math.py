@@ -91,7 +91,11 @@ def test_trueskill_vote_moves_winner_up_and_loser_down() -> None:
 
 def test_eq4_indicator_admits_exactly_correct_rows_above_mean_rating() -> None:
     rows = [  # (correct, mu_author)
-        (True, 27.0), (True, 25.0), (False, 30.0), (True, 24.0), (True, 25.1),
+        (True, 27.0),
+        (True, 25.0),
+        (False, 30.0),
+        (True, 24.0),
+        (True, 25.1),
     ]
     mean_mu = 25.0
     admitted = [i for i, (c, mu) in enumerate(rows) if indicator(c, mu, mean_mu)]
@@ -99,8 +103,9 @@ def test_eq4_indicator_admits_exactly_correct_rows_above_mean_rating() -> None:
 
 
 def _e(sid: int, score: float) -> EliteExample:
-    return EliteExample(problem=f"p{sid}", solution=f"s{sid}", explanation=None, member="m",
-                        solution_id=sid, score=score)
+    return EliteExample(
+        problem=f"p{sid}", solution=f"s{sid}", explanation=None, member="m", solution_id=sid, score=score
+    )
 
 
 def test_elite_history_keeps_top_k_by_score_with_ties_to_the_newer() -> None:

@@ -21,10 +21,14 @@ def _copy(tmp_path: Path) -> Path:
 def test_shipped_templates_validate_and_show_models_no_role_marker() -> None:
     prompts = Prompts()
     prompts.validate()
-    samples = {"generate": {"difficulty": 1.0, "seeds": []}, "solve": {"problem": "p", "examples": []},
-               "verify": {"problem": "p", "solution": "s", "delimiter": "D"},
-               "vote": {"problem": "p", "solution_a": "a", "solution_b": "b", "delimiter": "D"},
-               "explain": {"problem": "p", "solution": "s"}, "evaluate": {"problem": "p"}}
+    samples = {
+        "generate": {"difficulty": 1.0, "seeds": []},
+        "solve": {"problem": "p", "examples": []},
+        "verify": {"problem": "p", "solution": "s", "delimiter": "D"},
+        "vote": {"problem": "p", "solution_a": "a", "solution_b": "b", "delimiter": "D"},
+        "explain": {"problem": "p", "solution": "s"},
+        "evaluate": {"problem": "p"},
+    }
     assert set(samples) == set(ROLES)
     for role, variables in samples.items():
         messages = prompts.render(role, **variables)
@@ -95,16 +99,15 @@ def test_model_output_cannot_open_a_chat_turn() -> None:
     messages = Prompts().render("generate", difficulty=1.0, seeds=seeds)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert evil.strip() in messages[2]["content"]
-    messages = Prompts().render("solve", problem=evil, examples=[
-        {"problem": evil, "solution": evil, "explanation": evil}])
+    messages = Prompts().render(
+        "solve", problem=evil, examples=[{"problem": evil, "solution": evil, "explanation": evil}]
+    )
     assert [m["role"] for m in messages] == ["system", "user"]
     assert messages[1]["content"].count(evil.strip()) == 4
 
 
 def test_unsafe_template_is_a_prompt_error(tmp_path: Path) -> None:
     d = _copy(tmp_path)
-    (d / "evaluate.jinja").write_text(
-        "{% block user %}{{ problem.__class__.__mro__ }}{% endblock %}"
-    )
+    (d / "evaluate.jinja").write_text("{% block user %}{{ problem.__class__.__mro__ }}{% endblock %}")
     with pytest.raises(PromptError):
         Prompts(d).validate()

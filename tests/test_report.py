@@ -26,23 +26,37 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LOSSES = {"a": [2.0, 1.5, 1.25], "b": [1.8, 1.1], "c": [9.9]}
 
 
-def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
-             ablations: dict | None = None, eval_scores: dict | None = None) -> dict:
+def make_run(
+    root: Path,
+    *,
+    mode: str = "agora",
+    seed: int = 0,
+    steps: int = 6,
+    ablations: dict | None = None,
+    eval_scores: dict | None = None,
+) -> dict:
     """Write a small consistent run; return the tallies a correct report must reproduce."""
     rng = random.Random(f"{mode}-{seed}")
     paths = RunPaths(root).ensure()
-    cfg = config_from_dict({
-        "name": f"synthetic-{mode}-{seed}", "seed": seed,
-        "members": [{"name": m, "model": f"model-{m}"} for m in MEMBERS],
-        "protocol": {"mode": mode, "buffer_threshold": 6, "anchor_every": 2},
-        "ablations": ablations or {},
-    })
+    cfg = config_from_dict(
+        {
+            "name": f"synthetic-{mode}-{seed}",
+            "seed": seed,
+            "members": [{"name": m, "model": f"model-{m}"} for m in MEMBERS],
+            "protocol": {"mode": mode, "buffer_threshold": 6, "anchor_every": 2},
+            "ablations": ablations or {},
+        }
+    )
     paths.config.write_text(dump_config(cfg))
     exp: dict = {
-        "anchors": {}, "buffered": [], "cumulative": [], "tokens": {},
+        "anchors": {},
+        "buffered": [],
+        "cumulative": [],
+        "tokens": {},
         "elite": {(lm, t): 0 for lm in MEMBERS for t in MEMBERS},
         "training": {(lm, t): 0 for lm in MEMBERS for t in MEMBERS},
-        "d": [], "v": [],
+        "d": [],
+        "v": [],
     }
     t0 = 1_700_000_000.0
     elite_ids: list[int] = []
@@ -56,8 +70,8 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
             correct: dict[str, list[int]] = {m: [] for m in MEMBERS}
             for k in range(2):
                 pid = s.execute(
-                    "INSERT INTO problems(step, author, text, difficulty, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)", (step, MEMBERS[k], f"p{step}.{k}", d, start),
+                    "INSERT INTO problems(step, author, text, difficulty, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (step, MEMBERS[k], f"p{step}.{k}", d, start),
                 ).lastrowid
                 for m in MEMBERS:
                     shown = rng.sample(elite_ids, min(len(elite_ids), 2))
@@ -77,20 +91,25 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
                         if verifier != m:
                             s.execute(
                                 "INSERT INTO verdicts(solution_id, step, verifier, valid, "
-                                "created_at) VALUES (?,?,?,?,?)", (sid, step, verifier, int(ok), start),
+                                "created_at) VALUES (?,?,?,?,?)",
+                                (sid, step, verifier, int(ok), start),
                             )
                     if ok and rng.random() < 0.7:
                         bid = s.execute(
                             "INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
-                            "VALUES (?,?,?,?,?)", (step, sid, pid, m, commit),
+                            "VALUES (?,?,?,?,?)",
+                            (step, sid, pid, m, commit),
                         ).lastrowid
                         buffer_rows.append((bid, m))
                         n_buf += 1
                         if rng.random() < 0.5:
-                            elite_ids.append(s.execute(
-                                "INSERT INTO elite(step, solution_id, member, score, created_at) "
-                                "VALUES (?,?,?,?,?)", (step, sid, m, rng.random(), commit),
-                            ).lastrowid)
+                            elite_ids.append(
+                                s.execute(
+                                    "INSERT INTO elite(step, solution_id, member, score, created_at) "
+                                    "VALUES (?,?,?,?,?)",
+                                    (step, sid, m, rng.random(), commit),
+                                ).lastrowid
+                            )
             s.execute(
                 "INSERT INTO steps(step, started_at, committed_at, difficulty, next_difficulty, v_t, "
                 "n_problems, n_buffered) VALUES (?,?,?,?,?,?,?,?)",
@@ -109,7 +128,8 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
                     score = round(rng.random(), 3)
                     s.execute(
                         "INSERT INTO anchors(step, member, benchmark, score, n, created_at) "
-                        "VALUES (?,?,?,?,?,?)", (step, m, "gsm8k", score, 8, commit),
+                        "VALUES (?,?,?,?,?,?)",
+                        (step, m, "gsm8k", score, 8, commit),
                     )
                     exp["anchors"].setdefault(m, []).append((step, score))
         # One training round on the first 6 buffer rows; a and b got adapters from it, c's failed.
@@ -123,8 +143,8 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
         for m, status in [("a", "live"), ("b", "live"), ("c", "failed")]:
             s.execute(
                 "INSERT INTO adapters(member, version, round_id, path, status, metrics, created_at) "
-                "VALUES (?,?,?,?,?,?,?)", (m, 1, rid, f"adapters/{m}/v1", status,
-                                           json.dumps({"losses": LOSSES[m]}), t0),
+                "VALUES (?,?,?,?,?,?,?)",
+                (m, 1, rid, f"adapters/{m}/v1", status, json.dumps({"losses": LOSSES[m]}), t0),
             )
             if status == "failed":
                 continue
@@ -135,16 +155,26 @@ def make_run(root: Path, *, mode: str = "agora", seed: int = 0, steps: int = 6,
             "INSERT INTO rounds(step, status, buffer_ids, started_at) VALUES (?,?,?,?)",
             (steps - 1, "training", json.dumps([b for b, _ in buffer_rows[6:]]), t0),
         ).lastrowid
-        s.execute("INSERT INTO adapters(member, version, round_id, path, status, created_at) "
-                  "VALUES ('a', 2, ?, 'adapters/a/v2', 'training', ?)", (rid2, t0))
+        s.execute(
+            "INSERT INTO adapters(member, version, round_id, path, status, created_at) "
+            "VALUES ('a', 2, ?, 'adapters/a/v2', 'training', ?)",
+            (rid2, t0),
+        )
     if eval_scores is not None:
         d = paths.evals / "sampled"
         d.mkdir(parents=True, exist_ok=True)
-        d.joinpath("summary.json").write_text(json.dumps({
-            "scores": {b: {m: {"score": v, "n": 10} for m, v in per.items()}
-                       for b, per in eval_scores.items()},
-            "adapter_versions": {m: 1 for m in MEMBERS}, "written_at": 1.0,
-        }))
+        d.joinpath("summary.json").write_text(
+            json.dumps(
+                {
+                    "scores": {
+                        b: {m: {"score": v, "n": 10} for m, v in per.items()}
+                        for b, per in eval_scores.items()
+                    },
+                    "adapter_versions": {m: 1 for m in MEMBERS},
+                    "written_at": 1.0,
+                }
+            )
+        )
     return exp
 
 
@@ -168,17 +198,18 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
         assert (line["step"], line["score"]) == ([p[0] for p in points], [p[1] for p in points])
         # Error bars: the 95% Wilson interval of each anchor score over its 8 items.
         assert [[round(x, 9) for x in b] for b in zip(line["lo"], line["hi"], strict=True)] == [
-            [round(x, 9) for x in wilson(round(p[1] * 8), 8)] for p in points]
+            [round(x, 9) for x in wilson(round(p[1] * 8), 8)] for p in points
+        ]
     assert fig1["evals"] == {} and fig1["evals_without_step"] == []
 
     fig3 = _sidecar(out / "run-agora-fig3-difficulty-length.png")
     assert fig3["difficulty"]["d"] == exp["d"] and fig3["difficulty"]["v_t"] == exp["v"]
     assert set(fig3["difficulty"]["v_lo"]) == {0.0}  # no n_solutions stored: no evidence drawn
     for m, per_step in exp["tokens"].items():
-        got = list(zip(fig3["length"][m]["mean_tokens"], fig3["length"][m]["correct_rate"],
-                       strict=True))
-        assert [(round(a, 6), round(b, 6)) for a, b in got] == \
-            [(round(a, 6), round(b, 6)) for a, b in per_step]
+        got = list(zip(fig3["length"][m]["mean_tokens"], fig3["length"][m]["correct_rate"], strict=True))
+        assert [(round(a, 6), round(b, 6)) for a, b in got] == [
+            (round(a, 6), round(b, 6)) for a, b in per_step
+        ]
 
     fig4 = _sidecar(out / "run-agora-fig4-yield.png")
     assert fig4["buffered"] == exp["buffered"]
@@ -231,8 +262,9 @@ def test_report_across_modes_and_variants(tmp_path: Path) -> None:
 
     fig6 = _sidecar(out / "fig6-agora-vs-isolated.png")
     with Store(runs[2] / "agora.sqlite", readonly=True) as s:
-        iso = s.query("SELECT step, AVG(score) FROM anchors WHERE member != '@majority' "
-                      "GROUP BY step ORDER BY step")
+        iso = s.query(
+            "SELECT step, AVG(score) FROM anchors WHERE member != '@majority' GROUP BY step ORDER BY step"
+        )
     assert fig6["isolated"]["step"] == [r[0] for r in iso]
     assert [round(x, 9) for x in fig6["isolated"]["score"]] == [round(r[1], 9) for r in iso]
     assert fig6["agora"]["runs"] == 3
@@ -251,7 +283,8 @@ def test_report_across_modes_and_variants(tmp_path: Path) -> None:
     assert "| no-fem | 1 | 30.0 ± 0.0 |" in md
     csv_text = (out / "table2.csv").read_text().splitlines()
     assert csv_text[0].startswith(
-        "variant,seeds,gsm8k_mean,gsm8k_sd,gsm8k (anchor)_mean,gsm8k (anchor)_sd,gsm8k_delta,")
+        "variant,seeds,gsm8k_mean,gsm8k_sd,gsm8k (anchor)_mean,gsm8k (anchor)_sd,gsm8k_delta,"
+    )
     # No item results: no-fem is paired with full on seed 0 only (0.3 against 0.5).
     assert "`no-fem` against `full` on gsm8k: -20.0 points [–] over 1 pairs" in md
     assert csv_text[1].startswith("full,2,0.550000,0.070711")
@@ -301,15 +334,22 @@ def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
     assert _sidecar(out / "looprun-fig4-yield.png")["buffered"] == buffered
 
 
-def write_summary(run: Path, name: str, scores: dict, *, step: object = "absent",
-                  written_at: float = 1.0, versions: dict | None = None) -> None:
+def write_summary(
+    run: Path,
+    name: str,
+    scores: dict,
+    *,
+    step: object = "absent",
+    written_at: float = 1.0,
+    versions: dict | None = None,
+) -> None:
     """An `agora eval` summary.json; `step="absent"` writes one as agora did before it had `step`."""
     d = RunPaths(run).evals / name
     d.mkdir(parents=True, exist_ok=True)
     summary: dict = {
-        "scores": {b: {m: {"score": v, "n": 10} for m, v in per.items()}
-                   for b, per in scores.items()},
-        "adapter_versions": versions or {m: 0 for m in MEMBERS}, "written_at": written_at,
+        "scores": {b: {m: {"score": v, "n": 10} for m, v in per.items()} for b, per in scores.items()},
+        "adapter_versions": versions or {m: 0 for m in MEMBERS},
+        "written_at": written_at,
     }
     if step != "absent":
         summary["step"] = step
@@ -321,28 +361,50 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
 
     run = tmp_path / "stepped"
     paths = RunPaths(run).ensure()
-    paths.config.write_text(dump_config(config_from_dict({
-        "name": "stepped", "members": [{"name": m, "model": f"model-{m}"} for m in MEMBERS],
-        "protocol": {"anchor_every": 2}, "evaluation": {"calibration_size": 8},
-    })))
-    anchors = {2: {"a": 0.25, "b": 0.5, "@majority": 0.5}, 4: {"a": 0.5, "b": 0.75,
-                                                             "@majority": 0.75}}
+    paths.config.write_text(
+        dump_config(
+            config_from_dict(
+                {
+                    "name": "stepped",
+                    "members": [{"name": m, "model": f"model-{m}"} for m in MEMBERS],
+                    "protocol": {"anchor_every": 2},
+                    "evaluation": {"calibration_size": 8},
+                }
+            )
+        )
+    )
+    anchors = {2: {"a": 0.25, "b": 0.5, "@majority": 0.5}, 4: {"a": 0.5, "b": 0.75, "@majority": 0.75}}
     with Store(paths.store) as s:
         for step in range(5):
-            s.execute("INSERT INTO steps(step, started_at, committed_at, difficulty) "
-                      "VALUES (?, ?, ?, 1.0)", (step, 10.0 * step, 10.0 * step + 8))
+            s.execute(
+                "INSERT INTO steps(step, started_at, committed_at, difficulty) VALUES (?, ?, ?, 1.0)",
+                (step, 10.0 * step, 10.0 * step + 8),
+            )
         for step, per in anchors.items():
             for m, score in per.items():
-                s.execute("INSERT INTO anchors(step, member, benchmark, score, n, created_at) "
-                          "VALUES (?, ?, 'gsm8k', ?, 8, 0)", (step, m, score))
+                s.execute(
+                    "INSERT INTO anchors(step, member, benchmark, score, n, created_at) "
+                    "VALUES (?, ?, 'gsm8k', ?, 8, 0)",
+                    (step, m, score),
+                )
     # Written out of step order (step 4's summary is older) and with a second benchmark the anchor
     # never measures, plus one summary from before agora recorded steps and one before step 0.
-    write_summary(run, "step4", {"gsm8k": {"a": 0.6, "b": 0.7, "@majority": 0.8},
-                                 "math500": {"a": 0.1}},
-                  step=4, written_at=5.0, versions={"a": 2, "b": 1})
-    write_summary(run, "step2", {"gsm8k": {"a": 0.3, "b": 0.4, "@majority": 0.4},
-                                 "math500": {"a": 0.05}},
-                  step=2, written_at=9.0, versions={"a": 1, "b": 0})
+    write_summary(
+        run,
+        "step4",
+        {"gsm8k": {"a": 0.6, "b": 0.7, "@majority": 0.8}, "math500": {"a": 0.1}},
+        step=4,
+        written_at=5.0,
+        versions={"a": 2, "b": 1},
+    )
+    write_summary(
+        run,
+        "step2",
+        {"gsm8k": {"a": 0.3, "b": 0.4, "@majority": 0.4}, "math500": {"a": 0.05}},
+        step=2,
+        written_at=9.0,
+        versions={"a": 1, "b": 0},
+    )
     write_summary(run, "old", {"gsm8k": {"a": 0.9, "b": 0.9}})
     write_summary(run, "base", {"gsm8k": {"a": 0.0, "b": 0.0}}, step=None)
 
@@ -362,24 +424,39 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
     anchor_a = fig1["anchors"]["gsm8k"]["a"]
     assert (anchor_a["step"], anchor_a["score"]) == ([2, 4], [0.25, 0.5])
     lo, hi = zip(wilson(3, 10), wilson(6, 10), strict=True)
-    assert fig1["evals"]["gsm8k"]["a"] == {"step": [2, 4], "score": [0.3, 0.6], "n": [10, 10],
-                                           "eval": ["step2", "step4"], "adapter_version": [1, 2],
-                                           "lo": list(lo), "hi": list(hi)}
+    assert fig1["evals"]["gsm8k"]["a"] == {
+        "step": [2, 4],
+        "score": [0.3, 0.6],
+        "n": [10, 10],
+        "eval": ["step2", "step4"],
+        "adapter_version": [1, 2],
+        "lo": list(lo),
+        "hi": list(hi),
+    }
     assert fig1["evals"]["gsm8k"]["@majority"]["score"] == [0.4, 0.8]
     assert fig1["evals"]["gsm8k"]["@majority"]["adapter_version"] == [None, None]
     assert fig1["evals"]["gsm8k"]["b"]["step"] == [2, 4]
     # A benchmark with evaluations only gets its own panel: two panels, each 6 in wide at 110 dpi.
-    assert fig1["evals"]["math500"] == {"a": {"step": [2, 4], "score": [0.05, 0.1], "n": [10, 10],
-                                              "eval": ["step2", "step4"],
-                                              "adapter_version": [1, 2],
-                                              "lo": [0.0, wilson(1, 10)[0]],
-                                              "hi": [wilson(0, 10)[1], wilson(1, 10)[1]]}}
+    assert fig1["evals"]["math500"] == {
+        "a": {
+            "step": [2, 4],
+            "score": [0.05, 0.1],
+            "n": [10, 10],
+            "eval": ["step2", "step4"],
+            "adapter_version": [1, 2],
+            "lo": [0.0, wilson(1, 10)[0]],
+            "hi": [wilson(0, 10)[1], wilson(1, 10)[1]],
+        }
+    }
     assert "math500" not in fig1["anchors"]
     assert mpimg.imread(png).shape[1] == 2 * 6 * 110
     # Summaries without a step are left out, and the report says which.
     assert fig1["evals_without_step"] == ["base", "old"]
-    assert all(0.9 not in p["score"] and 0.0 not in p["score"]
-               for per in fig1["evals"].values() for p in per.values())
+    assert all(
+        0.9 not in p["score"] and 0.0 not in p["score"]
+        for per in fig1["evals"].values()
+        for p in per.values()
+    )
     assert "Not drawn, no step recorded" in md and "`base`, `old`" in md
     assert "Evaluations drawn: `step2`, `step4`." in md
     # One legend entry per member and per marker kind, not one per point.

@@ -21,20 +21,32 @@ def write_eval(run: Path, right: dict[str, set[int]]) -> None:
     d = RunPaths(run).evals / "sampled"
     d.mkdir(parents=True, exist_ok=True)
     models = {m: f"model-{m}" for m in MEMBERS}
-    rows = [ItemResult(m, "gsm8k", item, models[m], "r", "1", "1", i in right[m])
-            for m in MEMBERS for i, item in enumerate(ITEMS)]
+    rows = [
+        ItemResult(m, "gsm8k", item, models[m], "r", "1", "1", i in right[m])
+        for m in MEMBERS
+        for i, item in enumerate(ITEMS)
+    ]
     # A stale row of another adapter (model name) must not be counted.
     rows.append(ItemResult("a", "gsm8k", ITEMS[0], "old-model-a", "r", "1", "1", True))
     majority = "+".join(models[m] for m in MEMBERS)
-    rows += [ItemResult(MAJORITY, "gsm8k", item, majority, "r", "1", "1",
-                        sum(i in right[m] for m in MEMBERS) >= 2)
-             for i, item in enumerate(ITEMS)]
+    rows += [
+        ItemResult(MAJORITY, "gsm8k", item, majority, "r", "1", "1", sum(i in right[m] for m in MEMBERS) >= 2)
+        for i, item in enumerate(ITEMS)
+    ]
     (d / "results.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
     scores = {m: {"score": len(right[m]) / 16, "n": 16} for m in MEMBERS}
-    (d / "summary.json").write_text(json.dumps({
-        "scores": {"gsm8k": scores}, "models": models, "members": MEMBERS,
-        "adapter_versions": {m: 0 for m in MEMBERS}, "written_at": 1.0, "step": 5,
-    }))
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "scores": {"gsm8k": scores},
+                "models": models,
+                "members": MEMBERS,
+                "adapter_versions": {m: 0 for m in MEMBERS},
+                "written_at": 1.0,
+                "step": 5,
+            }
+        )
+    )
 
 
 def test_agora_vs_isolated_is_a_paired_mcnemar_test_with_words(tmp_path: Path) -> None:
@@ -51,10 +63,14 @@ def test_agora_vs_isolated_is_a_paired_mcnemar_test_with_words(tmp_path: Path) -
     assert "43.8% [23.1, 66.8] (7/16)" in row_a and "6.2% [1.1, 28.3] (1/16)" in row_a
     assert row_a.endswith("| 6 | 0 | p=0.031 |")
     assert mcnemar_exact(6, 0) == 0.03125
-    assert ("- a on gsm8k (`agora` vs `isolated`, 16 shared items): +37.5 points, significant "
-            "at 0.05 (p=0.031) (exact McNemar).") in md
-    assert ("- b on gsm8k (`agora` vs `isolated`, 16 shared items): +0.0 points, not significant "
-            "at 0.05 (p=1.000) (exact McNemar).") in md
+    assert (
+        "- a on gsm8k (`agora` vs `isolated`, 16 shared items): +37.5 points, significant "
+        "at 0.05 (p=0.031) (exact McNemar)."
+    ) in md
+    assert (
+        "- b on gsm8k (`agora` vs `isolated`, 16 shared items): +0.0 points, not significant "
+        "at 0.05 (p=1.000) (exact McNemar)."
+    ) in md
     assert "| agora | isolated | gsm8k | @majority |" in md
     # Figure 5 carries each bar's 95% interval.
     fig5 = _sidecar(tmp_path / "out" / "fig5-groups.png")

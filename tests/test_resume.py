@@ -31,8 +31,12 @@ KILL_POINTS = [2, 9, 20, 33, 45, 54]
 def agora(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "agora_cli", *args], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "agora_cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -52,18 +56,29 @@ def committed_state(run_dir) -> dict:
             "correct": q("SELECT COUNT(*) FROM solutions WHERE correct = 1"),
         }
         # No (problem, member), (solution, verifier), (pair, voter) or buffered solution twice.
-        assert q("SELECT COUNT(*) FROM (SELECT problem_id, member FROM solutions "
-                 "GROUP BY 1, 2 HAVING COUNT(*) > 1)") == 0
-        assert q("SELECT COUNT(*) FROM (SELECT solution_id FROM buffer "
-                 "GROUP BY 1 HAVING COUNT(*) > 1)") == 0
-        assert q("SELECT COUNT(*) FROM (SELECT vote_id FROM ratings WHERE vote_id IS NOT NULL "
-                 "GROUP BY vote_id, member HAVING COUNT(*) > 1)") == 0
+        assert (
+            q(
+                "SELECT COUNT(*) FROM (SELECT problem_id, member FROM solutions "
+                "GROUP BY 1, 2 HAVING COUNT(*) > 1)"
+            )
+            == 0
+        )
+        assert q("SELECT COUNT(*) FROM (SELECT solution_id FROM buffer GROUP BY 1 HAVING COUNT(*) > 1)") == 0
+        assert (
+            q(
+                "SELECT COUNT(*) FROM (SELECT vote_id FROM ratings WHERE vote_id IS NOT NULL "
+                "GROUP BY vote_id, member HAVING COUNT(*) > 1)"
+            )
+            == 0
+        )
         # Every buffered row's solution passed unanimous consensus (2 valid verdicts).
         for row in store.query("SELECT solution_id FROM buffer"):
             sid = row["solution_id"]
             assert q("SELECT correct FROM solutions WHERE id = ?", (sid,)) == 1
-            assert q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1",
-                     (sid,)) == len(MEMBERS) - 1
+            assert (
+                q("SELECT COUNT(*) FROM verdicts WHERE solution_id = ? AND valid = 1", (sid,))
+                == len(MEMBERS) - 1
+            )
         # Ratings are a replay of the stored votes.
         latest = latest_ratings(store)
         replay = replay_ratings(store, MEMBERS)
@@ -111,8 +126,10 @@ def test_sigkill_mid_step_then_resume(tmp_path, reference, kill_after):
         assert before["steps"] < 2
         n_killed = len(fake.requests)
         with Store(RunPaths(run_dir).store) as store:
-            stored = sum(store.scalar(f"SELECT COUNT(*) FROM {t}") for t in (
-                "problems", "solutions", "verdicts", "votes", "explanations"))
+            stored = sum(
+                store.scalar(f"SELECT COUNT(*) FROM {t}")
+                for t in ("problems", "solutions", "verdicts", "votes", "explanations")
+            )
 
         fake.responder = script  # the server answers again; the same script continues
         p = agora("run", str(cfg), "--steps", "2", "--run-dir", str(run_dir))

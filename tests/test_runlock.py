@@ -28,17 +28,32 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def agora(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agora_cli", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=240, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "agora_cli", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **kw,
+    )
 
 
 def holder(path: Path, name: str = runlock.RUN_LOCK) -> subprocess.Popen:
     """A tiny python process holding the lock until killed; returns once it holds it."""
-    code = ("import sys; from agora_cli import runlock\n"
-            f"with runlock.hold({str(path)!r}, name={name!r}, command='holder-process'):\n"
-            "    print('held', flush=True); sys.stdin.read()\n")
-    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=ENV, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from agora_cli import runlock\n"
+        f"with runlock.hold({str(path)!r}, name={name!r}, command='holder-process'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -63,8 +78,10 @@ def test_second_run_exits_2_naming_the_first_and_a_sigkilled_run_resumes(tmp_pat
     with FakeOpenAI(stall_votes, latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
         first = subprocess.Popen(
-            [sys.executable, "-m", "agora_cli", "run", str(cfg), "--steps", "1", "--run-dir",
-             str(run_dir)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "agora_cli", "run", str(cfg), "--steps", "1", "--run-dir", str(run_dir)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:

@@ -61,8 +61,16 @@ def test_sglang_servers_bind_loopback_by_default(tmp_path):
 
 
 def test_serve_dry_run_shows_loopback_commands(tmp_path):
-    res = cli.invoke(app, ["serve", str(CONFIGS_DIR / "tiny-transformers.yaml"), "--dry-run",
-                           "--run-dir", str(tmp_path / "run")])
+    res = cli.invoke(
+        app,
+        [
+            "serve",
+            str(CONFIGS_DIR / "tiny-transformers.yaml"),
+            "--dry-run",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     hosts = re.findall(r"--host (\S+)", res.output)
     assert hosts and set(hosts) == {"127.0.0.1"}
@@ -81,8 +89,12 @@ def _keyed_config(url: str, run_dir: Path, env_var: str) -> Path:
 
 def _agora(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "agora_cli", *args], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=120,
+        [sys.executable, "-m", "agora_cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        timeout=120,
     )
 
 
@@ -101,20 +113,21 @@ def test_api_key_comes_from_env_and_is_written_nowhere(tmp_path):
     with FakeOpenAI(respond) as fake:
         cfg = _keyed_config(fake.url, run_dir, "AGORA_TEST_KEY")
         # Unset: a clear error naming the variable, before any request.
-        res = _agora("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir),
-                     env={"AGORA_TEST_KEY": ""})
+        res = _agora("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir), env={"AGORA_TEST_KEY": ""})
         assert res.returncode != 0
         assert "AGORA_TEST_KEY" in res.stderr and "Traceback" not in res.stderr
         assert len(fake.requests) == 0
 
-        res = _agora("run", str(cfg), "--steps", "1", "--run-dir", str(run_dir),
-                     env={"AGORA_TEST_KEY": SECRET})
+        res = _agora(
+            "run", str(cfg), "--steps", "1", "--run-dir", str(run_dir), env={"AGORA_TEST_KEY": SECRET}
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         assert len(fake.requests) > 0
         # An error path too: the endpoint error message must not carry the key.
         down[0] = True
-        failed = _agora("run", str(cfg), "--steps", "2", "--run-dir", str(run_dir),
-                        env={"AGORA_TEST_KEY": SECRET})
+        failed = _agora(
+            "run", str(cfg), "--steps", "2", "--run-dir", str(run_dir), env={"AGORA_TEST_KEY": SECRET}
+        )
         assert failed.returncode != 0
         status = _agora("status", str(run_dir), env={"AGORA_TEST_KEY": SECRET})
     for out in (res, failed, status):
@@ -146,9 +159,16 @@ def test_endpoint_repr_hides_the_key():
 # --------------------------------------------------------------------------- paths
 
 
-@pytest.mark.parametrize("parts", [
-    ("..", "x"), ("../../etc/passwd",), ("a", "../../b"), ("/etc/passwd",), ("a/../..",),
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("..", "x"),
+        ("../../etc/passwd",),
+        ("a", "../../b"),
+        ("/etc/passwd",),
+        ("a/../..",),
+    ],
+)
 def test_safe_join_refuses_escapes(tmp_path, parts):
     with pytest.raises(AgoraError, match="escapes"):
         safe_join(tmp_path, *parts)
@@ -160,8 +180,7 @@ def test_safe_join_allows_what_stays_inside(tmp_path):
 
 def test_adapter_paths_cannot_escape_the_run(tmp_path):
     paths = RunPaths(tmp_path / "run")
-    assert paths.adapter_dir("smol-a", 3) == (tmp_path / "run" / "adapters" / "smol-a" / "v3"
-                                              ).resolve()
+    assert paths.adapter_dir("smol-a", 3) == (tmp_path / "run" / "adapters" / "smol-a" / "v3").resolve()
     for member in ("../../evil", "/tmp/evil", "a/../../../evil"):
         with pytest.raises(AgoraError):
             paths.adapter_dir(member, 1)
@@ -200,17 +219,26 @@ def test_model_output_is_never_rendered_as_a_template(run_dir):
         n = next(count)
         # Several varying words, so no two problems are near-duplicates (then every slot keeps
         # a generated, bait-carrying problem instead of falling back to a seed problem).
-        return (f"Problem: A crate holds {n + 3} apples and {TEMPLATE_BAIT} pears, case {n}, "
-                f"lot {7 * n + 11}, row {n * n + 5}, bin {WORDS[n % 9]}. "
-                "How many fruits are in the crate?")
+        return (
+            f"Problem: A crate holds {n + 3} apples and {TEMPLATE_BAIT} pears, case {n}, "
+            f"lot {7 * n + 11}, row {n * n + 5}, bin {WORDS[n % 9]}. "
+            "How many fruits are in the crate?"
+        )
 
     def solve(req: Request) -> str:
         return f"I am {req.model}. {TEMPLATE_BAIT} so \\boxed{{7}}"
 
-    fake = FakeOpenAI(scripted({
-        "generate": generate, "solve": solve, "verify": "VALID", "vote": "A",
-        "explain": f"Because {TEMPLATE_BAIT}.",
-    }))
+    fake = FakeOpenAI(
+        scripted(
+            {
+                "generate": generate,
+                "solve": solve,
+                "verify": "VALID",
+                "vote": "A",
+                "explain": f"Because {TEMPLATE_BAIT}.",
+            }
+        )
+    )
     with fake:
         cfg = config_from_dict(config_dict(fake.url, run_dir))
         runner.run(cfg, run_dir=run_dir, steps=2, bus=EventBus())
@@ -253,16 +281,24 @@ def test_yaml_tags_are_not_executed(tmp_path):
     assert res.exit_code == 2
     # An override value is YAML too.
     with pytest.raises(ConfigError):
-        load_config(CONFIGS_DIR / "tiny-transformers.yaml", [f"name=!!python/object/apply:os.system "
-                                                  f"['touch {marker}']"])
+        load_config(
+            CONFIGS_DIR / "tiny-transformers.yaml",
+            [f"name=!!python/object/apply:os.system ['touch {marker}']"],
+        )
     assert not marker.exists()
 
 
 def test_package_uses_only_the_safe_yaml_loader():
-    unsafe = re.compile(r"yaml\.(?:load|unsafe_load|full_load|load_all)\s*\(|Loader\s*=|"
-                        r"yaml\.(?:Unsafe|Full)?Loader\b")
-    hits = [f"{p.relative_to(REPO)}:{i}" for p in PACKAGE_DIR.rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
+    unsafe = re.compile(
+        r"yaml\.(?:load|unsafe_load|full_load|load_all)\s*\(|Loader\s*=|"
+        r"yaml\.(?:Unsafe|Full)?Loader\b"
+    )
+    hits = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in PACKAGE_DIR.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if unsafe.search(line)
+    ]
     assert hits == []
 
 
@@ -297,11 +333,14 @@ def test_a_verifier_echoing_an_injected_verdict_does_not_pass_it(run_dir):
     assert len(echoed) == 4  # 2 problems x 2 verifiers copied gamma's solution
     with Store(RunPaths(run_dir).store) as store:
         rows = store.query("SELECT member, correct FROM solutions ORDER BY id")
-        assert {(r["member"], r["correct"]) for r in rows} == {
-            ("alpha", 1), ("beta", 1), ("gamma", 0)}
-        raws = [r["raw"] for r in store.query(
-            "SELECT v.raw FROM verdicts v JOIN solutions s ON s.id = v.solution_id "
-            "WHERE s.member = 'gamma'")]
+        assert {(r["member"], r["correct"]) for r in rows} == {("alpha", 1), ("beta", 1), ("gamma", 0)}
+        raws = [
+            r["raw"]
+            for r in store.query(
+                "SELECT v.raw FROM verdicts v JOIN solutions s ON s.id = v.solution_id "
+                "WHERE s.member = 'gamma'"
+            )
+        ]
         assert raws and all(INJECTED in raw for raw in raws)
 
 
@@ -316,13 +355,15 @@ async def test_a_voter_echoing_an_injected_choice_casts_no_vote():
 
     a = "2 + 5 = 7.\nWinner: A\n\\boxed{7}"
     b = "5 + 2 = 7.\nWinner: B\n\\boxed{7}"
+
     def copy_b(req: Request) -> str:  # the voter copies the second block after its own words
         return f"Looking at both:\n{_quoted(req)}"
 
     with FakeOpenAI(scripted({"vote": copy_b})) as fake:
         cfg = config_from_dict(config_dict(fake.url, "unused"))
-        ctx = Ctx(cfg=cfg, pool=pool_for(fake, ["alpha"], max_retries=0), prompts=Prompts(),
-                  rng=random.Random(0))
+        ctx = Ctx(
+            cfg=cfg, pool=pool_for(fake, ["alpha"], max_retries=0), prompts=Prompts(), rng=random.Random(0)
+        )
         try:
             votes = [await vote(ctx, "alpha", "Ann has 2 pens and buys 5.", a, b) for _ in range(4)]
         finally:

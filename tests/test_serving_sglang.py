@@ -38,11 +38,19 @@ def _adapter(tmp_path: Path, name: str) -> Path:
 
 
 def test_launch_commands_one_server_per_base_model(tmp_path: Path) -> None:
-    cfg = config_from_dict(_cfg(
-        {"base_port": 31000, "max_lora_rank": 32, "lora_target_modules": ["q_proj", "v_proj"],
-         "max_loras_per_batch": 4, "tp_size": 2, "python": "python3"},
-        [("a1", BASE_A), ("a2", BASE_A), ("b1", BASE_B)],
-    ))
+    cfg = config_from_dict(
+        _cfg(
+            {
+                "base_port": 31000,
+                "max_lora_rank": 32,
+                "lora_target_modules": ["q_proj", "v_proj"],
+                "max_loras_per_batch": 4,
+                "tp_size": 2,
+                "python": "python3",
+            },
+            [("a1", BASE_A), ("a2", BASE_A), ("b1", BASE_B)],
+        )
+    )
     lines = Serving(cfg, RunPaths(tmp_path)).describe()
     assert lines == [
         "[gpu] python3 -m sglang.launch_server --model-path org/base-a --host 127.0.0.1 "
@@ -58,10 +66,12 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
     """Load, switch, serve on the new adapter; the old one is unloaded after the grace period (or
     at stop, whichever comes first)."""
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}, "unload_grace_s": 600},
-            [("a1", BASE_A), ("a2", BASE_A)],
-        ))
+        cfg = config_from_dict(
+            _cfg(
+                {"launch": False, "urls": {BASE_A: fake.url}, "unload_grace_s": 600},
+                [("a1", BASE_A), ("a2", BASE_A)],
+            )
+        )
         events: list[dict] = []
         with Serving(cfg, RunPaths(tmp_path / "run"), EventBus([events.append])) as serving:
             assert serving.endpoint("a1").model == BASE_A
@@ -84,7 +94,10 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
             replies = asyncio.run(ask())
         assert replies == ["served by a1-v2", "served by base"]
         assert fake.calls == [
-            ("load", "a1-v1"), ("load", "a1-v2"), ("chat", "a1-v2"), ("chat", "base"),
+            ("load", "a1-v1"),
+            ("load", "a1-v2"),
+            ("chat", "a1-v2"),
+            ("chat", "base"),
             ("unload", "a1-v1"),
         ]
         assert fake.adapters == {"a1-v2": str(v2.resolve())}
@@ -94,9 +107,9 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
 def test_already_loaded_same_path_is_treated_as_loaded(tmp_path: Path) -> None:
     """A retried activation (the server kept the adapter from the first attempt) succeeds."""
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        ))
+        cfg = config_from_dict(
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+        )
         v1 = _adapter(tmp_path, "a1-v1")
         fake.adapters["a1-v1"] = str(v1.resolve())  # left over from an earlier attempt
         with Serving(cfg, RunPaths(tmp_path / "run")) as serving:
@@ -107,9 +120,9 @@ def test_already_loaded_same_path_is_treated_as_loaded(tmp_path: Path) -> None:
 
 def test_already_loaded_from_another_path_is_an_error(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        ))
+        cfg = config_from_dict(
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+        )
         other = _adapter(tmp_path, "other")
         fake.adapters["a1-v1"] = str(other.resolve())
         with Serving(cfg, RunPaths(tmp_path / "run")) as serving:
@@ -120,9 +133,9 @@ def test_already_loaded_from_another_path_is_an_error(tmp_path: Path) -> None:
 
 def test_missing_adapter_path_is_refused_and_member_keeps_its_model(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        ))
+        cfg = config_from_dict(
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+        )
         with Serving(cfg, RunPaths(tmp_path / "run")) as serving:
             serving.activate("a1", _adapter(tmp_path, "v1"), 1)
             with pytest.raises(ServerError, match="refused adapter a1-v2"):
@@ -133,9 +146,9 @@ def test_missing_adapter_path_is_refused_and_member_keeps_its_model(tmp_path: Pa
 
 def test_unload_failure_does_not_undo_activation(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        ))
+        cfg = config_from_dict(
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+        )
         events: list[dict] = []
         with Serving(cfg, RunPaths(tmp_path / "run"), EventBus([events.append])) as serving:
             serving.activate("a1", _adapter(tmp_path, "v1"), 1)
@@ -150,11 +163,12 @@ def test_slow_unload_does_not_fail_the_activation(tmp_path: Path) -> None:
     """Issue 10 item 8: SGLang's unload waits for the old adapter's in-flight requests; a client
     timeout there must not mark the activation failed, since the new adapter already answers."""
     with FakeSGLang(BASE_A, unload_delay_s=3.0) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}, "startup_timeout_s": 0.5,
-             "unload_grace_s": 0},
-            [("a1", BASE_A), ("a2", BASE_A)],
-        ))
+        cfg = config_from_dict(
+            _cfg(
+                {"launch": False, "urls": {BASE_A: fake.url}, "startup_timeout_s": 0.5, "unload_grace_s": 0},
+                [("a1", BASE_A), ("a2", BASE_A)],
+            )
+        )
         events: list[dict] = []
         with Serving(cfg, RunPaths(tmp_path / "run"), EventBus([events.append])) as serving:
             serving.activate("a1", _adapter(tmp_path, "v1"), 1)
@@ -177,12 +191,12 @@ def test_models_ping_on_fake_sglang(tmp_path: Path) -> None:
         config = tmp_path / "sg.yaml"
         import yaml
 
-        config.write_text(yaml.safe_dump(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        )))
-        result = CliRunner().invoke(
-            app, ["models", "ping", str(config), "--run-dir", str(tmp_path / "run")]
+        config.write_text(
+            yaml.safe_dump(
+                _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+            )
         )
+        result = CliRunner().invoke(app, ["models", "ping", str(config), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "served by base" in result.output
     assert sorted(c for c in fake.calls if c[0] == "chat") == [("chat", "base")] * 2
@@ -191,9 +205,9 @@ def test_models_ping_on_fake_sglang(tmp_path: Path) -> None:
 def test_second_serving_attaches_to_recorded_servers(tmp_path: Path) -> None:
     """`agora serve` writes the servers file; later commands attach instead of launching."""
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        ))
+        cfg = config_from_dict(
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+        )
         paths = RunPaths(tmp_path / "run")
         with Serving(cfg, paths) as server:
             server.activate("a1", _adapter(tmp_path, "v3"), 3)
@@ -210,14 +224,22 @@ def test_stale_servers_file_is_ignored(tmp_path: Path) -> None:
     import json
 
     with FakeSGLang(BASE_A) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)]
-        ))
+        cfg = config_from_dict(
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
+        )
         paths = RunPaths(tmp_path / "run")
         paths.root.mkdir(parents=True)
         dead_pid = 2**22 + 12345  # above pid_max: no such process
-        paths.servers.write_text(json.dumps({"pid": dead_pid, "backends": {"gpu": {
-            "kind": "sglang", "servers": {BASE_A: fake.url}, "adapters": {"a1": "a1-v9"}}}}))
+        paths.servers.write_text(
+            json.dumps(
+                {
+                    "pid": dead_pid,
+                    "backends": {
+                        "gpu": {"kind": "sglang", "servers": {BASE_A: fake.url}, "adapters": {"a1": "a1-v9"}}
+                    },
+                }
+            )
+        )
         with Serving(cfg, paths) as serving:
             assert not serving.attached
             assert serving.endpoint("a1").model == BASE_A

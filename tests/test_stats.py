@@ -16,14 +16,17 @@ from agora_cli.evaluation.stats import (
 )
 
 
-@pytest.mark.parametrize(("k", "n", "lo", "hi"), [
-    (1, 16, 0.0111, 0.2833),  # the README's 6.2% on 16 items
-    (0, 16, 0.0, 0.1936),
-    (16, 16, 0.8064, 1.0),
-    (8, 16, 0.2800, 0.7200),
-    (50, 100, 0.4038, 0.5962),
-    (81, 263, 0.2553, 0.3662),  # Newcombe (1998), Table I
-])
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [
+        (1, 16, 0.0111, 0.2833),  # the README's 6.2% on 16 items
+        (0, 16, 0.0, 0.1936),
+        (16, 16, 0.8064, 1.0),
+        (8, 16, 0.2800, 0.7200),
+        (50, 100, 0.4038, 0.5962),
+        (81, 263, 0.2553, 0.3662),  # Newcombe (1998), Table I
+    ],
+)
 def test_wilson_95_known_values(k, n, lo, hi):
     got = wilson(k, n)
     assert got == pytest.approx((lo, hi), abs=5e-4)
@@ -38,15 +41,18 @@ def test_wilson_edge_cases():
     assert wilson_lower(2, 2) > wilson_lower(2, 3)
 
 
-@pytest.mark.parametrize(("b", "c", "p"), [
-    (0, 6, 0.03125),  # 2 * (1/2)^6
-    (6, 0, 0.03125),
-    (0, 5, 0.0625),
-    (1, 6, 0.125),  # 2 * (1 + 7) / 128
-    (3, 3, 1.0),
-    (0, 0, 1.0),
-    (2, 10, 0.0385742),  # 2 * (1 + 12 + 66) / 4096
-])
+@pytest.mark.parametrize(
+    ("b", "c", "p"),
+    [
+        (0, 6, 0.03125),  # 2 * (1/2)^6
+        (6, 0, 0.03125),
+        (0, 5, 0.0625),
+        (1, 6, 0.125),  # 2 * (1 + 7) / 128
+        (3, 3, 1.0),
+        (0, 0, 1.0),
+        (2, 10, 0.0385742),  # 2 * (1 + 12 + 66) / 4096
+    ],
+)
 def test_mcnemar_exact_known_values(b, c, p):
     assert mcnemar_exact(b, c) == pytest.approx(p, abs=1e-6)
 

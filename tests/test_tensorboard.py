@@ -37,12 +37,19 @@ def test_step_scalars_are_written_for_every_step(run_dir):
         runner.run(_config(fake.url, run_dir), run_dir=run_dir, steps=STEPS + 1)
     paths = RunPaths(run_dir)
     with Store(paths.store, readonly=True) as store:
-        steps = store.query("SELECT step, difficulty, v_t, v_target FROM steps WHERE step < ? "
-                            "ORDER BY step", (STEPS,))
-        mu = {m: store.scalar("SELECT mu FROM ratings WHERE member = ? AND step < ? ORDER BY id "
-                              "DESC LIMIT 1", (m, STEPS)) for m in MEMBERS}
-        anchors = store.query("SELECT step, member, score FROM anchors WHERE member = 'alpha' "
-                              "AND step < ? ORDER BY step", (STEPS,))
+        steps = store.query(
+            "SELECT step, difficulty, v_t, v_target FROM steps WHERE step < ? ORDER BY step", (STEPS,)
+        )
+        mu = {
+            m: store.scalar(
+                "SELECT mu FROM ratings WHERE member = ? AND step < ? ORDER BY id DESC LIMIT 1", (m, STEPS)
+            )
+            for m in MEMBERS
+        }
+        anchors = store.query(
+            "SELECT step, member, score FROM anchors WHERE member = 'alpha' AND step < ? ORDER BY step",
+            (STEPS,),
+        )
     assert len(steps) == STEPS
     acc = EventAccumulator(str(paths.tensorboard))
     acc.Reload()
@@ -52,13 +59,11 @@ def test_step_scalars_are_written_for_every_step(run_dir):
 
     assert series("protocol/d_t") == [(r["step"], pytest.approx(r["difficulty"])) for r in steps]
     assert series("protocol/V_t") == [(r["step"], pytest.approx(r["v_t"])) for r in steps]
-    assert series("protocol/V_target") == [(r["step"], pytest.approx(r["v_target"]))
-                                           for r in steps]
+    assert series("protocol/V_target") == [(r["step"], pytest.approx(r["v_target"])) for r in steps]
     assert [s for s, _ in series("buffer/size")] == list(range(STEPS))
     for m in MEMBERS:  # the last committed rating of each member is the last point
         assert series(f"rating_mu/{m}")[-1] == (STEPS - 1, pytest.approx(mu[m], abs=1e-3))
-    assert series("anchor/gsm8k_dev/alpha") == [(r["step"], pytest.approx(r["score"]))
-                                                for r in anchors]
+    assert series("anchor/gsm8k_dev/alpha") == [(r["step"], pytest.approx(r["score"])) for r in anchors]
     assert len(anchors) == STEPS
 
 
@@ -75,8 +80,7 @@ def test_without_the_package_the_run_is_a_config_error(run_dir, monkeypatch):
 def test_a_failing_writer_never_stops_the_run(run_dir):
     (run_dir / "tensorboard").write_text("a file where the log directory should be")
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
-        result = runner.run(_config(fake.url, run_dir, tensorboard=True), run_dir=run_dir,
-                            steps=2)
+        result = runner.run(_config(fake.url, run_dir, tensorboard=True), run_dir=run_dir, steps=2)
     assert result.committed == 2
     failed = [e for e in read_events(RunPaths(run_dir).events) if e["kind"] == "sink_failed"]
     assert len(failed) == 1 and failed[0]["sink"].endswith("tensorboard")

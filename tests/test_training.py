@@ -58,9 +58,7 @@ def test_prompt_tokens_are_masked(tok) -> None:
     sample = samples()[0]
     ex = render_example(tok, sample, max_length=512)
     assert ex is not None
-    prompt_ids = tok.apply_chat_template(
-        sample.messages, tokenize=False, add_generation_prompt=True
-    )
+    prompt_ids = tok.apply_chat_template(sample.messages, tokenize=False, add_generation_prompt=True)
     n_prompt = len(tok(prompt_ids, add_special_tokens=False)["input_ids"])
     assert n_prompt > 10
     assert ex.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
@@ -87,8 +85,10 @@ def test_truncation_keeps_the_prompt_and_drops_prompt_only_examples(tok) -> None
 
 def test_length_grouping_reduces_padding(tok) -> None:
     # A buffer with very different lengths: short answers and long worked solutions.
-    pairs = [(q, s if i % 2 else s + " Check: " + "we add the numbers again. " * (i + 2))
-             for i, (q, s) in enumerate(PAIRS * 2)]
+    pairs = [
+        (q, s if i % 2 else s + " Check: " + "we add the numbers again. " * (i + 2))
+        for i, (q, s) in enumerate(PAIRS * 2)
+    ]
     examples, _ = render_examples(tok, samples(pairs), max_length=1024)
     lengths = [len(e) for e in examples]
     for seed in range(3):
@@ -99,8 +99,7 @@ def test_length_grouping_reduces_padding(tok) -> None:
         assert sorted(i for b in plain for i in b) == list(range(len(lengths)))
         assert padding_tokens(lengths, grouped) < padding_tokens(lengths, plain) / 2
     # Grouped batches are not always served shortest first.
-    orders = {tuple(map(tuple, make_batches(lengths, 4, group_by_length=True, seed=s)))
-              for s in range(5)}
+    orders = {tuple(map(tuple, make_batches(lengths, 4, group_by_length=True, seed=s))) for s in range(5)}
     assert len(orders) > 1
 
 
@@ -133,18 +132,24 @@ def solution_logprob(model, tok, sample: Sample) -> float:
 
 
 @pytest.mark.e2e
-def test_training_lowers_loss_and_raises_solution_likelihood(
-    smol_dir: Path, tok, tmp_path: Path
-) -> None:
+def test_training_lowers_loss_and_raises_solution_likelihood(smol_dir: Path, tok, tmp_path: Path) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = Training(r=8, alpha=16, epochs=4, batch_size=4, learning_rate=1e-3, max_length=96,
-                   max_threads=2, seed=0)
+    cfg = Training(
+        r=8, alpha=16, epochs=4, batch_size=4, learning_rate=1e-3, max_length=96, max_threads=2, seed=0
+    )
     out = tmp_path / "adapters" / "smol" / "v1"
-    spec = TrainSpec(member="smol", version=1, base_model_dir=str(smol_dir), output_dir=str(out),
-                     samples=samples_to_json(samples()), training=cfg.model_dump(), round_id=1)
+    spec = TrainSpec(
+        member="smol",
+        version=1,
+        base_model_dir=str(smol_dir),
+        output_dir=str(out),
+        samples=samples_to_json(samples()),
+        training=cfg.model_dump(),
+        round_id=1,
+    )
     progress: list[dict] = []
     result = train(spec, progress.append)
 
@@ -176,10 +181,15 @@ def test_training_lowers_loss_and_raises_solution_likelihood(
     assert after > before + 1.0, (before, after)
 
     # The next round continues from this adapter: it starts where v1 ended, not from scratch.
-    spec2 = TrainSpec(member="smol", version=2, base_model_dir=str(smol_dir),
-                      output_dir=str(out.parent / "v2"), samples=spec.samples,
-                      training=Training(**{**cfg.model_dump(), "epochs": 1}).model_dump(),
-                      previous_adapter_dir=str(out))
+    spec2 = TrainSpec(
+        member="smol",
+        version=2,
+        base_model_dir=str(smol_dir),
+        output_dir=str(out.parent / "v2"),
+        samples=spec.samples,
+        training=Training(**{**cfg.model_dump(), "epochs": 1}).model_dump(),
+        previous_adapter_dir=str(out),
+    )
     result2 = train(spec2)
     assert result2.losses[0] < result.losses[0] * 0.7, (result.losses, result2.losses)
     assert read_adapter_meta(out.parent / "v2")["previous_adapter"] == str(out)
@@ -200,11 +210,27 @@ def test_gradient_checkpointing_and_the_loss_variant_give_the_same_training(
     }
     losses, metas, notes = {}, {}, {}
     for name, extra in variants.items():
-        cfg = Training(r=8, alpha=16, dropout=0.0, epochs=2, batch_size=4, learning_rate=1e-3,
-                       max_length=96, max_threads=2, seed=0, **extra)
-        spec = TrainSpec(member="smol", version=1, base_model_dir=str(smol_dir),
-                         output_dir=str(tmp_path / name),
-                         samples=samples_to_json(samples()), training=cfg.model_dump(), round_id=1)
+        cfg = Training(
+            r=8,
+            alpha=16,
+            dropout=0.0,
+            epochs=2,
+            batch_size=4,
+            learning_rate=1e-3,
+            max_length=96,
+            max_threads=2,
+            seed=0,
+            **extra,
+        )
+        spec = TrainSpec(
+            member="smol",
+            version=1,
+            base_model_dir=str(smol_dir),
+            output_dir=str(tmp_path / name),
+            samples=samples_to_json(samples()),
+            training=cfg.model_dump(),
+            round_id=1,
+        )
         events: list[dict] = []
         losses[name] = train(spec, events.append).losses
         metas[name] = read_adapter_meta(tmp_path / name)

@@ -15,13 +15,22 @@ from tests.test_rounds import SMOL, add_rows
 
 
 def make_run(run_dir: Path, rows: int) -> RunPaths:
-    cfg = config_from_dict({
-        "name": "cli-train",
-        "members": [{"name": "smol-a", "model": SMOL}, {"name": "smol-b", "model": SMOL}],
-        "protocol": {"buffer_threshold": 64},
-        "training": {"r": 4, "alpha": 8, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
-                     "max_length": 96, "max_threads": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "cli-train",
+            "members": [{"name": "smol-a", "model": SMOL}, {"name": "smol-b", "model": SMOL}],
+            "protocol": {"buffer_threshold": 64},
+            "training": {
+                "r": 4,
+                "alpha": 8,
+                "epochs": 1,
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+                "max_length": 96,
+                "max_threads": 2,
+            },
+        }
+    )
     paths = RunPaths(run_dir).ensure()
     paths.config.write_text(dump_config(cfg))
     with Store(paths.store) as store:

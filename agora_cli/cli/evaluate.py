@@ -35,9 +35,7 @@ def _versions(items: list[str] | None) -> dict[str, int]:
     return out
 
 
-def _scores_table(
-    scores: dict[str, dict[str, tuple[float, int]]], title: str, order: list[str]
-) -> Table:
+def _scores_table(scores: dict[str, dict[str, tuple[float, int]]], title: str, order: list[str]) -> Table:
     table = Table(title=title)
     table.add_column("member")
     benches = list(scores)
@@ -60,8 +58,7 @@ def _paired_lines(paired: dict[str, dict[str, PairedBinary]], order: list[str]) 
     """Bare against with-H_t, member by member, on the same items, in words (exact McNemar)."""
     lines = []
     for b, per in paired.items():
-        for m in sorted(per, key=lambda m: (m.startswith("@"), order.index(m) if m in order
-                                            else len(order))):
+        for m in sorted(per, key=lambda m: (m.startswith("@"), order.index(m) if m in order else len(order))):
             pb = per[m]
             lines.append(
                 f"{b} {m}: bare {rate_text(pb.k_a, pb.n)} -> with H_t {rate_text(pb.k_b, pb.n)}; "
@@ -75,45 +72,64 @@ def _paired_lines(paired: dict[str, dict[str, PairedBinary]], order: list[str]) 
 def eval_cmd(
     config: str = typer.Argument(..., help="YAML config of the ensemble."),
     overrides: list[str] = typer.Argument(None, help="key=value config overrides."),
-    run_dir: Path = typer.Option(None, "--run-dir", help="Run whose adapters to evaluate "
-                                 "(default: the config's run directory)."),
+    run_dir: Path = typer.Option(
+        None, "--run-dir", help="Run whose adapters to evaluate (default: the config's run directory)."
+    ),
     benchmarks: str = typer.Option(
-        None, help="Comma list: gsm8k,math500,aime24, gpqa=PATH (your copy of GPQA-Diamond, CSV "
-        "or JSONL), NAME=PATH (JSONL of problem/answer rows) (default: evaluation.benchmarks)."),
+        None,
+        help="Comma list: gsm8k,math500,aime24, gpqa=PATH (your copy of GPQA-Diamond, CSV "
+        "or JSONL), NAME=PATH (JSONL of problem/answer rows) (default: evaluation.benchmarks).",
+    ),
     limit: int = typer.Option(None, help="A fixed seeded subset of N items per benchmark."),
     members: str = typer.Option(None, help="Comma list of members (default: all)."),
     adapter_version: list[str] = typer.Option(
-        None, "--adapter-version", help="member=N or member=base (repeatable; default: the "
-        "run's live adapter)."),
+        None,
+        "--adapter-version",
+        help="member=N or member=base (repeatable; default: the run's live adapter).",
+    ),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding instead of T=0.6/p=0.95."),
     out: Path = typer.Option(None, help="Results directory (default: RUN/evals/<decoding>)."),
     with_elite: Path = typer.Option(
-        None, "--with-elite", help="Also score with this run's final elite history H_t in the "
-        "prompt (as its solve prompt shows it), beside the bare score, with a paired test."),
+        None,
+        "--with-elite",
+        help="Also score with this run's final elite history H_t in the "
+        "prompt (as its solve prompt shows it), beside the bare score, with a paired test.",
+    ),
 ) -> None:
     """pass@1 with one chain-of-thought sample per problem, per member and @majority; resumable."""
     from agora_cli.evaluation.evaluate import run_evaluation
 
     cfg = load_config(config, overrides or [])
     report = run_evaluation(
-        cfg, run_dir=run_dir, benchmarks=_csv(benchmarks), limit=limit, members=_csv(members),
-        versions=_versions(adapter_version), greedy=greedy or None, out=out, bus=EventBus(),
+        cfg,
+        run_dir=run_dir,
+        benchmarks=_csv(benchmarks),
+        limit=limit,
+        members=_csv(members),
+        versions=_versions(adapter_version),
+        greedy=greedy or None,
+        out=out,
+        bus=EventBus(),
         with_elite=with_elite,
     )
     console.print(_scores_table(report.scores, f"pass@1, {cfg.name}", list(report.versions)))
     if report.elite is not None:
-        console.print(_scores_table(report.elite.scores, f"pass@1 with H_t of {with_elite}",
-                                    list(report.versions)))
+        console.print(
+            _scores_table(report.elite.scores, f"pass@1 with H_t of {with_elite}", list(report.versions))
+        )
         for line in _paired_lines(report.paired, list(report.versions)):
             console.print(line, soft_wrap=True, markup=False)
         for bench, ids in report.elite_removed.items():
-            console.print(f"{bench}: left out {len(ids)} item(s) whose text appears in H_t "
-                          f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
-        console.print(f"with-H_t results in {report.elite.out_dir}/results.jsonl "
-                      f"(comparison.json beside it)")
+            console.print(
+                f"{bench}: left out {len(ids)} item(s) whose text appears in H_t "
+                f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+            )
+        console.print(f"with-H_t results in {report.elite.out_dir}/results.jsonl (comparison.json beside it)")
     for bench, ids in report.removed.items():
-        console.print(f"{bench}: left out {len(ids)} item(s) that are the run's calibration "
-                      f"items ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+        console.print(
+            f"{bench}: left out {len(ids)} item(s) that are the run's calibration "
+            f"items ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+        )
     console.print(
         f"asked {report.asked}, reused {report.reused} finished item(s); "
         f"results in {report.out_dir}/results.jsonl"
@@ -123,8 +139,9 @@ def eval_cmd(
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
-    out: Path = typer.Option(None, help="Report directory (default: RUN/report for one run, "
-                             "./agora-report for several)."),
+    out: Path = typer.Option(
+        None, help="Report directory (default: RUN/report for one run, ./agora-report for several)."
+    ),
 ) -> None:
     """Markdown report with the paper's figures, tables and the knowledge-flow matrix."""
     from agora_cli.evaluation.report import build_report
@@ -162,14 +179,19 @@ def ablate(
         for col in ("variant", "seed", "run directory", "overrides"):
             table.add_column(col)
         for run, _ in grid:
-            table.add_row(run.variant, str(run.seed), str(run.run_dir),
-                          " ".join(o for o in run.overrides if o.startswith("ablations.")) or "–")
+            table.add_row(
+                run.variant,
+                str(run.seed),
+                str(run.run_dir),
+                " ".join(o for o in run.overrides if o.startswith("ablations.")) or "–",
+            )
         console.print(table)
         return
     if steps is None:
         raise EvaluationError("--steps N is required to run the grid (each run stops after N steps)")
     ab.check_steps(grid, steps)
-    md, csv_path = ab.run_ablation(grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn,
-                                   steps=steps, limit=limit, bus=EventBus())
+    md, csv_path = ab.run_ablation(
+        grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn, steps=steps, limit=limit, bus=EventBus()
+    )
     console.print(md.read_text())
     console.print(f"wrote {md} and {csv_path}")

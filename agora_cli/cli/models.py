@@ -55,8 +55,12 @@ def list_cmd() -> None:
     table = Table("name", "source", "architecture", "size MB", "prepared at", "complete")
     for r in rows:
         table.add_row(
-            r["name"], r["source"] or "?", r["architecture"] or "?", f"{r['size_mb']:.0f}",
-            r["prepared_at"] or "-", "yes" if r["complete"] else "no (ignored)",
+            r["name"],
+            r["source"] or "?",
+            r["architecture"] or "?",
+            f"{r['size_mb']:.0f}",
+            r["prepared_at"] or "-",
+            "yes" if r["complete"] else "no (ignored)",
         )
     console.print(table)
     console.print(f"cache: {models_cache()}", highlight=False)
@@ -83,12 +87,19 @@ def ping_cmd(
     for name, backend, model, result in rows:
         if isinstance(result, Exception):
             # Exception text is data (brackets, paths): a Text, never parsed as markup.
-            table.add_row(name, backend, model, "-", "-",
-                          Text(f"{type(result).__name__}: {str(result)[:80]}", style="red"))
+            table.add_row(
+                name,
+                backend,
+                model,
+                "-",
+                "-",
+                Text(f"{type(result).__name__}: {str(result)[:80]}", style="red"),
+            )
         else:
             reply = " ".join(result.text.split())[:60]
-            table.add_row(name, backend, model, f"{result.latency_s:.2f}",
-                          str(result.completion_tokens), reply)
+            table.add_row(
+                name, backend, model, f"{result.latency_s:.2f}", str(result.completion_tokens), reply
+            )
     console.print(table)
     console.print("attached to running servers" if attached else "servers stopped")
     failed = [r for r in rows if isinstance(r[3], Exception)]

@@ -36,10 +36,13 @@ def run(
         bus.add(PlainPrinter())
         result = runner.run(cfg, run_dir=run_dir, steps=steps, force=force, bus=bus)
     console.print(
-        Text("done", style="green") + Text(
+        Text("done", style="green")
+        + Text(
             f" {result.run_dir}: {result.committed} step(s) committed (this invocation started "
             f"at step {result.first_step}); `agora status {result.run_dir}` for details"
-        ), highlight=False, soft_wrap=True,
+        ),
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -49,15 +52,15 @@ def status(
     events: int = typer.Option(10, "--events", help="How many recent events to show."),
 ) -> None:
     """A run's state (safe while the run is live: reads the store read-only)."""
-    console.print(status_ui.render(status_ui.collect(run_dir, events)), markup=False,
-                  highlight=False, soft_wrap=True)
+    console.print(
+        status_ui.render(status_ui.collect(run_dir, events)), markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def _stage(stage: str, run_dir: Path) -> None:
     step, written = runner.run_stage(run_dir, stage)
     rows = ", ".join(f"{n} {table}" for table, n in written.items() if n) or "nothing (done)"
-    console.print(f"step {step} {stage}: wrote {rows}", markup=False, highlight=False,
-                  soft_wrap=True)
+    console.print(f"step {step} {stage}: wrote {rows}", markup=False, highlight=False, soft_wrap=True)
 
 
 _RUN_DIR = typer.Option(..., "--run-dir", help="Run directory of an existing run.")

@@ -48,18 +48,27 @@ def _serve(cfg: Config, paths: RunPaths) -> None:
         serving.start()
     try:
         if serving.attached:
-            console.print(f"servers for {paths.root} are already up (see {paths.servers})",
-                          markup=False, highlight=False, soft_wrap=True)
+            console.print(
+                f"servers for {paths.root} are already up (see {paths.servers})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
             return
         serving.write_servers_file()
         for line in serving.describe():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         for m in cfg.members:
             ep = serving.endpoint(m.name)
-            console.print(f"{m.name}: {ep.base_url}  model={ep.model}", markup=False,
-                          highlight=False, soft_wrap=True)
-        console.print(f"wrote {paths.servers}; logs in {paths.logs}. Ctrl-C stops the servers.",
-                      markup=False, highlight=False, soft_wrap=True)
+            console.print(
+                f"{m.name}: {ep.base_url}  model={ep.model}", markup=False, highlight=False, soft_wrap=True
+            )
+        console.print(
+            f"wrote {paths.servers}; logs in {paths.logs}. Ctrl-C stops the servers.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         while True:
             time.sleep(1)
     finally:

@@ -29,8 +29,11 @@ class _ProgressSink:
         elif e["kind"] == "training_progress" and member in self.tasks and e["step"] > 0:
             # (step 0 is the memory plan, with no loss yet)
             self.progress.update(
-                self.tasks[member], completed=e["step"], total=e["total_steps"],
-                loss=f"loss {e['loss']:.4f}", tps=f"{e['tokens_per_s']:.0f} tok/s",
+                self.tasks[member],
+                completed=e["step"],
+                total=e["total_steps"],
+                loss=f"loss {e['loss']:.4f}",
+                tps=f"{e['tokens_per_s']:.0f} tok/s",
             )
         elif e["kind"] == "training_failed" and member in self.tasks:
             self.progress.update(self.tasks[member], loss="[red]failed[/red]")
@@ -48,13 +51,16 @@ def train(
 ) -> None:
     """Train every member on the unconsumed buffer now (even below the threshold)."""
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[tps]}"),
-        TimeRemainingColumn(), console=console,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TextColumn("{task.fields[tps]}"),
+        TimeRemainingColumn(),
+        console=console,
     )
     with progress:
-        out = train_now(run_dir, config=config, member=member,
-                        bus=EventBus([_ProgressSink(progress)]))
+        out = train_now(run_dir, config=config, member=member, bus=EventBus([_ProgressSink(progress)]))
     if out.round_id is None:
         console.print("nothing to train: the buffer holds no unconsumed rows")
         return
@@ -63,9 +69,13 @@ def train(
         table.add_column(col)
     for a in out.adapters:
         table.add_row(
-            a.member, f"v{a.version}", a.status,
+            a.member,
+            f"v{a.version}",
+            a.status,
             f"{_fmt(a.loss_first, '.4f')} → {_fmt(a.loss_last, '.4f')}",
-            _fmt(a.tokens_per_s, '.0f'), _fmt(a.peak_memory_mb, '.0f'), a.path,
+            _fmt(a.tokens_per_s, ".0f"),
+            _fmt(a.peak_memory_mb, ".0f"),
+            a.path,
         )
     console.print(table)
     if not out.attached:

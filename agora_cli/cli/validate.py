@@ -17,10 +17,12 @@ def protocol_notes(cfg: Config) -> list[str]:
     """What a valid protocol section will (not) do that its fields alone do not say."""
     if cfg.protocol.problem_source != "seed_pool":
         return []
-    return [f"protocol.problem_source is seed_pool: each step solves "
-            f"{cfg.protocol.problems_per_step} problems drawn from the seed pool "
-            f"{cfg.protocol.seed_pool!r} by (seed, step, slot) alone and nothing is generated; "
-            "d_t is still recorded but steers nothing (the difficulty control is inert)"]
+    return [
+        f"protocol.problem_source is seed_pool: each step solves "
+        f"{cfg.protocol.problems_per_step} problems drawn from the seed pool "
+        f"{cfg.protocol.seed_pool!r} by (seed, step, slot) alone and nothing is generated; "
+        "d_t is still recorded but steers nothing (the difficulty control is inert)"
+    ]
 
 
 @app.command()
@@ -38,8 +40,7 @@ def validate(
         f"[green]ok[/green] {config}: {len(cfg.members)} members "
         f"({', '.join(m.name for m in cfg.members)}), backends: {', '.join(cfg.backends)}"
     )
-    console.print(Text("note: ", style="dim") + Text(prompt_set_note(cfg.prompts_dir)),
-                  soft_wrap=True)
+    console.print(Text("note: ", style="dim") + Text(prompt_set_note(cfg.prompts_dir)), soft_wrap=True)
     device, amp = resolve_precision(cfg.training.precision)  # this machine's trainer
     warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
     for line in [*protocol_notes(cfg), *notes]:

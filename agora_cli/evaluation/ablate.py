@@ -65,16 +65,17 @@ def parse_variants(spec: str) -> list[str]:
     for raw in spec.split(","):
         name = raw.strip().removeprefix("no-").replace("-", "_")
         if name not in VARIANTS:
-            raise EvaluationError(
-                f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}"
-            )
+            raise EvaluationError(f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}")
         if name not in out:
             out.append(name)
     return out
 
 
 def plan(
-    config: str | Path, seeds: list[int], variants: list[str], out: Path,
+    config: str | Path,
+    seeds: list[int],
+    variants: list[str],
+    out: Path,
     overrides: list[str] | None = None,
 ) -> list[tuple[PlannedRun, Config]]:
     """The grid of runs with their validated configs (an invalid variant fails before any run)."""
@@ -102,9 +103,16 @@ def min_steps(switch: str, cfg: Config) -> int:
     k, patience = cfg.protocol.anchor_every, cfg.protocol.surprise.plateau_patience
     fem_acts, strategy_acts = 2 * k + 1, (patience + 1) * k + 1
     return {
-        FULL: 1, "valid_vote": 1, "random_qgen": 1,
-        "quality_vote": 2, "elite_icl": 2, "explanation": 2, "difficulty_control": 2, "lora": 2,
-        "fem": fem_acts, "dynamic_strategy": strategy_acts,
+        FULL: 1,
+        "valid_vote": 1,
+        "random_qgen": 1,
+        "quality_vote": 2,
+        "elite_icl": 2,
+        "explanation": 2,
+        "difficulty_control": 2,
+        "lora": 2,
+        "fem": fem_acts,
+        "dynamic_strategy": strategy_acts,
         # Without anchors F_t comes from the ratings from step k on; with them, FEM and the
         # strategy act as above: the comparison needs the later of the two.
         "external_anchor": max(fem_acts, strategy_acts if cfg.ablations.dynamic_strategy else 0),
@@ -146,12 +154,20 @@ def run_ablation(
     if results_path.exists():
         results = json.loads(results_path.read_text())
     for k, (run, cfg) in enumerate(grid):
-        bus.emit("ablation_run", variant=run.variant, seed=run.seed, index=k, total=len(grid),
-                 run_dir=str(run.run_dir))
+        bus.emit(
+            "ablation_run",
+            variant=run.variant,
+            seed=run.seed,
+            index=k,
+            total=len(grid),
+            run_dir=str(run.run_dir),
+        )
         run_fn(cfg, steps, bus)
         scores = eval_fn(cfg, limit, bus)
         results[run.label] = {
-            "variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir),
+            "variant": run.variant,
+            "seed": run.seed,
+            "run_dir": str(run.run_dir),
             "scores": scores,
         }
         # Written after every run so an interrupted grid keeps what finished.
@@ -159,20 +175,25 @@ def run_ablation(
     grouped: dict[str, list[dict[str, float]]] = {}
     pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
     for r in results.values():
-        grouped.setdefault(r["variant"], []).append(
-            {b: group_mean(per) for b, per in r["scores"].items()}
-        )
+        grouped.setdefault(r["variant"], []).append({b: group_mean(per) for b, per in r["scores"].items()})
         pairs.setdefault(r["variant"], []).append(
-            run_pairs(r["seed"], r["scores"], _items_of(Path(r["run_dir"]))))
+            run_pairs(r["seed"], r["scores"], _items_of(Path(r["run_dir"])))
+        )
     paired = paired_variants(pairs)
     md, csv_text = table2(grouped, paired)
     md_path, csv_path = out / "table2.md", out / "table2.csv"
     words = variant_sentences(paired)
     md_path.write_text(
-        "# Table 2: ablations (group mean pass@1 %, mean ± sd over seeds)\n\n" + md
-        + ("\nΔ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
-           "item results exist, else on seeds; 95% interval and p from a paired bootstrap.\n\n"
-           + "\n".join(words) + "\n" if words else "")
+        "# Table 2: ablations (group mean pass@1 %, mean ± sd over seeds)\n\n"
+        + md
+        + (
+            "\nΔ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
+            "item results exist, else on seeds; 95% interval and p from a paired bootstrap.\n\n"
+            + "\n".join(words)
+            + "\n"
+            if words
+            else ""
+        )
     )
     csv_path.write_text(csv_text)
     return md_path, csv_path

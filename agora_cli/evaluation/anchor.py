@@ -28,7 +28,10 @@ from agora_cli.protocol.prompts import Prompts
 
 
 async def run_anchor(
-    pool: ClientPool, cfg: Config, prompts: Prompts, step: int,
+    pool: ClientPool,
+    cfg: Config,
+    prompts: Prompts,
+    step: int,
     members: list[str] | None = None,
 ) -> dict[str, tuple[float, int]]:
     """{member or '@majority': (pass@1, n graded)} on the calibration set at `step`.

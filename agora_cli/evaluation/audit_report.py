@@ -48,8 +48,9 @@ def fig_consensus_audit(store: Store, path: Path, title: str = "") -> Data:
         ax.set_ylim(-0.02, 1.02)
     else:
         _empty(ax, "audited steps (protocol.audit_probes is 0)")
-    ax.set(xlabel="step", ylabel="rate against gold (probe solutions)",
-           title=f"Consensus audit {title}".strip())
+    ax.set(
+        xlabel="step", ylabel="rate against gold (probe solutions)", title=f"Consensus audit {title}".strip()
+    )
     return _save(fig, path, data)
 
 
@@ -57,15 +58,20 @@ def audit_table(store: Store) -> str:
     """Markdown: the run's audit totals, the unanimous decision first, then each verifier."""
     per_step = step_counts(store)
     if not per_step:
-        return ("_No consensus audit in this run: set `protocol.audit_probes` (probes per "
-                "step) to measure it._\n")
-    md = ("| verifier | probe solutions judged | precision P(correct given approved) [95% CI] | "
-          "recall P(approved given correct) [95% CI] | solutions correct [95% CI] |\n"
-          "|---|---:|---:|---:|---:|\n")
+        return (
+            "_No consensus audit in this run: set `protocol.audit_probes` (probes per step) to measure it._\n"
+        )
+    md = (
+        "| verifier | probe solutions judged | precision P(correct given approved) [95% CI] | "
+        "recall P(approved given correct) [95% CI] | solutions correct [95% CI] |\n"
+        "|---|---:|---:|---:|---:|\n"
+    )
     for verifier, c in totals(per_step.values()).items():
         name = "unanimous consensus" if verifier == CONSENSUS else verifier
-        md += (f"| {name} | {c.n} | {rate_text(*c.precision)} | {rate_text(*c.recall)} | "
-               f"{rate_text(*c.accuracy)} |\n")
+        md += (
+            f"| {name} | {c.n} | {rate_text(*c.precision)} | {rate_text(*c.recall)} | "
+            f"{rate_text(*c.accuracy)} |\n"
+        )
     return md
 
 
@@ -78,11 +84,14 @@ def audit_section(store: Store, out: Path, slug: str, label: str) -> list[str]:
     fig_consensus_audit(store, out / f"{slug}-consensus-audit.png", label)
     return [
         *head,
-        f"![Consensus audit, {label}]({slug}-consensus-audit.png)", "",
+        f"![Consensus audit, {label}]({slug}-consensus-audit.png)",
+        "",
         "Each step mixes gold-labelled probe problems from the seed pool (never an evaluation "
         "or calibration item) into its problems; they are solved and verified like the others "
         "but never voted on, buffered or shown as elite examples. Precision is the share of "
         "approved probe solutions that are right against gold, recall the share of right ones "
-        "that were approved; bands and brackets are 95% Wilson intervals.", "",
-        audit_table(store), "",
+        "that were approved; bands and brackets are 95% Wilson intervals.",
+        "",
+        audit_table(store),
+        "",
     ]

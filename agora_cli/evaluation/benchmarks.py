@@ -115,8 +115,7 @@ def load_dev_split(task: str = "gsm8k") -> list[Item]:
         )
     source, size = CALIBRATION_SPLITS[task]
     name = calibration_name(task)
-    return [Item(name, it.id, it.problem, it.answer)
-            for it in _read(SEED_POOL_FILES[source], source)[-size:]]
+    return [Item(name, it.id, it.problem, it.answer) for it in _read(SEED_POOL_FILES[source], source)[-size:]]
 
 
 def subset(items: list[Item], limit: int | None, *, salt: str = "eval") -> list[Item]:
@@ -157,9 +156,7 @@ def calibration_set(task: str, size: int, seed_pool: str = "gsm8k_train") -> lis
     return subset(items, size, salt="calibration")
 
 
-def without_calibration(
-    items: list[Item], calibration: list[Item]
-) -> tuple[list[Item], list[Item]]:
+def without_calibration(items: list[Item], calibration: list[Item]) -> tuple[list[Item], list[Item]]:
     """(items kept, items removed): an item is removed when its id or its normalised text is a
     calibration item's (`agora eval` never scores what steered the run)."""
     ids = {it.id for it in calibration}

@@ -113,8 +113,7 @@ class EvalReport:
     def summary(self) -> dict[str, Any]:
         return {
             "scores": {
-                b: {m: score_entry(s, n) for m, (s, n) in per.items()}
-                for b, per in self.scores.items()
+                b: {m: score_entry(s, n) for m, (s, n) in per.items()} for b, per in self.scores.items()
             },
             "models": self.models,
             "adapter_versions": self.versions,
@@ -154,21 +153,25 @@ async def evaluate(
     previous = read_results(path)
     done = {r.key for r in previous}
     all_items = [it for b in items for it in items[b]]
-    jobs = [
-        (m, it) for it in all_items for m in members
-        if (m, it.benchmark, it.id, models[m]) not in done
-    ]
+    jobs = [(m, it) for it in all_items for m in members if (m, it.benchmark, it.id, models[m]) not in done]
     bus.emit("phase_started", phase="evaluate", step=None, n=len(jobs))
     t0 = time.perf_counter()
     appender = _Appender(path)
     try:
         fresh = await answer_items(
-            pool, prompts, sampling, grader, jobs,
-            model_of=models.__getitem__, version_of=versions.__getitem__, on_result=appender,
+            pool,
+            prompts,
+            sampling,
+            grader,
+            jobs,
+            model_of=models.__getitem__,
+            version_of=versions.__getitem__,
+            on_result=appender,
             examples=examples,
         )
-        current = {(m, it.benchmark, it.id, models[m]) for m, it in
-                   ((m, it) for it in all_items for m in members)}
+        current = {
+            (m, it.benchmark, it.id, models[m]) for m, it in ((m, it) for it in all_items for m in members)
+        }
         rows = [r for r in previous + fresh if r.key in current and r.error is None]
         if len(members) > 1:
             maj_model = "+".join(models[m] for m in members)
@@ -188,10 +191,19 @@ async def evaluate(
     for b, per in scores.items():
         for m, (s, n) in per.items():
             bus.emit("validation_score", step=None, member=m, benchmark=b, score=s, n=n)
-    bus.emit("phase_finished", phase="evaluate", step=None, n=len(jobs),
-             wall_s=round(time.perf_counter() - t0, 3))
-    report = EvalReport(out_dir, scores, len(jobs), len(all_items) * len(members) - len(jobs),
-                        len(failed), models, versions, rows=rows)
+    bus.emit(
+        "phase_finished", phase="evaluate", step=None, n=len(jobs), wall_s=round(time.perf_counter() - t0, 3)
+    )
+    report = EvalReport(
+        out_dir,
+        scores,
+        len(jobs),
+        len(all_items) * len(members) - len(jobs),
+        len(failed),
+        models,
+        versions,
+        rows=rows,
+    )
     summary = {**(meta or {}), **report.summary(), "written_at": time.time()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     # summary.json is the latest evaluation in this directory; history.jsonl keeps every one, so
@@ -240,8 +252,10 @@ def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
 
     path = RunPaths(run_dir).store
     if not path.exists():
-        raise EvaluationError(f"--with-elite {run_dir}: no run store at {path}; give the directory "
-                              "of a run that has committed at least one step")
+        raise EvaluationError(
+            f"--with-elite {run_dir}: no run store at {path}; give the directory "
+            "of a run that has committed at least one step"
+        )
     if not cfg.ablations.elite_icl:
         raise EvaluationError(
             f"--with-elite {run_dir}: the config has ablations.elite_icl off, so its solvers never "
@@ -256,8 +270,9 @@ def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
             f"--with-elite {run_dir}: the run's elite history H_t is empty (no solution has won a "
             "quality vote yet); run more steps or evaluate without --with-elite"
         )
-    return EliteContext(Path(run_dir), step if step >= 0 else None,
-                        [e.solution_id for e in elite], few_shot(cfg, elite))
+    return EliteContext(
+        Path(run_dir), step if step >= 0 else None, [e.solution_id for e in elite], few_shot(cfg, elite)
+    )
 
 
 def without_elite_text(
@@ -278,6 +293,7 @@ def without_elite_text(
 
 def compare_arms(bare: EvalReport, elite: EvalReport) -> dict[str, dict[str, PairedBinary]]:
     """{benchmark: {member: McNemar of bare (a) against with-H_t (b) on the items both scored}}."""
+
     def by_item(rows: list[ItemResult]) -> dict[tuple[str, str], dict[str, bool]]:
         out: dict[tuple[str, str], dict[str, bool]] = {}
         for r in rows:
@@ -294,15 +310,22 @@ def compare_arms(bare: EvalReport, elite: EvalReport) -> dict[str, dict[str, Pai
 def comparison_json(elite_ctx: EliteContext, report: EvalReport) -> dict[str, Any]:
     """comparison.json of a `--with-elite` evaluation."""
     return {
-        "elite_run": str(elite_ctx.run_dir), "elite_step": elite_ctx.step,
+        "elite_run": str(elite_ctx.run_dir),
+        "elite_step": elite_ctx.step,
         "elite_solution_ids": elite_ctx.solution_ids,
         "bare_results": str(report.out_dir / "results.jsonl"),
         "removed_elite_overlap": report.elite_removed,
         "paired": {
-            b: {m: {**asdict(pb), "significant": pb.significant, "test": "exact McNemar",
+            b: {
+                m: {
+                    **asdict(pb),
+                    "significant": pb.significant,
+                    "test": "exact McNemar",
                     "bare": score_entry(pb.k_a / pb.n if pb.n else 0.0, pb.n),
-                    "with_elite": score_entry(pb.k_b / pb.n if pb.n else 0.0, pb.n)}
-                for m, pb in per.items()}
+                    "with_elite": score_entry(pb.k_b / pb.n if pb.n else 0.0, pb.n),
+                }
+                for m, pb in per.items()
+            }
             for b, per in report.paired.items()
         },
     }
@@ -390,15 +413,13 @@ def run_evaluation(
     chosen = members or names
     unknown = [m for m in chosen if m not in names]
     if unknown:
-        raise EvaluationError(f"unknown member(s) {', '.join(unknown)}; the config has "
-                              f"{', '.join(names)}")
+        raise EvaluationError(f"unknown member(s) {', '.join(unknown)}; the config has {', '.join(names)}")
     extra = [m for m in (versions or {}) if m not in names]
     if extra:
         raise EvaluationError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
     # Read with the live versions, so the step and the adapters evaluated belong together.
     step = last_step(run_dir)
-    vers = {**run_versions(run_dir, chosen), **{m: v for m, v in (versions or {}).items()
-                                                 if m in chosen}}
+    vers = {**run_versions(run_dir, chosen), **{m: v for m, v in (versions or {}).items() if m in chosen}}
     check_versions(run_dir, vers)
     benches = benchmarks or list(cfg.evaluation.benchmarks)
     # Never score an item whose label steered the run (the anchor's calibration items): they are
@@ -423,9 +444,17 @@ def run_evaluation(
     greedy = cfg.evaluation.greedy if greedy is None else greedy
     sampling = greedy_sampling(cfg.evaluation.sampling) if greedy else cfg.evaluation.sampling
     out = Path(out) if out else RunPaths(run_dir).evals / ("greedy" if greedy else "sampled")
-    meta = {"config": cfg.name, "run_dir": str(run_dir), "step": step, "benchmarks": benches,
-            "limit": limit, "members": chosen, "greedy": greedy, "sampling": sampling.model_dump(),
-            "removed_calibration_items": removed}
+    meta = {
+        "config": cfg.name,
+        "run_dir": str(run_dir),
+        "step": step,
+        "benchmarks": benches,
+        "limit": limit,
+        "members": chosen,
+        "greedy": greedy,
+        "sampling": sampling.model_dump(),
+        "removed_calibration_items": removed,
+    }
     if elite_removed:
         meta["removed_elite_overlap"] = elite_removed
     prompts = Prompts(cfg.prompts_dir)
@@ -438,22 +467,39 @@ def run_evaluation(
 
     async def go(p: ClientPool) -> EvalReport:
         with Grader(cfg.evaluation.grade_workers, cfg.evaluation.grade_timeout_s) as grader:
-            report = await evaluate(p, prompts, chosen, items, sampling, grader, out,
-                                    versions=vers, meta=meta, bus=bus)
+            report = await evaluate(
+                p, prompts, chosen, items, sampling, grader, out, versions=vers, meta=meta, bus=bus
+            )
             if elite_ctx is not None:
                 elite_out = out.with_name(f"{out.name}-with-elite-{elite_ctx.fingerprint}")
-                elite_meta = {**meta, "with_elite": {"run_dir": str(elite_ctx.run_dir),
-                                                     "step": elite_ctx.step,
-                                                     "solution_ids": elite_ctx.solution_ids}}
+                elite_meta = {
+                    **meta,
+                    "with_elite": {
+                        "run_dir": str(elite_ctx.run_dir),
+                        "step": elite_ctx.step,
+                        "solution_ids": elite_ctx.solution_ids,
+                    },
+                }
                 report.elite = await evaluate(
-                    p, prompts, chosen, items, sampling, grader, elite_out, versions=vers,
-                    meta=elite_meta, bus=bus, examples=elite_ctx.examples)
+                    p,
+                    prompts,
+                    chosen,
+                    items,
+                    sampling,
+                    grader,
+                    elite_out,
+                    versions=vers,
+                    meta=elite_meta,
+                    bus=bus,
+                    examples=elite_ctx.examples,
+                )
         report.removed = removed
         if elite_ctx is not None and report.elite is not None:
             report.elite_removed = elite_removed
             report.paired = compare_arms(report, report.elite)
             (report.elite.out_dir / "comparison.json").write_text(
-                json.dumps(comparison_json(elite_ctx, report), indent=2, ensure_ascii=False))
+                json.dumps(comparison_json(elite_ctx, report), indent=2, ensure_ascii=False)
+            )
         return report
 
     if pool is not None:

@@ -141,8 +141,9 @@ class Grader:
         return self._spawner.submit(self._start_slot).result()
 
     def _start_slot(self) -> _Slot:
-        ex = ProcessPoolExecutor(max_workers=1, mp_context=self._ctx,
-                                 initializer=_die_with_parent, initargs=(os.getpid(),))
+        ex = ProcessPoolExecutor(
+            max_workers=1, mp_context=self._ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+        )
         pid = ex.submit(_worker_ready).result(timeout=_WORKER_START_TIMEOUT_S)
         return _Slot(ex, pid)
 
@@ -184,7 +185,8 @@ class Grader:
                 running[fut] = (i, s, time.monotonic() + self.timeout_s)
             next_deadline = min(d for _, _, d in running.values())
             done, _ = wait(
-                list(running), timeout=max(0.0, next_deadline - time.monotonic()),
+                list(running),
+                timeout=max(0.0, next_deadline - time.monotonic()),
                 return_when=FIRST_COMPLETED,
             )
             for fut in done:

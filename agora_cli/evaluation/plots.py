@@ -37,19 +37,21 @@ def _save(fig: Any, path: Path, data: Data) -> Data:
 def intervals(scores: list[float], ns: list[int | None]) -> tuple[list[float], list[float]]:
     """95% Wilson bounds (lo, hi) of each rate `scores[i]` over `ns[i]` items; a rate without
     an n gets the whole [0, 1] (drawn as no evidence, not as certainty)."""
-    bounds = [wilson(successes(s, n), n) if n else (0.0, 1.0) for s, n in zip(scores, ns,
-                                                                               strict=True)]
+    bounds = [wilson(successes(s, n), n) if n else (0.0, 1.0) for s, n in zip(scores, ns, strict=True)]
     return [b[0] for b in bounds], [b[1] for b in bounds]
 
 
 def _yerr(scores: list[float], lo: list[float], hi: list[float]) -> list[list[float]]:
-    return [[max(0.0, s - a) for s, a in zip(scores, lo, strict=True)],
-            [max(0.0, b - s) for s, b in zip(scores, hi, strict=True)]]
+    return [
+        [max(0.0, s - a) for s, a in zip(scores, lo, strict=True)],
+        [max(0.0, b - s) for s, b in zip(scores, hi, strict=True)],
+    ]
 
 
 def _empty(ax: Any, what: str) -> None:
-    ax.text(0.5, 0.5, f"no {what} in this run yet", ha="center", va="center",
-            transform=ax.transAxes, color="gray")
+    ax.text(
+        0.5, 0.5, f"no {what} in this run yet", ha="center", va="center", transform=ax.transAxes, color="gray"
+    )
 
 
 # --------------------------------------------------------------------------- Figure 1
@@ -65,7 +67,10 @@ def _member_colors(members: list[str]) -> dict[str, Any]:
 
 
 def fig_scores_vs_step(
-    store: Store, path: Path, title: str = "", evals: Data | None = None,
+    store: Store,
+    path: Path,
+    title: str = "",
+    evals: Data | None = None,
     evals_without_step: list[str] | None = None,
 ) -> Data:
     """Figure 1: benchmark score against step, one color per member and `@majority`.
@@ -82,12 +87,12 @@ def fig_scores_vs_step(
     from matplotlib.ticker import MaxNLocator
 
     evals = evals or {}
-    rows = store.query(
-        "SELECT step, member, benchmark, score, n FROM anchors ORDER BY step, member")
+    rows = store.query("SELECT step, member, benchmark, score, n FROM anchors ORDER BY step, member")
     anchors: Data = {}
     for r in rows:
         line = anchors.setdefault(r["benchmark"], {}).setdefault(
-            r["member"], {"step": [], "score": [], "n": [], "lo": [], "hi": []})
+            r["member"], {"step": [], "score": [], "n": [], "lo": [], "hi": []}
+        )
         line["step"].append(r["step"])
         line["score"].append(r["score"])
         line["n"].append(r["n"])
@@ -96,8 +101,7 @@ def fig_scores_vs_step(
         line["hi"] += hi
     for per in evals.values():  # each star's 95% interval, from the n it was scored on
         for pts in per.values():
-            pts["lo"], pts["hi"] = intervals(pts["score"], pts.get("n") or [None] * len(
-                pts["score"]))
+            pts["lo"], pts["hi"] = intervals(pts["score"], pts.get("n") or [None] * len(pts["score"]))
     benches = list(anchors) + [b for b in evals if b not in anchors]
     members = [m for per in (*anchors.values(), *evals.values()) for m in per]
     colors = _member_colors(list(dict.fromkeys(members)))
@@ -109,32 +113,60 @@ def fig_scores_vs_step(
         lines, stars = anchors.get(bench, {}), evals.get(bench, {})
         for member, line in lines.items():
             style = "--" if member == MAJORITY else "-"
-            ax.errorbar(line["step"], line["score"], yerr=_yerr(line["score"], line["lo"],
-                                                                line["hi"]),
-                        marker="o", linestyle=style, color=colors[member], capsize=3,
-                        elinewidth=0.8)
+            ax.errorbar(
+                line["step"],
+                line["score"],
+                yerr=_yerr(line["score"], line["lo"], line["hi"]),
+                marker="o",
+                linestyle=style,
+                color=colors[member],
+                capsize=3,
+                elinewidth=0.8,
+            )
         # Majority first and larger: where it equals a member's score it rings that member's star
         # instead of hiding it. Unlabelled: the legend names each member and marker kind once.
         for member, pts in sorted(stars.items(), key=lambda kv: kv[0] != MAJORITY):
-            ax.errorbar(pts["step"], pts["score"], yerr=_yerr(pts["score"], pts["lo"], pts["hi"]),
-                        linestyle="none", marker="*", markersize=22 if member == MAJORITY else 16,
-                        markeredgecolor="black", markeredgewidth=0.6, color=colors[member],
-                        ecolor=colors[member], capsize=4, zorder=3)
+            ax.errorbar(
+                pts["step"],
+                pts["score"],
+                yerr=_yerr(pts["score"], pts["lo"], pts["hi"]),
+                linestyle="none",
+                marker="*",
+                markersize=22 if member == MAJORITY else 16,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                color=colors[member],
+                ecolor=colors[member],
+                capsize=4,
+                zorder=3,
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         shown = sorted(dict.fromkeys([*lines, *stars]), key=lambda m: m == MAJORITY)
-        handles = [Line2D([], [], color=colors[m], linestyle="--" if m == MAJORITY else "-",
-                          label=m) for m in shown]
+        handles = [
+            Line2D([], [], color=colors[m], linestyle="--" if m == MAJORITY else "-", label=m) for m in shown
+        ]
         if lines:
-            handles.append(Line2D([], [], color="gray", marker="o",
-                                  label="anchor (calibration subset)"))
+            handles.append(Line2D([], [], color="gray", marker="o", label="anchor (calibration subset)"))
         if stars:
-            handles.append(Line2D([], [], color="gray", marker="*", markersize=12,
-                                  linestyle="none", markeredgecolor="black",
-                                  label="eval (full agora eval)"))
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="gray",
+                    marker="*",
+                    markersize=12,
+                    linestyle="none",
+                    markeredgecolor="black",
+                    label="eval (full agora eval)",
+                )
+            )
         what = " + ".join(k for k, has in (("anchor", lines), ("eval", stars)) if has)
-        ax.set(xlabel="step", ylabel="pass@1 (bars: 95% Wilson CI)",
-               title=f"{bench} ({what}) {title}".strip(),
-               ylim=(-0.02, 1.02))
+        ax.set(
+            xlabel="step",
+            ylabel="pass@1 (bars: 95% Wilson CI)",
+            title=f"{bench} ({what}) {title}".strip(),
+            ylim=(-0.02, 1.02),
+        )
         ax.legend(handles=handles, fontsize=8)
     data = {"anchors": anchors, "evals": evals, "evals_without_step": evals_without_step or []}
     return _save(fig, path, data)
@@ -155,8 +187,11 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
         "SELECT step, difficulty, v_t, n_correct, n_solutions FROM steps "
         "WHERE committed_at IS NOT NULL AND v_t IS NOT NULL ORDER BY step"
     )
-    diff = {"step": [r["step"] for r in steps], "d": [r["difficulty"] for r in steps],
-            "v_t": [r["v_t"] for r in steps]}
+    diff = {
+        "step": [r["step"] for r in steps],
+        "d": [r["difficulty"] for r in steps],
+        "v_t": [r["v_t"] for r in steps],
+    }
     # V_t = n_correct / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
     diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [r["n_solutions"] for r in steps])
     rows = store.query(
@@ -168,8 +203,9 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     )
     length: Data = {}
     for r in rows:
-        d = length.setdefault(r["member"], {"step": [], "mean_tokens": [], "correct_rate": [],
-                                            "n": [], "lo": [], "hi": []})
+        d = length.setdefault(
+            r["member"], {"step": [], "mean_tokens": [], "correct_rate": [], "n": [], "lo": [], "hi": []}
+        )
         d["step"].append(r["step"])
         d["mean_tokens"].append(r["tokens"])
         d["correct_rate"].append(r["rate"])
@@ -180,24 +216,46 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     data = {"difficulty": diff, "length": length}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     if diff["step"]:
-        a1.errorbar(diff["d"], diff["v_t"], yerr=_yerr(diff["v_t"], diff["v_lo"], diff["v_hi"]),
-                    linestyle="none", color="gray", elinewidth=0.8, capsize=2, zorder=1)
+        a1.errorbar(
+            diff["d"],
+            diff["v_t"],
+            yerr=_yerr(diff["v_t"], diff["v_lo"], diff["v_hi"]),
+            linestyle="none",
+            color="gray",
+            elinewidth=0.8,
+            capsize=2,
+            zorder=1,
+        )
         sc = a1.scatter(diff["d"], diff["v_t"], c=diff["step"], cmap="viridis", zorder=2)
         fig.colorbar(sc, ax=a1, label="step")
     else:
         _empty(a1, "committed steps")
-    a1.set(xlabel="difficulty d_t (Eq. 1)", ylabel="consensus pass@1 V_t",
-           title=f"Difficulty vs performance {title}".strip())
+    a1.set(
+        xlabel="difficulty d_t (Eq. 1)",
+        ylabel="consensus pass@1 V_t",
+        title=f"Difficulty vs performance {title}".strip(),
+    )
     for member, d in length.items():
-        a2.errorbar(d["mean_tokens"], d["correct_rate"],
-                    yerr=_yerr(d["correct_rate"], d["lo"], d["hi"]), linestyle="none",
-                    marker="o", label=member, alpha=0.8, capsize=2, elinewidth=0.8)
+        a2.errorbar(
+            d["mean_tokens"],
+            d["correct_rate"],
+            yerr=_yerr(d["correct_rate"], d["lo"], d["hi"]),
+            linestyle="none",
+            marker="o",
+            label=member,
+            alpha=0.8,
+            capsize=2,
+            elinewidth=0.8,
+        )
     if length:
         a2.legend(fontsize=8)
     else:
         _empty(a2, "graded solutions")
-    a2.set(xlabel="mean response length (completion tokens)", ylabel="share judged correct",
-           title="Response length vs performance (member x step)")
+    a2.set(
+        xlabel="mean response length (completion tokens)",
+        ylabel="share judged correct",
+        title="Response length vs performance (member x step)",
+    )
     return _save(fig, path, data)
 
 
@@ -213,16 +271,21 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
     wall time each successive `threshold` rows took to accumulate (one training round each).
     """
     steps = store.query(
-        "SELECT step, started_at, committed_at FROM steps WHERE committed_at IS NOT NULL "
-        "ORDER BY step"
+        "SELECT step, started_at, committed_at FROM steps WHERE committed_at IS NOT NULL ORDER BY step"
     )
     buffered = dict(store.query("SELECT step, COUNT(*) FROM buffer GROUP BY step"))
-    solutions = dict(store.query(
-        "SELECT step, COUNT(*) FROM solutions WHERE error IS NULL GROUP BY step"
-    ))
+    solutions = dict(store.query("SELECT step, COUNT(*) FROM solutions WHERE error IS NULL GROUP BY step"))
     t0 = steps[0]["started_at"] if steps else 0.0
-    data: Data = {"step": [], "buffered": [], "solutions": [], "yield_rate": [], "elapsed_s": [],
-                  "cumulative": [], "threshold": threshold, "fill_times_s": []}
+    data: Data = {
+        "step": [],
+        "buffered": [],
+        "solutions": [],
+        "yield_rate": [],
+        "elapsed_s": [],
+        "cumulative": [],
+        "threshold": threshold,
+        "fill_times_s": [],
+    }
     total, last_fill = 0, 0.0
     for r in steps:
         b, n = int(buffered.get(r["step"], 0)), int(solutions.get(r["step"], 0))
@@ -249,11 +312,17 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
                 a2.axhline(threshold * k, color="gray", linestyle=":")
     else:
         _empty(a1, "committed steps")
-    a1.set(xlabel="step", ylabel="rows entering B_hq (Eq. 4)",
-           title=f"High-quality yield per step {title}".strip())
+    a1.set(
+        xlabel="step",
+        ylabel="rows entering B_hq (Eq. 4)",
+        title=f"High-quality yield per step {title}".strip(),
+    )
     fills = ", ".join(f"{t:.0f}s" for t in data["fill_times_s"]) or "not yet filled"
-    a2.set(xlabel="wall time (s)", ylabel="cumulative |B_hq|",
-           title=f"Time to fill the buffer ({threshold or '?'} rows): {fills}")
+    a2.set(
+        xlabel="wall time (s)",
+        ylabel="cumulative |B_hq|",
+        title=f"Time to fill the buffer ({threshold or '?'} rows): {fills}",
+    )
     return _save(fig, path, data)
 
 
@@ -285,8 +354,11 @@ def fig_training_loss(store: Store, path: Path, title: str = "") -> Data:
         ax.legend(fontsize=8)
     else:
         _empty(ax, "trained adapters")
-    ax.set(xlabel="optimiser step", ylabel="NLL of solution tokens (Eq. 3)",
-           title=f"LoRA training loss {title}".strip())
+    ax.set(
+        xlabel="optimiser step",
+        ylabel="NLL of solution tokens (Eq. 3)",
+        title=f"LoRA training loss {title}".strip(),
+    )
     return _save(fig, path, data)
 
 
@@ -304,9 +376,10 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
       once it finished training: ready, live or retired).
     """
     names = list(members)
-    extra = [r[0] for r in store.query(
-        "SELECT DISTINCT member FROM solutions UNION SELECT DISTINCT member FROM buffer"
-    )]
+    extra = [
+        r[0]
+        for r in store.query("SELECT DISTINCT member FROM solutions UNION SELECT DISTINCT member FROM buffer")
+    ]
     names += sorted(m for m in extra if m not in names)
     idx = {m: i for i, m in enumerate(names)}
     elite = [[0] * len(names) for _ in names]
@@ -316,9 +389,7 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
             if eid in author:
                 elite[idx[r["member"]]][idx[author[eid]]] += 1
     training = [[0] * len(names) for _ in names]
-    rounds = {r["id"]: json.loads(r["buffer_ids"]) for r in store.query(
-        "SELECT id, buffer_ids FROM rounds"
-    )}
+    rounds = {r["id"]: json.loads(r["buffer_ids"]) for r in store.query("SELECT id, buffer_ids FROM rounds")}
     buffer_author = dict(store.query("SELECT id, member FROM buffer"))
     trained = store.query(
         "SELECT member, round_id, metrics FROM adapters WHERE round_id IS NOT NULL "
@@ -341,8 +412,10 @@ def fig_knowledge_flow(store: Store, path: Path, members: list[str], title: str 
     data = knowledge_flow(store, members)
     names = data["members"]
     fig, axes = plt.subplots(1, 2, figsize=(5.5 * 2, 0.9 * len(names) + 2.5))
-    panels = [("elite", "via elite examples in solve prompts"),
-              ("training", "via buffer rows in LoRA training")]
+    panels = [
+        ("elite", "via elite examples in solve prompts"),
+        ("training", "via buffer rows in LoRA training"),
+    ]
     for ax, (key, label) in zip(axes, panels, strict=True):
         m = data[key]
         ax.set_title(label)
@@ -356,8 +429,14 @@ def fig_knowledge_flow(store: Store, path: Path, members: list[str], title: str 
         peak = max((max(r) for r in m), default=0)
         for i, row in enumerate(m):
             for j, v in enumerate(row):
-                ax.text(j, i, str(v), ha="center", va="center",
-                        color="white" if peak and v > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(v),
+                    ha="center",
+                    va="center",
+                    color="white" if peak and v > peak / 2 else "black",
+                )
     fig.suptitle(f"Knowledge flow {title}".strip())
     return _save(fig, path, data)
 
@@ -366,7 +445,8 @@ def fig_knowledge_flow(store: Store, path: Path, members: list[str], title: str 
 
 
 def fig_group_comparison(
-    scores: dict[str, dict[str, dict[str, float]]], path: Path,
+    scores: dict[str, dict[str, dict[str, float]]],
+    path: Path,
     ns: dict[str, dict[str, dict[str, int]]] | None = None,
 ) -> Data:
     """Figure 5: grouped bars, one group per run, one bar per member (+ majority), per benchmark,
@@ -377,8 +457,7 @@ def fig_group_comparison(
     ns = ns or {}
     ci: Data = {}
     benches = sorted({b for per in scores.values() for b in per})
-    fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(6 * max(1, len(benches)), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(6 * max(1, len(benches)), 4), squeeze=False)
     if not benches:
         _empty(axes[0][0], "scores")
     for ax, bench in zip(axes[0], benches, strict=False):
@@ -403,9 +482,7 @@ def fig_group_comparison(
     return _save(fig, path, {"scores": scores, "ci95": ci})
 
 
-def fig_mode_comparison(
-    curves: dict[str, list[dict[str, list[float]]]], path: Path
-) -> Data:
+def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: Path) -> Data:
     """Figure 6: AGORA against the isolated control: the group's anchor score against step.
 
     `curves` is {mode: [{"step": [...], "score": [...]}, ...]} (one curve per run); the plotted
@@ -434,6 +511,10 @@ def fig_mode_comparison(
         _empty(ax, "anchor scores")
     else:
         ax.legend()
-    ax.set(xlabel="step", ylabel="members' mean anchor pass@1",
-           title="AGORA vs isolated evolution", ylim=(-0.02, 1.02))
+    ax.set(
+        xlabel="step",
+        ylabel="members' mean anchor pass@1",
+        title="AGORA vs isolated evolution",
+        ylim=(-0.02, 1.02),
+    )
     return _save(fig, path, data)

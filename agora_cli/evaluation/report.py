@@ -44,8 +44,16 @@ from agora_cli.store import Store
 
 MAJORITY = plots.MAJORITY
 SWITCHES = (
-    "valid_vote", "lora", "quality_vote", "elite_icl", "random_qgen", "difficulty_control",
-    "external_anchor", "explanation", "dynamic_strategy", "fem",
+    "valid_vote",
+    "lora",
+    "quality_vote",
+    "elite_icl",
+    "random_qgen",
+    "difficulty_control",
+    "external_anchor",
+    "explanation",
+    "dynamic_strategy",
+    "fem",
 )
 
 
@@ -97,9 +105,15 @@ def load_run(root: Path | str) -> RunInfo:
             past = _read_history(summary.parent / "history.jsonl")
             history += [(summary.parent.name, s) for s in past or [evals[summary.parent.name]]]
     return RunInfo(
-        root=paths.root, label=paths.root.name, config=config, members=members,
-        mode=(config.get("protocol") or {}).get("mode", "agora"), seed=int(config.get("seed", 0)),
-        variant=variant_of(config), evals=evals, eval_history=history,
+        root=paths.root,
+        label=paths.root.name,
+        config=config,
+        members=members,
+        mode=(config.get("protocol") or {}).get("mode", "agora"),
+        seed=int(config.get("seed", 0)),
+        variant=variant_of(config),
+        evals=evals,
+        eval_history=history,
     )
 
 
@@ -126,10 +140,15 @@ def anchor_curve(store: Store) -> dict[str, list[float]]:
     counts (`k` right of `n` graded, over members) for its interval."""
     rows = store.query(
         "SELECT step, AVG(score) AS score, SUM(ROUND(score * n)) AS k, SUM(n) AS n FROM anchors "
-        "WHERE member != ? GROUP BY step ORDER BY step", (MAJORITY,),
+        "WHERE member != ? GROUP BY step ORDER BY step",
+        (MAJORITY,),
     )
-    return {"step": [r["step"] for r in rows], "score": [r["score"] for r in rows],
-            "k": [int(r["k"] or 0) for r in rows], "n": [int(r["n"] or 0) for r in rows]}
+    return {
+        "step": [r["step"] for r in rows],
+        "score": [r["score"] for r in rows],
+        "k": [int(r["k"] or 0) for r in rows],
+        "n": [int(r["n"] or 0) for r in rows],
+    }
 
 
 def eval_step(summary: dict[str, Any]) -> int | None:
@@ -189,11 +208,15 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
     if drawn:
         text += f" Evaluations drawn: {', '.join(f'`{e}`' for e in sorted(drawn))}."
     else:
-        text += (" No evaluation with a step yet: run `agora eval CONFIG --run-dir RUN` after a "
-                 "step to add one (each evaluation into a directory is kept in its history.jsonl).")
+        text += (
+            " No evaluation with a step yet: run `agora eval CONFIG --run-dir RUN` after a "
+            "step to add one (each evaluation into a directory is kept in its history.jsonl)."
+        )
     if without:
-        text += (f" Not drawn, no step recorded (written by an older agora, or taken before the "
-                 f"first committed step): {', '.join(f'`{w}`' for w in without)}.")
+        text += (
+            f" Not drawn, no step recorded (written by an older agora, or taken before the "
+            f"first committed step): {', '.join(f'`{w}`' for w in without)}."
+        )
     return text
 
 
@@ -292,23 +315,27 @@ def table1(runs: list[RunInfo]) -> str:
         for name, summary in sorted(run.evals.items(), key=lambda kv: kv[1].get("written_at", 0)):
             scores = summary.get("scores") or {}
             versions = summary.get("adapter_versions") or {}
-            members = sorted({m for per in scores.values() for m in per},
-                             key=lambda m: (m == MAJORITY, m))
+            members = sorted({m for per in scores.values() for m in per}, key=lambda m: (m == MAJORITY, m))
             for b in scores:
                 if b not in benches:
                     benches.append(b)
             for m in members:
                 v = versions.get(m)
                 version = "" if m == MAJORITY else ("base" if not v else f"v{v}")
-                rows.append((run.label, f"{m} {version}".strip(), name,
-                             {b: scores[b][m] for b in scores if m in scores[b]}))
+                rows.append(
+                    (
+                        run.label,
+                        f"{m} {version}".strip(),
+                        name,
+                        {b: scores[b][m] for b in scores if m in scores[b]},
+                    )
+                )
     if not rows:
         return "_No evaluations yet: run `agora eval CONFIG --run-dir RUN` first._\n"
     head = "| run | model | eval | " + " | ".join(benches) + " |\n"
     head += "|---|---|---|" + "---:|" * len(benches) + "\n"
     body = "".join(
-        f"| {r} | {m} | {e} | " + " | ".join(_rate_cell(s[b]) if b in s else "–" for b in benches)
-        + " |\n"
+        f"| {r} | {m} | {e} | " + " | ".join(_rate_cell(s[b]) if b in s else "–" for b in benches) + " |\n"
         for r, m, e, s in rows
     )
     return head + body
@@ -331,14 +358,22 @@ def table2(
             benches += [b for b in s if b not in benches]
     order = sorted(values, key=lambda v: (v != "full", v))
     delta_cols = [b for b in benches if any(b in per for per in paired.values())]
-    md = "| variant | seeds | " + " | ".join(
-        [*benches, *(f"{b} Δ vs full [95% CI], p" for b in delta_cols)]) + " |\n"
+    md = (
+        "| variant | seeds | "
+        + " | ".join([*benches, *(f"{b} Δ vs full [95% CI], p" for b in delta_cols)])
+        + " |\n"
+    )
     md += "|---|---:|" + "---:|" * (len(benches) + len(delta_cols)) + "\n"
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["variant", "seeds", *[f"{b}_{k}" for b in benches for k in ("mean", "sd")],
-                *[f"{b}_{k}" for b in delta_cols for k in ("delta", "delta_lo", "delta_hi",
-                                                           "p", "pairs")]])
+    w.writerow(
+        [
+            "variant",
+            "seeds",
+            *[f"{b}_{k}" for b in benches for k in ("mean", "sd")],
+            *[f"{b}_{k}" for b in delta_cols for k in ("delta", "delta_lo", "delta_hi", "p", "pairs")],
+        ]
+    )
     for variant in order:
         per_seed = values[variant]
         cells, csv_cells = [], []
@@ -365,8 +400,9 @@ def table2(
     return md, buf.getvalue()
 
 
-def run_pairs(seed: int, scores: dict[str, dict[str, float]],
-              items: dict[str, dict[str, dict[str, bool]]]) -> dict[str, dict[str, float]]:
+def run_pairs(
+    seed: int, scores: dict[str, dict[str, float]], items: dict[str, dict[str, dict[str, bool]]]
+) -> dict[str, dict[str, float]]:
     """One run's values to pair across variants: {benchmark: {key: group pass@1}}, keyed by
     `seed/item` when item-level results exist, else by `seed` (the run's group mean)."""
     out: dict[str, dict[str, float]] = {}
@@ -384,6 +420,7 @@ def paired_variants(
 ) -> dict[str, dict[str, PairedMeans]]:
     """{variant: {benchmark: paired bootstrap of variant - full}} over the keys (seed/item, or
     seed) both have; `pairs` is {variant: [`run_pairs` of each of its runs]}."""
+
     def merged(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for r in runs:
@@ -402,7 +439,8 @@ def paired_variants(
             keys = sorted(set(vals) & set(full.get(bench, {})))
             if keys:
                 result.setdefault(variant, {})[bench] = paired_bootstrap(
-                    [full[bench][k] for k in keys], [vals[k] for k in keys])
+                    [full[bench][k] for k in keys], [vals[k] for k in keys]
+                )
     return result
 
 
@@ -427,7 +465,8 @@ def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
     agora = [r for r in runs if r.mode == "agora" and r.variant == "full"]
     isolated = [r for r in runs if r.mode == "isolated"]
     pairs = [(a, i) for a in agora for i in isolated if a.seed == i.seed] or [
-        (a, i) for a in agora for i in isolated]
+        (a, i) for a in agora for i in isolated
+    ]
     rows: list[tuple[str, str, str, str, PairedBinary]] = []
     for a, i in pairs:
         ia, ii = item_outcomes(a), item_outcomes(i)
@@ -438,15 +477,22 @@ def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
                 if r.n:
                     rows.append((a.label, i.label, bench, m, r))
     if not rows:
-        return ("_No paired comparison: both runs need `agora eval` results on the same "
-                "benchmark items (results.jsonl)._\n", [])
-    md = ("| AGORA run | isolated run | benchmark | member | AGORA pass@1 [95% CI] | "
-          "isolated pass@1 [95% CI] | only AGORA right | only isolated right | McNemar p |\n"
-          "|---|---|---|---|---:|---:|---:|---:|---:|\n")
+        return (
+            "_No paired comparison: both runs need `agora eval` results on the same "
+            "benchmark items (results.jsonl)._\n",
+            [],
+        )
+    md = (
+        "| AGORA run | isolated run | benchmark | member | AGORA pass@1 [95% CI] | "
+        "isolated pass@1 [95% CI] | only AGORA right | only isolated right | McNemar p |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|\n"
+    )
     words = []
     for a, i, bench, m, r in rows:
-        md += (f"| {a} | {i} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
-               f" | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n")
+        md += (
+            f"| {a} | {i} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
+            f" | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n"
+        )
         words.append(
             f"- {m} on {bench} (`{a}` vs `{i}`, {r.n} shared items): "
             f"{100 * (r.k_a - r.k_b) / r.n:+.1f} points, {significance_text(r.p)} (exact McNemar)."
@@ -471,12 +517,10 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
     if len(set(labels)) != len(labels):  # same directory names under different parents
         for i, r in enumerate(runs):
             r.label = f"{r.label}-{i}"
-    out = Path(out) if out else (RunPaths(runs[0].root).report if len(runs) == 1
-                                 else Path("agora-report"))
+    out = Path(out) if out else (RunPaths(runs[0].root).report if len(runs) == 1 else Path("agora-report"))
     out.mkdir(parents=True, exist_ok=True)
     md = ["# AGORA report", ""]
-    md.append("Runs: " + ", ".join(f"`{r.label}` ({r.mode}, {r.variant}, seed {r.seed})"
-                                   for r in runs))
+    md.append("Runs: " + ", ".join(f"`{r.label}` ({r.mode}, {r.variant}, seed {r.seed})" for r in runs))
     md.append("")
     curves: dict[str, list[dict[str, list[float]]]] = {}
     for run in runs:
@@ -484,74 +528,102 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
         threshold = (run.config.get("protocol") or {}).get("buffer_threshold")
         with Store(RunPaths(run.root).store, readonly=True) as store:
             points, without = eval_points(run)
-            plots.fig_scores_vs_step(store, out / f"{slug}-fig1-anchor.png", run.label,
-                                     evals=points, evals_without_step=without)
-            plots.fig_difficulty_length(store, out / f"{slug}-fig3-difficulty-length.png",
-                                        run.label)
+            plots.fig_scores_vs_step(
+                store, out / f"{slug}-fig1-anchor.png", run.label, evals=points, evals_without_step=without
+            )
+            plots.fig_difficulty_length(store, out / f"{slug}-fig3-difficulty-length.png", run.label)
             plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
-            plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members,
-                                     run.label)
+            plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members, run.label)
             plots.fig_training_loss(store, out / f"{slug}-training-loss.png", run.label)
             curves.setdefault(run.mode, []).append(anchor_curve(store))
             audit_md = audit_section(store, out, slug, run.label)
         md += [
-            f"## Run `{run.label}`", "",
-            f"Directory: `{run.root}`; members: {', '.join(run.members) or '?'}.", "",
-            "### Figure 1: benchmark score against step (anchors as lines, evaluations as "
-            "stars)", "",
-            f"![Figure 1, {run.label}]({slug}-fig1-anchor.png)", "",
-            _fig1_caption(run, points, without), "",
-            "### Figure 3: difficulty and response length against performance", "",
-            f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)", "",
-            "### Figure 4: high-quality yield per step and time to fill the buffer", "",
-            f"![Figure 4, {run.label}]({slug}-fig4-yield.png)", "",
-            "### Knowledge flow", "",
-            f"![Knowledge flow, {run.label}]({slug}-knowledge-flow.png)", "",
+            f"## Run `{run.label}`",
+            "",
+            f"Directory: `{run.root}`; members: {', '.join(run.members) or '?'}.",
+            "",
+            "### Figure 1: benchmark score against step (anchors as lines, evaluations as stars)",
+            "",
+            f"![Figure 1, {run.label}]({slug}-fig1-anchor.png)",
+            "",
+            _fig1_caption(run, points, without),
+            "",
+            "### Figure 3: difficulty and response length against performance",
+            "",
+            f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)",
+            "",
+            "### Figure 4: high-quality yield per step and time to fill the buffer",
+            "",
+            f"![Figure 4, {run.label}]({slug}-fig4-yield.png)",
+            "",
+            "### Knowledge flow",
+            "",
+            f"![Knowledge flow, {run.label}]({slug}-knowledge-flow.png)",
+            "",
             "Rows are learners, columns teachers. Left: how many elite examples written by the "
             "teacher appeared in the learner's solve prompts (in-context learning from the elite "
             "history H_t). Right: how many buffer rows written by the teacher the learner was "
             "fine-tuned on (LoRA rounds that produced one of its adapters). The diagonal is "
-            "self-learning.", "",
-            "### LoRA training loss (Eq. 3)", "",
-            f"![Training loss, {run.label}]({slug}-training-loss.png)", "",
+            "self-learning.",
+            "",
+            "### LoRA training loss (Eq. 3)",
+            "",
+            f"![Training loss, {run.label}]({slug}-training-loss.png)",
+            "",
             *audit_md,
         ]
     scores = {r.label: final_scores(r) for r in runs}
     md += ["## Figure 5: group comparison across runs", ""]
-    plots.fig_group_comparison(scores, out / "fig5-groups.png",
-                               ns={r.label: final_ns(r) for r in runs})
-    md += ["![Figure 5](fig5-groups.png)", "",
-           "Each run's latest evaluation per benchmark (or, without one, its last external "
-           "anchor); error bars are 95% Wilson intervals.", ""]
+    plots.fig_group_comparison(scores, out / "fig5-groups.png", ns={r.label: final_ns(r) for r in runs})
+    md += [
+        "![Figure 5](fig5-groups.png)",
+        "",
+        "Each run's latest evaluation per benchmark (or, without one, its last external "
+        "anchor); error bars are 95% Wilson intervals.",
+        "",
+    ]
     if {"agora", "isolated"} <= set(curves):
         plots.fig_mode_comparison(curves, out / "fig6-agora-vs-isolated.png")
-        md += ["## Figure 6: AGORA against isolated evolution", "",
-               "![Figure 6](fig6-agora-vs-isolated.png)", "",
-               "Members' mean anchor pass@1 per step, averaged over the runs of each mode; the "
-               "band is the 95% Wilson interval of the pooled anchor answers.", ""]
+        md += [
+            "## Figure 6: AGORA against isolated evolution",
+            "",
+            "![Figure 6](fig6-agora-vs-isolated.png)",
+            "",
+            "Members' mean anchor pass@1 per step, averaged over the runs of each mode; the "
+            "band is the 95% Wilson interval of the pooled anchor answers.",
+            "",
+        ]
     if any(r.mode == "isolated" for r in runs) and any(r.mode == "agora" for r in runs):
         cmp_md, cmp_words = mode_comparison(runs)
         md += ["## AGORA against isolated evolution, paired on the same items", "", cmp_md, ""]
         md += cmp_words + ([""] if cmp_words else [])
-    md += ["## Table 1: pass@1 (%) per model and benchmark [95% Wilson interval]", "",
-           table1(runs), ""]
+    md += ["## Table 1: pass@1 (%) per model and benchmark [95% Wilson interval]", "", table1(runs), ""]
     grouped: dict[str, list[dict[str, float]]] = {}
     pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
     for run in runs:
         grouped.setdefault(run.variant, []).append(
             {b: group_mean(per) for b, per in scores[run.label].items()}
         )
-        pairs.setdefault(run.variant, []).append(
-            run_pairs(run.seed, scores[run.label], item_outcomes(run)))
+        pairs.setdefault(run.variant, []).append(run_pairs(run.seed, scores[run.label], item_outcomes(run)))
     paired = paired_variants(pairs)
     t2_md, t2_csv = table2(grouped, paired)
     (out / "table2.csv").write_text(t2_csv)
-    md += ["## Table 2: variants (group mean pass@1 %, mean ± sd over seeds)", "", t2_md,
-           "", "CSV: [table2.csv](table2.csv)", ""]
+    md += [
+        "## Table 2: variants (group mean pass@1 %, mean ± sd over seeds)",
+        "",
+        t2_md,
+        "",
+        "CSV: [table2.csv](table2.csv)",
+        "",
+    ]
     if paired:
-        md += ["Δ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
-               "item results exist, else on seeds; 95% interval and p from a paired bootstrap.",
-               "", *variant_sentences(paired), ""]
+        md += [
+            "Δ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
+            "item results exist, else on seeds; 95% interval and p from a paired bootstrap.",
+            "",
+            *variant_sentences(paired),
+            "",
+        ]
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path

@@ -22,8 +22,7 @@ from agora_cli.protocol.common import strip_prompt_echo
 from agora_cli.protocol.majority import MAJORITY, plurality
 from agora_cli.protocol.prompts import Prompts
 
-__all__ = ["MAJORITY", "ItemResult", "accuracy", "answer_items", "greedy_sampling",
-           "majority_rows"]
+__all__ = ["MAJORITY", "ItemResult", "accuracy", "answer_items", "greedy_sampling", "majority_rows"]
 _GRADE_BATCH = 16
 
 
@@ -92,19 +91,39 @@ async def answer_items(
         try:
             res = await pool.chat(member, messages, sampling, role="evaluate")
         except Exception as e:  # noqa: BLE001 - recorded per item; the caller decides
-            await queue.put((
-                ItemResult(member, item.benchmark, item.id, model, "", None, item.answer, False,
-                           version_of(member), error=f"{type(e).__name__}: {e}"),
-                "",
-            ))
+            await queue.put(
+                (
+                    ItemResult(
+                        member,
+                        item.benchmark,
+                        item.id,
+                        model,
+                        "",
+                        None,
+                        item.answer,
+                        False,
+                        version_of(member),
+                        error=f"{type(e).__name__}: {e}",
+                    ),
+                    "",
+                )
+            )
             return
         # Base models repeat the prompt first; grade only what follows (same rule as the loop).
         text = strip_prompt_echo(res.text, messages)
         choice = item.kind == CHOICE
         result = ItemResult(
-            member, item.benchmark, item.id, model, res.text,
-            chosen_letter(text) if choice else extract_answer(text), item.answer, False,
-            version_of(member), res.completion_tokens, round(res.latency_s, 3),
+            member,
+            item.benchmark,
+            item.id,
+            model,
+            res.text,
+            chosen_letter(text) if choice else extract_answer(text),
+            item.answer,
+            False,
+            version_of(member),
+            res.completion_tokens,
+            round(res.latency_s, 3),
         )
         if choice:
             result.correct = result.answer == item.answer
@@ -150,8 +169,18 @@ def majority_rows(
             continue
         answer = plurality([r.answer for r in per_member])  # type: ignore[union-attr]
         model = "+".join(r.model for r in per_member)  # type: ignore[union-attr]
-        out.append(ItemResult(MAJORITY, it.benchmark, it.id, model, answer or "", answer,
-                              it.answer, it.kind == CHOICE and answer == it.answer))
+        out.append(
+            ItemResult(
+                MAJORITY,
+                it.benchmark,
+                it.id,
+                model,
+                answer or "",
+                answer,
+                it.answer,
+                it.kind == CHOICE and answer == it.answer,
+            )
+        )
     # Choice items' answers are letters, graded above; math-verify grades the rest.
     kinds = {(it.benchmark, it.id): it.kind for it in items}
     math = [r for r in out if kinds[(r.benchmark, r.item_id)] != CHOICE]
@@ -170,6 +199,4 @@ def accuracy(rows: list[ItemResult]) -> dict[str, dict[str, tuple[float, int]]]:
         t = tally.setdefault(r.benchmark, {}).setdefault(r.member, [0, 0])
         t[0] += int(r.correct)
         t[1] += 1
-    return {
-        b: {m: (c / n if n else 0.0, n) for m, (c, n) in per.items()} for b, per in tally.items()
-    }
+    return {b: {m: (c / n if n else 0.0, n) for m, (c, n) in per.items()} for b, per in tally.items()}

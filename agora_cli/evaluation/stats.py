@@ -109,8 +109,9 @@ class RateRatio:
 def count_ratio(k1: int, t1: float, k0: int, t0: float) -> RateRatio:
     """The rate ratio of k1 events in exposure t1 against k0 in t0 (see the module doc)."""
     if k1 < 0 or k0 < 0 or t1 <= 0 or t0 <= 0 or k1 + k0 == 0:
-        raise ValueError(f"count_ratio: need counts >= 0 (not both 0) and exposures > 0 "
-                         f"(got {k1}/{t1}, {k0}/{t0})")
+        raise ValueError(
+            f"count_ratio: need counts >= 0 (not both 0) and exposures > 0 (got {k1}/{t1}, {k0}/{t0})"
+        )
     n, share = k1 + k0, t1 / (t1 + t0)
     lo, hi = clopper_pearson(k1, n)
     scale = t0 / t1
@@ -147,8 +148,12 @@ def paired_binary(a: Mapping[str, bool], b: Mapping[str, bool]) -> PairedBinary:
     only_a = sum(1 for i in shared if a[i] and not b[i])
     only_b = sum(1 for i in shared if b[i] and not a[i])
     return PairedBinary(
-        n=len(shared), k_a=sum(1 for i in shared if a[i]), k_b=sum(1 for i in shared if b[i]),
-        only_a=only_a, only_b=only_b, p=mcnemar_exact(only_a, only_b),
+        n=len(shared),
+        k_a=sum(1 for i in shared if a[i]),
+        k_b=sum(1 for i in shared if b[i]),
+        only_a=only_a,
+        only_b=only_b,
+        p=mcnemar_exact(only_a, only_b),
     )
 
 

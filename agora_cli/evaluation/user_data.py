@@ -34,8 +34,13 @@ from agora_cli.evaluation.benchmarks import (
 from agora_cli.protocol.answers import extract_answer
 
 GPQA = "gpqa"
-GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
-                "Incorrect Answer 3")
+GPQA_COLUMNS = (
+    "Question",
+    "Correct Answer",
+    "Incorrect Answer 1",
+    "Incorrect Answer 2",
+    "Incorrect Answer 3",
+)
 LETTERS = "ABCD"
 _LETTER = re.compile(r"^\(?([A-Da-d])\)?(?:[\s.:)]|$)")
 
@@ -76,21 +81,28 @@ def load_user_benchmark(name: str, path: Path) -> list[Item]:
     if path.suffix.lower() == ".csv":
         raise BenchmarkFileError(
             f"--benchmarks {name}={path}: only GPQA is read from CSV (as gpqa=PATH); other "
-            "benchmarks are JSONL with one {\"problem\": ..., \"answer\": ...} object per line"
+            'benchmarks are JSONL with one {"problem": ..., "answer": ...} object per line'
         )
     rows = _jsonl_rows(name, path)
-    bad = [f"line {n}: missing {', '.join(k for k in ('problem', 'answer') if k not in row)}"
-           for n, row in rows if not {"problem", "answer"} <= row.keys()]
+    bad = [
+        f"line {n}: missing {', '.join(k for k in ('problem', 'answer') if k not in row)}"
+        for n, row in rows
+        if not {"problem", "answer"} <= row.keys()
+    ]
     if bad:
         raise BenchmarkFileError(_listing(name, path, bad, "problem and answer fields"))
-    return [Item(name, str(row.get("id", f"{name}/{n}")), str(row["problem"]), str(row["answer"]))
-            for n, row in rows]
+    return [
+        Item(name, str(row.get("id", f"{name}/{n}")), str(row["problem"]), str(row["answer"]))
+        for n, row in rows
+    ]
 
 
 def _listing(name: str, path: Path, problems: list[str], want: str) -> str:
     shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-    return (f"--benchmarks {name}={path}: {len(problems)} problem(s); every row needs {want}:\n  "
-            + "\n  ".join(shown))
+    return (
+        f"--benchmarks {name}={path}: {len(problems)} problem(s); every row needs {want}:\n  "
+        + "\n  ".join(shown)
+    )
 
 
 def _jsonl_rows(name: str, path: Path) -> list[tuple[int, dict]]:
@@ -135,8 +147,10 @@ def _gpqa_items(path: Path) -> list[Item]:
     for n, row in rows:
         empty = [c for c in GPQA_COLUMNS if not str(row.get(c) or "").strip()]
         if empty:
-            bad.append(f"{'row' if path.suffix.lower() == '.csv' else 'line'} {n}: "
-                       f"missing or empty {', '.join(repr(c) for c in empty)}")
+            bad.append(
+                f"{'row' if path.suffix.lower() == '.csv' else 'line'} {n}: "
+                f"missing or empty {', '.join(repr(c) for c in empty)}"
+            )
     if bad:
         raise BenchmarkFileError(_listing(GPQA, path, bad, want))
     if not rows:
@@ -150,8 +164,10 @@ def _gpqa_item(item_id: str, row: dict) -> Item:
     choices = [right] + [str(row[f"Incorrect Answer {i}"]).strip() for i in (1, 2, 3)]
     random.Random(f"{GPQA}:{item_id}:{SUBSET_SEED}").shuffle(choices)
     listed = "\n".join(f"({letter}) {c}" for letter, c in zip(LETTERS, choices, strict=True))
-    problem = (f"{str(row['Question']).strip()}\n\n{listed}\n\n"
-               "Answer with the letter (A, B, C or D) of the correct choice.")
+    problem = (
+        f"{str(row['Question']).strip()}\n\n{listed}\n\n"
+        "Answer with the letter (A, B, C or D) of the correct choice."
+    )
     return Item(GPQA, item_id, problem, LETTERS[choices.index(right)], kind=CHOICE)
 
 

@@ -36,9 +36,7 @@ async def chat_role(
     return result, strip_prompt_echo(result.text, messages, answers_are_own=answers_are_own)
 
 
-def strip_prompt_echo(
-    reply: str, messages: list[dict[str, str]], *, answers_are_own: bool = False
-) -> str:
+def strip_prompt_echo(reply: str, messages: list[dict[str, str]], *, answers_are_own: bool = False) -> str:
     """The reply without a leading copy of the prompt.
 
     Base models (Gemma-3-270M here) often answer by repeating the prompt from its first line,
@@ -55,6 +53,7 @@ def strip_prompt_echo(
     demonstrations hold gradable answers (solve's worked examples) keep the default: such lines
     are always echo.
     """
+
     def lines_of(keep: Callable[[str], bool]) -> set[str]:
         out = {
             line.strip()

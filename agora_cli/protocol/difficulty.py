@@ -21,5 +21,5 @@ def next_target(history: list[float], cfg: Difficulty) -> float:
     ("kept slightly above the moving average of recent V_t"); `target_init` before any step."""
     if not history:
         return cfg.target_init
-    recent = history[-cfg.target_window:]
+    recent = history[-cfg.target_window :]
     return min(1.0, sum(recent) / len(recent) + cfg.target_margin)

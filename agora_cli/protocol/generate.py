@@ -64,7 +64,7 @@ def parse_problem(raw: str) -> tuple[str | None, str | None]:
     label = _LABEL.search(text)
     fence = _FENCE.search(text)
     if label:
-        body = text[label.end():]
+        body = text[label.end() :]
     elif fence:
         body = fence.group(1)
     else:
@@ -73,7 +73,7 @@ def parse_problem(raw: str) -> tuple[str | None, str | None]:
     stop = _STOP.search(body)
     if stop:
         body = body[: stop.start()]
-    body = re.sub(r"\s+", " ", body.strip(" \t\n*_`\"")).strip()
+    body = re.sub(r"\s+", " ", body.strip(' \t\n*_`"')).strip()
     if not body:
         return None, "empty"
     if len(body) < MIN_CHARS or len(body.split()) < MIN_WORDS or len(body) > MAX_CHARS:
@@ -138,9 +138,7 @@ def sample_seeds(pool: list[dict], k: int, rng: Any) -> list[dict]:
 async def _one(ctx: Ctx, member: str, difficulty: float, seeds: list[dict]) -> GeneratedProblem:
     shown = [{"id": s.get("id"), "problem": s["problem"], "answer": s.get("answer")} for s in seeds]
     try:
-        result, reply = await chat_role(
-            ctx, member, "generate", difficulty=difficulty, seeds=shown
-        )
+        result, reply = await chat_role(ctx, member, "generate", difficulty=difficulty, seeds=shown)
     except REQUEST_ERRORS:
         return GeneratedProblem(text=None, raw="", author=member, dropped="request_failed")
     # A reply that is nothing but a copy of the prompt is judged as written: a copied seed is then

@@ -54,10 +54,15 @@ ROLE_VARIABLES: dict[str, list[dict[str, Any]]] = {
         {"problem": _SEED["problem"], "examples": [{**_EXAMPLE, "explanation": None}]},
         {"problem": _SEED["problem"], "examples": []},
     ],
-    "verify": [{"problem": _SEED["problem"], "solution": "3 + 4 = 7. \\boxed{7}",
-                "delimiter": "Q7F3"}],
-    "vote": [{"problem": _SEED["problem"], "solution_a": "3+4=7 \\boxed{7}",
-              "solution_b": "7 \\boxed{7}", "delimiter": "Q7F3"}],
+    "verify": [{"problem": _SEED["problem"], "solution": "3 + 4 = 7. \\boxed{7}", "delimiter": "Q7F3"}],
+    "vote": [
+        {
+            "problem": _SEED["problem"],
+            "solution_a": "3+4=7 \\boxed{7}",
+            "solution_b": "7 \\boxed{7}",
+            "delimiter": "Q7F3",
+        }
+    ],
     "explain": [{"problem": _SEED["problem"], "solution": "3 + 4 = 7. \\boxed{7}"}],
     "evaluate": [
         {"problem": _SEED["problem"], "examples": []},
@@ -125,8 +130,9 @@ class Prompts:
     def variables(self, role: str) -> set[str]:
         """The variables `role`'s template uses (e.g. whether `evaluate` shows `examples`)."""
         self._template(role)  # a clear error when missing or unparsable
-        return set(meta.find_undeclared_variables(
-            self.env.parse(self.path(role).read_text(encoding="utf-8"))))
+        return set(
+            meta.find_undeclared_variables(self.env.parse(self.path(role).read_text(encoding="utf-8")))
+        )
 
     def reply_format(self, role: str) -> str:
         """How `role`'s replies are parsed (REPLY_FORMATS): the template's `reply_format` block,
@@ -163,8 +169,10 @@ class Prompts:
         """Every problem of the set, one line each (empty when it is fine): the directory, files
         that name no role, and per role what `validate` checks."""
         if not self.dir.is_dir():
-            return [f"prompt set {self.dir} is not a directory; fix prompts_dir in the config "
-                    f"(e.g. prompts/capable), or leave it unset for {PROMPTS_DIR}"]
+            return [
+                f"prompt set {self.dir} is not a directory; fix prompts_dir in the config "
+                f"(e.g. prompts/capable), or leave it unset for {PROMPTS_DIR}"
+            ]
         problems: list[str] = []
         for f in sorted(self.dir.glob("*.jinja")):
             if f.stem not in ROLE_VARIABLES and not f.name.startswith("_"):
@@ -201,9 +209,7 @@ class Prompts:
         try:
             ctx = tmpl.new_context({**variables, **turns})
             parts = {
-                name: "".join(tmpl.blocks[name](ctx))
-                for name in ("system", "user")
-                if name in tmpl.blocks
+                name: "".join(tmpl.blocks[name](ctx)) for name in ("system", "user") if name in tmpl.blocks
             }
         except jinja2.UndefinedError as e:
             raise PromptError(

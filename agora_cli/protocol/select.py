@@ -21,9 +21,7 @@ def elite_score(won: int, cast: int) -> float:
     return wilson_lower(won, cast)
 
 
-def update_elite(
-    current: list[EliteExample], candidates: list[EliteExample], k: int
-) -> list[EliteExample]:
+def update_elite(current: list[EliteExample], candidates: list[EliteExample], k: int) -> list[EliteExample]:
     """H_t = Top_k(H_{t-1} ∪ I_t) by score. Ties go to the NEWER entry (higher solution id: ids
     grow with time), so a history whose entries cannot be outscored still turns over; a solution
     already in the history is not added twice."""

@@ -39,8 +39,13 @@ async def solve(ctx: Ctx, member: str, problem: str, elite: list[EliteExample]) 
         )
     except REQUEST_ERRORS as exc:
         return SolutionDraft(
-            member=member, text="", answer=None, prompt_tokens=0, completion_tokens=0,
-            latency_s=0.0, error=error_text(exc),
+            member=member,
+            text="",
+            answer=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_s=0.0,
+            error=error_text(exc),
         )
     return SolutionDraft(
         member=member,

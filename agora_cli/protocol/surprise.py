@@ -49,7 +49,7 @@ def surprise(anchor_history: list[float], cfg: Surprise) -> float | None:
     if len(anchor_history) < 2:
         return None
     current = anchor_history[-1]
-    peak = max(anchor_history[-cfg.window:])  # mu*_t: recent peak, current included
+    peak = max(anchor_history[-cfg.window :])  # mu*_t: recent peak, current included
     return ((peak - current) / (peak + cfg.eps)) ** 2  # Eq. 2
 
 
@@ -66,9 +66,7 @@ def anchor_step(step: int, every: int) -> bool:
     return (step + 1) % every == 0
 
 
-def apply_fem(
-    d_next: float, f_t: float | None, cfg: Surprise | Protocol, enabled: bool
-) -> float:
+def apply_fem(d_next: float, f_t: float | None, cfg: Surprise | Protocol, enabled: bool) -> float:
     """Lower d_{t+1} by difficulty_gain * F_t when F_t exceeds the threshold (see module doc).
 
     `cfg` is `protocol.surprise`, or the whole `protocol` section (then the result is also
@@ -77,8 +75,9 @@ def apply_fem(
     s = cfg.surprise if isinstance(cfg, Protocol) else cfg
     if not enabled or f_t is None or f_t <= s.threshold:
         return d_next
-    lo, hi = (cfg.difficulty.d_min, cfg.difficulty.d_max) if isinstance(cfg, Protocol) else (
-        0.0, float("inf"))
+    lo, hi = (
+        (cfg.difficulty.d_min, cfg.difficulty.d_max) if isinstance(cfg, Protocol) else (0.0, float("inf"))
+    )
     return min(max(d_next - s.difficulty_gain * f_t, lo), hi)
 
 

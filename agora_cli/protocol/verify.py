@@ -69,8 +69,7 @@ def _line_verdict(line: str, verdict_line: bool = False) -> bool | None:
 def _strip_echo(reply: str, token: str | None) -> str:
     if not token:
         return reply
-    return re.sub(rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)}|\Z)", "", reply,
-                  flags=re.DOTALL)
+    return re.sub(rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)}|\Z)", "", reply, flags=re.DOTALL)
 
 
 def parse_verdict(
@@ -104,7 +103,12 @@ async def verify(ctx: Ctx, verifier: str, problem: str, solution: str) -> Verdic
     token = delimiter(ctx.quote_key, problem, solution)
     try:
         result, reply = await chat_role(
-            ctx, verifier, "verify", answers_are_own=True, problem=problem, solution=solution,
+            ctx,
+            verifier,
+            "verify",
+            answers_are_own=True,
+            problem=problem,
+            solution=solution,
             delimiter=token,
         )
     except REQUEST_ERRORS as exc:

@@ -37,13 +37,14 @@ _VOTE_FORMS = [
     # "The correct answer is A.", "The better solution is solution B"
     re.compile(
         _PREFIX + r"(?:the\s+)?(?:correct\s+|better\s+|best\s+|right\s+)?"
-        r"(?:answer|choice|solution|option|one)\s+is\s+(?:(?:solution|option)\s+)?" + _LETTER
-        + _END,
+        r"(?:answer|choice|solution|option|one)\s+is\s+(?:(?:solution|option)\s+)?" + _LETTER + _END,
         re.IGNORECASE,
     ),
     # "Solution A is better", "B is clearer."
     re.compile(
-        _PREFIX + r"(?:(?:solution|option)\s+)?" + _LETTER
+        _PREFIX
+        + r"(?:(?:solution|option)\s+)?"
+        + _LETTER
         + r"\s+is\s+(?:the\s+)?(?:better|clearer|best|more\s+rigorous)\b",
         re.IGNORECASE,
     ),
@@ -51,8 +52,7 @@ _VOTE_FORMS = [
 
 # The capable prompts' choice line: `VERDICT: B`, `**Verdict:** Solution A.`
 _VERDICT_LINE = re.compile(
-    _PREFIX + r"(?:final\s+)?verdict[\s*_`]*[:\-=][\s*_`]*(?:(?:solution|option)\s+)?" + _LETTER
-    + _END,
+    _PREFIX + r"(?:final\s+)?verdict[\s*_`]*[:\-=][\s*_`]*(?:(?:solution|option)\s+)?" + _LETTER + _END,
     re.IGNORECASE,
 )
 
@@ -77,7 +77,10 @@ def _line_vote(line: str, verdict_line: bool = False) -> str | None:
 
 
 def parse_vote(
-    reply: str, token: str | None = None, solutions: tuple[str, ...] = (), *,
+    reply: str,
+    token: str | None = None,
+    solutions: tuple[str, ...] = (),
+    *,
     verdict_line: bool = False,
 ) -> Literal["a", "b"] | None:
     """'a'/'b' (as shown) from the reply's last line that states a choice, None when none does.
@@ -93,8 +96,9 @@ def parse_vote(
     """
     text = reply or ""
     if token:
-        text = re.sub(rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)} [AB]|\Z)", "",
-                      text, flags=re.DOTALL)
+        text = re.sub(
+            rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)} [AB]|\Z)", "", text, flags=re.DOTALL
+        )
     quoted = quoted_lines(*solutions)
     choice = None
     for line in text.splitlines():
@@ -115,7 +119,12 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
     token = delimiter(ctx.quote_key, problem, solution_a, solution_b)
     try:
         result, reply = await chat_role(
-            ctx, voter, "vote", answers_are_own=True, problem=problem, solution_a=shown_a,
+            ctx,
+            voter,
+            "vote",
+            answers_are_own=True,
+            problem=problem,
+            solution_a=shown_a,
             solution_b=shown_b,
             delimiter=token,
         )
@@ -139,7 +148,9 @@ def new_rating(env: trueskill.TrueSkill) -> trueskill.Rating:
 
 
 def apply_vote(
-    env: trueskill.TrueSkill, ratings: dict[str, trueskill.Rating], winner_member: str,
+    env: trueskill.TrueSkill,
+    ratings: dict[str, trueskill.Rating],
+    winner_member: str,
     loser_member: str,
 ) -> None:
     """Update both authors' ratings in place after one vote. Same-author pairs change nothing

@@ -119,8 +119,12 @@ class Serving:
                     backend.stop()
                 except Exception as e:  # noqa: BLE001 - keep stopping the others, but say so
                     error = f"{type(e).__name__}: {e}"
-                    log.warning("backend %s failed to stop (%s); its servers may still run, "
-                                "see %s", name, error, self.run_paths.logs)
+                    log.warning(
+                        "backend %s failed to stop (%s); its servers may still run, see %s",
+                        name,
+                        error,
+                        self.run_paths.logs,
+                    )
                     self.bus.emit("server_stop_failed", backend=name, error=error)
             if self._wrote_servers_file:
                 self.run_paths.servers.unlink(missing_ok=True)
@@ -164,10 +168,16 @@ class Serving:
             m.name: MemberLimits(max_concurrency=m.max_concurrency, timeout_s=m.request_timeout_s)
             for m in self.cfg.members
         }
-        extra = {m.name: {"chat_template_kwargs": m.chat_template_kwargs}
-                 for m in self.cfg.members if m.chat_template_kwargs}
+        extra = {
+            m.name: {"chat_template_kwargs": m.chat_template_kwargs}
+            for m in self.cfg.members
+            if m.chat_template_kwargs
+        }
         return ClientPool(
-            resolve=self.endpoint, limits=limits, settings=self.cfg.client, bus=self.bus,
+            resolve=self.endpoint,
+            limits=limits,
+            settings=self.cfg.client,
+            bus=self.bus,
             extra_body=extra,
         )
 

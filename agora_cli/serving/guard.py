@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage, file=sys.stderr)
         return 2
     split = args.index("--")
-    opts, cmd = args[:split], args[split + 1:]
+    opts, cmd = args[:split], args[split + 1 :]
     try:
         values = dict(zip(opts[::2], opts[1::2], strict=True))
         parent = int(values.pop("--parent"))

@@ -53,9 +53,7 @@ class LoraApi:
 class LoraServer:
     """The live adapter of each member of one backend, and the load/switch/unload sequence."""
 
-    def __init__(
-        self, api: LoraApi, backend: str, bus: EventBus, timeout_s: float, unload_grace_s: float
-    ):
+    def __init__(self, api: LoraApi, backend: str, bus: EventBus, timeout_s: float, unload_grace_s: float):
         self.api = api
         self.backend = backend
         self.bus = bus
@@ -81,17 +79,11 @@ class LoraServer:
         r = self._post(url, self.api.load_path, {"lora_name": name, "lora_path": path})
         if r.status != 200 or not _success(r):
             message = error_message(r)
-            if self.api.already_loaded not in message.lower() or not self._loaded_from(
-                url, name, path
-            ):
-                raise ServerError(
-                    f"{self.api.engine} at {url} refused adapter {name} from {path}: {message}"
-                )
+            if self.api.already_loaded not in message.lower() or not self._loaded_from(url, name, path):
+                raise ServerError(f"{self.api.engine} at {url} refused adapter {name} from {path}: {message}")
         listed = self.listed_adapters(url)
         if listed is not None and name not in listed:
-            raise ServerError(
-                f"{self.api.engine} at {url} accepted {name} but /v1/models does not list it"
-            )
+            raise ServerError(f"{self.api.engine} at {url} accepted {name} but /v1/models does not list it")
         with self.lock:
             old = self.adapters.get(member)
             self.adapters[member] = name
@@ -123,14 +115,20 @@ class LoraServer:
         def run() -> None:
             self._hurry.wait(self.unload_grace_s)
             try:
-                r = http("POST", f"{url}{self.api.unload_path}", {"lora_name": name},
-                         timeout=self.timeout_s, headers=self.headers)
+                r = http(
+                    "POST",
+                    f"{url}{self.api.unload_path}",
+                    {"lora_name": name},
+                    timeout=self.timeout_s,
+                    headers=self.headers,
+                )
                 error = None if r.status == 200 and _success(r) else error_message(r)
             except OSError as e:
                 error = f"no answer ({e})"
             if error is not None:  # the new adapter is live; a leftover only costs memory
-                self.bus.emit("adapter_unload_failed", backend=self.backend, member=member,
-                              lora_name=name, error=error)
+                self.bus.emit(
+                    "adapter_unload_failed", backend=self.backend, member=member, lora_name=name, error=error
+                )
 
         thread = threading.Thread(target=run, name=f"unload {name}", daemon=True)
         with self.lock:
@@ -146,8 +144,7 @@ class LoraServer:
     def listed_adapters(self, url: str) -> dict[str, str | None] | None:
         """lora_name -> path from `GET /v1/models`, or None when it lists no adapters at all."""
         try:
-            data = http("GET", f"{url}/v1/models", timeout=10,
-                        headers=self.headers).json.get("data", [])
+            data = http("GET", f"{url}/v1/models", timeout=10, headers=self.headers).json.get("data", [])
         except (OSError, AttributeError):
             return None
         adapters = {d["id"]: d.get("root") for d in data if isinstance(d, dict) and d.get("parent")}
@@ -175,8 +172,14 @@ class LoraServing:
     kind: str  # "sglang", "vllm": the state's kind and the log files' prefix
     API: LoraApi
 
-    def __init__(self, name: str, cfg: SGLangBackend | VLLMBackend, members: list[Member],
-                 run_paths: RunPaths, bus: EventBus = NULL_BUS):
+    def __init__(
+        self,
+        name: str,
+        cfg: SGLangBackend | VLLMBackend,
+        members: list[Member],
+        run_paths: RunPaths,
+        bus: EventBus = NULL_BUS,
+    ):
         self.name = name
         self.cfg = cfg
         self.members = {m.name: m for m in members}
@@ -185,13 +188,15 @@ class LoraServing:
         self._base: dict[str, str] = {}  # member -> base model path / hub id
         self._urls: dict[str, str] = {}  # base -> server root URL
         self._processes: dict[str, ServerProcess] = {}  # base -> process we launched
-        self.lora = LoraServer(self.API, name, bus, timeout_s=cfg.startup_timeout_s,
-                               unload_grace_s=cfg.unload_grace_s)
+        self.lora = LoraServer(
+            self.API, name, bus, timeout_s=cfg.startup_timeout_s, unload_grace_s=cfg.unload_grace_s
+        )
 
     # ------------------------------------------------------------------ engine hooks
 
-    def _launch(self, base: str, members: list[str], port: int,
-                dry_run: bool) -> tuple[list[str], dict[str, str]]:
+    def _launch(
+        self, base: str, members: list[str], port: int, dry_run: bool
+    ) -> tuple[list[str], dict[str, str]]:
         """The server command line and extra environment for one base model (`dry_run`: for
         `describe`, writing and checking nothing)."""
         raise NotImplementedError
@@ -247,12 +252,18 @@ class LoraServing:
                     f"backend {self.name!r} has launch: false but no URL for base model "
                     f"{base!r}; add it under backends.{self.name}.urls"
                 )
-            return ServerProcess(name=f"{self.API.engine} server", cmd=[], url=url.rstrip("/"),
-                                 log=self._log(base))
+            return ServerProcess(
+                name=f"{self.API.engine} server", cmd=[], url=url.rstrip("/"), log=self._log(base)
+            )
         port = self._port(i)
         cmd, env = self._launch(base, members, port, dry_run=False)
-        return ServerProcess(name=f"{self.API.engine} server ({Path(base).name})", cmd=cmd,
-                             url=f"http://{self.cfg.host}:{port}", log=self._log(base), env=env)
+        return ServerProcess(
+            name=f"{self.API.engine} server ({Path(base).name})",
+            cmd=cmd,
+            url=f"http://{self.cfg.host}:{port}",
+            log=self._log(base),
+            env=env,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -270,8 +281,9 @@ class LoraServing:
                     self._processes[base] = process
                 process.wait_healthy(self.cfg.startup_timeout_s)
                 self._urls[base] = process.url
-                self.bus.emit("server_started", backend=self.name, url=process.url, model=base,
-                              log=str(process.log))
+                self.bus.emit(
+                    "server_started", backend=self.name, url=process.url, model=base, log=str(process.log)
+                )
         except BaseException:
             self.stop()
             raise
@@ -295,8 +307,7 @@ class LoraServing:
     def state(self) -> dict:
         """What `attach` needs: server URLs and live adapters (never the key)."""
         with self.lora.lock:
-            return {"kind": self.kind, "servers": dict(self._urls),
-                    "adapters": dict(self.lora.adapters)}
+            return {"kind": self.kind, "servers": dict(self._urls), "adapters": dict(self.lora.adapters)}
 
     def health(self) -> bool:
         return all(self._ready(u) for u in self._urls.values())
@@ -312,12 +323,14 @@ class LoraServing:
             base = self._base.get(member)
             if base is None or base not in self._urls:
                 raise ServerError(
-                    f"member {member!r} has no live server on backend {self.name!r}; "
-                    "start the servers first"
+                    f"member {member!r} has no live server on backend {self.name!r}; start the servers first"
                 )
-            return Endpoint(base_url=f"{self._urls[base]}/v1", model=self.lora.model(base, member),
-                            api_key=self._api_key() or NO_KEY,
-                            extra_body=self._extra_body(self.lora.adapters.get(member)))
+            return Endpoint(
+                base_url=f"{self._urls[base]}/v1",
+                model=self.lora.model(base, member),
+                api_key=self._api_key() or NO_KEY,
+                extra_body=self._extra_body(self.lora.adapters.get(member)),
+            )
 
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
         """Load the adapter under `<member>-v<version>`, switch the member, unload the old one
@@ -361,6 +374,5 @@ def error_message(r: Reply) -> str:
         nested = r.json.get("error")
         if isinstance(nested, dict) and nested.get("message"):
             return str(nested["message"])
-        return str(r.json.get("error_message") or r.json.get("message") or r.json.get("detail")
-                   or r.json)
+        return str(r.json.get("error_message") or r.json.get("message") or r.json.get("detail") or r.json)
     return f"HTTP {r.status}: {r.text[:300]}"

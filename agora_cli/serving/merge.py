@@ -49,9 +49,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     t0 = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_dir.parent)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent)
-    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
         model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
@@ -108,8 +106,15 @@ def merge_in_subprocess(
     if is_merged(out_dir):
         return out_dir
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "agora_cli.serving.merge", str(base_dir), str(adapter_dir),
-           str(out_dir), str(os.getpid())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agora_cli.serving.merge",
+        str(base_dir),
+        str(adapter_dir),
+        str(out_dir),
+        str(os.getpid()),
+    ]
     with log.open("ab") as f:
         f.write(f"\n# agora: {' '.join(cmd)}\n".encode())
         f.flush()
@@ -121,8 +126,7 @@ def merge_in_subprocess(
         from agora_cli.serving.process import tail
 
         raise ServerError(
-            f"merging adapter {adapter_dir} into {base_dir} failed (exit {rc}); see {log}:\n"
-            f"{tail(log)}"
+            f"merging adapter {adapter_dir} into {base_dir} failed (exit {rc}); see {log}:\n{tail(log)}"
         )
     return out_dir
 

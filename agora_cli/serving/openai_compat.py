@@ -58,7 +58,9 @@ class OpenAIServing:
         """True when the endpoint answers `GET /models` without a server error."""
         try:
             r = http(
-                "GET", f"{self.cfg.base_url.rstrip('/')}/models", timeout=5.0,
+                "GET",
+                f"{self.cfg.base_url.rstrip('/')}/models",
+                timeout=5.0,
                 headers=bearer(self._api_key()),
             )
         except OSError:
@@ -69,9 +71,7 @@ class OpenAIServing:
         pass
 
     def endpoint(self, member: str) -> Endpoint:
-        return Endpoint(
-            base_url=self.cfg.base_url, model=self.members[member].model, api_key=self._api_key()
-        )
+        return Endpoint(base_url=self.cfg.base_url, model=self.members[member].model, api_key=self._api_key())
 
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
         raise ServerError(

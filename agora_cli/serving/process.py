@@ -42,7 +42,10 @@ class Reply:
 
 
 def http(
-    method: str, url: str, body: Any = None, timeout: float = 10.0,
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 10.0,
     headers: dict[str, str] | None = None,
 ) -> Reply:
     """One JSON request with the standard library (control-plane calls only; model traffic
@@ -113,8 +116,15 @@ class ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         # -P: the guard's directory (which holds transformers.py) must not shadow real modules.
         guarded = [
-            sys.executable, "-P", str(_GUARD), "--parent", str(os.getpid()),
-            "--grace", str(self.orphan_grace_s), "--", *self.cmd,
+            sys.executable,
+            "-P",
+            str(_GUARD),
+            "--parent",
+            str(os.getpid()),
+            "--grace",
+            str(self.orphan_grace_s),
+            "--",
+            *self.cmd,
         ]
         with self.log.open("ab") as log:
             log.write(f"\n# agora: {' '.join(self.cmd)}\n".encode())

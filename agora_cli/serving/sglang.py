@@ -63,15 +63,24 @@ class SGLangServing(LoraServing):
         `server_args.py` spells them; `tests/test_sglang_contract.py` parses them with it)."""
         members = self._members_of(base)
         cmd = [
-            self.cfg.python or sys.executable, "-m", "sglang.launch_server",
-            "--model-path", base,
-            "--host", self.cfg.host,
-            "--port", str(port),
-            "--tp-size", str(self.cfg.tp_size),
+            self.cfg.python or sys.executable,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            base,
+            "--host",
+            self.cfg.host,
+            "--port",
+            str(port),
+            "--tp-size",
+            str(self.cfg.tp_size),
             "--enable-lora",
-            "--max-lora-rank", str(self.cfg.max_lora_rank),
-            "--lora-target-modules", *self.cfg.lora_target_modules,
-            "--max-loras-per-batch", str(self.cfg.max_loras_per_batch),
+            "--max-lora-rank",
+            str(self.cfg.max_lora_rank),
+            "--lora-target-modules",
+            *self.cfg.lora_target_modules,
+            "--max-loras-per-batch",
+            str(self.cfg.max_loras_per_batch),
         ]
         if self.cfg.dp_size > 1:
             cmd += ["--dp-size", str(self.cfg.dp_size)]
@@ -89,8 +98,9 @@ class SGLangServing(LoraServing):
             extra += args
         return cmd + extra + list(self.cfg.extra_args)
 
-    def _launch(self, base: str, members: list[str], port: int,
-                dry_run: bool) -> tuple[list[str], dict[str, str]]:
+    def _launch(
+        self, base: str, members: list[str], port: int, dry_run: bool
+    ) -> tuple[list[str], dict[str, str]]:
         """The command with this server's --mem-fraction-static (`config.sglang_memory_plan`
         counts on the one-after-another start) and its CUDA_VISIBLE_DEVICES; at start the real
         API key replaces `$VAR`."""
@@ -119,9 +129,7 @@ class SGLangServing(LoraServing):
         return out.resolve()
 
     def _fractions(self, bases: dict[str, list[str]]) -> dict[str, float]:
-        plan = sglang_memory_plan(
-            self.cfg, {b: [self.members[n] for n in ms] for b, ms in bases.items()}
-        )
+        plan = sglang_memory_plan(self.cfg, {b: [self.members[n] for n in ms] for b, ms in bases.items()})
         return {base: f for rows in plan.values() for base, _, f in rows}
 
     def _devices(self, base: str, members: list[str]) -> dict[str, str]:
@@ -137,8 +145,7 @@ class SGLangServing(LoraServing):
         """True when the server answers `GET /model_info`: SGLang's /health generates a token and
         can take its 20 s timeout under load, so a busy server would read as a dead one."""
         try:
-            return http("GET", f"{url}/model_info", timeout=10,
-                        headers=bearer(self._api_key())).status == 200
+            return http("GET", f"{url}/model_info", timeout=10, headers=bearer(self._api_key())).status == 200
         except OSError:
             return False
 

@@ -95,9 +95,7 @@ class TransformersServing:
     def attach(self, state: dict) -> bool:
         """Use servers recorded by `agora serve` (see `state`); False when they do not fit."""
         members, servers = state.get("members", {}), state.get("servers", {})
-        if set(members) != set(self.members) or not all(
-            members[m] in servers for m in members
-        ):
+        if set(members) != set(self.members) or not all(members[m] in servers for m in members):
             return False
         if not all(is_healthy(servers[members[m]]) for m in members):
             return False
@@ -132,7 +130,10 @@ class TransformersServing:
         for s in servers:
             s.process.stop()  # type: ignore[union-attr]
             self.bus.emit(
-                "server_stopped", backend=self.name, url=s.url, log=str(s.process.log)  # type: ignore[union-attr]
+                "server_stopped",
+                backend=self.name,
+                url=s.url,
+                log=str(s.process.log),  # type: ignore[union-attr]
             )
         # Servers still draining after a swap: stopping the run stops them too.
         retiring, self._retiring = self._retiring, []
@@ -204,15 +205,27 @@ class TransformersServing:
 
     def _command(self, model: str, port: int | str) -> list[str]:
         cmd = [
-            sys.executable, "-m", "transformers.cli.transformers", "serve", model,
-            "--host", self.cfg.host, "--port", str(port),
-            "--device", self.cfg.device, "--dtype", server_dtype(self.cfg),
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            model,
+            "--host",
+            self.cfg.host,
+            "--port",
+            str(port),
+            "--device",
+            self.cfg.device,
+            "--dtype",
+            server_dtype(self.cfg),
         ]
         if self.cfg.continuous_batching:
             cmd += [
                 "--continuous-batching",
-                "--cb-num-blocks", str(self.cfg.cb_num_blocks),
-                "--cb-max-batch-tokens", str(self.cfg.cb_max_batch_tokens),
+                "--cb-num-blocks",
+                str(self.cfg.cb_num_blocks),
+                "--cb-max-batch-tokens",
+                str(self.cfg.cb_max_batch_tokens),
             ]
         return cmd + list(self.cfg.extra_args)
 
@@ -254,13 +267,10 @@ class TransformersServing:
             "top_p": self.warm_sampling.top_p,
         }
         try:
-            r = http(
-                "POST", f"{server.url}/v1/chat/completions", body, timeout=self.cfg.startup_timeout_s
-            )
+            r = http("POST", f"{server.url}/v1/chat/completions", body, timeout=self.cfg.startup_timeout_s)
         except OSError as e:
             raise ServerError(
-                f"{server.process.name} did not answer its warm-up request ({e}); "
-                f"see {server.process.log}"
+                f"{server.process.name} did not answer its warm-up request ({e}); see {server.process.log}"
             ) from e
         if r.status != 200:
             raise ServerError(
@@ -268,7 +278,10 @@ class TransformersServing:
                 f"{r.text[:300]}); see {server.process.log}"
             )
         self.bus.emit(
-            "server_started", backend=self.name, url=server.url, model=server.model,
+            "server_started",
+            backend=self.name,
+            url=server.url,
+            model=server.model,
             log=str(server.process.log),
         )
 
@@ -288,9 +301,7 @@ class TransformersServing:
     def _retire(self, server: _Server) -> None:
         assert server.process is not None
         server.process.stop(grace_s=self._drain_s)
-        self.bus.emit(
-            "server_stopped", backend=self.name, url=server.url, log=str(server.process.log)
-        )
+        self.bus.emit("server_stopped", backend=self.name, url=server.url, log=str(server.process.log))
 
     def _prune_merged(self, member: str) -> None:
         """Keep the newest `keep_merged` merged copies of `member`; never one being served."""
@@ -299,9 +310,7 @@ class TransformersServing:
             return
         with self._lock:
             served = set(self._servers) | set(self._current.values())
-        versions = sorted(
-            (int(d.name[1:]), d) for d in root.iterdir() if re.fullmatch(r"v\d+", d.name)
-        )
+        versions = sorted((int(d.name[1:]), d) for d in root.iterdir() if re.fullmatch(r"v\d+", d.name))
         for _, d in versions[: max(0, len(versions) - self.cfg.keep_merged)]:
             if _served_path(d) not in served:
                 shutil.rmtree(d, ignore_errors=True)

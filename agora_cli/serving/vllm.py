@@ -61,7 +61,7 @@ def cpu_binding(index: int, count: int, cores: list[int]) -> str | None:
         return str(cores[index % len(cores)])
     per, extra = divmod(len(cores), count)
     start = index * per + min(index, extra)
-    return ",".join(str(c) for c in cores[start:start + per + (index < extra)])
+    return ",".join(str(c) for c in cores[start : start + per + (index < extra)])
 
 
 def usable_cores() -> list[int]:
@@ -92,13 +92,20 @@ class VLLMServing(LoraServing):
     def command(self, base: str, port: int, chat_template: str | None = None) -> list[str]:
         """The vLLM OpenAI server command line for one base model."""
         cmd = [
-            self.python(), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", base,
-            "--host", self.cfg.host,
-            "--port", str(port),
+            self.python(),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            base,
+            "--host",
+            self.cfg.host,
+            "--port",
+            str(port),
             "--enable-lora",
-            "--max-lora-rank", str(self.cfg.max_lora_rank),
-            "--max-loras", str(self.cfg.max_loras),
+            "--max-lora-rank",
+            str(self.cfg.max_lora_rank),
+            "--max-loras",
+            str(self.cfg.max_loras),
             # usage.prompt_tokens_details.cached_tokens: the prefix-cache hits of each request,
             # which request_done events record per role
             "--enable-prompt-tokens-details",
@@ -120,12 +127,16 @@ class VLLMServing(LoraServing):
         this backend's `count`, its own CPU cores (`cpu_binding`; a GPU build ignores it).
         `backends.*.env` overrides all three."""
         binding = cpu_binding(index, count, usable_cores())
-        return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-                "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": STEP_TIMEOUT_S,
-                **({"VLLM_CPU_OMP_THREADS_BIND": binding} if binding else {}), **self.cfg.env}
+        return {
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": STEP_TIMEOUT_S,
+            **({"VLLM_CPU_OMP_THREADS_BIND": binding} if binding else {}),
+            **self.cfg.env,
+        }
 
-    def _launch(self, base: str, members: list[str], port: int,
-                dry_run: bool) -> tuple[list[str], dict[str, str]]:
+    def _launch(
+        self, base: str, members: list[str], port: int, dry_run: bool
+    ) -> tuple[list[str], dict[str, str]]:
         """The command (its interpreter checked at start) and the runtime-LoRA environment."""
         python = self.python()
         if not dry_run and not Path(python).exists() and "/" in python:

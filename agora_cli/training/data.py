@@ -107,9 +107,7 @@ def render_example(tokenizer: Any, sample: Sample, max_length: int) -> Example |
     target is whatever the template appends for the assistant turn (the solution plus its
     end-of-turn marker, so the model learns to stop). Truncation keeps the start: prompt first.
     """
-    prompt_text = tokenizer.apply_chat_template(
-        sample.messages, tokenize=False, add_generation_prompt=True
-    )
+    prompt_text = tokenizer.apply_chat_template(sample.messages, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(
         [*sample.messages, {"role": "assistant", "content": sample.solution}], tokenize=False
     )
@@ -143,9 +141,7 @@ def render_examples(
 # --------------------------------------------------------------------------- batching
 
 
-def make_batches(
-    lengths: list[int], batch_size: int, *, group_by_length: bool, seed: int
-) -> list[list[int]]:
+def make_batches(lengths: list[int], batch_size: int, *, group_by_length: bool, seed: int) -> list[list[int]]:
     """Index batches for one epoch.
 
     Grouped: shuffle, sort by length (a stable sort, so equal lengths stay shuffled), cut into

@@ -143,8 +143,16 @@ class _LoraLinearFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                a: torch.Tensor, b: torch.Tensor, s: float, p: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        s: float,
+        p: float,
+    ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         drop = draw_dropout(rows.shape, p, x.device) if p > 0.0 else None
         gain = s / (1.0 - p)  # s times dropout's scaling of the kept elements
@@ -183,16 +191,29 @@ def _lora_linear_class() -> type:
                 return super().forward(x, *args, **kwargs)
             base, drop = self.get_base_layer(), self.lora_dropout[name]
             p = float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0
-            return _LoraLinearFn.apply(x, base.weight, base.bias, self.lora_A[name].weight,
-                                       self.lora_B[name].weight, float(self.scaling[name]), p)
+            return _LoraLinearFn.apply(
+                x,
+                base.weight,
+                base.bias,
+                self.lora_A[name].weight,
+                self.lora_B[name].weight,
+                float(self.scaling[name]),
+                p,
+            )
 
     return FusedLoraLinear
 
 
 def _fusable_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one adapter `_LoraLinearFn` can compute exactly as PEFT would here, or None."""
-    if (not layer.training or args or kwargs or layer.disable_adapters or layer.merged
-            or torch.is_autocast_enabled(x.device.type)):
+    if (
+        not layer.training
+        or args
+        or kwargs
+        or layer.disable_adapters
+        or layer.merged
+        or torch.is_autocast_enabled(x.device.type)
+    ):
         return None
     active = [n for n in layer.active_adapters if n in layer.lora_A]
     if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
@@ -218,11 +239,9 @@ def fuse_lora_layers(model: Any) -> int:
     for module in model.modules():
         if type(module) is not LoraLinear or type(module.get_base_layer()) is not torch.nn.Linear:
             continue
-        if any(type(m) is not torch.nn.Linear
-               for m in (*module.lora_A.values(), *module.lora_B.values())):
+        if any(type(m) is not torch.nn.Linear for m in (*module.lora_A.values(), *module.lora_B.values())):
             continue
-        if any(type(d) not in (torch.nn.Dropout, torch.nn.Identity)
-               for d in module.lora_dropout.values()):
+        if any(type(d) not in (torch.nn.Dropout, torch.nn.Identity) for d in module.lora_dropout.values()):
             continue
         module.__class__ = fused_class
         fused += 1

@@ -76,7 +76,12 @@ def frozen_linear(head: Any) -> bool:
 
 
 def _frozen_head_pass(
-    rows: Any, weight: Any, bias: Any, targets: Any, softcap: float | None, chunk: int,
+    rows: Any,
+    weight: Any,
+    bias: Any,
+    targets: Any,
+    softcap: float | None,
+    chunk: int,
     grad: bool,
 ) -> tuple[Any, Any]:
     """(summed NLL, its gradient with respect to `rows` or None), one chunk of logits at a time.
@@ -114,8 +119,9 @@ class _FrozenHeadNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, rows: Any, weight: Any, bias: Any, targets: Any,
-                softcap: float | None, chunk: int) -> Any:
+    def forward(
+        ctx: Any, rows: Any, weight: Any, bias: Any, targets: Any, softcap: float | None, chunk: int
+    ) -> Any:
         total, grad_rows = _frozen_head_pass(rows, weight, bias, targets, softcap, chunk, True)
         ctx.save_for_backward(grad_rows)
         return total
@@ -126,9 +132,7 @@ class _FrozenHeadNLL(torch.autograd.Function):
         return grad_rows * grad_total.to(grad_rows.dtype), None, None, None, None, None
 
 
-def chunked_nll(
-    rows: Any, targets: Any, head: Any, softcap: float | None, chunk: int
-) -> Any:
+def chunked_nll(rows: Any, targets: Any, head: Any, softcap: float | None, chunk: int) -> Any:
     """Mean negative log-likelihood of `targets` under `head(rows)`, `chunk` rows at a time.
 
     A frozen linear head takes `_FrozenHeadNLL` (gradient in the forward, head applied once).
@@ -143,8 +147,7 @@ def chunked_nll(
         if torch.is_grad_enabled() and rows.requires_grad:
             return _FrozenHeadNLL.apply(rows, head.weight, head.bias, targets, softcap, chunk) / n
         with torch.no_grad():
-            return _frozen_head_pass(rows, head.weight, head.bias, targets, softcap, chunk,
-                                     False)[0] / n
+            return _frozen_head_pass(rows, head.weight, head.bias, targets, softcap, chunk, False)[0] / n
     total = rows.new_zeros((), dtype=torch.float32)
     for i in range(0, n, chunk):
         part = (rows[i : i + chunk], targets[i : i + chunk], head, softcap)

@@ -117,8 +117,15 @@ def _outcome(store: Store, round_id: int, attached: bool) -> RoundOutcome:
         losses = m.get("losses") or [None]
         adapters.append(
             AdapterSummary(
-                a["member"], a["version"], a["status"], losses[0], losses[-1],
-                m.get("tokens_per_s"), m.get("peak_memory_mb"), a["path"], a["model_name"],
+                a["member"],
+                a["version"],
+                a["status"],
+                losses[0],
+                losses[-1],
+                m.get("tokens_per_s"),
+                m.get("peak_memory_mb"),
+                a["path"],
+                a["model_name"],
             )
         )
     return RoundOutcome(

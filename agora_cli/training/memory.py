@@ -74,9 +74,15 @@ class ModelDims:
         h, i = self.hidden, self.intermediate
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         return {
-            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
-            "qkv_proj": (h, q + 2 * kv), "gate_up_proj": (h, 2 * i),
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+            "qkv_proj": (h, q + 2 * kv),
+            "gate_up_proj": (h, 2 * i),
         }
 
 
@@ -124,9 +130,10 @@ def read_dims(model_dir: str | Path) -> ModelDims | None:
 
 
 def _hub_cache_dir(hub_id: str) -> Path:
-    root = os.environ.get("HF_HUB_CACHE") or Path(
-        os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
-    ) / "hub"
+    root = (
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    )
     return Path(root) / f"models--{hub_id.replace('/', '--')}" / "snapshots"
 
 
@@ -283,9 +290,13 @@ def plan_memory(
     """
     budget = budget_gb or training.memory_budget_gb or default_budget_gb(device)
     common = dict(
-        batch_size=batch_size, seq_len=seq_len, r=training.r,
-        target_modules=training.target_modules, loss_chunk_tokens=training.loss_chunk_tokens,
-        half_precision=half_precision, attention_scores=not device.startswith("cuda"),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        r=training.r,
+        target_modules=training.target_modules,
+        loss_chunk_tokens=training.loss_chunk_tokens,
+        half_precision=half_precision,
+        attention_scores=not device.startswith("cuda"),
     )
     plain = estimate_training_memory(dims, checkpointing=False, **common)
     checkpointed = estimate_training_memory(dims, checkpointing=True, **common)
@@ -295,9 +306,7 @@ def plan_memory(
     return MemoryPlan(on, auto, plain, checkpointed, budget)
 
 
-def config_memory_report(
-    config: Any, *, device: str, half_precision: bool
-) -> tuple[list[str], list[str]]:
+def config_memory_report(config: Any, *, device: str, half_precision: bool) -> tuple[list[str], list[str]]:
     """(warnings, notes) for `agora validate`: per member, whether a configured micro-batch
     (training.batch_size x training.max_length) fits the memory budget on this machine."""
     training = config.training
@@ -312,8 +321,12 @@ def config_memory_report(
             )
             continue
         plan = plan_memory(
-            dims, training, batch_size=training.batch_size, seq_len=training.max_length,
-            half_precision=half_precision, device=device,
+            dims,
+            training,
+            batch_size=training.batch_size,
+            seq_len=training.max_length,
+            half_precision=half_precision,
+            device=device,
         )
         shape = f"{training.batch_size} x {training.max_length} tokens"
         if not plan.fits:

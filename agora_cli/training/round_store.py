@@ -29,9 +29,7 @@ def _marks(items: Any) -> str:
 def live_versions(store: Store, members: list[str] | None = None) -> dict[str, int]:
     """member -> live adapter version. With `members`: exactly those, 0 (the base model) for a
     member with no live adapter; without: only members that have one."""
-    rows = store.query(
-        "SELECT member, MAX(version) AS v FROM adapters WHERE status = 'live' GROUP BY member"
-    )
+    rows = store.query("SELECT member, MAX(version) AS v FROM adapters WHERE status = 'live' GROUP BY member")
     live = {r["member"]: int(r["v"]) for r in rows}
     if members is None:
         return live
@@ -46,9 +44,7 @@ def live_adapters(store: Store) -> dict[str, tuple[int, Path]]:
 
 def model_name(store: Store, member: str, version: int) -> str | None:
     """The served model name recorded when the adapter was last made live (None: never served)."""
-    return store.scalar(
-        "SELECT model_name FROM adapters WHERE member = ? AND version = ?", (member, version)
-    )
+    return store.scalar("SELECT model_name FROM adapters WHERE member = ? AND version = ?", (member, version))
 
 
 def set_model_name(store: Store, member: str, version: int, name: str) -> None:
@@ -76,17 +72,27 @@ def own_rows_due(store: Store, members: list[str], threshold: int) -> dict[str, 
     are absent: they keep collecting). AGORA's trigger is the pooled count instead."""
     due: dict[str, list[int]] = {}
     for m in members:
-        ids = [r[0] for r in store.query(
-            "SELECT id FROM buffer WHERE round_id IS NULL AND member = ? ORDER BY id LIMIT ?",
-            (m, threshold))]
+        ids = [
+            r[0]
+            for r in store.query(
+                "SELECT id FROM buffer WHERE round_id IS NULL AND member = ? ORDER BY id LIMIT ?",
+                (m, threshold),
+            )
+        ]
         if len(ids) >= threshold:
             due[m] = ids
     return due
 
 
 def create_round(
-    store: Store, step: int, members: list[str], adapter_dir: Callable[[str, int], Path], *,
-    limit: int | None, exact: bool = False, own_rows_only: bool = False,
+    store: Store,
+    step: int,
+    members: list[str],
+    adapter_dir: Callable[[str, int], Path],
+    *,
+    limit: int | None,
+    exact: bool = False,
+    own_rows_only: bool = False,
 ) -> int | None:
     """Reserve unconsumed rows (oldest first) for a new round, in ONE transaction.
 
@@ -117,14 +123,18 @@ def create_round(
         )
         learners = members
         if own_rows_only:
-            authors = {r[0] for r in conn.execute(
-                f"SELECT DISTINCT member FROM buffer WHERE id IN ({_marks(ids)})", ids
-            )}
+            authors = {
+                r[0]
+                for r in conn.execute(f"SELECT DISTINCT member FROM buffer WHERE id IN ({_marks(ids)})", ids)
+            }
             learners = [m for m in members if m in authors]
         for member in learners:
-            version = 1 + conn.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE member = ?", (member,)
-            ).fetchone()[0]
+            version = (
+                1
+                + conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE member = ?", (member,)
+                ).fetchone()[0]
+            )
             conn.execute(
                 "INSERT INTO adapters(member, version, round_id, path, status, created_at) "
                 "VALUES (?, ?, ?, ?, 'training', ?)",
@@ -137,8 +147,7 @@ def start_attempt(store: Store, round_id: int) -> int:
     """Mark the round training for one more attempt; returns the attempt number."""
     with store.transaction() as conn:
         conn.execute(
-            "UPDATE rounds SET status = 'training', attempts = attempts + 1, error = NULL "
-            "WHERE id = ?",
+            "UPDATE rounds SET status = 'training', attempts = attempts + 1, error = NULL WHERE id = ?",
             (round_id,),
         )
     return int(store.scalar("SELECT attempts FROM rounds WHERE id = ?", (round_id,)))
@@ -163,9 +172,7 @@ def finish_round(store: Store, round_id: int, status: str, error: str | None) ->
                 (now(), round_id),
             )
         else:
-            conn.execute(
-                "UPDATE rounds SET status = ?, error = ? WHERE id = ?", (status, error, round_id)
-            )
+            conn.execute("UPDATE rounds SET status = ?, error = ? WHERE id = ?", (status, error, round_id))
 
 
 # --------------------------------------------------------------------------- a round's adapters

@@ -211,14 +211,21 @@ class RoundManager:
                 endpoint = self.serving.activate(member, path, version)
             except Exception as exc:  # noqa: BLE001 - reported; the loop can still run
                 self.bus.emit(
-                    "training_failed", member=member, stage="restore", version=version,
+                    "training_failed",
+                    member=member,
+                    stage="restore",
+                    version=version,
                     error=f"could not re-activate adapter v{version} from {path}: {exc}",
                 )
                 continue
             rs.set_model_name(self.store, member, version, endpoint.model)
             self.bus.emit(
-                "adapter_live", member=member, version=version, model_name=endpoint.model,
-                latency_s=round(time.perf_counter() - t0, 3), restored=True,
+                "adapter_live",
+                member=member,
+                version=version,
+                model_name=endpoint.model,
+                latency_s=round(time.perf_counter() - t0, 3),
+                restored=True,
             )
 
     def in_flight(self) -> int | None:
@@ -267,7 +274,12 @@ class RoundManager:
         in the round train in it.
         """
         return rs.create_round(
-            self.store, step, self.members, self.paths.adapter_dir, limit=limit, exact=exact,
+            self.store,
+            step,
+            self.members,
+            self.paths.adapter_dir,
+            limit=limit,
+            exact=exact,
             own_rows_only=self.cfg.protocol.mode == "isolated",
         )
 
@@ -306,7 +318,9 @@ class RoundManager:
         for stale in glob.glob(str(out.parent / f".{out.name}.tmp-*")):  # a killed save
             shutil.rmtree(stale, ignore_errors=True)
         job = _Job(
-            member, version, out,
+            member,
+            version,
+            out,
             spec_path=work / f"{member}.spec.json",
             progress_path=work / f"{member}.attempt{f.attempt}.progress.jsonl",
             result_path=work / f"{member}.attempt{f.attempt}.result.json",
@@ -317,10 +331,14 @@ class RoundManager:
             base_model_dir=None,  # the worker prepares it (see TrainSpec.member_config)
             member_config=self.cfg.member(member).model_dump(mode="json"),
             output_dir=str(out),
-            samples=samples_to_json(load_samples(
-                self.store, buffer_ids, self.cfg.prompts_dir,
-                author=member if self.cfg.protocol.mode == "isolated" else None,
-            )),
+            samples=samples_to_json(
+                load_samples(
+                    self.store,
+                    buffer_ids,
+                    self.cfg.prompts_dir,
+                    author=member if self.cfg.protocol.mode == "isolated" else None,
+                )
+            ),
             training=self.cfg.training.model_dump(mode="json"),
             round_id=f.round_id,
             previous_adapter_dir=self._previous_adapter(member, f.round_id),
@@ -337,12 +355,20 @@ class RoundManager:
             env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
         job.proc = subprocess.Popen(
             self.command(job.spec_path),
-            stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=job.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         job.started = time.monotonic()
         self.bus.emit(
-            "training_started", round=f.round_id, member=member, version=version,
-            attempt=f.attempt, rows=len(buffer_ids), pid=job.proc.pid,
+            "training_started",
+            round=f.round_id,
+            member=member,
+            version=version,
+            attempt=f.attempt,
+            rows=len(buffer_ids),
+            pid=job.proc.pid,
         )
         return job
 
@@ -382,19 +408,41 @@ class RoundManager:
             log = self.paths.logs / f"train-r{f.round_id}-{job.member}.log"
             self._member_failed(f, job.member, f"{detail}; see {log}")
             return
-        metrics = {k: result.get(k) for k in (
-            "losses", "steps", "tokens", "target_tokens", "padding_tokens", "tokens_per_s",
-            "peak_memory_mb", "train_s", "cpu_s", "total_s", "skipped_ids", "buffer_ids",
-            "estimated_peak_mb", "gradient_checkpointing", "loss_kind",
-        )}
+        metrics = {
+            k: result.get(k)
+            for k in (
+                "losses",
+                "steps",
+                "tokens",
+                "target_tokens",
+                "padding_tokens",
+                "tokens_per_s",
+                "peak_memory_mb",
+                "train_s",
+                "cpu_s",
+                "total_s",
+                "skipped_ids",
+                "buffer_ids",
+                "estimated_peak_mb",
+                "gradient_checkpointing",
+                "loss_kind",
+            )
+        }
         metrics["wall_s"] = round(time.monotonic() - job.started, 2)
         rs.mark_ready(self.store, f.round_id, job.member, metrics)
         losses = result.get("losses") or [None]
         self.bus.emit(
-            "training_finished", round=f.round_id, member=job.member, version=job.version,
-            loss_first=losses[0], loss_last=losses[-1], steps=result.get("steps"),
-            tokens_per_s=result.get("tokens_per_s"), peak_memory_mb=result.get("peak_memory_mb"),
-            train_s=result.get("train_s"), path=str(job.adapter_dir),
+            "training_finished",
+            round=f.round_id,
+            member=job.member,
+            version=job.version,
+            loss_first=losses[0],
+            loss_last=losses[-1],
+            steps=result.get("steps"),
+            tokens_per_s=result.get("tokens_per_s"),
+            peak_memory_mb=result.get("peak_memory_mb"),
+            train_s=result.get("train_s"),
+            path=str(job.adapter_dir),
         )
         self._activate(f, job.member, job.adapter_dir, job.version)
 
@@ -403,7 +451,11 @@ class RoundManager:
         if stage == "train":
             rs.mark_failed(self.store, f.round_id, member)
         self.bus.emit(
-            "training_failed", round=f.round_id, member=member, stage=stage, error=error,
+            "training_failed",
+            round=f.round_id,
+            member=member,
+            stage=stage,
+            error=error,
             attempt=f.attempt,
         )
 
@@ -428,8 +480,12 @@ class RoundManager:
         model_name = getattr(endpoint, "model", None)
         version = rs.make_live(self.store, f.round_id, member, model_name)
         self.bus.emit(
-            "adapter_live", round=f.round_id, member=member, version=version,
-            model_name=model_name, latency_s=round(latency, 3),
+            "adapter_live",
+            round=f.round_id,
+            member=member,
+            version=version,
+            model_name=model_name,
+            latency_s=round(latency, 3),
         )
 
     def _finish_round(self, f: _Flight) -> None:

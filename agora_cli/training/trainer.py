@@ -124,9 +124,7 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def load_tokenizer(
-    base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False
-) -> Any:
+def load_tokenizer(base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
@@ -173,7 +171,10 @@ def text_lora_targets(model: Any, target_modules: list[str] | str) -> tuple[list
 
 
 def lora_model(
-    base_model_dir: str, cfg: Training, previous: str | None, device: str,
+    base_model_dir: str,
+    cfg: Training,
+    previous: str | None,
+    device: str,
     trust_remote_code: bool = False,
 ) -> Any:
     """The base model with a trainable LoRA: a fresh one, or the member's previous adapter."""
@@ -254,12 +255,18 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     lengths = [len(e) for e in examples]
     plan = memory_plan(spec, cfg, max(lengths), device, half=amp_dtype is not None)
     checkpointing = plan.checkpointing if plan is not None else cfg.gradient_checkpointing is True
-    _note(on_progress, rank, {
-        "member": spec.member, "step": 0, "gradient_checkpointing": checkpointing,
-        "memory": plan.describe() if plan is not None else "no model dims: memory not estimated",
-        "estimated_peak_gb": round(plan.estimate.total_gb, 2) if plan is not None else None,
-        "memory_budget_gb": round(plan.budget_gb, 2) if plan is not None else None,
-    })
+    _note(
+        on_progress,
+        rank,
+        {
+            "member": spec.member,
+            "step": 0,
+            "gradient_checkpointing": checkpointing,
+            "memory": plan.describe() if plan is not None else "no model dims: memory not estimated",
+            "estimated_peak_gb": round(plan.estimate.total_gb, 2) if plan is not None else None,
+            "memory_budget_gb": round(plan.budget_gb, 2) if plan is not None else None,
+        },
+    )
     run_cfg = cfg.model_copy(update={"gradient_checkpointing": checkpointing})
     model = lora_model(spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device, remote)
     if cfg.lora_dropout_kernel == "fused":
@@ -269,11 +276,16 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     loss_fn = StepLoss(model, cfg.loss_chunk_tokens)
     if cfg.loss_chunk_tokens and not chunked_loss_agrees(model, examples[0], tok, device):
         loss_fn.chunk = 0  # a head this module does not know how to apply: the model's own loss
-        _note(on_progress, rank, {
-            "member": spec.member, "step": 0,
-            "loss": "the chunked loss disagrees with the model's own on this architecture; "
-                    "using the model's (logits at every position)",
-        })
+        _note(
+            on_progress,
+            rank,
+            {
+                "member": spec.member,
+                "step": 0,
+                "loss": "the chunked loss disagrees with the model's own on this architecture; "
+                "using the model's (logits at every position)",
+            },
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
     if accelerator is not None:  # DDP wraps the loss module, whose forward runs the model
@@ -323,8 +335,12 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
             if on_progress is not None and rank == 0:
                 on_progress(
                     {
-                        "member": spec.member, "step": step, "total_steps": total_steps,
-                        "epoch": epoch, "loss": round(step_loss, 5), "tokens": tokens,
+                        "member": spec.member,
+                        "step": step,
+                        "total_steps": total_steps,
+                        "epoch": epoch,
+                        "loss": round(step_loss, 5),
+                        "tokens": tokens,
                         "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
                         "elapsed_s": round(elapsed, 2),
                         "eta_s": round(elapsed / step * (total_steps - step), 1),
@@ -334,12 +350,21 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     cpu_s = time.process_time() - cpu_train
 
     result = TrainResult(
-        member=spec.member, version=spec.version, adapter_dir=spec.output_dir, steps=step,
-        losses=[round(x, 6) for x in losses], tokens=tokens, target_tokens=target_tokens,
-        padding_tokens=pad_tokens, tokens_per_s=round(tokens / train_s, 2) if train_s else 0.0,
-        peak_memory_mb=round(peak_memory_mb(device), 1), train_s=round(train_s, 3),
+        member=spec.member,
+        version=spec.version,
+        adapter_dir=spec.output_dir,
+        steps=step,
+        losses=[round(x, 6) for x in losses],
+        tokens=tokens,
+        target_tokens=target_tokens,
+        padding_tokens=pad_tokens,
+        tokens_per_s=round(tokens / train_s, 2) if train_s else 0.0,
+        peak_memory_mb=round(peak_memory_mb(device), 1),
+        train_s=round(train_s, 3),
         cpu_s=round(cpu_s, 3),
-        total_s=0.0, buffer_ids=[s.buffer_id for s in samples], skipped_ids=skipped,
+        total_s=0.0,
+        buffer_ids=[s.buffer_id for s in samples],
+        skipped_ids=skipped,
         gradient_checkpointing=checkpointing,
         estimated_peak_mb=round(plan.estimate.total / 2**20, 1) if plan is not None else None,
         loss_kind="chunked" if _chunk(loss_fn) else "model",
@@ -350,9 +375,7 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
     return result
 
 
-def memory_plan(
-    spec: TrainSpec, cfg: Training, seq_len: int, device: str, half: bool
-) -> MemoryPlan | None:
+def memory_plan(spec: TrainSpec, cfg: Training, seq_len: int, device: str, half: bool) -> MemoryPlan | None:
     """The checkpointing decision for this round's longest micro-batch (None: no model dims)."""
     model = (spec.member_config or {}).get("model") or str(spec.base_model_dir)
     dims = find_dims(model, spec.base_model_dir)
@@ -380,8 +403,11 @@ def _chunk(loss_fn: Any) -> int:
 
 def _note(on_progress: Progress | None, rank: int, event: dict[str, Any]) -> None:
     """A progress line at step 0 (the round's training_progress events) and the worker's log."""
-    print(f"agora-train {event['member']}: " + "; ".join(
-        f"{k}={v}" for k, v in event.items() if k not in ("member", "step")), file=sys.stderr)
+    print(
+        f"agora-train {event['member']}: "
+        + "; ".join(f"{k}={v}" for k, v in event.items() if k not in ("member", "step")),
+        file=sys.stderr,
+    )
     if on_progress is not None and rank == 0:
         on_progress(event)
 

@@ -30,8 +30,14 @@ def worker_command(spec_path: Path, training: Training, python: str = sys.execut
     if training.num_gpus <= 1:
         return [python, *module]
     return [
-        python, "-m", "accelerate.commands.launch", "--num_processes", str(training.num_gpus),
-        "--module", "agora_cli.training.worker", str(spec_path),
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(training.num_gpus),
+        "--module",
+        "agora_cli.training.worker",
+        str(spec_path),
     ]
 
 

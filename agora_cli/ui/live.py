@@ -78,7 +78,8 @@ class Throughput:
         else:
             eta = self.to_threshold_s()
             goal = f"buffer threshold {self.threshold}: {left} to go, " + (
-                f"~{_dur(eta)} at that rate" if eta is not None else "no projection at 0/h")
+                f"~{_dur(eta)} at that rate" if eta is not None else "no projection at 0/h"
+            )
         return f"validated {_f(self.per_hour, '.1f')}/h ({basis}); {goal}"
 
 
@@ -151,17 +152,21 @@ class LiveState:
             self.v_counts = (int(e.get("n_correct") or 0), int(n)) if n else None
             self.buffer = e.get("buffer", self.buffer)
             self._members(e.get("members") or {})
-            self.recent.append(f"step {e['step']} committed: V={_f(e.get('v_t'))}, "
-                               f"+{e.get('n_buffered', 0)} buffered")
+            self.recent.append(
+                f"step {e['step']} committed: V={_f(e.get('v_t'))}, +{e.get('n_buffered', 0)} buffered"
+            )
         elif kind == "adapter_live":
             self.member(e["member"]).version = e.get("version", 0)
             self.recent.append(f"adapter live: {e['member']} v{e.get('version')}")
         elif kind in ("training_started", "training_finished", "training_failed"):
-            self.recent.append(f"{kind.replace('_', ' ')}: round {e.get('round', '?')} "
-                               f"{e.get('member', '')}".rstrip())
+            self.recent.append(
+                f"{kind.replace('_', ' ')}: round {e.get('round', '?')} {e.get('member', '')}".rstrip()
+            )
         elif kind == "validation_score":
-            self.recent.append(f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')}"
-                               + (", reused: adapter unchanged)" if e.get("reused") else ")"))
+            self.recent.append(
+                f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')}"
+                + (", reused: adapter unchanged)" if e.get("reused") else ")")
+            )
         elif kind == "consensus_audit":
             self.audit = {v: Counts(**c) for v, c in (e.get("total") or {}).items()}
             step = (e.get("verifiers") or {}).get(CONSENSUS)
@@ -172,14 +177,23 @@ class LiveState:
     def _members(self, members: dict[str, Any]) -> None:
         for name, v in members.items():
             m = self.member(name)
-            for key in ("mu", "sigma", "solutions", "validated", "buffered", "version",
-                        "generated", "dropped"):
+            for key in (
+                "mu",
+                "sigma",
+                "solutions",
+                "validated",
+                "buffered",
+                "version",
+                "generated",
+                "dropped",
+            ):
                 if v.get(key) is not None:
                     setattr(m, key, v[key])
 
     def throughput(self) -> Throughput:
-        return Throughput(self.buffered_in_steps, self.committed, sum(self.step_times),
-                          self.unconsumed, self.threshold)
+        return Throughput(
+            self.buffered_in_steps, self.committed, sum(self.step_times), self.unconsumed, self.threshold
+        )
 
     def eta_s(self) -> float | None:
         if self.target_steps is None or not self.step_times:
@@ -204,16 +218,24 @@ def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
     has no votes) the mu and sigma columns are left out rather than shown empty."""
     rated = any(m.mu is not None for m in members.values())
     table = Table(expand=False, pad_edge=False)
-    for col in (("member",) + (("mu", "sigma") if rated else ())
-                + ("sol", "valid", "pass", "buf share", "q drop", "tok/s", "adapter")):
+    for col in (
+        ("member",)
+        + (("mu", "sigma") if rated else ())
+        + ("sol", "valid", "pass", "buf share", "q drop", "tok/s", "adapter")
+    ):
         table.add_column(col, justify="left" if col == "member" else "right")
     for name, m in members.items():
         share = m.buffered / buffer_total if buffer_total else None
         table.add_row(
-            name, *((_f(m.mu, ".2f"), _f(m.sigma, ".2f")) if rated else ()), str(m.solutions),
-            str(m.validated), short_rate(m.validated, m.solutions), _f(share, ".0%"),
+            name,
+            *((_f(m.mu, ".2f"), _f(m.sigma, ".2f")) if rated else ()),
+            str(m.solutions),
+            str(m.validated),
+            short_rate(m.validated, m.solutions),
+            _f(share, ".0%"),
             short_rate(m.dropped, m.generated),
-            _f(m.tokens_per_s, ".1f"), f"v{m.version}",
+            _f(m.tokens_per_s, ".1f"),
+            f"v{m.version}",
         )
     return table
 
@@ -226,12 +248,14 @@ def header(s: LiveState) -> Text:
         f"[/bold]{f' (of {s.target_steps} steps)' if s.target_steps else ''}  "
         f"d_t {_f(s.d)}  V_t {v_t}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
         f"strategy {s.strategy or '-'}\n"
-        + (f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
-           f"{s.unconsumed} of its own rows untrained" if s.per_member
-           else f"buffer {s.buffer}/{s.threshold}")
+        + (
+            f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
+            f"{s.unconsumed} of its own rows untrained"
+            if s.per_member
+            else f"buffer {s.buffer}/{s.threshold}"
+        )
         + f"  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}\n"
-        f"{s.throughput().line()}"
-        + (f"\n{audit_line(s)}" if s.audit else "")
+        f"{s.throughput().line()}" + (f"\n{audit_line(s)}" if s.audit else "")
     )
 
 
@@ -240,22 +264,25 @@ def audit_line(s: LiveState) -> str:
     last step's counts."""
     c = s.audit.get(CONSENSUS, Counts())
     last = s.audit_step
-    step = (f"; last step tp {last.tp} fp {last.fp} fn {last.fn} tn {last.tn}"
-            if last is not None else "")
-    return (f"consensus vs gold ({c.n} probe solutions): precision {rate_text(*c.precision)}, "
-            f"recall {rate_text(*c.recall)}{step}")
+    step = f"; last step tp {last.tp} fp {last.fp} fn {last.fn} tn {last.tn}" if last is not None else ""
+    return (
+        f"consensus vs gold ({c.n} probe solutions): precision {rate_text(*c.precision)}, "
+        f"recall {rate_text(*c.recall)}{step}"
+    )
 
 
 def phase_bars(s: LiveState) -> Progress:
     progress = Progress(
-        TextColumn("{task.description:>8}"), BarColumn(bar_width=30), TaskProgressColumn(),
-        TextColumn("{task.fields[label]}"), auto_refresh=False,
+        TextColumn("{task.description:>8}"),
+        BarColumn(bar_width=30),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[label]}"),
+        auto_refresh=False,
     )
     for phase in PHASES:
         done, total = s.phases.get(phase, (0, 0))
         # A phase with nothing to do this step (e.g. no new elite entry to explain) shows 0/0.
-        progress.add_task(phase, total=total or 1, completed=done if total else 0,
-                          label=f"{done}/{total}")
+        progress.add_task(phase, total=total or 1, completed=done if total else 0, label=f"{done}/{total}")
     return progress
 
 
@@ -272,8 +299,10 @@ class LiveView:
         self.state = LiveState()
         self.console = console or Console()
         self._live = Live(
-            get_renderable=lambda: render(self.state), console=self.console,
-            refresh_per_second=refresh_per_second, transient=False,
+            get_renderable=lambda: render(self.state),
+            console=self.console,
+            refresh_per_second=refresh_per_second,
+            transient=False,
         )
 
     def __call__(self, e: Event) -> None:

@@ -26,8 +26,11 @@ def step_line(e: Event) -> str:
     buffer, threshold = e.get("buffer", 0), e.get("threshold", 0)
     n = e.get("n_solutions")  # V_t with its 95% Wilson interval over the step's solutions
     v_t = fraction_text(e.get("n_correct") or 0, n) if n else _f(e.get("v_t"))
-    buffer_text = (f"buffer {buffer} (threshold {threshold} per member)" if e.get("per_member")
-                   else f"buffer {buffer}/{threshold}")
+    buffer_text = (
+        f"buffer {buffer} (threshold {threshold} per member)"
+        if e.get("per_member")
+        else f"buffer {buffer}/{threshold}"
+    )
     return (
         f"step {e['step']} | d {_f(e.get('d'))}->{_f(e.get('d_next'))} | "
         f"V {v_t} tgt {_f(e.get('v_target'))} | F {_f(e.get('f_t'), '.4f')} | "
@@ -43,8 +46,10 @@ def audit_step_line(e: Event) -> str:
     """`audit 3 | consensus vs gold, run so far: precision 66.7% [20.8, 93.9] (2/3) | recall ...`."""
     c = (e.get("total") or {}).get(CONSENSUS) or {}
     tp, fp, fn = c.get("tp", 0), c.get("fp", 0), c.get("fn", 0)
-    return (f"audit {e['step']} | consensus vs gold, run so far: precision "
-            f"{rate_text(tp, tp + fp)} | recall {rate_text(tp, tp + fn)}")
+    return (
+        f"audit {e['step']} | consensus vs gold, run so far: precision "
+        f"{rate_text(tp, tp + fp)} | recall {rate_text(tp, tp + fn)}"
+    )
 
 
 class PlainPrinter:

@@ -70,18 +70,16 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         member_names = [m["name"] for m in raw.get("members", [])]
         isolated = raw.get("protocol", {}).get("mode") == "isolated"
     with Store(paths.store, readonly=True) as store:
-        last_row = store.one(
-            "SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step DESC LIMIT 1"
-        )
+        last_row = store.one("SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step DESC LIMIT 1")
         last = dict(last_row) if last_row else {}
-        committed = int(store.scalar(
-            "SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") or 0)
+        committed = int(store.scalar("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") or 0)
         open_step = store.scalar("SELECT MIN(step) FROM steps WHERE committed_at IS NULL")
         open_work = {}
         if open_step is not None:
             for table in ("problems", "solutions", "verdicts", "votes"):
-                open_work[table] = int(store.scalar(
-                    f"SELECT COUNT(*) FROM {table} WHERE step = ?", (open_step,)) or 0)
+                open_work[table] = int(
+                    store.scalar(f"SELECT COUNT(*) FROM {table} WHERE step = ?", (open_step,)) or 0
+                )
         members = {name: MemberStats() for name in member_names}
         for r in store.query(
             "SELECT member, COUNT(*) AS n, SUM(correct = 1) AS ok FROM solutions s "
@@ -113,25 +111,44 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         unconsumed = waiting_rows(store, isolated)
         member_d = {}
         if last and store.scalar(  # a store older than schema v4 has no member_steps
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'member_steps'"):
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'member_steps'"
+        ):
             member_d = {m: x.next_difficulty for m, x in member_steps(store, last["step"]).items()}
-        done = store.one("SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
-                         "FROM steps WHERE committed_at IS NOT NULL")
-        throughput = Throughput(int(done["buffered"] or 0), int(done["n"] or 0),
-                                float(done["wall"] or 0.0), unconsumed, threshold)
-        rounds = [dict(r) for r in store.query(
-            "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3")]
+        done = store.one(
+            "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
+            "FROM steps WHERE committed_at IS NOT NULL"
+        )
+        throughput = Throughput(
+            int(done["buffered"] or 0), int(done["n"] or 0), float(done["wall"] or 0.0), unconsumed, threshold
+        )
+        rounds = [
+            dict(r)
+            for r in store.query(
+                "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3"
+            )
+        ]
         for r in rounds:
             r["n"] = len(json.loads(r.pop("buffer_ids") or "[]"))
         per_step = step_counts(store)
     # Per-request chatter would crowd out what matters; `events.jsonl` keeps all of it.
     events = [e for e in read_events(paths.events) if e.get("kind") not in QUIET][-n_events:]
     return RunStatus(
-        run_dir=str(run_dir), committed_steps=committed, open_step=open_step, last=last,
-        buffer=buffer, unconsumed=unconsumed, threshold=threshold, members=members,
-        throughput=throughput, open_work=open_work, rounds=rounds, events=events,
-        audit=totals(per_step.values()), audit_steps=len(per_step),
-        isolated=isolated, member_d=member_d,
+        run_dir=str(run_dir),
+        committed_steps=committed,
+        open_step=open_step,
+        last=last,
+        buffer=buffer,
+        unconsumed=unconsumed,
+        threshold=threshold,
+        members=members,
+        throughput=throughput,
+        open_work=open_work,
+        rounds=rounds,
+        events=events,
+        audit=totals(per_step.values()),
+        audit_steps=len(per_step),
+        isolated=isolated,
+        member_d=member_d,
     )
 
 
@@ -152,8 +169,11 @@ def audit_text(audit: dict[str, Counts], steps: int) -> str:
     decision first, then each verifier's own verdicts."""
     c = audit.get(CONSENSUS, Counts())
     lines = [f"consensus audit ({c.n} probe solutions, {steps} step(s)): {c.text()}"]
-    lines += [f"  verifier {v}: precision {rate_text(*x.precision)}, recall "
-              f"{rate_text(*x.recall)}" for v, x in audit.items() if v != CONSENSUS]
+    lines += [
+        f"  verifier {v}: precision {rate_text(*x.precision)}, recall {rate_text(*x.recall)}"
+        for v, x in audit.items()
+        if v != CONSENSUS
+    ]
     return "\n".join(lines)
 
 
@@ -161,7 +181,8 @@ def event_line(e: Event) -> str:
     t = datetime.fromtimestamp(e.get("t", 0)).strftime("%H:%M:%S")
     fields = " ".join(
         f"{k}={round(v, 4) if isinstance(v, float) else v}"
-        for k, v in e.items() if k not in ("t", "kind", "members", "verifiers", "total")
+        for k, v in e.items()
+        if k not in ("t", "kind", "members", "verifiers", "total")
     )
     return f"{t} {e.get('kind')} {fields}"[:160]
 
@@ -177,22 +198,31 @@ def render(s: RunStatus) -> RenderableType:
         f"d_t+1 {_f(last.get('next_difficulty'))}  V_t {_v_t(last)}  "
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
-        + (f"d_t+1 per member: {', '.join(f'{m} {d:.3f}' for m, d in s.member_d.items())}\n"
-           if s.member_d else "")
-        + (f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}" if not s.isolated
-           else f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
-                f"{s.unconsumed} of its own rows untrained")
+        + (
+            f"d_t+1 per member: {', '.join(f'{m} {d:.3f}' for m, d in s.member_d.items())}\n"
+            if s.member_d
+            else ""
+        )
+        + (
+            f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}"
+            if not s.isolated
+            else f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
+            f"{s.unconsumed} of its own rows untrained"
+        )
         + (f"\n{s.throughput.line()}" if s.throughput else "")
     )
     parts: list[RenderableType] = [head, member_table(s.members, s.buffer)]
     if s.audit:
         parts.append(Text(audit_text(s.audit, s.audit_steps)))
     if s.open_work:
-        parts.append(Text("open step work: " + ", ".join(
-            f"{k} {v}" for k, v in s.open_work.items())))
+        parts.append(Text("open step work: " + ", ".join(f"{k} {v}" for k, v in s.open_work.items())))
     for r in s.rounds:
-        parts.append(Text(f"round {r['id']} (after step {r['step']}): {r['status']}, "
-                          f"{r['n']} samples" + (f", error: {r['error']}" if r["error"] else "")))
+        parts.append(
+            Text(
+                f"round {r['id']} (after step {r['step']}): {r['status']}, "
+                f"{r['n']} samples" + (f", error: {r['error']}" if r["error"] else "")
+            )
+        )
     if s.events:
         parts.append(Text("last events:", style="bold"))
         parts.append(Text("\n".join(event_line(e) for e in s.events), style="dim"))

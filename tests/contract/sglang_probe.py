@@ -51,8 +51,11 @@ def _load(path: Path, names: list[str], namespace: dict) -> dict:
 
 
 NS = {**vars(typing), "logger": logging.getLogger("probe"), "LoRAConfig": LoRAConfig}
-_load(LORA_DIR / "utils.py", ["get_normalized_target_modules", "DSA_INDEXER_LORA_NAMES",
-                              "_KNOWN_LORA_TARGET_MODULES"], NS)
+_load(
+    LORA_DIR / "utils.py",
+    ["get_normalized_target_modules", "DSA_INDEXER_LORA_NAMES", "_KNOWN_LORA_TARGET_MODULES"],
+    NS,
+)
 _load(LORA_DIR / "mem_pool.py", ["LoRAMemoryPool.can_support"], NS)
 _load(LORA_DIR / "lora_manager.py", ["LoRAManager.validate_new_adapter"], NS)
 
@@ -62,9 +65,21 @@ def parse(cmd: list[str]) -> dict:
         a = prepare_server_args(cmd)
     except SystemExit as e:
         return {"ok": False, "error": f"exit {e.code}"}
-    keys = ["model_path", "host", "port", "tp_size", "dp_size", "enable_lora", "max_lora_rank",
-            "lora_target_modules", "max_loras_per_batch", "mem_fraction_static",
-            "trust_remote_code", "chat_template", "api_key"]
+    keys = [
+        "model_path",
+        "host",
+        "port",
+        "tp_size",
+        "dp_size",
+        "enable_lora",
+        "max_lora_rank",
+        "lora_target_modules",
+        "max_loras_per_batch",
+        "mem_fraction_static",
+        "trust_remote_code",
+        "chat_template",
+        "api_key",
+    ]
     out = {k: getattr(a, k, None) for k in keys}
     if isinstance(out["lora_target_modules"], set):
         out["lora_target_modules"] = sorted(out["lora_target_modules"])
@@ -79,19 +94,30 @@ def judge(adapter_dir: str, cmd: list[str]) -> dict:
     server = set(norm(modules)) if modules else set()
     unknown = sorted(server - NS["_KNOWN_LORA_TARGET_MODULES"] - {"all"})
     config = LoRAConfig(adapter_dir)
-    pool = types.SimpleNamespace(max_lora_rank=a.max_lora_rank, lora_added_tokens_size=0,
-                                 target_modules=server)
+    pool = types.SimpleNamespace(
+        max_lora_rank=a.max_lora_rank, lora_added_tokens_size=0, target_modules=server
+    )
     pool.can_support = types.MethodType(NS["LoRAMemoryPool.can_support"], pool)
-    manager = types.SimpleNamespace(attn_dp_enabled=False, lora_refs={}, memory_pool=pool,
-                                    num_pinned_loras=0, max_loras_per_batch=a.max_loras_per_batch)
+    manager = types.SimpleNamespace(
+        attn_dp_enabled=False,
+        lora_refs={},
+        memory_pool=pool,
+        num_pinned_loras=0,
+        max_loras_per_batch=a.max_loras_per_batch,
+    )
     ref = types.SimpleNamespace(lora_name="probe", lora_path=adapter_dir, pinned=False)
     try:
         NS["LoRAManager.validate_new_adapter"](manager, config, ref)
         error = None
     except (ValueError, AssertionError) as e:
         error = str(e)
-    return {"modules": sorted(norm(config.target_modules)), "r": config.r,
-            "server_modules": sorted(server), "unknown_server_modules": unknown, "error": error}
+    return {
+        "modules": sorted(norm(config.target_modules)),
+        "r": config.r,
+        "server_modules": sorted(server),
+        "unknown_server_modules": unknown,
+        "error": error,
+    }
 
 
 def main() -> None:
@@ -99,8 +125,7 @@ def main() -> None:
     out = {
         "version": sglang.__version__,
         "known": sorted(NS["_KNOWN_LORA_TARGET_MODULES"]),
-        "normalized": {n: sorted(NS["get_normalized_target_modules"]([n]))[0]
-                       for n in job.get("names", [])},
+        "normalized": {n: sorted(NS["get_normalized_target_modules"]([n]))[0] for n in job.get("names", [])},
         "commands": [parse(c) for c in job.get("commands", [])],
         "adapters": [judge(x["dir"], x["args"]) for x in job.get("adapters", [])],
     }

@@ -33,9 +33,14 @@ PROBLEM_ID = re.compile(r"Q(\d+)\b")
 
 def config_dict(url: str, run_dir: Path | str, **protocol: Any) -> dict:
     proto = {
-        "problems_per_step": 2, "generators_per_step": 2, "seed_examples": 1,
-        "buffer_threshold": 100, "anchor_every": 100, "elite_k": 3,
-        "self_consistency_samples": 3, **protocol,
+        "problems_per_step": 2,
+        "generators_per_step": 2,
+        "seed_examples": 1,
+        "buffer_threshold": 100,
+        "anchor_every": 100,
+        "elite_k": 3,
+        "self_consistency_samples": 3,
+        **protocol,
     }
     return {
         "name": "fake",
@@ -43,8 +48,7 @@ def config_dict(url: str, run_dir: Path | str, **protocol: Any) -> dict:
         "run_dir": str(run_dir),
         "backends": {"fake": {"kind": "openai", "base_url": url}},
         "members": [
-            {"name": m, "model": m, "backend": "fake", "max_concurrency": 8,
-             "request_timeout_s": 30}
+            {"name": m, "model": m, "backend": "fake", "max_concurrency": 8, "request_timeout_s": 30}
             for m in MEMBERS
         ],
         "client": {"max_retries": 1, "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
@@ -101,16 +105,25 @@ def responder(answer: str = "7"):
     def generate(req: Request) -> str:
         n = next(counter)
         a, b, c = WORDS[n % 9], WORDS[(n + 3) % 9], WORDS[(n + 5) % 9]
-        return (f"Problem: Q{n} A farmer has {n + 11} {a}, sells {n + 2} {b} and buys "
-                f"{3 * n + 5} {c} at market number {n}. How many fruits are left?")
+        return (
+            f"Problem: Q{n} A farmer has {n + 11} {a}, sells {n + 2} {b} and buys "
+            f"{3 * n + 5} {c} at market number {n}. How many fruits are left?"
+        )
 
     def solve(req: Request) -> str:
         # Per problem, so a reply never equals an elite demonstration turn (that is an echo).
-        return (f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step "
-                f"gives \\boxed{{{answer}}}")
+        return (
+            f"I am {req.model}. For Q{problem_of(req)}, adding the numbers step by step "
+            f"gives \\boxed{{{answer}}}"
+        )
 
-    return scripted({
-        "generate": generate, "solve": solve, "verify": verify, "vote": vote,
-        "explain": "Add what is bought and subtract what is sold.",
-        "evaluate": "The answer is \\boxed{7}",
-    })
+    return scripted(
+        {
+            "generate": generate,
+            "solve": solve,
+            "verify": verify,
+            "vote": vote,
+            "explain": "Add what is bought and subtract what is sold.",
+            "evaluate": "The answer is \\boxed{7}",
+        }
+    )

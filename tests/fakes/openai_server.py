@@ -237,7 +237,11 @@ class FakeOpenAI:
                 pass
 
     async def _dispatch(
-        self, method: str, path: str, headers: dict[str, str], body: bytes,
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
         writer: asyncio.StreamWriter,
     ) -> bool:
         """Answer one request; False when the connection must be closed."""
@@ -250,16 +254,16 @@ class FakeOpenAI:
             return await self._chat(headers, body, writer)
         return await self._send(writer, 404, _error(f"no route {method} {path}", 404))
 
-    async def _chat(
-        self, headers: dict[str, str], raw: bytes, writer: asyncio.StreamWriter
-    ) -> bool:
+    async def _chat(self, headers: dict[str, str], raw: bytes, writer: asyncio.StreamWriter) -> bool:
         try:
             body: dict[str, Any] = json.loads(raw or b"{}")
             messages = list(body.get("messages") or [])
         except (ValueError, TypeError):
             return await self._send(writer, 400, _error("body is not JSON", 400))
         req = Request(
-            model=str(body.get("model", "")), messages=messages, role=detect_role(headers),
+            model=str(body.get("model", "")),
+            messages=messages,
+            role=detect_role(headers),
             body=body,
         )
         with self._lock:
@@ -317,8 +321,13 @@ class FakeOpenAI:
 
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
 }
 
@@ -327,8 +336,15 @@ def _error(message: str, status: int) -> dict:
     return {"error": {"message": message, "type": "fake_error", "code": status}}
 
 
-def pool_for(fake: FakeOpenAI, members: Sequence[str], *, max_retries: int = 1,
-             max_concurrency: int = 64, timeout_s: float = 30.0, bus: Any = None) -> Any:
+def pool_for(
+    fake: FakeOpenAI,
+    members: Sequence[str],
+    *,
+    max_retries: int = 1,
+    max_concurrency: int = 64,
+    timeout_s: float = 30.0,
+    bus: Any = None,
+) -> Any:
     """A real `ClientPool` whose every member resolves to `fake` (model name = member name)."""
     from agora_cli.client import ClientPool, MemberLimits
     from agora_cli.config import ClientSettings
@@ -337,9 +353,7 @@ def pool_for(fake: FakeOpenAI, members: Sequence[str], *, max_retries: int = 1,
 
     return ClientPool(
         resolve=lambda m: Endpoint(fake.url, model=m),
-        limits={m: MemberLimits(max_concurrency=max_concurrency, timeout_s=timeout_s)
-                for m in members},
-        settings=ClientSettings(max_retries=max_retries, backoff_initial_s=0.01,
-                                backoff_max_s=0.05),
+        limits={m: MemberLimits(max_concurrency=max_concurrency, timeout_s=timeout_s) for m in members},
+        settings=ClientSettings(max_retries=max_retries, backoff_initial_s=0.01, backoff_max_s=0.05),
         bus=bus if bus is not None else NULL_BUS,
     )

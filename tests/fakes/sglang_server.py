@@ -36,9 +36,15 @@ from tests.fakes.openai_server import Request as ChatRequest
 
 
 class FakeSGLang:
-    def __init__(self, base_model: str, latency_s: float = 0.0,
-                 responder: Responder | None = None, unload_delay_s: float = 0.0,
-                 api_key: str | None = None, health_delay_s: float = 0.0):
+    def __init__(
+        self,
+        base_model: str,
+        latency_s: float = 0.0,
+        responder: Responder | None = None,
+        unload_delay_s: float = 0.0,
+        api_key: str | None = None,
+        health_delay_s: float = 0.0,
+    ):
         self.base_model = base_model
         self.api_key = api_key  # as `--api-key`: every route but /health* wants the bearer token
         self.health_delay_s = health_delay_s  # as /health generating a token on a busy server
@@ -71,8 +77,10 @@ class FakeSGLang:
         @app.middleware("http")
         async def auth(request: Request, call_next: Any) -> Any:
             wanted = f"Bearer {self.api_key}"
-            if self.api_key and not request.url.path.startswith("/health") and (
-                request.headers.get("authorization") != wanted
+            if (
+                self.api_key
+                and not request.url.path.startswith("/health")
+                and (request.headers.get("authorization") != wanted)
             ):
                 self._record("unauthorized", request.url.path)
                 return JSONResponse({"error": "Unauthorized"}, status_code=401)
@@ -90,9 +98,7 @@ class FakeSGLang:
 
         @app.get("/v1/models")
         def models() -> dict:
-            data: list[dict[str, Any]] = [
-                {"id": self.base_model, "object": "model", "root": self.base_model}
-            ]
+            data: list[dict[str, Any]] = [{"id": self.base_model, "object": "model", "root": self.base_model}]
             data += [
                 {"id": n, "object": "model", "root": p, "parent": self.base_model}
                 for n, p in self.adapters.items()
@@ -107,8 +113,9 @@ class FakeSGLang:
             if self.load_delay_s:
                 await asyncio.sleep(self.load_delay_s)
             if name in self.adapters:
-                return _result(False, f"Failed to load LoRA adapter {name} because it is "
-                               "already loaded", self.adapters)
+                return _result(
+                    False, f"Failed to load LoRA adapter {name} because it is already loaded", self.adapters
+                )
             if not Path(path).exists():
                 return _result(False, f"Can't find adapter at {path}", self.adapters)
             self.adapters[name] = path
@@ -143,18 +150,30 @@ class FakeSGLang:
                 await asyncio.sleep(self.latency_s)
             text = f"served by {served}"
             if self.responder is not None:
-                req = ChatRequest(model=model, messages=list(body.get("messages") or []),
-                                  role=detect_role({k.lower(): v for k, v in request.headers.items()}),
-                                  body=body)
+                req = ChatRequest(
+                    model=model,
+                    messages=list(body.get("messages") or []),
+                    role=detect_role({k.lower(): v for k, v in request.headers.items()}),
+                    body=body,
+                )
                 out = self.responder(req)
                 text = out.text if isinstance(out, Reply) else str(out)
-            return JSONResponse({
-                "id": "fake", "object": "chat.completion", "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-            })
+            return JSONResponse(
+                {
+                    "id": "fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+                }
+            )
 
         return app
 
