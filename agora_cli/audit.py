@@ -1,4 +1,4 @@
-"""The consensus audit: how often unanimous verification agrees with the truth (issue 11).
+"""The consensus audit: how often unanimous verification agrees with the truth (docs/protocol.md).
 
 Each step mixes `protocol.audit_probes` gold-labelled problems from the seed pool (never an
 evaluation set, never the calibration split) into the step. They are solved and verified with

@@ -218,7 +218,7 @@ class Difficulty(Strict):
 
 
 class Surprise(Strict):
-    """Eq. 2 (FEM) and the dynamic strategy rule; see README 'FEM and dynamic strategy'."""
+    """Eq. 2 (FEM) and the dynamic strategy rule; see docs/protocol.md."""
 
     eps: float = Field(1e-6, gt=0)
     window: int = Field(3, ge=1, description="anchors over which the recent peak is taken")
@@ -238,8 +238,8 @@ class ProtocolSampling(Strict):
 
 
 class Protocol(Strict):
-    # `isolated`: the paper's isolated-evolution control, matched to AGORA (see README "Protocol
-    # rules"): each member writes `problems_per_step` problems of its own at its own d_t^i (Eq. 1
+    # `isolated`: the paper's isolated-evolution control, matched to AGORA (see docs/
+    # protocol.md): each member writes `problems_per_step` problems of its own at its own d_t^i (Eq. 1
     # on its own V_t^i), solves only those (`self_consistency_samples` samples each) and trains
     # when ITS OWN buffered rows reach `buffer_threshold`.
     mode: Literal["agora", "isolated"] = "agora"

@@ -1,4 +1,4 @@
-"""The AGORA loop: one step t of DESIGN.md "The protocol", repeated, resumable at any point.
+"""The AGORA loop: one step t of the protocol (docs/protocol.md), repeated, resumable at any point.
 
 A step flows per problem, not per phase: as soon as a generator's problem is stored its solves
 start; as soon as one solution is in, every other member verifies it; as soon as a problem's

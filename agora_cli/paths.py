@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = PACKAGE_DIR / "data"
-# One Jinja template per role lives in the repo's top-level `prompts/` (DESIGN.md layout); the
+# One Jinja template per role lives in the repo's top-level `prompts/` (docs/architecture.md); the
 # package is installed editable (`pip install -e .`), and a config may point `prompts_dir` elsewhere.
 PROMPTS_DIR = REPO_DIR / "prompts"
 CONFIGS_DIR = REPO_DIR / "configs"

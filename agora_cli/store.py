@@ -1,6 +1,6 @@
 """The run store: one SQLite file (WAL) per run directory holding everything a run learns.
 
-Commit model (DESIGN.md "Run store"):
+Commit model (docs/architecture.md, "The run store"):
 - Work of the *open* step (problems, solutions, verdicts, votes, explanations) is written as each
   request completes, tagged with its step. It is a cache: on resume the open step reuses it and only
   issues the requests still missing.
@@ -190,13 +190,13 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
-    # v2 (issue 13): an anchor row may reuse an earlier score when the member's adapter did not
+    # v2: an anchor row may reuse an earlier score when the member's adapter did not
     # change; a problem row records the generation slot it was asked for (retries share a slot).
     """
     ALTER TABLE anchors ADD COLUMN reused_from INTEGER;  -- step really scored at; NULL = now
     ALTER TABLE problems ADD COLUMN slot INTEGER;        -- index into the step's slots
     """,
-    # v3 (issue 11): the consensus audit. A probe is a gold-labelled seed-pool problem mixed into
+    # v3: the consensus audit. A probe is a gold-labelled seed-pool problem mixed into
     # a step (problems.status = 'probe'); its gold lives only here, read only when the step's
     # audit counts are computed. `audit` holds, per step and per verifier ('@consensus' for the
     # unanimous decision), the confusion counts of approval against gold over the probes'
@@ -221,7 +221,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (step, verifier)
     );
     """,
-    # v4 (issue 11): the matched isolated control. Each member has its own difficulty: d_t^i it
+    # v4: the matched isolated control. Each member has its own difficulty: d_t^i it
     # wrote its problems at, its own V_t^i (validated share of its samples), V_target^i and
     # d_{t+1}^i by Eq. 1, one row per committed isolated step and member (AGORA runs write none).
     """

@@ -1,4 +1,4 @@
-"""Issue 11 item 6: each ablation switches one thing. With `external_anchor` off, F_t comes from
+"""Each ablation switches one thing. With `external_anchor` off, F_t comes from
 the ratings on the anchor schedule, so FEM still acts (see protocol/surprise.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 11, item 3: the consensus audit.
+"""The consensus audit.
 
 Gold-labelled seed-pool probes are mixed into each step, solved and verified like any problem,
 and scored against gold after the fact; they never vote, never reach the buffer, the elite

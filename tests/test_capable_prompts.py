@@ -1,4 +1,4 @@
-"""Issue 11, item 3: the prompt set for capable models (prompts/capable).
+"""The prompt set for capable models (prompts/capable).
 
 Its verifier analyses the reasoning and ends with `VERDICT: VALID|INVALID`, its voter with
 `VERDICT: A|B`; only those lines count, the last one decides, and a reply line that copies the

@@ -1,4 +1,4 @@
-"""Issue 11 item 5 and item 6 (quality_vote): the elite history H_t keeps turning over.
+"""The elite history with and without quality_vote: the elite history H_t keeps turning over.
 
 The scripted ensemble of `tests.fakes.ensemble` makes alpha win every vote of every step, so every
 step's candidates score exactly what the current entries scored. A share of votes won (1.0 for

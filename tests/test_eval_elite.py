@@ -1,4 +1,4 @@
-"""`agora eval --with-elite RUN` (issue 11 item 6): the run's final H_t in the evaluate prompt,
+"""`agora eval --with-elite RUN`: the run's final H_t in the evaluate prompt,
 scored beside the bare prompt on the same items with an exact McNemar test; items whose text is in
 H_t are left out of both arms.
 

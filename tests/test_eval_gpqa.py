@@ -1,4 +1,4 @@
-"""`agora eval --benchmarks gpqa=PATH` (issue 11 item 7): a user's own copy of GPQA-Diamond, read
+"""`agora eval --benchmarks gpqa=PATH`: a user's own copy of GPQA-Diamond, read
 from the official CSV (or JSONL), asked as a 4-choice question in a seeded shuffle and graded by
 the chosen letter; `NAME=PATH` reads a problem/answer JSONL. Bad files are usage errors (exit 2)
 that list what is wrong. The data here is synthetic, written by the tests.

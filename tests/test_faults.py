@@ -1,4 +1,4 @@
-"""Fault injection against the fake OpenAI server: kills, flaky and dead servers (issue #6).
+"""Fault injection against the fake OpenAI server: kills, flaky and dead servers.
 
 - SIGKILL `agora run` at seeded random points (twice per run), resume, and check the store's
   invariants and that the final committed state equals an uninterrupted run's.

@@ -175,7 +175,7 @@ def test_no_import_cycle_between_agora_modules() -> None:
     graph = import_graph(PACKAGE_DIR)
     assert len(graph) > 50  # the whole package was read
     found = cycles(graph)
-    assert not found, "import cycles (arrows must point down; see STYLE.md):\n" + "\n".join(
+    assert not found, "import cycles (arrows must point down; see docs/contributing.md):\n" + "\n".join(
         " -> ".join(a_cycle(graph, comp)) for comp in found
     )
 

@@ -1,4 +1,4 @@
-"""The matched isolated control (issue 11, item 2) and `protocol.problem_source`, loop-level.
+"""The matched isolated control and `protocol.problem_source`, loop-level.
 
 Against the scripted fake ensemble (tests/fakes/ensemble.py): an isolated member solves only the
 problems it wrote (or a seed fallback of its own slot), at its own difficulty d_t^i driven by its

@@ -1,4 +1,4 @@
-"""Issue 11, item 1: no item whose label steered a run is ever scored as a held-out result.
+"""No item whose label steered a run is ever scored as a held-out result.
 
 The anchor's calibration items come from a held-out slice of GSM8K train (`gsm8k_dev`) that the
 seed pool leaves out; `agora eval` removes any item that is one of the run's calibration items.

@@ -1,4 +1,4 @@
-"""Issue 11 item 8: the report's comparisons are paired on the same items and say in words
+"""The report's comparisons are paired on the same items and say in words
 which differences are significant at 0.05 (exact McNemar; paired bootstrap for Table 2)."""
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def test_unload_failure_does_not_undo_activation(tmp_path: Path) -> None:
 
 
 def test_slow_unload_does_not_fail_the_activation(tmp_path: Path) -> None:
-    """Issue 10 item 8: SGLang's unload waits for the old adapter's in-flight requests; a client
+    """SGLang's unload waits for the old adapter's in-flight requests; a client
     timeout there must not mark the activation failed, since the new adapter already answers."""
     with FakeSGLang(BASE_A, unload_delay_s=3.0) as fake:
         cfg = config_from_dict(

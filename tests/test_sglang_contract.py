@@ -133,7 +133,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
         prepare(Member(name="g", model=GEMMA, chat_template="configs/chat_templates/gemma3.jinja"))
     )
     adapters = {name: _save(d, tmp / "adapters", name, cfg) for name, d in models.items()}
-    # What the trainer wrote before issue 10: PEFT's all-linear over the whole multimodal model.
+    # What the trainer once wrote: PEFT's all-linear over the whole multimodal model.
     whole = get_peft_model(
         AutoModelForCausalLM.from_pretrained(models["gemma3-mm"]),
         LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),

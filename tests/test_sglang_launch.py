@@ -1,4 +1,4 @@
-"""Issue 10's SGLang items on agora's side: launch plan (order, memory fractions, per-member flags,
+"""SGLang on agora's side: launch plan (order, memory fractions, per-member flags,
 interpreter), config validation, adapter checks before loading, request body extras, readiness and
 the API key. The engine's own acceptance of all this is tests/test_sglang_contract.py."""
 

@@ -19,7 +19,7 @@ from agora_cli.evaluation.stats import (
 @pytest.mark.parametrize(
     ("k", "n", "lo", "hi"),
     [
-        (1, 16, 0.0111, 0.2833),  # the README's 6.2% on 16 items
+        (1, 16, 0.0111, 0.2833),  # 6.2% [1.1, 28.3] on 16 items, the example in docs/evidence.md
         (0, 16, 0.0, 0.1936),
         (16, 16, 0.8064, 1.0),
         (8, 16, 0.2800, 0.7200),

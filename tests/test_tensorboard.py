@@ -1,4 +1,4 @@
-"""`logging.tensorboard: true` (issue 11): a run's step scalars in RUN/tensorboard/, read back with
+"""`logging.tensorboard: true`: a run's step scalars in RUN/tensorboard/, read back with
 TensorBoard's own EventAccumulator; a missing package is a config error; a failing writer never
 stops the run."""
 

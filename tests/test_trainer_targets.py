@@ -1,4 +1,4 @@
-"""Issue 10 item 1: LoRA adapts the text model only (a multimodal Gemma-3's vision tower holds
+"""LoRA adapts the text model only (a multimodal Gemma-3's vision tower holds
 fc1/fc2/out_proj, which SGLang's LoRA pool refuses)."""
 
 from __future__ import annotations

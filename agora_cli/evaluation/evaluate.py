@@ -11,7 +11,7 @@ reply. Asking, grading and scoring live in `scoring.py`, shared with the externa
 
 `agora eval --with-elite RUN` scores every member twice on the same items: bare, and with RUN's
 final elite history H_t quoted in the prompt as the run's solve prompt quotes it (the paper's
-evaluation appears to keep in-context learning; issue 11). Items whose text appears in H_t are
+evaluation appears to keep in-context learning). Items whose text appears in H_t are
 left out of both arms, and the two arms are compared item by item (exact McNemar).
 """
 

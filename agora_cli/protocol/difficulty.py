@@ -1,4 +1,4 @@
-"""Adaptive difficulty (DESIGN.md protocol step 1): Eq. 1 inner loop and the outer V_target loop."""
+"""Adaptive difficulty (docs/protocol.md, step 1): Eq. 1 inner loop and the outer V_target loop."""
 
 from __future__ import annotations
 

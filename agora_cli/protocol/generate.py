@@ -1,4 +1,4 @@
-"""Q-Group: challenge generation (DESIGN.md protocol step 1).
+"""Q-Group: challenge generation (docs/protocol.md, step 1).
 
 Generators see the current difficulty d_t (Eq. 1) and a few seed problems and must reply with
 exactly one problem, preferably on a `Problem:` line (see prompts/generate.jinja). The parser is

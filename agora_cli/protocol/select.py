@@ -1,4 +1,4 @@
-"""Selection and the elite history (DESIGN.md protocol step 5)."""
+"""Selection and the elite history (docs/protocol.md, step 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""R-Group: solution formulation (DESIGN.md protocol step 2).
+"""R-Group: solution formulation (docs/protocol.md, step 2).
 
 Every member solves every problem with chain-of-thought ending in \\boxed{}; its prompt carries the
 elite history H_t as few-shot examples (none when `ablations.elite_icl` is off; each example's

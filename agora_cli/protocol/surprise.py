@@ -32,7 +32,7 @@ ablation removes only the ground-truth signal:
 F_t is 0 while the members are rated alike and grows as one member pulls away from the group, so
 FEM eases the curriculum when the group's peer-judged quality splits. The dynamic strategy needs a
 performance history and has none without anchors: it stays 'balanced' (not matched by the
-ablation; the README says so).
+ablation; docs/protocol.md says so).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unanimous consensus (DESIGN.md protocol step 3).
+"""Unanimous consensus (docs/protocol.md, step 3).
 
 Each other member verifies a solution and answers VALID or INVALID; the solution is correct only
 if every verdict is valid. The solution is model output, so it is shown between random delimiter

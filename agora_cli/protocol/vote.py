@@ -1,4 +1,4 @@
-"""Quality recognition with TrueSkill (DESIGN.md protocol step 4).
+"""Quality recognition with TrueSkill (docs/protocol.md, step 4).
 
 For each pair of correct solutions to one problem, every R-Group member votes which reasoning is
 better; each vote is a 1-vs-1 game between the two authors (no draws). Presentation order is

@@ -10,7 +10,7 @@ adapters get versioned names (`<member>-v<N>`, never reused for other weights), 
      on the old adapter finish on it (SGLang's unload waits for them; the grace period covers
      requests the client resolved just before the switch). The unload is best-effort: a failure or
      a timeout there costs server memory only, is reported as an `adapter_unload_failed` event and
-     never fails the activation (issue 10, item 8).
+     never fails the activation: the new adapter already answers.
 
 An engine differs only in the small facts of `LoraApi`: endpoint paths, how a request names an
 adapter, how a refusal reads.
