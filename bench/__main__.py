@@ -133,14 +133,27 @@ def runners() -> dict[str, Callable[[], list[Row]]]:
     }
 
 
+RESULTS_HEADER = (
+    "# Benchmark results\n\nEvery dated measurement of agora lives here. `python -m bench` adds each run's"
+    " table at the top; measurements taken by hand follow, each with its date and machine. Ratios are"
+    " measured side by side in one run; they are not pass/fail tests.\n"
+)
+
+
 def save(rows: list[Row], command: str, seconds: float, path: Path) -> None:
-    """Write the table to bench/RESULTS.md (the latest run only)."""
+    """Add this run's table to bench/RESULTS.md as a dated section above the earlier ones.
+
+    The file is the only home of agora's dated measurements, so a run never replaces what is there:
+    everything from the first `## ` heading on is kept below the new section.
+    """
     stamp = time.strftime("%Y-%m-%d %H:%M %Z")
+    old = path.read_text() if path.exists() else ""
+    at = old.find("\n## ")
+    earlier = old[at + 1 :] if at >= 0 else ""
     path.write_text(
-        f"# Benchmark results\n\nLatest run: {stamp}, `{command}`, {seconds:.0f} s on "
-        f"{os.cpu_count()} CPU cores (load average at the end {os.getloadavg()[0]:.1f}).\n\n"
-        "Ratios are measured side by side in one run; they are not pass/fail tests.\n\n"
-        f"{table(rows, markdown=True)}\n"
+        f"{RESULTS_HEADER}\n## `{command}`, {stamp}\n\n{seconds:.0f} s on {os.cpu_count()} CPU cores"
+        f" (load average at the end {os.getloadavg()[0]:.1f}).\n\n{table(rows, markdown=True)}\n"
+        + (f"\n{earlier}" if earlier else "")
     )
 
 
