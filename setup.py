@@ -33,7 +33,12 @@ def shipped_files() -> list[str]:
 
 
 class BuildPyWithShipped(build_py):
-    """`build_py` plus the shipped folders as package data under `agora_cli/_shipped/`."""
+    """`build_py` plus the shipped folders as package data under `agora_cli/_shipped/`.
+
+    It extends the (package, src_dir, build_dir, files) list that setuptools builds package data
+    from: `_get_data_files` feeds the wheel, `get_data_files_without_manifest` the sdist (both
+    present from setuptools 68, the floor in pyproject.toml, to 84; scripts/check-wheel.sh fails
+    if a later setuptools stops calling them)."""
 
     def _get_data_files(self):  # type: ignore[no-untyped-def]
         return super()._get_data_files() + self._shipped()

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agora_cli.errors import ShippedConfigError
+from agora_cli.errors import AgoraError, ShippedConfigError
 from agora_cli.paths import CONFIGS_DIR
 
 _EXTENDS = re.compile(r"^extends:[ \t]*(?P<q>['\"]?)(?P<value>[^'\"#\n]+?)(?P=q)[ \t]*(?P<rest>#.*)?$", re.M)
@@ -65,6 +65,10 @@ def _first_sentence(text: str) -> str:
 def shipped_configs() -> list[ShippedConfig]:
     """Every shipped config, top-level ones first, each with its description."""
     paths = sorted(CONFIGS_DIR.rglob("*.yaml"), key=lambda p: (len(p.relative_to(CONFIGS_DIR).parts), p))
+    if not paths:  # a wheel built without setup.py's step that ships them
+        raise AgoraError(
+            f"no shipped configs in {CONFIGS_DIR}: this agora install is incomplete; reinstall it"
+        )
     return [
         ShippedConfig(p.relative_to(CONFIGS_DIR).as_posix(), p, describe(p.read_text(encoding="utf-8")))
         for p in paths
