@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PYTHON:-$REPO/.venv/bin/python}
+unset PYTHONPATH  # nothing from the caller (e.g. PYTHONPATH=$PWD) may put the source tree on the path
 start=$SECONDS
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/agora-wheel.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
