@@ -1,4 +1,6 @@
-"""Where agora keeps state: `AGORA_HOME` for caches shared across runs, a run directory per run."""
+"""Where agora's files are: the prompt sets and configs it ships (from the repository in a source
+tree, from inside the package in a wheel), `AGORA_HOME` for caches shared across runs, and a run
+directory per run."""
 
 from __future__ import annotations
 
