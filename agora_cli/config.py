@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agora_cli.errors import ConfigError
+from agora_cli.paths import resolve_extends, resolve_shipped
 
 
 class Strict(BaseModel):
@@ -583,10 +584,7 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
 
 
 def _template_path(value: str) -> Path:
-    from agora_cli.paths import REPO_DIR
-
-    path = Path(value)
-    return path if path.is_absolute() or path.exists() else REPO_DIR / path
+    return resolve_shipped(value)
 
 
 def chat_template_text(member: Member) -> str | None:
@@ -662,7 +660,8 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
-    """Parse one YAML file, following `extends: other.yaml` (relative to the file) first."""
+    """Parse one YAML file, following `extends: other.yaml` first (relative to the file, else a
+    shipped config of that name: agora_cli/paths.py `resolve_extends`)."""
     if not path.exists():
         raise ConfigError(str(path), [("<file>", "no such file")])
     if path.resolve() in chain:
@@ -677,7 +676,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
         parent = data.pop("extends")
         if not isinstance(parent, str):
             raise ConfigError(str(path), [("extends", "expected a path to another config")])
-        base = _read_yaml(path.parent / parent, chain + (path.resolve(),))
+        base = _read_yaml(resolve_extends(path, parent), chain + (path.resolve(),))
         if not isinstance(base, dict):
             raise ConfigError(str(path), [("extends", f"{parent} is not a mapping")])
         data = _deep_merge(base, data)

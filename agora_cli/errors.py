@@ -67,3 +67,9 @@ class PromptError(AgoraError):
 
 class EvaluationError(AgoraError):
     """A benchmark is unknown or its data cannot be read."""
+
+
+class ShippedConfigError(AgoraError):
+    """`agora configs`: no shipped config has that name, or a copy would overwrite a file."""
+
+    exit_code = 2

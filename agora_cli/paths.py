@@ -1,4 +1,6 @@
-"""Where agora keeps state: `AGORA_HOME` for caches shared across runs, a run directory per run."""
+"""Where agora's files are: the prompt sets and configs it ships (from the repository in a source
+tree, from inside the package in a wheel), `AGORA_HOME` for caches shared across runs, and a run
+directory per run."""
 
 from __future__ import annotations
 
@@ -8,10 +10,38 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = PACKAGE_DIR / "data"
-# One Jinja template per role lives in the repo's top-level `prompts/` (docs/architecture.md); the
-# package is installed editable (`pip install -e .`), and a config may point `prompts_dir` elsewhere.
-PROMPTS_DIR = REPO_DIR / "prompts"
-CONFIGS_DIR = REPO_DIR / "configs"
+# The prompt sets (`prompts/`) and configs (`configs/`) live once, at the repository's top level.
+# A source checkout (an editable install) reads them there; a wheel carries a copy of both under
+# `agora_cli/_shipped/` (setup.py's build step puts them there), because an installed package has
+# no repository beside it. This module is the one place that knows which of the two is in use.
+SHIPPED_IN_PACKAGE = PACKAGE_DIR / "_shipped"
+SHIPPED_DIR = SHIPPED_IN_PACKAGE if (SHIPPED_IN_PACKAGE / "prompts").is_dir() else REPO_DIR
+PROMPTS_DIR = SHIPPED_DIR / "prompts"
+CONFIGS_DIR = SHIPPED_DIR / "configs"
+
+
+def resolve_shipped(value: str | Path) -> Path:
+    """A path a config names (`prompts_dir`, a `chat_template` file): as given when it is absolute
+    or exists (relative to the working directory), else the copy shipped with agora when there is
+    one (`prompts/capable`, `configs/chat_templates/gemma3.jinja`), else as given (so the error
+    names the user's own path). The same rule holds in a source tree and in a wheel."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    shipped = SHIPPED_DIR / path
+    return shipped if shipped.exists() else path
+
+
+def resolve_extends(config_file: Path, parent: str) -> Path:
+    """The file that `extends: PARENT` in `config_file` names: relative to the config file when it
+    exists there, else the shipped config of that name (`extends: paper-mixed.yaml` in a copy made
+    by `agora configs copy`), else the path relative to the file (missing: the caller reports it).
+    A config beside the user's file therefore wins over the shipped one of the same name."""
+    local = config_file.parent / parent
+    if local.exists() or Path(parent).is_absolute() or ".." in Path(parent).parts:
+        return local
+    shipped = CONFIGS_DIR / parent
+    return shipped if shipped.is_file() else local
 
 
 def agora_home() -> Path:

@@ -1,5 +1,8 @@
 """Prompt templates: one Jinja file per role under `prompts/` (or `cfg.prompts_dir`).
 
+`prompts/` is the repository's top-level folder in a source tree and the copy shipped inside the
+package in a wheel; agora_cli/paths.py decides which (PROMPTS_DIR).
+
 A template defines two blocks, `system` and `user`; `render` returns them as chat messages.
 Models see no role marker (base models echo their prompt, and a marker line in the echo only
 costs tokens and parses); the role travels out of band as the `X-Agora-Role` request header that
@@ -36,7 +39,7 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from agora_cli.errors import PromptError
-from agora_cli.paths import PROMPTS_DIR, REPO_DIR
+from agora_cli.paths import PROMPTS_DIR, resolve_shipped
 
 _SEED = {"id": "seed/0", "problem": "Tom has 3 apples and buys 4 more. How many now?", "answer": "7"}
 _EXAMPLE = {
@@ -86,9 +89,9 @@ class Prompts:
     """The prompt templates of one run. Construct once, `validate()` at start, `render` per call."""
 
     def __init__(self, prompts_dir: Path | str | None = None):
-        self.dir = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
-        if not self.dir.is_absolute() and not self.dir.exists() and (REPO_DIR / self.dir).exists():
-            self.dir = REPO_DIR / self.dir  # a config's relative prompts_dir names a repo folder
+        # A config's relative prompts_dir (`prompts/capable`) names a shipped set unless the working
+        # directory holds a folder of that name (paths.resolve_shipped).
+        self.dir = resolve_shipped(prompts_dir) if prompts_dir else PROMPTS_DIR
         # The set's own templates first, then the default set for the roles it does not override.
         self.search = [self.dir]
         if self.dir.resolve() != PROMPTS_DIR.resolve():
