@@ -10,7 +10,7 @@ test *args="":
     ./scripts/test.sh {{args}}
 
 lint:
-    .venv/bin/ruff check agora_cli tests bench
+    ./scripts/lint.sh
 
 bench:
     .venv/bin/python -m bench
