@@ -454,7 +454,7 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     d = p.difficulty
     if not d.d_min <= d.d0 <= d.d_max:
         problems.append(("protocol.difficulty.d0", f"d0={d.d0} outside [{d.d_min}, {d.d_max}]"))
-    from agora_cli.evaluation.benchmarks import CALIBRATION_SPLITS, SEED_POOL_FILES
+    from agora_cli.datasets import CALIBRATION_SPLITS, SEED_POOL_FILES
 
     ev = cfg.evaluation
     if ev.calibration not in CALIBRATION_SPLITS:

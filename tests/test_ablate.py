@@ -141,7 +141,7 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     """`agora ablate` end to end on the scripted fake ensemble: loop, evaluation, table."""
     import yaml
 
-    from agora_cli.evaluation.benchmarks import load_benchmark, subset
+    from agora_cli.datasets import load_benchmark, subset
     from tests.fakes.ensemble import config_dict, responder
     from tests.fakes.openai_server import FakeOpenAI, Request
 

@@ -10,8 +10,8 @@ from rich.table import Table
 from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.stats import PairedBinary, rate_text, significance_text, successes
 from agora_cli.events import EventBus
+from agora_cli.stats import PairedBinary, rate_text, significance_text, successes
 
 
 def _csv(value: str | None) -> list[str] | None:
