@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from agora_cli import ablate as ab
 from agora_cli.cli import app
 from agora_cli.config import Config, load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation import ablate as ab
 from agora_cli.events import EventBus
 from agora_cli.paths import CONFIGS_DIR
 from agora_cli.store import Store

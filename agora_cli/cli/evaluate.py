@@ -163,7 +163,7 @@ def ablate(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs without running them."),
 ) -> None:
     """Table 2: full AGORA and each ablation switch off, over seeds; Markdown + CSV table."""
-    from agora_cli.evaluation import ablate as ab
+    from agora_cli import ablate as ab
 
     base = load_config(config, overrides or [])
     out = out or Path("runs") / f"{base.name}-ablate"
