@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agora_cli.evaluation.stats import rate_text
+from agora_cli.stats import rate_text
 from agora_cli.store import Store
 
 CONSENSUS = "@consensus"  # the `audit.verifier` of the unanimous decision

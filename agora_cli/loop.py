@@ -48,7 +48,7 @@ from agora_cli.audit import GradeMany, ProbeSolution, plan_probes, tally
 from agora_cli.client import ClientPool
 from agora_cli.commit import StepWork, compute_effects, emit_committed
 from agora_cli.config import Config
-from agora_cli.evaluation.benchmarks import calibration_name
+from agora_cli.datasets import calibration_name
 from agora_cli.evaluation.grading import Grader
 from agora_cli.events import EventBus
 from agora_cli.protocol import generate as gen

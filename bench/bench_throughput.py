@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from agora_cli.evaluation.stats import count_ratio
+from agora_cli.stats import count_ratio
 from bench.common import REPO, Row, cpu_flags, setup_env, table
 
 DEFAULT_OVERRIDES = ("ablations.lora=false", "protocol.anchor_every=1")

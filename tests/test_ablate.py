@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from agora_cli import ablate as ab
 from agora_cli.cli import app
 from agora_cli.config import Config, load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation import ablate as ab
 from agora_cli.events import EventBus
 from agora_cli.paths import CONFIGS_DIR
 from agora_cli.store import Store
@@ -141,7 +141,7 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     """`agora ablate` end to end on the scripted fake ensemble: loop, evaluation, table."""
     import yaml
 
-    from agora_cli.evaluation.benchmarks import load_benchmark, subset
+    from agora_cli.datasets import load_benchmark, subset
     from tests.fakes.ensemble import config_dict, responder
     from tests.fakes.openai_server import FakeOpenAI, Request
 

@@ -80,7 +80,7 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
     (alpha, always wrong, would pull a pooled history's peak down), and its d_{t+1}^i is Eq. 1's
     value lowered by difficulty_gain * F_t; alpha and gamma, not scored anew, keep Eq. 1's value
     and no F_t."""
-    from agora_cli.evaluation.benchmarks import load_dev_split
+    from agora_cli.datasets import load_dev_split
     from agora_cli.protocol.difficulty import next_difficulty
 
     gold = {it.problem: it.answer for it in load_dev_split("gsm8k")}

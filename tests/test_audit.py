@@ -16,13 +16,13 @@ from rich.console import Console
 
 from agora_cli import runner
 from agora_cli.audit import CONSENSUS, Counts, ProbeSolution, tally
-from agora_cli.evaluation.benchmarks import BENCHMARK_FILES, load_benchmark, load_dev_split
-from agora_cli.evaluation.benchmarks import normalize_text as norm
+from agora_cli.datasets import BENCHMARK_FILES, load_benchmark, load_dev_split
+from agora_cli.datasets import normalize_text as norm
 from agora_cli.evaluation.report import build_report
-from agora_cli.evaluation.stats import rate_text, wilson
 from agora_cli.events import read_events
 from agora_cli.paths import RunPaths
 from agora_cli.protocol.generate import load_seed_pool
+from agora_cli.stats import rate_text, wilson
 from agora_cli.store import MIGRATIONS, SCHEMA_VERSION, Store
 from agora_cli.ui.live import LiveState
 from agora_cli.ui.live import render as live_render

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agora_cli.cli import app
-from agora_cli.evaluation.stats import wilson
 from agora_cli.paths import RunPaths
+from agora_cli.stats import wilson
 from agora_cli.store import Store
 from tests.fakes.ensemble import responder, write_config
 from tests.fakes.openai_server import FakeOpenAI

@@ -9,15 +9,15 @@ import pytest
 
 from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Sampling, config_from_dict
-from agora_cli.endpoint import Endpoint
-from agora_cli.evaluation.anchor import run_anchor
-from agora_cli.evaluation.benchmarks import (
+from agora_cli.datasets import (
     Item,
     calibration_set,
     load_benchmark,
     load_seed_pool,
     subset,
 )
+from agora_cli.endpoint import Endpoint
+from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.evaluation.evaluate import evaluate, read_results
 from agora_cli.evaluation.grading import Grader
 from agora_cli.protocol.majority import MAJORITY, plurality

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from agora_cli.cli import app
-from agora_cli.evaluation.benchmarks import load_benchmark, subset
+from agora_cli.datasets import load_benchmark, subset
 from agora_cli.evaluation.evaluate import MAJORITY, read_results
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_eval import MEMBERS, RIGHT, make_responder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agora_cli.evaluation.benchmarks import load_benchmark, subset
+from agora_cli.datasets import load_benchmark, subset
 from agora_cli.evaluation.evaluate import read_results
 from agora_cli.evaluation.grading import Grader
 from agora_cli.protocol.answers import extract_answer

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from agora_cli import runner
 from agora_cli.cli import app
 from agora_cli.config import config_from_dict
-from agora_cli.evaluation.benchmarks import load_benchmark, subset
+from agora_cli.datasets import load_benchmark, subset
 from agora_cli.evaluation.evaluate import read_results
 from agora_cli.paths import RunPaths
 from agora_cli.protocol.majority import MAJORITY

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agora_cli.cli import app
-from agora_cli.evaluation.benchmarks import CHOICE
+from agora_cli.datasets import CHOICE
 from agora_cli.evaluation.evaluate import MAJORITY, read_results
 from agora_cli.evaluation.user_data import GPQA_COLUMNS, chosen_letter, load_spec
 from tests.fakes.openai_server import FakeOpenAI, Request, scripted

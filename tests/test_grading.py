@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agora_cli.evaluation.benchmarks import load_benchmark, subset
+from agora_cli.datasets import load_benchmark, subset
 from agora_cli.evaluation.grading import Grader
 
 # (prediction, gold, expected). Golds are in the benchmarks' own forms: GSM8K/AIME integers,

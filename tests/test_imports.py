@@ -19,6 +19,8 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,18 +57,27 @@ def _resolve(base: str, names: list[str], modules: dict[str, Path]) -> list[str]
     return out
 
 
-def import_graph(package_dir: Path) -> dict[str, set[str]]:
-    """module -> the agora modules it imports, at any level of the file (see the module doc)."""
+@dataclass(frozen=True)
+class Import:
+    """One import statement of an agora module, resolved."""
+
+    importer: str  # dotted module name
+    path: Path
+    lineno: int
+    line: str  # the source line (for markers and messages)
+    target: str  # the agora module it names
+    runs: frozenset[str]  # what importing it runs besides: packages above it, not the importer's own
+
+
+def imports(package_dir: Path) -> Iterator[Import]:
+    """Every import of an agora module, at any level of the file (see the module doc)."""
     modules = module_names(package_dir)
-    graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         source = path.read_text()
         lines = source.splitlines()
         is_pkg = path.name == "__init__.py"
         for node in ast.walk(ast.parse(source, str(path))):
             if not isinstance(node, ast.Import | ast.ImportFrom):
-                continue
-            if MARKER in lines[node.lineno - 1]:
                 continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -86,12 +97,20 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
             own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
             if is_pkg:
                 own.add(name)
-            for t in targets:
+            for t in dict.fromkeys(targets):  # `from m import a, b` names m once
                 parts = t.split(".")
                 above = {".".join(parts[:i]) for i in range(1, len(parts))}
-                for dep in {t} | (above - own):
-                    if dep != name and dep in modules:
-                        graph[name].add(dep)
+                runs = frozenset(dep for dep in above - own if dep != name and dep in modules)
+                yield Import(name, path, node.lineno, lines[node.lineno - 1], t, runs)
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """module -> the agora modules it imports, at any level of the file (see the module doc)."""
+    graph: dict[str, set[str]] = {m: set() for m in module_names(package_dir)}
+    for imp in imports(package_dir):
+        if MARKER in imp.line:
+            continue
+        graph[imp.importer] |= {dep for dep in {imp.target} | imp.runs if dep != imp.importer}
     return graph
 
 

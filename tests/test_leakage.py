@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from agora_cli import datasets
 from agora_cli.config import config_from_dict
-from agora_cli.errors import ConfigError, EvaluationError
-from agora_cli.evaluation import benchmarks
-from agora_cli.evaluation.benchmarks import (
+from agora_cli.datasets import (
     BENCHMARK_FILES,
     DEV_SIZE,
     calibration_set,
@@ -22,6 +21,7 @@ from agora_cli.evaluation.benchmarks import (
     load_dev_split,
     normalize_text,
 )
+from agora_cli.errors import ConfigError, EvaluationError
 from agora_cli.protocol.generate import load_seed_pool
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_eval import MEMBERS, make_pool, make_responder
@@ -78,10 +78,10 @@ def test_eval_removes_the_runs_calibration_items(tmp_path, monkeypatch):
 
     items = load_benchmark("gsm8k")[:6]
     leaked = [items[1], items[4]]
-    monkeypatch.setattr(benchmarks, "calibration_set", lambda *a, **k: list(leaked))
+    monkeypatch.setattr(datasets, "calibration_set", lambda *a, **k: list(leaked))
     with FakeOpenAI(make_responder(items)) as fake:
         cfg = config_from_dict(_cfg_dict(fake.url, tmp_path))
-        monkeypatch.setattr(benchmarks, "subset", lambda its, limit, **k: its[:6])
+        monkeypatch.setattr(datasets, "subset", lambda its, limit, **k: its[:6])
         pool = make_pool(fake.url)
         report = run_evaluation(cfg, run_dir=tmp_path / "run", limit=6, pool=pool)
         asked = {r.user for r in fake.requests_for("evaluate")}

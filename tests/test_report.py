@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from agora_cli.cli import app
 from agora_cli.config import config_from_dict, dump_config
 from agora_cli.evaluation.report import build_report
-from agora_cli.evaluation.stats import wilson
 from agora_cli.paths import RunPaths
+from agora_cli.stats import wilson
 from agora_cli.store import Store
 
 MEMBERS = ["a", "b", "c"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from agora_cli.evaluation.evaluate import MAJORITY, ItemResult
 from agora_cli.evaluation.report import build_report
-from agora_cli.evaluation.stats import mcnemar_exact, wilson
 from agora_cli.paths import RunPaths
+from agora_cli.stats import mcnemar_exact, wilson
 from tests.test_report import MEMBERS, _sidecar, make_run
 
 ITEMS = [f"gsm8k_test/{i}" for i in range(16)]

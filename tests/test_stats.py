@@ -1,10 +1,10 @@
-"""The statistics module against known values (agora_cli/evaluation/stats.py)."""
+"""The statistics module against known values (agora_cli/stats.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agora_cli.evaluation.stats import (
+from agora_cli.stats import (
     interval_text,
     mcnemar_exact,
     paired_binary,
@@ -98,7 +98,7 @@ def test_clopper_pearson_and_the_rate_ratio_of_two_counts():
     """Known exact intervals (16/20: [0.563, 0.943]; 0/10: [0, 0.308]), and the rate ratio of
     validated samples over step time: equal rates give 1 with p = 1; swapping the runs inverts
     the ratio and its interval; 16 samples in 432 s against 4 in 746 s is 6.9x [2.2, 28.4]."""
-    from agora_cli.evaluation.stats import clopper_pearson, count_ratio
+    from agora_cli.stats import clopper_pearson, count_ratio
 
     assert clopper_pearson(16, 20) == pytest.approx((0.5634, 0.9427), abs=1e-4)
     assert clopper_pearson(0, 10) == pytest.approx((0.0, 0.3085), abs=1e-4)

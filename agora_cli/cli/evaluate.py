@@ -10,8 +10,8 @@ from rich.table import Table
 from agora_cli.cli.app import app, console
 from agora_cli.config import load_config
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.stats import PairedBinary, rate_text, significance_text, successes
 from agora_cli.events import EventBus
+from agora_cli.stats import PairedBinary, rate_text, significance_text, successes
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -163,7 +163,7 @@ def ablate(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs without running them."),
 ) -> None:
     """Table 2: full AGORA and each ablation switch off, over seeds; Markdown + CSV table."""
-    from agora_cli.evaluation import ablate as ab
+    from agora_cli import ablate as ab
 
     base = load_config(config, overrides or [])
     out = out or Path("runs") / f"{base.name}-ablate"

@@ -15,7 +15,7 @@ import asyncio
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Config
-from agora_cli.evaluation.benchmarks import calibration_name, calibration_set
+from agora_cli.datasets import calibration_name, calibration_set
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.scoring import (
     MAJORITY,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
 from agora_cli.evaluation.plots import Data, _empty, _save, plt
-from agora_cli.evaluation.stats import rate_text, wilson
+from agora_cli.stats import rate_text, wilson
 from agora_cli.store import Store
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Config, Sampling
+from agora_cli.datasets import Item
 from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.benchmarks import Item
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.scoring import (
     MAJORITY,
@@ -38,10 +38,10 @@ from agora_cli.evaluation.scoring import (
     greedy_sampling,
     majority_rows,
 )
-from agora_cli.evaluation.stats import PairedBinary, paired_binary, successes, wilson
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
+from agora_cli.stats import PairedBinary, paired_binary, successes, wilson
 from agora_cli.training.round_store import live_versions
 
 # --------------------------------------------------------------------------- the results file
@@ -281,7 +281,7 @@ def without_elite_text(
     """(items kept, items removed): an item is removed when its normalised problem text occurs
     anywhere in an elite example (problem, solution or explanation). Elite problems were written by
     the run's generators, so none should; a model can still copy a seed or a benchmark problem."""
-    from agora_cli.evaluation.benchmarks import normalize_text
+    from agora_cli.datasets import normalize_text
 
     blob = "\n".join(normalize_text(" ".join(v or "" for v in ex.values())) for ex in examples)
     kept, removed = [], []
@@ -404,7 +404,7 @@ def run_evaluation(
     (`report.elite`, `report.paired`, and comparison.json there). Items whose text is in H_t are
     left out of both arms (`report.elite_removed`).
     """
-    from agora_cli.evaluation.benchmarks import calibration_set, subset, without_calibration
+    from agora_cli.datasets import calibration_set, subset, without_calibration
     from agora_cli.evaluation.user_data import load_spec
     from agora_cli.paths import RunPaths
 

@@ -18,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from agora_cli.evaluation.stats import successes, wilson  # noqa: E402
 from agora_cli.protocol.majority import MAJORITY  # noqa: E402
+from agora_cli.stats import successes, wilson  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
 
 Data = dict[str, Any]

@@ -27,7 +27,8 @@ import yaml
 from agora_cli.errors import EvaluationError
 from agora_cli.evaluation import plots
 from agora_cli.evaluation.audit_report import audit_section
-from agora_cli.evaluation.stats import (
+from agora_cli.paths import RunPaths
+from agora_cli.stats import (
     PairedBinary,
     PairedMeans,
     interval_text,
@@ -39,7 +40,6 @@ from agora_cli.evaluation.stats import (
     successes,
     wilson,
 )
-from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 
 MAJORITY = plots.MAJORITY

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Sampling
-from agora_cli.evaluation.benchmarks import CHOICE, Item
+from agora_cli.datasets import CHOICE, Item
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.user_data import chosen_letter
 from agora_cli.protocol.answers import extract_answer

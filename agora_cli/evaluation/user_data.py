@@ -22,8 +22,7 @@ import random
 import re
 from pathlib import Path
 
-from agora_cli.errors import EvaluationError
-from agora_cli.evaluation.benchmarks import (
+from agora_cli.datasets import (
     BENCHMARK_FILES,
     CHOICE,
     SEED_POOL_FILES,
@@ -31,6 +30,7 @@ from agora_cli.evaluation.benchmarks import (
     Item,
     load_benchmark,
 )
+from agora_cli.errors import EvaluationError
 from agora_cli.protocol.answers import extract_answer
 
 GPQA = "gpqa"

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from agora_cli.config import Config
-from agora_cli.evaluation.benchmarks import load_seed_pool as pool_items
-from agora_cli.evaluation.benchmarks import normalize_text
+from agora_cli.datasets import load_seed_pool as pool_items
+from agora_cli.datasets import normalize_text
 from agora_cli.protocol.common import REQUEST_ERRORS, chat_role
 from agora_cli.protocol.types import Ctx, GeneratedProblem
 
@@ -126,7 +126,7 @@ def choose_generators(members: list[str], cfg: Config, rng: Any) -> list[str]:
 
 def load_seed_pool(name: str) -> list[dict]:
     """Rows (id, problem, answer) of the seed pool `name`: its training file minus the held-out
-    calibration slice (`evaluation.benchmarks`), so generators never see a calibration item."""
+    calibration slice (`agora_cli.datasets`), so generators never see a calibration item."""
     return [{"id": it.id, "problem": it.problem, "answer": it.answer} for it in pool_items(name)]
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agora_cli.evaluation.stats import wilson_lower
 from agora_cli.protocol.common import REQUEST_ERRORS, chat_role
 from agora_cli.protocol.types import Ctx, EliteExample
+from agora_cli.stats import wilson_lower
 
 
 def indicator(correct: bool, mu_author: float, mean_mu: float) -> bool:

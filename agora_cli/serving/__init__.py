@@ -30,47 +30,29 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from agora_cli.client import ClientPool, MemberLimits
-from agora_cli.config import (
-    Config,
-    OpenAIBackend,
-    SGLangBackend,
-    TransformersBackend,
-    VLLMBackend,
-)
+from agora_cli.config import Config
 from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
+
+# Each backend module registers its builder when imported (serving/registry.py).
+from agora_cli.serving import openai_compat, sglang, transformers, vllm  # noqa: F401
 from agora_cli.serving.base import ServingBackend
-from agora_cli.serving.openai_compat import OpenAIServing
 from agora_cli.serving.process import kill_all
-from agora_cli.serving.sglang import SGLangServing
-from agora_cli.serving.transformers import TransformersServing
-from agora_cli.serving.vllm import VLLMServing
+from agora_cli.serving.registry import builder_for
 
 __all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend", "serving_pool"]
 log = logging.getLogger("agora")
 
 
-def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = NULL_BUS) -> Any:
+def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = NULL_BUS) -> ServingBackend:
     """The backend instance for `cfg.backends[name]` and the members it serves."""
     spec = cfg.backends[name]
     members = [m for m in cfg.members if m.backend == name]
-    if isinstance(spec, TransformersBackend):
-        warm = next((m.sampling for m in members if m.sampling), None)
-        return TransformersServing(
-            name, spec, members, run_paths, bus, warm_sampling=warm or cfg.protocol.sampling.solve
-        )
-    if isinstance(spec, SGLangBackend):
-        return SGLangServing(name, spec, members, run_paths, bus)
-    if isinstance(spec, VLLMBackend):
-        return VLLMServing(name, spec, members, run_paths, bus)
-    if isinstance(spec, OpenAIBackend):
-        return OpenAIServing(name, spec, members, run_paths, bus)
-    raise ServerError(f"backend {name!r} has unknown kind {spec.kind!r}")  # pragma: no cover
+    return builder_for(name, spec)(name, spec, members, run_paths, bus, cfg)
 
 
 class Serving:

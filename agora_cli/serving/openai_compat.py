@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agora_cli.config import Member, OpenAIBackend
+from agora_cli.config import Config, Member, OpenAIBackend
 from agora_cli.endpoint import NO_KEY, Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.serving.keys import api_key, bearer
 from agora_cli.serving.process import http
+from agora_cli.serving.registry import register
 
 
 class OpenAIServing:
@@ -84,3 +85,11 @@ class OpenAIServing:
         key = f"key from ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no key"
         models = ", ".join(f"{m.name}={m.model}" for m in self.members.values())
         return [f"{self.cfg.base_url} (OpenAI-compatible, {key}): {models}"]
+
+
+@register(OpenAIBackend)
+def build(
+    name: str, spec: OpenAIBackend, members: list[Member], run_paths: RunPaths, bus: EventBus, config: Config
+) -> OpenAIServing:
+    """The `openai` backend named `name` (registered in serving/registry.py)."""
+    return OpenAIServing(name, spec, members, run_paths, bus)

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from agora_cli.config import (
+    Config,
     Member,
     SGLangBackend,
     _template_path,
@@ -34,10 +35,13 @@ from agora_cli.config import (
     sglang_memory_plan,
 )
 from agora_cli.errors import ServerError
+from agora_cli.events import EventBus
 from agora_cli.lora_names import unsupported
+from agora_cli.paths import RunPaths
 from agora_cli.serving.keys import api_key, bearer
 from agora_cli.serving.lora_server import LoraApi, LoraServing
 from agora_cli.serving.process import http
+from agora_cli.serving.registry import register
 
 # SGLang's runtime-LoRA API (`http_server.py`, `lora_manager.py`): `model: "<base>:<lora_name>"`.
 SGLANG_LORA = LoraApi(
@@ -187,3 +191,11 @@ def check_adapter(adapter_dir: Path, cfg: SGLangBackend, member: str) -> None:
             f"adapter of {member!r} has rank {peft.get('r')} above the server's --max-lora-rank "
             f"{cfg.max_lora_rank}; lower training.r or raise max_lora_rank"
         )
+
+
+@register(SGLangBackend)
+def build(
+    name: str, spec: SGLangBackend, members: list[Member], run_paths: RunPaths, bus: EventBus, config: Config
+) -> SGLangServing:
+    """The `sglang` backend named `name` (registered in serving/registry.py)."""
+    return SGLangServing(name, spec, members, run_paths, bus)

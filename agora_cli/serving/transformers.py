@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from agora_cli.config import Member, Sampling, TransformersBackend
+from agora_cli.config import Config, Member, Sampling, TransformersBackend
 from agora_cli.endpoint import Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
@@ -39,6 +39,7 @@ from agora_cli.models import prepare
 from agora_cli.paths import RunPaths
 from agora_cli.serving.merge import merge_in_subprocess
 from agora_cli.serving.process import ServerProcess, free_port, http, is_healthy
+from agora_cli.serving.registry import register
 
 
 @dataclass
@@ -360,3 +361,20 @@ def _planned_path(member: Member) -> str:
 
     path = cached_path(member)
     return str(path) if path else f"<prepared {member.model}>"
+
+
+@register(TransformersBackend)
+def build(
+    name: str,
+    spec: TransformersBackend,
+    members: list[Member],
+    run_paths: RunPaths,
+    bus: EventBus,
+    config: Config,
+) -> TransformersServing:
+    """The `transformers` backend named `name` (registered in serving/registry.py)."""
+    # Warm-up requests use a member's own sampling when one sets it, else the solve stage's.
+    warm = next((m.sampling for m in members if m.sampling), None)
+    return TransformersServing(
+        name, spec, members, run_paths, bus, warm_sampling=warm or config.protocol.sampling.solve
+    )

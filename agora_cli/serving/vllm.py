@@ -27,11 +27,13 @@ import os
 import sys
 from pathlib import Path
 
-from agora_cli.config import VLLMBackend, chat_template_text
+from agora_cli.config import Config, Member, VLLMBackend, chat_template_text
 from agora_cli.errors import ServerError
-from agora_cli.paths import REPO_DIR
+from agora_cli.events import EventBus
+from agora_cli.paths import REPO_DIR, RunPaths
 from agora_cli.serving.lora_server import LoraApi, LoraServing, slug
 from agora_cli.serving.process import is_healthy
+from agora_cli.serving.registry import register
 
 VLLM_LORA = LoraApi(
     engine="vLLM",
@@ -171,3 +173,11 @@ class VLLMServing(LoraServing):
     def _ready(self, url: str) -> bool:
         """vLLM's `/health` answers without generating."""
         return is_healthy(url)
+
+
+@register(VLLMBackend)
+def build(
+    name: str, spec: VLLMBackend, members: list[Member], run_paths: RunPaths, bus: EventBus, config: Config
+) -> VLLMServing:
+    """The `vllm` backend named `name` (registered in serving/registry.py)."""
+    return VLLMServing(name, spec, members, run_paths, bus)

@@ -22,8 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agora_cli.audit import CONSENSUS, Counts
-from agora_cli.evaluation.stats import fraction_text, rate_text, short_rate
 from agora_cli.events import Event
+from agora_cli.stats import fraction_text, rate_text, short_rate
 
 PHASES = ["generate", "solve", "verify", "vote", "explain", "commit"]
 

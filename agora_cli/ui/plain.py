@@ -10,8 +10,8 @@ import sys
 from typing import TextIO
 
 from agora_cli.audit import CONSENSUS
-from agora_cli.evaluation.stats import fraction_text, rate_text
 from agora_cli.events import Event
+from agora_cli.stats import fraction_text, rate_text
 
 
 def _f(x: object, fmt: str = ".3f") -> str:

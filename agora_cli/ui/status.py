@@ -16,9 +16,9 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
-from agora_cli.evaluation.stats import fraction_text, rate_text
 from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
+from agora_cli.stats import fraction_text, rate_text
 from agora_cli.steps import (
     NOT_PROBE,
     generation_counts,

