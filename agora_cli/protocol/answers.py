@@ -1,34 +1,68 @@
-"""Final-answer extraction and cheap answer equality.
+"""The one answer grader: a reply's final answer, and whether two answers are the same.
 
-Used where the protocol needs an answer without ground truth: a solution with no extractable answer
-is a failed attempt, and isolated mode's self-consistency majority compares answers with
-`answers_match`. Benchmark grading uses math-verify instead (agora_cli.evaluation).
+Every place that compares an answer with another goes through `grade` (a reply or an extracted
+answer against a gold answer) or `answers_match` (two extracted answers): member pass@1 and
+`@majority` in `agora eval` and the anchor, the consensus audit's probes, and the isolated
+control's self-consistency grouping. One rule, so a majority can never be credited where every
+member was graded wrong, and two samples that agree are never split by spelling.
+
+The rule, in order:
+
+1. **The final answer** (`extract_answer`): whichever comes last in the reply, the last
+   `\\boxed{}` or the last stated answer ("the final answer is", "the answer is", "answer:",
+   "####"); a reply that corrects itself is graded by what it settled on, never by the set of
+   everything it boxed. A short one-line reply is its own answer; otherwise the last number of
+   the last lines.
+2. **Normalisation** (`canonical`): markup (`$`, `\\text{}`, `\\left`, `\\!`), thousands
+   separators (`1,000`, `1{,}000`, `1 000 000`), currency and trailing unit words (`18 dollars`),
+   degrees, a leading `x =`, spaced signs (`- 2`); `%` marks a percentage.
+3. **Structure**: a set `\\{..\\}` or an unbracketed list (`2, 3`, `x = 2 or x = -3`) compares
+   unordered; a tuple or an interval `(a, b]` compares in order, brackets included; unions in order.
+4. **Values**: each part is evaluated (`_Expr`): numbers, `\\frac12`, `1/2`, `0.5`, `\\sqrt`,
+   `\\pi`, powers and scientific notation (`1.5 \\times 10^{3}`), single-letter variables. Two
+   exact values compare exactly (so 0.333 is not 1/3), irrational ones to 1e-9 relative, and
+   expressions in variables at three fixed rational points. A percentage equals its number or its
+   number / 100. A part that is not a formula compares as case-folded text.
+5. **Symbolic fallback**: only where a part could not be read as a value, `grade` may ask a
+   `symbolic(a, b)` callable (math-verify, on the two final answers only). It runs only inside the
+   grader's worker processes (`agora_cli.evaluation.grading`), which enforce a hard deadline;
+   in-process callers (the self-consistency grouping) skip it, and so compare such parts as text.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
+
+Symbolic = Callable[[str, str], bool]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-# Fallbacks, most explicit first. Each captures the rest of the line after its cue.
+# A number as prose writes it: thousands groups (comma, space, LaTeX's {,}), a spaced sign.
+_DIGITS = r"(?:\d{1,3}(?:(?:,|\{,\}|\\,| |\\ )\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+"
+_NUMBER = re.compile(rf"[-−]?\s?(?:{_DIGITS})")  # at the start of an answer: `- 2` is -2
+_NUMBER_IN_TEXT = re.compile(rf"[-−]?(?:{_DIGITS})")  # in prose, `8 - 3` ends in 3
+# Cues of a stated answer, most explicit first; each captures the rest of its line.
 _CUES = [
-    re.compile(r"final\s+answer\s*(?:is|:|=)[ \t:]*(.+)", re.IGNORECASE),
-    re.compile(r"\bthe\s+answer\s+is[ \t:]*(.+)", re.IGNORECASE),
-    re.compile(r"\banswer\s*[:=][ \t]*(.+)", re.IGNORECASE),
-    re.compile(r"^[ \t]*####[ \t]*(.+)", re.MULTILINE),
+    re.compile(r"final\s+answer\s*(?:is|:|=)[ \t:]*(.*)", re.IGNORECASE),
+    re.compile(r"\bthe\s+answer\s+is[ \t:]*(.*)", re.IGNORECASE),
+    re.compile(r"\banswer\s*[:=][ \t]*(.*)", re.IGNORECASE),
+    re.compile(r"^[ \t]*####[ \t]*(.*)", re.MULTILINE),
 ]
-_MAX_ANSWER_CHARS = 60  # longer than this is prose, not an answer
+_MAX_ANSWER_CHARS = 60  # a stated "answer" longer than this is prose
 _LAST_LINES = 3
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every \\boxed{...}, matching nested braces; unterminated ones are skipped.
+# --------------------------------------------------------------------------- extraction
 
-    One pass pairs every brace (a stack), so a reply full of unterminated `\\boxed{` stays linear.
-    """
+
+def _boxed_spans(text: str) -> list[tuple[int, str]]:
+    """(position, contents) of every \\boxed{...}, matching nested braces; unterminated ones are
+    skipped. One pass pairs every brace (a stack), so a reply full of unterminated `\\boxed{`
+    stays linear."""
     starts = [m.end() - 1 for m in _BOXED.finditer(text)]  # index of each boxed's "{"
     if not starts:
         return []
@@ -39,95 +73,501 @@ def _boxed_contents(text: str) -> list[str]:
             stack.append(m.start())
         elif stack:
             closing[stack.pop()] = m.start()
-    return [text[o + 1 : closing[o]] for o in starts if o in closing]
+    return [(o, text[o + 1 : closing[o]]) for o in starts if o in closing]
 
 
 def normalize_answer(ans: str) -> str:
-    """Strip markup around an answer: $, \\$, \\text{}, trailing '.', thousands commas."""
+    """Strip markup around an answer: $, \\$, \\text{}, bold, a trailing '.', thousands commas."""
     s = ans.strip()
     s = re.sub(r"^\*+|\*+$", "", s).strip()  # markdown bold
-    s = s.replace("\\$", "").replace("$", "").replace("\\!", "").replace("\\,", "")
-    s = re.sub(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,000 -> 1000
-    s = s.strip().rstrip(".").strip()
-    return s
+    s = s.replace("\\$", "").replace("$", "").replace("\\!", "").replace("{,}", ",")
+    s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"(?<=\d)(?:,|\\,)(?=\d{3}\b)", "", s)  # 1,000 -> 1000
+    s = s.replace("\\,", " ").replace("−", "-")
+    return s.strip().rstrip(".").strip()
+
+
+def _number_with_units(s: str) -> str | None:
+    """`18 dollars` -> `18`: a leading number followed only by unit words, else None."""
+    m = _NUMBER.match(s)
+    if m and re.fullmatch(_UNITS, s[m.end() :]):
+        return m.group(0).strip()
+    return None
 
 
 def _from_cue(captured: str) -> str | None:
-    """The answer inside a cue's line: a leading number, else a short phrase, else nothing."""
+    """The answer stated after a cue: a box in it, else the phrase up to the sentence's end."""
     s = captured.strip()
-    inner = _boxed_contents(s)
-    if inner:
-        return inner[-1]
-    s = re.sub(r"^[\s*:$\\]+", "", s)
-    num = _NUMBER.match(s.replace("$", ""))
-    if num:
-        return num.group(0)
-    s = re.split(r"(?<!\d)\.(?!\d)|[;\n]", s, maxsplit=1)[0]
-    return s if 0 < len(s.strip()) <= _MAX_ANSWER_CHARS else None
+    boxed = [b for _, b in _boxed_spans(s) if b.strip()]
+    if boxed:
+        return boxed[-1]
+    s = re.sub(r"^[\s*:]+", "", s)
+    s = re.split(r"(?<![\d\\])\.(?!\d)|;|\n", s, maxsplit=1)[0].strip()
+    s = normalize_answer(s)
+    if not s:
+        return None
+    unit = _number_with_units(s)
+    if unit is not None:
+        return unit
+    if len(s) <= _MAX_ANSWER_CHARS:
+        return s
+    num = _NUMBER.match(s)
+    return num.group(0) if num else None
+
+
+def _whole_line_answer(text: str) -> str | None:
+    """A one-line reply that is itself an answer (`\\frac{1}{2}`, `x = 5`, `[2,5)`, `Monday`):
+    it reads as values throughout, or it is a single word."""
+    s = normalize_answer(text)
+    if not s or "\n" in s or len(s) > _MAX_ANSWER_CHARS or _BOXED.search(s) or s.count("{") != s.count("}"):
+        return None  # an unterminated box is no answer
+    unit = _number_with_units(s)
+    if unit is not None:
+        return unit
+    if " " not in s.strip() or all(p.kind != "text" for p in canonical(s).parts):
+        return s
+    return None
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer of a solution, normalised; None when nothing sensible is there.
+    """The final answer of a reply, lightly normalised; None when nothing sensible is there.
 
-    Order: the last \\boxed{...} (nested braces); then 'final answer is X', 'the answer is X',
-    'answer: X', '#### X' (the last occurrence of the first cue that appears); then the last number
-    in the last few non-empty lines.
+    The last of: every \\boxed{...} and every stated answer ('final answer is X', 'the answer is
+    X', 'answer: X', '#### X'), by position, so a correction after a box wins; else a one-line
+    reply that is an answer by itself; else the last number in the last few non-empty lines.
+    Idempotent: the answer of an extracted answer is itself.
     """
     if not text or not text.strip():
         return None
-    boxed = [b for b in _boxed_contents(text) if b.strip()]
-    if boxed:
-        return normalize_answer(boxed[-1]) or None
+    found: list[tuple[int, str]] = [(pos, b) for pos, b in _boxed_spans(text) if b.strip()]
     for cue in _CUES:
-        found = list(cue.finditer(text))
-        if found:
-            ans = _from_cue(found[-1].group(1))
-            if ans is not None and normalize_answer(ans):
-                return normalize_answer(ans)
+        for m in cue.finditer(text):
+            if _boxed_spans(m.group(1)):
+                continue  # the box inside the cue's line is already a candidate
+            ans = _from_cue(m.group(1))
+            if ans is not None:
+                found.append((m.start(1), ans))
+    if found:
+        found.sort(key=lambda f: f[0])
+        return normalize_answer(found[-1][1]) or None
+    whole = _whole_line_answer(text)
+    if whole is not None:
+        return whole
     lines = [line for line in text.strip().splitlines() if line.strip()][-_LAST_LINES:]
-    numbers = _NUMBER.findall("\n".join(lines))
+    numbers = _NUMBER_IN_TEXT.findall("\n".join(lines))
     if numbers:
-        return normalize_answer(numbers[-1]) or None
+        return normalize_answer(numbers[-1].replace(" ", "")) or None
     return None
 
 
-def _as_number(s: str) -> Fraction | None:
-    s = s.replace(",", "").replace(" ", "")
-    m = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}", s)
-    if m:
-        s = f"{m.group(1)}/{m.group(2)}"
-    try:
-        if re.fullmatch(r"-?\d+/-?\d+", s):
-            num, den = s.split("/")
-            return Fraction(int(num), int(den)) if int(den) else None
-        m = re.fullmatch(r"-?(\d+\.?\d*|\.\d+)(?:e(-?\d+))?", s, re.IGNORECASE)
-        if m:
-            # A model can write \boxed{1e99999999}: as an exact Fraction that takes minutes and
-            # gigabytes, so such "numbers" compare as text.
-            if m.group(2) and abs(int(m.group(2))) > 1000:
-                return None
-            return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return None
+# --------------------------------------------------------------------------- normalisation
+
+# Unit words after a number: letters (and `^2`), spaces, `per`, `/`. A single letter glued to
+# the number (`2x`) is a variable, not a unit, so a unit needs a space or two letters.
+_UNITS = r"(?:\s*(?:[A-Za-z]{2,}|\s[A-Za-z])[A-Za-z]*(?:\^\{?\d\}?)?\.?(?:\s*/\s*[A-Za-z]+)?)+\s*"
+_CLEAN = [
+    (re.compile(r"\\(?:left|right|displaystyle|bigl|bigr|Bigl|Bigr|big|Big)(?![A-Za-z])"), ""),
+    (re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}"), r"\1"),
+    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree"), ""),
+    (re.compile(r"\\[dt]frac"), r"\\frac"),
+    (re.compile(r"\\(?:!|;|:|quad|qquad)"), " "),
+    (re.compile(r"\\%"), "%"),
+    (re.compile(r"\\\$|\$|[€£¥]"), ""),
+    (re.compile(r"[−–]"), "-"),
+    (re.compile(r"\{,\}|\\,(?=\d{3})"), ","),
+    (re.compile(r"\\,|~|\\ "), " "),
+]
+# `[1,100]` is an interval, not 1100: no thousands directly after an opening bracket.
+_THOUSANDS = re.compile(r"(?<![\d.,(\[])(\d{1,3})((?:[, ]\d{3})+)(?!\d)")
+# Unit words after a value (`1500 meters`, `\frac{1}{2} cup`): a word of two letters or more is
+# never a formula here (variables are single letters).
+_TRAILING_WORDS = re.compile(r"(?<=[\d}).%])\s*[A-Za-z]{2,}[A-Za-z\s/^{}\d.]*$")
+_NAME = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)\s*")
+_SEPARATORS = re.compile(r"\s*(?:,|;|\\text\{\s*(?:and|or)\s*\}|\s(?:and|or)\s)\s*")
 
 
-def _canonical(s: str) -> str:
-    s = normalize_answer(s).lower()
-    s = re.sub(r"\\left|\\right|\s+", "", s)
-    return s
+def _clean(s: str) -> str:
+    s = s.strip()
+    for pattern, repl in _CLEAN:
+        s = pattern.sub(repl, s)
+    s = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"[, ]", "", m.group(2)), s)
+    return s.strip().rstrip(".").strip()
 
 
-def answers_match(a: str, b: str) -> bool:
-    """Cheap normalised equality: numbers compare by value (1,000 == 1000 == 1000.0 == \\frac{2}{2}
-    * 1000), everything else by canonical text (case, spaces, $ and \\text{} ignored)."""
-    if a is None or b is None:
+def _split_top(s: str, sep: re.Pattern[str]) -> list[str]:
+    """`s` split on `sep` outside brackets and braces."""
+    parts, depth, last, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0:
+            m = sep.match(s, i)
+            if m and m.end() > i:
+                parts.append(s[last:i])
+                last = i = m.end()
+                continue
+        i += 1
+    parts.append(s[last:])
+    return [p.strip() for p in parts]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of an answer: a value (possibly a percentage), an interval or tuple, or text."""
+
+    kind: str  # "value" | "text" | "bracket"
+    text: str  # case-folded, spaces and braces removed (how text parts compare)
+    name: str = ""  # `x` of `x = 5` (a part without a name matches any name)
+    value: _Value | None = None
+    percent: bool = False
+    inner: tuple[Part, ...] = ()  # a bracket's parts, in order
+    brackets: str = ""  # a bracket's opening and closing characters, e.g. "[)"
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """An answer normalised for comparison: its parts and how they compare."""
+
+    parts: tuple[Part, ...]
+    ordered: bool  # True: a single part, a union of intervals; False: a set or a list
+
+
+def _text_key(s: str) -> str:
+    return re.sub(r"[\s{}]|\\(?=[,;!])", "", s).lower()
+
+
+def _part(s: str) -> Part:
+    named = _NAME.match(s)
+    name = named.group(0).split("=")[0].strip().lower() if named else ""  # `X = 3` is `x = 3`
+    s = s[named.end() :].strip() if named else s.strip()
+    s = _TRAILING_WORDS.sub("", s).strip() or s
+    key = _text_key(s)
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
+        inner = _split_top(s[1:-1], re.compile(r"\s*,\s*"))
+        if len(inner) >= 2:
+            return Part("bracket", key, name, inner=tuple(_part(p) for p in inner), brackets=s[0] + s[-1])
+    percent = s.endswith("%")
+    body = s[:-1].strip() if percent else s
+    value = _Expr.parse(body)
+    if value is None:
+        return Part("text", key, name)
+    return Part("value", key, name, value=value, percent=percent)
+
+
+def canonical(answer: str) -> Canonical:
+    """`answer` (an extracted final answer, or a gold answer) normalised into comparable parts."""
+    s = _clean(normalize_answer(answer))
+    m = re.fullmatch(r"\\\{(.*)\\\}", s)
+    if m:  # a set: unordered
+        return Canonical(tuple(_part(p) for p in _split_top(m.group(1), re.compile(r"\s*,\s*"))), False)
+    unions = _split_top(s, re.compile(r"\s*(?:\\cup|∪)\s*"))
+    if len(unions) > 1:
+        return Canonical(tuple(_part(p) for p in unions), True)
+    parts = [p for p in _split_top(s, _SEPARATORS) if p]
+    if len(parts) > 1:
+        return Canonical(tuple(_part(p) for p in parts), False)
+    return Canonical((_part(s),), True)
+
+
+# --------------------------------------------------------------------------- values
+
+_Value = tuple  # ("exact", Fraction) | ("float", float) | ("fn", (values at the probe points))
+_MAX_BITS = 4096  # an exact value larger than this is not compared (e.g. a power tower)
+_POINTS = (Fraction(3, 7), Fraction(-5, 3), Fraction(11, 2))  # where expressions in x are compared
+_FUNCS = {"\\frac", "\\sqrt", "\\pi", "\\infty", "\\times", "\\cdot", "\\div"}
+_TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[A-Za-z]+|[A-Za-z]+|\S)")
+
+
+class _Fail(Exception):
+    pass
+
+
+class _Expr:
+    """A small evaluator for the arithmetic answers take: exact rationals where it can, floats
+    (irrationals), or the expression's values at `_POINTS` when it has variables. Anything else
+    (functions, \\pm, matrices) fails, and the part compares as text."""
+
+    def __init__(self, tokens: list[str], point: Fraction | None, names: set[str]):
+        self.toks, self.i, self.point, self.names = tokens, 0, point, names
+
+    @staticmethod
+    def parse(s: str) -> _Value | None:
+        tokens: list[str] = []
+        pos = 0
+        while pos < len(s):
+            m = _TOKEN.match(s, pos)
+            if not m:
+                break
+            tokens.append(m.group(1))
+            pos = m.end()
+        if not tokens or any(t.startswith("\\") and t not in _FUNCS for t in tokens):
+            return None
+        names: set[str] = set()
+        try:
+            first = _Expr(list(tokens), _POINTS[0], names).run()
+            if not names:
+                return first
+            # Variables: the value at each probe point (one variable name set per answer).
+            values = tuple(_Expr(list(tokens), p, set()).run() for p in _POINTS)
+            return ("fn", (tuple(sorted(names)), values))
+        except (_Fail, ZeroDivisionError, OverflowError, ValueError):
+            return None
+
+    def run(self) -> _Value:
+        v = self.expr()
+        if self.i != len(self.toks):
+            raise _Fail
+        return v
+
+    def peek(self) -> str | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, want: str | None = None) -> str:
+        t = self.peek()
+        if t is None or (want is not None and t != want):
+            raise _Fail
+        self.i += 1
+        return t
+
+    def expr(self) -> _Value:
+        v = self.term()
+        while self.peek() in ("+", "-"):
+            op = self.take()
+            w = self.term()
+            v = _arith(v, w, op)
+        return v
+
+    def term(self) -> _Value:
+        v = self.unary()
+        while True:
+            t = self.peek()
+            if t in ("*", "/", "\\times", "\\cdot", "\\div"):
+                self.take()
+                v = _arith(v, self.unary(), "/" if t in ("/", "\\div") else "*")
+            elif (
+                t is not None
+                and (t[0].isdigit() or t[0] == "." or t.isalpha() or t in ("(", "{"))
+                or t
+                in (
+                    "\\frac",
+                    "\\sqrt",
+                    "\\pi",
+                )
+            ):
+                # Juxtaposition: 2\sqrt{2}, 3x; a whole number before \frac is a mixed number.
+                mixed = (
+                    t == "\\frac" and v[0] == "exact" and v[1].denominator == 1 and self._last_was_number()
+                )
+                w = self.power()
+                v = _arith(v, w, "+" if mixed else "*")
+            else:
+                return v
+
+    def _last_was_number(self) -> bool:
+        return (
+            self.i > 0 and self.toks[self.i - 1][0].isdigit() and (self.i < 2 or self.toks[self.i - 2] != "^")
+        )
+
+    def unary(self) -> _Value:
+        if self.peek() == "-":
+            self.take()
+            return _arith(("exact", Fraction(0)), self.unary(), "-")
+        if self.peek() == "+":
+            self.take()
+            return self.unary()
+        return self.power()
+
+    def power(self) -> _Value:
+        base = self.atom()
+        if self.peek() == "^":
+            self.take()
+            exp = self.unary() if self.peek() in ("-", "+") else self.atom(single_digit=False)
+            return _pow(base, exp)
+        return base
+
+    def arg(self) -> _Value:
+        """A macro argument: a {group} or a single character (`\\frac12`)."""
+        t = self.peek()
+        if t is not None and t[0].isdigit() and len(t) > 1:
+            self.toks[self.i] = t[1:]  # `\frac12`: the argument is the first digit only
+            return ("exact", Fraction(int(t[0])))
+        return self.atom()
+
+    def atom(self, single_digit: bool = False) -> _Value:
+        t = self.take()
+        if t in ("(", "{", "["):
+            v = self.expr()
+            self.take({"(": ")", "{": "}", "[": "]"}[t])
+            return v
+        if t[0].isdigit() or t[0] == ".":
+            return ("exact", Fraction(t)) if abs(_exponent(t)) <= 1000 else _fail()
+        if t == "\\frac":
+            num = self.arg()
+            return _arith(num, self.arg(), "/")
+        if t == "\\sqrt":
+            index: _Value = ("exact", Fraction(2))
+            if self.peek() == "[":
+                self.take()
+                index = self.expr()
+                self.take("]")
+            return _pow(self.arg(), _arith(("exact", Fraction(1)), index, "/"))
+        if t == "\\pi":
+            return ("float", math.pi)
+        if t == "\\infty":
+            return ("float", math.inf)
+        if len(t) == 1 and t.isalpha():  # a variable; a longer word is prose
+            self.names.add(t)
+            return ("exact", self.point if self.point is not None else _POINTS[0])
+        raise _Fail
+
+
+def _fail() -> _Value:
+    raise _Fail
+
+
+def _exponent(t: str) -> int:
+    m = re.search(r"[eE]([-+]?\d+)$", t)
+    return int(m.group(1)) if m else 0
+
+
+def _arith(a: _Value, b: _Value, op: str) -> _Value:
+    if a[0] == "exact" and b[0] == "exact":
+        x, y = a[1], b[1]
+        r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y, "/": lambda: x / y}[op]()
+        return _checked(r)
+    x, y = float(a[1]), float(b[1])
+    r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y, "/": lambda: x / y}[op]()
+    if math.isnan(r):
+        raise _Fail
+    return ("float", r)
+
+
+def _checked(r: Fraction) -> _Value:
+    if r.numerator.bit_length() > _MAX_BITS or r.denominator.bit_length() > _MAX_BITS:
+        raise _Fail
+    return ("exact", r)
+
+
+def _pow(base: _Value, exp: _Value) -> _Value:
+    if exp[0] == "exact" and exp[1].denominator == 1 and base[0] == "exact":
+        e = int(exp[1])
+        bits = max(base[1].numerator.bit_length(), base[1].denominator.bit_length())
+        if bits * abs(e) > _MAX_BITS:
+            raise _Fail
+        return _checked(base[1] ** e)
+    if (
+        base[0] == "exact"
+        and exp[0] == "exact"
+        and base[1] >= 0
+        and exp[1].denominator <= 64
+        and abs(exp[1].numerator) <= 64
+    ):
+        # A rational root that comes out exact (\sqrt{9/4} = 3/2) stays exact.
+        root = Fraction(round(float(base[1]) ** float(exp[1]) * 10**9), 10**9)
+        if root ** exp[1].denominator == base[1] ** exp[1].numerator:
+            return ("exact", root)
+    b, e = float(base[1]), float(exp[1])
+    if b < 0 and e != int(e):
+        raise _Fail
+    return ("float", math.pow(b, e))
+
+
+def _values_equal(a: _Value, b: _Value) -> bool:
+    if a[0] == "fn" or b[0] == "fn":
+        if a[0] != "fn" or b[0] != "fn" or a[1][0] != b[1][0]:
+            return False
+        return all(_values_equal(x, y) for x, y in zip(a[1][1], b[1][1], strict=True))
+    if a[0] == "exact" and b[0] == "exact":
+        return a[1] == b[1]
+    x, y = float(a[1]), float(b[1])
+    if math.isinf(x) or math.isinf(y):
+        return x == y
+    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _parts_equal(a: Part, b: Part) -> bool:
+    if a.name and b.name and a.name != b.name:
         return False
-    ca, cb = _canonical(a), _canonical(b)
-    if not ca or not cb:
+    if a.kind == "value" and b.kind == "value":
+        assert a.value is not None and b.value is not None
+        if _values_equal(a.value, b.value):
+            return True
+        # A percentage equals its number (50% and 50) or its fraction (50% and 0.5).
+        for p, q in ((a, b), (b, a)):
+            if p.percent and not q.percent and p.value[0] != "fn":  # type: ignore[index]
+                if _values_equal(_arith(p.value, ("exact", Fraction(100)), "/"), q.value):  # type: ignore[arg-type]
+                    return True
         return False
-    na, nb = _as_number(ca), _as_number(cb)
-    if na is not None and nb is not None:
-        return na == nb
-    return ca == cb
+    if a.kind == "bracket" and b.kind == "bracket":
+        return (
+            a.brackets == b.brackets
+            and len(a.inner) == len(b.inner)
+            and all(_parts_equal(x, y) for x, y in zip(a.inner, b.inner, strict=True))
+        )
+    return a.kind == b.kind == "text" and a.text == b.text
+
+
+def _unordered_equal(a: tuple[Part, ...], b: tuple[Part, ...]) -> bool:
+    rest = list(b)
+    for p in a:
+        hit = next((i for i, q in enumerate(rest) if _parts_equal(p, q)), None)
+        if hit is None:
+            return False
+        rest.pop(hit)
+    return not rest
+
+
+def canonical_equal(a: Canonical, b: Canonical) -> bool:
+    """Two normalised answers are the same answer (the rule in this module's docstring)."""
+    if len(a.parts) == 1 and len(b.parts) == 1:
+        return _parts_equal(a.parts[0], b.parts[0])
+    # An unbracketed list also matches a tuple written in the same order: `2, 3` and `(2, 3)`.
+    for x, y in ((a, b), (b, a)):
+        if not x.ordered and len(x.parts) > 1 and len(y.parts) == 1 and y.parts[0].kind == "bracket":
+            inner = y.parts[0].inner
+            return len(inner) == len(x.parts) and all(
+                _parts_equal(p, q) for p, q in zip(x.parts, inner, strict=True)
+            )
+    if len(a.parts) != len(b.parts):
+        return False
+    if a.ordered and b.ordered:
+        return all(_parts_equal(x, y) for x, y in zip(a.parts, b.parts, strict=True))
+    return _unordered_equal(a.parts, b.parts)
+
+
+def _has_text(c: Canonical) -> bool:
+    return any(p.kind == "text" or any(q.kind == "text" for q in p.inner) for p in c.parts)
+
+
+def answers_match(a: str | None, b: str | None, symbolic: Symbolic | None = None) -> bool:
+    """Whether two extracted answers are the same answer. `symbolic(a, b)` is asked only when a
+    part of either could not be read as a value (see the module docstring, step 5)."""
+    if a is None or b is None or not a.strip() or not b.strip():
+        return False
+    ca, cb = canonical(a), canonical(b)
+    if canonical_equal(ca, cb):
+        return True
+    if symbolic is not None and (_has_text(ca) or _has_text(cb)):
+        return bool(symbolic(normalize_answer(a), normalize_answer(b)))
+    return False
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one reply: its final answer (None when it has none) and whether it matches."""
+
+    answer: str | None
+    correct: bool
+
+
+def grade(reply: str, gold: str, symbolic: Symbolic | None = None) -> Grade:
+    """THE grading rule: the final answer of `reply` (a whole reply, or an already extracted
+    answer: extraction is idempotent) against `gold`."""
+    answer = extract_answer(reply)
+    return Grade(answer, answers_match(answer, gold, symbolic))
