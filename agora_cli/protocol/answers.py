@@ -45,12 +45,14 @@ _BRACE = re.compile(r"[{}]")
 _DIGITS = r"(?:\d{1,3}(?:(?:,|\{,\}|\\,| |\\ )\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+"
 _NUMBER = re.compile(rf"[-−]?\s?(?:{_DIGITS})")  # at the start of an answer: `- 2` is -2
 _NUMBER_IN_TEXT = re.compile(rf"[-−]?(?:{_DIGITS})")  # in prose, `8 - 3` ends in 3
-# Cues of a stated answer, most explicit first; each captures the rest of its line.
+# Cues of a stated answer; each captures (up to 400 characters of) the rest of its line without
+# consuming it (a lookahead), so a second cue on the same line (a correction) is found too; the
+# bound keeps a reply made of thousands of cues linear.
 _CUES = [
-    re.compile(r"final\s+answer\s*(?:is|:|=)[ \t:]*(.*)", re.IGNORECASE),
-    re.compile(r"\bthe\s+answer\s+is[ \t:]*(.*)", re.IGNORECASE),
-    re.compile(r"\banswer\s*[:=][ \t]*(.*)", re.IGNORECASE),
-    re.compile(r"^[ \t]*####[ \t]*(.*)", re.MULTILINE),
+    re.compile(r"final\s+answer\s*(?:is|:|=)[ \t:]*(?=([^\n]{0,400}))", re.IGNORECASE),
+    re.compile(r"\bthe\s+answer\s+is[ \t:]*(?=([^\n]{0,400}))", re.IGNORECASE),
+    re.compile(r"\banswer\s*[:=][ \t]*(?=([^\n]{0,400}))", re.IGNORECASE),
+    re.compile(r"^[ \t]*####[ \t]*(?=([^\n]{0,400}))", re.MULTILINE),
 ]
 _MAX_ANSWER_CHARS = 60  # a stated "answer" longer than this is prose
 _LAST_LINES = 3
@@ -102,17 +104,19 @@ def _from_cue(captured: str) -> str | None:
     if boxed:
         return boxed[-1]
     s = re.sub(r"^[\s*:]+", "", s)
-    s = re.split(r"(?<![\d\\])\.(?!\d)|;|\n", s, maxsplit=1)[0].strip()
+    s = re.split(r"\.(?=\s|$)|(?<![\d\\])\.(?!\d)|;|\n", s, maxsplit=1)[0].strip()  # the sentence
     s = normalize_answer(s)
     if not s:
         return None
     unit = _number_with_units(s)
     if unit is not None:
         return unit
-    if len(s) <= _MAX_ANSWER_CHARS:
-        return s
+    if all(p.kind != "text" for p in canonical(s).parts):
+        return s  # a formula: `x = 5`, `1.5 \times 10^{3}`
     num = _NUMBER.match(s)
-    return num.group(0) if num else None
+    if num:  # a number followed by prose: `8 apples because 5 + 3 = 8`
+        return num.group(0)
+    return s if len(s) <= _MAX_ANSWER_CHARS else None
 
 
 def _whole_line_answer(text: str) -> str | None:
@@ -139,17 +143,23 @@ def extract_answer(text: str) -> str | None:
     """
     if not text or not text.strip():
         return None
-    found: list[tuple[int, str]] = [(pos, b) for pos, b in _boxed_spans(text) if b.strip()]
-    for cue in _CUES:
-        for m in cue.finditer(text):
-            if _boxed_spans(m.group(1)):
-                continue  # the box inside the cue's line is already a candidate
-            ans = _from_cue(m.group(1))
-            if ans is not None:
-                found.append((m.start(1), ans))
-    if found:
-        found.sort(key=lambda f: f[0])
-        return normalize_answer(found[-1][1]) or None
+    boxed = [(pos, b) for pos, b in _boxed_spans(text) if b.strip()]
+    last_box = boxed[-1][0] if boxed else -1
+    cues = sorted(
+        ((m.start(1), m.group(1)) for cue in _CUES for m in cue.finditer(text) if m.start(1) > last_box),
+        reverse=True,
+    )
+    found = boxed[-1][1] if boxed else None
+    for _, captured in cues:  # the latest stated answer after the last box, if any
+        if "\\boxed" in captured or "\\fbox" in captured:
+            continue  # the box inside the cue's line is already a candidate
+        ans = _from_cue(captured)
+        if ans is not None:
+            found = ans
+            break
+    if found is not None:
+        last = normalize_answer(found)
+        return _number_with_units(last) or last or None
     whole = _whole_line_answer(text)
     if whole is not None:
         return whole
@@ -251,7 +261,7 @@ def _part(s: str) -> Part:
             return Part("bracket", key, name, inner=tuple(_part(p) for p in inner), brackets=s[0] + s[-1])
     percent = s.endswith("%")
     body = s[:-1].strip() if percent else s
-    value = _Expr.parse(body)
+    value = _Expr.parse(body) if len(body) <= _MAX_FORMULA_CHARS else None
     if value is None:
         return Part("text", key, name)
     return Part("value", key, name, value=value, percent=percent)
@@ -275,6 +285,7 @@ def canonical(answer: str) -> Canonical:
 # --------------------------------------------------------------------------- values
 
 _Value = tuple  # ("exact", Fraction) | ("float", float) | ("fn", (values at the probe points))
+_MAX_FORMULA_CHARS = 400  # a longer "answer" is compared as text, never evaluated
 _MAX_BITS = 4096  # an exact value larger than this is not compared (e.g. a power tower)
 _POINTS = (Fraction(3, 7), Fraction(-5, 3), Fraction(11, 2))  # where expressions in x are compared
 _FUNCS = {"\\frac", "\\sqrt", "\\pi", "\\infty", "\\times", "\\cdot", "\\div"}
@@ -313,7 +324,7 @@ class _Expr:
             # Variables: the value at each probe point (one variable name set per answer).
             values = tuple(_Expr(list(tokens), p, set()).run() for p in _POINTS)
             return ("fn", (tuple(sorted(names)), values))
-        except (_Fail, ZeroDivisionError, OverflowError, ValueError):
+        except (_Fail, ZeroDivisionError, OverflowError, ValueError, RecursionError):
             return None
 
     def run(self) -> _Value:
