@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Future,
@@ -34,9 +34,10 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agora_cli.protocol.answers import grade
+from agora_cli.protocol.answers import Symbolic, grade
 
 GradeFn = Callable[[str, str], bool]
 
@@ -84,6 +85,26 @@ def grade_pair(pred: str, gold: str) -> bool:
     Call it only inside a `Grader` worker (math-verify runs with its timeouts off).
     """
     return grade(pred, gold, symbolic=symbolic_equal).correct
+
+
+@contextmanager
+def symbolic_checker(timeout_s: float = 5.0) -> Iterator[Symbolic]:
+    """The one grader's symbolic step for a caller outside the worker pool (`agora grade`): a
+    one-worker `Grader` running `symbolic_equal`, started on first use (most answers never need
+    it) and stopped on exit. A comparison past `timeout_s` counts as different."""
+    grader: Grader | None = None
+
+    def check(answer: str, gold: str) -> bool:
+        nonlocal grader
+        if grader is None:
+            grader = Grader(1, timeout_s, fn=symbolic_equal)
+        return grader.grade(answer, gold)
+
+    try:
+        yield check
+    finally:
+        if grader is not None:
+            grader.close()
 
 
 def _die_with_parent(parent: int) -> None:
