@@ -128,6 +128,8 @@ def _whole_line_answer(text: str) -> str | None:
     unit = _number_with_units(s)
     if unit is not None:
         return unit
+    if not re.search(r"[A-Za-z0-9]", s):
+        return None  # `??` is no answer
     if " " not in s.strip() or all(p.kind != "text" for p in canonical(s).parts):
         return s
     return None
