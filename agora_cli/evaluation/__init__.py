@@ -1,6 +1,8 @@
 """Evaluation and evidence: grading, `agora eval`, external anchoring, `agora ablate`, `agora report`.
 
-- `grading.Grader(workers, timeout_s)`: math-verify in worker processes, hard per-item deadline.
+- `grading.Grader(workers, timeout_s)`: the one grading rule (`protocol.answers.grade`, with
+  math-verify as its symbolic step) in worker processes, hard per-item deadline.
+- `answer_pairs`: the shipped gold/reply table that pins the rule (`agora grade --self-test`).
 - `benchmarks`: the shipped GSM8K test / MATH500 / AIME 2024 items, fixed seeded subsets, and the
   anchor's calibration set (`gsm8k_dev`: a held-out slice of GSM8K train that the seed pool leaves
   out, disjoint from every evaluation item).
