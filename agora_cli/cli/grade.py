@@ -63,7 +63,7 @@ def _self_test(timeout_s: float) -> int:
     with symbolic_checker(timeout_s) as symbolic:
         result = check_pairs(pairs, lambda todo: [grade(r, g, symbolic).correct for r, g in todo])
     for category, (k, n) in result.per_category.items():
-        console.print(Text(f"{category:<16} {k:>3}/{n}", style=None if k == n else "red"))
+        console.print(Text(f"{category:<16} {k:>3}/{n}", style="" if k == n else "red"))
     for row, got in result.wrong:
         console.print(
             Text("wrong: ", style="red")
