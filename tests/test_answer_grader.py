@@ -115,6 +115,13 @@ def test_huge_formulas_are_refused_not_evaluated(answer: str) -> None:
     assert answers_match(answer, "1") is False
 
 
+@pytest.mark.timeout(60)  # a hang guard: exponential backtracking took minutes at 30 letters
+@pytest.mark.parametrize("tail", ["a" * 40 + "!", "ab " * 3000 + "1", " m" * 5000 + "%", "x" * 20_000])
+def test_unit_words_and_prose_after_a_number_stay_linear(tail: str) -> None:
+    assert extract_answer(f"The answer is 5 {tail}") is not None
+    assert answers_match(f"5 {tail}", "6") is False
+
+
 runner = CliRunner()
 
 

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agora_cli.protocol.formula import Value, evaluate, percent_of, values_equal
+from agora_cli.protocol.formula import MAX_FORMULA_CHARS, Value, evaluate, percent_of, values_equal
 
 Symbolic = Callable[[str, str], bool]
 
@@ -174,9 +174,11 @@ def extract_answer(text: str) -> str | None:
 
 # --------------------------------------------------------------------------- normalisation
 
-# Unit words after a number: letters (and `^2`), spaces, `per`, `/`. A single letter glued to
-# the number (`2x`) is a variable, not a unit, so a unit needs a space or two letters.
-_UNITS = r"(?:\s*(?:[A-Za-z]{2,}|\s[A-Za-z])[A-Za-z]*(?:\^\{?\d\}?)?\.?(?:\s*/\s*[A-Za-z]+)?)+\s*"
+# Unit words after a number: words (with `^2`, `/s`) separated by spaces. A single letter glued
+# to the number (`2x`) is a variable, not a unit, so a unit needs a space or two letters. Words
+# must be separated by spaces so that a run of letters splits one way only (no backtracking blowup).
+_UNIT_WORD = r"[A-Za-z]+(?:\^\{?\d\}?)?\.?(?:\s*/\s*[A-Za-z]+)?"
+_UNITS = rf"(?=\s+[A-Za-z]|[A-Za-z]{{2}})\s*{_UNIT_WORD}(?:\s+{_UNIT_WORD})*\s*"
 _CLEAN = [
     (re.compile(r"\\(?:left|right|displaystyle|bigl|bigr|Bigl|Bigr|big|Big)(?![A-Za-z])"), ""),
     (re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}"), r"\1"),
@@ -193,7 +195,7 @@ _CLEAN = [
 _THOUSANDS = re.compile(r"(?<![\d.,(\[])(\d{1,3})((?:[, ]\d{3})+)(?!\d)")
 # Unit words after a value (`1500 meters`, `\frac{1}{2} cup`): a word of two letters or more is
 # never a formula here (variables are single letters).
-_TRAILING_WORDS = re.compile(r"(?<=[\d}).%])\s*[A-Za-z]{2,}[A-Za-z\s/^{}\d.]*$")
+_TRAILING_WORDS = re.compile(r"(?<=[\d}).%])\s*[A-Za-z]{2}[A-Za-z\s/^{}\d.]*$")
 _NAME = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*(?:=(?!=)|\\in(?![A-Za-z]))\s*")  # `x =`, `x \in`
 _SEPARATORS = re.compile(r"\s*(?:,|;|\\text\{\s*(?:and|or)\s*\}|\s(?:and|or)\s)\s*")
 
@@ -255,7 +257,8 @@ def _part(s: str) -> Part:
     named = _NAME.match(s)
     name = named.group(0).split("=")[0].strip().lower() if named else ""  # `X = 3` is `x = 3`
     s = s[named.end() :].strip() if named else s.strip()
-    s = _TRAILING_WORDS.sub("", s).strip() or s
+    if len(s) <= MAX_FORMULA_CHARS:  # longer is compared as text; keeps the search linear
+        s = _TRAILING_WORDS.sub("", s).strip() or s
     key = _text_key(s)
     if len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
         inner = _split_top(s[1:-1], re.compile(r"\s*,\s*"))
