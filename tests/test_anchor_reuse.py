@@ -15,7 +15,7 @@ from agora_cli.protocol.prompts import Prompts
 from agora_cli.store import Store
 from agora_cli.training.round_store import live_versions
 from tests.fakes.ensemble import MEMBERS, config_dict, make_pool, responder
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Reply
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -137,4 +137,51 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
             assert row.next_difficulty == pytest.approx(want) and want < eq1
         else:
             assert row.f_t is None and row.next_difficulty == pytest.approx(eq1)
+    store.close()
+
+
+async def test_failed_anchor_is_missing_and_left_out_of_the_ensemble_mean(run_dir):
+    """Every calibration request of gamma fails: no anchor row is stored for it (not a 0.0), the
+    ensemble's anchor mean (Eq. 2's input) is over alpha and beta alone, and the next anchor
+    step scores gamma again."""
+    from agora_cli.evaluation.benchmarks import load_dev_split
+
+    gold = {it.problem: it.answer for it in load_dev_split("gsm8k")}
+    base, gamma_fails = responder(), [True]
+
+    def reply(req):  # noqa: ANN001, ANN202
+        if req.role != "evaluate":
+            return base(req)
+        if req.model == "gamma" and gamma_fails[0]:
+            return Reply(status=400, text="adapter failed to load")
+        return f"The answer is \\boxed{{{next(a for q, a in gold.items() if q in req.user)}}}"
+
+    with FakeOpenAI(reply) as fake:
+        data = config_dict(fake.url, run_dir, anchor_every=1)
+        data["ablations"]["external_anchor"] = True
+        data["evaluation"] = {"calibration_size": 2, "benchmarks": ["gsm8k"]}
+        cfg = config_from_dict(data)
+        store = Store(run_dir / "agora.sqlite")
+        pool = make_pool(cfg, fake.url)
+        try:
+            for t in range(2):
+                gamma_fails[0] = t == 0
+                await run_step(
+                    cfg,
+                    store,
+                    pool,
+                    Prompts(),
+                    EventBus(),
+                    versions=lambda: live_versions(store),
+                    anchor=run_anchor,
+                )
+        finally:
+            await pool.aclose()
+    rows = {(r["step"], r["member"]): r for r in store.query("SELECT * FROM anchors")}
+    assert set(rows) == {(0, "alpha"), (0, "beta"), (1, "alpha"), (1, "beta"), (1, "gamma")}
+    assert rows[(1, "gamma")]["reused_from"] is None and rows[(1, "gamma")]["n"] == 2  # scored anew
+    # Everyone answers every calibration item right: a stored 0.0 for gamma would pull step 0's
+    # ensemble mean down to 2/3.
+    assert rows[(0, "alpha")]["score"] == rows[(0, "beta")]["score"] == 1.0
+    assert db.anchor_history(store) == [1.0, 1.0]
     store.close()

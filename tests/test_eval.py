@@ -174,6 +174,55 @@ async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> No
     assert scores == {"alice": (4 / 6, 6), "bob": (3 / 6, 6), "carol": (2 / 6, 6), MAJORITY: (2 / 6, 6)}
 
 
+async def test_anchor_member_whose_requests_all_failed_has_no_score() -> None:
+    """Every calibration request of bob fails: bob is missing from the anchor (and so is
+    `@majority`, which needs every member), never scored 0.0 over nothing."""
+    with FakeOpenAI(lambda r: "") as fake:
+        cfg = _cfg(fake.url)
+        items = calibration_set("gsm8k", 6, cfg.protocol.seed_pool)
+        good = make_responder(items)
+        fake.responder = lambda req: (
+            Reply(status=400, text="bad adapter") if req.model == "bob" else good(req)
+        )
+        pool = make_pool(fake.url)
+        scores = await run_anchor(pool, cfg, Prompts(), step=5)
+        await pool.aclose()
+    assert scores == {"alice": (4 / 6, 6), "carol": (2 / 6, 6)}
+
+
+async def test_majority_and_members_are_graded_by_one_rule(tmp_path: Path, grader) -> None:
+    """Replies whose final answers are spelled unlike the gold (`12\\,345`, `1{,}000`, `10^{3}`) or
+    that correct themselves: each member's verdict and `@majority`'s come from the same rule, so
+    the majority is right exactly when the members holding its answer are."""
+    items = [
+        Item("gsm8k", "thin", "How many? (thin space)", "12345"),
+        Item("gsm8k", "fix", "How many? (a correction)", "7"),
+        Item("gsm8k", "mixed", "How many? (mixed forms)", "1000"),
+    ]
+    replies = {
+        "thin": dict.fromkeys(MEMBERS, "Adding up gives \\boxed{12\\,345}"),
+        "fix": dict.fromkeys(MEMBERS, "\\boxed{9}\nLet me check: 3 + 4 is 7, not 9.\nFinal answer: 7"),
+        "mixed": {"alice": "\\boxed{1{,}000}", "bob": "So \\boxed{10^{3}}.", "carol": "\\boxed{999}"},
+    }
+
+    def solve(req: Request) -> str:
+        item = next(it for it in items if it.problem in req.user)
+        return replies[item.id][req.model]
+
+    with FakeOpenAI(scripted({"evaluate": solve})) as fake:
+        pool = make_pool(fake.url)
+        await evaluate(pool, Prompts(), MEMBERS, {"gsm8k": items}, Sampling(), grader, tmp_path)
+        await pool.aclose()
+    rows = {(r.member, r.item_id): r for r in read_results(tmp_path / "results.jsonl")}
+    verdicts = {(m, i): rows[(m, i)].correct for m in [*MEMBERS, MAJORITY] for i in replies}
+    assert verdicts == {
+        **{(m, i): True for m in [*MEMBERS, MAJORITY] for i in replies},
+        ("carol", "mixed"): False,
+    }
+    assert rows[("alice", "fix")].answer == "7"  # the final answer, not the first box
+    assert rows[(MAJORITY, "mixed")].answer == "1000"  # alice's `1{,}000` and bob's `10^{3}` are one answer
+
+
 async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) -> None:
     """A base model that repeats the prompt must not score with the prompt's `\\boxed{42}`."""
     item = Item("gsm8k", "q42", "Ann has 6 bags of 7 apples. How many apples?", "42")

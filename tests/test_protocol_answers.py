@@ -152,6 +152,8 @@ ADVERSARIAL = {
     "cue then whitespace": "final answer" + " " * 50_000 + "x",
     "blank lines": "\n" * 50_000,
     "many labels": "Problem:" * 20_000,
+    "many cues": "The answer is: " * 20_000,
+    "many boxes after a cue": "answer: " + "\\boxed{1}" * 20_000,
 }
 
 

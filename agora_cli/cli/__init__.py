@@ -8,7 +8,7 @@ from agora_cli.cli.app import app
 
 # Each module registers its commands on `app` when imported. A module missing while a command group
 # is under construction must not break the others.
-_COMMAND_MODULES = ["validate", "models", "serve", "run", "train", "evaluate", "configs"]
+_COMMAND_MODULES = ["validate", "models", "serve", "run", "train", "evaluate", "configs", "grade"]
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"agora_cli.cli.{_name}")

@@ -1,6 +1,8 @@
 """Evaluation and evidence: grading, `agora eval`, external anchoring, `agora report`.
 
-- `grading.Grader(workers, timeout_s)`: math-verify in worker processes, hard per-item deadline.
+- `grading.Grader(workers, timeout_s)`: the one grading rule (`protocol.answers.grade`, with
+  math-verify as its symbolic step) in worker processes, hard per-item deadline.
+- `answer_pairs`: the shipped gold/reply table that pins the rule (`agora grade --self-test`).
 - The data sets it scores on (`agora_cli.datasets`) and its statistics (`agora_cli.stats`) sit
   below the protocol, which uses them too, so they are not part of this package; `agora ablate`
   drives whole runs, so it lives beside the orchestrator (`agora_cli/ablate.py`).

@@ -39,7 +39,8 @@ async def run_anchor(
     `members` (default: all) are the members to score; the loop passes only those whose live
     adapter changed since their last anchor. `@majority` needs every member's answers, so it is
     scored only when all are. A request that fails after retries is left out of `n` (the score
-    is over what was graded); `@majority` covers the items every member answered.
+    is over what was graded); `@majority` covers the items every member answered. A name graded
+    on nothing (n = 0: every request failed) is missing from the result, never (0.0, 0).
     """
     ev = cfg.evaluation
     items = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
@@ -61,4 +62,7 @@ async def run_anchor(
         await loop.run_in_executor(None, grader.close)
     scores = accuracy(rows).get(calibration_name(ev.calibration), {})
     names = [*members, MAJORITY] if majority else members
-    return {name: scores.get(name, (0.0, 0)) for name in names}
+    # A member graded on nothing (every request failed) has no score, not a score of 0.0: it is
+    # left out, so no anchor row is stored for it, Eq. 2's ensemble mean skips it, and the next
+    # anchor step scores it again (`loop.anchor_plan`: a member never scored).
+    return {name: scores[name] for name in names if scores.get(name, (0.0, 0))[1] > 0}

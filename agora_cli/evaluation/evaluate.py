@@ -1,9 +1,9 @@
 """pass@1 evaluation: one chain-of-thought sample per problem (Eq. 5), per member and `@majority`.
 
 `evaluate` asks every (member, item) pair that is not yet in the results file, grades each reply
-with math-verify (off the event loop, in the grader's worker processes), and appends one JSON line
-per graded item to `<out>/results.jsonl` as soon as it is graded. An interrupted evaluation
-therefore resumes without re-asking or re-grading anything: a row's key is
+with the one grader (`protocol.answers.grade`; off the event loop, in the grader's workers), and
+appends one JSON line per graded item to `<out>/results.jsonl` as soon as it is graded. An
+interrupted evaluation therefore resumes without re-asking or re-grading anything: a row's key is
 (member, benchmark, item id, model name), so results of another adapter version never count.
 
 `@majority` is the ensemble's plurality answer (`protocol.majority.plurality`), graded like any

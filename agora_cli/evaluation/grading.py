@@ -1,4 +1,7 @@
-"""Answer grading with `math-verify`, in worker processes with a hard per-item deadline.
+"""Answer grading in worker processes with a hard per-item deadline.
+
+The rule is `agora_cli.protocol.answers.grade` (the one grader: the final answer, normalised,
+compared as values); math-verify is its symbolic step, for answers the rule cannot read as values.
 
 math-verify's own timeouts use `signal.alarm`, which only works on a process's main thread (and
 the evaluator and the anchor grade from threads). So each worker calls it with its timeouts
@@ -22,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Future,
@@ -31,7 +34,10 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from agora_cli.protocol.answers import Symbolic, grade
 
 GradeFn = Callable[[str, str], bool]
 
@@ -57,25 +63,48 @@ def _parse(text: str) -> list:
     return parsed
 
 
-def grade_pair(pred: str, gold: str) -> bool:
-    """True when the final answer in `pred` (chain-of-thought text or a bare answer) equals `gold`.
-
-    Runs math-verify with its signal-based timeouts off: call it only inside a `Grader` worker.
-    """
+def symbolic_equal(answer: str, gold: str) -> bool:
+    """math-verify's symbolic equivalence of two final answers (never whole replies: on a reply
+    it would merge every boxed answer into one set). Timeouts off: call it only inside a
+    `Grader` worker, whose deadline is the parent's."""
     from math_verify import verify
 
     _quiet()
-    if not pred or not pred.strip():
-        return False
     # Currency signs and thin spaces (MATH500 golds such as `\$32,\!348`) defeat the parser.
-    pred, gold = (t.replace("\\$", "").replace("\\!", "") for t in (pred, gold))
-    gold_parsed = _parse(gold if "$" in gold or "\\boxed" in gold else f"${gold}$")
-    if not gold_parsed:
-        gold_parsed = _parse(gold)
-    pred_parsed = _parse(pred)
-    if not gold_parsed or not pred_parsed:
+    answer, gold = (t.replace("\\$", "").replace("\\!", "") for t in (answer, gold))
+    gold_parsed, answer_parsed = _parse(f"${gold}$"), _parse(f"${answer}$")
+    if not gold_parsed or not answer_parsed:
         return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))  # type: ignore[arg-type]
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))  # type: ignore[arg-type]
+
+
+def grade_pair(pred: str, gold: str) -> bool:
+    """True when the final answer in `pred` (a reply or an extracted answer) equals `gold`, by
+    the one rule (`agora_cli.protocol.answers.grade`), with math-verify as its symbolic step.
+
+    Call it only inside a `Grader` worker (math-verify runs with its timeouts off).
+    """
+    return grade(pred, gold, symbolic=symbolic_equal).correct
+
+
+@contextmanager
+def symbolic_checker(timeout_s: float = 5.0) -> Iterator[Symbolic]:
+    """The one grader's symbolic step for a caller outside the worker pool (`agora grade`): a
+    one-worker `Grader` running `symbolic_equal`, started on first use (most answers never need
+    it) and stopped on exit. A comparison past `timeout_s` counts as different."""
+    grader: Grader | None = None
+
+    def check(answer: str, gold: str) -> bool:
+        nonlocal grader
+        if grader is None:
+            grader = Grader(1, timeout_s, fn=symbolic_equal)
+        return grader.grade(answer, gold)
+
+    try:
+        yield check
+    finally:
+        if grader is not None:
+            grader.close()
 
 
 def _die_with_parent(parent: int) -> None:

@@ -3,7 +3,9 @@
 Shared by `agora eval` (`evaluate.py`) and the in-run external anchor (`anchor.py`); it sits below
 both so neither imports the other. `@majority` is the ensemble's plurality answer
 (`protocol.majority.plurality`): the most common extracted final answer across the members, ties
-broken by member order, graded like any reply.
+broken by member order, graded like any reply. Members' replies and the `@majority` answer go
+through the same rule (`protocol.answers.grade`, in the grader's workers), and the plurality
+groups answers with its equivalence, so the majority is right exactly when its members are.
 """
 
 from __future__ import annotations
@@ -75,11 +77,11 @@ async def answer_items(
 
     A request that fails after the pool's retries gives a result with `error` set and
     `correct=False`. A multiple-choice item (GPQA) is graded by the letter the reply chooses,
-    which is its `answer`; every other item by math-verify. Grading runs in a thread (the
+    which is its `answer`; every other item by the one grader. Grading runs in a thread (the
     grader's deadline needs no signals) while the next replies arrive, so the models never wait
     for the grader.
     """
-    # (result, the reply with any echoed prompt removed: what math-verify grades, or None when the
+    # (result, the reply with any echoed prompt removed: what the grader grades, or None when the
     # result is graded already), None = no more.
     queue: asyncio.Queue[tuple[ItemResult, str | None] | None] = asyncio.Queue()
     results: list[ItemResult] = []
@@ -181,7 +183,7 @@ def majority_rows(
                 it.kind == CHOICE and answer == it.answer,
             )
         )
-    # Choice items' answers are letters, graded above; math-verify grades the rest.
+    # Choice items' answers are letters, graded above; the one grader grades the rest.
     kinds = {(it.benchmark, it.id): it.kind for it in items}
     math = [r for r in out if kinds[(r.benchmark, r.item_id)] != CHOICE]
     graded = grader.grade_many([(r.answer or "", r.gold) for r in math])

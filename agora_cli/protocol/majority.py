@@ -7,7 +7,8 @@
   anchor): the most common answer among the members, ties broken by member order, so there is
   always an answer when anyone answered.
 
-Answers are grouped by `answers_match` (so "1,000" and "1000" are one answer). `MAJORITY` is the
+Answers are grouped by `answers_match`, the one grader's equivalence (so "1,000", "1000" and
+"10^{3}", or "\\frac12", "1/2" and "x = 0.5", are one answer). `MAJORITY` is the
 member name under which the ensemble's plurality answer is stored and reported.
 """
 
