@@ -271,3 +271,39 @@ def make_live(store: Store, round_id: int, member: str, name: str | None) -> int
             (name, now(), round_id, member),
         )
     return int(adapter_of(store, round_id, member)["version"])
+
+
+# --------------------------------------------------------------------------- reads for reports
+
+
+TRAINED = ("ready", "live", "retired")  # adapters that finished training
+
+
+def trained_metrics(store: Store) -> list[tuple[str, int, str]]:
+    """(member, version, metrics JSON) of every adapter that finished training and recorded
+    metrics, by member then version."""
+    return [
+        (r["member"], int(r["version"]), r["metrics"])
+        for r in store.query(
+            f"SELECT member, version, metrics FROM adapters WHERE metrics IS NOT NULL "
+            f"AND status IN ({_marks(TRAINED)}) ORDER BY member, version",
+            TRAINED,
+        )
+    ]
+
+
+def trained_rounds(store: Store) -> list[tuple[str, int, str | None]]:
+    """(member, round id, metrics JSON or None) of every adapter a round trained to the end."""
+    return [
+        (r["member"], int(r["round_id"]), r["metrics"])
+        for r in store.query(
+            f"SELECT member, round_id, metrics FROM adapters WHERE round_id IS NOT NULL "
+            f"AND status IN ({_marks(TRAINED)})",
+            TRAINED,
+        )
+    ]
+
+
+def round_buffer_ids(store: Store) -> dict[int, list[int]]:
+    """round id -> the buffer rows it reserved."""
+    return {r["id"]: json.loads(r["buffer_ids"]) for r in store.query("SELECT id, buffer_ids FROM rounds")}
