@@ -220,7 +220,7 @@ def run(
             kind = "run_resumed" if first > 0 or step_store.has_steps(store) else "run_started"
             with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
-                versions = rounds.live_versions() if rounds is not None else {}
+                live = rounds.live_versions() if rounds is not None else {}
                 bus.emit(
                     kind,
                     run_dir=str(paths.root),
@@ -228,7 +228,7 @@ def run(
                     steps_target=steps,
                     threshold=cfg.protocol.buffer_threshold,
                     buffer=step_store.buffer_size(store),
-                    members=member_stats(store, cfg, versions),
+                    members=member_stats(store, cfg, live),
                 )
                 try:
                     asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))

@@ -185,7 +185,7 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     judged correct; lo/hi are 95% Wilson bounds (error bars).
     """
     points = steps.difficulty_points(store)
-    diff = {
+    diff: Data = {
         "step": [step for step, _, _, _ in points],
         "d": [d for _, d, _, _ in points],
         "v_t": [v for _, _, v, _ in points],
@@ -477,14 +477,14 @@ def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: P
                 if "n" in c:
                     counts[s][0] += c["k"][i]
                     counts[s][1] += c["n"][i]
-        steps = sorted(s for s, vs in by_step.items() if len(vs) == len(runs))
-        mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+        common = sorted(s for s, vs in by_step.items() if len(vs) == len(runs))
+        mean = [sum(by_step[s]) / len(by_step[s]) for s in common]
         # The band: 95% Wilson interval of every member's anchor answers at that step, pooled.
-        bounds = [wilson(*counts[s]) for s in steps]
+        bounds = [wilson(*counts[s]) for s in common]
         lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
-        data[mode] = {"step": steps, "score": mean, "runs": len(runs), "lo": lo, "hi": hi}
-        (line,) = ax.plot(steps, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
-        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+        data[mode] = {"step": common, "score": mean, "runs": len(runs), "lo": lo, "hi": hi}
+        (line,) = ax.plot(common, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
+        ax.fill_between(common, lo, hi, color=line.get_color(), alpha=0.15)
     if not data:
         _empty(ax, "anchor scores")
     else:

@@ -1,6 +1,6 @@
 """An AGORA step (DESIGN "The protocol", steps 1-5), read top to bottom:
 
-  generate  the Q-Group writes the step's problems at d_t            (`problems.Problems`)
+  generate  the Q-Group writes the step's problems at d_t            (`problems.Generation`)
   solve     every member solves every problem with H_{t-1} shown     (`solving.Consensus`)
   verify    every other member verifies each solution (unanimity)
   vote      every member votes on each pair of correct solutions of a problem
@@ -30,7 +30,7 @@ from agora_cli.protocol.types import EliteExample
 from agora_cli.protocol.vote import make_env, vote
 from agora_cli.step import probes
 from agora_cli.step.base import Step, StepState, step_rng
-from agora_cli.step.problems import Problems, pool_plan
+from agora_cli.step.problems import Generation, pool_plan
 from agora_cli.step.solving import Consensus
 from agora_cli.store import Store
 
@@ -63,7 +63,7 @@ class AgoraStep(Step):
 
     def __init__(self, state: StepState) -> None:
         self.state = state
-        self.problems = Problems(state)
+        self.generation = Generation(state)
         self.consensus = Consensus(state)
         self.probes = probes.Probes(state, self.consensus)
         self.votes = {(r.solution_a, r.solution_b, r.voter) for r in steps.step_votes(state.store, state.t)}
@@ -120,14 +120,14 @@ class AgoraStep(Step):
             for p in self.probes.stored():
                 spawn_probe(p)
             self.probes.fill(on_problem=spawn_probe)
-            tg.create_task(self.problems.generate(on_problem=spawn))
+            tg.create_task(self.generation.generate(on_problem=spawn))
 
     async def stage(self, name: str) -> None:
         st = self.state
         problems = steps.step_problems(st.store, st.t)
         if name == "generate":
             self.probes.fill(None)
-            await self.problems.generate()
+            await self.generation.generate()
             return
         with_probes = problems + self.probes.fill(None)  # probes are solved and verified, never voted on
         if name == "solve":

@@ -60,6 +60,10 @@ class Step(ABC):
 
     state: StepState
 
+    @abstractmethod
+    def __init__(self, state: StepState) -> None:
+        """Load the open step's stored work, so that only what is missing is asked."""
+
     @staticmethod
     @abstractmethod
     def plan(cfg: Config, store: Store, t: int, d_t: float) -> tuple[dict[str, Any], float]:

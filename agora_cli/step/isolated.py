@@ -27,7 +27,7 @@ from agora_cli.protocol.isolated import self_consistency
 from agora_cli.protocol.majority import strict_majority
 from agora_cli.protocol.types import EliteExample
 from agora_cli.step.base import Step, StepState, step_rng
-from agora_cli.step.problems import Problems, pool_plan
+from agora_cli.step.problems import Generation, pool_plan
 from agora_cli.store import Store
 
 
@@ -75,7 +75,7 @@ class IsolatedStep(Step):
 
     def __init__(self, state: StepState) -> None:
         self.state = state
-        self.problems = Problems(state)
+        self.generation = Generation(state)
         self.samples: dict[tuple[int, str], list[steps.SolutionRow]] = {}
         for r in steps.step_solutions(state.store, state.t):
             if r.error is None and r.sample:
@@ -134,12 +134,12 @@ class IsolatedStep(Step):
 
             for p in steps.step_problems(st.store, st.t):
                 spawn(p)
-            tg.create_task(self.problems.generate(on_problem=spawn))
+            tg.create_task(self.generation.generate(on_problem=spawn))
 
     async def stage(self, name: str) -> None:
         st = self.state
         if name == "generate":
-            await self.problems.generate()
+            await self.generation.generate()
         elif name == "solve":
             await asyncio.gather(*(self.problem_flow(p) for p in steps.step_problems(st.store, st.t)))
         elif name not in ("verify", "vote"):  # no peer verification, no votes: nothing to ask

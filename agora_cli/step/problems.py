@@ -43,7 +43,7 @@ def pool_plan(cfg: Config, t: int) -> dict[str, Any]:
     return {"source": "seed_pool", "generators": [], "slots": slots}
 
 
-class Problems:
+class Generation:
     """The step's generation slots and the problems stored for them."""
 
     def __init__(self, state: StepState) -> None:

@@ -73,7 +73,7 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
 
         raw = yaml.safe_load(paths.config.read_text()) or {}
         threshold = int(raw.get("protocol", {}).get("buffer_threshold", 1024))
-        member_names = [m["name"] for m in raw.get("members", [])]
+        member_names = [entry["name"] for entry in raw.get("members", [])]
         isolated = raw.get("protocol", {}).get("mode") == "isolated"
     with Store(paths.store, readonly=True) as store:
         last = last_committed_row(store) or {}
@@ -107,7 +107,7 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         unconsumed = waiting_rows(store, isolated)
         member_d = {}
         if last and store.has_table("member_steps"):  # a store older than schema v4 has none
-            member_d = {m: x.next_difficulty for m, x in member_steps(store, last["step"]).items()}
+            member_d = {name: x.next_difficulty for name, x in member_steps(store, last["step"]).items()}
         n_done, n_buffered, wall = committed_totals(store)
         throughput = Throughput(n_buffered, n_done, wall, unconsumed, threshold)
         rounds = recent_rounds(store, 3)
@@ -181,7 +181,7 @@ def render(s: RunStatus) -> RenderableType:
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
         + (
-            f"d_t+1 per member: {', '.join(f'{m} {d:.3f}' for m, d in s.member_d.items())}\n"
+            f"d_t+1 per member: {', '.join(f'{name} {d:.3f}' for name, d in s.member_d.items())}\n"
             if s.member_d
             else ""
         )
