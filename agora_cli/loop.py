@@ -1,4 +1,4 @@
-"""The AGORA loop: one step t of DESIGN.md "The protocol", repeated, resumable at any point.
+"""The AGORA loop: one step t of the protocol (README "What it does"), repeated, resumable at any point.
 
 `run_step` opens (or reopens) the step, drives its variant (`agora_cli.step`: AGORA, or the
 isolated control, chosen by `protocol.mode`) until its work is stored, then commits it. A step

@@ -1,4 +1,4 @@
-"""An AGORA step (DESIGN "The protocol", steps 1-5), read top to bottom:
+"""An AGORA step (the protocol's steps 1-5, README "What it does"), read top to bottom:
 
   generate  the Q-Group writes the step's problems at d_t            (`problems.Generation`)
   solve     every member solves every problem with H_{t-1} shown     (`solving.Consensus`)
