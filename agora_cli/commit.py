@@ -83,7 +83,7 @@ def replay_ratings(store: Store, members: list[str]) -> dict[str, tuple[float, f
     env = make_env()
     ratings = {m: env.create_rating() for m in members}
     for v in steps.committed_votes(store):
-        winner, loser = steps.winner_loser(v)
+        winner, loser = v.winner_loser()
         apply_vote(env, ratings, winner, loser)
     return {m: (r.mu, r.sigma) for m, r in ratings.items()}
 

@@ -618,22 +618,39 @@ def current_ratings(store: Store, env: trueskill.TrueSkill, members: list[str]) 
     return {m: env.create_rating(*latest[m]) if m in latest else env.create_rating() for m in members}
 
 
-def committed_votes(store: Store) -> list[sqlite3.Row]:
+@dataclass(frozen=True)
+class DecidedVote:
+    """A vote of a committed step with a winner, and the authors of the two solutions."""
+
+    id: int
+    step: int
+    winner: int  # solution id
+    solution_a: int
+    solution_b: int
+    author_a: str
+    author_b: str
+
+    def winner_loser(self) -> tuple[str, str]:
+        """(winner author, loser author)."""
+        if self.winner == self.solution_a:
+            return self.author_a, self.author_b
+        return self.author_b, self.author_a
+
+
+def committed_votes(store: Store) -> list[DecidedVote]:
     """Votes of committed steps with a winner, in vote-id order, with both authors."""
-    return store.query(
-        "SELECT v.id, v.step, v.winner, sa.member AS author_a, sb.member AS author_b, "
-        "v.solution_a, v.solution_b FROM votes v "
-        "JOIN steps s ON s.step = v.step AND s.committed_at IS NOT NULL "
-        "JOIN solutions sa ON sa.id = v.solution_a JOIN solutions sb ON sb.id = v.solution_b "
-        "WHERE v.winner IS NOT NULL ORDER BY v.id"
-    )
-
-
-def winner_loser(vote: Any) -> tuple[str, str]:
-    """(winner author, loser author) of a stored vote row."""
-    if vote["winner"] == vote["solution_a"]:
-        return vote["author_a"], vote["author_b"]
-    return vote["author_b"], vote["author_a"]
+    return [
+        DecidedVote(
+            r["id"], r["step"], r["winner"], r["solution_a"], r["solution_b"], r["author_a"], r["author_b"]
+        )
+        for r in store.query(
+            "SELECT v.id, v.step, v.winner, sa.member AS author_a, sb.member AS author_b, "
+            "v.solution_a, v.solution_b FROM votes v "
+            "JOIN steps s ON s.step = v.step AND s.committed_at IS NOT NULL "
+            "JOIN solutions sa ON sa.id = v.solution_a JOIN solutions sb ON sb.id = v.solution_b "
+            "WHERE v.winner IS NOT NULL ORDER BY v.id"
+        )
+    ]
 
 
 def active_elite(store: Store) -> list[sqlite3.Row]:
