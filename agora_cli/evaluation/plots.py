@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from agora_cli import steps  # noqa: E402
+from agora_cli import report_store  # noqa: E402
 from agora_cli.evaluation.stats import successes, wilson  # noqa: E402
 from agora_cli.protocol.majority import MAJORITY  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
@@ -90,7 +90,7 @@ def fig_scores_vs_step(
 
     evals = evals or {}
     anchors: Data = {}
-    for r in steps.all_anchors(store):
+    for r in report_store.all_anchors(store):
         line = anchors.setdefault(r.benchmark, {}).setdefault(
             r.member, {"step": [], "score": [], "n": [], "lo": [], "hi": []}
         )
@@ -184,7 +184,7 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     pass@1 V_t; per member and step, mean completion tokens of its solutions against the share
     judged correct; lo/hi are 95% Wilson bounds (error bars).
     """
-    points = steps.difficulty_points(store)
+    points = report_store.difficulty_points(store)
     diff: Data = {
         "step": [step for step, _, _, _ in points],
         "d": [d for _, d, _, _ in points],
@@ -193,7 +193,7 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     # V_t = n_correct / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
     diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [n for _, _, _, n in points])
     length: Data = {}
-    for member, step, tokens, rate, n in steps.length_points(store):
+    for member, step, tokens, rate, n in report_store.length_points(store):
         d = length.setdefault(
             member, {"step": [], "mean_tokens": [], "correct_rate": [], "n": [], "lo": [], "hi": []}
         )
@@ -261,9 +261,9 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
     step's solutions), the cumulative buffer size against wall time since the first step, and the
     wall time each successive `threshold` rows took to accumulate (one training round each).
     """
-    times = steps.step_times(store)
-    buffered = steps.buffered_per_step(store)
-    solutions = steps.answered_per_step(store)
+    times = report_store.step_times(store)
+    buffered = report_store.buffered_per_step(store)
+    solutions = report_store.answered_per_step(store)
     t0 = times[0][1] if times else 0.0
     data: Data = {
         "step": [],
@@ -361,18 +361,18 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
       once it finished training: ready, live or retired).
     """
     names = list(members)
-    extra = steps.solving_members(store)
+    extra = report_store.solving_members(store)
     names += sorted(m for m in extra if m not in names)
     idx = {m: i for i, m in enumerate(names)}
     elite = [[0] * len(names) for _ in names]
-    author = steps.elite_authors(store)
-    for solver, shown in steps.elite_shown(store):
+    author = report_store.elite_authors(store)
+    for solver, shown in report_store.elite_shown(store):
         for eid in shown:
             if eid in author:
                 elite[idx[solver]][idx[author[eid]]] += 1
     training = [[0] * len(names) for _ in names]
     rounds = round_store.round_buffer_ids(store)
-    buffer_author = steps.buffer_authors(store)
+    buffer_author = report_store.buffer_authors(store)
     for learner, round_id, metrics in round_store.trained_rounds(store):
         # The rows the trainer actually fitted (isolated runs fit only the member's own rows);
         # older stores without that record: every row of the round.

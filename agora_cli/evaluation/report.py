@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from agora_cli import steps
+from agora_cli import report_store
 from agora_cli.errors import EvaluationError
 from agora_cli.evaluation import plots
 from agora_cli.evaluation.audit_report import audit_section
@@ -139,7 +139,7 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 def anchor_curve(store: Store) -> dict[str, list[float]]:
     """The members' mean anchor score per anchored step ('@majority' left out), with the pooled
     counts (`k` right of `n` graded, over members) for its interval."""
-    rows = steps.anchor_curve_rows(store)
+    rows = report_store.anchor_curve_rows(store)
     return {
         "step": [step for step, _, _, _ in rows],
         "score": [score for _, score, _, _ in rows],
@@ -228,7 +228,7 @@ def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
     if out:
         return out
     with Store(RunPaths(run.root).store, readonly=True) as store:
-        for r in steps.latest_anchors(store):
+        for r in report_store.latest_anchors(store):
             out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = r.score
     return out
 
@@ -242,7 +242,7 @@ def final_ns(run: RunInfo) -> dict[str, dict[str, int]]:
     if out:
         return out
     with Store(RunPaths(run.root).store, readonly=True) as store:
-        for r in steps.latest_anchors(store):
+        for r in report_store.latest_anchors(store):
             out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = int(r.n or 0)
     return out
 
