@@ -17,6 +17,7 @@ from typing import Any
 
 import trueskill
 
+from agora_cli.errors import StoreError
 from agora_cli.protocol.majority import MAJORITY
 from agora_cli.protocol.types import EliteExample
 from agora_cli.store import Store, now
@@ -336,7 +337,9 @@ def problem(store: Store, problem_id: int) -> ProblemRow:
     """The stored problem `problem_id` (one the caller has just written: it must exist)."""
     r = store.one("SELECT * FROM problems WHERE id = ?", (problem_id,))
     if r is None:
-        raise LookupError(f"no problem {problem_id} in the run store")
+        raise StoreError(
+            f"problem {problem_id} is not in the run store just after it was written (another writer?)"
+        )
     return _problem(r)
 
 
@@ -451,7 +454,9 @@ def solution(store: Store, solution_id: int) -> SolutionRow:
     """The stored solution `solution_id` (one the caller has just written: it must exist)."""
     r = store.one("SELECT * FROM solutions WHERE id = ?", (solution_id,))
     if r is None:
-        raise LookupError(f"no solution {solution_id} in the run store")
+        raise StoreError(
+            f"solution {solution_id} is not in the run store just after it was written (another writer?)"
+        )
     return _solution(r)
 
 
