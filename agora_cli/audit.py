@@ -19,10 +19,10 @@ Counts are stored (`audit` table); rates are shown with their 95% Wilson interva
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from agora_cli import steps
 from agora_cli.stats import rate_text
 from agora_cli.store import Store
 
@@ -117,25 +117,12 @@ def tally(solutions: list[ProbeSolution], grade: GradeMany) -> tuple[dict[int, b
 # --------------------------------------------------------------------------- reading the store
 
 
-def has_audit(store: Store) -> bool:
-    """False for a store written before the audit existed (schema < v3, opened read-only)."""
-    return store.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'") == 1
-
-
-def _counts(row: sqlite3.Row) -> Counts:
-    return Counts(row["tp"], row["fp"], row["fn"], row["tn"])
-
-
 def step_counts(store: Store) -> dict[int, dict[str, Counts]]:
-    """{step: {verifier: Counts}} of the committed steps, oldest first."""
-    if not has_audit(store):
-        return {}
+    """{step: {verifier: Counts}} of the committed steps, oldest first (none for a store
+    written before the audit existed)."""
     out: dict[int, dict[str, Counts]] = {}
-    for r in store.query(
-        "SELECT a.* FROM audit a JOIN steps s ON s.step = a.step AND s.committed_at IS NOT NULL "
-        "ORDER BY a.step, a.verifier"
-    ):
-        out.setdefault(r["step"], {})[r["verifier"]] = _counts(r)
+    for step, verifier, tp, fp, fn, tn in steps.audit_rows(store):
+        out.setdefault(step, {})[verifier] = Counts(tp, fp, fn, tn)
     return out
 
 

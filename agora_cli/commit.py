@@ -8,10 +8,9 @@ recomputed and checked.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from agora_cli import steps as db
+from agora_cli import steps
 from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
 from agora_cli.config import Config
 from agora_cli.events import EventBus
@@ -34,7 +33,7 @@ from agora_cli.store import Store
 class StepWork:
     """What the loop knows about the open step that the store does not: plain data."""
 
-    open: db.OpenStep
+    open: steps.OpenStep
     members: list[str]
     isolated: bool  # the isolated-evolution control (no votes, own problems, own difficulty)
     correct: dict[int, bool]  # solution id -> unanimous consensus (or self-consistency) outcome
@@ -52,20 +51,20 @@ def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float 
 
 
 def member_difficulty(
-    cfg: Config, store: Store, run: StepWork, solutions: list, correct: dict[int, bool]
-) -> dict[str, db.MemberStep]:
+    cfg: Config, store: Store, run: StepWork, solutions: list[steps.SolutionRow], correct: dict[int, bool]
+) -> dict[str, steps.MemberStep]:
     """The isolated control's own difficulty loop per member (protocol step 1, per member):
     V_t^i = the share of member i's samples that self-consistency validated, d_{t+1}^i by Eq. 1
     from its d_t^i and V_target^i (fixed when the step opened), then FEM (Eq. 2) on the member's
     OWN anchor history when it was scored anew at this step. Nothing pooled enters."""
     plan = run.open.info.get("members") or {}  # absent: a step opened by an older agora
-    fresh = db.fresh_anchor_scores(store, run.open.step)
-    out: dict[str, db.MemberStep] = {}
+    fresh = steps.fresh_anchor_scores(store, run.open.step)
+    out: dict[str, steps.MemberStep] = {}
     for m in run.members:
         if m not in plan:
             continue
         d, v_target = float(plan[m]["d"]), float(plan[m]["v_target"])
-        mine = [s["id"] for s in solutions if s["member"] == m]
+        mine = [s.id for s in solutions if s.member == m]
         v = sum(1 for sid in mine if correct.get(sid)) / len(mine) if mine else None
         d_next = (
             d
@@ -74,8 +73,8 @@ def member_difficulty(
         )  # Eq. 1
         f_t = None
         if m in fresh:
-            d_next, f_t = fem(cfg, db.member_anchor_history(store, m) + [fresh[m]], d_next)
-        out[m] = db.MemberStep(d, v, v_target, d_next, f_t)
+            d_next, f_t = fem(cfg, steps.member_anchor_history(store, m) + [fresh[m]], d_next)
+        out[m] = steps.MemberStep(d, v, v_target, d_next, f_t)
     return out
 
 
@@ -83,8 +82,8 @@ def replay_ratings(store: Store, members: list[str]) -> dict[str, tuple[float, f
     """Ratings recomputed from the committed votes alone, in vote-id order (protocol step 4)."""
     env = make_env()
     ratings = {m: env.create_rating() for m in members}
-    for v in db.committed_votes(store):
-        winner, loser = db.winner_loser(v)
+    for v in steps.committed_votes(store):
+        winner, loser = v.winner_loser()
         apply_vote(env, ratings, winner, loser)
     return {m: (r.mu, r.sigma) for m, r in ratings.items()}
 
@@ -92,15 +91,8 @@ def replay_ratings(store: Store, members: list[str]) -> dict[str, tuple[float, f
 def init_ratings(cfg: Config, store: Store) -> None:
     """Initial TrueSkill rows (vote_id NULL) for members never rated, so status shows them."""
     env = make_env()
-    with store.transaction():
-        for m in cfg.members:
-            if store.scalar("SELECT COUNT(*) FROM ratings WHERE member = ?", (m.name,)) == 0:
-                r = env.create_rating()
-                store.execute(
-                    "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) "
-                    "VALUES (0, ?, ?, ?, NULL, ?)",
-                    (m.name, r.mu, r.sigma, time.time()),
-                )
+    priors = {m.name: env.create_rating() for m in cfg.members}
+    steps.insert_prior_ratings(store, {m: (r.mu, r.sigma) for m, r in priors.items()})
 
 
 def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[str, dict]:
@@ -111,21 +103,13 @@ def member_stats(store: Store, cfg: Config, versions: dict[str, int]) -> dict[st
         for m in cfg.members
     }
     if cfg.protocol.mode != "isolated":
-        for m, r in db.current_ratings(store, make_env(), list(out)).items():
+        for m, r in steps.current_ratings(store, make_env(), list(out)).items():
             out[m].update(mu=round(r.mu, 3), sigma=round(r.sigma, 3))
-    for r in store.query(
-        "SELECT s.member, COUNT(*) AS n, SUM(s.correct = 1) AS ok FROM solutions s "
-        f"JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL WHERE {db.NOT_PROBE} "
-        "GROUP BY s.member"
-    ):
-        if r["member"] in out:
-            out[r["member"]].update(solutions=r["n"], validated=r["ok"] or 0)
-    for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
-        if r["member"] in out:
-            out[r["member"]]["buffered"] = r["n"]
-    for m, (n, dropped) in db.generation_counts(store).items():
+    for m, c in steps.member_counts(store).items():
         if m in out:
-            out[m].update(generated=n, dropped=dropped)
+            out[m].update(solutions=c.solutions, validated=c.validated, buffered=c.buffered)
+            if c.generated is not None:
+                out[m].update(generated=c.generated, dropped=c.dropped)
     return out
 
 
@@ -141,41 +125,41 @@ def compute_effects(
     anchors: dict[str, tuple[float, int]],
     wall_s: float,
     request_s: float,
-) -> db.Effects:
+) -> steps.Effects:
     """The step's effects from its stored work (pure apart from reads)."""
     t = run.open.step
-    all_solutions = db.step_solutions(store, t)
+    all_solutions = steps.step_solutions(store, t)
     correct = run.correct
 
     # Protocol step 4: every vote of the step updates the two authors, in vote-id order.
     env = make_env()
-    ratings = db.current_ratings(store, env, run.members)
+    ratings = steps.current_ratings(store, env, run.members)
     rating_rows: list[tuple[str, float, float, int | None]] = []
     if not run.isolated:
-        authors = {s["id"]: s["member"] for s in all_solutions}
-        for v in db.step_votes(store, t):
-            if v["winner"] is None:
+        authors = {s.id: s.member for s in all_solutions}
+        for v in steps.step_votes(store, t):
+            if v.winner is None:
                 continue
-            loser_id = v["solution_b"] if v["winner"] == v["solution_a"] else v["solution_a"]
-            w, lo = authors[v["winner"]], authors[loser_id]
+            loser_id = v.solution_b if v.winner == v.solution_a else v.solution_a
+            w, lo = authors[v.winner], authors[loser_id]
             apply_vote(env, ratings, w, lo)
             for m in (w, lo):
-                rating_rows.append((m, ratings[m].mu, ratings[m].sigma, v["id"]))
+                rating_rows.append((m, ratings[m].mu, ratings[m].sigma, v.id))
 
     # Eq. 4: consensus AND the author's mu above the ensemble mean (after this step's votes).
     mean_mu = _mean([r.mu for r in ratings.values()])
     buffer: list[tuple[int, int, str]] = []
     seen: set[tuple[int, str]] = set()
     for s in all_solutions:
-        if not correct.get(s["id"]):
+        if not correct.get(s.id):
             continue
         if run.isolated:
-            if (s["problem_id"], s["member"]) in seen:
+            if (s.problem_id, s.member) in seen:
                 continue  # one majority sample per (problem, member)
-            seen.add((s["problem_id"], s["member"]))
-            buffer.append((s["id"], s["problem_id"], s["member"]))
-        elif not cfg.ablations.quality_vote or indicator(True, ratings[s["member"]].mu, mean_mu):
-            buffer.append((s["id"], s["problem_id"], s["member"]))
+            seen.add((s.problem_id, s.member))
+            buffer.append((s.id, s.problem_id, s.member))
+        elif not cfg.ablations.quality_vote or indicator(True, ratings[s.member].mu, mean_mu):
+            buffer.append((s.id, s.problem_id, s.member))
 
     n_sol = len(all_solutions)
     n_ok = sum(1 for v in correct.values() if v)
@@ -195,7 +179,7 @@ def compute_effects(
     if anchors:
         # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
         ens = _mean([s for m, (s, _) in anchors.items() if m != MAJORITY])
-        d_next, f_t = fem(cfg, db.anchor_history(store) + [ens], d_next)
+        d_next, f_t = fem(cfg, steps.anchor_history(store) + [ens], d_next)
     elif not cfg.ablations.external_anchor and anchor_step(t, cfg.protocol.anchor_every):
         # No ground truth: Eq. 2 on the ratings, on the anchor schedule (protocol/surprise.py).
         f_t = rating_surprise([r.mu for r in ratings.values()], cfg.protocol.surprise.eps)
@@ -205,15 +189,15 @@ def compute_effects(
         # The isolated step's steps.next_difficulty is the members' mean, for the views only:
         # each member's next step reads its own d_{t+1}^i (member_steps).
         d_next = _mean([m.next_difficulty for m in own.values()])
-    all_problems = db.step_problems(store, t, only_ok=False)
+    all_problems = steps.step_problems(store, t, only_ok=False)
     counts = {
-        "problems": sum(1 for p in all_problems if p["status"] == "ok"),
-        "dropped": sum(1 for p in all_problems if p["status"] != "ok"),
+        "problems": sum(1 for p in all_problems if p.kept),
+        "dropped": sum(1 for p in all_problems if not p.kept),
         "solutions": n_sol,
         "correct": n_ok,
         "buffered": len(buffer),
     }
-    return db.Effects(
+    return steps.Effects(
         step=t,
         rating_rows=rating_rows,
         correct=correct,
@@ -229,26 +213,26 @@ def compute_effects(
         request_s=round(request_s, 3),
         info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu},
         audit=[(v, c.tp, c.fp, c.fn, c.tn) for v, c in run.audit.items()],
-        audit_solutions=[(sid, t, a) for sid, (t, a) in run.audit_solutions.items()],
+        audit_solutions=[(sid, truth, ok) for sid, (truth, ok) in run.audit_solutions.items()],
         member_steps=own,
     )
 
 
 def emit_committed(
-    cfg: Config, store: Store, bus: EventBus, fx: db.Effects, d: float, versions: dict[str, int]
+    cfg: Config, store: Store, bus: EventBus, fx: steps.Effects, d: float, versions: dict[str, int]
 ) -> None:
     stats = member_stats(store, cfg, versions)
     isolated = cfg.protocol.mode == "isolated"
     if not isolated:  # the isolated control is never rated (member_stats has no mu/sigma)
         for m, s in stats.items():
             bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
-    size = db.buffer_size(store)
+    size = steps.buffer_size(store)
     # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
     bus.emit(
         "buffer_size",
         size=size,
         threshold=cfg.protocol.buffer_threshold,
-        unconsumed=db.waiting_rows(store, isolated),
+        unconsumed=steps.waiting_rows(store, isolated),
         per_member=isolated,
     )
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
@@ -257,7 +241,7 @@ def emit_committed(
         step=fx.step,
         f=fx.f_t,
         strategy=fx.strategy,
-        next_strategy=step_strategy(cfg, db.anchor_history(store)),
+        next_strategy=step_strategy(cfg, steps.anchor_history(store)),
     )
     if fx.audit:
         run_total = totals(step_counts(store).values())

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from agora_cli import runlock
-from agora_cli import steps as db
+from agora_cli import steps as step_store
 from agora_cli.client import ClientPool
 from agora_cli.commit import init_ratings, member_stats
 from agora_cli.config import Config, dump_config, load_config
@@ -33,13 +33,12 @@ from agora_cli.metric_logging import TensorBoardSink, check_tensorboard
 from agora_cli.paths import RunPaths
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
+from agora_cli.step import STAGES
 from agora_cli.store import Store
 from agora_cli.training.round_store import live_versions
 from agora_cli.training.rounds import RoundManager
 
-STAGES = ("generate", "solve", "verify", "vote")
 TRAINING_PACKAGES = ("torch", "peft")  # what a training worker imports (agora_cli.training.trainer)
-WORK_TABLES = ("problems", "solutions", "verdicts", "votes", "explanations")
 
 
 @dataclass
@@ -179,7 +178,7 @@ async def drive(
 
     watcher = asyncio.create_task(poller()) if rounds is not None else None
     try:
-        while steps is None or db.open_step_number(store) < steps:
+        while steps is None or step_store.open_step_number(store) < steps:
             fx = await run_step(
                 cfg, store, pool, prompts, bus, versions=versions, anchor=anchor, grade=grader.grade_many
             )
@@ -217,19 +216,19 @@ def run(
         prompts.validate()
         with _events_file(bus, paths), _tensorboard(bus, cfg, paths), Store(paths.store) as store:
             init_ratings(cfg, store)
-            first = db.open_step_number(store)
-            kind = "run_resumed" if first > 0 or store.one("SELECT 1 FROM steps") else "run_started"
+            first = step_store.open_step_number(store)
+            kind = "run_resumed" if first > 0 or step_store.has_steps(store) else "run_started"
             with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
-                versions = rounds.live_versions() if rounds is not None else {}
+                live = rounds.live_versions() if rounds is not None else {}
                 bus.emit(
                     kind,
                     run_dir=str(paths.root),
                     step=first,
                     steps_target=steps,
                     threshold=cfg.protocol.buffer_threshold,
-                    buffer=db.buffer_size(store),
-                    members=member_stats(store, cfg, versions),
+                    buffer=step_store.buffer_size(store),
+                    members=member_stats(store, cfg, live),
                 )
                 try:
                     asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))
@@ -240,10 +239,10 @@ def run(
                 finally:
                     if rounds is not None:
                         rounds.shutdown()
-            committed = db.open_step_number(store)
-            last = store.one("SELECT * FROM steps WHERE step = ?", (committed - 1,))
+            committed = step_store.open_step_number(store)
+            last = step_store.step_row(store, committed - 1)
             bus.emit("run_finished", steps=committed)
-            return RunResult(paths.root, first, committed, dict(last) if last else None)
+            return RunResult(paths.root, first, committed, last)
 
 
 @contextmanager
@@ -285,12 +284,6 @@ def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:
     return load_config(paths.config), paths
 
 
-def _work_counts(store: Store, step: int) -> dict[str, int]:
-    return {
-        t: int(store.scalar(f"SELECT COUNT(*) FROM {t} WHERE step = ?", (step,)) or 0) for t in WORK_TABLES
-    }
-
-
 def run_stage(run_dir: Path | str, stage: str, bus: EventBus | None = None) -> tuple[int, dict]:
     """One phase of the open step (opening it if needed); returns (step, rows written per table).
 
@@ -314,10 +307,11 @@ def run_stage(run_dir: Path | str, stage: str, bus: EventBus | None = None) -> t
         async def go() -> tuple[int, dict[str, int]]:
             try:
                 step_run = begin_step(cfg, store, pool, prompts, bus, lambda: live_versions(store))
-                before = _work_counts(store, step_run.t)
+                t = step_run.state.t
+                before = step_store.work_counts(store, t)
                 await step_run.stage(stage)
-                after = _work_counts(store, step_run.t)
-                return step_run.t, {t: after[t] - before[t] for t in WORK_TABLES}
+                after = step_store.work_counts(store, t)
+                return t, {table: after[table] - before[table] for table in step_store.WORK_TABLES}
             finally:
                 await pool.aclose()
 

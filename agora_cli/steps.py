@@ -17,6 +17,7 @@ from typing import Any
 
 import trueskill
 
+from agora_cli.errors import StoreError
 from agora_cli.protocol.majority import MAJORITY
 from agora_cli.protocol.types import EliteExample
 from agora_cli.store import Store, now
@@ -71,6 +72,121 @@ class MemberStep:
     f_t: float | None = None
 
 
+@dataclass(frozen=True)
+class ProblemRow:
+    """One `problems` row as the loop reads it (seed ids decoded)."""
+
+    id: int
+    step: int
+    author: str
+    text: str
+    difficulty: float
+    seed_ids: tuple[str, ...]
+    status: str  # ok | dropped | probe
+    drop_reason: str | None
+    slot: int | None
+
+    @property
+    def kept(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def probe(self) -> bool:
+        return self.status == PROBE
+
+
+@dataclass(frozen=True)
+class SolutionRow:
+    """One `solutions` row as the loop and the commit read it."""
+
+    id: int
+    problem_id: int
+    step: int
+    member: str
+    sample: int  # > 0 only for the isolated control's self-consistency samples
+    text: str
+    answer: str | None
+    adapter_version: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    id: int
+    solution_id: int
+    verifier: str
+    valid: bool
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    id: int
+    problem_id: int
+    solution_a: int
+    solution_b: int
+    voter: str
+    winner: int | None
+
+
+@dataclass(frozen=True)
+class AnchorRow:
+    """One `anchors` row: a member's calibration score at a step (`reused_from`: the step it was
+    really measured at, when carried over unchanged)."""
+
+    step: int
+    member: str
+    benchmark: str
+    score: float
+    n: int
+    adapter_version: int
+    reused_from: int | None
+
+
+@dataclass(frozen=True)
+class MemberCounts:
+    """One member's cumulative numbers over committed steps: what the views show per member."""
+
+    solutions: int = 0  # solutions of the protocol's problems (probes left out)
+    validated: int = 0  # of which consensus (or self-consistency) passed
+    buffered: int = 0  # rows it has in the high-quality buffer
+    generated: int | None = None  # problems it wrote as a generator (None: never generated)
+    dropped: int | None = None  # of which dropped
+
+
+def _problem(r: sqlite3.Row) -> ProblemRow:
+    return ProblemRow(
+        r["id"],
+        r["step"],
+        r["author"],
+        r["text"],
+        r["difficulty"],
+        tuple(json.loads(r["seed_ids"] or "[]")),
+        r["status"],
+        r["drop_reason"],
+        r["slot"],
+    )
+
+
+def _solution(r: sqlite3.Row) -> SolutionRow:
+    return SolutionRow(
+        r["id"],
+        r["problem_id"],
+        r["step"],
+        r["member"],
+        r["sample"],
+        r["text"],
+        r["answer"],
+        r["adapter_version"],
+        r["error"],
+    )
+
+
+def anchor_row(r: sqlite3.Row) -> AnchorRow:
+    return AnchorRow(
+        r["step"], r["member"], r["benchmark"], r["score"], r["n"], r["adapter_version"], r["reused_from"]
+    )
+
+
 # A consensus-audit probe's problems.status (agora_cli.audit). Probe rows are solved and verified
 # like any problem, and nothing of the protocol reads them: no votes, buffer, elite, V_t or counts.
 PROBE = "probe"
@@ -120,6 +236,62 @@ def open_step_number(store: Store) -> int:
     return store.last_committed_step() + 1
 
 
+def next_difficulty_of(store: Store, step: int) -> float | None:
+    """d_{t+1} committed by `step` (None: no such step, or not committed yet)."""
+    value = store.scalar("SELECT next_difficulty FROM steps WHERE step = ?", (step,))
+    return None if value is None else float(value)
+
+
+def has_steps(store: Store) -> bool:
+    """Whether any step was ever opened in the run (committed or not)."""
+    return store.one("SELECT 1 FROM steps") is not None
+
+
+def step_row(store: Store, step: int) -> dict[str, Any] | None:
+    """The `steps` row of `step` as a plain dict (None: no such step)."""
+    r = store.one("SELECT * FROM steps WHERE step = ?", (step,))
+    return dict(r) if r is not None else None
+
+
+def last_committed_row(store: Store) -> dict[str, Any] | None:
+    """The newest committed `steps` row as a plain dict (None: nothing committed yet)."""
+    r = store.one("SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step DESC LIMIT 1")
+    return dict(r) if r is not None else None
+
+
+def committed_count(store: Store) -> int:
+    return int(store.scalar("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") or 0)
+
+
+def first_open_step(store: Store) -> int | None:
+    """The lowest step with a steps row that has not committed (None: no open step)."""
+    value = store.scalar("SELECT MIN(step) FROM steps WHERE committed_at IS NULL")
+    return None if value is None else int(value)
+
+
+def committed_totals(store: Store) -> tuple[int, int, float]:
+    """(committed steps, rows they buffered, their summed wall time in s): the throughput line."""
+    r = store.one(
+        "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
+        "FROM steps WHERE committed_at IS NOT NULL"
+    )
+    if r is None:  # an aggregate always returns one row; kept explicit for the reader
+        return 0, 0, 0.0
+    return int(r["n"] or 0), int(r["buffered"] or 0), float(r["wall"] or 0.0)
+
+
+# The tables a step's open work is written to (one row per completed request).
+WORK_TABLES = ("problems", "solutions", "verdicts", "votes", "explanations")
+
+
+def work_counts(store: Store, step: int, tables: tuple[str, ...] = WORK_TABLES) -> dict[str, int]:
+    """table -> rows stored for `step`, for tables among WORK_TABLES."""
+    unknown = set(tables) - set(WORK_TABLES)
+    if unknown:
+        raise ValueError(f"not a work table: {sorted(unknown)}")
+    return {t: int(store.scalar(f"SELECT COUNT(*) FROM {t} WHERE step = ?", (step,)) or 0) for t in tables}
+
+
 # --------------------------------------------------------------------------- open-step work
 
 
@@ -153,10 +325,22 @@ def insert_problem(
     return int(cur.lastrowid)  # type: ignore[arg-type]
 
 
-def step_problems(store: Store, step: int, *, only_ok: bool = True) -> list[sqlite3.Row]:
+def step_problems(store: Store, step: int, *, only_ok: bool = True) -> list[ProblemRow]:
     """The step's problems (kept only, or kept and dropped); audit probes never."""
     where = " AND status = 'ok'" if only_ok else f" AND status != '{PROBE}'"
-    return store.query(f"SELECT * FROM problems WHERE step = ?{where} ORDER BY id", (step,))
+    return [
+        _problem(r) for r in store.query(f"SELECT * FROM problems WHERE step = ?{where} ORDER BY id", (step,))
+    ]
+
+
+def problem(store: Store, problem_id: int) -> ProblemRow:
+    """The stored problem `problem_id` (one the caller has just written: it must exist)."""
+    r = store.one("SELECT * FROM problems WHERE id = ?", (problem_id,))
+    if r is None:
+        raise StoreError(
+            f"problem {problem_id} is not in the run store just after it was written (another writer?)"
+        )
+    return _problem(r)
 
 
 def insert_probe(store: Store, step: int, text: str, difficulty: float, seed_id: str, gold: str) -> int:
@@ -176,9 +360,10 @@ def insert_probe(store: Store, step: int, text: str, difficulty: float, seed_id:
     return pid
 
 
-def step_probes(store: Store, step: int) -> list[sqlite3.Row]:
+def step_probes(store: Store, step: int) -> list[ProblemRow]:
     """The step's probe problems (problems rows: no gold)."""
-    return store.query("SELECT * FROM problems WHERE step = ? AND status = ? ORDER BY id", (step, PROBE))
+    rows = store.query("SELECT * FROM problems WHERE step = ? AND status = ? ORDER BY id", (step, PROBE))
+    return [_problem(r) for r in rows]
 
 
 def probe_seed_ids(store: Store) -> set[str]:
@@ -265,14 +450,35 @@ def upsert_solution(
     )
 
 
-def step_solutions(store: Store, step: int) -> list[sqlite3.Row]:
+def solution(store: Store, solution_id: int) -> SolutionRow:
+    """The stored solution `solution_id` (one the caller has just written: it must exist)."""
+    r = store.one("SELECT * FROM solutions WHERE id = ?", (solution_id,))
+    if r is None:
+        raise StoreError(
+            f"solution {solution_id} is not in the run store just after it was written (another writer?)"
+        )
+    return _solution(r)
+
+
+def member_samples(store: Store, problem_id: int, member: str) -> list[SolutionRow]:
+    """The isolated control's answered self-consistency samples of one member on one problem."""
+    rows = store.query(
+        "SELECT * FROM solutions WHERE problem_id = ? AND member = ? AND sample > 0 AND error IS NULL",
+        (problem_id, member),
+    )
+    return [_solution(r) for r in rows]
+
+
+def step_solutions(store: Store, step: int) -> list[SolutionRow]:
     """The step's solutions of its problems (probe solutions are `probe_solutions`)."""
-    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND {NOT_PROBE} ORDER BY id", (step,))
+    rows = store.query(f"SELECT * FROM solutions s WHERE step = ? AND {NOT_PROBE} ORDER BY id", (step,))
+    return [_solution(r) for r in rows]
 
 
-def probe_solutions(store: Store, step: int) -> list[sqlite3.Row]:
+def probe_solutions(store: Store, step: int) -> list[SolutionRow]:
     """The step's solutions of its audit probes."""
-    return store.query(f"SELECT * FROM solutions s WHERE step = ? AND NOT {NOT_PROBE} ORDER BY id", (step,))
+    rows = store.query(f"SELECT * FROM solutions s WHERE step = ? AND NOT {NOT_PROBE} ORDER BY id", (step,))
+    return [_solution(r) for r in rows]
 
 
 def insert_verdict(
@@ -291,8 +497,11 @@ def insert_verdict(
     )
 
 
-def step_verdicts(store: Store, step: int) -> list[sqlite3.Row]:
-    return store.query("SELECT * FROM verdicts WHERE step = ? ORDER BY id", (step,))
+def step_verdicts(store: Store, step: int) -> list[VerdictRow]:
+    return [
+        VerdictRow(r["id"], r["solution_id"], r["verifier"], bool(r["valid"]))
+        for r in store.query("SELECT * FROM verdicts WHERE step = ? ORDER BY id", (step,))
+    ]
 
 
 def insert_vote(
@@ -313,8 +522,11 @@ def insert_vote(
     )
 
 
-def step_votes(store: Store, step: int) -> list[sqlite3.Row]:
-    return store.query("SELECT * FROM votes WHERE step = ? ORDER BY id", (step,))
+def step_votes(store: Store, step: int) -> list[VoteRow]:
+    return [
+        VoteRow(r["id"], r["problem_id"], r["solution_a"], r["solution_b"], r["voter"], r["winner"])
+        for r in store.query("SELECT * FROM votes WHERE step = ? ORDER BY id", (step,))
+    ]
 
 
 def insert_explanation(store: Store, step: int, solution_id: int, member: str, text: str) -> None:
@@ -362,10 +574,10 @@ def rescored_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
     return step_anchors(store, step) if fresh else {}
 
 
-def last_anchors(store: Store, benchmark: str, before: int) -> dict[str, sqlite3.Row]:
+def last_anchors(store: Store, benchmark: str, before: int) -> dict[str, AnchorRow]:
     """Each member's newest anchor row on `benchmark` from a step before `before`."""
     return {
-        r["member"]: r
+        r["member"]: anchor_row(r)
         for r in store.query(
             "SELECT * FROM anchors WHERE id IN (SELECT MAX(id) FROM anchors WHERE benchmark = ? "
             "AND step < ? AND member != ? GROUP BY member)",
@@ -411,22 +623,39 @@ def current_ratings(store: Store, env: trueskill.TrueSkill, members: list[str]) 
     return {m: env.create_rating(*latest[m]) if m in latest else env.create_rating() for m in members}
 
 
-def committed_votes(store: Store) -> list[sqlite3.Row]:
+@dataclass(frozen=True)
+class DecidedVote:
+    """A vote of a committed step with a winner, and the authors of the two solutions."""
+
+    id: int
+    step: int
+    winner: int  # solution id
+    solution_a: int
+    solution_b: int
+    author_a: str
+    author_b: str
+
+    def winner_loser(self) -> tuple[str, str]:
+        """(winner author, loser author)."""
+        if self.winner == self.solution_a:
+            return self.author_a, self.author_b
+        return self.author_b, self.author_a
+
+
+def committed_votes(store: Store) -> list[DecidedVote]:
     """Votes of committed steps with a winner, in vote-id order, with both authors."""
-    return store.query(
-        "SELECT v.id, v.step, v.winner, sa.member AS author_a, sb.member AS author_b, "
-        "v.solution_a, v.solution_b FROM votes v "
-        "JOIN steps s ON s.step = v.step AND s.committed_at IS NOT NULL "
-        "JOIN solutions sa ON sa.id = v.solution_a JOIN solutions sb ON sb.id = v.solution_b "
-        "WHERE v.winner IS NOT NULL ORDER BY v.id"
-    )
-
-
-def winner_loser(vote: Any) -> tuple[str, str]:
-    """(winner author, loser author) of a stored vote row."""
-    if vote["winner"] == vote["solution_a"]:
-        return vote["author_a"], vote["author_b"]
-    return vote["author_b"], vote["author_a"]
+    return [
+        DecidedVote(
+            r["id"], r["step"], r["winner"], r["solution_a"], r["solution_b"], r["author_a"], r["author_b"]
+        )
+        for r in store.query(
+            "SELECT v.id, v.step, v.winner, sa.member AS author_a, sb.member AS author_b, "
+            "v.solution_a, v.solution_b FROM votes v "
+            "JOIN steps s ON s.step = v.step AND s.committed_at IS NOT NULL "
+            "JOIN solutions sa ON sa.id = v.solution_a JOIN solutions sb ON sb.id = v.solution_b "
+            "WHERE v.winner IS NOT NULL ORDER BY v.id"
+        )
+    ]
 
 
 def active_elite(store: Store) -> list[sqlite3.Row]:
@@ -509,6 +738,70 @@ def pool_problem_ids(store: Store) -> set[str]:
         for r in store.query("SELECT seed_ids FROM problems WHERE author = 'seed' AND status = 'ok'")
         for i in json.loads(r["seed_ids"])
     }
+
+
+def member_counts(store: Store) -> dict[str, MemberCounts]:
+    """member -> its cumulative numbers over the run: solutions and validated ones of committed
+    steps (probes left out), buffer rows, problems written and dropped. The one reader of these
+    numbers: the commit's events and `agora status` both show them."""
+    solved: dict[str, tuple[int, int]] = {
+        r["member"]: (r["n"], r["ok"] or 0)
+        for r in store.query(
+            "SELECT s.member, COUNT(*) AS n, SUM(s.correct = 1) AS ok FROM solutions s "
+            f"JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL WHERE {NOT_PROBE} "
+            "GROUP BY s.member"
+        )
+    }
+    buffered: dict[str, int] = {
+        r["member"]: r["n"] for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member")
+    }
+    generated = generation_counts(store)
+    out: dict[str, MemberCounts] = {}
+    for m in [*solved, *(m for m in buffered if m not in solved)] + [
+        m for m in generated if m not in solved and m not in buffered
+    ]:
+        n, ok = solved.get(m, (0, 0))
+        gen, dropped = generated.get(m, (None, None))
+        out[m] = MemberCounts(n, ok, buffered.get(m, 0), gen, dropped)
+    return out
+
+
+def member_usage(store: Store) -> dict[str, tuple[int, float]]:
+    """member -> (completion tokens, request seconds) over its answered solutions."""
+    return {
+        r["member"]: (r["tok"] or 0, r["busy"] or 0.0)
+        for r in store.query(
+            "SELECT member, SUM(completion_tokens) AS tok, SUM(latency_s) AS busy "
+            "FROM solutions WHERE error IS NULL GROUP BY member"
+        )
+    }
+
+
+def insert_prior_ratings(store: Store, priors: dict[str, tuple[float, float]]) -> None:
+    """An initial rating row (step 0, no vote) for each member of `priors` never rated yet, in
+    one transaction, so status shows every member from the start."""
+    with store.transaction():
+        for member, (mu, sigma) in priors.items():
+            if store.scalar("SELECT COUNT(*) FROM ratings WHERE member = ?", (member,)) == 0:
+                store.execute(
+                    "INSERT INTO ratings(step, member, mu, sigma, vote_id, created_at) "
+                    "VALUES (0, ?, ?, ?, NULL, ?)",
+                    (member, mu, sigma, now()),
+                )
+
+
+def audit_rows(store: Store) -> list[tuple[int, str, int, int, int, int]]:
+    """(step, verifier, tp, fp, fn, tn) of the committed steps' consensus audit, oldest step
+    first; empty for a store written before the audit existed."""
+    if not store.has_table("audit"):
+        return []
+    return [
+        (r["step"], r["verifier"], r["tp"], r["fp"], r["fn"], r["tn"])
+        for r in store.query(
+            "SELECT a.* FROM audit a JOIN steps s ON s.step = a.step AND s.committed_at IS NOT NULL "
+            "ORDER BY a.step, a.verifier"
+        )
+    ]
 
 
 def buffer_size(store: Store) -> int:

@@ -333,6 +333,12 @@ class Store:
             (key, json.dumps(value)),
         )
 
+    def has_table(self, name: str) -> bool:
+        """Whether the store has table `name` (a store opened read-only may predate a migration)."""
+        return (
+            self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) == 1
+        )
+
     def last_committed_step(self) -> int:
         """-1 when no step has committed yet."""
         v = self.scalar("SELECT MAX(step) FROM steps WHERE committed_at IS NOT NULL")

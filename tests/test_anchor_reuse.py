@@ -144,7 +144,7 @@ async def test_failed_anchor_is_missing_and_left_out_of_the_ensemble_mean(run_di
     """Every calibration request of gamma fails: no anchor row is stored for it (not a 0.0), the
     ensemble's anchor mean (Eq. 2's input) is over alpha and beta alone, and the next anchor
     step scores gamma again."""
-    from agora_cli.evaluation.benchmarks import load_dev_split
+    from agora_cli.datasets import load_dev_split
 
     gold = {it.problem: it.answer for it in load_dev_split("gsm8k")}
     base, gamma_fails = responder(), [True]

@@ -18,9 +18,11 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agora_cli import report_store  # noqa: E402
 from agora_cli.protocol.majority import MAJORITY  # noqa: E402
 from agora_cli.stats import successes, wilson  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
+from agora_cli.training import round_store  # noqa: E402
 
 Data = dict[str, Any]
 
@@ -87,16 +89,15 @@ def fig_scores_vs_step(
     from matplotlib.ticker import MaxNLocator
 
     evals = evals or {}
-    rows = store.query("SELECT step, member, benchmark, score, n FROM anchors ORDER BY step, member")
     anchors: Data = {}
-    for r in rows:
-        line = anchors.setdefault(r["benchmark"], {}).setdefault(
-            r["member"], {"step": [], "score": [], "n": [], "lo": [], "hi": []}
+    for r in report_store.all_anchors(store):
+        line = anchors.setdefault(r.benchmark, {}).setdefault(
+            r.member, {"step": [], "score": [], "n": [], "lo": [], "hi": []}
         )
-        line["step"].append(r["step"])
-        line["score"].append(r["score"])
-        line["n"].append(r["n"])
-        lo, hi = intervals([r["score"]], [r["n"]])
+        line["step"].append(r.step)
+        line["score"].append(r.score)
+        line["n"].append(r.n)
+        lo, hi = intervals([r.score], [r.n])
         line["lo"] += lo
         line["hi"] += hi
     for per in evals.values():  # each star's 95% interval, from the n it was scored on
@@ -183,34 +184,24 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
     pass@1 V_t; per member and step, mean completion tokens of its solutions against the share
     judged correct; lo/hi are 95% Wilson bounds (error bars).
     """
-    steps = store.query(
-        "SELECT step, difficulty, v_t, n_correct, n_solutions FROM steps "
-        "WHERE committed_at IS NOT NULL AND v_t IS NOT NULL ORDER BY step"
-    )
-    diff = {
-        "step": [r["step"] for r in steps],
-        "d": [r["difficulty"] for r in steps],
-        "v_t": [r["v_t"] for r in steps],
+    points = report_store.difficulty_points(store)
+    diff: Data = {
+        "step": [step for step, _, _, _ in points],
+        "d": [d for _, d, _, _ in points],
+        "v_t": [v for _, _, v, _ in points],
     }
     # V_t = n_correct / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
-    diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [r["n_solutions"] for r in steps])
-    rows = store.query(
-        "SELECT s.member, s.step, AVG(s.completion_tokens) AS tokens, AVG(s.correct) AS rate, "
-        "COUNT(*) AS n "
-        "FROM solutions s JOIN steps t ON t.step = s.step "
-        "WHERE t.committed_at IS NOT NULL AND s.error IS NULL AND s.correct IS NOT NULL "
-        "AND s.completion_tokens IS NOT NULL GROUP BY s.member, s.step ORDER BY s.member, s.step"
-    )
+    diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [n for _, _, _, n in points])
     length: Data = {}
-    for r in rows:
+    for member, step, tokens, rate, n in report_store.length_points(store):
         d = length.setdefault(
-            r["member"], {"step": [], "mean_tokens": [], "correct_rate": [], "n": [], "lo": [], "hi": []}
+            member, {"step": [], "mean_tokens": [], "correct_rate": [], "n": [], "lo": [], "hi": []}
         )
-        d["step"].append(r["step"])
-        d["mean_tokens"].append(r["tokens"])
-        d["correct_rate"].append(r["rate"])
-        d["n"].append(r["n"])
-        lo, hi = intervals([r["rate"]], [r["n"]])
+        d["step"].append(step)
+        d["mean_tokens"].append(tokens)
+        d["correct_rate"].append(rate)
+        d["n"].append(n)
+        lo, hi = intervals([rate], [n])
         d["lo"] += lo
         d["hi"] += hi
     data = {"difficulty": diff, "length": length}
@@ -270,12 +261,10 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
     step's solutions), the cumulative buffer size against wall time since the first step, and the
     wall time each successive `threshold` rows took to accumulate (one training round each).
     """
-    steps = store.query(
-        "SELECT step, started_at, committed_at FROM steps WHERE committed_at IS NOT NULL ORDER BY step"
-    )
-    buffered = dict(store.query("SELECT step, COUNT(*) FROM buffer GROUP BY step"))
-    solutions = dict(store.query("SELECT step, COUNT(*) FROM solutions WHERE error IS NULL GROUP BY step"))
-    t0 = steps[0]["started_at"] if steps else 0.0
+    times = report_store.step_times(store)
+    buffered = report_store.buffered_per_step(store)
+    solutions = report_store.answered_per_step(store)
+    t0 = times[0][1] if times else 0.0
     data: Data = {
         "step": [],
         "buffered": [],
@@ -287,11 +276,11 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
         "fill_times_s": [],
     }
     total, last_fill = 0, 0.0
-    for r in steps:
-        b, n = int(buffered.get(r["step"], 0)), int(solutions.get(r["step"], 0))
+    for step, _, committed_at in times:
+        b, n = int(buffered.get(step, 0)), int(solutions.get(step, 0))
         total += b
-        elapsed = r["committed_at"] - t0
-        data["step"].append(r["step"])
+        elapsed = committed_at - t0
+        data["step"].append(step)
         data["buffered"].append(b)
         data["solutions"].append(n)
         data["yield_rate"].append(b / n if n else 0.0)
@@ -335,17 +324,13 @@ def fig_training_loss(store: Store, path: Path, title: str = "") -> Data:
     Data: {member: {"v<N>": [loss, ...]}} for adapters that finished training.
     """
     data: Data = {}
-    rows = store.query(
-        "SELECT member, version, metrics FROM adapters WHERE metrics IS NOT NULL "
-        "AND status IN ('ready', 'live', 'retired') ORDER BY member, version"
-    )
-    for r in rows:
+    for member, version, metrics in round_store.trained_metrics(store):
         try:
-            losses = json.loads(r["metrics"]).get("losses") or []
+            losses = json.loads(metrics).get("losses") or []
         except (json.JSONDecodeError, AttributeError):
             continue
         if losses:
-            data.setdefault(r["member"], {})[f"v{r['version']}"] = [float(x) for x in losses]
+            data.setdefault(member, {})[f"v{version}"] = [float(x) for x in losses]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for member, versions in data.items():
         for version, losses in versions.items():
@@ -376,34 +361,27 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
       once it finished training: ready, live or retired).
     """
     names = list(members)
-    extra = [
-        r[0]
-        for r in store.query("SELECT DISTINCT member FROM solutions UNION SELECT DISTINCT member FROM buffer")
-    ]
+    extra = report_store.solving_members(store)
     names += sorted(m for m in extra if m not in names)
     idx = {m: i for i, m in enumerate(names)}
     elite = [[0] * len(names) for _ in names]
-    author = dict(store.query("SELECT id, member FROM elite"))
-    for r in store.query("SELECT member, elite_ids FROM solutions WHERE elite_ids != '[]'"):
-        for eid in json.loads(r["elite_ids"]):
+    author = report_store.elite_authors(store)
+    for solver, shown in report_store.elite_shown(store):
+        for eid in shown:
             if eid in author:
-                elite[idx[r["member"]]][idx[author[eid]]] += 1
+                elite[idx[solver]][idx[author[eid]]] += 1
     training = [[0] * len(names) for _ in names]
-    rounds = {r["id"]: json.loads(r["buffer_ids"]) for r in store.query("SELECT id, buffer_ids FROM rounds")}
-    buffer_author = dict(store.query("SELECT id, member FROM buffer"))
-    trained = store.query(
-        "SELECT member, round_id, metrics FROM adapters WHERE round_id IS NOT NULL "
-        "AND status IN ('ready', 'live', 'retired')"
-    )
-    for a in trained:
+    rounds = round_store.round_buffer_ids(store)
+    buffer_author = report_store.buffer_authors(store)
+    for learner, round_id, metrics in round_store.trained_rounds(store):
         # The rows the trainer actually fitted (isolated runs fit only the member's own rows);
         # older stores without that record: every row of the round.
-        fitted = json.loads(a["metrics"] or "{}").get("buffer_ids")
-        for bid in fitted if fitted is not None else rounds.get(a["round_id"], []):
+        fitted = json.loads(metrics or "{}").get("buffer_ids")
+        for bid in fitted if fitted is not None else rounds.get(round_id, []):
             teacher = buffer_author.get(bid)
             if teacher is None:
                 continue
-            training[idx[a["member"]]][idx[teacher]] += 1
+            training[idx[learner]][idx[teacher]] += 1
     return {"members": names, "elite": elite, "training": training}
 
 
@@ -499,14 +477,14 @@ def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: P
                 if "n" in c:
                     counts[s][0] += c["k"][i]
                     counts[s][1] += c["n"][i]
-        steps = sorted(s for s, vs in by_step.items() if len(vs) == len(runs))
-        mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+        common = sorted(s for s, vs in by_step.items() if len(vs) == len(runs))
+        mean = [sum(by_step[s]) / len(by_step[s]) for s in common]
         # The band: 95% Wilson interval of every member's anchor answers at that step, pooled.
-        bounds = [wilson(*counts[s]) for s in steps]
+        bounds = [wilson(*counts[s]) for s in common]
         lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
-        data[mode] = {"step": steps, "score": mean, "runs": len(runs), "lo": lo, "hi": hi}
-        (line,) = ax.plot(steps, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
-        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+        data[mode] = {"step": common, "score": mean, "runs": len(runs), "lo": lo, "hi": hi}
+        (line,) = ax.plot(common, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
+        ax.fill_between(common, lo, hi, color=line.get_color(), alpha=0.15)
     if not data:
         _empty(ax, "anchor scores")
     else:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from agora_cli import report_store
 from agora_cli.errors import EvaluationError
 from agora_cli.evaluation import plots
 from agora_cli.evaluation.audit_report import audit_section
@@ -138,16 +139,12 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 def anchor_curve(store: Store) -> dict[str, list[float]]:
     """The members' mean anchor score per anchored step ('@majority' left out), with the pooled
     counts (`k` right of `n` graded, over members) for its interval."""
-    rows = store.query(
-        "SELECT step, AVG(score) AS score, SUM(ROUND(score * n)) AS k, SUM(n) AS n FROM anchors "
-        "WHERE member != ? GROUP BY step ORDER BY step",
-        (MAJORITY,),
-    )
+    rows = report_store.anchor_curve_rows(store)
     return {
-        "step": [r["step"] for r in rows],
-        "score": [r["score"] for r in rows],
-        "k": [int(r["k"] or 0) for r in rows],
-        "n": [int(r["n"] or 0) for r in rows],
+        "step": [step for step, _, _, _ in rows],
+        "score": [score for _, score, _, _ in rows],
+        "k": [k for _, _, k, _ in rows],
+        "n": [n for _, _, _, n in rows],
     }
 
 
@@ -231,11 +228,8 @@ def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
     if out:
         return out
     with Store(RunPaths(run.root).store, readonly=True) as store:
-        step = store.scalar("SELECT MAX(step) FROM anchors")
-        if step is None:
-            return {}
-        for r in store.query("SELECT member, benchmark, score FROM anchors WHERE step = ?", (step,)):
-            out.setdefault(f"{r['benchmark']} (anchor)", {})[r["member"]] = r["score"]
+        for r in report_store.latest_anchors(store):
+            out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = r.score
     return out
 
 
@@ -248,9 +242,8 @@ def final_ns(run: RunInfo) -> dict[str, dict[str, int]]:
     if out:
         return out
     with Store(RunPaths(run.root).store, readonly=True) as store:
-        step = store.scalar("SELECT MAX(step) FROM anchors")
-        for r in store.query("SELECT member, benchmark, n FROM anchors WHERE step = ?", (step,)):
-            out.setdefault(f"{r['benchmark']} (anchor)", {})[r["member"]] = int(r["n"] or 0)
+        for r in report_store.latest_anchors(store):
+            out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = int(r.n or 0)
     return out
 
 

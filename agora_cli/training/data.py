@@ -18,6 +18,7 @@ from typing import Any
 
 from agora_cli.protocol.prompts import Prompts
 from agora_cli.store import Store
+from agora_cli.training.round_store import buffer_texts
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 
@@ -72,18 +73,10 @@ def load_samples(
     """
     if not buffer_ids:
         return []
-    marks = ",".join("?" * len(buffer_ids))
-    rows = store.query(
-        f"SELECT b.id, b.member, p.text AS problem, s.text AS solution FROM buffer b "
-        f"JOIN solutions s ON s.id = b.solution_id JOIN problems p ON p.id = b.problem_id "
-        f"WHERE b.id IN ({marks})",
-        buffer_ids,
-    )
-    if author is not None:
-        rows = [r for r in rows if r["member"] == author]
-    by_id = {r["id"]: r for r in rows}
+    rows = buffer_texts(store, buffer_ids)
+    by_id = {r.id: r for r in rows if author is None or r.member == author}
     return [
-        Sample(i, solve_messages(by_id[i]["problem"], prompts_dir), by_id[i]["solution"])
+        Sample(i, solve_messages(by_id[i].problem, prompts_dir), by_id[i].solution)
         for i in buffer_ids
         if i in by_id
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,42 @@ def set_model_name(store: Store, member: str, version: int, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- rounds
+
+
+@dataclass(frozen=True)
+class BufferText:
+    """One buffer row with the texts a training sample is made of."""
+
+    id: int
+    member: str
+    problem: str
+    solution: str
+
+
+def buffer_texts(store: Store, buffer_ids: list[int]) -> list[BufferText]:
+    """The buffer rows `buffer_ids` (those that exist, in no particular order) with their
+    problem and solution text."""
+    if not buffer_ids:
+        return []
+    rows = store.query(
+        f"SELECT b.id, b.member, p.text AS problem, s.text AS solution FROM buffer b "
+        f"JOIN solutions s ON s.id = b.solution_id JOIN problems p ON p.id = b.problem_id "
+        f"WHERE b.id IN ({_marks(buffer_ids)})",
+        buffer_ids,
+    )
+    return [BufferText(r["id"], r["member"], r["problem"], r["solution"]) for r in rows]
+
+
+def recent_rounds(store: Store, n: int) -> list[dict[str, Any]]:
+    """The newest `n` rounds, newest first: id, step, status, error and `n` (rows trained on)."""
+    out = []
+    for r in store.query(
+        "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT ?", (n,)
+    ):
+        row = dict(r)
+        row["n"] = len(json.loads(row.pop("buffer_ids") or "[]"))
+        out.append(row)
+    return out
 
 
 def retriable_round(store: Store) -> sqlite3.Row | None:
@@ -234,3 +271,39 @@ def make_live(store: Store, round_id: int, member: str, name: str | None) -> int
             (name, now(), round_id, member),
         )
     return int(adapter_of(store, round_id, member)["version"])
+
+
+# --------------------------------------------------------------------------- reads for reports
+
+
+TRAINED = ("ready", "live", "retired")  # adapters that finished training
+
+
+def trained_metrics(store: Store) -> list[tuple[str, int, str]]:
+    """(member, version, metrics JSON) of every adapter that finished training and recorded
+    metrics, by member then version."""
+    return [
+        (r["member"], int(r["version"]), r["metrics"])
+        for r in store.query(
+            f"SELECT member, version, metrics FROM adapters WHERE metrics IS NOT NULL "
+            f"AND status IN ({_marks(TRAINED)}) ORDER BY member, version",
+            TRAINED,
+        )
+    ]
+
+
+def trained_rounds(store: Store) -> list[tuple[str, int, str | None]]:
+    """(member, round id, metrics JSON or None) of every adapter a round trained to the end."""
+    return [
+        (r["member"], int(r["round_id"]), r["metrics"])
+        for r in store.query(
+            f"SELECT member, round_id, metrics FROM adapters WHERE round_id IS NOT NULL "
+            f"AND status IN ({_marks(TRAINED)})",
+            TRAINED,
+        )
+    ]
+
+
+def round_buffer_ids(store: Store) -> dict[int, list[int]]:
+    """round id -> the buffer rows it reserved."""
+    return {r["id"]: json.loads(r["buffer_ids"]) for r in store.query("SELECT id, buffer_ids FROM rounds")}

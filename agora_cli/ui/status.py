@@ -6,7 +6,6 @@ the last committed transaction, and the JSONL reader skips a torn last line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,13 +19,20 @@ from agora_cli.events import Event, read_events
 from agora_cli.paths import RunPaths
 from agora_cli.stats import fraction_text, rate_text
 from agora_cli.steps import (
-    NOT_PROBE,
-    generation_counts,
+    buffer_size,
+    committed_count,
+    committed_totals,
+    first_open_step,
+    last_committed_row,
     latest_ratings,
+    member_counts,
     member_steps,
+    member_usage,
     waiting_rows,
+    work_counts,
 )
 from agora_cli.store import Store
+from agora_cli.training.round_store import live_versions, recent_rounds
 from agora_cli.ui.live import MemberStats, Throughput, member_table
 
 QUIET = {"request_done", "phase_progress", "verdict"}
@@ -67,68 +73,44 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
 
         raw = yaml.safe_load(paths.config.read_text()) or {}
         threshold = int(raw.get("protocol", {}).get("buffer_threshold", 1024))
-        member_names = [m["name"] for m in raw.get("members", [])]
+        member_names = [entry["name"] for entry in raw.get("members", [])]
         isolated = raw.get("protocol", {}).get("mode") == "isolated"
     with Store(paths.store, readonly=True) as store:
-        last_row = store.one("SELECT * FROM steps WHERE committed_at IS NOT NULL ORDER BY step DESC LIMIT 1")
-        last = dict(last_row) if last_row else {}
-        committed = int(store.scalar("SELECT COUNT(*) FROM steps WHERE committed_at IS NOT NULL") or 0)
-        open_step = store.scalar("SELECT MIN(step) FROM steps WHERE committed_at IS NULL")
+        last = last_committed_row(store) or {}
+        committed = committed_count(store)
+        open_step = first_open_step(store)
         open_work = {}
         if open_step is not None:
-            for table in ("problems", "solutions", "verdicts", "votes"):
-                open_work[table] = int(
-                    store.scalar(f"SELECT COUNT(*) FROM {table} WHERE step = ?", (open_step,)) or 0
-                )
+            open_work = work_counts(store, open_step, ("problems", "solutions", "verdicts", "votes"))
         members = {name: MemberStats() for name in member_names}
-        for r in store.query(
-            "SELECT member, COUNT(*) AS n, SUM(correct = 1) AS ok FROM solutions s "
-            "JOIN steps t ON t.step = s.step AND t.committed_at IS NOT NULL "
-            f"WHERE {NOT_PROBE} GROUP BY member"
-        ):
-            m = members.setdefault(r["member"], MemberStats())
-            m.solutions, m.validated = r["n"], r["ok"] or 0
+        counts = member_counts(store)
+        for name, c in counts.items():
+            m = members.setdefault(name, MemberStats())
+            m.solutions, m.validated = c.solutions, c.validated
         # The isolated control never votes: its rows are the prior, not a rating.
         for name, (mu, sigma) in ({} if isolated else latest_ratings(store)).items():
             m = members.setdefault(name, MemberStats())
             m.mu, m.sigma = mu, sigma
-        for r in store.query("SELECT member, COUNT(*) AS n FROM buffer GROUP BY member"):
-            members.setdefault(r["member"], MemberStats()).buffered = r["n"]
-        for r in store.query(
-            "SELECT member, MAX(version) AS v FROM adapters WHERE status = 'live' GROUP BY member"
-        ):
-            members.setdefault(r["member"], MemberStats()).version = r["v"]
-        for r in store.query(
-            "SELECT member, SUM(completion_tokens) AS tok, SUM(latency_s) AS busy "
-            "FROM solutions WHERE error IS NULL GROUP BY member"
-        ):
-            m = members.setdefault(r["member"], MemberStats())
-            m.tokens, m.busy_s = r["tok"] or 0, r["busy"] or 0.0
-        for name, (n, dropped) in generation_counts(store).items():
+        for name, c in counts.items():
+            if c.buffered:
+                members.setdefault(name, MemberStats()).buffered = c.buffered
+        for name, version in live_versions(store).items():
+            members.setdefault(name, MemberStats()).version = version
+        for name, (tokens, busy) in member_usage(store).items():
             m = members.setdefault(name, MemberStats())
-            m.generated, m.dropped = n, dropped
-        buffer = int(store.scalar("SELECT COUNT(*) FROM buffer") or 0)
+            m.tokens, m.busy_s = tokens, busy
+        for name, c in counts.items():
+            if c.generated is not None:
+                m = members.setdefault(name, MemberStats())
+                m.generated, m.dropped = c.generated, c.dropped or 0
+        buffer = buffer_size(store)
         unconsumed = waiting_rows(store, isolated)
         member_d = {}
-        if last and store.scalar(  # a store older than schema v4 has no member_steps
-            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'member_steps'"
-        ):
-            member_d = {m: x.next_difficulty for m, x in member_steps(store, last["step"]).items()}
-        done = store.one(
-            "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
-            "FROM steps WHERE committed_at IS NOT NULL"
-        )
-        throughput = Throughput(
-            int(done["buffered"] or 0), int(done["n"] or 0), float(done["wall"] or 0.0), unconsumed, threshold
-        )
-        rounds = [
-            dict(r)
-            for r in store.query(
-                "SELECT id, step, status, buffer_ids, error FROM rounds ORDER BY id DESC LIMIT 3"
-            )
-        ]
-        for r in rounds:
-            r["n"] = len(json.loads(r.pop("buffer_ids") or "[]"))
+        if last and store.has_table("member_steps"):  # a store older than schema v4 has none
+            member_d = {name: x.next_difficulty for name, x in member_steps(store, last["step"]).items()}
+        n_done, n_buffered, wall = committed_totals(store)
+        throughput = Throughput(n_buffered, n_done, wall, unconsumed, threshold)
+        rounds = recent_rounds(store, 3)
         per_step = step_counts(store)
     # Per-request chatter would crowd out what matters; `events.jsonl` keeps all of it.
     events = [e for e in read_events(paths.events) if e.get("kind") not in QUIET][-n_events:]
@@ -199,7 +181,7 @@ def render(s: RunStatus) -> RenderableType:
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
         + (
-            f"d_t+1 per member: {', '.join(f'{m} {d:.3f}' for m, d in s.member_d.items())}\n"
+            f"d_t+1 per member: {', '.join(f'{name} {d:.3f}' for name, d in s.member_d.items())}\n"
             if s.member_d
             else ""
         )
