@@ -3,13 +3,13 @@
 The layers, bottom to top (a module belongs to the layer of the longest name in `LAYERS` that is
 it or a package above it; every module must belong to one):
 
-    base            errors, paths, stats, datasets, store, events, endpoint, lora_names, runlock
+    base            errors, paths, shipped, stats, datasets, store, events, endpoint, lora_names, runlock
     config          the run configuration (schema, GPU plan, checks, loading)
     clients         models (weights on disk), client (HTTP to the members)
     protocol        the protocol's stages, prompts, answers
-    records         steps (the loop's SQL), audit (consensus-audit tallies)
+    records         steps (the loop's SQL), report_store (the report's reads), audit (tallies)
     engines         serving, training, evaluation, metric_logging (the TensorBoard sink)
-    loop            commit, loop: one step of AGORA
+    loop            commit, step (the variants: AGORA, isolated, probes), loop: one step
     orchestration   runner (a run, resumes, rounds between steps), ablate (drives many runs)
     views           ui: live, plain and status views of a run's events and store
     cli             the commands
@@ -38,14 +38,26 @@ pytestmark = pytest.mark.unit
 LAYERS: list[tuple[str, list[str]]] = [
     (
         "base",
-        ["", "errors", "paths", "stats", "datasets", "store", "events", "endpoint", "lora_names", "runlock"],
+        [
+            "",
+            "errors",
+            "paths",
+            "shipped",
+            "stats",
+            "datasets",
+            "store",
+            "events",
+            "endpoint",
+            "lora_names",
+            "runlock",
+        ],
     ),
     ("config", ["config"]),
     ("clients", ["models", "client"]),
     ("protocol", ["protocol"]),
-    ("records", ["steps", "audit"]),
+    ("records", ["steps", "report_store", "audit"]),
     ("engines", ["serving", "training", "evaluation", "metric_logging"]),
-    ("loop", ["commit", "loop"]),
+    ("loop", ["commit", "step", "loop"]),
     ("orchestration", ["runner", "ablate"]),
     ("views", ["ui"]),
     ("cli", ["cli", "__main__"]),
@@ -72,7 +84,8 @@ def layer_of(module: str, layers: list[tuple[str, list[str]]] = LAYERS) -> int |
     for index, (_, names) in enumerate(layers):
         for short in names:
             full = _full(short)
-            if module == full or module.startswith(full + "."):
+            # The package root ("") is its own `__init__` only, never a catch-all for new modules.
+            if module == full or (short and module.startswith(full + ".")):
                 if best is None or len(full) > best[0]:
                     best = (len(full), index)
     return None if best is None else best[1]
