@@ -22,8 +22,8 @@ key included, at start: the guard writes the log with the key redacted (`guard.p
 
 A member's model name is `<base>` until its first adapter, then `<base>:<member>-v<N>`.
 Activation loads the new version under a new name, switches the member, then unloads the old name
-in the background, so requests in flight on the old adapter finish on it (`lora_server.py`, shared
-with the `vllm` backend). Several members may share one server.
+once the last request sent with it has finished, so no request names it afterwards (SGLang would
+load it again) (`lora_server.py`, shared with the `vllm` backend). Several members may share one server.
 With `launch: false` the servers are started elsewhere and `urls` maps base model to URL.
 """
 
