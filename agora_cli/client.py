@@ -2,8 +2,9 @@
 
 One `openai.AsyncOpenAI` per member endpoint, a per-member concurrency limit, a per-request timeout,
 `tenacity` retries with exponential backoff and jitter on connection errors, timeouts and 5xx (never
-on 4xx), and token accounting per member. Endpoints are looked up on every request, so a hot-swapped
-adapter takes effect between requests without losing any.
+on 4xx), and token accounting per member. Endpoints are looked up on every attempt, so a hot-swapped
+adapter takes effect between requests without losing any; each attempt holds a lease on the
+endpoint it was sent to (`lease`), so the adapter it names stays loaded until it finishes.
 
 Requests go through the client's documented low-level `post("/chat/completions", ...)` with a plain
 JSON body rather than `chat.completions.create`: `create` first walks its arguments through the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +91,9 @@ class MemberLimits:
 
 @dataclass
 class ClientPool:
-    """Routes chat requests to members. `resolve(member)` returns the member's current endpoint."""
+    """Routes chat requests to members. `resolve(member)` returns the member's current endpoint;
+    `lease(member)`, when given, does too, as a context manager that keeps what the endpoint names
+    (an adapter) alive until the request it was resolved for has finished."""
 
     resolve: Callable[[str], Endpoint]
     limits: dict[str, MemberLimits]
@@ -98,6 +102,7 @@ class ClientPool:
     usage: dict[str, Usage] = field(default_factory=dict)
     # member -> fields added to each of its requests (config `chat_template_kwargs`)
     extra_body: dict[str, dict] = field(default_factory=dict)
+    lease: Callable[[str], AbstractContextManager[Endpoint]] | None = None
 
     def __post_init__(self) -> None:
         self._clients: dict[tuple[str, str, str], openai.AsyncOpenAI] = {}
@@ -115,6 +120,9 @@ class ClientPool:
             # Retries are ours (tenacity), so the SDK's own are off.
             self._clients[key] = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
         return self._clients[key]
+
+    def _lease(self, member: str) -> AbstractContextManager[Endpoint]:
+        return self.lease(member) if self.lease is not None else nullcontext(self.resolve(member))
 
     def _sem(self, member: str) -> asyncio.Semaphore:
         if member not in self._sems:
@@ -150,24 +158,26 @@ class ClientPool:
                         attempt_no += 1
                         if attempt_no > 1:
                             usage.retries += 1
-                        ep = self.resolve(member)  # re-resolved: picks up hot-swaps
-                        t0 = time.perf_counter()
-                        resp = await self._client(member, ep).post(
-                            "/chat/completions",
-                            cast_to=ChatCompletion,
-                            body={
-                                "model": ep.model,
-                                "messages": messages,
-                                "temperature": sampling.temperature,
-                                "top_p": sampling.top_p,
-                                "max_tokens": sampling.max_tokens,
-                                **self.extra_body.get(member, {}),
-                                **ep.extra_body,  # e.g. SGLang's `lora_path`
-                            },
-                            # The role travels out of band (logs, test fakes); servers ignore it.
-                            options={"timeout": limit.timeout_s, "headers": {"X-Agora-Role": role}},
-                        )
-                        latency = time.perf_counter() - t0
+                        # Resolved per attempt (picks up hot-swaps) and sent with what it
+                        # resolved to, which the lease keeps loaded until the attempt ends.
+                        with self._lease(member) as ep:
+                            t0 = time.perf_counter()
+                            resp = await self._client(member, ep).post(
+                                "/chat/completions",
+                                cast_to=ChatCompletion,
+                                body={
+                                    "model": ep.model,
+                                    "messages": messages,
+                                    "temperature": sampling.temperature,
+                                    "top_p": sampling.top_p,
+                                    "max_tokens": sampling.max_tokens,
+                                    **self.extra_body.get(member, {}),
+                                    **ep.extra_body,  # e.g. SGLang's `lora_path`
+                                },
+                                # The role travels out of band (logs, test fakes); servers ignore it.
+                                options={"timeout": limit.timeout_s, "headers": {"X-Agora-Role": role}},
+                            )
+                            latency = time.perf_counter() - t0
             except Exception as exc:
                 usage.failures += 1
                 self.bus.emit(

@@ -28,6 +28,7 @@ from agora_cli.events import EventBus, read_events
 from agora_cli.models import prepare
 from agora_cli.paths import RunPaths
 from agora_cli.serving import Serving
+from agora_cli.serving.keys import KEY_FILE, bearer
 from agora_cli.serving.process import http
 from agora_cli.serving.vllm import default_python
 from agora_cli.store import Store
@@ -69,7 +70,6 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
         [
             TWO_SMOL,
             "client.max_retries=0",
-            "backends.vllm.unload_grace_s=1",
         ],
     )
     paths = RunPaths(tmp_path / "run").ensure()
@@ -83,6 +83,7 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
 
     with Serving(cfg, paths, EventBus([events.append])) as serving:
         url = serving.endpoint("smol-a").base_url.removesuffix("/v1")
+        keyed = bearer(serving.endpoint("smol-a").api_key)  # the run's key: the server wants it
         assert serving.endpoint("smol-a").model == serving.endpoint("smol-b").model == str(base)
         pool = serving.client_pool()
         done: list[tuple[str, float, float, str]] = []  # (member, start, finish, model served)
@@ -105,7 +106,7 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
             for member, adapter, version in (("smol-a", a1, 1), ("smol-b", b1, 1), ("smol-a", a2, 2)):
                 ep = await asyncio.to_thread(serving.activate, member, adapter, version)
                 swaps.append((member, time.perf_counter(), ep.model))
-                await asyncio.sleep(2.0)  # the old adapter's grace period passes under load
+                await asyncio.sleep(2.0)  # requests run on under load between swaps
             while any(
                 sum(1 for m, s, _, _ in done if m == member and s > t) < 2 for member, t, _ in swaps[-2:]
             ):
@@ -121,7 +122,7 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
         answers = asyncio.run(go())
         for backend in serving.backends.values():
             backend.lora.finish()
-        listed = {d["id"] for d in http("GET", f"{url}/v1/models").json["data"]}
+        listed = {d["id"] for d in http("GET", f"{url}/v1/models", headers=keyed).json["data"]}
         base_answer = http(
             "POST",
             f"{url}/v1/chat/completions",
@@ -131,6 +132,7 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
                 "temperature": 0.0,
                 "max_tokens": 12,
             },
+            headers=keyed,
         ).json["choices"][0]["message"]["content"]
         stale = http(
             "POST",
@@ -140,6 +142,7 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
                 "messages": question,
                 "max_tokens": 2,
             },
+            headers=keyed,
         )
 
     assert failed == []
@@ -162,6 +165,47 @@ def test_adapters_swap_into_the_live_vllm_server_under_load(tmp_path: Path) -> N
     assert stale.status == 404
     assert len({answers["smol-a"], answers["smol-b"], base_answer}) == 3
     assert not [e for e in events if e["kind"] == "adapter_unload_failed"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_launched_vllm_server_answers_only_with_the_runs_key(tmp_path: Path) -> None:
+    """One real vLLM CPU server launched by agora: 401 without the key (the adapter endpoints
+    too), 200 with it; the key is on no command line and not in the server's log."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [TWO_SMOL, "client.max_retries=0"])
+    paths = RunPaths(tmp_path / "run").ensure()
+    base = prepare(cfg.member("smol-a"))
+    with Serving(cfg, paths) as serving:
+        key = (paths.root / KEY_FILE).read_text().strip()
+        url = serving.endpoint("smol-a").base_url.removesuffix("/v1")
+        hi = {"model": str(base), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert http("GET", f"{url}/v1/models").status == 401
+        assert http("POST", f"{url}/v1/chat/completions", hi).status == 401
+        load = {"lora_name": "x", "lora_path": str(tmp_path)}
+        assert http("POST", f"{url}/v1/load_lora_adapter", load).status == 401
+        assert http("GET", f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}).status == 401
+        assert http("GET", f"{url}/v1/models", headers=bearer(key)).status == 200
+        assert http("POST", f"{url}/v1/chat/completions", hi, timeout=120, headers=bearer(key)).status == 200
+        pool = serving.client_pool()
+
+        async def ask() -> str:
+            try:
+                return (await pool.chat("smol-a", hi["messages"], Sampling(max_tokens=2))).model
+            finally:
+                await pool.aclose()
+
+        assert asyncio.run(ask()) == str(base)  # agora's own requests carry it
+        cmdlines = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    cmdlines.append((p / "cmdline").read_bytes())
+                except OSError:
+                    pass
+        assert any(b"vllm.entrypoints.openai.api_server" in c for c in cmdlines)
+        assert not [c for c in cmdlines if key.encode() in c]
+    logs = list(paths.logs.glob("vllm-*.log"))
+    assert logs and not [p for p in logs if key in p.read_text(errors="replace")]
 
 
 RUN_OVERRIDES = [

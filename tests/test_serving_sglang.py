@@ -52,25 +52,23 @@ def test_launch_commands_one_server_per_base_model(tmp_path: Path) -> None:
         )
     )
     lines = Serving(cfg, RunPaths(tmp_path)).describe()
+    key_file = tmp_path.resolve() / "sglang-gpu.yaml"  # holds the API key, written at start (0600)
     assert lines == [
         "[gpu] python3 -m sglang.launch_server --model-path org/base-a --host 127.0.0.1 "
         "--port 31000 --tp-size 2 --enable-lora --max-lora-rank 32 --lora-target-modules "
-        "q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.3    # a1, a2",
+        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.3 --config {key_file}    # a1, a2",
         "[gpu] python3 -m sglang.launch_server --model-path org/base-b --host 127.0.0.1 "
         "--port 31001 --tp-size 2 --enable-lora --max-lora-rank 32 --lora-target-modules "
-        "q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.429    # b1",
+        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.429 --config {key_file}    # b1",
     ]
 
 
 def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
-    """Load, switch, serve on the new adapter; the old one is unloaded after the grace period (or
-    at stop, whichever comes first)."""
+    """Load, switch, serve on the new adapter; the old one, with no request in flight, is
+    unloaded at the switch."""
     with FakeSGLang(BASE_A) as fake:
         cfg = config_from_dict(
-            _cfg(
-                {"launch": False, "urls": {BASE_A: fake.url}, "unload_grace_s": 600},
-                [("a1", BASE_A), ("a2", BASE_A)],
-            )
+            _cfg({"launch": False, "urls": {BASE_A: fake.url}}, [("a1", BASE_A), ("a2", BASE_A)])
         )
         events: list[dict] = []
         with Serving(cfg, RunPaths(tmp_path / "run"), EventBus([events.append])) as serving:
@@ -81,6 +79,7 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
             assert ep.model == f"{BASE_A}:a1-v1"
             assert ep.base_url == f"{fake.url}/v1"
             serving.activate("a1", v2, 2)
+            serving.backends["gpu"].lora.finish()  # the unload runs in the background
 
             pool = serving.client_pool()
 
@@ -96,9 +95,9 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
         assert fake.calls == [
             ("load", "a1-v1"),
             ("load", "a1-v2"),
+            ("unload", "a1-v1"),
             ("chat", "a1-v2"),
             ("chat", "base"),
-            ("unload", "a1-v1"),
         ]
         assert fake.adapters == {"a1-v2": str(v2.resolve())}
         assert not [e for e in events if e["kind"] == "adapter_unload_failed"]
@@ -165,7 +164,7 @@ def test_slow_unload_does_not_fail_the_activation(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A, unload_delay_s=3.0) as fake:
         cfg = config_from_dict(
             _cfg(
-                {"launch": False, "urls": {BASE_A: fake.url}, "startup_timeout_s": 0.5, "unload_grace_s": 0},
+                {"launch": False, "urls": {BASE_A: fake.url}, "startup_timeout_s": 0.5},
                 [("a1", BASE_A), ("a2", BASE_A)],
             )
         )

@@ -60,6 +60,7 @@ def _servers(cfg_path: str, tmp: Path) -> list[tuple[SGLangServing, str, list[st
                 i = list(backend._bases(planned=True)).index(base)
                 fractions = backend._fractions(backend._bases(planned=True))
                 cmd = backend.command(base, backend.cfg.base_port + i, fractions.get(base))
+                backend.write_key_config()  # what `--config` names: the key, as at start
                 out.append((backend, base, cmd[3:]))
     return out
 
@@ -193,6 +194,9 @@ def test_every_shipped_launch_command_parses_with_sglang(probe: dict) -> None:
         assert 0 < got["mem_fraction_static"] < 1
         members = backend._members_of(base)
         assert got["trust_remote_code"] is any(m.trust_remote_code for m in members)
+        # The key reaches SGLang through the 0600 `--config` file, never the command line.
+        assert got["api_key"] == backend._api_key() and len(got["api_key"]) >= 32
+        assert got["api_key"] not in " ".join(args)
     by_model = {base: p["args"] for (_, base, _), p in zip(probe["servers"], probe["commands"], strict=True)}
     assert by_model["openbmb/BitCPM4-1B"]["chat_template"] == "chatml"
 

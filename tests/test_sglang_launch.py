@@ -230,7 +230,7 @@ def test_api_key_server_gets_the_key_on_every_call(tmp_path: Path, monkeypatch) 
     with FakeSGLang(BASE, api_key="s3cret") as fake:
         cfg = config_from_dict(
             _cfg(
-                {"launch": False, "urls": {BASE: fake.url}, "api_key_env": "SG_KEY", "unload_grace_s": 0},
+                {"launch": False, "urls": {BASE: fake.url}, "api_key_env": "SG_KEY"},
                 [{"name": "a", "model": BASE}, {"name": "b", "model": BASE}],
             )
         )

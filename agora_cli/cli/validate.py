@@ -1,7 +1,8 @@
 """`agora validate CONFIG [key=value ...]`: every problem with its YAML path, exit 2 if any.
 
 A valid config can still carry warnings (exit 0): a member whose configured training batch does
-not fit the memory budget on this machine even with gradient checkpointing.
+not fit the memory budget on this machine even with gradient checkpointing; an installed SGLang
+with known holes, or a server reached off this machine without a key (`serving/keys.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def validate(
 ) -> None:
     """Check a config (and overrides) without running anything."""
     from agora_cli.protocol.prompts import prompt_set_note
+    from agora_cli.serving.keys import security_warnings
     from agora_cli.training.memory import config_memory_report
     from agora_cli.training.trainer import resolve_precision
 
@@ -45,5 +47,5 @@ def validate(
     warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
     for line in [*protocol_notes(cfg), *notes]:
         console.print(Text("note: ", style="dim") + Text(line), soft_wrap=True)
-    for line in warnings:
+    for line in [*warnings, *security_warnings(cfg)]:
         console.print(Text("warning: ", style="yellow") + Text(line), soft_wrap=True)

@@ -82,11 +82,9 @@ class SGLangBackend(Strict):
     lora_target_modules: list[str] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     max_loras_per_batch: int = Field(default=8, ge=1)
     startup_timeout_s: float = Field(default=900.0, gt=0)
-    # Servers started with --api-key (read from this environment variable, never stored): agora
-    # sends the key with requests and with adapter load/unload calls.
+    # The servers' API key is read from this environment variable (never stored); unset: agora
+    # makes one per run (`serving/keys.py`). Sent with requests and adapter load/unload calls.
     api_key_env: str | None = None
-    # Seconds an old adapter stays loaded after the switch before its (background) unload.
-    unload_grace_s: float = Field(default=2.0, ge=0)
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
     cuda_visible_devices: dict[str, str] = {}
     extra_args: list[str] = []
@@ -111,8 +109,8 @@ class VLLMBackend(Strict):
     max_loras: int = Field(default=4, ge=1)  # adapters in one batch
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     startup_timeout_s: float = Field(default=900.0, gt=0)
-    # Seconds an old adapter stays loaded after the switch before its (background) unload.
-    unload_grace_s: float = Field(default=2.0, ge=0)
+    # As for sglang: the servers' API key from this variable, else one agora makes per run.
+    api_key_env: str | None = None
     # Extra environment for the servers, e.g. {VLLM_CPU_KVCACHE_SPACE: "1"} (GiB of KV on CPU).
     env: dict[str, str] = {}
     extra_args: list[str] = []

@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from agora_cli.client import ClientPool, MemberLimits
@@ -139,6 +139,16 @@ class Serving:
             raise ServerError(f"unknown member {member!r}") from None
         return backend.endpoint(member)
 
+    def lease(self, member: str) -> AbstractContextManager[Endpoint]:
+        """`member`'s endpoint for one request: a backend that unloads adapters keeps the one the
+        endpoint names loaded until the block ends (`LoraServing.lease`)."""
+        try:
+            backend = self.backends[self._member_backend[member]]
+        except KeyError:
+            raise ServerError(f"unknown member {member!r}") from None
+        lease = getattr(backend, "lease", None)
+        return lease(member) if lease is not None else nullcontext(backend.endpoint(member))
+
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
         """Make the PEFT adapter in `adapter_dir` live for `member`; returns its new endpoint."""
         backend = self.backends[self._member_backend[member]]
@@ -157,6 +167,7 @@ class Serving:
         }
         return ClientPool(
             resolve=self.endpoint,
+            lease=self.lease,
             limits=limits,
             settings=self.cfg.client,
             bus=self.bus,

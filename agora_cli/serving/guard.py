@@ -24,6 +24,12 @@ SIGKILL follow-up, and reaches only the server, not its children. The guard cost
 Python process per server (about 12 MB; it imports nothing but the standard library: agora
 launches it as a script with `-P`, not through the package) and works on macOS too.
 
+The guard also keeps the server's API key out of its log: given the key in `AGORA_GUARD_REDACT`
+(its environment, which only the user can read; never its command line), it removes that variable
+before starting the server, reads the server's output through a pipe and writes it to the log line
+by line with the key replaced by `<redacted>` (SGLang logs its `server_args`, key included, at
+start). Without that variable the server writes to the log directly, as before.
+
 `exit_with_parent` is the same watch for our own children that can simply exit (the merge).
 """
 
@@ -36,8 +42,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 POLL_S = 0.5  # how often an orphan is noticed; getppid() is a cheap syscall
+REDACT_ENV = "AGORA_GUARD_REDACT"  # the secret to keep out of the log; removed before the server starts
+REDACTED = b"<redacted>"
 
 
 def watch_parent(parent: int, on_orphan: Callable[[], None], poll_s: float = POLL_S) -> None:
@@ -98,17 +107,35 @@ def run(parent: int, grace_s: float, cmd: list[str]) -> int:
     # Before the child exists, so a stop that races the launch is not lost; caught handlers reset
     # to the default in the child at exec, so the server gets SIGTERM's default or its own.
     signal.signal(signal.SIGTERM, on_sigterm)
+    secret = os.environ.pop(REDACT_ENV, "").encode()
     try:
-        child = subprocess.Popen(cmd)  # stdio (the log file) is inherited
+        if secret:
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        else:
+            child = subprocess.Popen(cmd)  # stdio (the log file) is inherited
     except OSError as e:  # lands in the server's log, which agora's error message names
         print(f"agora guard: cannot run {cmd[0]}: {e}", file=sys.stderr)
         return 127
+    copier = None
+    if secret and child.stdout is not None:
+        copier = threading.Thread(target=copy_redacted, args=(child.stdout, secret), daemon=True)
+        copier.start()
     watch_parent(parent, lambda: _stop_orphaned(child, grace_s))
     rc = child.wait()
+    if copier is not None:  # the server's own children may hold the pipe open: do not wait on them
+        copier.join(timeout=2.0)
     if rc < 0:  # died of a signal: die of the same one, so agora sees what it would have seen
         signal.signal(-rc, signal.SIG_DFL)
         os.kill(os.getpid(), -rc)
     return rc
+
+
+def copy_redacted(source: IO[bytes], secret: bytes, sink: IO[bytes] | None = None) -> None:
+    """Copy `source` to `sink` (our stdout: the log file) line by line, `secret` replaced."""
+    out = sink if sink is not None else sys.stdout.buffer
+    for line in iter(source.readline, b""):
+        out.write(line.replace(secret, REDACTED))
+        out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

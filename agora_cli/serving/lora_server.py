@@ -6,11 +6,15 @@ adapters get versioned names (`<member>-v<N>`, never reused for other weights), 
   1. load the new version under its new name (`POST <load> {"lora_name", "lora_path"}`);
   2. check the server lists it (`GET /v1/models`), and only then switch the member to it, so the
      activation is recorded only when the new adapter answers;
-  3. unload the old name in the background after a short grace period. Requests already in flight
-     on the old adapter finish on it (SGLang's unload waits for them; the grace period covers
-     requests the client resolved just before the switch). The unload is best-effort: a failure or
-     a timeout there costs server memory only, is reported as an `adapter_unload_failed` event and
-     never fails the activation: the new adapter already answers.
+  3. unload the old name once no request uses it. Every request takes a lease on its member's
+     endpoint (`LoraServing.lease`): its adapter name is resolved and counted in flight under one
+     lock, the request is sent with that name, and the count drops when it completes or fails. The
+     old name is unloaded (in the background) when it is switched away from with nothing in flight,
+     or else when its last request finishes; a request resolved after the switch gets the new name.
+     So no request names an adapter after its unload: that matters because SGLang remembers every
+     name it ever loaded, and a request naming an unloaded one loads it again, behind agora's back,
+     to stay for good. The unload is best-effort: a failure or a timeout costs server memory only,
+     is reported as an `adapter_unload_failed` event and never fails the activation.
 
 An engine differs only in the small facts of `LoraApi`: endpoint paths, how a request names an
 adapter, how a refusal reads.
@@ -25,7 +29,8 @@ the two SGLang-only hooks (`_extra_body`, `_check_adapter`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +40,7 @@ from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.models import cached_path, prepare
 from agora_cli.paths import RunPaths
-from agora_cli.serving.keys import bearer
+from agora_cli.serving.keys import bearer, server_key
 from agora_cli.serving.process import Reply, ServerProcess, free_port, http
 
 
@@ -53,27 +58,51 @@ class LoraApi:
 class LoraServer:
     """The live adapter of each member of one backend, and the load/switch/unload sequence."""
 
-    def __init__(self, api: LoraApi, backend: str, bus: EventBus, timeout_s: float, unload_grace_s: float):
+    def __init__(self, api: LoraApi, backend: str, bus: EventBus, timeout_s: float):
         self.api = api
         self.backend = backend
         self.bus = bus
         self.timeout_s = timeout_s
-        self.unload_grace_s = unload_grace_s
-        self.headers: dict[str, str] = {}  # e.g. Authorization for a server run with --api-key
+        self.headers: dict[str, str] = {}  # Authorization: load/unload are admin calls
         self.lock = threading.RLock()
         self.adapters: dict[str, str | None] = {}  # member -> live lora_name (None: the base)
+        self.in_flight: dict[str, int] = {}  # lora_name -> requests sent with it, not yet finished
+        self.retired: dict[str, tuple[str, str]] = {}  # lora_name -> (url, member): unload when idle
         self._unloads: list[threading.Thread] = []
-        self._hurry = threading.Event()  # set by finish(): pending unloads skip their grace
 
     def model(self, base: str, member: str) -> str:
         """The `model` field of `member`'s requests right now."""
         with self.lock:
             return self.api.model_name(base, self.adapters.get(member))
 
+    def hold(self, member: str) -> str | None:
+        """Count one more request on `member`'s live adapter and return its name (None: the base).
+        The caller holds `lock` while it also reads the endpoint, so both name the same adapter."""
+        with self.lock:
+            name = self.adapters.get(member)
+            if name is not None:
+                self.in_flight[name] = self.in_flight.get(name, 0) + 1
+            return name
+
+    def release(self, name: str | None) -> None:
+        """One request on `name` finished (or failed): unload it when it was retired and this was
+        its last request."""
+        if name is None:
+            return
+        with self.lock:
+            left = self.in_flight.get(name, 0) - 1
+            if left > 0:
+                self.in_flight[name] = left
+                return
+            self.in_flight.pop(name, None)
+            retired = self.retired.pop(name, None)
+        if retired is not None:
+            self._unload(retired[0], retired[1], name)
+
     def activate(self, url: str, member: str, adapter_dir: Path, version: int) -> str:
         """Load `adapter_dir` as `<member>-v<version>` on the server at `url`, switch the member to
-        it, schedule the old name's unload; returns the new name. The member keeps its old model
-        when anything before the switch fails."""
+        it, retire the old name (unloaded once no request uses it); returns the new name. The
+        member keeps its old model when anything before the switch fails."""
         name = f"{member}-v{version}"
         path = str(Path(adapter_dir).resolve())
         r = self._post(url, self.api.load_path, {"lora_name": name, "lora_path": path})
@@ -84,22 +113,25 @@ class LoraServer:
         listed = self.listed_adapters(url)
         if listed is not None and name not in listed:
             raise ServerError(f"{self.api.engine} at {url} accepted {name} but /v1/models does not list it")
+        idle = False
         with self.lock:
             old = self.adapters.get(member)
             self.adapters[member] = name
-            still_used = old is not None and old in self.adapters.values()
-        if old and old != name and not still_used:
-            self._unload_later(url, member, old)
+            self.retired.pop(name, None)  # live again (a retried activation): never unload it
+            if old and old != name and old not in self.adapters.values():
+                idle = not self.in_flight.get(old)
+                if not idle:  # its last request's `release` unloads it
+                    self.retired[old] = (url, member)
+        if idle and old:
+            self._unload(url, member, old)
         return name
 
     def finish(self, timeout_s: float = 30.0) -> None:
-        """Run pending unloads now (no grace) and wait for them, at most `timeout_s` in all."""
-        self._hurry.set()
+        """Wait for the unloads already started, at most `timeout_s` each."""
         with self.lock:
             threads, self._unloads = self._unloads, []
         for t in threads:
             t.join(timeout=timeout_s)
-        self._hurry.clear()
 
     def shutdown(self, processes: list) -> None:
         """Finish pending unloads, then stop the servers this backend launched (`ServerProcess`),
@@ -111,9 +143,11 @@ class LoraServer:
 
     # ------------------------------------------------------------------ internals
 
-    def _unload_later(self, url: str, member: str, name: str) -> None:
+    def _unload(self, url: str, member: str, name: str) -> None:
+        """Unload `name` in the background (callers include the event loop, which must not wait
+        on the server)."""
+
         def run() -> None:
-            self._hurry.wait(self.unload_grace_s)
             try:
                 r = http(
                     "POST",
@@ -165,7 +199,7 @@ class LoraServing:
 
     An engine subclass sets `kind` (the config's backend kind) and `API`, and implements `_launch`
     and `_ready`; `cfg` is its backend config (host, base_port, launch, urls, startup_timeout_s,
-    unload_grace_s). With `launch: false` the servers are started elsewhere and `cfg.urls` maps
+    api_key_env). With `launch: false` the servers are started elsewhere and `cfg.urls` maps
     base model to URL.
     """
 
@@ -188,9 +222,8 @@ class LoraServing:
         self._base: dict[str, str] = {}  # member -> base model path / hub id
         self._urls: dict[str, str] = {}  # base -> server root URL
         self._processes: dict[str, ServerProcess] = {}  # base -> process we launched
-        self.lora = LoraServer(
-            self.API, name, bus, timeout_s=cfg.startup_timeout_s, unload_grace_s=cfg.unload_grace_s
-        )
+        self.lora = LoraServer(self.API, name, bus, timeout_s=cfg.startup_timeout_s)
+        self._key: str | None = None
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -206,8 +239,11 @@ class LoraServing:
         raise NotImplementedError
 
     def _api_key(self) -> str | None:
-        """The key the servers want (`keys.api_key`), or None."""
-        return None
+        """The key the servers want: `$api_key_env`, else the run's own key for servers agora
+        launches (`keys.server_key`), else None. Read once, kept in memory only."""
+        if self._key is None:
+            self._key = server_key(self.name, self.cfg.api_key_env, self.run_paths.root, self.cfg.launch)
+        return self._key
 
     def _extra_body(self, lora: str | None) -> dict:
         """Fields added to each request of a member whose live adapter is `lora`."""
@@ -263,6 +299,7 @@ class LoraServing:
             url=f"http://{self.cfg.host}:{port}",
             log=self._log(base),
             env=env,
+            secret=self._api_key(),  # kept out of the server's log
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -332,8 +369,20 @@ class LoraServing:
                 extra_body=self._extra_body(self.lora.adapters.get(member)),
             )
 
+    @contextmanager
+    def lease(self, member: str) -> Iterator[Endpoint]:
+        """`member`'s endpoint for one request, its adapter counted in flight until the block ends,
+        so that adapter is not unloaded under the request (`LoraServer.release`)."""
+        with self.lora.lock:
+            ep = self.endpoint(member)
+            name = self.lora.hold(member)
+        try:
+            yield ep
+        finally:
+            self.lora.release(name)
+
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
-        """Load the adapter under `<member>-v<version>`, switch the member, unload the old one
+        """Load the adapter under `<member>-v<version>`, switch the member, retire the old one
         (`LoraServer.activate`)."""
         if member not in self.members:
             raise ServerError(f"member {member!r} is not served by backend {self.name!r}")

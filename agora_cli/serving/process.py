@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agora_cli.errors import ServerError
+from agora_cli.serving.guard import REDACT_ENV
 
 _GUARD = Path(__file__).with_name("guard.py")
 # Started and not yet reaped, by id (dataclasses are unhashable). Plain dict operations, no lock:
@@ -101,7 +102,9 @@ class ServerProcess:
     cmd: list[str]
     url: str
     log: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # may hold a key (VLLM_API_KEY)
+    # Replaced by `<redacted>` in the server's log (the guard filters its output): the API key.
+    secret: str | None = field(default=None, repr=False)
     # How long the guard lets the server drain after agora died, before SIGKILL.
     orphan_grace_s: float = 5.0
     proc: subprocess.Popen | None = None
@@ -135,7 +138,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # own process group: see module docstring
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **({REDACT_ENV: self.secret} if self.secret else {})},
             )
         _LIVE[id(self)] = self
 

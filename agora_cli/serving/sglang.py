@@ -12,10 +12,18 @@ SGLang's API, as documented (docs "LoRA Serving") and implemented (`http_server.
   - the OpenAI API selects an adapter with `model: "<base>:<lora_name>"` (`<base>` alone is the
     base model).
 
+Every server agora launches has an API key (`keys.py`: `$api_key_env`, else the run's own key):
+SGLang 0.5.23 leaves its admin endpoints (adapter load/unload, weight updates) open to anyone
+who can reach the port when it has none (`srt/utils/auth.py`). SGLang reads a key only from
+`--api-key` (no environment variable), which `ps` would show, so agora passes it in a `--config`
+YAML file (`srt/utils/server_args_config_parser.py` turns its entries into flags) written with
+mode 0600 in the run directory, `<run>/sglang-<backend>.yaml`. SGLang logs its `server_args`,
+key included, at start: the guard writes the log with the key redacted (`guard.py`).
+
 A member's model name is `<base>` until its first adapter, then `<base>:<member>-v<N>`.
 Activation loads the new version under a new name, switches the member, then unloads the old name
-in the background, so requests in flight on the old adapter finish on it (`lora_server.py`, shared
-with the `vllm` backend). Several members may share one server.
+once the last request sent with it has finished, so no request names it afterwards (SGLang would
+load it again) (`lora_server.py`, shared with the `vllm` backend). Several members may share one server.
 With `launch: false` the servers are started elsewhere and `urls` maps base model to URL.
 """
 
@@ -38,7 +46,7 @@ from agora_cli.errors import ServerError
 from agora_cli.events import EventBus
 from agora_cli.lora_names import unsupported
 from agora_cli.paths import RunPaths
-from agora_cli.serving.keys import api_key, bearer
+from agora_cli.serving.keys import bearer, replace_private
 from agora_cli.serving.lora_server import LoraApi, LoraServing
 from agora_cli.serving.process import http
 from agora_cli.serving.registry import register
@@ -95,8 +103,8 @@ class SGLangServing(LoraServing):
         template = next((m for m in members if m.chat_template), None)
         if template is not None:
             cmd += ["--chat-template", str(self._template_file(template))]
-        if self.cfg.api_key_env:
-            cmd += ["--api-key", f"${self.cfg.api_key_env}"]  # the real key is filled in at start
+        if self.cfg.launch:  # the key, in a file only the user can read (module docstring)
+            cmd += ["--config", str(self.key_config())]
         extra: list[str] = []
         for args in dict.fromkeys(tuple(m.server_args) for m in members):  # once per distinct list
             extra += args
@@ -106,14 +114,28 @@ class SGLangServing(LoraServing):
         self, base: str, members: list[str], port: int, dry_run: bool
     ) -> tuple[list[str], dict[str, str]]:
         """The command with this server's --mem-fraction-static (`config.sglang_memory_plan`
-        counts on the one-after-another start) and its CUDA_VISIBLE_DEVICES; at start the real
-        API key replaces `$VAR`."""
+        counts on the one-after-another start) and its CUDA_VISIBLE_DEVICES; at start the
+        `--config` file with the API key is written (mode 0600)."""
         fraction = self._fractions(self._bases(planned=dry_run)).get(base)
         cmd = self.command(base, port, fraction)
-        key = None if dry_run else self._api_key()
-        if key is not None:
-            cmd[cmd.index(f"${self.cfg.api_key_env}")] = key
+        if not dry_run:
+            self.write_key_config()
         return cmd, self._devices(base, members)
+
+    def key_config(self) -> Path:
+        """The `--config` YAML file that gives this backend's servers their API key."""
+        return (self.run_paths.root / f"sglang-{self.name}.yaml").resolve()
+
+    def write_key_config(self) -> Path:
+        """Write `key_config()` (mode 0600, replaced atomically) with this backend's key."""
+        key = self._api_key()
+        if key is None:  # pragma: no cover - launched servers always get one (`keys.server_key`)
+            raise ServerError(f"backend {self.name!r} has no API key for the servers it launches")
+        path = self.key_config()
+        # SGLang turns each entry into `--<entry>` as written: the flag is --api-key, and a JSON
+        # string is a YAML scalar whatever the key holds.
+        replace_private(path, f"api-key: {json.dumps(key)}\n")
+        return path
 
     def _members_of(self, base: str) -> list[Member]:
         return [self.members[n] for n in self._bases(planned=True).get(base, [])] or [
@@ -141,9 +163,6 @@ class SGLangServing(LoraServing):
         return {} if device is None else {"CUDA_VISIBLE_DEVICES": device}
 
     # ------------------------------------------------------------------ engine hooks
-
-    def _api_key(self) -> str | None:
-        return api_key(self.name, self.cfg.api_key_env)
 
     def _ready(self, url: str) -> bool:
         """True when the server answers `GET /model_info`: SGLang's /health generates a token and

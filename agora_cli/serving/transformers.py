@@ -20,6 +20,12 @@ A trained adapter goes live by merging it into a copy of the base weights (`merg
 server for the merged directory, warming it, switching the member's endpoint, and retiring the
 old server once no member uses it. Retiring is a SIGTERM: uvicorn stops accepting connections and
 finishes the requests in flight, so no request is lost across a swap.
+
+No API key: `transformers serve` (5.x, `transformers/cli/serve.py` and `cli/serving/server.py`)
+has no key option and no authentication middleware, so unlike the `sglang` and `vllm` servers
+these answer anyone who reaches the port. They listen on 127.0.0.1 (the `host` default; `agora
+validate` warns on any other) and expose no adapter-loading endpoint, but any local user can send
+them requests.
 """
 
 from __future__ import annotations

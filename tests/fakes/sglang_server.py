@@ -15,7 +15,9 @@ unknown name).
 
 `responder` (the scripted responders of `tests.fakes.openai_server`, routed on the request's
 X-Agora-Role header) writes the chat replies of a whole loop; `load_delay_s` stalls loads (a
-hot-swap in progress); `loads` lists the adapter names asked to load.
+hot-swap in progress); `loads` lists the adapter names asked to load. `hold(name)` keeps chat
+requests on adapter `name` waiting until `release(name)`; `timeline` is `calls` with
+("chat-done", name) added when such a request answers.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class FakeSGLang:
         unload_delay_s: float = 0.0,
         api_key: str | None = None,
         health_delay_s: float = 0.0,
+        port: int | None = None,
     ):
         self.base_model = base_model
         self.api_key = api_key  # as `--api-key`: every route but /health* wants the bearer token
@@ -55,7 +58,9 @@ class FakeSGLang:
         self.unload_delay_s = unload_delay_s  # as SGLang waiting for in-flight requests
         self.adapters: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []  # (kind, name) in arrival order
-        self.port = free_port()
+        self.timeline: list[tuple[str, str]] = []  # calls and ("chat-done", adapter), in order
+        self.held: dict[str, threading.Event] = {}  # adapter -> set when its chats may answer
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._server = uvicorn.Server(
@@ -69,7 +74,16 @@ class FakeSGLang:
 
     def _record(self, kind: str, name: str) -> None:
         with self._lock:
-            self.calls.append((kind, name))
+            if kind != "chat-done":
+                self.calls.append((kind, name))
+            self.timeline.append((kind, name))
+
+    def hold(self, adapter: str) -> None:
+        """Keep chat requests on `adapter` from answering until `release(adapter)`."""
+        self.held[adapter] = threading.Event()
+
+    def release(self, adapter: str) -> None:
+        self.held.pop(adapter).set()
 
     def _app(self) -> FastAPI:
         app = FastAPI()
@@ -146,6 +160,9 @@ class FakeSGLang:
                 )
             served = adapter or "base"
             self._record("chat", served)
+            gate = self.held.get(served)
+            while gate is not None and not gate.is_set():
+                await asyncio.sleep(0.01)
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
             text = f"served by {served}"
@@ -158,6 +175,7 @@ class FakeSGLang:
                 )
                 out = self.responder(req)
                 text = out.text if isinstance(out, Reply) else str(out)
+            self._record("chat-done", served)
             return JSONResponse(
                 {
                     "id": "fake",
