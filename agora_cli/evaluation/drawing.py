@@ -28,6 +28,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 Data = dict[str, Any]
 # Sideways shift (in steps) between series or points that would otherwise coincide.
 DODGE = 0.08
+# Tick labels closer than this (pixels at the figure's drawing dpi) read as one run of digits.
+MIN_GAP_PX = 6
 
 
 def _save(fig: Any, path: Path, data: Data) -> Data:
@@ -51,25 +53,26 @@ def _visible_ticks(axis: Any, lim: tuple[float, float]) -> tuple[list[float], li
     return ticks, labels
 
 
-def _overlapping(labels: list[Any], renderer: Any) -> bool:
+def _run_together(labels: list[Any], renderer: Any) -> bool:
+    """Whether neighbouring labels run together: closer than `MIN_GAP_PX` (or overlapping)."""
     boxes = sorted(
         (t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()),
         key=lambda b: b.x0,
     )
-    return any(a.x1 > b.x0 - 1 for a, b in zip(boxes, boxes[1:], strict=False))
+    return any(b.x0 - a.x1 < MIN_GAP_PX for a, b in zip(boxes, boxes[1:], strict=False))
 
 
 def _declutter(ax: Any, renderer: Any) -> None:
-    """Fewer x ticks until their labels no longer run into each other; rotate as a last resort."""
+    """Fewer x ticks until their labels stand apart; rotate as a last resort."""
     locator = ax.xaxis.get_major_locator()
     for nbins in (7, 5, 4, 3, 2):
-        if not _overlapping(ax.xaxis.get_majorticklabels(), renderer):
+        if not _run_together(ax.xaxis.get_majorticklabels(), renderer):
             return
         if not isinstance(locator, MaxNLocator):
             break
         locator.set_params(nbins=nbins)
         ax.figure.canvas.draw()
-    if _overlapping(ax.xaxis.get_majorticklabels(), renderer):
+    if _run_together(ax.xaxis.get_majorticklabels(), renderer):
         for t in ax.xaxis.get_majorticklabels():
             t.set_rotation(30)
             t.set_horizontalalignment("right")
@@ -141,7 +144,7 @@ def describe_axes(fig: Any) -> list[Data]:
                 "xticklabels": xlabels,
                 "yticks": yticks,
                 "yticklabels": ylabels,
-                "xticklabels_overlap": _overlapping(ax.xaxis.get_majorticklabels(), renderer),
+                "xticklabels_run_together": _run_together(ax.xaxis.get_majorticklabels(), renderer),
                 "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
                 "texts": [
                     {"text": t.get_text(), "x": float(t.xy[0]), "y": float(t.xy[1])}
