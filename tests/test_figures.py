@@ -201,6 +201,16 @@ def test_no_series_is_hidden_behind_another(report: Path) -> None:
             assert free, (name, ax["title"], series)
 
 
+def test_no_legend_covers_a_point(report: Path) -> None:
+    for name, ax in panels(report):
+        if ax["legend_px"] is None:
+            continue
+        x0, y0, x1, y1 = ax["legend_px"]
+        for series, pts in _drawn_points(ax):
+            for x, y in pts:
+                assert not (x0 - 2 <= x <= x1 + 2 and y0 - 2 <= y <= y1 + 2), (name, ax["title"], series)
+
+
 def test_every_point_of_a_member_stays_visible(report: Path) -> None:
     """Figure 3's length panel: gemma's three steps at (cap, 0.5) are spread, not stacked."""
     ax = panel(sidecars(report)["tiny-fig3-difficulty-length"], "mean response length")

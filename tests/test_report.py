@@ -437,7 +437,8 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
     assert fig1["evals"]["gsm8k"]["@majority"]["score"] == [0.4, 0.8]
     assert fig1["evals"]["gsm8k"]["@majority"]["adapter_version"] == [None, None]
     assert fig1["evals"]["gsm8k"]["b"]["step"] == [2, 4]
-    # A benchmark with evaluations only gets its own panel: two panels, each 6 in wide at 110 dpi.
+    # A benchmark with evaluations only gets its own panel: two panels, each 8 in wide at 110 dpi
+    # (6 in of plot, 2 in of legend beside it).
     assert fig1["evals"]["math500"] == {
         "a": {
             "step": [2, 4],
@@ -450,7 +451,7 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
         }
     }
     assert "math500" not in fig1["anchors"]
-    assert mpimg.imread(png).shape[1] == 2 * 6 * 110
+    assert mpimg.imread(png).shape[1] == 2 * 8 * 110
     # Summaries without a step are left out, and the report says which.
     assert fig1["evals_without_step"] == ["base", "old"]
     assert all(

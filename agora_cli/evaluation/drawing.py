@@ -146,6 +146,9 @@ def describe_axes(fig: Any) -> list[Data]:
                 "yticklabels": ylabels,
                 "xticklabels_run_together": _run_together(ax.xaxis.get_majorticklabels(), renderer),
                 "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+                "legend_px": [round(v, 1) for v in legend.get_window_extent(renderer).extents]
+                if legend
+                else None,
                 "texts": [
                     {"text": t.get_text(), "x": float(t.xy[0]), "y": float(t.xy[1])}
                     for t in ax.texts

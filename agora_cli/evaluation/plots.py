@@ -55,6 +55,8 @@ def _yerr(scores: list[float], lo: list[float], hi: list[float]) -> list[list[fl
 
 
 def _empty(ax: Any, what: str) -> None:
+    ax.set_xticks([])  # no data, no scale (and no fractional "steps" on an empty axis)
+    ax.set_yticks([])
     ax.text(
         0.5, 0.5, f"no {what} in this run yet", ha="center", va="center", transform=ax.transAxes, color="gray"
     )
@@ -130,7 +132,7 @@ def fig_scores_vs_step(
     colors = _member_colors(list(dict.fromkeys(members)))
     all_steps = [s for per in (*anchors.values(), *evals.values()) for p in per.values() for s in p["step"]]
     n = max(1, len(benches))
-    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(8 * n, 4), squeeze=False)  # 2 in of it: the legend
     panels: list[Data] = []
     if not benches:
         _empty(axes[0][0], "anchor scores or evaluations with a step")
@@ -219,9 +221,10 @@ def fig_scores_vs_step(
             xlabel="step",
             ylabel="pass@1 (bars: 95% Wilson CI)",
             title=f"{what} {title}".strip(),
-            ylim=(-0.02, 1.02),
+            ylim=(-0.06, 1.06),  # room for a whole star at 0 or 1
         )
-        ax.legend(handles=handles, fontsize=8)
+        # Beside the panel, not on it: with several members the best spot inside still covers points.
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         identical = [g for g in groups if len(g) > 1]
         if identical:
             note(ax, _identical_note(identical, "anchor lines (offset sideways to stay visible)"))
@@ -433,7 +436,9 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
         a1b = a1.twinx()
         a1b.plot(data["step"], data["yield_rate"], color="black", marker=".", label="share kept")
         a1b.set_ylabel("share of solutions kept (line)")
-        a1b.set_ylim(-0.02, 1.02)
+        # The share's 0 sits above the bars' baseline, so a "0" bar label is not under the line.
+        a1b.set_ylim(-0.3, 1.02)
+        a1b.set_yticks([0, 0.25, 0.5, 0.75, 1])
         a2.plot(data["elapsed_s"], data["cumulative"], marker=".", label="cumulative |B_hq|")
         if threshold:
             for k in range(1, max(1, total // threshold) + 1):
