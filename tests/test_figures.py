@@ -31,12 +31,14 @@ STEP_S = 30.0  # every step's own duration
 GAP_S = 5000.0  # the run stood stopped between step 1's commit and step 2's start
 DIFFICULTY = [1.0, 1.005, 1.0125, 1.015, 1.0175]  # default ticks: 1.0000 1.0025 ... touching
 BUFFERED = [2, 3, 0, 3, 2]  # step 2 kept nothing
-# Anchors on the calibration split at steps 1, 3 and 4: the two smol members alike throughout,
-# everyone at 0 at step 1.
+# Anchors on the calibration split at every step: the two smol members alike throughout, everyone
+# at 0 at step 1, high and low points in every corner (no room for a legend inside the panel).
 ANCHORS = {
+    0: {"gemma": 1.0, "smol-a": 0.875, "smol-b": 0.875, "@majority": 0.875},
     1: {"gemma": 0.0, "smol-a": 0.0, "smol-b": 0.0, "@majority": 0.0},
+    2: {"gemma": 0.75, "smol-a": 0.625, "smol-b": 0.625, "@majority": 0.75},
     3: {"gemma": 0.25, "smol-a": 0.125, "smol-b": 0.125, "@majority": 0.125},
-    4: {"gemma": 0.25, "smol-a": 0.375, "smol-b": 0.375, "@majority": 0.25},
+    4: {"gemma": 1.0, "smol-a": 0.875, "smol-b": 0.875, "@majority": 0.875},
 }
 LOSSES = {"gemma": [1.2, 1.24], "smol-a": [0.58, 0.66, 0.74], "smol-b": [0.58, 0.66, 0.74]}
 STEP_AXES = {"step", "optimiser step"}  # axis labels of axes that count steps
@@ -286,7 +288,7 @@ def test_evaluations_sit_on_the_anchor_axes(report: Path) -> None:
     lo, hi = ax["xlim"]
     assert all(lo < x < hi for m in stars + anchors for x in m["x"])
     assert all(round(x) == 4 and abs(x - 4) < 0.5 for m in stars for x in m["x"])  # at the step evaluated
-    assert ax["xticks"] == [1.0, 2.0, 3.0, 4.0]
+    assert ax["xticks"] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert [p["benchmark"] for p in fig1["panels"]] == ["gsm8k_dev"]
     assert fig1["panels"][0]["evals"] == ["gsm8k"]
 
