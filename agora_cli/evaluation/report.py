@@ -214,9 +214,12 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
         f"Lines: the external anchor, pass@1 on the calibration subset "
         f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}_dev, a split "
         f"held out from the training data and from every evaluation, every {every} step(s)); "
-        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn at the "
-        "run's last committed step when the evaluation started, whatever adapter versions it "
-        "evaluated (Table 1 lists them); same color per member, `@majority` in black."
+        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn on the "
+        "anchor axes of their benchmark's calibration split at the run's last committed step "
+        "when the evaluation started, whatever adapter versions it evaluated (Table 1 lists "
+        "them); same color per member, `@majority` in black. Lines or stars that would sit on "
+        "one spot are shifted sideways by a fraction of a step, and identical lines are named "
+        "in the legend."
     )
     drawn = {e for per in points.values() for p in per.values() for e in p["eval"]}
     if drawn:
