@@ -33,6 +33,7 @@ MIN_GAP_PX = 6
 
 
 def _save(fig: Any, path: Path, data: Data) -> Data:
+    """Lay out `fig`, add what it drew to `data` (`axes`), write the PNG and the JSON sidecar."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     data["axes"] = describe_axes(fig)
