@@ -214,7 +214,8 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
     fig4 = _sidecar(out / "run-agora-fig4-yield.png")
     assert fig4["buffered"] == exp["buffered"]
     assert fig4["cumulative"] == exp["cumulative"]
-    assert fig4["elapsed_s"] == [10 * k + 8 for k in range(6)]
+    # Step time: each step took 8 s (started to committed); the 2 s between steps are not counted.
+    assert fig4["elapsed_s"] == [8 * (k + 1) for k in range(6)]
     # Time for each successive 6 rows (the configured threshold) to accumulate.
     fills, last = [], 0
     for elapsed, total in zip(fig4["elapsed_s"], exp["cumulative"], strict=True):
@@ -233,7 +234,7 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
     assert sum(flow["training"][2]) == 0  # c's adapter failed: it learned nothing by training
 
     loss = _sidecar(out / "run-agora-training-loss.png")
-    assert loss == {"a": {"v1": LOSSES["a"]}, "b": {"v1": LOSSES["b"]}}  # c's adapter failed
+    assert loss["losses"] == {"a": {"v1": LOSSES["a"]}, "b": {"v1": LOSSES["b"]}}  # c's adapter failed
 
     md = md_path.read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -436,7 +437,8 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
     assert fig1["evals"]["gsm8k"]["@majority"]["score"] == [0.4, 0.8]
     assert fig1["evals"]["gsm8k"]["@majority"]["adapter_version"] == [None, None]
     assert fig1["evals"]["gsm8k"]["b"]["step"] == [2, 4]
-    # A benchmark with evaluations only gets its own panel: two panels, each 6 in wide at 110 dpi.
+    # A benchmark with evaluations only gets its own panel: two panels, each 8 in wide at 110 dpi
+    # (6 in of plot, 2 in of legend beside it).
     assert fig1["evals"]["math500"] == {
         "a": {
             "step": [2, 4],
@@ -449,7 +451,7 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
         }
     }
     assert "math500" not in fig1["anchors"]
-    assert mpimg.imread(png).shape[1] == 2 * 6 * 110
+    assert mpimg.imread(png).shape[1] == 2 * 8 * 110
     # Summaries without a step are left out, and the report says which.
     assert fig1["evals_without_step"] == ["base", "old"]
     assert all(
@@ -459,8 +461,15 @@ def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -
     )
     assert "Not drawn, no step recorded" in md and "`base`, `old`" in md
     assert "Evaluations drawn: `step2`, `step4`." in md
-    # One legend entry per member and per marker kind, not one per point.
+    # One legend entry per member and per marker kind, not one per point; b's anchor line and the
+    # majority's are the same (0.5, 0.75), which the legend says instead of hiding one.
     assert legends == [
-        ["a", "b", "@majority", "anchor (calibration subset)", "eval (full agora eval)"],
+        [
+            "a",
+            "b",
+            "@majority (anchor identical to b)",
+            "anchor (calibration subset)",
+            "eval (full agora eval)",
+        ],
         ["a", "eval (full agora eval)"],
     ]

@@ -148,6 +148,20 @@ def anchor_curve(store: Store) -> dict[str, list[float]]:
     }
 
 
+def token_caps(run: RunInfo) -> dict[str, int]:
+    """{member: solve max_tokens} from the run's config: the protocol's solve sampling, or the
+    member's own sampling where it sets one (the length at which a solution is cut off)."""
+    proto = ((run.config.get("protocol") or {}).get("sampling") or {}).get("solve") or {}
+    caps: dict[str, int] = {}
+    for m in run.config.get("members") or []:
+        if not isinstance(m, dict) or "name" not in m:
+            continue
+        cap = (m.get("sampling") or {}).get("max_tokens") or proto.get("max_tokens")
+        if isinstance(cap, int):
+            caps[m["name"]] = cap
+    return caps
+
+
 def eval_step(summary: dict[str, Any]) -> int | None:
     """The run's step an evaluation was taken at; None for summaries written before agora
     recorded it, or taken before the run's first committed step."""
@@ -197,9 +211,12 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
         f"Lines: the external anchor, pass@1 on the calibration subset "
         f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}_dev, a split "
         f"held out from the training data and from every evaluation, every {every} step(s)); "
-        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn at the "
-        "run's last committed step when the evaluation started, whatever adapter versions it "
-        "evaluated (Table 1 lists them); same color per member, `@majority` in black."
+        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn on the "
+        "anchor axes of their benchmark's calibration split at the run's last committed step "
+        "when the evaluation started, whatever adapter versions it evaluated (Table 1 lists "
+        "them); same color per member, `@majority` in black. Lines or stars that would sit on "
+        "one spot are shifted sideways by a fraction of a step, and identical lines are named "
+        "in the legend."
     )
     drawn = {e for per in points.values() for p in per.values() for e in p["eval"]}
     if drawn:
@@ -524,7 +541,9 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             plots.fig_scores_vs_step(
                 store, out / f"{slug}-fig1-anchor.png", run.label, evals=points, evals_without_step=without
             )
-            plots.fig_difficulty_length(store, out / f"{slug}-fig3-difficulty-length.png", run.label)
+            plots.fig_difficulty_length(
+                store, out / f"{slug}-fig3-difficulty-length.png", run.label, token_caps(run)
+            )
             plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
             plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members, run.label)
             plots.fig_training_loss(store, out / f"{slug}-training-loss.png", run.label)
@@ -545,9 +564,18 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "",
             f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)",
             "",
+            "Left: each committed step's difficulty d_t against its consensus approval rate V_t, "
+            "the share of the step's solutions that passed unanimous verification (approval, not "
+            "correctness against gold). Right: per member and step, mean completion tokens against "
+            "the share judged correct; the dashed line is the solve token cap, where a completion "
+            "is cut off.",
+            "",
             "### Figure 4: high-quality yield per step and time to fill the buffer",
             "",
             f"![Figure 4, {run.label}]({slug}-fig4-yield.png)",
+            "",
+            "Time here is step time: the sum of the committed steps' own durations, so time the "
+            "run stood stopped between steps is not counted.",
             "",
             "### Knowledge flow",
             "",
