@@ -55,7 +55,7 @@ __all__ = ["Endpoint", "Serving", "ServingBackend", "build_backend", "serving_po
 log = logging.getLogger("agora")
 
 
-def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = NULL_BUS) -> Any:
+def build_backend(cfg: Config, name: str, run_paths: RunPaths, bus: EventBus = NULL_BUS) -> ServingBackend:
     """The backend instance for `cfg.backends[name]` and the members it serves."""
     spec = cfg.backends[name]
     members = [m for m in cfg.members if m.backend == name]
@@ -81,7 +81,9 @@ class Serving:
         self.run_paths = run_paths
         self.bus = bus
         used = {m.backend for m in cfg.members}
-        self.backends = {n: build_backend(cfg, n, run_paths, bus) for n in cfg.backends if n in used}
+        self.backends: dict[str, ServingBackend] = {
+            n: build_backend(cfg, n, run_paths, bus) for n in cfg.backends if n in used
+        }
         self._member_backend = {m.name: m.backend for m in cfg.members}
         self._started = False
         self._wrote_servers_file = False
@@ -219,7 +221,7 @@ def serving_pool(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[
         yield srv, srv.client_pool()
 
 
-def read_servers_file(run_paths: RunPaths) -> dict | None:
+def read_servers_file(run_paths: RunPaths) -> dict[str, Any] | None:
     """The servers file when it exists and its writer is still alive, else None."""
     try:
         state = json.loads(run_paths.servers.read_text())
