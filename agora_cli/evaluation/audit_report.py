@@ -38,10 +38,10 @@ def fig_consensus_audit(store: Store, path: Path, title: str = "") -> Data:
     if data["step"]:
         for name, color in (("precision", "tab:blue"), ("recall", "tab:orange")):
             ys = [float("nan") if v is None else v for v in data[name]]
-            lo = [float("nan") if v is None else v for v in data[f"{name}_lo"]]
-            hi = [float("nan") if v is None else v for v in data[f"{name}_hi"]]
+            band_lo = [float("nan") if v is None else v for v in data[f"{name}_lo"]]
+            band_hi = [float("nan") if v is None else v for v in data[f"{name}_hi"]]
             ax.plot(data["step"], ys, marker="o", color=color, label=name)
-            ax.fill_between(data["step"], lo, hi, color=color, alpha=0.2)
+            ax.fill_between(data["step"], band_lo, band_hi, color=color, alpha=0.2)
         acc = [float("nan") if v is None else v for v in data["accuracy"]]
         ax.plot(data["step"], acc, linestyle=":", color="gray", label="solutions correct")
         ax.legend(fontsize=8)

@@ -11,7 +11,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import matplotlib
 
@@ -23,6 +23,15 @@ from agora_cli.protocol.majority import MAJORITY  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
 
 Data = dict[str, Any]
+
+
+class AnchorCurve(TypedDict):
+    """One run's group anchor score per anchored step, with the pooled counts behind it."""
+
+    step: list[int]
+    score: list[float]
+    k: NotRequired[list[int]]  # anchor answers right at that step, over members
+    n: NotRequired[list[int]]  # anchor answers graded at that step, over members
 
 
 def _save(fig: Any, path: Path, data: Data) -> Data:
@@ -273,8 +282,13 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
     steps = store.query(
         "SELECT step, started_at, committed_at FROM steps WHERE committed_at IS NOT NULL ORDER BY step"
     )
-    buffered = dict(store.query("SELECT step, COUNT(*) FROM buffer GROUP BY step"))
-    solutions = dict(store.query("SELECT step, COUNT(*) FROM solutions WHERE error IS NULL GROUP BY step"))
+    buffered: dict[int, int] = {
+        r[0]: r[1] for r in store.query("SELECT step, COUNT(*) FROM buffer GROUP BY step")
+    }
+    solutions: dict[int, int] = {
+        r[0]: r[1]
+        for r in store.query("SELECT step, COUNT(*) FROM solutions WHERE error IS NULL GROUP BY step")
+    }
     t0 = steps[0]["started_at"] if steps else 0.0
     data: Data = {
         "step": [],
@@ -383,14 +397,14 @@ def knowledge_flow(store: Store, members: list[str]) -> Data:
     names += sorted(m for m in extra if m not in names)
     idx = {m: i for i, m in enumerate(names)}
     elite = [[0] * len(names) for _ in names]
-    author = dict(store.query("SELECT id, member FROM elite"))
+    author: dict[int, str] = {r[0]: r[1] for r in store.query("SELECT id, member FROM elite")}
     for r in store.query("SELECT member, elite_ids FROM solutions WHERE elite_ids != '[]'"):
         for eid in json.loads(r["elite_ids"]):
             if eid in author:
                 elite[idx[r["member"]]][idx[author[eid]]] += 1
     training = [[0] * len(names) for _ in names]
     rounds = {r["id"]: json.loads(r["buffer_ids"]) for r in store.query("SELECT id, buffer_ids FROM rounds")}
-    buffer_author = dict(store.query("SELECT id, member FROM buffer"))
+    buffer_author: dict[int, str] = {r[0]: r[1] for r in store.query("SELECT id, member FROM buffer")}
     trained = store.query(
         "SELECT member, round_id, metrics FROM adapters WHERE round_id IS NOT NULL "
         "AND status IN ('ready', 'live', 'retired')"
@@ -482,7 +496,7 @@ def fig_group_comparison(
     return _save(fig, path, {"scores": scores, "ci95": ci})
 
 
-def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: Path) -> Data:
+def fig_mode_comparison(curves: dict[str, list[AnchorCurve]], path: Path) -> Data:
     """Figure 6: AGORA against the isolated control: the group's anchor score against step.
 
     `curves` is {mode: [{"step": [...], "score": [...]}, ...]} (one curve per run); the plotted
