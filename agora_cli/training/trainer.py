@@ -156,7 +156,7 @@ def text_lora_targets(model: Any, target_modules: list[str] | str) -> tuple[list
     keep_head = target_modules != "all-linear" and "lm_head" in target_modules
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     prefix = next((n for n, mod in model.named_modules() if mod is decoder and n), None)
-    if prefix is None:  # no separate decoder: the whole model is text
+    if prefix is None or decoder is None:  # no separate decoder: the whole model is text
         exclude = None if keep_head else r"^lm_head$"
         inside = model.named_modules()
     else:
@@ -185,7 +185,9 @@ def lora_model(
     model = AutoModelForCausalLM.from_pretrained(
         base_model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
     )
-    model.to(device)
+    # transformers declares `to` as `@wraps(nn.Module.to)`, so its stub is the unbound function
+    # (self first) and a bound call looks like passing `device` as the model.
+    model.to(device)  # type: ignore[arg-type]
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
         # have none) and replays dropout's RNG state, so gradients match the plain pass.
