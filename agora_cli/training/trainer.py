@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agora_cli.config import Training
 from agora_cli.errors import TrainingError
@@ -39,6 +39,9 @@ from agora_cli.training.data import (
     samples_from_json,
 )
 from agora_cli.training.memory import MemoryPlan, find_dims, plan_memory
+
+if TYPE_CHECKING:  # transformers loads lazily: the round manager imports this module too
+    from transformers import PreTrainedTokenizerBase
 
 META_FILE = "agora-adapter.json"
 
@@ -124,7 +127,9 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def load_tokenizer(base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
