@@ -5,6 +5,7 @@ and missing training packages are named instead of turning LoRA off."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import sys
@@ -18,11 +19,12 @@ from typer.testing import CliRunner
 from agora_cli import runner
 from agora_cli import store as store_mod
 from agora_cli.cli import app
+from agora_cli.client import ClientPool
 from agora_cli.config import load_config
 from agora_cli.events import EventBus, read_events
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
-from tests.fakes.ensemble import config_dict, responder, write_config
+from tests.fakes.ensemble import MEMBERS, config_dict, responder, write_config
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
 pytestmark = pytest.mark.timeout(180)
@@ -189,3 +191,22 @@ def test_ping_shows_a_failing_members_error_as_text_not_markup(tmp_path, run_dir
         res = cli.invoke(app, ["models", "ping", str(cfg), "--run-dir", str(run_dir)])
     assert res.exit_code == 1, res.output
     assert res.stdout.count("[b]x") == 3  # one row per member, the brackets kept as written
+
+
+def test_ping_shows_a_cancelled_request_as_a_failed_member(tmp_path, run_dir, monkeypatch):
+    """gather() returns a cancelled chat as CancelledError (a BaseException, not an Exception):
+    its member's row shows it and the command exits 1 instead of crashing on the table."""
+    real_chat = ClientPool.chat
+
+    async def chat(self, member, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if member == MEMBERS[0]:
+            raise asyncio.CancelledError
+        return await real_chat(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(ClientPool, "chat", chat)
+    with FakeOpenAI(lambda r: Reply(text="pong"), latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        res = cli.invoke(app, ["models", "ping", str(cfg), "--run-dir", str(run_dir)])
+    assert res.exit_code == 1, res.output
+    assert res.stdout.count("CancelledError") == 1
+    assert res.stdout.count("pong") == len(MEMBERS) - 1

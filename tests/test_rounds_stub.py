@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agora_cli.errors import StoreError
 from agora_cli.events import EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
@@ -227,3 +228,14 @@ def test_restart_puts_the_live_adapter_back_into_fresh_servers(env):
     manager(env, Worker(), restarted).resume()
     assert restarted.live["smol-a"] == (1, paths.adapter_dir("smol-a", 1))
     assert [e.get("restored") for e in events if e["kind"] == "adapter_live"] == [None, True]
+
+
+def test_a_missing_round_or_adapter_row_is_a_store_error_naming_it(env):
+    store, paths, _, _ = env
+    add_rows(store, 2)
+    r1 = rs.create_round(store, 0, ["smol-a"], paths.adapter_dir, limit=None)
+    assert r1 is not None and rs.adapter_of(store, r1, "smol-a")["version"] == 1
+    with pytest.raises(StoreError, match=f"training round {r1 + 1} is missing from the run store"):
+        rs.round_row(store, r1 + 1)
+    with pytest.raises(StoreError, match=f"adapter of 'smol-b' in training round {r1} is missing"):
+        rs.adapter_of(store, r1, "smol-b")

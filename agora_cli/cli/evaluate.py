@@ -20,19 +20,19 @@ def _csv(value: str | None) -> list[str] | None:
 
 def _versions(items: list[str] | None) -> dict[str, int]:
     """`member=N` / `member=base` -> {member: N or 0}."""
-    out: dict[str, int] = {}
+    versions: dict[str, int] = {}
     for item in items or []:
         member, sep, raw = item.partition("=")
         if not sep or not member.strip():
             raise EvaluationError(f"--adapter-version {item!r}: expected member=N or member=base")
         raw = raw.strip().lower()
         if raw in ("base", "0"):
-            out[member.strip()] = 0
+            versions[member.strip()] = 0
         elif raw.removeprefix("v").isdigit():
-            out[member.strip()] = int(raw.removeprefix("v"))
+            versions[member.strip()] = int(raw.removeprefix("v"))
         else:
             raise EvaluationError(f"--adapter-version {item!r}: version must be a number or 'base'")
-    return out
+    return versions
 
 
 def _scores_table(scores: dict[str, dict[str, tuple[float, int]]], title: str, order: list[str]) -> Table:

@@ -284,7 +284,8 @@ def without_elite_text(
     from agora_cli.datasets import normalize_text
 
     blob = "\n".join(normalize_text(" ".join(v or "" for v in ex.values())) for ex in examples)
-    kept, removed = [], []
+    kept: list[Item] = []
+    removed: list[Item] = []
     for it in items:
         text = normalize_text(it.problem)
         (removed if text and text in blob else kept).append(it)
@@ -295,16 +296,16 @@ def compare_arms(bare: EvalReport, elite: EvalReport) -> dict[str, dict[str, Pai
     """{benchmark: {member: McNemar of bare (a) against with-H_t (b) on the items both scored}}."""
 
     def by_item(rows: list[ItemResult]) -> dict[tuple[str, str], dict[str, bool]]:
-        out: dict[tuple[str, str], dict[str, bool]] = {}
+        outcomes: dict[tuple[str, str], dict[str, bool]] = {}
         for r in rows:
-            out.setdefault((r.benchmark, r.member), {})[r.item_id] = r.correct
-        return out
+            outcomes.setdefault((r.benchmark, r.member), {})[r.item_id] = r.correct
+        return outcomes
 
     a, b = by_item(bare.rows), by_item(elite.rows)
-    out: dict[str, dict[str, PairedBinary]] = {}
+    tests: dict[str, dict[str, PairedBinary]] = {}
     for key in a.keys() & b.keys():
-        out.setdefault(key[0], {})[key[1]] = paired_binary(a[key], b[key])
-    return out
+        tests.setdefault(key[0], {})[key[1]] = paired_binary(a[key], b[key])
+    return tests
 
 
 def comparison_json(elite_ctx: EliteContext, report: EvalReport) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import matplotlib
 
@@ -40,6 +40,15 @@ from agora_cli.protocol.majority import MAJORITY  # noqa: E402
 from agora_cli.stats import successes, wilson  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
 from agora_cli.training import round_store  # noqa: E402
+
+
+class AnchorCurve(TypedDict):
+    """One run's group anchor score per anchored step, with the pooled counts behind it."""
+
+    step: list[int]
+    score: list[float]
+    k: NotRequired[list[int]]  # anchor answers right at that step, over members
+    n: NotRequired[list[int]]  # anchor answers graded at that step, over members
 
 
 def intervals(scores: list[float], ns: list[int | None]) -> tuple[list[float], list[float]]:
@@ -617,7 +626,7 @@ def fig_group_comparison(
     return _save(fig, path, {"scores": scores, "ci95": ci})
 
 
-def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: Path) -> Data:
+def fig_mode_comparison(curves: dict[str, list[AnchorCurve]], path: Path) -> Data:
     """Figure 6: AGORA against the isolated control: the group's anchor score against step.
 
     `curves` is {mode: [{"step": [...], "score": [...]}, ...]} (one curve per run); the plotted

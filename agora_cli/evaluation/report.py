@@ -122,21 +122,21 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
     """The summaries in an evaluation's history.jsonl; a torn or garbled line is skipped."""
     if not path.exists():
         return []
-    out = []
+    entries = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(entry, dict):
-            out.append(entry)
-    return out
+            entries.append(entry)
+    return entries
 
 
 # --------------------------------------------------------------------------- scores
 
 
-def anchor_curve(store: Store) -> dict[str, list[float]]:
+def anchor_curve(store: Store) -> plots.AnchorCurve:
     """The members' mean anchor score per anchored step ('@majority' left out), with the pooled
     counts (`k` right of `n` graded, over members) for its interval."""
     rows = report_store.anchor_curve_rows(store)
@@ -183,8 +183,8 @@ def eval_points(run: RunInfo) -> tuple[dict[str, Any], list[str]]:
         if step is None:
             undated.add(name)
             continue
-        versions = json.dumps(summary.get("adapter_versions") or {}, sort_keys=True)
-        key = (name, step, versions)
+        versions_key = json.dumps(summary.get("adapter_versions") or {}, sort_keys=True)
+        key = (name, step, versions_key)
         if key not in latest or summary.get("written_at", 0) >= latest[key][1]:
             latest[key] = (step, summary.get("written_at", 0), name, summary)
     dated = list(latest.values())
@@ -237,31 +237,31 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
 def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
     """{benchmark: {member: pass@1}} of a run: its latest evaluation per benchmark, falling back
     to the last external anchor (benchmark named '<calibration> (anchor)')."""
-    out: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, float]] = {}
     ordered = sorted(run.evals.values(), key=lambda s: s.get("written_at", 0))
     for summary in ordered:  # later evaluations overwrite earlier ones
         for bench, per in (summary.get("scores") or {}).items():
-            out[bench] = {m: v["score"] for m, v in per.items()}
-    if out:
-        return out
+            scores[bench] = {m: v["score"] for m, v in per.items()}
+    if scores:
+        return scores
     with Store(RunPaths(run.root).store, readonly=True) as store:
         for r in report_store.latest_anchors(store):
-            out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = r.score
-    return out
+            scores.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = r.score
+    return scores
 
 
 def final_ns(run: RunInfo) -> dict[str, dict[str, int]]:
     """{benchmark: {member: n}} matching `final_scores` (for the intervals of Figure 5)."""
-    out: dict[str, dict[str, int]] = {}
+    ns: dict[str, dict[str, int]] = {}
     for summary in sorted(run.evals.values(), key=lambda s: s.get("written_at", 0)):
         for bench, per in (summary.get("scores") or {}).items():
-            out[bench] = {m: int(v.get("n") or 0) for m, v in per.items()}
-    if out:
-        return out
+            ns[bench] = {m: int(v.get("n") or 0) for m, v in per.items()}
+    if ns:
+        return ns
     with Store(RunPaths(run.root).store, readonly=True) as store:
         for r in report_store.latest_anchors(store):
-            out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = int(r.n or 0)
-    return out
+            ns.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = int(r.n or 0)
+    return ns
 
 
 def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
@@ -270,7 +270,7 @@ def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
     has no item-level results (then comparisons pair on seeds only)."""
     from agora_cli.evaluation.evaluate import read_results
 
-    out: dict[str, dict[str, dict[str, bool]]] = {}
+    outcomes: dict[str, dict[str, dict[str, bool]]] = {}
     for name, summary in sorted(run.evals.items(), key=lambda kv: kv[1].get("written_at", 0)):
         models = summary.get("models") or {}
         order = [m for m in (summary.get("members") or list(models)) if m in models]
@@ -282,8 +282,8 @@ def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
                 if r.benchmark == bench and r.model == wanted.get(r.member):
                     per.setdefault(r.member, {})[r.item_id] = bool(r.correct)
             if per:
-                out[bench] = per
-    return out
+                outcomes[bench] = per
+    return outcomes
 
 
 def group_item_values(per_member: dict[str, dict[str, bool]]) -> dict[str, float]:
@@ -404,7 +404,7 @@ def table2(
                 csv_cells += ["", "", "", "", ""]
                 continue
             cells.append(f"{100 * r.diff:+.1f} {interval_text(r.lo, r.hi)}, {p_text(r.p)}")
-            csv_cells += [f"{r.diff:.6f}", f"{r.lo:.6f}", f"{r.hi:.6f}", f"{r.p:.6f}", r.n]
+            csv_cells += [f"{r.diff:.6f}", f"{r.lo:.6f}", f"{r.hi:.6f}", f"{r.p:.6f}", str(r.n)]
         md += f"| {variant} | {len(per_seed)} | " + " | ".join(cells) + " |\n"
         w.writerow([variant, len(per_seed), *csv_cells])
     return md, buf.getvalue()
@@ -415,14 +415,14 @@ def run_pairs(
 ) -> dict[str, dict[str, float]]:
     """One run's values to pair across variants: {benchmark: {key: group pass@1}}, keyed by
     `seed/item` when item-level results exist, else by `seed` (the run's group mean)."""
-    out: dict[str, dict[str, float]] = {}
+    keyed: dict[str, dict[str, float]] = {}
     for bench, per in scores.items():
         by_item = group_item_values(items.get(bench, {}))
         if by_item:
-            out[bench] = {f"{seed}/{i}": v for i, v in by_item.items()}
+            keyed[bench] = {f"{seed}/{i}": v for i, v in by_item.items()}
         else:
-            out[bench] = {str(seed): group_mean(per)}
-    return out
+            keyed[bench] = {str(seed): group_mean(per)}
+    return keyed
 
 
 def paired_variants(
@@ -431,21 +431,21 @@ def paired_variants(
     """{variant: {benchmark: paired bootstrap of variant - full}} over the keys (seed/item, or
     seed) both have; `pairs` is {variant: [`run_pairs` of each of its runs]}."""
 
-    def merged(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for r in runs:
+    def merged(run_values: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+        by_bench: dict[str, dict[str, float]] = {}
+        for r in run_values:
             for bench, vals in r.items():
-                out.setdefault(bench, {}).update(vals)
-        return out
+                by_bench.setdefault(bench, {}).update(vals)
+        return by_bench
 
     if "full" not in pairs:
         return {}
     full = merged(pairs["full"])
     result: dict[str, dict[str, PairedMeans]] = {}
-    for variant, runs in pairs.items():
+    for variant, run_values in pairs.items():
         if variant == "full":
             continue
-        for bench, vals in merged(runs).items():
+        for bench, vals in merged(run_values).items():
             keys = sorted(set(vals) & set(full.get(bench, {})))
             if keys:
                 result.setdefault(variant, {})[bench] = paired_bootstrap(
@@ -498,13 +498,13 @@ def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
         "|---|---|---|---|---:|---:|---:|---:|---:|\n"
     )
     words = []
-    for a, i, bench, m, r in rows:
+    for agora_label, isolated_label, bench, m, r in rows:
         md += (
-            f"| {a} | {i} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
-            f" | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n"
+            f"| {agora_label} | {isolated_label} | {bench} | {m} | {rate_text(r.k_a, r.n)} | "
+            f"{rate_text(r.k_b, r.n)} | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n"
         )
         words.append(
-            f"- {m} on {bench} (`{a}` vs `{i}`, {r.n} shared items): "
+            f"- {m} on {bench} (`{agora_label}` vs `{isolated_label}`, {r.n} shared items): "
             f"{100 * (r.k_a - r.k_b) / r.n:+.1f} points, {significance_text(r.p)} (exact McNemar)."
         )
     return md, words
@@ -532,7 +532,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
     md = ["# AGORA report", ""]
     md.append("Runs: " + ", ".join(f"`{r.label}` ({r.mode}, {r.variant}, seed {r.seed})" for r in runs))
     md.append("")
-    curves: dict[str, list[dict[str, list[float]]]] = {}
+    curves: dict[str, list[plots.AnchorCurve]] = {}
     for run in runs:
         slug = _slug(run.label)
         threshold = (run.config.get("protocol") or {}).get("buffer_threshold")

@@ -18,9 +18,9 @@ lenient about form and strict about content:
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from agora_cli.config import Config
 from agora_cli.datasets import load_seed_pool as pool_items
@@ -115,7 +115,7 @@ def dedupe(problems: list[GeneratedProblem], existing_texts: Iterable[str]) -> l
     return problems
 
 
-def choose_generators(members: list[str], cfg: Config, rng: Any) -> list[str]:
+def choose_generators(members: list[str], cfg: Config, rng: random.Random) -> list[str]:
     """The Q-Group: a random subset of `generators_per_step` members when `random_qgen` is on
     (paper: random generator selection), else every member."""
     if not cfg.ablations.random_qgen:
@@ -130,9 +130,9 @@ def load_seed_pool(name: str) -> list[dict]:
     return [{"id": it.id, "problem": it.problem, "answer": it.answer} for it in pool_items(name)]
 
 
-def sample_seeds(pool: list[dict], k: int, rng: Any) -> list[dict]:
+def sample_seeds(seed_pool: list[dict], k: int, rng: random.Random) -> list[dict]:
     """k distinct seed rows (fewer when the pool is smaller)."""
-    return rng.sample(pool, min(k, len(pool))) if k > 0 else []
+    return rng.sample(seed_pool, min(k, len(seed_pool))) if k > 0 else []
 
 
 async def _one(ctx: Ctx, member: str, difficulty: float, seeds: list[dict]) -> GeneratedProblem:

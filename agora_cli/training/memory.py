@@ -38,7 +38,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agora_cli.config import Config, Member, Training
 
 GiB = 2**30
 RUNTIME_BYTES = 1 * GiB
@@ -150,7 +153,7 @@ def find_dims(model: str, model_dir: str | Path | None = None) -> ModelDims | No
     return KNOWN_DIMS.get(model)
 
 
-def member_dims(member: Any) -> ModelDims | None:
+def member_dims(member: Member) -> ModelDims | None:
     """A config.Member's model dims (its prepared directory when there is one), or None."""
     from agora_cli.models import cached_path
 
@@ -275,7 +278,7 @@ class MemoryPlan:
 
 def plan_memory(
     dims: ModelDims,
-    training: Any,
+    training: Training,
     *,
     batch_size: int,
     seq_len: int,
@@ -285,34 +288,38 @@ def plan_memory(
 ) -> MemoryPlan:
     """Checkpoint when configured, or (`auto`) when the plain estimate exceeds the budget.
 
-    `training` is a config.Training; `budget_gb` defaults to training.memory_budget_gb, then to
+    `budget_gb` defaults to training.memory_budget_gb, then to
     `default_budget_gb(device)`.
     """
     budget = budget_gb or training.memory_budget_gb or default_budget_gb(device)
-    common = dict(
-        batch_size=batch_size,
-        seq_len=seq_len,
-        r=training.r,
-        target_modules=training.target_modules,
-        loss_chunk_tokens=training.loss_chunk_tokens,
-        half_precision=half_precision,
-        attention_scores=not device.startswith("cuda"),
-    )
-    plain = estimate_training_memory(dims, checkpointing=False, **common)
-    checkpointed = estimate_training_memory(dims, checkpointing=True, **common)
+
+    def estimate(checkpointing: bool) -> MemoryEstimate:
+        return estimate_training_memory(
+            dims,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            r=training.r,
+            target_modules=training.target_modules,
+            checkpointing=checkpointing,
+            loss_chunk_tokens=training.loss_chunk_tokens,
+            half_precision=half_precision,
+            attention_scores=not device.startswith("cuda"),
+        )
+
+    plain, checkpointed = estimate(False), estimate(True)
     setting = training.gradient_checkpointing
     auto = setting == "auto"
     on = plain.total_gb > budget if auto else bool(setting)
     return MemoryPlan(on, auto, plain, checkpointed, budget)
 
 
-def config_memory_report(config: Any, *, device: str, half_precision: bool) -> tuple[list[str], list[str]]:
+def config_memory_report(cfg: Config, *, device: str, half_precision: bool) -> tuple[list[str], list[str]]:
     """(warnings, notes) for `agora validate`: per member, whether a configured micro-batch
     (training.batch_size x training.max_length) fits the memory budget on this machine."""
-    training = config.training
+    training = cfg.training
     warnings: list[str] = []
     notes: list[str] = []
-    for member in config.members:
+    for member in cfg.members:
         dims = member_dims(member)
         if dims is None:
             notes.append(
