@@ -16,10 +16,11 @@ step's delimiter lines, and small models copy what they read, often imperfectly.
   least two words inside the text, across the text's line breaks (a re-wrapped or partial copy);
   a single word counts as a copy only of a whole line, so a verdict `VALID` is still the judge's
   own when the solution merely uses the word "valid";
-- cuts the reply at an invented next turn (`INVENTED_TURN`): once the judge has stated a
-  verdict, a line of its own that opens a new turn (a `Problem:` line, a chat-template marker, a
-  bare role name) ends its reply; what follows answers a question nobody asked. A marker that
-  copies a quoted text does not end it, but what follows counts as copied from that text.
+- cuts the reply at an invented next turn (`INVENTED_TURN`): once the reply has stated a
+  verdict (even one worded like a plant, which may not count), a line of its own that opens a
+  new turn (a `Problem:` line, a chat-template marker, a bare role name) ends the reply; what
+  follows answers a question nobody asked. A marker that copies a quoted text does not end it,
+  but what follows counts as copied from that text.
 
 A copied line is ambiguous: a judge that states a verdict worded exactly like a line planted in
 the quoted text cannot be told from one that copies the plant. The parsers resolve it against
@@ -30,6 +31,7 @@ it (and a line copied from the problem, shown with both solutions, is never a vo
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -120,7 +122,9 @@ class JudgeReply:
         self._quoted = quoted
         self._keys = [normalize(line) for line in self.lines]
         self._copied: dict[int, frozenset[str]] = {}
-        self._taint: list[tuple[int, frozenset[str]]] = []  # (line, sources): see `last`
+        # Copied turn markers seen by `last`: their lines, and the sources tainted from each on.
+        self._taint_at: list[int] = []
+        self._tainted: list[frozenset[str]] = []
 
     def _neighbour(self, i: int, step: int) -> str:
         j = i + step
@@ -131,8 +135,8 @@ class JudgeReply:
     def copied_from(self, i: int) -> frozenset[str]:
         """The names of the quoted texts that line `i` copies (empty: the judge's own line), or
         that a copied turn marker before it came from (see `last`)."""
-        tainted = frozenset().union(*(src for j, src in self._taint if j < i))
-        return self._own_sources(i) | tainted
+        k = bisect.bisect_left(self._taint_at, i)  # markers before line i
+        return self._own_sources(i) | (self._tainted[k - 1] if k else frozenset())
 
     def _own_sources(self, i: int) -> frozenset[str]:
         if i not in self._copied:
@@ -144,26 +148,31 @@ class JudgeReply:
             self._copied[i] = self._quoted.sources(key, windows)
         return self._copied[i]
 
-    def last(self, read: Callable[[int], T | None]) -> T | None:
-        """The last value `read(i)` gives over the reply's lines, in order. Once a value is
-        found, a line of the judge's own that opens an invented next turn ends the reply (and
-        `end`). A turn marker copied from a quoted text does not end it (a planted marker would
-        otherwise cut off the judge's real verdict after an echo), but every line after it counts
-        as copied from that text too: a planted marker cannot let an invented turn speak for
-        the text that planted it either."""
+    def last(self, read: Callable[[int], T | None], states: Callable[[str], bool]) -> T | None:
+        """The last value `read(i)` gives over the reply's lines, in order.
+
+        Once a line `states` a verdict (whether or not `read` counts it: a verdict worded like a
+        plant is still a verdict said), a line of the judge's own that opens an invented next
+        turn ends the reply (and `end`). A turn marker copied from a quoted text does not end it
+        (a planted marker would otherwise cut off the judge's real verdict after an echo), but
+        every line after it counts as copied from that text too: a planted marker cannot let an
+        invented turn speak for the text that planted it either."""
         value: T | None = None
+        stated = False
         self.end = len(self.lines)
-        self._taint = []
+        self._taint_at, self._tainted = [], []
         for i, line in enumerate(self.lines):
-            if value is not None and INVENTED_TURN.match(line):
+            if stated and INVENTED_TURN.match(line):
                 sources = self.copied_from(i)
                 if not sources:
                     self.end = i
                     break
-                self._taint.append((i, sources))
+                self._taint_at.append(i)
+                self._tainted.append(sources | (self._tainted[-1] if self._tainted else frozenset()))
             found = read(i)
             if found is not None:
                 value = found
+            stated = stated or found is not None or states(line)
         return value
 
     def own_lines(self, where: Callable[[str], object]) -> list[str]:

@@ -119,7 +119,7 @@ def parse_verdict(
             return None  # a copy never approves (a copied INVALID still rejects)
         return found
 
-    verdict = text.last(read)
+    verdict = text.last(read, lambda line: _line_verdict(line, verdict_line) is not None)
     if verdict == "valid" and not verdict_line and text.own_lines(HEDGE.search):
         verdict = "void"  # the free format approves only when nothing the verifier wrote hedges
     return None if verdict in (None, "void") else verdict == "valid"

@@ -94,7 +94,7 @@ def parse_vote(
             return None  # a copy may vote against the solution it copies, never for it
         return found
 
-    choice = text.last(read)
+    choice = text.last(read, lambda line: _line_vote(line, verdict_line) is not None)
     return choice  # type: ignore[return-value]
 
 
