@@ -281,6 +281,38 @@ async def test_the_solution_text_is_the_models_own_words():
     assert draft.text == "So 3 + 4 = 7 and \\boxed{7}" and draft.answer == "7"
 
 
+def test_the_loop_stores_verifies_and_shows_the_solvers_own_words(run_dir):
+    """Through a real two-step run on the fake ensemble whose solvers echo their whole prompt
+    first: the stored solution, the solution verifiers are shown and the H_t examples of step 2
+    are the solver's own words."""
+    from agora_cli import runner
+    from agora_cli.config import config_from_dict
+    from agora_cli.paths import RunPaths
+    from agora_cli.store import Store
+    from tests.fakes.ensemble import config_dict, responder
+    from tests.fakes.openai_server import FakeOpenAI
+
+    base = responder()
+    instruction = "Solve the math problem step by step"
+
+    def script(req: Request) -> str:
+        reply = base(req)
+        if req.role == "solve":
+            assert isinstance(reply, str)
+            return "\n".join(m["content"] for m in req.messages) + "\n" + reply
+        return reply  # type: ignore[return-value]
+
+    with FakeOpenAI(script) as fake:
+        runner.run(config_from_dict(config_dict(fake.url, run_dir)), run_dir=run_dir, steps=2)
+        solves, verifies = fake.requests_for("solve"), fake.requests_for("verify")
+    with Store(RunPaths(run_dir).store) as store:
+        texts = [r["text"] for r in store.query("SELECT text FROM solutions")]
+    assert texts and all(t.startswith("I am ") and instruction not in t for t in texts)
+    assert verifies and all(_blocks(r)[-1].startswith("I am ") for r in verifies)
+    shown = [r.user for r in solves if "Example 1" in r.user]  # step 2 shows H_t
+    assert shown and all(instruction not in u for u in shown)
+
+
 # --------------------------------------------------------------------------- properties
 
 ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
