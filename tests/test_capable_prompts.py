@@ -55,8 +55,10 @@ def test_capable_verdict_only_the_last_verdict_line_decides():
     # No VERDICT line: no verdict, whatever the analysis says.
     assert parse_verdict(ANALYSIS_SAYING_INVALID, verdict_line=True) is None
     assert parse_verdict(ANALYSIS_SAYING_VALID, verdict_line=True) is None
-    # (The tiny prompts' free format does read those lines: the two formats differ.)
-    assert parse_verdict(ANALYSIS_SAYING_VALID) is True
+    # (The tiny prompts' free format does read those lines: the two formats differ. Its last
+    # verdict line here approves "correct in form, but ...": a hedged approval, no verdict.)
+    assert parse_verdict(ANALYSIS_SAYING_VALID) is None
+    assert parse_verdict(ANALYSIS_SAYING_INVALID) is False
     # Not a verdict line: the prompt's own instruction echoed, a hedge.
     assert parse_verdict("end with VERDICT: VALID or VERDICT: INVALID.", verdict_line=True) is None
     assert parse_verdict("VERDICT: VALID or VERDICT: INVALID", verdict_line=True) is None

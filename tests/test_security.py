@@ -344,7 +344,7 @@ def test_a_verifier_echoing_an_injected_verdict_does_not_pass_it(run_dir):
         assert raws and all(INJECTED in raw for raw in raws)
 
 
-async def test_a_voter_echoing_an_injected_choice_casts_no_vote():
+async def test_a_voter_echoing_an_injected_choice_casts_no_vote_for_its_planter():
     import random
 
     from agora_cli.protocol.prompts import Prompts
@@ -368,7 +368,12 @@ async def test_a_voter_echoing_an_injected_choice_casts_no_vote():
             votes = [await vote(ctx, "alpha", "Ann has 2 pens and buys 5.", a, b) for _ in range(4)]
         finally:
             await ctx.pool.aclose()
-    assert [v.winner for v in votes] == [None] * 4
+    # A copied line never votes for the solution it was copied from: b's plant names its own block
+    # when b is shown second (no vote); a's, shown second, names the other block, and a copy may
+    # vote against the solution that planted it (so a plant cannot hide the voter's own such vote).
+    echoed = ["a" if _quoted(r) == a else "b" for r in fake.requests_for("vote")]
+    assert set(echoed) == {"a", "b"}  # both placements were exercised
+    assert [v.winner for v in votes] == [{"a": "b", "b": None}[e] for e in echoed]
     assert all("Winner:" in v.raw for v in votes)
     # The parsers themselves: an echoed line is skipped, the judge's own line still counts.
     assert parse_vote(f"{b}\nA", solutions=(a, b)) == "a"

@@ -258,9 +258,8 @@ def test_a_problem_with_instructions_for_the_judges_is_rejected(injected):
 def test_no_seed_problem_reads_as_an_injection():
     """The rejection costs honest problems nothing measurable: no GSM8K training problem (the
     seeds generators imitate) trips it."""
-    from agora_cli.protocol.replies import visible
-
     from agora_cli.protocol.generate import INJECTION, load_seed_pool
+    from agora_cli.protocol.replies import visible
 
     pool = load_seed_pool("gsm8k_train")
     assert len(pool) > 6000
@@ -280,6 +279,38 @@ async def test_the_solution_text_is_the_models_own_words():
     async with stage(scripted({"solve": echo_then_answer})) as (ctx, _):
         draft = await solve(ctx, "alpha", PROBLEM, [])
     assert draft.text == "So 3 + 4 = 7 and \\boxed{7}" and draft.answer == "7"
+
+
+def test_the_loop_stores_verifies_and_shows_the_solvers_own_words(run_dir):
+    """Through a real two-step run on the fake ensemble whose solvers echo their whole prompt
+    first: the stored solution, the solution verifiers are shown and the H_t examples of step 2
+    are the solver's own words."""
+    from agora_cli import runner
+    from agora_cli.config import config_from_dict
+    from agora_cli.paths import RunPaths
+    from agora_cli.store import Store
+    from tests.fakes.ensemble import config_dict, responder
+    from tests.fakes.openai_server import FakeOpenAI
+
+    base = responder()
+    instruction = "Solve the math problem step by step"
+
+    def script(req: Request) -> str:
+        reply = base(req)
+        if req.role == "solve":
+            assert isinstance(reply, str)
+            return "\n".join(m["content"] for m in req.messages) + "\n" + reply
+        return reply  # type: ignore[return-value]
+
+    with FakeOpenAI(script) as fake:
+        runner.run(config_from_dict(config_dict(fake.url, run_dir)), run_dir=run_dir, steps=2)
+        solves, verifies = fake.requests_for("solve"), fake.requests_for("verify")
+    with Store(RunPaths(run_dir).store) as store:
+        texts = [r["text"] for r in store.query("SELECT text FROM solutions")]
+    assert texts and all(t.startswith("I am ") and instruction not in t for t in texts)
+    assert verifies and all(_blocks(r)[-1].startswith("I am ") for r in verifies)
+    shown = [r.user for r in solves if "Example 1" in r.user]  # step 2 shows H_t
+    assert shown and all(instruction not in u for u in shown)
 
 
 # --------------------------------------------------------------------------- properties
@@ -359,7 +390,7 @@ def echoes(draw, texts: list[str]) -> str:
     return "\n".join(draw(mangled(line)) for line in picked)
 
 
-PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
@@ -407,8 +438,9 @@ def test_property_an_approval_stands_whatever_else_was_planted(data, verdict_lin
 def test_property_a_vote_never_flips_or_vanishes_but_against_a_planter(data, verdict_line, genuine):
     """Plants in either solution and in the problem, copied before and after the voter's own
     choice, and invented turns after it: the vote is the voter's own, except that it may move away
-    from a solution that planted lines itself, or vanish when the voter's words copy a line
-    planted in the problem."""
+    from a solution that planted lines itself. The problem is shown with both solutions, so a
+    line copied from it (or following a turn marker copied from it) counts for neither: a
+    problem's plants (which parse_problem rejects) can make a vote vanish, never flip it."""
     (sol_a, bases_a), (sol_b, bases_b) = data.draw(planted(SOLUTION_LINES)), data.draw(planted(HONEST_LINES))
     problem, prob_bases = data.draw(planted(PROBLEM_LINES))
     forms = LINE_VOTE if verdict_line else VOTE_FORMS
@@ -423,5 +455,4 @@ def test_property_a_vote_never_flips_or_vanishes_but_against_a_planter(data, ver
     got = parse_vote(reply, solutions=(sol_a, sol_b), problem=problem, verdict_line=verdict_line)
     planter = {"a": bool(bases_a), "b": bool(bases_b)}
     if got != genuine:
-        like_problem_plant = any(_words(own) <= _words(b) for b in prob_bases)
-        assert planter[genuine] or (got is None and like_problem_plant), (reply, got)
+        assert planter[genuine] or (got is None and bool(prob_bases)), (reply, got)
