@@ -13,6 +13,8 @@ from agora_cli.protocol.generate import parse_problem
 from agora_cli.protocol.verify import parse_verdict
 from agora_cli.protocol.vote import parse_vote
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
