@@ -71,19 +71,28 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"AGORA_TEST_SEED={os.environ['AGORA_TEST_SEED']} (set it to replay the random cases)"
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an untiered test fails every tier's run
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Collection fails, naming each test, unless every test carries exactly one tier marker."""
-    bad = []
-    for item in items:
-        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
-        if len(tiers) != 1:
-            bad.append(f"  {item.nodeid}: {', '.join(tiers) if tiers else 'no tier'}")
-    if bad:
-        raise pytest.UsageError(
-            f"every test needs exactly one tier marker of {', '.join(TIERS)} "
-            "(a module-level `pytestmark` or a mark on the test):\n" + "\n".join(bad)
-        )
+# A collection error of the module (rather than a usage error) so that pytest-xdist's workers
+# report it too, and every tier's run (`-m` deselects later) stops on it.
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+    """Collecting a module or class fails, naming each test, unless every test in it carries
+    exactly one tier marker."""
+    report = yield
+    if report.passed:
+        bad = []
+        for item in report.result:
+            if isinstance(item, pytest.Item):
+                tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+                if len(tiers) != 1:
+                    bad.append(f"  {item.nodeid}: {', '.join(tiers) if tiers else 'no tier'}")
+        if bad:
+            report.outcome = "failed"
+            report.result = []
+            report.longrepr = (
+                f"every test needs exactly one tier marker of {', '.join(TIERS)} "
+                "(a module-level `pytestmark` or a mark on the test):\n" + "\n".join(bad)
+            )
+    return report
 
 
 class NotInProcess(RuntimeError):
