@@ -54,7 +54,7 @@ def samples(pairs=PAIRS) -> list[Sample]:
 # --------------------------------------------------------------------------- data
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # the real SmolLM2 tokenizer (prepare de-quantises the model)
 def test_prompt_tokens_are_masked(tok) -> None:
     sample = samples()[0]
     ex = render_example(tok, sample, max_length=512)
@@ -73,7 +73,7 @@ def test_prompt_tokens_are_masked(tok) -> None:
     assert tok.decode(ex.input_ids[:n_prompt]).rstrip().endswith("assistant")
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_truncation_keeps_the_prompt_and_drops_prompt_only_examples(tok) -> None:
     sample = samples()[0]
     full = render_example(tok, sample, max_length=512)
@@ -85,7 +85,7 @@ def test_truncation_keeps_the_prompt_and_drops_prompt_only_examples(tok) -> None
     assert examples == [] and skipped == [1, 2]
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_length_grouping_reduces_padding(tok) -> None:
     # A buffer with very different lengths: short answers and long worked solutions.
     pairs = [
