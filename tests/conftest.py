@@ -68,6 +68,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    """The session's seed, to replay its random cases."""
     return f"AGORA_TEST_SEED={os.environ['AGORA_TEST_SEED']} (set it to replay the random cases)"
 
 
