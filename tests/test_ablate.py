@@ -22,6 +22,7 @@ TINY = str(CONFIGS_DIR / "tiny-transformers.yaml")
 PAPER = str(CONFIGS_DIR / "paper-mixed.yaml")
 
 
+@pytest.mark.unit
 def test_plan_builds_one_config_per_variant_and_seed(tmp_path: Path) -> None:
     grid = ab.plan(TINY, [0, 1], ab.parse_variants("all"), tmp_path)
     assert len(grid) == 11 * 2
@@ -35,6 +36,7 @@ def test_plan_builds_one_config_per_variant_and_seed(tmp_path: Path) -> None:
     assert ("no-difficulty-control", 1) in seen and ("full", 0) in seen
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("switch", ab.SWITCHES)
 def test_variant_configs_match_the_shipped_ablation_configs(tmp_path: Path, switch: str) -> None:
     [(run, cfg)] = ab.plan(PAPER, [0], [switch], tmp_path)
@@ -42,6 +44,7 @@ def test_variant_configs_match_the_shipped_ablation_configs(tmp_path: Path, swit
     assert cfg.ablations == shipped.ablations
 
 
+@pytest.mark.unit
 def test_parse_variants() -> None:
     assert ab.parse_variants("fem,no-lora,full") == ["fem", "lora", "full"]
     assert ab.parse_variants("difficulty-control") == ["difficulty_control"]
@@ -49,6 +52,7 @@ def test_parse_variants() -> None:
         ab.parse_variants("fem,warp_drive")
 
 
+@pytest.mark.unit
 def test_dry_run_lists_runs_without_running(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     result = CliRunner().invoke(
@@ -96,6 +100,7 @@ def fake_eval(cfg: Config, limit: int | None, bus: EventBus) -> dict[str, dict[s
     }
 
 
+@pytest.mark.unit
 def test_run_ablation_writes_mean_and_sd_tables(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     grid = ab.plan(TINY, [0, 1, 2], ["full", "fem", "lora"], out)
@@ -117,6 +122,7 @@ def test_run_ablation_writes_mean_and_sd_tables(tmp_path: Path) -> None:
     assert "| no-lora | 3 | 42.0 ± 2.0 | 21.0 ± 1.0 |" in text
 
 
+@pytest.mark.unit
 def test_interrupted_grid_keeps_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     grid = ab.plan(TINY, [0, 1], ["full"], out)
@@ -136,6 +142,7 @@ def test_interrupted_grid_keeps_finished_runs(tmp_path: Path) -> None:
     assert "| full | 2 | 61.0 ± 1.4 |" in md.read_text()
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None:
     """`agora ablate` end to end on the scripted fake ensemble: loop, evaluation, table."""
@@ -198,6 +205,7 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     )
 
 
+@pytest.mark.unit
 def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Path) -> None:
     # tiny-transformers.yaml anchors every 2 steps with plateau_patience 2: FEM first moves d at step 2 * 2,
     # the strategy first switches at step 3 * 2 (so no-fem needs 5 steps, no-dynamic-strategy 7).

@@ -14,6 +14,8 @@ from agora_cli.protocol.replies import INVENTED_TURN, visible
 from agora_cli.protocol.verify import HEDGE, parse_verdict
 from agora_cli.protocol.vote import parse_vote
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),

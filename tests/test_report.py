@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import pytest
 from typer.testing import CliRunner
 
 from agora_cli.cli import app
@@ -185,6 +186,7 @@ def _sidecar(png: Path) -> dict:
     return json.loads(png.with_suffix(".json").read_text())
 
 
+@pytest.mark.unit
 def test_report_figures_match_the_store(tmp_path: Path) -> None:
     run = tmp_path / "run-agora"
     exp = make_run(run)
@@ -242,6 +244,7 @@ def test_report_figures_match_the_store(tmp_path: Path) -> None:
     assert pngs == linked and len(pngs) == 6
 
 
+@pytest.mark.unit
 def test_report_across_modes_and_variants(tmp_path: Path) -> None:
     runs = []
     for mode, seed, abl, ev in [
@@ -293,12 +296,14 @@ def test_report_across_modes_and_variants(tmp_path: Path) -> None:
     assert "| agora-0-full | b v1 | sampled | 60.0 [31.3, 83.2] |" in md  # 6/10, Wilson 95%
 
 
+@pytest.mark.unit
 def test_report_rejects_a_directory_without_a_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 1
     assert "not a run directory" in result.output
 
 
+@pytest.mark.integration
 def test_report_on_a_run_written_by_the_loop(tmp_path: Path) -> None:
     """The loop's own writes (fake ensemble, anchors on) feed every figure consistently."""
     from agora_cli import runner
@@ -357,6 +362,7 @@ def write_summary(
     d.joinpath("summary.json").write_text(json.dumps(summary))
 
 
+@pytest.mark.unit
 def test_figure1_draws_evaluations_at_their_steps(tmp_path: Path, monkeypatch) -> None:
     from agora_cli.evaluation import plots
 

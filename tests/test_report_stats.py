@@ -7,11 +7,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from agora_cli.evaluation.evaluate import MAJORITY, ItemResult
 from agora_cli.evaluation.report import build_report
 from agora_cli.paths import RunPaths
 from agora_cli.stats import mcnemar_exact, wilson
 from tests.test_report import MEMBERS, _sidecar, make_run
+
+pytestmark = pytest.mark.unit
 
 ITEMS = [f"gsm8k_test/{i}" for i in range(16)]
 

@@ -25,7 +25,7 @@ from agora_cli.training import round_store as rs
 from agora_cli.training.rounds import MAX_ATTEMPTS, RoundManager
 from tests.test_rounds import RecordingServing, adapter_status, add_rows, make_cfg, round_rows
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 STUB = Path(__file__).parent / "fakes" / "stub_worker.py"
 
 

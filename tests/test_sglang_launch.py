@@ -40,6 +40,7 @@ def _problems(data: dict) -> str:
     return str(e.value)
 
 
+@pytest.mark.unit
 def test_paper_mixed_dry_run_starts_servers_in_order_and_they_fit_one_gpu() -> None:
     r = CliRunner().invoke(app, ["serve", "configs/paper-mixed.yaml", "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -60,6 +61,7 @@ def test_paper_mixed_dry_run_starts_servers_in_order_and_they_fit_one_gpu() -> N
     assert "--trust-remote-code" in bitcpm and "--chat-template chatml" in bitcpm
 
 
+@pytest.mark.unit
 def test_memory_shares_per_base_and_per_device(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -88,6 +90,7 @@ def test_memory_shares_per_base_and_per_device(tmp_path: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES=1 " in text
 
 
+@pytest.mark.unit
 def test_validate_rejects_what_sglang_would_refuse_later() -> None:
     too_much = _problems(
         _cfg(
@@ -131,6 +134,7 @@ def test_validate_rejects_what_sglang_would_refuse_later() -> None:
     config_from_dict(ok)
 
 
+@pytest.mark.unit
 def test_member_chat_template_reaches_the_server_as_a_file(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -157,6 +161,7 @@ def _adapter(root: Path, name: str, modules: list[str], r: int = 16) -> Path:
     return d
 
 
+@pytest.mark.integration
 def test_adapter_checked_against_the_server_before_loading(tmp_path: Path) -> None:
     with FakeSGLang(BASE) as fake:
         cfg = config_from_dict(
@@ -182,6 +187,7 @@ def test_adapter_checked_against_the_server_before_loading(tmp_path: Path) -> No
             assert serving.activate("a", good, 3).model == f"{BASE}:a-v3"
 
 
+@pytest.mark.integration
 def test_requests_carry_lora_path_and_member_chat_template_kwargs(tmp_path: Path) -> None:
     with FakeSGLang(BASE) as fake:
         cfg = config_from_dict(
@@ -209,6 +215,7 @@ def test_requests_carry_lora_path_and_member_chat_template_kwargs(tmp_path: Path
     assert "lora_path" not in b and "chat_template_kwargs" not in b
 
 
+@pytest.mark.integration
 def test_attach_does_not_wait_on_a_generating_health_check(tmp_path: Path) -> None:
     """SGLang's /health generates a token (up to 20 s under load); attach must not read a busy
     server as dead and launch duplicates."""
@@ -225,6 +232,7 @@ def test_attach_does_not_wait_on_a_generating_health_check(tmp_path: Path) -> No
         assert backend.health() is True
 
 
+@pytest.mark.integration
 def test_api_key_server_gets_the_key_on_every_call(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SG_KEY", "s3cret")
     with FakeSGLang(BASE, api_key="s3cret") as fake:

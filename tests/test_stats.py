@@ -15,6 +15,8 @@ from agora_cli.stats import (
     wilson_lower,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("k", "n", "lo", "hi"),
