@@ -289,6 +289,28 @@ def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
 # --------------------------------------------------------------------------- tables
 
 
+def contamination_md(run: RunInfo) -> list[str]:
+    """The run's contamination check, per evaluation: the items sharing a 13-gram with one of
+    its problems ([] when no evaluation recorded the check)."""
+    from agora_cli.evaluation.contamination import contamination_lines
+
+    out = []
+    for name, summary in sorted(run.evals.items()):
+        c = summary.get("contamination")
+        if not isinstance(c, dict):
+            continue
+        lines = contamination_lines(c.get("items") or {}, int(c.get("problems_checked") or 0))
+        if lines:
+            out += [
+                f"- `{name}`: {line}; these items are scored, but the run may have seen them."
+                for line in lines
+            ]
+        else:
+            checked = c.get("problems_checked", 0)
+            out.append(f"- `{name}`: no item shares a 13-gram with the run's {checked} problem(s).")
+    return ["### Contamination check", "", *out, ""] if out else []
+
+
 def _fmt(mean: float, sd: float | None) -> str:
     return f"{100 * mean:.1f}" if sd is None else f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
@@ -531,6 +553,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "",
             _fig1_caption(run, points, without),
             "",
+            *contamination_md(run),
             "### Figure 3: difficulty and response length against performance",
             "",
             f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)",
