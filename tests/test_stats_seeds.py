@@ -4,6 +4,7 @@ when runs vary from seed to seed, where resampling the pooled items of all seeds
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,31 @@ def test_variants_pair_by_seed_within_the_items_both_answered() -> None:
         [{"gsm8k": {"0": 0.7}}], [run_pairs(0, {"gsm8k": {"a": 0.5, "b": 1.0}}, outcomes(set(range(5))))]
     )
     assert mixed["gsm8k"].diffs == pytest.approx([0.75 - 0.7])
+
+
+def test_groups_of_models_are_compared_by_seed(tmp_path: Path) -> None:
+    """Homogeneous against mixed: runs are grouped by their members' models and paired by seed;
+    the report's sentence gives each seed's difference and, with 3 seeds, no test."""
+    from agora_cli.evaluation.report import RunInfo, group_comparison
+
+    def run(name: str, models: list[str], seed: int, score: float) -> RunInfo:
+        members = [{"name": f"m{i}", "model": m} for i, m in enumerate(models)]
+        summary = {"scores": {"gsm8k": {f"m{i}": {"score": score, "n": 50} for i in range(len(models))}}}
+        return RunInfo(
+            root=tmp_path / f"{name}-{seed}",
+            label=f"{name}-{seed}",
+            config={"name": name, "members": members},
+            members=[m["name"] for m in members],
+            seed=seed,
+            evals={"sampled": summary},
+        )
+
+    mixed = [run("mixed", ["x/a", "y/b"], s, 0.40 + 0.01 * s) for s in range(3)]
+    homo = [run("homo", ["x/a", "x/a2"], s, 0.30 + 0.02 * s) for s in range(3)]
+    [line] = group_comparison(mixed + homo)
+    assert line == (
+        "- `homo (x/a, x/a2)` minus `mixed (x/a, y/b)` on gsm8k: per-seed differences -10.0 (seed 0), "
+        "-9.0 (seed 1), -8.0 (seed 2); mean -9.0 points (sd 1.0 over seeds); 3 seeds: no test (an "
+        "exact sign-flip test over 3 seeds cannot give p below 0.25; 6 seeds are needed to reach 0.05)."
+    )
+    assert group_comparison(mixed) == []  # one group: nothing to compare
