@@ -417,7 +417,7 @@ def table2(
                 f"{r.mean:.6f}",
                 "" if r.n < 2 else f"{r.sd:.6f}",
                 "" if r.p is None else f"{r.p:.6f}",
-                r.n,
+                str(r.n),
                 ";".join(f"{s}:{d:.6f}" for s, d in zip(r.seeds, r.diffs, strict=True)),
             ]
         md += f"| {variant} | {len(per_seed)} | " + " | ".join(cells) + " |\n"
@@ -465,13 +465,13 @@ def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
         "isolated pass@1 [95% CI] | only AGORA right | only isolated right | McNemar p |\n"
         "|---|---|---|---|---:|---:|---:|---:|---:|\n"
     )
-    for a, i, bench, m, r in rows:
+    for a_label, i_label, bench, m, r in rows:
         md += (
-            f"| {a} | {i} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
+            f"| {a_label} | {i_label} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
             f" | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n"
         )
         words.append(
-            f"- {m} on {bench} (`{a}` vs `{i}`, {r.n} shared items): "
+            f"- {m} on {bench} (`{a_label}` vs `{i_label}`, {r.n} shared items): "
             f"{100 * (r.k_a - r.k_b) / r.n:+.1f} points, {significance_text(r.p)} "
             "(exact McNemar; item-level, within one seed)."
         )
