@@ -125,6 +125,16 @@ def eval_cmd(
                 f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
             )
         console.print(f"with-H_t results in {report.elite.out_dir}/results.jsonl (comparison.json beside it)")
+    from agora_cli.evaluation.contamination import NGRAM, contamination_lines
+
+    lines = contamination_lines(report.contaminated, report.problems_checked)
+    for line in lines:
+        console.print(f"[yellow]contamination:[/yellow] {line}", soft_wrap=True)
+    if not lines:
+        console.print(
+            f"contamination check: no item shares a {NGRAM}-gram with the run's "
+            f"{report.problems_checked} problem(s)"
+        )
     for bench, ids in report.removed.items():
         console.print(
             f"{bench}: left out {len(ids)} item(s) that are the run's calibration "

@@ -1,8 +1,10 @@
 """`agora validate CONFIG [key=value ...]`: every problem with its YAML path, exit 2 if any.
 
 A valid config can still carry warnings (exit 0): a member whose configured training batch does
-not fit the memory budget on this machine even with gradient checkpointing; an installed SGLang
-with known holes, or a server reached off this machine without a key (`serving/keys.py`).
+not fit the memory budget on this machine even with gradient checkpointing; members that share a
+base model and train on the same buffer rows (only their training seeds keep them apart); an
+installed SGLang with known holes, or a server reached off this machine without a key
+(`serving/keys.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ def protocol_notes(cfg: Config) -> list[str]:
         f"{cfg.protocol.problems_per_step} problems drawn from the seed pool "
         f"{cfg.protocol.seed_pool!r} by (seed, step, slot) alone and nothing is generated; "
         "d_t is still recorded but steers nothing (the difficulty control is inert)"
+    ]
+
+
+def shared_base_warnings(cfg: Config) -> list[str]:
+    """Members on one base model that train on the same rows (AGORA trains every member on the
+    whole buffer): only their training seeds keep their adapters apart."""
+    if not cfg.ablations.lora or cfg.protocol.mode == "isolated":
+        return []  # no training, or each member trains on its own solutions only
+    by_base: dict[str, list[str]] = {}
+    for m in cfg.members:
+        by_base.setdefault(m.model, []).append(m.name)
+    return [
+        f"members {', '.join(names)} share the base model {base!r} and train on the same buffer "
+        "rows: each trains with its own seed (from the run's seed and its name), so their adapters "
+        "start and shuffle differently, but the group's diversity between them comes from those "
+        "draws alone"
+        for base, names in by_base.items()
+        if len(names) > 1
     ]
 
 
@@ -47,5 +67,5 @@ def validate(
     warnings, notes = config_memory_report(cfg, device=device, half_precision=amp is not None)
     for line in [*protocol_notes(cfg), *notes]:
         console.print(Text("note: ", style="dim") + Text(line), soft_wrap=True)
-    for line in [*warnings, *security_warnings(cfg)]:
+    for line in [*shared_base_warnings(cfg), *warnings, *security_warnings(cfg)]:
         console.print(Text("warning: ", style="yellow") + Text(line), soft_wrap=True)

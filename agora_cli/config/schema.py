@@ -285,6 +285,8 @@ class Training(Strict):
     # of the input, no pass over the output); "peft" is PEFT's modules. Speed and memory only
     # (bench/RESULTS.md), so a run resumes under either (runner.EXECUTION_ONLY).
     lora_dropout_kernel: Literal["fused", "peft"] = "fused"
+    # With the run's seed and the member's name, seeds each member's training on its own
+    # (training/data.member_seed): members sharing a base and the buffer stay distinct.
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_gpus: int = Field(default=1, ge=1, description=">1 launches the trainer with `accelerate launch`")
