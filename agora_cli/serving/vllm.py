@@ -19,6 +19,12 @@ register.py` guards every `/v1/...` route with it, adapter load/unload included)
 command line; vLLM logs only its non-default arguments, so the key stays out of its log too.
 `/health` stays open.
 
+On a GPU (the backend sets `gpu_memory_for_servers`) each server gets its share of the GPU from
+the memory plan (`config/gpu.py`) as `--gpu-memory-utilization` (vLLM's is a share of the
+device's *total* memory, asked for at start: `v1/worker/utils.py`, `request_memory`), a
+`--max-model-len` that fits that share, and runs under the interpreter running agora. Members'
+`trust_remote_code` and `server_args` reach their server's command as on SGLang.
+
 A member's model name is `<base>` until its first adapter, then `<member>-v<N>`. Activation is the
 same as SGLang's (`lora_server.py`). Servers start one after another (each healthy before the
 next: on one GPU each sizes its cache from the memory left; on CPU they would fight for the cores
