@@ -172,3 +172,20 @@ def test_vllm_cpu_commands_keep_the_cpu_defaults(tmp_path: Path) -> None:
         args = line.split()
         assert "--gpu-memory-utilization" not in args
         assert default_python() in args
+
+
+@pytest.mark.parametrize("path", ["configs/paper-mixed.yaml", "configs/paper-mixed-vllm.yaml"])
+def test_a_plan_that_cannot_fit_stops_the_launch_before_any_server_starts(
+    path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agora_cli.serving.gpu_check as gpu_check
+    from agora_cli.errors import ConfigError
+    from agora_cli.serving.lora_server import LoraServing
+
+    monkeypatch.setattr(gpu_check, "cuda_memory_gib", lambda: 40.0)  # as if on a 40 GiB card
+    cfg = load_config(REPO_DIR / path)
+    backend = next(iter(Serving(cfg, RunPaths(tmp_path)).backends.values()))
+    assert isinstance(backend, LoraServing)
+    base, members = next(iter(backend._bases(planned=True).items()))
+    with pytest.raises(ConfigError, match="on a 40 GiB GPU 0"):
+        backend._launch(base, members, 30000, dry_run=False)

@@ -33,7 +33,7 @@ def protocol_notes(cfg: Config) -> list[str]:
 def validate(
     config: str = typer.Argument(..., help="YAML config to check."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. protocol.elite_k=5"),
-    gpu_memory: float = typer.Option(
+    gpu_memory: float | None = typer.Option(
         None,
         "--gpu-memory",
         help="GiB of each GPU to plan the servers and trainer for (default: CUDA device 0's, if any).",
