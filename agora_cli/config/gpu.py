@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agora_cli.config.schema import Config, Member, SGLangBackend, VLLMBackend
-from agora_cli.model_facts import GiB, model_size
+from agora_cli.model_facts import GiB, facts_for, model_size
 
 # Tokens of one request's prompt, on top of its max_tokens: a solve prompt with the elite
 # examples, a verify prompt with the solution it judges (agora's estimate, not a bound).
@@ -31,6 +31,10 @@ PROMPT_TOKENS = 1024
 # vLLM's --max-model-len when unset on a GPU-planned backend: the model's context length would
 # ask for more KV cache than a share of a GPU holds (vLLM refuses to start then).
 VLLM_MAX_MODEL_LEN = 8192
+
+# SGLang reserves this much of a multimodal model's KV budget for its embedding cache
+# (`SGLANG_VLM_CACHE_SIZE_MB`, 100 by default: `mm_runtime_reservation_gb`).
+SGLANG_VLM_RESERVE = 100 * 2**20
 
 GpuBackend = SGLangBackend | VLLMBackend
 
@@ -184,6 +188,8 @@ def gpu_plan(
                 members = bases[base]
                 size = model_size(base)
                 room = share * gpu_gib * GiB - size.weights
+                if isinstance(b, SGLangBackend) and facts_for(base).extra_params:  # multimodal
+                    room -= SGLANG_VLM_RESERVE
                 kv_tokens = max(int(room // size.kv_per_token), 0)
                 need = tokens_needed(cfg, members)
                 one = request_tokens(cfg, members)
@@ -257,8 +263,6 @@ def gpu_plan(
 def vllm_max_model_len(b: VLLMBackend, base: str) -> int:
     """--max-model-len of a GPU-planned vLLM server: the backend's, else the model's context
     length capped at VLLM_MAX_MODEL_LEN."""
-    from agora_cli.model_facts import facts_for
-
     if b.max_model_len:
         return b.max_model_len
     return min(facts_for(base).context_length or VLLM_MAX_MODEL_LEN, VLLM_MAX_MODEL_LEN)
