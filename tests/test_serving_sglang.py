@@ -57,10 +57,10 @@ def test_launch_commands_one_server_per_base_model(tmp_path: Path) -> None:
     assert lines == [
         "[gpu] python3 -m sglang.launch_server --model-path org/base-a --host 127.0.0.1 "
         "--port 31000 --tp-size 2 --enable-lora --max-lora-rank 32 --lora-target-modules "
-        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.3 --config {key_file}    # a1, a2",
+        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.342 --config {key_file}    # a1, a2",
         "[gpu] python3 -m sglang.launch_server --model-path org/base-b --host 127.0.0.1 "
         "--port 31001 --tp-size 2 --enable-lora --max-lora-rank 32 --lora-target-modules "
-        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.429 --config {key_file}    # b1",
+        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.392 --config {key_file}    # b1",
     ]
 
 

@@ -213,7 +213,7 @@ def test_every_shipped_launch_command_parses_with_sglang(probe: dict) -> None:
         assert got["api_key"] == backend._api_key() and len(got["api_key"]) >= 32
         assert got["api_key"] not in " ".join(args)
     by_model = {base: p["args"] for (_, base, _), p in zip(probe["servers"], probe["commands"], strict=True)}
-    assert by_model["openbmb/BitCPM4-1B"]["chat_template"] == "chatml"
+    assert by_model["openbmb/BitCPM4-1B"]["chat_template"].endswith("configs/chat_templates/chatml.jinja")
 
 
 def test_every_trainer_adapter_is_accepted_by_the_server_agora_launches(probe: dict) -> None:

@@ -53,12 +53,14 @@ def test_paper_mixed_dry_run_starts_servers_in_order_and_they_fit_one_gpu() -> N
     for f in fractions:  # SGLang takes f of the memory free when it starts
         taken.append(f * free)
         free -= f * free
-    assert sum(taken) == pytest.approx(0.6, abs=0.005)  # the rest is the trainer's
-    assert all(t == pytest.approx(0.15, abs=0.002) for t in taken)
-    assert fractions == sorted(fractions) and fractions[-1] > fractions[0]
+    assert sum(taken) == pytest.approx(0.65, abs=0.005)  # the rest is the trainer's
+    # Shares follow need (weights + KV cache), not equal splits: Gemma-3-4B's 8 GiB of weights
+    # and larger KV per token get more of the GPU than Qwen3-1.7B.
+    share = {re.search(r"--model-path (\S+)", x).group(1): t for x, t in zip(lines, taken, strict=True)}
+    assert share["google/gemma-3-4b-it"] > share["Qwen/Qwen3-1.7B"] + 0.05
     assert lines[0].split()[1] == sys.executable or sys.executable in lines[0]
-    bitcpm = next(x for x in lines if "BitCPM4" in x)
-    assert "--trust-remote-code" in bitcpm and "--chat-template chatml" in bitcpm
+    bitcpm = next(x for x in lines if "BitCPM4" in x)  # its facts (agora_cli/model_facts.py)
+    assert "--trust-remote-code" in bitcpm and re.search(r"--chat-template \S+/chatml\.jinja", bitcpm)
 
 
 @pytest.mark.unit

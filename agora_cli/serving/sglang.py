@@ -46,6 +46,7 @@ from agora_cli.errors import ServerError
 from agora_cli.events import EventBus
 from agora_cli.lora_names import unsupported
 from agora_cli.paths import RunPaths
+from agora_cli.serving.gpu_check import check_gpu_memory
 from agora_cli.serving.keys import bearer, replace_private
 from agora_cli.serving.lora_server import LoraApi, LoraServing
 from agora_cli.serving.process import http
@@ -67,6 +68,7 @@ class SGLangServing(LoraServing):
     kind = "sglang"
     API = SGLANG_LORA
     cfg: SGLangBackend
+    config: Config | None = None  # the run's config: request sizes for the memory plan
 
     # ------------------------------------------------------------------ commands
 
@@ -119,6 +121,8 @@ class SGLangServing(LoraServing):
         fraction = self._fractions(self._bases(planned=dry_run)).get(base)
         cmd = self.command(base, port, fraction)
         if not dry_run:
+            if self.config is not None:  # a plan that cannot fit fails here, not in SGLang
+                check_gpu_memory(self.config, f"backend {self.name}", None)
             self.write_key_config()
         return cmd, self._devices(base, member_names)
 
@@ -155,7 +159,9 @@ class SGLangServing(LoraServing):
         return out.resolve()
 
     def _fractions(self, bases: dict[str, list[str]]) -> dict[str, float]:
-        plan = sglang_memory_plan(self.cfg, {b: [self.members[n] for n in ms] for b, ms in bases.items()})
+        plan = sglang_memory_plan(
+            self.cfg, {b: [self.members[n] for n in ms] for b, ms in bases.items()}, self.config
+        )
         return {base: f for rows in plan.values() for base, _, f in rows}
 
     def _devices(self, base: str, member_names: list[str]) -> dict[str, str]:
@@ -217,4 +223,6 @@ def build(
     name: str, spec: SGLangBackend, members: list[Member], run_paths: RunPaths, bus: EventBus, config: Config
 ) -> SGLangServing:
     """The `sglang` backend named `name` (registered in serving/registry.py)."""
-    return SGLangServing(name, spec, members, run_paths, bus)
+    serving = SGLangServing(name, spec, members, run_paths, bus)
+    serving.config = config
+    return serving
