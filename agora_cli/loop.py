@@ -74,7 +74,9 @@ def begin_step(
     strategy = step_strategy(cfg, steps.anchor_history(store))
     variant = variant_for(cfg.protocol.mode)
     plan, d_t = variant.plan(cfg, store, t, d_t)
-    opened = steps.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty), plan)
+    opened = steps.open_step(
+        store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty, cfg.protocol.v_target), plan
+    )
     ctx = Ctx(cfg=cfg, pool=pool, prompts=prompts, rng=random.Random(f"{cfg.seed}:{t}"), bus=bus)
     k = elite_shots(opened.strategy, cfg.protocol)  # type: ignore[arg-type]
     return variant(StepState(cfg, store, ctx, bus, opened, versions, steps.elite_examples(store)[:k]))

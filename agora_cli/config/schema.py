@@ -229,6 +229,10 @@ class Protocol(Strict):
     elite_k: int = Field(default=3, ge=0)
     buffer_threshold: int = Field(default=1024, ge=1)
     anchor_every: int = Field(default=5, ge=1)
+    # Eq. 1's V_target. None (default): the paper's outer loop, the moving average of recent V_t
+    # plus `difficulty.target_margin` (this drifts d down unless V_t keeps rising; see
+    # docs/protocol.md). A number: a fixed target pass rate (R-Zero's challenger aims at 0.5).
+    v_target: float | None = Field(default=None, gt=0.0, lt=1.0)
     self_consistency_samples: int = Field(default=32, ge=1, description="isolated mode")
     difficulty: Difficulty = Difficulty()
     surprise: Surprise = Surprise()
