@@ -1,8 +1,10 @@
-"""Protocol rules in isolation: the elite score does not favour problems many members solved, and
+"""Protocol rules in isolation: the elite score does not favour problems many members solved,
 Eq. 1 under both V_target rules (the literal moving average drifts d down; a fixed target does
-not)."""
+not), and FEM acts only on an anchor drop beyond noise, saying why."""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 
@@ -11,6 +13,8 @@ from agora_cli.config.schema import Difficulty
 from agora_cli.errors import ConfigError
 from agora_cli.protocol.difficulty import next_difficulty, next_target
 from agora_cli.protocol.select import elite_score
+from agora_cli.protocol.surprise import clear_drop, fem_move, fem_text
+from agora_cli.ui.plain import PlainPrinter
 from tests.fakes.ensemble import config_dict
 
 pytestmark = pytest.mark.unit
@@ -61,3 +65,42 @@ def test_v_target_is_validated_by_the_config_schema():
     for bad in (1.5, 0.0, "half"):
         with pytest.raises(ConfigError, match="v_target"):
             cfg(v_target=bad)
+
+
+def _cfg(**surprise: object):  # noqa: ANN202
+    data = config_dict("http://127.0.0.1:1/v1", "runs/x")
+    data["protocol"]["surprise"] = surprise
+    return config_from_dict(data)
+
+
+def test_fem_ignores_a_drop_of_one_calibration_item_near_zero():
+    # The tiny run: one member went from 1/8 to 0/8 items, the ensemble from 1/24 to 0/24.
+    # Eq. 2 reads that as the largest possible surprise; FEM must not act on it.
+    history = [(1.0, 24), (0.0, 24)]
+    for cfg in (_cfg(), _cfg(min_n=1)):  # below min_n, and within the 95% intervals either way
+        d, f_t, move = fem_move(cfg, history, 1.014)
+        assert f_t == pytest.approx(1.0, abs=1e-4)
+        assert d == 1.014 and move is None
+    assert clear_drop([(1.0, 8), (0.0, 8)], _cfg(min_n=1).protocol.surprise) is None  # one member
+
+
+def test_fem_acts_on_a_clear_drop_and_says_why():
+    cfg = _cfg()
+    d, f_t, move = fem_move(cfg, [(30.0, 60), (33.0, 60), (6.0, 60)], 2.0)  # 0.55 -> 0.10, n = 60
+    assert f_t == pytest.approx(((0.55 - 0.10) / 0.55) ** 2, rel=1e-4)
+    assert d == pytest.approx(2.0 - f_t) and move is not None
+    assert move["peak"] == pytest.approx(0.55) and move["current"] == pytest.approx(0.1) and move["n"] == 60
+    text = fem_text(move)
+    assert text == f"FEM: d lowered by {f_t:.3g}: anchor mean 0.55 -> 0.10, n = 60"
+    out = io.StringIO()
+    PlainPrinter(out)({"kind": "fem", "step": 7, "text": text})
+    assert out.getvalue() == f"step 7 | {text}\n"
+
+
+def test_fem_does_not_move_d_when_difficulty_control_or_fem_is_off():
+    history = [(30.0, 60), (6.0, 60)]
+    for off in ("fem", "difficulty_control"):
+        data = config_dict("http://127.0.0.1:1/v1", "runs/x")
+        data["ablations"][off] = False
+        d, f_t, move = fem_move(config_from_dict(data), history, 2.0)
+        assert d == 2.0 and move is None and f_t is not None  # F_t is still computed and stored

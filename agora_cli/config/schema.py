@@ -187,6 +187,9 @@ class Surprise(Strict):
     window: int = Field(default=3, ge=1, description="anchors over which the recent peak is taken")
     threshold: float = Field(default=0.01, ge=0)
     difficulty_gain: float = Field(default=1.0, ge=0)
+    # FEM acts only on a drop beyond the anchor's sampling noise: both anchors counted at least
+    # `min_n` calibration items (members pooled) and their 95% Wilson intervals do not overlap.
+    min_n: int = Field(default=30, ge=1, description="calibration items an anchor needs for FEM")
     plateau_patience: int = Field(default=2, ge=1, description="anchors without improvement = plateau")
     plateau_delta: float = Field(default=0.01, ge=0)
     plateau_elite_k: int = Field(default=5, ge=1)
