@@ -14,6 +14,7 @@ from agora_cli.errors import ConfigError
 from agora_cli.protocol.difficulty import next_difficulty, next_target
 from agora_cli.protocol.select import elite_score
 from agora_cli.protocol.surprise import clear_drop, fem_move, fem_text
+from agora_cli.ui.live import LiveState
 from agora_cli.ui.plain import PlainPrinter
 from tests.fakes.ensemble import config_dict
 
@@ -95,6 +96,9 @@ def test_fem_acts_on_a_clear_drop_and_says_why():
     out = io.StringIO()
     PlainPrinter(out)({"kind": "fem", "step": 7, "text": text})
     assert out.getvalue() == f"step 7 | {text}\n"
+    live = LiveState()
+    live.apply({"kind": "fem", "step": 7, "text": text})
+    assert list(live.recent) == [text]  # the live view's event log
 
 
 def test_fem_does_not_move_d_when_difficulty_control_or_fem_is_off():
