@@ -168,7 +168,9 @@ def compute_effects(
             cfg.protocol.difficulty,
             cfg.ablations.difficulty_control,
         )  # Eq. 1
-    f_t, move, member_moves = None, None, {}
+    f_t: float | None = None
+    move: dict | None = None
+    member_moves: dict[str, dict] = {}
     if anchors:
         # The ensemble's current anchor, members pooled (Eq. 2's mean_mu_t; FEM's noise test).
         now = [(s * n, n) for m, (s, n) in anchors.items() if m != MAJORITY]
