@@ -1,5 +1,9 @@
 """Each ablation switch turns off one mechanism, and only its own stored quantities change.
 
+Compared here: the switches whose mechanisms are separable on this scripted ensemble. valid_vote
+and random_qgen change which solutions count or which problems exist, which every later quantity
+reads; lora needs a trainer (its effect on the anchor is covered: every run here has it off).
+
 In-process runs against the scripted fake server (tests/fakes/ensemble.py), anchored at every
 step on 12 calibration items per member (36 pooled, above FEM's `min_n`): every member answers
 all of them at the first anchor and none after, a clear drop, so FEM acts from step 1 and the
@@ -27,7 +31,15 @@ from tests.fakes.openai_server import FakeOpenAI
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 STEPS, ITEMS = 4, 12
-SWITCHES = ["difficulty_control", "fem", "dynamic_strategy", "external_anchor"]
+SWITCHES = [
+    "difficulty_control",
+    "fem",
+    "dynamic_strategy",
+    "external_anchor",
+    "quality_vote",
+    "elite_icl",
+    "explanation",
+]
 
 
 def _reply():  # noqa: ANN202
@@ -58,6 +70,14 @@ def _stored(run_dir: Path, events: list[dict]) -> dict[str, Any]:
             for r in store.query("SELECT member, score FROM elite WHERE active = 1")
         )
         buffered = store.scalar("SELECT COUNT(*) FROM buffer")
+        # elite examples in each step's solve prompts, and self-explanations written
+        shown = [
+            store.scalar(
+                "SELECT COALESCE(SUM(json_array_length(elite_ids)), 0) FROM solutions WHERE step = ?", (t,)
+            )
+            for t in range(len(rows))
+        ]
+        explained = store.scalar("SELECT COUNT(*) FROM explanations")
         ratings = store.query(
             "SELECT member, mu FROM ratings WHERE id IN (SELECT MAX(id) FROM ratings GROUP BY member)"
         )
@@ -69,6 +89,8 @@ def _stored(run_dir: Path, events: list[dict]) -> dict[str, Any]:
         "anchors": anchors,
         "elite": elite,
         "buffer": buffered,
+        "shown": shown,
+        "explained": explained,
         "ratings": sorted((r["member"], round(r["mu"], 6)) for r in ratings),
         "fem_events": [{k: v for k, v in e.items() if k != "t"} for e in events if e["kind"] == "fem"],
         "info": [r["info"] for r in rows],
@@ -102,8 +124,25 @@ OWN = {
     "dynamic_strategy": {"strategy", "elite"},  # 'elite' keeps plateau_elite_k entries in H_t
     # no anchors: F_t undefined, so FEM and the strategy have no signal (and the note says so)
     "external_anchor": {"anchors", "f_t", "d", "strategy", "elite", "fem_events", "info"},
+    # no votes: no ratings, every correct solution buffered, H_t scored on verdicts
+    "quality_vote": {"ratings", "buffer", "elite"},
+    # solve prompts carry no examples, so no self-explanation is written for them either
+    "elite_icl": {"shown", "explained"},
+    "explanation": {"explained"},  # H_t entries write no self-explanation
 }
-QUANTITIES = {"d", "v", "f_t", "strategy", "anchors", "elite", "buffer", "ratings", "fem_events"}
+QUANTITIES = {
+    "d",
+    "v",
+    "f_t",
+    "strategy",
+    "anchors",
+    "elite",
+    "buffer",
+    "ratings",
+    "fem_events",
+    "shown",
+    "explained",
+}
 
 
 def test_the_full_run_has_fem_and_the_strategy_acting_without_lora(tmp_path_factory):
