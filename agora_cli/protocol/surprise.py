@@ -1,8 +1,9 @@
 """External anchoring: internal surprise (Eq. 2), FEM and the dynamic strategy.
 
 The paper names these mechanisms without pinning them down; this is the rule agora implements.
-Inputs are the ensemble's anchor scores in time order (one value per anchor, e.g. the mean pass@1
-of the members on the calibration set), written a_1 ... a_t.
+Inputs are the ensemble's anchors in time order, as counts with the members pooled (calibration
+items right, items scored); a_1 ... a_t are their scores (items right / items scored, the members'
+mean pass@1 when each scored the same items).
 
 Surprise, Eq. 2.  F_t = ((mu*_t - mean_mu_t) / (mu*_t + eps))^2 with
   mu*_t     = max(a_{t-w+1} ... a_t), the recent peak over the last w = `surprise.window` anchors
