@@ -103,8 +103,10 @@ def min_steps(switch: str, cfg: Config) -> int:
     Anchors are taken after every `anchor_every`-th step (k = anchor_every): Eq. 2 needs two of
     them, so F_t first exists after step 2k - 1 and FEM first moves a difficulty at step 2k; a
     plateau needs `plateau_patience` + 1 anchors, so the strategy first switches at step
-    (patience + 1) k. The elite history, difficulty control and training act from step 1 on
-    (training also needs `buffer_threshold` validated rows, which no step count guarantees).
+    (patience + 1) k. Every member is scored at every anchor whether or not LoRA changed its
+    adapter, so these hold with `lora` off too. The elite history, difficulty control and
+    training act from step 1 on (training also needs `buffer_threshold` validated rows, which no
+    step count guarantees; FEM also needs a drop beyond the anchor's noise).
     """
     k, patience = cfg.protocol.anchor_every, cfg.protocol.surprise.plateau_patience
     fem_acts, strategy_acts = 2 * k + 1, (patience + 1) * k + 1
@@ -119,8 +121,8 @@ def min_steps(switch: str, cfg: Config) -> int:
         "lora": 2,
         "fem": fem_acts,
         "dynamic_strategy": strategy_acts,
-        # Without anchors F_t comes from the ratings from step k on; with them, FEM and the
-        # strategy act as above: the comparison needs the later of the two.
+        # Without anchors F_t is undefined: the comparison needs FEM and the strategy to have
+        # acted in the full run, the later of the two.
         "external_anchor": max(fem_acts, strategy_acts if cfg.ablations.dynamic_strategy else 0),
     }[switch]
 

@@ -17,13 +17,7 @@ from agora_cli.events import EventBus
 from agora_cli.protocol.difficulty import next_difficulty
 from agora_cli.protocol.majority import MAJORITY
 from agora_cli.protocol.select import indicator
-from agora_cli.protocol.surprise import (
-    anchor_step,
-    apply_fem,
-    rating_surprise,
-    step_strategy,
-    surprise,
-)
+from agora_cli.protocol.surprise import NO_ANCHOR_NOTE, fem_move, fem_text, step_strategy
 from agora_cli.protocol.types import EliteExample
 from agora_cli.protocol.vote import apply_vote, make_env
 from agora_cli.store import Store
@@ -44,22 +38,18 @@ class StepWork:
     audit_solutions: dict[int, tuple[bool, bool]] = field(default_factory=dict)  # id: truth, ok
 
 
-def fem(cfg: Config, anchors: list[float], d_next: float) -> tuple[float, float | None]:
-    """Eq. 2 surprise F_t over the ensemble's anchor history, and d_{t+1} adjusted by FEM."""
-    f_t = surprise(anchors, cfg.protocol.surprise)  # Eq. 2
-    return apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem), f_t
-
-
 def member_difficulty(
     cfg: Config, store: Store, run: StepWork, solutions: list[steps.SolutionRow], correct: dict[int, bool]
-) -> dict[str, steps.MemberStep]:
+) -> tuple[dict[str, steps.MemberStep], dict[str, dict]]:
     """The isolated control's own difficulty loop per member (protocol step 1, per member):
     V_t^i = the share of member i's samples that self-consistency validated, d_{t+1}^i by Eq. 1
     from its d_t^i and V_target^i (fixed when the step opened), then FEM (Eq. 2) on the member's
-    OWN anchor history when it was scored anew at this step. Nothing pooled enters."""
+    OWN anchor history when it was scored anew at this step. Nothing pooled enters. Returns the
+    member rows and FEM's moves by member."""
     plan = run.open.info.get("members") or {}  # absent: a step opened by an older agora
     fresh = steps.fresh_anchor_scores(store, run.open.step)
     out: dict[str, steps.MemberStep] = {}
+    moves: dict[str, dict] = {}
     for m in run.members:
         if m not in plan:
             continue
@@ -73,9 +63,12 @@ def member_difficulty(
         )  # Eq. 1
         f_t = None
         if m in fresh:
-            d_next, f_t = fem(cfg, steps.member_anchor_history(store, m) + [fresh[m]], d_next)
+            score, n = fresh[m]
+            d_next, f_t, move = fem_move(cfg, steps.member_anchor_counts(store, m) + [(score * n, n)], d_next)
+            if move:
+                moves[m] = move
         out[m] = steps.MemberStep(d, v, v_target, d_next, f_t)
-    return out
+    return out, moves
 
 
 def replay_ratings(store: Store, members: list[str]) -> dict[str, tuple[float, float]]:
@@ -175,20 +168,29 @@ def compute_effects(
             cfg.protocol.difficulty,
             cfg.ablations.difficulty_control,
         )  # Eq. 1
-    f_t = None
+    f_t: float | None = None
+    move: dict | None = None
+    member_moves: dict[str, dict] = {}
     if anchors:
-        # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
-        ens = _mean([s for m, (s, n) in anchors.items() if m != MAJORITY and n > 0])
-        d_next, f_t = fem(cfg, steps.anchor_history(store) + [ens], d_next)
-    elif not cfg.ablations.external_anchor and anchor_step(t, cfg.protocol.anchor_every):
-        # No ground truth: Eq. 2 on the ratings, on the anchor schedule (protocol/surprise.py).
-        f_t = rating_surprise([r.mu for r in ratings.values()], cfg.protocol.surprise.eps)
-        d_next = apply_fem(d_next, f_t, cfg.protocol, cfg.ablations.fem)
-    own = member_difficulty(cfg, store, run, all_solutions, correct) if run.isolated else {}
+        # The ensemble's current anchor, members pooled (Eq. 2's mean_mu_t; FEM's noise test).
+        now = [(s * n, n) for m, (s, n) in anchors.items() if m != MAJORITY]
+        current = (sum(k for k, _ in now), sum(n for _, n in now))
+        d_next, f_t, move = fem_move(cfg, steps.anchor_counts(store) + [current], d_next)
+    own: dict[str, steps.MemberStep] = {}
+    if run.isolated:
+        own, member_moves = member_difficulty(cfg, store, run, all_solutions, correct)
     if own:
         # The isolated step's steps.next_difficulty is the members' mean, for the views only:
         # each member's next step reads its own d_{t+1}^i (member_steps).
         d_next = _mean([m.next_difficulty for m in own.values()])
+    # Why d moved beyond Eq. 1 (FEM), and why F_t is NULL without the anchor: in the step's info.
+    notes: dict = {}
+    if move:
+        notes["fem"] = move
+    if member_moves:
+        notes["fem_members"] = member_moves
+    if not cfg.ablations.external_anchor:
+        notes["f_t_note"] = NO_ANCHOR_NOTE
     all_problems = steps.step_problems(store, t, only_ok=False)
     counts = {
         "problems": sum(1 for p in all_problems if p.kept),
@@ -211,7 +213,7 @@ def compute_effects(
         counts=counts,
         wall_s=round(wall_s, 3),
         request_s=round(request_s, 3),
-        info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu},
+        info={**run.open.info, "failures": run.failures, "mean_mu": mean_mu, **notes},
         audit=[(v, c.tp, c.fp, c.fn, c.tn) for v, c in run.audit.items()],
         audit_solutions=[(sid, truth, ok) for sid, (truth, ok) in run.audit_solutions.items()],
         member_steps=own,
@@ -242,7 +244,12 @@ def emit_committed(
         f=fx.f_t,
         strategy=fx.strategy,
         next_strategy=step_strategy(cfg, steps.anchor_history(store)),
+        **({"note": fx.info["f_t_note"]} if "f_t_note" in fx.info else {}),
     )
+    moves = [(None, fx.info["fem"])] if "fem" in fx.info else []
+    moves += list((fx.info.get("fem_members") or {}).items())
+    for member, move in moves:  # why d moved beyond Eq. 1's value
+        bus.emit("fem", step=fx.step, member=member, **move, text=fem_text(move, member))
     if fx.audit:
         run_total = totals(step_counts(store).values())
         bus.emit(

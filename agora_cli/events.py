@@ -13,7 +13,9 @@ Kinds in use (add new ones here so consumers can find them):
   rating_update                           {member, mu, sigma}
   buffer_size                             {size, threshold}
   difficulty                              {step, d, v, v_target}
-  surprise                                {step, f, strategy}
+  surprise                                {step, f, strategy, note?}  (note: why F_t is undefined)
+  fem                                     {step, member, d_from, d_to, peak, current, n, text}
+                                          (FEM lowered d: member None for the ensemble)
   training_started, training_progress, training_finished, training_failed  {round, member, ...}
                                           (training_progress step 0: the memory plan,
                                           {gradient_checkpointing, memory, estimated_peak_gb,

@@ -47,16 +47,6 @@ def anchor_due(cfg: Config, step: int) -> bool:
     return cfg.ablations.external_anchor and anchor_step(step, cfg.protocol.anchor_every)
 
 
-def anchor_plan(members: list[str], last: dict[str, steps.AnchorRow], live: dict[str, int]) -> list[str]:
-    """The members to score at an anchor step: those never scored, scored on nothing, or whose
-    live adapter changed since their last anchor (the prompt is bare, so the adapter is all that
-    the anchor evaluates). Another score of an unchanged member would only be sampling noise, and
-    Eq. 2 would react to it; the periodic schedule (`anchor_every`) stays the upper bound."""
-    return [
-        m for m in members if m not in last or last[m].n == 0 or last[m].adapter_version != live.get(m, 0)
-    ]
-
-
 def begin_step(
     cfg: Config,
     store: Store,
@@ -74,7 +64,9 @@ def begin_step(
     strategy = step_strategy(cfg, steps.anchor_history(store))
     variant = variant_for(cfg.protocol.mode)
     plan, d_t = variant.plan(cfg, store, t, d_t)
-    opened = steps.open_step(store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty), plan)
+    opened = steps.open_step(
+        store, t, d_t, strategy, next_target(history, cfg.protocol.difficulty, cfg.protocol.v_target), plan
+    )
     ctx = Ctx(cfg=cfg, pool=pool, prompts=prompts, rng=random.Random(f"{cfg.seed}:{t}"), bus=bus)
     k = elite_shots(opened.strategy, cfg.protocol)  # type: ignore[arg-type]
     return variant(StepState(cfg, store, ctx, bus, opened, versions, steps.elite_examples(store)[:k]))
@@ -95,26 +87,21 @@ async def anchor_scores(
     versions: Versions,
     anchor: AnchorFn,
 ) -> None:
-    """External anchoring at step t (protocol step 7): score the members whose adapter changed
-    (`anchor_plan`), carry the others' last scores over, store all of them at once."""
-    # the held-out dev split
-    bench, live = calibration_name(cfg.evaluation.calibration), versions()
-    last = steps.last_anchors(store, bench, t)
-    todo = anchor_plan(members, last, live)
-    scores = await anchor(pool, cfg, prompts, t, todo) if todo else {}
-    reused = {m: last[m] for m in members if m not in todo}
+    """External anchoring at step t (protocol step 7): score every member on the calibration
+    set, whether or not its adapter changed, and store the scores at once.
+
+    Scoring only changed members left Eq. 2, FEM and the dynamic strategy without a signal until
+    LoRA rounds produced new adapters, so `lora` off silenced them too, and the step from which
+    they could act depended on a buffer fill no step count predicts. The sampling noise of
+    re-scoring an unchanged member is handled where it matters: FEM acts only on a drop beyond
+    the anchor's 95% interval (protocol/surprise.py)."""
+    bench, live = calibration_name(cfg.evaluation.calibration), versions()  # the held-out dev split
+    scores = await anchor(pool, cfg, prompts, t, members)
     with store.transaction():
         for member, (score, n) in scores.items():
             steps.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))
-        for member, r in reused.items():
-            source = r.step if r.reused_from is None else r.reused_from
-            steps.insert_anchor(store, t, member, bench, r.score, r.n, r.adapter_version, reused_from=source)
     for member, (score, n) in scores.items():
         bus.emit("validation_score", step=t, member=member, benchmark=bench, score=score, n=n)
-    for member, r in reused.items():
-        bus.emit(
-            "validation_score", step=t, member=member, benchmark=bench, score=r.score, n=r.n, reused=True
-        )
 
 
 async def run_step(
@@ -164,7 +151,7 @@ async def run_step(
     elite = await run.select_elite(elite_shots(st.open.strategy, cfg.protocol))  # type: ignore[arg-type]
     work = await run.work(grade)
     bus.emit("phase_started", phase="commit", step=t, n=1)
-    # Eq. 2 sees a step's anchors only when some member was scored anew (real changes only).
+    # Eq. 2 sees a step's anchors only when some member was scored anew.
     fx = compute_effects(
         cfg,
         store,

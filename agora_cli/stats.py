@@ -39,8 +39,9 @@ Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 ALPHA = 0.05
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials; (0, 1) when n is 0."""
+def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n trials; (0, 1) when n is 0. k and n may be
+    fractional (a share counted on a fixed basis, as the elite score does)."""
     if n <= 0:
         return 0.0, 1.0
     if not 0 <= k <= n:
@@ -56,7 +57,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return lo, hi
 
 
-def wilson_lower(k: int, n: int, z: float = Z95) -> float:
+def wilson_lower(k: float, n: float, z: float = Z95) -> float:
     """The lower 95% Wilson bound: a rate that rewards more evidence (3/3 beats 1/1)."""
     return wilson(k, n, z)[0]
 

@@ -574,18 +574,6 @@ def rescored_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
     return step_anchors(store, step) if fresh else {}
 
 
-def last_anchors(store: Store, benchmark: str, before: int) -> dict[str, AnchorRow]:
-    """Each member's newest anchor row on `benchmark` from a step before `before`."""
-    return {
-        r["member"]: anchor_row(r)
-        for r in store.query(
-            "SELECT * FROM anchors WHERE id IN (SELECT MAX(id) FROM anchors WHERE benchmark = ? "
-            "AND step < ? AND member != ? GROUP BY member)",
-            (benchmark, before, MAJORITY),
-        )
-    }
-
-
 # --------------------------------------------------------------------------- committed state
 
 
@@ -605,6 +593,18 @@ def anchor_history(store: Store) -> list[float]:
         (MAJORITY,),
     )
     return [r["score"] for r in rows]
+
+
+def anchor_counts(store: Store) -> list[tuple[float, int]]:
+    """The same anchors as `anchor_history`, as counts with members pooled: (items right, items
+    scored) per anchored step, oldest first. FEM's noise test reads them (protocol/surprise.py)."""
+    rows = store.query(
+        "SELECT a.step, SUM(a.score * a.n) AS k, SUM(a.n) AS n FROM anchors a JOIN steps s "
+        "ON s.step = a.step WHERE s.committed_at IS NOT NULL AND a.member != ? AND a.n > 0 GROUP BY a.step "
+        "HAVING SUM(a.reused_from IS NULL) > 0 ORDER BY a.step",
+        (MAJORITY,),
+    )
+    return [(r["k"], r["n"]) for r in rows]
 
 
 def latest_ratings(store: Store) -> dict[str, tuple[float, float]]:
@@ -722,12 +722,25 @@ def member_anchor_history(store: Store, member: str) -> list[float]:
     ]
 
 
-def fresh_anchor_scores(store: Store, step: int) -> dict[str, float]:
-    """member -> its anchor score at `step` when it was scored anew there (not reused)."""
-    return {
-        r["member"]: r["score"]
+def member_anchor_counts(store: Store, member: str) -> list[tuple[float, int]]:
+    """`member_anchor_history` as counts: (items right, items scored) per anchor."""
+    return [
+        (r["score"] * r["n"], r["n"])
         for r in store.query(
-            "SELECT member, score FROM anchors WHERE step = ? AND member != ? AND reused_from IS NULL "
+            "SELECT a.score, a.n FROM anchors a JOIN steps s ON s.step = a.step "
+            "WHERE s.committed_at IS NOT NULL AND a.member = ? AND a.reused_from IS NULL AND a.n > 0 "
+            "ORDER BY a.step",
+            (member,),
+        )
+    ]
+
+
+def fresh_anchor_scores(store: Store, step: int) -> dict[str, tuple[float, int]]:
+    """member -> its anchor (score, n) at `step` when it was scored anew there (not reused)."""
+    return {
+        r["member"]: (r["score"], r["n"])
+        for r in store.query(
+            "SELECT member, score, n FROM anchors WHERE step = ? AND member != ? AND reused_from IS NULL "
             "AND n > 0",
             (step, MAJORITY),
         )

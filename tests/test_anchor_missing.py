@@ -29,4 +29,6 @@ def test_an_anchor_over_no_items_is_not_a_score(run_dir):
         commit(store, 1)
         assert steps.anchor_history(store) == [0.5, 0.25]
         assert steps.member_anchor_history(store, "beta") == [0.25]
-        assert steps.fresh_anchor_scores(store, 0) == {"alpha": 0.5}
+        assert steps.anchor_counts(store) == [(4.0, 8), (2.0, 8)]
+        assert steps.member_anchor_counts(store, "beta") == [(2.0, 8)]
+        assert steps.fresh_anchor_scores(store, 0) == {"alpha": (0.5, 8)}

@@ -193,6 +193,9 @@ class Surprise(Strict):
     window: int = Field(default=3, ge=1, description="anchors over which the recent peak is taken")
     threshold: float = Field(default=0.01, ge=0)
     difficulty_gain: float = Field(default=1.0, ge=0)
+    # FEM acts only on a drop beyond the anchor's sampling noise: both anchors counted at least
+    # `min_n` calibration items (members pooled) and their 95% Wilson intervals do not overlap.
+    min_n: int = Field(default=30, ge=1, description="calibration items an anchor needs for FEM")
     plateau_patience: int = Field(default=2, ge=1, description="anchors without improvement = plateau")
     plateau_delta: float = Field(default=0.01, ge=0)
     plateau_elite_k: int = Field(default=5, ge=1)
@@ -235,6 +238,10 @@ class Protocol(Strict):
     elite_k: int = Field(default=3, ge=0)
     buffer_threshold: int = Field(default=1024, ge=1)
     anchor_every: int = Field(default=5, ge=1)
+    # Eq. 1's V_target. None (default): the paper's outer loop, the moving average of recent V_t
+    # plus `difficulty.target_margin` (this drifts d down unless V_t keeps rising; see
+    # docs/protocol.md). A number: a fixed target pass rate (R-Zero's challenger aims at 0.5).
+    v_target: float | None = Field(default=None, gt=0.0, lt=1.0)
     self_consistency_samples: int = Field(default=32, ge=1, description="isolated mode")
     difficulty: Difficulty = Difficulty()
     surprise: Surprise = Surprise()

@@ -4,9 +4,8 @@ The calibration set is a fixed seeded subset (`calibration_size` items) of the h
 of `cfg.evaluation.calibration` (for gsm8k: the last 500 rows of GSM8K train, which the seed pool
 leaves out), so the anchor measures the group against ground truth it never saw, and `agora eval`
 never scores an item whose label steered the run. The loop calls `run_anchor` every
-`protocol.anchor_every` steps for the members whose live adapter changed since their last anchor
-(`loop.anchor_plan`; the others' last scores are reused) and stores the scores in the `anchors`
-table; Eq. 2's surprise and the dynamic strategy read them from there.
+`protocol.anchor_every` steps for every member (`loop.anchor_scores`) and stores the scores in
+the `anchors` table; Eq. 2's surprise, FEM and the dynamic strategy read them from there.
 """
 
 from __future__ import annotations
@@ -64,5 +63,5 @@ async def run_anchor(
     names = [*members, MAJORITY] if majority else members
     # A member graded on nothing (every request failed) has no score, not a score of 0.0: it is
     # left out, so no anchor row is stored for it, Eq. 2's ensemble mean skips it, and the next
-    # anchor step scores it again (`loop.anchor_plan`: a member never scored).
+    # anchor step scores it again (every member is scored at every anchor step).
     return {name: scores[name] for name in names if scores.get(name, (0.0, 0))[1] > 0}

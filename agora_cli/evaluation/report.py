@@ -214,6 +214,17 @@ def eval_points(run: RunInfo) -> tuple[dict[str, Any], list[str]]:
     return points, sorted(undated - drawn)
 
 
+def _target_rule(config: dict[str, Any]) -> str:
+    """Which V_target rule steered Eq. 1 (docs/protocol.md), for Figure 3's caption."""
+    fixed = (config.get("protocol") or {}).get("v_target")
+    if fixed is not None:
+        return f"V_target was fixed at {fixed} (`protocol.v_target`): d_t rises while V_t stays above it."
+    return (
+        "V_target followed the moving average of recent V_t plus a margin (Eq. 1 read literally): "
+        "d_t drifts down unless V_t keeps rising."
+    )
+
+
 def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> str:
     ev = run.config.get("evaluation") or {}
     every = (run.config.get("protocol") or {}).get("anchor_every", "?")
@@ -574,7 +585,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "the share of the step's solutions that passed unanimous verification (approval, not "
             "correctness against gold). Right: per member and step, mean completion tokens against "
             "the share judged correct; the dashed line is the solve token cap, where a completion "
-            "is cut off.",
+            "is cut off. " + _target_rule(run.config),
             "",
             "### Figure 4: high-quality yield per step and time to fill the buffer",
             "",

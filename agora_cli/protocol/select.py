@@ -13,12 +13,22 @@ def indicator(correct: bool, mu_author: float, mean_mu: float) -> bool:
     return bool(correct) and mu_author > mean_mu
 
 
-def elite_score(won: int, cast: int) -> float:
+def elite_score(won: int, cast: int, comparisons: int = 1) -> float:
     """Peer-assessed quality of one solution: the lower bound of the 95% Wilson interval of the
-    share of its comparisons' votes it won. A plain share tops out at 1.0 after a single vote, so
-    the first entries to win everything would hold H_t forever; the lower bound rewards evidence
-    (1/1 = 0.21, 3/3 = 0.44, 6/6 = 0.61) and never reaches 1."""
-    return wilson_lower(won, cast)
+    share of its votes it won, counted on the votes of ONE comparison (cast / comparisons).
+
+    A plain share tops out at 1.0 after a single vote, so the first entries to win everything
+    would hold H_t forever; the lower bound rewards evidence and never reaches 1. But the votes a
+    solution can win grow with the number of correct solutions to its problem (one comparison
+    per other solver), so the bound on all of them would rank a solution by how many members
+    solved its problem, i.e. favour easy problems (3/4 = 0.30 on a problem two solved, 9/12 =
+    0.47 on one four solved). Counting the share on one comparison's votes removes that: equal
+    shares score equal (3/4 and 9/12 both 0.30), a larger share scores higher (4/4 = 0.51).
+    """
+    if cast <= 0:
+        return 0.0
+    basis = cast / max(comparisons, 1)  # the votes of one comparison (the voters)
+    return wilson_lower(won / cast * basis, basis)
 
 
 def update_elite(current: list[EliteExample], candidates: list[EliteExample], k: int) -> list[EliteExample]:

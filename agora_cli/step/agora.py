@@ -143,15 +143,20 @@ class AgoraStep(Step):
 
     def scores(self) -> dict[int, float]:
         """Peer-assessed quality of each voted solution of this step: `elite_score` of the votes
-        it won out of the votes cast on its comparisons."""
+        it won out of the votes cast on its comparisons, counted on one comparison's votes."""
         won: Counter[int] = Counter()
         cast: Counter[int] = Counter()
+        pairs: dict[int, set[tuple[int, int]]] = {}
         for r in steps.step_votes(self.state.store, self.state.t):
             cast[r.solution_a] += 1
             cast[r.solution_b] += 1
+            pair = (min(r.solution_a, r.solution_b), max(r.solution_a, r.solution_b))  # either order shown
+            for sid in pair:
+                pairs.setdefault(sid, set()).add(pair)
             if r.winner is not None:
                 won[r.winner] += 1
-        return {sid: elite_score(won[sid], n) for sid, n in cast.items() if n}
+        # counted on one comparison's votes, so a problem many members solved is not favoured
+        return {sid: elite_score(won[sid], n, len(pairs[sid])) for sid, n in cast.items() if n}
 
     def unvoted_scores(self) -> dict[int, float]:
         """`quality_vote` off: no votes to rank by, yet H_t is still filled. Each problem's

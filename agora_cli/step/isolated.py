@@ -38,7 +38,9 @@ def member_plan(cfg: Config, store: Store, t: int, d_t: float) -> dict[str, dict
     return {
         m.name: {
             "d": last[m.name].next_difficulty if m.name in last else d_t,
-            "v_target": next_target(steps.member_v_history(store, m.name), cfg.protocol.difficulty),
+            "v_target": next_target(
+                steps.member_v_history(store, m.name), cfg.protocol.difficulty, cfg.protocol.v_target
+            ),
         }
         for m in cfg.members
     }

@@ -174,6 +174,8 @@ class LiveState:
             self.audit_step = Counts(**step) if step else None
         elif kind == "problem_dropped":
             self.recent.append(f"problem dropped ({e.get('reason')})")
+        elif kind == "fem":  # why d moved beyond Eq. 1
+            self.recent.append(str(e.get("text", "FEM lowered d")))
 
     def _members(self, reported: dict[str, Any]) -> None:
         """Update each member's stats from an event's `members` field ({name: {field: value}})."""

@@ -69,6 +69,8 @@ class PlainPrinter:
             line = f"run finished: {e.get('steps')} steps committed"
         elif kind == "adapter_live":
             line = f"adapter live: {e.get('member')} v{e.get('version')}"
+        elif kind == "fem":
+            line = f"step {e.get('step')} | {e.get('text', 'FEM lowered d')}"
         elif kind == "consensus_audit":
             line = audit_step_line(e)
         elif kind == "training_failed":

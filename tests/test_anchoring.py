@@ -1,6 +1,7 @@
-"""External anchoring scores a member again only when what is evaluated changed (its live
-adapter); otherwise the last score is reused and recorded as reused, and Eq. 2's F_t is computed
-on real changes only. Real loop steps against the scripted fake server, real anchor and grader."""
+"""External anchoring scores every member at every anchor step, whether or not its adapter
+changed (so FEM and the strategy have a signal without LoRA rounds); the isolated control's FEM
+reads each member's own history; a failed anchor is missing, not 0.0. Real loop steps against the
+scripted fake server, real anchor and grader."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _swap(store: Store, member: str, version: int) -> None:
     )
 
 
-async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
+async def test_anchor_scores_every_member_whether_or_not_its_adapter_changed(run_dir):
     with FakeOpenAI(responder()) as fake:
         data = config_dict(fake.url, run_dir, anchor_every=1)
         data["ablations"]["external_anchor"] = True
@@ -39,7 +40,7 @@ async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
         pool = make_pool(cfg, fake.url)
         evaluated: list[list[str]] = []
         try:
-            for t in range(4):
+            for t in range(3):
                 if t == 2:
                     _swap(store, "beta", 1)  # a hot-swap between steps 1 and 2
                 n = len(fake.requests)
@@ -56,30 +57,25 @@ async def test_anchor_runs_only_for_members_whose_adapter_changed(run_dir):
         finally:
             await pool.aclose()
 
-    # Step 0 scores everyone; step 1 nothing changed: no anchor request at all; step 2 only the
-    # swapped member (2 calibration items); step 3 nothing changed again.
-    assert evaluated == [sorted(MEMBERS * 2), [], ["beta", "beta"], []]
+    # Every step scores every member on both calibration items, changed adapter or not.
+    assert evaluated == [sorted(MEMBERS * 2)] * 3
     rows = {(r["step"], r["member"]): r for r in store.query("SELECT * FROM anchors")}
-    for m in MEMBERS:
-        assert rows[(0, m)]["reused_from"] is None
-        assert rows[(1, m)]["reused_from"] == 0  # recorded, as reused from step 0
-        assert rows[(1, m)]["score"] == rows[(0, m)]["score"]
-    assert rows[(2, "beta")]["reused_from"] is None and rows[(2, "beta")]["adapter_version"] == 1
-    assert rows[(2, "alpha")]["reused_from"] == 0 and rows[(3, "beta")]["reused_from"] == 2
-    assert (0, "@majority") in rows and (2, "@majority") not in rows  # needs every member anew
-    # Eq. 2 on real changes only: steps 0 and 2 are the anchor history's two points.
+    assert all(rows[(t, m)]["reused_from"] is None for t in range(3) for m in MEMBERS)
+    assert rows[(2, "beta")]["adapter_version"] == 1 and rows[(1, "beta")]["adapter_version"] == 0
+    assert all((t, "@majority") in rows for t in range(3))
+    # Eq. 2 from the second anchor on, with no adapter change needed.
     f_t = [r["f_t"] for r in store.query("SELECT f_t FROM steps ORDER BY step")]
-    assert f_t[0] is None and f_t[1] is None and f_t[2] is not None and f_t[3] is None
-    assert len(db.anchor_history(store)) == 2
+    assert f_t[0] is None and f_t[1] is not None and f_t[2] is not None
+    assert len(db.anchor_history(store)) == 3
     store.close()
 
 
 async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
-    """The isolated control's FEM (Eq. 2) per member: beta's new adapter scores 1/2 where it
-    scored 2/2 before, so only beta gets an F_t at step 2, from its own history ((1 - 0.5) / 1)^2
-    (alpha, always wrong, would pull a pooled history's peak down), and its d_{t+1}^i is Eq. 1's
-    value lowered by difficulty_gain * F_t; alpha and gamma, not scored anew, keep Eq. 1's value
-    and no F_t."""
+    """The isolated control's FEM (Eq. 2) per member: beta answers all 8 calibration items at
+    the first two anchors and none at the third, a drop beyond noise, so its F_t at step 2 comes
+    from its own history ((1 - 0) / 1)^2 and its d_{t+1}^i is Eq. 1's value lowered by
+    difficulty_gain * F_t; alpha (always wrong, which would pull a pooled history's peak down)
+    and gamma (always right) have no drop: F_t 0 and Eq. 1's value."""
     from agora_cli.datasets import load_dev_split
     from agora_cli.protocol.difficulty import next_difficulty
 
@@ -94,21 +90,20 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
             answer = f"{answer}1"
         if req.model == "beta":
             beta_evals.append(answer)
-            if len(beta_evals) == 4:  # beta's adapter v1 (step 2) gets one of two wrong
+            if len(beta_evals) > 16:  # beta's third anchor (step 2): every item wrong
                 answer = f"{answer}1"
         return f"The answer is \\boxed{{{answer}}}"
 
     with FakeOpenAI(reply) as fake:
         data = config_dict(fake.url, run_dir, anchor_every=1, mode="isolated", self_consistency_samples=3)
+        data["protocol"]["surprise"] = {"min_n": 8}
         data["ablations"]["external_anchor"] = True
-        data["evaluation"] = {"calibration_size": 2, "benchmarks": ["gsm8k"]}
+        data["evaluation"] = {"calibration_size": 8, "benchmarks": ["gsm8k"]}
         cfg = config_from_dict(data)
         store = Store(run_dir / "agora.sqlite")
         pool = make_pool(cfg, fake.url)
         try:
-            for t in range(3):
-                if t == 2:
-                    _swap(store, "beta", 1)
+            for _ in range(3):
                 await run_step(
                     cfg,
                     store,
@@ -120,8 +115,8 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
                 )
         finally:
             await pool.aclose()
-    assert len(beta_evals) == 4
-    assert db.member_anchor_history(store, "beta") == [1.0, 0.5]
+    assert len(beta_evals) == 24
+    assert db.member_anchor_history(store, "beta") == [1.0, 1.0, 0.0]
     rows = db.member_steps(store, 2)
     p = cfg.protocol
     for m, row in rows.items():
@@ -129,14 +124,15 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
             row.difficulty, row.v_t, row.v_target, p.difficulty, cfg.ablations.difficulty_control
         )
         if m == "beta":
-            assert row.f_t == pytest.approx((0.5 / (1.0 + p.surprise.eps)) ** 2)
-            assert row.f_t > p.surprise.threshold
+            assert row.f_t == pytest.approx((1.0 / (1.0 + p.surprise.eps)) ** 2)
             want = min(
                 max(eq1 - p.surprise.difficulty_gain * row.f_t, p.difficulty.d_min), p.difficulty.d_max
             )
             assert row.next_difficulty == pytest.approx(want) and want < eq1
         else:
-            assert row.f_t is None and row.next_difficulty == pytest.approx(eq1)
+            assert row.f_t == pytest.approx(0.0) and row.next_difficulty == pytest.approx(eq1)
+    info = store.scalar("SELECT info FROM steps WHERE step = 2")
+    assert '"fem_members": {"beta"' in info  # the move is recorded, for beta alone
     store.close()
 
 
@@ -178,7 +174,7 @@ async def test_failed_anchor_is_missing_and_left_out_of_the_ensemble_mean(run_di
         finally:
             await pool.aclose()
     rows = {(r["step"], r["member"]): r for r in store.query("SELECT * FROM anchors")}
-    assert set(rows) == {(0, "alpha"), (0, "beta"), (1, "alpha"), (1, "beta"), (1, "gamma")}
+    assert set(rows) == {(0, "alpha"), (0, "beta"), (1, "alpha"), (1, "beta"), (1, "gamma"), (1, "@majority")}
     assert rows[(1, "gamma")]["reused_from"] is None and rows[(1, "gamma")]["n"] == 2  # scored anew
     # Everyone answers every calibration item right: a stored 0.0 for gamma would pull step 0's
     # ensemble mean down to 2/3.
