@@ -112,3 +112,9 @@ def elite_shown(store: Store) -> list[tuple[str, list[int]]]:
 def buffer_authors(store: Store) -> dict[int, str]:
     """buffer row id -> the member whose solution it holds."""
     return {r[0]: r[1] for r in store.query("SELECT id, member FROM buffer")}
+
+
+def problem_texts(store: Store) -> list[tuple[int, str]]:
+    """(id, text) of every problem the run stored (generated, seed fallbacks, probes), for the
+    contamination check against evaluation items."""
+    return [(int(r["id"]), str(r["text"] or "")) for r in store.query("SELECT id, text FROM problems")]

@@ -29,13 +29,14 @@ def ngrams(words: list[str], n: int = NGRAM) -> set[tuple[str, ...]]:
 def run_problems(run_dir: Path) -> list[tuple[int, str]]:
     """(problem id, text) of every problem in the run's store ([] without a store)."""
     from agora_cli.paths import RunPaths
+    from agora_cli.report_store import problem_texts
     from agora_cli.store import Store
 
     path = RunPaths(run_dir).store
     if not path.exists():
         return []
     with Store(path, readonly=True) as store:
-        return [(int(r["id"]), str(r["text"] or "")) for r in store.query("SELECT id, text FROM problems")]
+        return problem_texts(store)
 
 
 def contaminated(
