@@ -320,6 +320,15 @@ def serve_command(model_dir: str, port: int, device: str, dtype: str) -> tuple[l
         return cmd, f"inline (agora's serving did not import: {e})"
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (agora's serving helpers may not import in a bare image)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def chat(url: str, model: str, max_tokens: int) -> int:
     body = {
         "model": model,
@@ -338,8 +347,6 @@ def chat(url: str, model: str, max_tokens: int) -> int:
 
 def serve_rows(tiny: bool, place: Any, work: Path) -> list[dict[str, Any]]:
     """`transformers serve` on a random-weight model: output tokens/s at 1 and 16 requests."""
-    from agora_cli.serving.process import free_port
-
     config = load_config(SERVE_ARCH, tiny)
     model_dir = work / SERVE_ARCH
     dtype = "bfloat16" if place.device == "cuda" else "float32"
@@ -348,7 +355,7 @@ def serve_rows(tiny: bool, place: Any, work: Path) -> list[dict[str, Any]]:
     model.save_pretrained(str(model_dir))
     del model
     word_tokenizer(config["vocab_size"], 2).save_pretrained(str(model_dir))
-    port = free_port("127.0.0.1")
+    port = free_port()
     cmd, source = serve_command(str(model_dir), port, place.device, dtype)
     url = f"http://127.0.0.1:{port}"
     log = open(work / "serve.log", "w")  # noqa: SIM115

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from agora_cli.training.memory import KNOWN_DIMS, dims_from_config
 
@@ -24,6 +25,19 @@ HUB = {
 def test_each_shipped_config_has_the_dims_the_memory_plan_knows(arch: str) -> None:
     config = json.loads((REPO / "tests/data/model_configs" / arch / "config.json").read_text())
     assert dims_from_config(config) == KNOWN_DIMS[HUB[arch]]
+
+
+@pytest.mark.parametrize("arch", sorted(HUB))
+def test_each_full_size_config_builds_the_published_model(arch: str) -> None:
+    # On the meta device: shapes only. The parameter count is the published size (Qwen3 1.72B,
+    # Phi-4-mini 3.84B, Gemma-3-4B's text model 3.88B, Llama-3.2-1B 1.24B) up to the norms.
+    from bench.gpu_check import build_model, load_config
+
+    config = load_config(arch, tiny=False)
+    model = build_model(config, torch.bfloat16, "meta")
+    count = sum(p.numel() for p in model.parameters())
+    assert count == pytest.approx(dims_from_config(config).params, rel=1e-3)
+    assert type(model).__name__ == config["architectures"][0]
 
 
 @pytest.mark.integration
