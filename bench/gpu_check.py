@@ -53,7 +53,7 @@ CONFIGS = REPO / "tests" / "data" / "model_configs"
 ARCHS = ["qwen3-1.7b", "phi-4-mini", "gemma-3-4b", "llama-3.2-1b"]
 SERVE_ARCH = "llama-3.2-1b"
 LOSS_RTOL = 1e-2  # bf16: the two losses round apart by ~1e-3; a wrong head is off by far more
-GRAD_RTOL = 3e-2  # relative L2 error of each LoRA gradient under bf16
+GRAD_RTOL = 5e-2  # relative L2 error of each LoRA gradient under bf16 (a broken one is off by O(1))
 # Dense bf16 tensor peak by card (vendor figures, no sparsity): for the FLOPs utilisation.
 PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -419,6 +419,17 @@ def serve_rows(tiny: bool, place: Any, work: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- main
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.partition(':')[2].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"gpu-check on {result['device']} ({result['mode']}), {result['elapsed_s']} s"]
     head = f"{'arch':<14}{'batch':>9}{'loss ok':>8}{'grad err':>10}{'tok/s':>11}{'MFU':>7}"
@@ -460,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     # Tiny: the GPU's dtypes on the CPU (a bf16 base under bf16 autocast), so the CPU run goes
     # through the code a GPU run takes, not the CPU trainer's float32 path.
     place = Placement("cpu", "bfloat16", "bfloat16") if tiny else current_placement("auto")
-    device_name = torch.cuda.get_device_name() if place.device == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if place.device == "cuda" else cpu_name()
     t0 = time.perf_counter()
     training = []
     for arch in args.archs:

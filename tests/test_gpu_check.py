@@ -60,7 +60,7 @@ def test_the_tiny_run_produces_every_row_with_its_checks_passed(tmp_path: Path) 
     for arch, r in rows.items():
         assert "error" not in r, (arch, r)
         assert r["loss_ok"] and abs(r["loss_chunked"] - r["loss_model"]) <= 1e-2 * r["loss_model"], arch
-        assert r["grad_ok"] and r["grad_tensors"] > 0 and r["grad_max_rel_err"] <= 3e-2, arch
+        assert r["grad_ok"] and r["grad_tensors"] > 0 and r["grad_max_rel_err"] <= 5e-2, arch
         assert r["fused_layers"] > 0 and r["losses_finite"], arch  # the fused kernel ran under autocast
         assert r["tokens_per_s"] > 0 and r["peak_mb"] > 0 and r["estimated_mb"] > 0, arch
     serving = {r["concurrency"]: r for r in result["serving"]}
