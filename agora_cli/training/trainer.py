@@ -8,7 +8,12 @@ Eq. 3: L(theta) = - sum_{(q, o) in B_hq} sum_t log p_theta(o_t | q, o_<t): the n
 log-likelihood of the solution tokens given the problem, normalised per supervised token. Prompt
 tokens carry label -100; loss.py computes it from the hidden states at the solution positions only,
 in chunks, so the logits never exist for the whole batch. memory.py decides gradient checkpointing
-from an estimate of the peak and `training.memory_budget_gb`.
+from an estimate of the peak and `training.memory_budget_gb`, and decides again when the chunked
+loss must fall back to the model's own (logits at every position).
+
+placement.py decides device and dtypes: on a bf16 GPU the frozen base is bf16 and the step runs
+under bf16 autocast (the fused LoRA kernel included), LoRA weights and AdamW state float32; on a
+CPU float32 as always. The worker runs on the GPUs devices.py gives it (CUDA_VISIBLE_DEVICES).
 
 No embedding resize and no DoRA: SGLang's multi-LoRA rejects adapters with either.
 """
