@@ -211,6 +211,8 @@ def train_arch(arch: str, tiny: bool, place: Any, device_name: str) -> dict[str,
     rows, seq = (2, 128) if tiny else (8, 2048)
     config = load_config(arch, tiny)
     dims = dims_from_config(config)
+    if dims is None:
+        raise ValueError(f"{arch}: config.json lacks a dimension memory.py needs")
     cfg = Training(r=16, alpha=32, dropout=0.05, batch_size=rows, max_length=seq)
     plan = plan_memory(
         dims, cfg, batch_size=rows, seq_len=seq, half_precision=place.half, device=place.device
