@@ -117,6 +117,43 @@ def test_fused_layer_gives_peft_values_and_gradients_for_the_same_masks(
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_under_bf16_autocast_with_a_bf16_base_the_fused_layer_gives_peft_values(
+    monkeypatch, p: float
+) -> None:
+    # The GPU trainer's setting on CPU: frozen base weights in bf16, LoRA's A and B in float32,
+    # the step under bf16 autocast. The fused layer must run (it draws the masks) and agree with
+    # PEFT's modules within bf16's rounding; A's and B's gradients arrive in float32.
+    peft, fused = _pair(p)
+    for model in (peft, fused):
+        for param in model.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    x = torch.randn(2, 5, 24)
+    masks = record_masks(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_f, grads_f, gx_f = _grads(fused.train(), x)
+    assert len(masks) == 4  # the fused function ran under autocast, once per adapted module
+    left = replay_masks(monkeypatch, masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_p, grads_p, gx_p = _grads(peft.train(), x)
+    assert next(left, None) is None
+    assert out_f.dtype == out_p.dtype == torch.bfloat16
+
+    def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+        # bf16 keeps 8 bits: a few roundings of sums, relative to the tensor's largest entry
+        scale = theirs.float().abs().max()
+        torch.testing.assert_close(ours.float() / scale, theirs.float() / scale, rtol=0, atol=2e-2)
+
+    close(out_f, out_p)
+    close(gx_f, gx_p)
+    assert grads_f.keys() == grads_p.keys() and len(grads_f) == 8
+    for name in grads_f:
+        assert grads_f[name].dtype == torch.float32, name
+        assert grads_f[name].abs().max() > 0, name
+        close(grads_f[name], grads_p[name])
+
+
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.5])  # positions, positions, a whole mask
 def test_fused_dropout_keeps_the_distribution_and_draws_independent_masks(p: float) -> None:
     torch.manual_seed(1)

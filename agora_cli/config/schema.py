@@ -159,6 +159,9 @@ class Member(Strict):
     trust_remote_code: bool = False
     # Extra launch flags for this member's server (members sharing a base share the union).
     server_args: list[str] = []
+    # GPUs of this member's trainer (its CUDA_VISIBLE_DEVICES); unset: GPUs no server uses, else
+    # its own server's (training/devices.py). Ignored on a machine without GPUs.
+    train_gpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     max_concurrency: int = Field(default=8, ge=1)
     request_timeout_s: float = Field(default=600.0, gt=0)
     sampling: Sampling | None = None  # overrides protocol sampling for this member
@@ -361,10 +364,48 @@ def _template_path(value: str) -> Path:
     return resolve_shipped(value)
 
 
+# Engine template names agora can render itself, as Jinja equal to the engine's own (SGLang's
+# `chatml` conversation: a system turn always, "You are a helpful assistant." when none is given;
+# tests/test_chat_template_parity.py renders both).
+NAMED_CHAT_TEMPLATES = {
+    "chatml": (
+        "{%- set ns = namespace(system='You are a helpful assistant.') -%}"
+        "{%- for m in messages if m['role'] == 'system' -%}{%- set ns.system = m['content'] -%}{%- endfor -%}"
+        "{{- '<|im_start|>system\\n' + ns.system + '<|im_end|>\\n' -}}"
+        "{%- for m in messages if m['role'] != 'system' -%}"
+        "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    )
+}
+
+
+def _server_template(member: Member) -> str | None:
+    """The `--chat-template` value in the member's server_args, if any."""
+    args = member.server_args
+    for i, arg in enumerate(args):
+        if arg == "--chat-template" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--chat-template="):
+            return arg.partition("=")[2]
+    return None
+
+
 def chat_template_text(member: Member) -> str | None:
-    """The member's chat template as text (reads the file when the value names one)."""
-    if member.chat_template is None:
+    """The member's chat template as text: the one template its server and its trainer both use.
+
+    `chat_template` (inline text, a file, or a name in NAMED_CHAT_TEMPLATES), else a
+    `--chat-template` in `server_args` (a file or a named template), else None (the model's own).
+    """
+    value = member.chat_template if member.chat_template is not None else _server_template(member)
+    if value is None:
         return None
-    if "\n" not in member.chat_template and member.chat_template.endswith((".jinja", ".j2", ".txt")):
-        return _template_path(member.chat_template).read_text()
+    if value in NAMED_CHAT_TEMPLATES:
+        return NAMED_CHAT_TEMPLATES[value]
+    if "\n" not in value and value.endswith((".jinja", ".j2", ".txt")):
+        return _template_path(value).read_text()
+    if member.chat_template is None and not _template_path(value).is_file():
+        return None  # an engine's own template name agora cannot render: the model's template
+    if member.chat_template is None:
+        return _template_path(value).read_text()
     return member.chat_template

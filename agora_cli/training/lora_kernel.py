@@ -32,7 +32,13 @@ with the same distribution in one function:
 The forward value and every gradient equal PEFT's for the same mask (tests/test_lora_kernel.py);
 the adapter's parameters, names and saved files are PEFT's. Anything PEFT computes differently
 (evaluation mode, merged or disabled adapters, several active adapters, DoRA and other variants,
-non-Linear bases, autocast) goes through PEFT's own forward unchanged.
+non-Linear bases) goes through PEFT's own forward unchanged.
+
+Under autocast (the GPU trainer: a bf16 base, float32 A and B) the function runs in the autocast
+dtype, as PEFT's modules do there: the input, W, b, A and B are cast to it (A's and B's gradients
+flow back to their float32 weights through the cast) and the products run with autocast off.
+PEFT gets the same bf16 products, so values and gradients agree within bf16's rounding
+(tests/test_lora_kernel.py checks it under CPU autocast).
 """
 
 from __future__ import annotations
@@ -191,29 +197,21 @@ def _lora_linear_class() -> type:
                 return super().forward(x, *args, **kwargs)
             base, drop = self.get_base_layer(), self.lora_dropout[name]
             p = float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0
-            return _LoraLinearFn.apply(
-                x,
-                base.weight,
-                base.bias,
-                self.lora_A[name].weight,
-                self.lora_B[name].weight,
-                float(self.scaling[name]),
-                p,
-            )
+            args = (x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight)
+            device = x.device.type
+            if not torch.is_autocast_enabled(device):
+                return _LoraLinearFn.apply(*args, float(self.scaling[name]), p)
+            dtype = torch.get_autocast_dtype(device)
+            cast = tuple(t if t is None else t.to(dtype) for t in args)
+            with torch.autocast(device, enabled=False):
+                return _LoraLinearFn.apply(*cast, float(self.scaling[name]), p)
 
     return FusedLoraLinear
 
 
 def _fusable_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one adapter `_LoraLinearFn` can compute exactly as PEFT would here, or None."""
-    if (
-        not layer.training
-        or args
-        or kwargs
-        or layer.disable_adapters
-        or layer.merged
-        or torch.is_autocast_enabled(x.device.type)
-    ):
+    if not layer.training or args or kwargs or layer.disable_adapters or layer.merged:
         return None
     active = [n for n in layer.active_adapters if n in layer.lora_A]
     if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
@@ -221,7 +219,10 @@ def _fusable_adapter(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> 
     name = active[0]
     a, b = layer.lora_A[name], layer.lora_B[name]
     weights = (layer.get_base_layer().weight, a.weight, b.weight)
-    if any(w.dtype != x.dtype for w in weights) or a.bias is not None or b.bias is not None:
+    if a.bias is not None or b.bias is not None:
+        return None
+    # Without autocast, mixed dtypes are PEFT's to reconcile; under it everything is cast alike.
+    if not torch.is_autocast_enabled(x.device.type) and any(w.dtype != x.dtype for w in weights):
         return None
     return name
 

@@ -7,7 +7,8 @@ switch gradient checkpointing on when the plain estimate exceeds `training.memor
 Sizes are GiB (2**30 bytes), as `free -g` and torch report them. The formula, for one micro-batch
 of `tokens` = batch_size x sequence length padded positions (grad_accum does not add activations):
 
-  weights      = params x 4                     the trainer loads float32 weights
+  weights      = params x w                     w = 4: float32 base (CPU); 2: the frozen base
+                                                in bf16/fp16 on a GPU (training/placement.py)
   lora         = lora_params x 16               fp32 weight + gradient + AdamW's two moments
   activations  = tokens x layers x per_layer    plain: every layer's saved tensors
                = tokens x (layers x H x b + per_layer)
@@ -48,6 +49,7 @@ from agora_cli.model_facts import (  # noqa: F401 - re-exported: the trainer and
     find_dims,
     read_dims,
 )
+from agora_cli.training.placement import base_bytes as base_weight_bytes
 
 GiB = 2**30
 RUNTIME_BYTES = 1 * GiB
@@ -117,6 +119,7 @@ def estimate_training_memory(
     loss_chunk_tokens: int,
     half_precision: bool,
     attention_scores: bool,
+    base_bytes: int = 4,
 ) -> MemoryEstimate:
     """Peak memory of a LoRA training step on one micro-batch; the formula of the module
     docstring. `loss_chunk_tokens` 0 means the model's own loss (logits at every position)."""
@@ -133,7 +136,7 @@ def estimate_training_memory(
         activations = tokens * dims.layers * per_layer
     rows = tokens if loss_chunk_tokens <= 0 else min(loss_chunk_tokens, tokens)
     return MemoryEstimate(
-        weights=dims.params * 4,
+        weights=dims.params * base_bytes,
         lora=lora_params(dims, r, target_modules) * 16,
         activations=activations,
         logits=rows * dims.vocab * (b + 8),
@@ -212,6 +215,7 @@ def plan_memory(
             loss_chunk_tokens=training.loss_chunk_tokens,
             half_precision=half_precision,
             attention_scores=not device.startswith("cuda"),
+            base_bytes=base_weight_bytes(device, half_precision),
         )
 
     plain, checkpointed = estimate(False), estimate(True)

@@ -49,6 +49,7 @@ from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 from agora_cli.training import round_store as rs
 from agora_cli.training.data import load_samples, member_seed, samples_to_json
+from agora_cli.training.devices import training_gpus, visible_gpus, worker_env
 from agora_cli.training.trainer import TrainSpec
 from agora_cli.training.worker import terminate, worker_command
 
@@ -107,6 +108,7 @@ class RoundManager:
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
         self.command = command or (lambda spec: worker_command(spec, cfg.training))
+        self.gpus = training_gpus(cfg, visible_gpus())  # member -> its trainer's GPUs
         self._flight: _Flight | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agora-activate")
 
@@ -357,6 +359,7 @@ class RoundManager:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.cfg.training.max_threads:
             env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
+        env.update(worker_env(self.gpus.get(member)))
         job.proc = subprocess.Popen(
             self.command(job.spec_path),
             stdout=job.log,

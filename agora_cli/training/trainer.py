@@ -8,7 +8,12 @@ Eq. 3: L(theta) = - sum_{(q, o) in B_hq} sum_t log p_theta(o_t | q, o_<t): the n
 log-likelihood of the solution tokens given the problem, normalised per supervised token. Prompt
 tokens carry label -100; loss.py computes it from the hidden states at the solution positions only,
 in chunks, so the logits never exist for the whole batch. memory.py decides gradient checkpointing
-from an estimate of the peak and `training.memory_budget_gb`.
+from an estimate of the peak and `training.memory_budget_gb`, and decides again when the chunked
+loss must fall back to the model's own (logits at every position).
+
+placement.py decides device and dtypes: on a bf16 GPU the frozen base is bf16 and the step runs
+under bf16 autocast (the fused LoRA kernel included), LoRA weights and AdamW state float32; on a
+CPU float32 as always. The worker runs on the GPUs devices.py gives it (CUDA_VISIBLE_DEVICES).
 
 No embedding resize and no DoRA: SGLang's multi-LoRA rejects adapters with either.
 """
@@ -39,6 +44,7 @@ from agora_cli.training.data import (
     samples_from_json,
 )
 from agora_cli.training.memory import MemoryPlan, find_dims, plan_memory
+from agora_cli.training.placement import Placement, current_placement
 
 if TYPE_CHECKING:  # transformers loads lazily: the round manager imports this module too
     from transformers import PreTrainedTokenizerBase
@@ -107,14 +113,11 @@ class TrainResult:
 
 
 def resolve_precision(precision: str) -> tuple[str, Any]:
-    """(device, autocast dtype or None). `auto`: bf16 on a GPU that supports it, else fp32."""
+    """(device, autocast dtype or None) on this machine (placement.decide_placement's rule)."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if precision == "auto":
-        use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-        return device, torch.bfloat16 if use_bf16 else None
-    return device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    place = current_placement(precision)
+    return place.device, getattr(torch, place.autocast) if place.autocast else None
 
 
 def peak_memory_mb(device: str) -> float:
@@ -181,41 +184,66 @@ def lora_model(
     previous: str | None,
     device: str,
     trust_remote_code: bool = False,
+    base_dtype: str = "float32",
 ) -> Any:
-    """The base model with a trainable LoRA: a fresh one, or the member's previous adapter."""
+    """The base model (frozen, in `base_dtype`) with a trainable float32 LoRA: a fresh one, or
+    the member's previous adapter."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        base_model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+        base_model_dir, dtype=getattr(torch, base_dtype), trust_remote_code=trust_remote_code
     )
     # transformers declares `to` as `@wraps(nn.Module.to)`, so its stub is the unbound function
     # (self first) and a bound call looks like passing `device` as the model.
     model.to(device)  # type: ignore[arg-type]
-    if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
-        # have none) and replays dropout's RNG state, so gradients match the plain pass.
-        model.config.use_cache = False
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # its new name in transformers 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return attach_lora(model, cfg, previous)
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Gradient checkpointing on a transformers model (or the one under a PeftModel)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
+    # have none) and replays dropout's RNG state, so gradients match the plain pass.
+    base.config.use_cache = False
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # its new name in transformers 5
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def attach_lora(model: Any, cfg: Training, previous: str | None = None) -> Any:
+    """`model` (a loaded transformers causal LM, already on its device) with a trainable LoRA.
+
+    The adapter's weights are float32 whatever the base's dtype: with a bf16 base, bf16 LoRA
+    weights would round most of AdamW's updates away (a step of lr 2e-4 times a weight of ~1e-2
+    is below bf16's resolution).
+    """
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.gradient_checkpointing is True:
+        enable_checkpointing(model)
     if previous:
         # A member's next round continues from its current adapter (same r/targets as saved).
-        return PeftModel.from_pretrained(model, previous, is_trainable=True)
-    targets, exclude = text_lora_targets(model, cfg.target_modules)
-    lora = LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,  # "all-linear" = every Linear of the text model but the head
-        exclude_modules=exclude,
-        task_type="CAUSAL_LM",
-        use_dora=False,
-    )
-    return get_peft_model(model, lora)
+        peft_model = PeftModel.from_pretrained(model, previous, is_trainable=True)
+    else:
+        targets, exclude = text_lora_targets(model, cfg.target_modules)
+        lora = LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=targets,  # "all-linear" = every Linear of the text model but the head
+            exclude_modules=exclude,
+            task_type="CAUSAL_LM",
+            use_dora=False,
+        )
+        peft_model = get_peft_model(model, lora)
+    for p in peft_model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return peft_model
 
 
 # --------------------------------------------------------------------------- training
@@ -233,7 +261,9 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         torch.set_num_threads(cfg.max_threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device, amp_dtype = resolve_precision(cfg.precision)
+    place = current_placement(cfg.precision)
+    device = place.device
+    amp_dtype = getattr(torch, place.autocast) if place.autocast else None
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     accelerator = None
     if world > 1:  # launched by `accelerate launch` (training.num_gpus > 1)
@@ -260,7 +290,7 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         )
 
     lengths = [len(e) for e in examples]
-    plan = memory_plan(spec, cfg, max(lengths), device, half=amp_dtype is not None)
+    plan = memory_plan(spec, cfg, max(lengths), device, half=place.half)
     checkpointing = plan.checkpointing if plan is not None else cfg.gradient_checkpointing is True
     _note(
         on_progress,
@@ -275,14 +305,18 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
         },
     )
     run_cfg = cfg.model_copy(update={"gradient_checkpointing": checkpointing})
-    model = lora_model(spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device, remote)
+    model = lora_model(
+        spec.base_model_dir, run_cfg, spec.previous_adapter_dir, device, remote, place.base_dtype
+    )
     if cfg.lora_dropout_kernel == "fused":
         from agora_cli.training.lora_kernel import fuse_lora_layers
 
         fuse_lora_layers(model)
     loss_fn = StepLoss(model, cfg.loss_chunk_tokens)
-    if cfg.loss_chunk_tokens and not chunked_loss_agrees(model, examples[0], tok, device):
+    if cfg.loss_chunk_tokens and not chunked_loss_agrees(model, examples[0], tok, place):
         loss_fn.chunk = 0  # a head this module does not know how to apply: the model's own loss
+        # Logits at every position: the plan made for one chunk of them no longer holds.
+        plan, checkpointing = replan_full_logits(model, spec, cfg, max(lengths), place, plan, checkpointing)
         _note(
             on_progress,
             rank,
@@ -291,6 +325,9 @@ def train(spec: TrainSpec, on_progress: Progress | None = None) -> TrainResult:
                 "step": 0,
                 "loss": "the chunked loss disagrees with the model's own on this architecture; "
                 "using the model's (logits at every position)",
+                "gradient_checkpointing": checkpointing,
+                "memory": plan.describe() if plan is not None else "no model dims: memory not estimated",
+                "estimated_peak_gb": round(plan.estimate.total_gb, 2) if plan is not None else None,
             },
         )
     params = [p for p in model.parameters() if p.requires_grad]
@@ -393,15 +430,55 @@ def memory_plan(spec: TrainSpec, cfg: Training, seq_len: int, device: str, half:
     )
 
 
-def chunked_loss_agrees(model: Any, example: Example, tok: Any, device: str) -> bool:
-    """loss.py's loss equals the model's own on one example (eval mode: no dropout)."""
+def replan_full_logits(
+    model: Any,
+    spec: TrainSpec,
+    cfg: Training,
+    seq_len: int,
+    place: Placement,
+    plan: MemoryPlan | None,
+    checkpointing: bool,
+) -> tuple[MemoryPlan | None, bool]:
+    """(plan, checkpointing) once the loss falls back to the model's own (logits at every
+    position): the plan redone with `loss_chunk_tokens` 0, and checkpointing switched on in the
+    loaded model when the new plan needs it (it is never switched off: that only costs time)."""
+    full = memory_plan(
+        spec, cfg.model_copy(update={"loss_chunk_tokens": 0}), seq_len, place.device, place.half
+    )
+    if full is None:
+        return plan, checkpointing
+    if full.checkpointing and not checkpointing:
+        enable_checkpointing(model)
+        checkpointing = True
+    elif checkpointing and not full.checkpointing:  # keep what the loaded model does
+        full = MemoryPlan(True, full.auto, full.plain, full.checkpointed, full.budget_gb)
+    return full, checkpointing
+
+
+def chunked_loss_agrees(model: Any, example: Example, tok: Any, place: Placement) -> bool:
+    """loss.py's loss equals the model's own on one example (eval mode: no dropout), computed as
+    the training step computes it (under autocast when the step is)."""
+    import torch
+
     from agora_cli.training.loss import agrees_with_model_loss
 
+    # bf16/fp16 round the two losses apart by ~1e-3 relative; a head the chunked loss applies
+    # wrongly (e.g. MiniCPM's logit scaling) is off by far more.
+    rtol = 1e-2 if place.half else 1e-4
     model.eval()
     try:
-        return agrees_with_model_loss(model, _to(collate([example], tok.pad_token_id), device))
+        with torch.autocast(place.device, dtype=_dtype(place.autocast), enabled=place.half):
+            return agrees_with_model_loss(
+                model, _to(collate([example], tok.pad_token_id), place.device), rtol
+            )
     finally:
         model.train()
+
+
+def _dtype(name: str | None) -> Any:
+    import torch
+
+    return getattr(torch, name) if name else torch.float32
 
 
 def _chunk(loss_fn: Any) -> int:
