@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agora_cli import runner
 from agora_cli.config import Config, load_config
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationError, EvaluationUsageError
 from agora_cli.evaluation.evaluate import run_evaluation
 from agora_cli.evaluation.report import (
     SWITCHES,
@@ -70,7 +70,9 @@ def parse_variants(spec: str) -> list[str]:
     for raw in spec.split(","):
         name = raw.strip().removeprefix("no-").replace("-", "_")
         if name not in VARIANTS:
-            raise EvaluationError(f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}")
+            raise EvaluationUsageError(
+                f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}"
+            )
         if name not in out:
             out.append(name)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from agora_cli import steps as step_store
 from agora_cli.client import ClientPool
 from agora_cli.commit import init_ratings, member_stats
 from agora_cli.config import Config, dump_config, load_config
-from agora_cli.errors import ConfigError, StoreError, TrainingError
+from agora_cli.errors import ConfigError, NoRunError, TrainingError
 from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.evaluation.grading import Grader
 from agora_cli.events import EventBus, JsonlSink
@@ -94,6 +95,23 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _yaml_value(v: Any) -> str:
+    """One value as an override writes it (a bare scalar's YAML ends with a "..." marker)."""
+    return yaml.safe_dump(v, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+
+
+def matching_overrides(stored: dict, cfg: Config) -> str:
+    """The `key=value` overrides that turn `cfg` back into the stored config (what a resume that
+    forgot the original overrides needs), each quoted for a shell."""
+    given = yaml.safe_load(dump_config(cfg))
+    a = _flatten(stored)
+    differ = [k for k, _ in config_diff(stored, given)]
+    parts = [f"{k}={_yaml_value(a[k])}" for k in differ if k in a]
+    text = " ".join(shlex.quote(p) for p in parts) or "(none)"
+    extra = [k for k in differ if k not in a]
+    return text + (f" (and remove {', '.join(extra)}: no override can)" if extra else "")
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool = False) -> RunPaths:
     """Create (or check, when resuming) the run directory and store the resolved config in it.
 
@@ -107,6 +125,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool 
         stored = yaml.safe_load(paths.config.read_text()) or {}
         problems = config_diff(stored, yaml.safe_load(dump_config(cfg)))
         if problems:
+            problems.append(("to resume as stored", "add the overrides " + matching_overrides(stored, cfg)))
             problems.append(("--force", "pass --force to resume this run with the new config"))
             raise ConfigError(str(paths.config), problems)
     paths.config.write_text(dump_config(cfg))
@@ -280,7 +299,7 @@ def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:
     """The config stored in an existing run directory."""
     paths = RunPaths(run_dir)
     if not paths.config.exists() or not paths.store.exists():
-        raise StoreError(f"{run_dir} holds no run; start one with `agora run CONFIG --run-dir {run_dir}`")
+        raise NoRunError(f"{run_dir} holds no run; start one with `agora run CONFIG --run-dir {run_dir}`")
     return load_config(paths.config), paths
 
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agora_cli.errors import StoreError
+from agora_cli.errors import NoRunError, StoreError
 
 BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another connection's write lock
 
@@ -248,7 +248,7 @@ class Store:
         self.path = Path(path)
         if readonly:
             if not self.path.exists():
-                raise StoreError(f"no run store at {self.path}; start a run with `agora run CONFIG`")
+                raise NoRunError(f"no run store at {self.path}; start a run with `agora run CONFIG`")
             uri = f"file:{self.path}?mode=ro"
             self.conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         else:

@@ -82,7 +82,7 @@ def test_a_run_resumes_under_new_execution_settings_but_not_new_hyperparameters(
 
 def test_status_of_missing_run_is_one_error_line(tmp_path):
     res = cli.invoke(app, ["status", str(tmp_path / "nope")])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "agora run" in lines[0]
     assert res.stdout == ""

@@ -85,9 +85,9 @@ def test_eval_command_member_subset_and_bad_version(tmp_path: Path) -> None:
         assert ok.exit_code == 0, ok.output
         assert {r.model for r in fake.requests} == {"carol"}
         bad = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--adapter-version", "carol=3"])
-        assert bad.exit_code == 1 and "no adapter v3" in bad.output
+        assert bad.exit_code == 2 and "no adapter v3" in bad.output
         unknown = CliRunner().invoke(app, ["eval", str(cfg), "--members", "dave"])
-        assert unknown.exit_code == 1 and "unknown member" in unknown.output
+        assert unknown.exit_code == 2 and "unknown member" in unknown.output
     rows = read_results(out / "results.jsonl")
     assert {r.member for r in rows} == {"carol"} and len(rows) == 4  # no majority of one
 

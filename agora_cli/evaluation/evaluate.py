@@ -28,7 +28,7 @@ from typing import Any
 from agora_cli.client import ClientPool
 from agora_cli.config import Config, Sampling
 from agora_cli.datasets import Item
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationError, EvaluationUsageError
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.scoring import (
     MAJORITY,
@@ -252,7 +252,7 @@ def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
 
     path = RunPaths(run_dir).store
     if not path.exists():
-        raise EvaluationError(
+        raise EvaluationUsageError(
             f"--with-elite {run_dir}: no run store at {path}; give the directory "
             "of a run that has committed at least one step"
         )
@@ -371,7 +371,7 @@ def check_versions(run_dir: Path, versions: dict[str, int]) -> None:
     paths = RunPaths(run_dir)
     for m, v in versions.items():
         if v and not paths.adapter_dir(m, v).exists():
-            raise EvaluationError(
+            raise EvaluationUsageError(
                 f"member {m!r} has no adapter v{v} at {paths.adapter_dir(m, v)}; list the run's "
                 f"adapters with `agora status {run_dir}` or use {m}=base"
             )
@@ -413,10 +413,12 @@ def run_evaluation(
     chosen = members or names
     unknown = [m for m in chosen if m not in names]
     if unknown:
-        raise EvaluationError(f"unknown member(s) {', '.join(unknown)}; the config has {', '.join(names)}")
+        raise EvaluationUsageError(
+            f"unknown member(s) {', '.join(unknown)}; the config has {', '.join(names)}"
+        )
     extra = [m for m in (versions or {}) if m not in names]
     if extra:
-        raise EvaluationError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
+        raise EvaluationUsageError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
     # Read with the live versions, so the step and the adapters evaluated belong together.
     step = last_step(run_dir)
     vers = {**run_versions(run_dir, chosen), **{m: v for m, v in (versions or {}).items() if m in chosen}}
