@@ -228,11 +228,12 @@ def emit_committed(
             bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
     size = steps.buffer_size(store)
     # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
+    unconsumed = steps.waiting_rows(store, isolated)
     bus.emit(
         "buffer_size",
         size=size,
         threshold=cfg.protocol.buffer_threshold,
-        unconsumed=steps.waiting_rows(store, isolated),
+        unconsumed=unconsumed,
         per_member=isolated,
     )
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
@@ -263,6 +264,7 @@ def emit_committed(
         wall_s=fx.wall_s,
         request_s=fx.request_s,
         buffer=size,
+        unconsumed=unconsumed,
         threshold=cfg.protocol.buffer_threshold,
         per_member=isolated,
         members=stats,

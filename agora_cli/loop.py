@@ -38,8 +38,10 @@ from agora_cli.step import Step, StepState, variant_for
 from agora_cli.step.base import Versions
 from agora_cli.store import Store
 
-# async run_anchor(pool, cfg, prompts, step, members) -> {member: (score, n)}
-AnchorFn = Callable[[ClientPool, Config, Prompts, int, list[str]], Awaitable[dict[str, tuple[float, int]]]]
+# async run_anchor(pool, cfg, prompts, step, members, bus) -> {member: (score, n)}
+AnchorFn = Callable[
+    [ClientPool, Config, Prompts, int, list[str], EventBus], Awaitable[dict[str, tuple[float, int]]]
+]
 
 
 def anchor_due(cfg: Config, step: int) -> bool:
@@ -101,7 +103,7 @@ async def anchor_scores(
     bench, live = calibration_name(cfg.evaluation.calibration), versions()
     last = steps.last_anchors(store, bench, t)
     todo = anchor_plan(members, last, live)
-    scores = await anchor(pool, cfg, prompts, t, todo) if todo else {}
+    scores = await anchor(pool, cfg, prompts, t, todo, bus) if todo else {}
     reused = {m: last[m] for m in members if m not in todo}
     with store.transaction():
         for member, (score, n) in scores.items():

@@ -36,7 +36,7 @@ from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
 from agora_cli.step import STAGES
 from agora_cli.store import Store
-from agora_cli.training.round_store import live_versions
+from agora_cli.training.round_store import live_versions, retriable_round
 from agora_cli.training.rounds import RoundManager
 
 TRAINING_PACKAGES = ("torch", "peft")  # what a training worker imports (agora_cli.training.trainer)
@@ -237,6 +237,12 @@ def run(
             init_ratings(cfg, store)
             first = step_store.open_step_number(store)
             kind = "run_resumed" if first > 0 or step_store.has_steps(store) else "run_started"
+            if steps is not None and first >= steps:
+                # Nothing to do (`--steps 0`, or a run that already has its steps): no server
+                # is started for it. A round a killed run left unfinished waits for the next
+                # invocation that runs steps (or `agora train`).
+                bus.emit("run_finished", steps=first, nothing_to_do=True, steps_target=steps)
+                return RunResult(paths.root, first, first, step_store.step_row(store, first - 1))
             with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
                 live = rounds.live_versions() if rounds is not None else {}
@@ -254,6 +260,7 @@ def run(
                     if rounds is not None and rounds.in_flight() is not None:
                         # The last steps' samples are trained before a finished run exits;
                         # Ctrl-C skips this and the round is retried on resume.
+                        bus.emit("training_wait", round=rounds.in_flight(), workers=rounds.workers())
                         rounds.wait()
                 finally:
                     if rounds is not None:
@@ -293,6 +300,45 @@ def _tensorboard(bus: EventBus, cfg: Config, paths: RunPaths) -> Iterator[None]:
             sink.close()
         except Exception as e:  # noqa: BLE001 - logging must never fail a finished run
             logging.getLogger("agora").warning("tensorboard log %s did not close cleanly (%s)", sink.name, e)
+
+
+def resume_command(config: str, overrides: list[str], steps: int | None, run_dir: Path) -> str:
+    """The exact `agora run` command that resumes a run: the same config, overrides and target,
+    and its run directory spelled out (a default one included), quoted for a shell."""
+    words = ["agora", "run", config, *overrides]
+    if steps is not None:
+        words += ["--steps", str(steps)]
+    words += ["--run-dir", str(run_dir)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def interrupt_summary(run_dir: Path) -> str:
+    """What an interrupted run keeps and what a resume redoes, read from its store (read-only)."""
+    paths = RunPaths(run_dir)
+    if not paths.store.exists():
+        return "nothing was stored yet; a resume starts the run from step 0"
+    with Store(paths.store, readonly=True) as store:
+        committed = step_store.open_step_number(store)
+        work = step_store.work_counts(store, committed)
+        unfinished = retriable_round(store)
+    kept = (
+        f"{committed} step(s) committed (steps 0-{committed - 1}) are kept"
+        if committed
+        else "no step was committed"
+    )
+    stored = ", ".join(f"{n} {table}" for table, n in work.items() if n)
+    open_step = (
+        f"step {committed}'s stored work ({stored}) is reused on resume and only its missing "
+        "requests are asked again"
+        if stored
+        else f"step {committed} starts over (nothing of it was stored)"
+    )
+    training = (
+        f"; training round {unfinished['id']} did not finish and is retried with the same rows"
+        if unfinished is not None
+        else ""
+    )
+    return f"{kept}; {open_step}{training}"
 
 
 def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:

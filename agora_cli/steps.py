@@ -269,15 +269,16 @@ def first_open_step(store: Store) -> int | None:
     return None if value is None else int(value)
 
 
-def committed_totals(store: Store) -> tuple[int, int, float]:
-    """(committed steps, rows they buffered, their summed wall time in s): the throughput line."""
+def committed_totals(store: Store) -> tuple[int, int, float, int]:
+    """(committed steps, rows they buffered, their summed wall time in s, solutions they
+    validated by consensus): the throughput line."""
     r = store.one(
-        "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
-        "FROM steps WHERE committed_at IS NOT NULL"
+        "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall, "
+        "SUM(n_correct) AS validated FROM steps WHERE committed_at IS NOT NULL"
     )
     if r is None:  # an aggregate always returns one row; kept explicit for the reader
-        return 0, 0, 0.0
-    return int(r["n"] or 0), int(r["buffered"] or 0), float(r["wall"] or 0.0)
+        return 0, 0, 0.0, 0
+    return int(r["n"] or 0), int(r["buffered"] or 0), float(r["wall"] or 0.0), int(r["validated"] or 0)
 
 
 # The tables a step's open work is written to (one row per completed request).

@@ -24,6 +24,7 @@ from agora_cli.evaluation.scoring import (
     greedy_sampling,
     majority_rows,
 )
+from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.prompts import Prompts
 
 
@@ -33,6 +34,7 @@ async def run_anchor(
     prompts: Prompts,
     step: int,
     members: list[str] | None = None,
+    bus: EventBus = NULL_BUS,
 ) -> dict[str, tuple[float, int]]:
     """{member or '@majority': (pass@1, n graded)} on the calibration set at `step`.
 
@@ -51,15 +53,25 @@ async def run_anchor(
     jobs = [(m, it) for it in items for m in members]
     loop = asyncio.get_running_loop()
     grader = Grader(ev.grade_workers, ev.grade_timeout_s)
+    # The anchor takes minutes on a CPU: its progress is shown like a phase of the step.
+    done = 0
+    bus.emit("phase_started", phase="anchor", step=step, n=len(jobs), members=members)
+
+    def graded(_: object) -> None:
+        nonlocal done
+        done += 1
+        bus.emit("phase_progress", phase="anchor", step=step, done=done, total=len(jobs))
+
     try:
         rows = await answer_items(
-            pool, prompts, sampling, grader, jobs, model_of=lambda m: pool.resolve(m).model
+            pool, prompts, sampling, grader, jobs, model_of=lambda m: pool.resolve(m).model, on_result=graded
         )
         # Grading off the event loop: the grader blocks until its workers answer.
         if majority:
             rows += await loop.run_in_executor(None, majority_rows, rows, members, items, grader)
     finally:
         await loop.run_in_executor(None, grader.close)
+    bus.emit("phase_finished", phase="anchor", step=step, n=len(jobs))
     scores = accuracy(rows).get(calibration_name(ev.calibration), {})
     names = [*members, MAJORITY] if majority else members
     # A member graded on nothing (every request failed) has no score, not a score of 0.0: it is
