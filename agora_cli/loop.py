@@ -22,6 +22,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from agora_cli import steps
 from agora_cli.audit import GradeMany
@@ -38,10 +39,8 @@ from agora_cli.step import Step, StepState, variant_for
 from agora_cli.step.base import Versions
 from agora_cli.store import Store
 
-# async run_anchor(pool, cfg, prompts, step, members, bus) -> {member: (score, n)}
-AnchorFn = Callable[
-    [ClientPool, Config, Prompts, int, list[str], EventBus], Awaitable[dict[str, tuple[float, int]]]
-]
+# async run_anchor(pool, cfg, prompts, step, members, bus, stored=..., keep=...) -> {member: (score, n)}
+AnchorFn = Callable[..., Awaitable[dict[str, tuple[float, int]]]]
 
 
 def anchor_due(cfg: Config, step: int) -> bool:
@@ -103,7 +102,10 @@ async def anchor_scores(
     bench, live = calibration_name(cfg.evaluation.calibration), versions()
     last = steps.last_anchors(store, bench, t)
     todo = anchor_plan(members, last, live)
-    scores = await anchor(pool, cfg, prompts, t, todo, bus) if todo else {}
+    # Answers graded before an interruption are reused, new ones kept as they arrive.
+    stored = steps.anchor_items(store, t) if todo else []
+    keep = partial(steps.insert_anchor_item, store, t)
+    scores = await anchor(pool, cfg, prompts, t, todo, bus, stored=stored, keep=keep) if todo else {}
     reused = {m: last[m] for m in members if m not in todo}
     with store.transaction():
         for member, (score, n) in scores.items():

@@ -560,6 +560,71 @@ def insert_anchor(
     )
 
 
+@dataclass(frozen=True)
+class AnchorItem:
+    """One graded anchor answer stored at a step (a member's reply to one calibration item)."""
+
+    member: str
+    benchmark: str
+    item_id: str
+    model: str
+    reply: str
+    answer: str | None
+    gold: str
+    correct: bool
+    adapter_version: int
+    completion_tokens: int
+    latency_s: float
+
+
+def insert_anchor_item(store: Store, step: int, a: AnchorItem) -> None:
+    """Keep one graded anchor answer of the open step (a resumed anchor does not ask it again)."""
+    store.execute(
+        "INSERT OR IGNORE INTO anchor_items(step, member, benchmark, item_id, model, reply, answer, "
+        "gold, correct, adapter_version, completion_tokens, latency_s) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            step,
+            a.member,
+            a.benchmark,
+            a.item_id,
+            a.model,
+            a.reply,
+            a.answer,
+            a.gold,
+            int(a.correct),
+            a.adapter_version,
+            a.completion_tokens,
+            a.latency_s,
+        ),
+    )
+
+
+def anchor_items(store: Store, step: int) -> list[AnchorItem]:
+    """The graded anchor answers stored at `step`, in the order they were graded."""
+    rows = store.query(
+        "SELECT member, benchmark, item_id, model, reply, answer, gold, correct, adapter_version, "
+        "completion_tokens, latency_s FROM anchor_items WHERE step = ? ORDER BY rowid",
+        (step,),
+    )
+    return [
+        AnchorItem(
+            r["member"],
+            r["benchmark"],
+            r["item_id"],
+            r["model"],
+            r["reply"],
+            r["answer"],
+            r["gold"],
+            bool(r["correct"]),
+            int(r["adapter_version"]),
+            int(r["completion_tokens"]),
+            float(r["latency_s"]),
+        )
+        for r in rows
+    ]
+
+
 def step_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:
     rows = store.query("SELECT member, score, n FROM anchors WHERE step = ?", (step,))
     return {r["member"]: (r["score"], r["n"]) for r in rows}

@@ -236,6 +236,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (step, member)
     );
     """,
+    # v5: the anchor's graded answers, written as each request completes (open-step work like the
+    # others), so a resumed anchor step asks only the calibration items still missing. `model` is
+    # the model name asked: an answer from an adapter no longer live is not reused.
+    """
+    CREATE TABLE anchor_items (
+        step INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        benchmark TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        reply TEXT NOT NULL,
+        answer TEXT,
+        gold TEXT NOT NULL,
+        correct INTEGER NOT NULL,
+        adapter_version INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (step, member, benchmark, item_id, model)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
