@@ -22,6 +22,8 @@ Kinds in use (add new ones here so consumers can find them):
                                           memory_budget_gb}; then one per optimizer step)
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n, reused?}
+  eval_progress                           {member, benchmark, done, total}  (`agora eval`; its
+                                          phase_started "evaluate" carries `totals` per pair)
   consensus_audit                         {step, precision, recall, verifiers, total}  (probe
                                           counts {tp, fp, fn, tn} per verifier and '@consensus':
                                           this step's, and the run's `total`; agora_cli/audit.py)

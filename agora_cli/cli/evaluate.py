@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from agora_cli.cli.app import app, console
+from agora_cli.cli.app import app, console, is_tty
 from agora_cli.config import load_config
 from agora_cli.errors import EvaluationUsageError
 from agora_cli.events import EventBus
 from agora_cli.stats import PairedBinary, rate_text, significance_text, successes
+from agora_cli.ui.plain import PlainPrinter
+from agora_cli.ui.progress import EvalProgress
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -100,18 +104,23 @@ def eval_cmd(
     from agora_cli.evaluation.evaluate import run_evaluation
 
     cfg = load_config(config, overrides or [])
-    report = run_evaluation(
-        cfg,
-        run_dir=run_dir,
-        benchmarks=_csv(benchmarks),
-        limit=limit,
-        members=_csv(members),
-        versions=_versions(adapter_version),
-        greedy=greedy or None,
-        out=out,
-        bus=EventBus(),
-        with_elite=with_elite,
-    )
+    bus = EventBus()
+    # Servers start and items are answered for minutes: never a blank terminal.
+    view: Any = EvalProgress(console) if is_tty() else nullcontext()
+    bus.add(view if is_tty() else PlainPrinter())
+    with view:
+        report = run_evaluation(
+            cfg,
+            run_dir=run_dir,
+            benchmarks=_csv(benchmarks),
+            limit=limit,
+            members=_csv(members),
+            versions=_versions(adapter_version),
+            greedy=greedy or None,
+            out=out,
+            bus=bus,
+            with_elite=with_elite,
+        )
     console.print(_scores_table(report.scores, f"pass@1, {cfg.name}", list(report.versions)))
     if report.elite is not None:
         console.print(

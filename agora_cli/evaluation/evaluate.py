@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,30 @@ async def evaluate(
     done = {r.key for r in previous}
     all_items = [it for b in items for it in items[b]]
     jobs = [(m, it) for it in all_items for m in members if (m, it.benchmark, it.id, models[m]) not in done]
-    bus.emit("phase_started", phase="evaluate", step=None, n=len(jobs))
+    # Progress per (member, benchmark): an evaluation takes minutes and must never look stuck.
+    totals = Counter((m, it.benchmark) for m, it in jobs)
+    answered: Counter[tuple[str, str]] = Counter()
+    bus.emit(
+        "phase_started",
+        phase="evaluate",
+        step=None,
+        n=len(jobs),
+        totals=[{"member": m, "benchmark": b, "total": n} for (m, b), n in totals.items()],
+    )
     t0 = time.perf_counter()
     appender = _Appender(path)
+
+    def graded(r: ItemResult) -> None:
+        appender(r)
+        answered[(r.member, r.benchmark)] += 1
+        bus.emit(
+            "eval_progress",
+            member=r.member,
+            benchmark=r.benchmark,
+            done=answered[(r.member, r.benchmark)],
+            total=totals[(r.member, r.benchmark)],
+        )
+
     try:
         fresh = await answer_items(
             pool,
@@ -166,7 +188,7 @@ async def evaluate(
             jobs,
             model_of=models.__getitem__,
             version_of=versions.__getitem__,
-            on_result=appender,
+            on_result=graded,
             examples=examples,
         )
         current = {

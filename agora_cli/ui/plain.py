@@ -146,6 +146,14 @@ class PlainPrinter:
                 f"all steps committed; waiting for training round {e.get('round')} "
                 f"({', '.join(e.get('workers') or {}) or 'swap'}) to finish and go live before exiting"
             )
+        if kind == "phase_started" and e.get("phase") == "evaluate":
+            pairs = e.get("totals") or []
+            return f"evaluating: {e.get('n')} requests over {len(pairs)} member/benchmark pair(s)"
+        if kind == "eval_progress":
+            done, total = int(e["done"]), int(e["total"])
+            if not _quarter(done, total):
+                return None
+            return f"eval {e.get('member')} {e.get('benchmark')}: {done}/{total} answered"
         if kind == "consensus_audit":
             return audit_step_line(e)
         if kind == "training_failed":
