@@ -243,18 +243,21 @@ def run(
                 # invocation that runs steps (or `agora train`).
                 bus.emit("run_finished", steps=first, nothing_to_do=True, steps_target=steps)
                 return RunResult(paths.root, first, first, step_store.step_row(store, first - 1))
+            # Said before the servers start (a minute or more): the views show the run's state
+            # meanwhile, not an empty header.
+            live = live_versions(store, [m.name for m in cfg.members]) if cfg.ablations.lora else {}
+            bus.emit(
+                kind,
+                run_dir=str(paths.root),
+                step=first,
+                steps_target=steps,
+                threshold=cfg.protocol.buffer_threshold,
+                buffer=step_store.buffer_size(store),
+                unconsumed=step_store.waiting_rows(store, cfg.protocol.mode == "isolated"),
+                members=member_stats(store, cfg, live),
+            )
             with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
-                live = rounds.live_versions() if rounds is not None else {}
-                bus.emit(
-                    kind,
-                    run_dir=str(paths.root),
-                    step=first,
-                    steps_target=steps,
-                    threshold=cfg.protocol.buffer_threshold,
-                    buffer=step_store.buffer_size(store),
-                    members=member_stats(store, cfg, live),
-                )
                 try:
                     asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))
                     if rounds is not None and rounds.in_flight() is not None:

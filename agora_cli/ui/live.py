@@ -155,6 +155,7 @@ class LiveState:
             self.target_steps = e.get("steps_target")
             self.threshold = e.get("threshold", self.threshold)
             self.buffer = e.get("buffer", self.buffer)
+            self.unconsumed = e.get("unconsumed", self.unconsumed)
             self._members(e.get("members") or {})
         elif kind == "step_started":
             self.step, self.d, self.d_next = e["step"], e.get("d"), None
