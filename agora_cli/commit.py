@@ -163,8 +163,9 @@ def compute_effects(
 
     n_sol = len(all_solutions)
     n_ok = sum(1 for v in correct.values() if v)
-    # V_t: consensus pass@1 of this step. A step without solutions says nothing about the
-    # difficulty, so V_t stays NULL and d_t carries over.
+    # V_t: consensus approval of this step (the share of its solutions every verifier passed). A
+    # step without solutions says nothing about the difficulty, so V_t stays NULL and d_t carries
+    # over.
     v_t = n_ok / n_sol if n_sol else None
     d_next = run.open.difficulty
     if v_t is not None:

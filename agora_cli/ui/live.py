@@ -150,6 +150,7 @@ class LiveState:
         """Fold one event into the state."""
         kind = e["kind"]
         if kind in ("run_started", "run_resumed"):
+            self.started = min(self.started, e.get("t", self.started))
             self.run_dir = e.get("run_dir", self.run_dir)
             self.first_step = self.step = e.get("step", 0)
             self.target_steps = e.get("steps_target")
@@ -289,6 +290,8 @@ class LiveState:
             return f"steps done; waiting for training round {self.waiting_round} to go live"
         if self.target_steps is not None and self.first_step + self.committed >= self.target_steps:
             return "steps done"
+        if self.target_steps is not None and not self.step_times:
+            return "- (measured once a step commits)"
         return _dur(self.eta_s(now))
 
 
@@ -371,7 +374,7 @@ def activity(s: LiveState, now: float | None = None) -> Text:
                 f"{_f(t.get('tps'), '.0f')} tok/s"
             )
         else:
-            progress = f"starting on {t.get('rows', '?')} rows" if t.get("state") == "starting" else ""
+            progress = f"on {t.get('rows', '?')} rows" if t.get("state") == "starting" else ""
         state = t.get("state", "training")
         detail = f", {progress}" if progress and state != "swapping in" else ""
         lines.append(f"training round {t.get('round')} {member}: {state}{detail}")
