@@ -15,7 +15,7 @@ from agora_cli.errors import EvaluationUsageError
 from agora_cli.events import EventBus
 from agora_cli.stats import PairedBinary, rate_text, significance_text, successes
 from agora_cli.ui.plain import PlainPrinter
-from agora_cli.ui.progress import EvalProgress
+from agora_cli.ui.progress import ProgressBars
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -106,7 +106,7 @@ def eval_cmd(
     cfg = load_config(config, overrides or [])
     bus = EventBus()
     # Servers start and items are answered for minutes: never a blank terminal.
-    view: Any = EvalProgress(console) if is_tty() else nullcontext()
+    view: Any = ProgressBars(console) if is_tty() else nullcontext()
     bus.add(view if is_tty() else PlainPrinter())
     with view:
         report = run_evaluation(

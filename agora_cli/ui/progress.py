@@ -1,4 +1,5 @@
-"""`agora eval`'s display: one progress bar per member and benchmark, and each server's start.
+"""Progress bars for the commands besides `run`: each server's start (`agora serve`, `agora
+eval`) and one bar per member and benchmark (`agora eval`).
 
 An EventBus sink like the live view (it reads `server_starting`, `server_started`,
 `phase_started` with phase "evaluate" and `eval_progress`); the plain printer (ui/plain.py) gives
@@ -22,7 +23,7 @@ from rich.progress import (
 from agora_cli.events import Event
 
 
-class EvalProgress:
+class ProgressBars:
     """Rich progress bars fed by events: `bus.add(view)` then `with view: ...`."""
 
     def __init__(self, console: Console | None = None):
@@ -59,7 +60,7 @@ class EvalProgress:
             if task is not None:
                 self.progress.update(task, completed=e["done"])
 
-    def __enter__(self) -> EvalProgress:
+    def __enter__(self) -> ProgressBars:
         self.progress.start()
         return self
 
