@@ -104,3 +104,19 @@ def test_steps_0_starts_no_server(tmp_path: Path):
     assert "nothing to do: 0 step(s) already committed (--steps 0); no server was started" in res.output
     kinds = [e["kind"] for e in read_events(RunPaths(run_dir).events)]
     assert "server_starting" not in kinds and "server_started" not in kinds
+
+
+def test_the_live_view_draws_nothing_before_the_first_event():
+    """A lock or config error raised before the run emits anything is printed alone: no empty
+    view is drawn above it."""
+    from agora_cli.ui.live import LiveView
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with pytest.raises(RuntimeError), LiveView(console):
+        raise RuntimeError("the run directory is locked")
+    assert out.getvalue() == ""
+    view = LiveView(console)
+    with view:
+        view({"t": 1.0, "kind": "run_started", "run_dir": "runs/x", "step": 0})
+    assert "runs/x" in out.getvalue()
