@@ -9,6 +9,15 @@ run config="configs/tiny.yaml" *args="":
 test *args="":
     ./scripts/test.sh {{args}}
 
+test-unit *args="":
+    ./scripts/test.sh -m unit {{args}}
+
+test-integration *args="":
+    ./scripts/test.sh -m integration {{args}}
+
+test-e2e *args="":
+    ./scripts/test.sh -m e2e {{args}}
+
 lint:
     ./scripts/lint.sh
 

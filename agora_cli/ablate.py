@@ -4,7 +4,9 @@ Every variant is the base config with `ablations.<switch>=false` (the same overr
 `configs/ablations/*.yaml` state), a seed and its own run directory under `--out`. Each run is
 driven by the loop, then evaluated like `agora eval`; the table holds the group's mean pass@1
 (mean over members) per benchmark as mean ± standard deviation over seeds, and each variant's
-difference from full AGORA paired on the same (seed, item) with a bootstrap 95% interval and p.
+difference from full AGORA paired by seed, the seed being the unit of replication: the per-seed
+differences and an exact sign-flip test over seeds, or "n seeds: no test" below the 6 seeds that
+test needs to reach 0.05 (evaluation/comparisons.py).
 Re-running the same command resumes: the loop resumes each run from its last committed step and
 the evaluation skips answered items.
 
@@ -22,17 +24,16 @@ from pathlib import Path
 from agora_cli import runner
 from agora_cli.config import Config, load_config
 from agora_cli.errors import EvaluationError, EvaluationUsageError
-from agora_cli.evaluation.evaluate import run_evaluation
-from agora_cli.evaluation.report import (
-    SWITCHES,
+from agora_cli.evaluation.comparisons import (
+    METHOD,
+    RunValues,
     group_mean,
-    item_outcomes,
-    load_run,
     paired_variants,
     run_pairs,
-    table2,
     variant_sentences,
 )
+from agora_cli.evaluation.evaluate import run_evaluation
+from agora_cli.evaluation.report import SWITCHES, item_outcomes, load_run, table2
 from agora_cli.events import NULL_BUS, EventBus
 
 FULL = "full"
@@ -137,7 +138,7 @@ def check_steps(grid: list[tuple[PlannedRun, Config]], steps: int) -> None:
     if short:
         worst = max(short.values())
         listed = ", ".join(f"{v} needs {n}" for v, n in sorted(short.items()))
-        raise EvaluationError(
+        raise EvaluationUsageError(
             f"--steps {steps} is too short for these switches to act ({listed}; anchors every "
             f"protocol.anchor_every steps); use --steps {worst} or more, or lower "
             "protocol.anchor_every"
@@ -180,7 +181,7 @@ def run_ablation(
         # Written after every run so an interrupted grid keeps what finished.
         results_path.write_text(json.dumps(results, indent=2))
     grouped: dict[str, list[dict[str, float]]] = {}
-    pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
+    pairs: dict[str, list[RunValues]] = {}
     for r in results.values():
         grouped.setdefault(r["variant"], []).append({b: group_mean(per) for b, per in r["scores"].items()})
         pairs.setdefault(r["variant"], []).append(
@@ -194,10 +195,7 @@ def run_ablation(
         "# Table 2: ablations (group mean pass@1 %, mean ± sd over seeds)\n\n"
         + md
         + (
-            "\nΔ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
-            "item results exist, else on seeds; 95% interval and p from a paired bootstrap.\n\n"
-            + "\n".join(words)
-            + "\n"
+            f"\nΔ vs full: the variant minus full AGORA, {METHOD}.\n\n" + "\n".join(words) + "\n"
             if words
             else ""
         )

@@ -179,7 +179,7 @@ def compute_effects(
     f_t = None
     if anchors:
         # The ensemble's current average score on the calibration set (Eq. 2's mean_mu_t).
-        ens = _mean([s for m, (s, _) in anchors.items() if m != MAJORITY])
+        ens = _mean([s for m, (s, n) in anchors.items() if m != MAJORITY and n > 0])
         d_next, f_t = fem(cfg, steps.anchor_history(store) + [ens], d_next)
     elif not cfg.ablations.external_anchor and anchor_step(t, cfg.protocol.anchor_every):
         # No ground truth: Eq. 2 on the ratings, on the anchor schedule (protocol/surprise.py).

@@ -87,9 +87,9 @@ class EventBus:
                     if id(sink) not in self._failed:
                         self._failed.add(id(sink))
                         failures.append((sink, e))
-            for sink, e in failures:
+            for sink, exc in failures:
                 name = getattr(sink, "name", None) or type(sink).__name__
-                error = f"{type(e).__name__}: {e}"
+                error = f"{type(exc).__name__}: {exc}"
                 log.warning("event sink %s failed (%s); other sinks keep going", name, error)
                 self.emit("sink_failed", sink=name, error=error)
         return event

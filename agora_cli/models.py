@@ -31,10 +31,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agora_cli.config import Member, chat_template_text
 from agora_cli.errors import ModelSourceError
 from agora_cli.paths import agora_home, models_cache
+
+if TYPE_CHECKING:  # transformers is imported only where a model is prepared
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 MANIFEST = "agora-source.json"
 # Markers that end an assistant turn in common chat templates. When a config supplies a template
@@ -247,18 +251,19 @@ def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> Non
                 f"could not load GGUF {gguf} with transformers ({type(e).__name__}: {e}); "
                 "check that the architecture is supported by transformers' GGUF loader"
             ) from e
-        model = _plain_copy(model)
-        _sampling_defaults(model.generation_config)
+        dense = _plain_copy(model)
+        _sampling_defaults(dense.generation_config)
         if template is not None:
             tok.chat_template = template
-            _add_turn_end_eos(model, tok, template)
+            _add_turn_end_eos(dense, tok, template)
         if not getattr(tok, "chat_template", None):
             raise ModelSourceError(
                 f"{source.spec} has no chat template; give the member a `chat_template` "
                 "(e.g. configs/chat_templates/gemma3.jinja)"
             )
-        model.save_pretrained(tmp, safe_serialization=True)
+        dense.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        architectures = dense.config.architectures
         manifest = {
             "format": PREPARE_FORMAT,
             "source": source.spec,
@@ -266,7 +271,7 @@ def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> Non
             "gguf_size": gguf.stat().st_size,
             "gguf_sha256": _sha256(gguf),
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
-            "architecture": (model.config.architectures or [None])[0],
+            "architecture": architectures[0] if architectures else None,
             "dtype": "float32",
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - t0, 2),
@@ -281,7 +286,7 @@ def _convert(gguf: Path, out: Path, template: str | None, source: Source) -> Non
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _plain_copy(model):  # noqa: ANN001, ANN202 - transformers types
+def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
     """A dense, serialisable copy of a GGUF-loaded model.
 
     transformers marks GGUF-loaded models as quantized and refuses `save_pretrained` even when every
@@ -308,7 +313,7 @@ def _plain_copy(model):  # noqa: ANN001, ANN202 - transformers types
     return clean.eval()
 
 
-def _sampling_defaults(gen) -> None:  # noqa: ANN001 - transformers GenerationConfig
+def _sampling_defaults(gen: GenerationConfig) -> None:
     """Sample by default (the paper's temperature 0.6, top-p 0.95).
 
     A GGUF carries no generation config, and transformers' default is greedy: `transformers serve`
@@ -321,7 +326,7 @@ def _sampling_defaults(gen) -> None:  # noqa: ANN001 - transformers GenerationCo
     gen.top_p = 0.95
 
 
-def _add_turn_end_eos(model, tok, template: str) -> None:  # noqa: ANN001 - transformers types
+def _add_turn_end_eos(model: PreTrainedModel, tok: PreTrainedTokenizerBase, template: str) -> None:
     """Make the template's end-of-turn marker stop generation (see _TURN_END_MARKERS)."""
     gen = model.generation_config
     eos = gen.eos_token_id

@@ -666,7 +666,7 @@ def anchor_history(store: Store) -> list[float]:
     change), oldest first: the input of Eq. 2 and the dynamic strategy."""
     rows = store.query(
         "SELECT a.step, AVG(a.score) AS score FROM anchors a JOIN steps s ON s.step = a.step "
-        "WHERE s.committed_at IS NOT NULL AND a.member != ? GROUP BY a.step "
+        "WHERE s.committed_at IS NOT NULL AND a.member != ? AND a.n > 0 GROUP BY a.step "
         "HAVING SUM(a.reused_from IS NULL) > 0 ORDER BY a.step",
         (MAJORITY,),
     )
@@ -774,12 +774,14 @@ def member_v_history(store: Store, member: str) -> list[float]:
 
 def member_anchor_history(store: Store, member: str) -> list[float]:
     """The member's own anchor scores at committed steps where it was scored anew, oldest
-    first: Eq. 2's input for an isolated member (no ensemble average couples the members)."""
+    first: Eq. 2's input for an isolated member (no ensemble average couples the members). A
+    score over no items (n = 0, written by stores before a failed anchor was left unstored) is
+    not a score and is skipped, here and in `anchor_history`."""
     return [
         r["score"]
         for r in store.query(
             "SELECT a.score FROM anchors a JOIN steps s ON s.step = a.step "
-            "WHERE s.committed_at IS NOT NULL AND a.member = ? AND a.reused_from IS NULL "
+            "WHERE s.committed_at IS NOT NULL AND a.member = ? AND a.reused_from IS NULL AND a.n > 0 "
             "ORDER BY a.step",
             (member,),
         )
@@ -791,7 +793,8 @@ def fresh_anchor_scores(store: Store, step: int) -> dict[str, float]:
     return {
         r["member"]: r["score"]
         for r in store.query(
-            "SELECT member, score FROM anchors WHERE step = ? AND member != ? AND reused_from IS NULL",
+            "SELECT member, score FROM anchors WHERE step = ? AND member != ? AND reused_from IS NULL "
+            "AND n > 0",
             (step, MAJORITY),
         )
     }

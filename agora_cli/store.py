@@ -338,6 +338,14 @@ class Store:
     def one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         return self.conn.execute(sql, params).fetchone()
 
+    def require(self, sql: str, params: Any = (), *, what: str) -> sqlite3.Row:
+        """The first row of `sql`; StoreError naming `what` when there is none (a row the run's
+        own bookkeeping says exists is missing, so the store is inconsistent)."""
+        row = self.one(sql, params)
+        if row is None:
+            raise StoreError(f"{what} is missing from the run store {self.path}")
+        return row
+
     def scalar(self, sql: str, params: Any = ()) -> Any:
         row = self.conn.execute(sql, params).fetchone()
         return None if row is None else row[0]

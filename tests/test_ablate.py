@@ -22,6 +22,7 @@ TINY = str(CONFIGS_DIR / "tiny-transformers.yaml")
 PAPER = str(CONFIGS_DIR / "paper-mixed.yaml")
 
 
+@pytest.mark.unit
 def test_plan_builds_one_config_per_variant_and_seed(tmp_path: Path) -> None:
     grid = ab.plan(TINY, [0, 1], ab.parse_variants("all"), tmp_path)
     assert len(grid) == 11 * 2
@@ -35,6 +36,7 @@ def test_plan_builds_one_config_per_variant_and_seed(tmp_path: Path) -> None:
     assert ("no-difficulty-control", 1) in seen and ("full", 0) in seen
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("switch", ab.SWITCHES)
 def test_variant_configs_match_the_shipped_ablation_configs(tmp_path: Path, switch: str) -> None:
     [(run, cfg)] = ab.plan(PAPER, [0], [switch], tmp_path)
@@ -42,6 +44,7 @@ def test_variant_configs_match_the_shipped_ablation_configs(tmp_path: Path, swit
     assert cfg.ablations == shipped.ablations
 
 
+@pytest.mark.unit
 def test_parse_variants() -> None:
     assert ab.parse_variants("fem,no-lora,full") == ["fem", "lora", "full"]
     assert ab.parse_variants("difficulty-control") == ["difficulty_control"]
@@ -49,6 +52,7 @@ def test_parse_variants() -> None:
         ab.parse_variants("fem,warp_drive")
 
 
+@pytest.mark.unit
 def test_dry_run_lists_runs_without_running(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     result = CliRunner().invoke(
@@ -96,6 +100,7 @@ def fake_eval(cfg: Config, limit: int | None, bus: EventBus) -> dict[str, dict[s
     }
 
 
+@pytest.mark.unit
 def test_run_ablation_writes_mean_and_sd_tables(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     grid = ab.plan(TINY, [0, 1, 2], ["full", "fem", "lora"], out)
@@ -115,8 +120,27 @@ def test_run_ablation_writes_mean_and_sd_tables(tmp_path: Path) -> None:
     text = md.read_text()
     assert "| full | 3 | 62.0 ± 2.0 | 31.0 ± 1.0 |" in text
     assert "| no-lora | 3 | 42.0 ± 2.0 | 21.0 ± 1.0 |" in text
+    # Paired by seed: no-lora is 20 points below full at every seed; 3 seeds cannot be tested.
+    assert "| no-lora | 3 | 42.0 ± 2.0 | 21.0 ± 1.0 | -20.0 ± 0.0, 3 seeds: no test |" in text
+    assert "per-seed differences -20.0 (seed 0), -20.0 (seed 1), -20.0 (seed 2)" in text
+    assert float(rows["no-lora"]["gsm8k_delta"]) == pytest.approx(-0.2)
+    assert rows["no-lora"]["gsm8k_p"] == "" and rows["no-lora"]["gsm8k_seeds"] == "3"
 
 
+@pytest.mark.unit
+def test_run_ablation_tests_over_seeds_once_there_are_enough(tmp_path: Path) -> None:
+    """6 seeds, no-fem below full at each: the exact sign-flip p is 2/64, printed with the test."""
+    out = tmp_path / "grid"
+    grid = ab.plan(TINY, list(range(6)), ["full", "fem"], out)
+    md, csv_path = ab.run_ablation(grid, out, run_fn=fake_run, eval_fn=fake_eval, steps=1)
+    text = md.read_text()
+    assert "| no-fem | 6 | 55.0 ± 3.7 | 27.5 ± 1.9 | -10.0 ± 0.0, p=0.031 |" in text
+    assert "significant at 0.05 (p=0.031), exact sign-flip test over 6 seeds" in text
+    rows = {r["variant"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
+    assert float(rows["no-fem"]["gsm8k_p"]) == pytest.approx(2 / 64)
+
+
+@pytest.mark.unit
 def test_interrupted_grid_keeps_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "grid"
     grid = ab.plan(TINY, [0, 1], ["full"], out)
@@ -136,6 +160,7 @@ def test_interrupted_grid_keeps_finished_runs(tmp_path: Path) -> None:
     assert "| full | 2 | 61.0 ± 1.4 |" in md.read_text()
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None:
     """`agora ablate` end to end on the scripted fake ensemble: loop, evaluation, table."""
@@ -191,13 +216,15 @@ def test_ablate_command_runs_the_real_loop_and_evaluator(tmp_path: Path) -> None
     table = (out / "table2.md").read_text()
     assert "| full | 2 | 33.3 ± 0.0 |" in table
     assert "| no-valid-vote | 2 | 33.3 ± 0.0 |" in table
-    # Paired on the 2 seeds x 3 items both variants answered: no difference at all.
+    # Paired by seed on the 3 items both variants answered: no difference, and 2 seeds: no test.
     assert (
-        "`no-valid-vote` against `full` on gsm8k: +0.0 points [0.0, 0.0] over 6 pairs, "
-        "not significant at 0.05 (p=1.000)" in table
+        "`no-valid-vote` against `full` on gsm8k: per-seed differences +0.0 (seed 0), +0.0 (seed 1); "
+        "mean +0.0 points (sd 0.0 over seeds); 2 seeds: no test" in table
     )
+    assert "p=" not in table.split("Δ vs full")[-1]
 
 
+@pytest.mark.unit
 def test_ablate_refuses_a_step_count_too_short_for_a_switch_to_act(tmp_path: Path) -> None:
     # tiny-transformers.yaml anchors every 2 steps with plateau_patience 2: FEM first moves d at step 2 * 2,
     # the strategy first switches at step 3 * 2 (so no-fem needs 5 steps, no-dynamic-strategy 7).

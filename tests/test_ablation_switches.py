@@ -17,12 +17,14 @@ from tests.fakes.openai_server import FakeOpenAI
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.unit
 def test_rating_surprise_values():
     assert rating_surprise([25.0, 25.0, 25.0], 1e-6) == pytest.approx(0.0)
     assert rating_surprise([30.0, 25.0, 20.0], 1e-6) == pytest.approx((5 / 30) ** 2)
     assert rating_surprise([], 1e-6) is None
 
 
+@pytest.mark.integration
 def test_without_external_anchor_f_t_comes_from_the_ratings_and_fem_acts(run_dir):
     with FakeOpenAI(responder()) as fake:
         data = config_dict(fake.url, run_dir, anchor_every=2)  # external_anchor is off

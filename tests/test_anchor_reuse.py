@@ -17,7 +17,7 @@ from agora_cli.training.round_store import live_versions
 from tests.fakes.ensemble import MEMBERS, config_dict, make_pool, responder
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def _swap(store: Store, member: str, version: int) -> None:

@@ -103,6 +103,7 @@ def protocol_state(run_dir) -> dict:
         }
 
 
+@pytest.mark.unit
 def test_tally_of_an_approve_all_verifier():
     """Approving everything: precision is the solutions' accuracy, recall 1; per verifier too."""
     sols = [
@@ -125,6 +126,7 @@ def test_tally_of_an_approve_all_verifier():
     assert c["v"] == Counts(fn=1, tn=1) and c["v"].recall == (0, 1) and c["v"].precision == (0, 0)
 
 
+@pytest.mark.integration
 def test_probes_are_audited_and_never_steer_the_run(tmp_path):
     """The same scripted run with and without probes: identical protocol state (steps, V_t,
     d_t, ratings, buffer, elite, votes, the step's own problems); with them, probe rows are
@@ -232,6 +234,7 @@ def text_of(renderable) -> str:  # noqa: ANN001
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
+@pytest.mark.integration
 def test_a_verifier_rejecting_everything_has_zero_recall(run_dir):
     run(run_dir, probes=2, steps=1, verify="INVALID")
     with Store(RunPaths(run_dir).store) as s:
@@ -243,6 +246,7 @@ def test_a_verifier_rejecting_everything_has_zero_recall(run_dir):
         assert len(set(info["probes"])) == 2
 
 
+@pytest.mark.integration
 def test_audit_off_writes_no_probe_rows(run_dir):
     run(run_dir, probes=0, steps=1)
     with Store(RunPaths(run_dir).store) as s:
@@ -266,6 +270,7 @@ def write_old_store(path, version: int) -> None:
     conn.close()
 
 
+@pytest.mark.unit
 def test_a_v2_run_store_migrates_and_keeps_its_rows(tmp_path):
     """A store written before the audit (schema v2) opens, gains the audit tables, loses nothing."""
     path = tmp_path / "run.sqlite"
@@ -280,6 +285,7 @@ def test_a_v2_run_store_migrates_and_keeps_its_rows(tmp_path):
         assert s.scalar("SELECT COUNT(*) FROM audit") == 0
 
 
+@pytest.mark.integration
 def test_a_resumed_step_reuses_its_stored_probes(run_dir):
     """Probes solved by a stage command before the step commits are reused by `agora run`: no
     second probe row, no request asked twice, and the audit counts the stored work."""
@@ -305,6 +311,7 @@ def test_a_resumed_step_reuses_its_stored_probes(run_dir):
         assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 0, 0)
 
 
+@pytest.mark.integration
 def test_probes_never_repeat_a_pool_problem_of_the_run(tmp_path, monkeypatch):
     """With `problem_source: seed_pool` probes and problems come from the same pool. On a pool
     small enough for a blind draw to collide, no probe is a problem of its own step or of an

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import RESULTS_HEADER, save
 from bench.common import Row
+
+pytestmark = pytest.mark.unit
 
 EARLIER = (
     "# Benchmark results\n\nold header text\n\n"

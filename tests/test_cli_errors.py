@@ -5,6 +5,7 @@ and missing training packages are named instead of turning LoRA off."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import sys
@@ -18,11 +19,12 @@ from typer.testing import CliRunner
 from agora_cli import runner
 from agora_cli import store as store_mod
 from agora_cli.cli import app
+from agora_cli.client import ClientPool
 from agora_cli.config import load_config
 from agora_cli.events import EventBus, read_events
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
-from tests.fakes.ensemble import config_dict, responder, write_config
+from tests.fakes.ensemble import MEMBERS, config_dict, responder, write_config
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,6 +38,7 @@ def one_error_line(res) -> str:  # noqa: ANN001
     return lines[0]
 
 
+@pytest.mark.unit
 def test_agora_error_is_one_line_and_its_text_is_never_markup(tmp_path):
     missing = tmp_path / "[bold]runs[/bold]" / "x"
     res = cli.invoke(app, ["status", str(missing)])
@@ -45,12 +48,14 @@ def test_agora_error_is_one_line_and_its_text_is_never_markup(tmp_path):
     assert res.stdout == ""
 
 
+@pytest.mark.unit
 def test_debug_shows_the_traceback_instead(tmp_path):
     res = cli.invoke(app, ["--debug", "status", str(tmp_path / "nope")])
     assert res.exit_code != 0
     assert type(res.exception).__name__ == "NoRunError"
 
 
+@pytest.mark.integration
 def test_a_locked_database_is_one_line(tmp_path, run_dir, monkeypatch):
     monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
@@ -67,6 +72,7 @@ def test_a_locked_database_is_one_line(tmp_path, run_dir, monkeypatch):
     assert "database is locked" in one_error_line(res)
 
 
+@pytest.mark.integration
 def test_disk_full_is_one_line(tmp_path, run_dir):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fill a disk on demand")
@@ -79,6 +85,7 @@ def test_disk_full_is_one_line(tmp_path, run_dir):
     assert "No space left on device" in line and "free some disk space" in line
 
 
+@pytest.mark.integration
 def test_an_exception_group_from_the_step_is_unwrapped_to_one_line(tmp_path, run_dir, monkeypatch):
     """A store write failing inside the step's TaskGroup (the database locked by another
     process while requests land) reaches the edge as an ExceptionGroup."""
@@ -108,6 +115,7 @@ def test_an_exception_group_from_the_step_is_unwrapped_to_one_line(tmp_path, run
     assert "Traceback" not in res.output
 
 
+@pytest.mark.unit
 def test_missing_training_packages_are_named_not_silently_skipped(tmp_path, run_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     d = config_dict("http://127.0.0.1:9/v1", run_dir)
@@ -122,6 +130,7 @@ def test_missing_training_packages_are_named_not_silently_skipped(tmp_path, run_
     assert "peft" in line and "ablations.lora=false" in line
 
 
+@pytest.mark.integration
 def test_a_failing_event_sink_says_so_once_and_the_run_goes_on(tmp_path, run_dir, caplog):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fill a disk on demand")
@@ -139,6 +148,7 @@ def test_a_failing_event_sink_says_so_once_and_the_run_goes_on(tmp_path, run_dir
     assert len(warnings) == 1
 
 
+@pytest.mark.integration
 def test_a_reused_bus_does_not_write_into_the_last_runs_closed_sink(tmp_path):
     """`agora ablate` runs the grid on one bus: each run's events.jsonl gets its own events."""
     seen: list[dict] = []
@@ -156,6 +166,7 @@ def test_a_reused_bus_does_not_write_into_the_last_runs_closed_sink(tmp_path):
         assert store.last_committed_step() == 0
 
 
+@pytest.mark.integration
 def test_a_backend_that_fails_to_stop_is_reported_and_the_others_still_stop(tmp_path, caplog):
     from agora_cli.serving import Serving
 
@@ -183,9 +194,30 @@ def test_a_backend_that_fails_to_stop_is_reported_and_the_others_still_stop(tmp_
     assert any("broken failed to stop" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration
 def test_ping_shows_a_failing_members_error_as_text_not_markup(tmp_path, run_dir):
     with FakeOpenAI(lambda r: Reply(status=400, text="[b]x[/b]"), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
         res = cli.invoke(app, ["models", "ping", str(cfg), "--run-dir", str(run_dir)])
     assert res.exit_code == 1, res.output
     assert res.stdout.count("[b]x") == 3  # one row per member, the brackets kept as written
+
+
+@pytest.mark.integration
+def test_ping_shows_a_cancelled_request_as_a_failed_member(tmp_path, run_dir, monkeypatch):
+    """gather() returns a cancelled chat as CancelledError (a BaseException, not an Exception):
+    its member's row shows it and the command exits 1 instead of crashing on the table."""
+    real_chat = ClientPool.chat
+
+    async def chat(self, member, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if member == MEMBERS[0]:
+            raise asyncio.CancelledError
+        return await real_chat(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(ClientPool, "chat", chat)
+    with FakeOpenAI(lambda r: Reply(text="pong"), latency_s=0.0) as fake:
+        cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
+        res = cli.invoke(app, ["models", "ping", str(cfg), "--run-dir", str(run_dir)])
+    assert res.exit_code == 1, res.output
+    assert res.stdout.count("CancelledError") == 1
+    assert res.stdout.count("pong") == len(MEMBERS) - 1

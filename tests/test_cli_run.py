@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 cli = CliRunner()
 
 
+@pytest.mark.integration
 def test_run_prints_one_line_per_step_then_status(tmp_path, run_dir):
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
@@ -37,6 +38,7 @@ def test_run_prints_one_line_per_step_then_status(tmp_path, run_dir):
     assert "V_t 0.667 [0.300, 0.903] (4/6)" in out  # with its 95% Wilson interval
 
 
+@pytest.mark.integration
 def test_overrides_and_config_errors(tmp_path, run_dir):
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
@@ -52,6 +54,7 @@ def test_overrides_and_config_errors(tmp_path, run_dir):
     assert "protocol.problems_per_step" in res.output and "--force" in res.output
 
 
+@pytest.mark.integration
 def test_a_run_resumes_under_new_execution_settings_but_not_new_hyperparameters(tmp_path, run_dir):
     """Threads, memory, checkpointing, the loss's chunks and the LoRA kernel change how the
     trainer computes, not what: resuming with new ones is no config change (and the stored config
@@ -80,6 +83,7 @@ def test_a_run_resumes_under_new_execution_settings_but_not_new_hyperparameters(
     assert "max_threads" not in res.output
 
 
+@pytest.mark.unit
 def test_status_of_missing_run_is_one_error_line(tmp_path):
     res = cli.invoke(app, ["status", str(tmp_path / "nope")])
     assert res.exit_code == 2
@@ -88,6 +92,7 @@ def test_status_of_missing_run_is_one_error_line(tmp_path):
     assert res.stdout == ""
 
 
+@pytest.mark.integration
 def test_stage_commands_then_run_reuses_their_work(tmp_path, run_dir):
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
@@ -119,6 +124,7 @@ def test_stage_commands_then_run_reuses_their_work(tmp_path, run_dir):
         assert store.scalar("SELECT n_correct FROM steps WHERE step = 0") == 4
 
 
+@pytest.mark.integration
 def test_status_while_a_run_is_live(tmp_path, run_dir):
     """`agora status` from another process while `agora run` is mid-step (stalled on a request)."""
     import os
@@ -166,6 +172,7 @@ def test_status_while_a_run_is_live(tmp_path, run_dir):
     assert "open step work: problems 2, solutions 6, verdicts 12, votes 0" in st.output
 
 
+@pytest.mark.integration
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
     import os
     import signal
@@ -218,6 +225,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
         assert store.last_committed_step() == done
 
 
+@pytest.mark.integration
 def test_status_shows_throughput_and_each_generators_drop_rate(tmp_path, run_dir):
     base = responder()
     alpha_asked = []

@@ -45,6 +45,7 @@ async def _chat(pool: ClientPool):  # noqa: ANN202
         await pool.aclose()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "failure",
     [Reply(text="boom", status=500), Reply(text="busy", status=503), Reply(drop=True)],
@@ -61,6 +62,7 @@ def test_transient_failures_are_retried_until_success(failure: Reply) -> None:
     assert pool.usage["a"].requests == 1 and pool.usage["a"].failures == 0
 
 
+@pytest.mark.integration
 def test_client_error_is_not_retried() -> None:
     with FakeOpenAI(failing_first(10, Reply(text="bad request", status=400))) as fake:
         pool = make_pool(fake, max_retries=3)
@@ -71,6 +73,7 @@ def test_client_error_is_not_retried() -> None:
     assert pool.usage["a"].retries == 0 and pool.usage["a"].failures == 1
 
 
+@pytest.mark.integration
 def test_persistent_failure_gives_up_with_endpoint_error() -> None:
     events: list[dict] = []
     with FakeOpenAI(failing_first(100, Reply(text="down", status=500))) as fake:
@@ -83,6 +86,7 @@ def test_persistent_failure_gives_up_with_endpoint_error() -> None:
     assert [e["ok"] for e in done] == [False]
 
 
+@pytest.mark.integration
 def test_endpoint_is_resolved_again_on_each_attempt() -> None:
     """A hot-swap between attempts takes effect: the retry goes to the new model name."""
     with FakeOpenAI(failing_first(1, Reply(drop=True))) as fake:
@@ -101,6 +105,7 @@ def test_endpoint_is_resolved_again_on_each_attempt() -> None:
 # ----------------------------------------------------------------------------- openai backend
 
 
+@pytest.mark.integration
 def test_openai_backend_key_is_used_but_never_written(
     tmp_path,
     monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
@@ -149,6 +154,7 @@ def test_openai_backend_key_is_used_but_never_written(
     assert secret not in json.dumps(read_events(paths.events))
 
 
+@pytest.mark.unit
 def test_openai_backend_without_its_key_is_a_clear_error(
     tmp_path,
     monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
@@ -189,6 +195,7 @@ async def _chat_member(pool: ClientPool, member: str):  # noqa: ANN202
         await pool.aclose()
 
 
+@pytest.mark.integration
 def test_role_travels_in_a_header_never_in_the_prompt_and_usage_is_counted() -> None:
     """What the client sends: the role as X-Agora-Role, the prompt untouched, the member's model
     and max_tokens in the body; what it counts: tokens per member."""
@@ -216,6 +223,7 @@ def test_role_travels_in_a_header_never_in_the_prompt_and_usage_is_counted() -> 
     assert usage.completion_tokens == verify.completion_tokens + plain.completion_tokens
 
 
+@pytest.mark.integration
 def test_prefix_cache_hits_the_server_reports_are_recorded_per_request() -> None:
     """A server reporting usage.prompt_tokens_details.cached_tokens (vLLM with
     --enable-prompt-tokens-details) gets them into the request_done event; one that does not

@@ -12,6 +12,8 @@ from agora_cli.cli import app
 from agora_cli.config import load_config
 from agora_cli.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
 runner = CliRunner()

@@ -25,6 +25,7 @@ def _example(sid: int, score: float) -> EliteExample:
     return EliteExample(problem="p", solution="s", explanation=None, member="m", solution_id=sid, score=score)
 
 
+@pytest.mark.unit
 def test_more_wins_beat_one_win_and_ties_go_to_the_newer_entry():
     assert elite_score(1, 1) < elite_score(3, 3) < elite_score(6, 6) < 1.0
     assert elite_score(2, 3) < elite_score(3, 3)
@@ -58,6 +59,7 @@ def _solutions_of_step(run_dir, step: int) -> set[int]:
         return {r[0] for r in store.query("SELECT id FROM solutions WHERE step = ?", (step,))}
 
 
+@pytest.mark.integration
 def test_elite_history_turns_over_across_steps(run_dir):
     history = _elite_by_step(run_dir, 3)
     assert all(len(h) == 2 for h in history)
@@ -71,6 +73,7 @@ def test_elite_history_turns_over_across_steps(run_dir):
         assert all(r["score"] == pytest.approx(elite_score(3, 3)) for r in rows)
 
 
+@pytest.mark.integration
 def test_without_quality_vote_the_elite_history_is_still_filled(run_dir):
     history = _elite_by_step(run_dir, 2, quality_vote=False)
     assert [len(h) for h in history] == [2, 2]

@@ -56,6 +56,7 @@ def grader():
         yield g
 
 
+@pytest.mark.unit
 def test_subsets_are_fixed_and_seeded() -> None:
     items = load_benchmark("gsm8k")
     a, b = subset(items, 6), subset(items, 6)
@@ -65,6 +66,7 @@ def test_subsets_are_fixed_and_seeded() -> None:
     assert subset(items, None) == items
 
 
+@pytest.mark.unit
 def test_calibration_set_is_a_fixed_held_out_slice_of_gsm8k_train() -> None:
     cal = calibration_set("gsm8k", 50, "gsm8k_train")
     assert len(cal) == 50
@@ -75,6 +77,7 @@ def test_calibration_set_is_a_fixed_held_out_slice_of_gsm8k_train() -> None:
     assert len(seed_ids) == 7473 - 500 and not seed_ids & {it.id for it in cal}
 
 
+@pytest.mark.unit
 def test_majority_answer_groups_equivalents_and_breaks_ties_by_member_order() -> None:
     assert plurality(["18", "1,000", "1000"]) == "1,000"
     assert plurality(["7", "8"]) == "7"
@@ -84,6 +87,7 @@ def test_majority_answer_groups_equivalents_and_breaks_ties_by_member_order() ->
     assert plurality(["2", "3", "3", "2"]) == "2"
 
 
+@pytest.mark.integration
 async def test_evaluate_exact_accuracy_per_member_and_majority(tmp_path: Path, grader) -> None:
     items = subset(load_benchmark("gsm8k"), 6)
     with FakeOpenAI(make_responder(items)) as fake:
@@ -118,6 +122,7 @@ async def test_evaluate_exact_accuracy_per_member_and_majority(tmp_path: Path, g
     }  # Wilson 95% of 3/6
 
 
+@pytest.mark.integration
 async def test_evaluate_resumes_without_reasking(tmp_path: Path, grader) -> None:
     items = subset(load_benchmark("gsm8k"), 6)
     with FakeOpenAI(make_responder(items)) as fake:
@@ -137,6 +142,7 @@ async def test_evaluate_resumes_without_reasking(tmp_path: Path, grader) -> None
     assert len(keys) == len(set(keys)) == 18 + 6
 
 
+@pytest.mark.integration
 async def test_two_member_majority_tie_goes_to_first_member(tmp_path: Path, grader) -> None:
     items = subset(load_benchmark("gsm8k"), 6)
     with FakeOpenAI(make_responder(items)) as fake:
@@ -161,6 +167,7 @@ def _cfg(url: str) -> object:
     )
 
 
+@pytest.mark.integration
 async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> None:
     with FakeOpenAI(lambda r: "") as fake:
         cfg = _cfg(fake.url)
@@ -174,6 +181,7 @@ async def test_run_anchor_scores_members_and_majority_on_calibration_set() -> No
     assert scores == {"alice": (4 / 6, 6), "bob": (3 / 6, 6), "carol": (2 / 6, 6), MAJORITY: (2 / 6, 6)}
 
 
+@pytest.mark.integration
 async def test_anchor_member_whose_requests_all_failed_has_no_score() -> None:
     """Every calibration request of bob fails: bob is missing from the anchor (and so is
     `@majority`, which needs every member), never scored 0.0 over nothing."""
@@ -190,6 +198,7 @@ async def test_anchor_member_whose_requests_all_failed_has_no_score() -> None:
     assert scores == {"alice": (4 / 6, 6), "carol": (2 / 6, 6)}
 
 
+@pytest.mark.integration
 async def test_majority_and_members_are_graded_by_one_rule(tmp_path: Path, grader) -> None:
     """Replies whose final answers are spelled unlike the gold (`12\\,345`, `1{,}000`, `10^{3}`) or
     that correct themselves: each member's verdict and `@majority`'s come from the same rule, so
@@ -223,6 +232,7 @@ async def test_majority_and_members_are_graded_by_one_rule(tmp_path: Path, grade
     assert rows[(MAJORITY, "mixed")].answer == "1000"  # alice's `1{,}000` and bob's `10^{3}` are one answer
 
 
+@pytest.mark.integration
 async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) -> None:
     """A base model that repeats the prompt must not score with the prompt's `\\boxed{42}`."""
     item = Item("gsm8k", "q42", "Ann has 6 bags of 7 apples. How many apples?", "42")
@@ -251,6 +261,7 @@ async def test_echoed_prompt_is_not_graded_as_an_answer(tmp_path: Path, grader) 
     assert report.scores["gsm8k"]["a"] == (0.0, 1)
 
 
+@pytest.mark.integration
 def test_run_evaluation_uses_live_or_chosen_adapter_versions(tmp_path: Path) -> None:
     from agora_cli.errors import EvaluationError
     from agora_cli.evaluation.evaluate import run_evaluation

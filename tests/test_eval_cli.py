@@ -20,6 +20,8 @@ from agora_cli.evaluation.evaluate import MAJORITY, read_results
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_eval import MEMBERS, RIGHT, make_responder
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -27,7 +27,7 @@ from agora_cli.store import Store
 from tests.fakes.ensemble import config_dict, problem_of, responder
 from tests.fakes.openai_server import FakeOpenAI, Request, scripted
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 N = 10
 ITEMS = subset(load_benchmark("gsm8k"), N)

@@ -53,6 +53,7 @@ def letters_of(problem: str) -> dict[str, str]:
     return {m.group(2): m.group(1) for m in re.finditer(r"^\(([A-D])\) (.*)$", problem, re.M)}
 
 
+@pytest.mark.unit
 def test_gpqa_csv_becomes_seeded_four_choice_items(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "gpqa_diamond.csv", ROWS)
     name, items = load_spec(f"gpqa={path}")
@@ -70,6 +71,7 @@ def test_gpqa_csv_becomes_seeded_four_choice_items(tmp_path: Path) -> None:
     assert load_spec(f"gpqa={jsonl}")[1] == items
 
 
+@pytest.mark.unit
 def test_the_chosen_letter_is_what_is_graded() -> None:
     assert chosen_letter("so \\boxed{C}") == "C"
     assert chosen_letter("\\boxed{(b) 3 m/s}") == "B"
@@ -100,6 +102,7 @@ def _responder():
     return scripted({"evaluate": evaluate})
 
 
+@pytest.mark.integration
 def test_eval_scores_gpqa_and_a_jsonl_benchmark_by_path(tmp_path: Path) -> None:
     gpqa = write_csv(tmp_path / "gpqa_diamond.csv", ROWS)
     mine = tmp_path / "mine.jsonl"
@@ -132,6 +135,7 @@ def test_eval_scores_gpqa_and_a_jsonl_benchmark_by_path(tmp_path: Path) -> None:
     assert {r.item_id for r in rows if r.benchmark == "mine"} == {"mine/1", "m2"}
 
 
+@pytest.mark.unit
 def test_bad_benchmark_files_are_usage_errors_that_say_what_is_wrong(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "http://127.0.0.1:9")  # never asked: the files fail first
     short = write_csv(

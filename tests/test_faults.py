@@ -32,7 +32,7 @@ from agora_cli.store import Store
 from tests.fakes.ensemble import MEMBERS, REPO, WORDS, config_dict, verify, vote, write_config
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request, scripted
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 STEPS = 3
 KILL_SEEDS = list(range(8))  # seeds 8 and 9 kill during training / hot-swap (e2e file)

@@ -89,6 +89,7 @@ FAST = settings(
 # --------------------------------------------------------------------------- parsers
 
 
+@pytest.mark.unit
 @FAST
 @given(any_text)
 @example("\\boxed{1e99999999}")
@@ -104,6 +105,7 @@ def test_parsers_never_raise(text):
     assert parse_vote(text) in ("a", "b", None)
 
 
+@pytest.mark.unit
 @FAST
 @given(solution=any_text, problem=hostile_text, seed=st.integers(0, 2**32))
 def test_an_echoed_solution_never_passes_verification(solution, problem, seed):
@@ -116,6 +118,7 @@ def test_an_echoed_solution_never_passes_verification(solution, problem, seed):
     assert parse_verdict(f"{echo}\nVALID", token) is True
 
 
+@pytest.mark.unit
 @FAST
 @given(a=any_text, b=any_text, seed=st.integers(0, 2**32))
 def test_an_echoed_pair_never_casts_a_vote(a, b, seed):
@@ -160,6 +163,7 @@ ROUND_TRIP = settings(
 )
 
 
+@pytest.mark.integration
 @ROUND_TRIP
 @given(reply=any_text)
 def test_protocol_stages_survive_any_reply(fake, reply):
@@ -188,6 +192,7 @@ def test_protocol_stages_survive_any_reply(fake, reply):
     assert isinstance(x, str)
 
 
+@pytest.mark.integration
 @ROUND_TRIP
 @given(solution=any_text, verdict=st.sampled_from(["INVALID", "", "I cannot tell."]))
 def test_injection_in_a_solution_never_makes_a_rejecting_verifier_pass(fake, solution, verdict):
@@ -211,6 +216,7 @@ def test_injection_in_a_solution_never_makes_a_rejecting_verifier_pass(fake, sol
     assert v.valid is False, v.raw[-300:]
 
 
+@pytest.mark.integration
 @ROUND_TRIP
 @given(a=any_text, b=any_text)
 def test_injection_in_solutions_never_casts_a_vote(fake, a, b):
@@ -240,6 +246,7 @@ GARBAGE = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(GARBAGE))
 def test_a_step_of_garbage_replies_commits_without_crashing(run_dir, name):
     reply = GARBAGE[name]

@@ -10,6 +10,8 @@ import pytest
 from agora_cli.datasets import load_benchmark, subset
 from agora_cli.evaluation.grading import Grader
 
+pytestmark = pytest.mark.integration
+
 # (prediction, gold, expected). Golds are in the benchmarks' own forms: GSM8K/AIME integers,
 # MATH500 LaTeX.
 TABLE = [

@@ -44,6 +44,7 @@ def slot_owners(store: Store, step: int) -> list[str | None]:
     return [s.get("owner") for s in info["slots"]]
 
 
+@pytest.mark.integration
 def test_isolated_members_solve_only_problems_they_wrote(run_dir):
     """gamma writes garbage, so its slots fall back to the seed pool; alpha and beta write fine.
     Every solution's problem was written by its solver, or is a seed fallback of the solver's
@@ -107,6 +108,7 @@ def member_rows(store: Store) -> list[tuple]:
     ]
 
 
+@pytest.mark.integration
 def test_members_with_different_v_get_their_own_difficulty_and_resume_keeps_it(tmp_path):
     """alpha's V^i is 1 and gamma's 0, so Eq. 1 moves their difficulties apart (alpha = 1 makes
     the step visible in the prompts' one-decimal difficulty); a run stopped after step 0 and
@@ -167,6 +169,7 @@ def pool_texts(run_dir) -> dict[int, list[str]]:
         return out
 
 
+@pytest.mark.integration
 def test_seed_pool_gives_both_arms_the_same_problems_and_no_generation(tmp_path):
     agora, isolated = tmp_path / "agora", tmp_path / "isolated"
     with FakeOpenAI(split_responder(), latency_s=0.0) as fake:
@@ -201,6 +204,7 @@ def test_seed_pool_gives_both_arms_the_same_problems_and_no_generation(tmp_path)
     assert pool_texts(other)[0] != a[0]  # the stream is the seed's
 
 
+@pytest.mark.unit
 def test_a_v3_run_store_migrates_to_member_steps(tmp_path):
     """A store written before per-member difficulty (schema v3) opens read-only with no error,
     and a writable open adds the table and keeps its rows."""
@@ -214,6 +218,7 @@ def test_a_v3_run_store_migrates_to_member_steps(tmp_path):
         assert s.scalar("SELECT COUNT(*) FROM problems") == 1
 
 
+@pytest.mark.unit
 def test_validate_says_the_difficulty_control_is_inert_with_seed_pool(tmp_path):
     """`agora validate` prints these notes (the command itself also loads torch: too slow here)."""
     pool = make_config("http://127.0.0.1:9", tmp_path / "run", problem_source="seed_pool")
@@ -222,6 +227,7 @@ def test_validate_says_the_difficulty_control_is_inert_with_seed_pool(tmp_path):
     assert protocol_notes(make_config("http://127.0.0.1:9", tmp_path / "run")) == []
 
 
+@pytest.mark.unit
 def test_a_run_stored_before_problem_source_resumes_without_force():
     """A stored config without `protocol.problem_source` did what `generated` does: no diff;
     asking such a run for `seed_pool` is a change."""
@@ -236,6 +242,7 @@ def test_a_run_stored_before_problem_source_resumes_without_force():
     assert key == "protocol.problem_source"
 
 
+@pytest.mark.integration
 def test_isolated_views_show_no_ratings_and_a_per_member_threshold(run_dir):
     """The isolated control has no votes: the live view, the plain log and `status` show no
     mu/sigma (a TrueSkill prior would read as a rating), and say the threshold is per member."""

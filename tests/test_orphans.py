@@ -173,6 +173,7 @@ def fake_server(tmp_path: Path, mode: str = "plain", name: str = "fake") -> Serv
 # --------------------------------------------------------------------------- killed parent
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["plain", "stubborn"])
 def test_servers_of_a_sigkilled_parent_are_stopped(tmp_path: Path, mode: str) -> None:
@@ -197,6 +198,7 @@ def test_servers_of_a_sigkilled_parent_are_stopped(tmp_path: Path, mode: str) ->
         assert (tmp_path / "fake0.pid.term").read_text() == "TERM\n"
 
 
+@pytest.mark.integration
 def test_a_server_outlives_the_thread_that_launched_it(tmp_path: Path) -> None:
     """Hot-swaps launch from the round manager's thread, which ends; the server must not."""
     server = fake_server(tmp_path)
@@ -216,6 +218,7 @@ def test_a_server_outlives_the_thread_that_launched_it(tmp_path: Path) -> None:
     assert not alive(pid)  # stop() returns only once the guard has reaped the server
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_stop_sends_one_sigterm_and_kills_after_the_grace(tmp_path: Path) -> None:
     """The guard changes nothing about stop(): SIGTERM reaches the server (once), SIGKILL ends
@@ -240,6 +243,7 @@ def test_stop_sends_one_sigterm_and_kills_after_the_grace(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- second signal
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_signal_during_stop_kills_every_server(tmp_path: Path, sig: int) -> None:
@@ -284,6 +288,7 @@ EXITS_WITH_PARENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_exit_with_parent_ends_a_child_of_a_killed_parent(tmp_path: Path) -> None:
     """What the merge child runs (`merge.py __main__`): it must not outlive a killed agora."""
@@ -300,6 +305,7 @@ def test_exit_with_parent_ends_a_child_of_a_killed_parent(tmp_path: Path) -> Non
         kill_leftovers([child])
 
 
+@pytest.mark.integration
 def test_a_killed_merges_temporary_directory_is_removed(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True

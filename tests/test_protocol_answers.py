@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 
 from agora_cli.protocol.answers import answers_match, extract_answer
 from agora_cli.protocol.generate import parse_problem
-from agora_cli.protocol.verify import parse_verdict
+from agora_cli.protocol.replies import INVENTED_TURN, visible
+from agora_cli.protocol.verify import HEDGE, parse_verdict
 from agora_cli.protocol.vote import parse_vote
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
@@ -98,9 +101,15 @@ def test_parsers_never_raise_on_arbitrary_text(text: str) -> None:
     assert verdict is None or type(verdict) is bool  # `in (True, False)` would let 0 and 1 pass
     if not re.search(r"valid|correct|right|wrong", text, re.IGNORECASE):
         assert verdict is None  # no verdict word, no verdict
-    # The last verdict line decides, whatever came before it.
-    assert parse_verdict(text + "\nINVALID") is False
-    assert parse_verdict(text + "\nVALID.") is True
+    # The last verdict line decides, whatever came before it (unless the text opens an invented
+    # turn, which may end the reply before it), and in the free format an approval only when no
+    # line the verifier wrote hedges it.
+    lines = visible(text).splitlines()
+    if not any(INVENTED_TURN.match(line) for line in lines):
+        assert parse_verdict(text + "\nINVALID") is False
+        hedged = any(HEDGE.search(line) for line in lines)
+        assert parse_verdict(text + "\nVALID.") is (None if hedged else True)
+        assert parse_verdict(text + "\nVERDICT: VALID", verdict_line=True) is True
     choice = parse_vote(text, "QUOTE-0001")
     assert choice in ("a", "b") or choice is None
     if "A" not in text and "B" not in text:

@@ -12,6 +12,8 @@ from agora_cli.protocol.surprise import apply_fem, elite_shots, strategy, surpri
 from agora_cli.protocol.types import EliteExample
 from agora_cli.protocol.vote import apply_vote, make_env, new_rating
 
+pytestmark = pytest.mark.unit
+
 D = Difficulty()  # d0=1.0, alpha=0.05, [0, 10], target_init=0.5, window=5, margin=0.05
 
 

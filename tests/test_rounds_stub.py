@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agora_cli.errors import StoreError
 from agora_cli.events import EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
@@ -24,7 +25,7 @@ from agora_cli.training import round_store as rs
 from agora_cli.training.rounds import MAX_ATTEMPTS, RoundManager
 from tests.test_rounds import RecordingServing, adapter_status, add_rows, make_cfg, round_rows
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 STUB = Path(__file__).parent / "fakes" / "stub_worker.py"
 
 
@@ -227,3 +228,37 @@ def test_restart_puts_the_live_adapter_back_into_fresh_servers(env):
     manager(env, Worker(), restarted).resume()
     assert restarted.live["smol-a"] == (1, paths.adapter_dir("smol-a", 1))
     assert [e.get("restored") for e in events if e["kind"] == "adapter_live"] == [None, True]
+
+
+def test_a_missing_round_or_adapter_row_is_a_store_error_naming_it(env):
+    store, paths, _, _ = env
+    add_rows(store, 2)
+    r1 = rs.create_round(store, 0, ["smol-a"], paths.adapter_dir, limit=None)
+    assert r1 is not None and rs.adapter_of(store, r1, "smol-a")["version"] == 1
+    with pytest.raises(StoreError, match=f"training round {r1 + 1} is missing from the run store"):
+        rs.round_row(store, r1 + 1)
+    with pytest.raises(StoreError, match=f"adapter of 'smol-b' in training round {r1} is missing"):
+        rs.adapter_of(store, r1, "smol-b")
+
+
+def test_members_on_one_base_train_with_their_own_seeds(env):
+    """smol-a and smol-b share a base and the round's rows; the specs the manager writes give
+    each its own `training.seed` (from the run's seed and its name), which the trainer seeds from."""
+    from agora_cli.training.data import member_seed
+    from agora_cli.training.trainer import TrainSpec
+
+    store, paths, bus, events = env
+    add_rows(store, 3)
+    cfg = make_cfg(threshold=2)
+    rm = RoundManager(store, cfg, paths, None, bus, poll_interval_s=0.02, command=Worker())
+    r1 = rm.maybe_start(step=0)
+    rm.wait(60)
+    specs = {
+        m: TrainSpec.from_file(paths.root / "training" / f"round-{r1}" / f"{m}.spec.json")
+        for m in ("smol-a", "smol-b")
+    }
+    assert specs["smol-a"].member_config["model"] == specs["smol-b"].member_config["model"]
+    assert specs["smol-a"].samples == specs["smol-b"].samples  # same rows
+    seeds = {m: s.training["seed"] for m, s in specs.items()}
+    assert seeds == {m: member_seed(cfg.seed, cfg.training.seed, m) for m in specs}
+    assert seeds["smol-a"] != seeds["smol-b"]

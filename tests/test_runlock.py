@@ -64,6 +64,7 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.integration
 def test_second_run_exits_2_naming_the_first_and_a_sigkilled_run_resumes(tmp_path, run_dir):
     script = responder()
     stalled = threading.Event()
@@ -112,6 +113,7 @@ def test_second_run_exits_2_naming_the_first_and_a_sigkilled_run_resumes(tmp_pat
     assert runlock.holder(run_dir / runlock.RUN_LOCK) is None  # released on exit: nobody named
 
 
+@pytest.mark.integration
 def test_train_and_stage_commands_refuse_a_held_run_dir(tmp_path, run_dir):
     d = config_dict("http://127.0.0.1:9/v1", run_dir)
     d["ablations"]["lora"] = True  # LoRA needs a backend that loads adapters: SGLang, attached
@@ -136,6 +138,7 @@ def test_train_and_stage_commands_refuse_a_held_run_dir(tmp_path, run_dir):
         assert runlock.holder(run_dir / runlock.RUN_LOCK)["command"] == "next"
 
 
+@pytest.mark.integration
 def test_serve_has_its_own_lock(tmp_path, run_dir):
     with FakeOpenAI(responder(), latency_s=0.0) as fake:
         cfg = write_config(tmp_path / "fake.yaml", fake.url, run_dir)
@@ -152,6 +155,7 @@ def test_serve_has_its_own_lock(tmp_path, run_dir):
             p.wait()
 
 
+@pytest.mark.unit
 def test_lock_in_one_process_is_exclusive_and_released(run_dir):
     with runlock.hold(run_dir, command="a"):
         with pytest.raises(RunLockedError, match=r"in use by pid \d+ \(`a`\)"):

@@ -37,6 +37,7 @@ def _adapter(tmp_path: Path, name: str) -> Path:
     return d
 
 
+@pytest.mark.unit
 def test_launch_commands_one_server_per_base_model(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -56,13 +57,14 @@ def test_launch_commands_one_server_per_base_model(tmp_path: Path) -> None:
     assert lines == [
         "[gpu] python3 -m sglang.launch_server --model-path org/base-a --host 127.0.0.1 "
         "--port 31000 --tp-size 2 --enable-lora --max-lora-rank 32 --lora-target-modules "
-        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.3 --config {key_file}    # a1, a2",
+        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.342 --config {key_file}    # a1, a2",
         "[gpu] python3 -m sglang.launch_server --model-path org/base-b --host 127.0.0.1 "
         "--port 31001 --tp-size 2 --enable-lora --max-lora-rank 32 --lora-target-modules "
-        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.429 --config {key_file}    # b1",
+        f"q_proj v_proj --max-loras-per-batch 4 --mem-fraction-static 0.392 --config {key_file}    # b1",
     ]
 
 
+@pytest.mark.integration
 def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
     """Load, switch, serve on the new adapter; the old one, with no request in flight, is
     unloaded at the switch."""
@@ -103,6 +105,7 @@ def test_load_switch_unload_sequence_and_routing(tmp_path: Path) -> None:
         assert not [e for e in events if e["kind"] == "adapter_unload_failed"]
 
 
+@pytest.mark.integration
 def test_already_loaded_same_path_is_treated_as_loaded(tmp_path: Path) -> None:
     """A retried activation (the server kept the adapter from the first attempt) succeeds."""
     with FakeSGLang(BASE_A) as fake:
@@ -117,6 +120,7 @@ def test_already_loaded_same_path_is_treated_as_loaded(tmp_path: Path) -> None:
         assert fake.calls == [("load", "a1-v1")]
 
 
+@pytest.mark.integration
 def test_already_loaded_from_another_path_is_an_error(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
         cfg = config_from_dict(
@@ -130,6 +134,7 @@ def test_already_loaded_from_another_path_is_an_error(tmp_path: Path) -> None:
             assert serving.endpoint("a1").model == BASE_A  # not switched
 
 
+@pytest.mark.integration
 def test_missing_adapter_path_is_refused_and_member_keeps_its_model(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
         cfg = config_from_dict(
@@ -143,6 +148,7 @@ def test_missing_adapter_path_is_refused_and_member_keeps_its_model(tmp_path: Pa
         assert ("unload", "a1-v1") not in fake.calls
 
 
+@pytest.mark.integration
 def test_unload_failure_does_not_undo_activation(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
         cfg = config_from_dict(
@@ -158,6 +164,7 @@ def test_unload_failure_does_not_undo_activation(tmp_path: Path) -> None:
         assert [e["lora_name"] for e in failed] == ["a1-v1"]
 
 
+@pytest.mark.integration
 def test_slow_unload_does_not_fail_the_activation(tmp_path: Path) -> None:
     """SGLang's unload waits for the old adapter's in-flight requests; a client
     timeout there must not mark the activation failed, since the new adapter already answers."""
@@ -179,12 +186,14 @@ def test_slow_unload_does_not_fail_the_activation(tmp_path: Path) -> None:
         assert "no answer" in failed[0]["error"]
 
 
+@pytest.mark.unit
 def test_external_server_without_url_is_a_clear_error(tmp_path: Path) -> None:
     cfg = config_from_dict(_cfg({"launch": False}, [("a1", BASE_A), ("a2", BASE_A)]))
     with pytest.raises(ServerError, match="no URL for base model"):
         Serving(cfg, RunPaths(tmp_path)).start()
 
 
+@pytest.mark.integration
 def test_models_ping_on_fake_sglang(tmp_path: Path) -> None:
     with FakeSGLang(BASE_A) as fake:
         config = tmp_path / "sg.yaml"
@@ -201,6 +210,7 @@ def test_models_ping_on_fake_sglang(tmp_path: Path) -> None:
     assert sorted(c for c in fake.calls if c[0] == "chat") == [("chat", "base")] * 2
 
 
+@pytest.mark.integration
 def test_second_serving_attaches_to_recorded_servers(tmp_path: Path) -> None:
     """`agora serve` writes the servers file; later commands attach instead of launching."""
     with FakeSGLang(BASE_A) as fake:
@@ -219,6 +229,7 @@ def test_second_serving_attaches_to_recorded_servers(tmp_path: Path) -> None:
         assert not paths.servers.exists()
 
 
+@pytest.mark.integration
 def test_stale_servers_file_is_ignored(tmp_path: Path) -> None:
     import json
 

@@ -36,6 +36,7 @@ def question(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"What is {i} + {i + 1}? Answer briefly."}]
 
 
+@pytest.mark.unit
 def test_describe_before_start_shows_one_server_for_a_shared_base(tmp_path: Path) -> None:
     serving = Serving(config_from_dict(smol_config(port=18123)), RunPaths(tmp_path))
     lines = serving.describe()
@@ -153,6 +154,7 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
     assert other.model == base_model  # smol-b keeps the base
 
 
+@pytest.mark.unit
 def test_serve_dry_run_prints_commands_and_starts_nothing(tmp_path: Path) -> None:
     import yaml
     from typer.testing import CliRunner
@@ -170,6 +172,7 @@ def test_serve_dry_run_prints_commands_and_starts_nothing(tmp_path: Path) -> Non
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_attach_to_recorded_transformers_servers(tmp_path: Path) -> None:
     """Attaching uses the recorded URL and model names, without launching anything."""
     import json
@@ -245,6 +248,7 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 
 
+@pytest.mark.integration
 def test_swap_drains_the_retired_server_and_prunes_old_copies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,6 +329,7 @@ def test_swap_drains_the_retired_server_and_prunes_old_copies(
     assert base_url.removesuffix("/v1") in stopped
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("script", "timeout_s", "message"),
     [
@@ -385,6 +390,7 @@ def _cpuinfo(tmp_path: Path, flags: str) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     from agora_cli.serving.transformers import cpu_has_native_bf16
 
@@ -394,6 +400,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     assert not cpu_has_native_bf16(tmp_path / "missing")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("native", "backend", "expected"),
     [

@@ -32,6 +32,7 @@ def _cfg(backend: dict, members: list[dict]) -> dict:
     }
 
 
+@pytest.mark.unit
 def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(vllm_backend, "usable_cores", lambda: [0, 1])
     cfg = config_from_dict(
@@ -69,6 +70,7 @@ def test_one_server_per_base_model_with_runtime_lora_and_template(tmp_path: Path
     assert not template.exists()  # a dry run writes nothing
 
 
+@pytest.mark.integration
 def test_engine_step_timeout_is_vllms_own_setting_and_the_config_env_wins(tmp_path: Path) -> None:
     import subprocess
 
@@ -97,6 +99,7 @@ def test_engine_step_timeout_is_vllms_own_setting_and_the_config_env_wins(tmp_pa
     assert out.stdout.split()[-1] == STEP_TIMEOUT_S
 
 
+@pytest.mark.integration
 def test_each_server_computes_on_its_own_cores_as_vllm_parses_them(tmp_path: Path, monkeypatch) -> None:
     """vLLM's `auto` binding puts every engine on the same cores; agora gives each server of a
     backend its own slice, in the form vLLM's own parser reads (`parse_id_list`, run in the
@@ -143,6 +146,7 @@ def test_each_server_computes_on_its_own_cores_as_vllm_parses_them(tmp_path: Pat
     assert all("VLLM_CPU_OMP_THREADS_BIND=nobind " in x and "BIND=0" not in x for x in mine)
 
 
+@pytest.mark.unit
 def test_default_python_is_the_one_that_has_vllm() -> None:
     import importlib.util
     import sys
@@ -151,6 +155,7 @@ def test_default_python_is_the_one_that_has_vllm() -> None:
     assert default_python() == (sys.executable if has_vllm else str(PROJECT_VLLM_PYTHON))
 
 
+@pytest.mark.unit
 def test_missing_vllm_interpreter_is_a_clear_error(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -162,6 +167,7 @@ def test_missing_vllm_interpreter_is_a_clear_error(tmp_path: Path) -> None:
         Serving(cfg, RunPaths(tmp_path / "run")).start()
 
 
+@pytest.mark.unit
 def test_members_sharing_a_server_must_agree_on_the_template(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -176,6 +182,7 @@ def test_members_sharing_a_server_must_agree_on_the_template(tmp_path: Path) -> 
         Serving(cfg, RunPaths(tmp_path / "run")).start()
 
 
+@pytest.mark.unit
 def test_rank_above_the_servers_max_is_refused_by_validate() -> None:
     raw = _cfg({"max_lora_rank": 8}, [{"name": "a1", "model": BASE_A}, {"name": "a2", "model": BASE_A}])
     raw["training"] = {"r": 16}
@@ -183,6 +190,7 @@ def test_rank_above_the_servers_max_is_refused_by_validate() -> None:
         config_from_dict(raw)
 
 
+@pytest.mark.unit
 def test_unknown_vllm_setting_is_refused() -> None:
     with pytest.raises(ConfigError, match="backends.cpu.max_lora"):
         config_from_dict(
@@ -190,6 +198,7 @@ def test_unknown_vllm_setting_is_refused() -> None:
         )
 
 
+@pytest.mark.unit
 def test_rank_vllm_cannot_allocate_is_refused() -> None:
     """vLLM accepts only the ranks of its `MaxLoRARanks` (config/lora.py); 12 would fail at start."""
     with pytest.raises(ConfigError, match="max_lora_rank"):
@@ -198,6 +207,7 @@ def test_rank_vllm_cannot_allocate_is_refused() -> None:
         )
 
 
+@pytest.mark.integration
 def test_attached_server_routes_members_by_vllm_adapter_names(tmp_path: Path) -> None:
     """A second process takes over recorded vLLM servers (`/health` is vLLM's readiness): a
     member's `model` is its adapter's name alone (the base's until its first adapter), with no

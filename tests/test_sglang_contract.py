@@ -9,7 +9,9 @@
   `all-linear` writes for a multimodal Gemma-3 is refused there and by agora before loading.
 - agora's copy of SGLang's module names (`agora_cli/lora_names.py`) matches SGLang's.
 
-All of it runs in one subprocess of the SGLang venv (`tests/contract/sglang_probe.py`).
+The probe runs in a subprocess of the SGLang venv (`tests/contract/sglang_probe.py`): once for
+the launch commands and adapters (which needs the real models prepared) and once for the name
+table alone, which therefore does not wait for the models.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from agora_cli.paths import REPO_DIR, RunPaths
 from agora_cli.serving import Serving
 from agora_cli.serving.sglang import SGLangServing, check_adapter
 from agora_cli.training.trainer import lora_model
+
+pytestmark = pytest.mark.integration
 
 SGLANG_CONFIGS = sorted(
     str(p.relative_to(REPO_DIR))
@@ -118,6 +122,22 @@ def _tiny_models(tmp: Path) -> dict[str, str]:
     return dirs
 
 
+def _run_probe(job: dict) -> dict:
+    """What `tests/contract/sglang_probe.py`, run in the SGLang venv, answers to `job`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    r = subprocess.run(
+        [sglang_python(), str(REPO_DIR / "tests/contract/sglang_probe.py")],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    line = next((x for x in r.stdout.splitlines() if x.startswith("PROBE ")), None)
+    assert line, f"probe failed (exit {r.returncode}): {r.stderr[-3000:]}"
+    return json.loads(line[len("PROBE ") :])
+
+
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from peft import LoraConfig, get_peft_model
@@ -144,36 +164,31 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     job = {
         "commands": [args for _, _, args in servers],
         "adapters": [{"dir": d, "args": server_args} for d in adapters.values()],
-        "names": [
-            "model.layers.0.self_attn.q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-            "qkv_proj",
-            "gate_up_proj",
-            "fc1",
-            "out_proj",
-            "lm_head",
-            "embed_tokens",
-        ],
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    r = subprocess.run(
-        [sglang_python(), str(REPO_DIR / "tests/contract/sglang_probe.py")],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    line = next((x for x in r.stdout.splitlines() if x.startswith("PROBE ")), None)
-    assert line, f"probe failed (exit {r.returncode}): {r.stderr[-3000:]}"
-    out = json.loads(line[len("PROBE ") :])
+    out = _run_probe(job)
     out["servers"], out["adapter_dirs"], out["paper"] = servers, adapters, paper
     return out
+
+
+@pytest.fixture(scope="module")
+def names_probe() -> dict:
+    """SGLang's module-name table alone: no model to prepare, so it does not wait for `probe`."""
+    names = [
+        "model.layers.0.self_attn.q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "qkv_proj",
+        "gate_up_proj",
+        "fc1",
+        "out_proj",
+        "lm_head",
+        "embed_tokens",
+    ]
+    return _run_probe({"names": names})
 
 
 def test_every_shipped_launch_command_parses_with_sglang(probe: dict) -> None:
@@ -198,7 +213,7 @@ def test_every_shipped_launch_command_parses_with_sglang(probe: dict) -> None:
         assert got["api_key"] == backend._api_key() and len(got["api_key"]) >= 32
         assert got["api_key"] not in " ".join(args)
     by_model = {base: p["args"] for (_, base, _), p in zip(probe["servers"], probe["commands"], strict=True)}
-    assert by_model["openbmb/BitCPM4-1B"]["chat_template"] == "chatml"
+    assert by_model["openbmb/BitCPM4-1B"]["chat_template"].endswith("configs/chat_templates/chatml.jinja")
 
 
 def test_every_trainer_adapter_is_accepted_by_the_server_agora_launches(probe: dict) -> None:
@@ -224,8 +239,9 @@ def test_whole_multimodal_adapter_is_refused_by_sglang_and_by_agora_first(probe:
         check_adapter(Path(probe["adapter_dirs"]["gemma3-mm-whole"]), backend.cfg, "gemma3-4b")
 
 
-def test_agora_module_names_match_sglangs(probe: dict) -> None:
+def test_agora_module_names_match_sglangs(names_probe: dict) -> None:
     dsa = {"indexer.wq_b", "indexer.wk", "indexer.weights_proj"}
-    assert set(probe["known"]) - dsa == set(SGLANG_LORA_MODULES)
-    for name, sglang_name in probe["normalized"].items():
+    assert set(names_probe["known"]) - dsa == set(SGLANG_LORA_MODULES)
+    assert len(names_probe["normalized"]) == 13
+    for name, sglang_name in names_probe["normalized"].items():
         assert sglang_names([name]) == {sglang_name}, name

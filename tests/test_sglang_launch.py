@@ -40,6 +40,7 @@ def _problems(data: dict) -> str:
     return str(e.value)
 
 
+@pytest.mark.unit
 def test_paper_mixed_dry_run_starts_servers_in_order_and_they_fit_one_gpu() -> None:
     r = CliRunner().invoke(app, ["serve", "configs/paper-mixed.yaml", "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -52,14 +53,17 @@ def test_paper_mixed_dry_run_starts_servers_in_order_and_they_fit_one_gpu() -> N
     for f in fractions:  # SGLang takes f of the memory free when it starts
         taken.append(f * free)
         free -= f * free
-    assert sum(taken) == pytest.approx(0.6, abs=0.005)  # the rest is the trainer's
-    assert all(t == pytest.approx(0.15, abs=0.002) for t in taken)
-    assert fractions == sorted(fractions) and fractions[-1] > fractions[0]
+    assert sum(taken) == pytest.approx(0.65, abs=0.005)  # the rest is the trainer's
+    # Shares follow need (weights + KV cache), not equal splits: Gemma-3-4B's 8 GiB of weights
+    # and larger KV per token get more of the GPU than Qwen3-1.7B.
+    share = {re.search(r"--model-path (\S+)", x).group(1): t for x, t in zip(lines, taken, strict=True)}
+    assert share["google/gemma-3-4b-it"] > share["Qwen/Qwen3-1.7B"] + 0.05
     assert lines[0].split()[1] == sys.executable or sys.executable in lines[0]
-    bitcpm = next(x for x in lines if "BitCPM4" in x)
-    assert "--trust-remote-code" in bitcpm and "--chat-template chatml" in bitcpm
+    bitcpm = next(x for x in lines if "BitCPM4" in x)  # its facts (agora_cli/model_facts.py)
+    assert "--trust-remote-code" in bitcpm and re.search(r"--chat-template \S+/chatml\.jinja", bitcpm)
 
 
+@pytest.mark.unit
 def test_memory_shares_per_base_and_per_device(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -88,6 +92,7 @@ def test_memory_shares_per_base_and_per_device(tmp_path: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES=1 " in text
 
 
+@pytest.mark.unit
 def test_validate_rejects_what_sglang_would_refuse_later() -> None:
     too_much = _problems(
         _cfg(
@@ -131,6 +136,7 @@ def test_validate_rejects_what_sglang_would_refuse_later() -> None:
     config_from_dict(ok)
 
 
+@pytest.mark.unit
 def test_member_chat_template_reaches_the_server_as_a_file(tmp_path: Path) -> None:
     cfg = config_from_dict(
         _cfg(
@@ -157,6 +163,7 @@ def _adapter(root: Path, name: str, modules: list[str], r: int = 16) -> Path:
     return d
 
 
+@pytest.mark.integration
 def test_adapter_checked_against_the_server_before_loading(tmp_path: Path) -> None:
     with FakeSGLang(BASE) as fake:
         cfg = config_from_dict(
@@ -182,6 +189,7 @@ def test_adapter_checked_against_the_server_before_loading(tmp_path: Path) -> No
             assert serving.activate("a", good, 3).model == f"{BASE}:a-v3"
 
 
+@pytest.mark.integration
 def test_requests_carry_lora_path_and_member_chat_template_kwargs(tmp_path: Path) -> None:
     with FakeSGLang(BASE) as fake:
         cfg = config_from_dict(
@@ -209,6 +217,7 @@ def test_requests_carry_lora_path_and_member_chat_template_kwargs(tmp_path: Path
     assert "lora_path" not in b and "chat_template_kwargs" not in b
 
 
+@pytest.mark.integration
 def test_attach_does_not_wait_on_a_generating_health_check(tmp_path: Path) -> None:
     """SGLang's /health generates a token (up to 20 s under load); attach must not read a busy
     server as dead and launch duplicates."""
@@ -225,6 +234,7 @@ def test_attach_does_not_wait_on_a_generating_health_check(tmp_path: Path) -> No
         assert backend.health() is True
 
 
+@pytest.mark.integration
 def test_api_key_server_gets_the_key_on_every_call(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SG_KEY", "s3cret")
     with FakeSGLang(BASE, api_key="s3cret") as fake:

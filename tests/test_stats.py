@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from agora_cli.stats import (
@@ -14,6 +16,8 @@ from agora_cli.stats import (
     wilson,
     wilson_lower,
 )
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
@@ -111,3 +115,59 @@ def test_clopper_pearson_and_the_rate_ratio_of_two_counts():
     assert a.text().startswith("6.91x [2.23, 28.39], p")
     with pytest.raises(ValueError):
         count_ratio(0, 1.0, 0, 1.0)
+
+
+def _log_pmf(i: int, n: int, p: float) -> float:
+    return (
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        + i * math.log(p)
+        + (n - i) * math.log1p(-p)
+    )
+
+
+def _tail(k: int, n: int, p: float, upper: bool) -> float:
+    """P(X >= k) (upper) or P(X <= k) by summing the pmf in log space over 40 sd: another way
+    to the same number than the incomplete beta the module uses."""
+    sd = math.sqrt(n * p * (1 - p))
+    span = (
+        range(k, min(n, int(k + 40 * sd + 50)) + 1) if upper else range(max(0, int(k - 40 * sd - 50)), k + 1)
+    )
+    return math.fsum(math.exp(_log_pmf(i, n, p)) for i in span)
+
+
+@pytest.mark.parametrize(("k", "n"), [(600, 1100), (10**5, 10**6), (3, 10**6), (999_999, 10**6), (1, 16)])
+def test_clopper_pearson_at_large_counts(k, n):
+    """Exact at any count: the bounds put alpha/2 in each tail (checked by summing the pmf), and
+    at large n they sit next to the Wilson interval."""
+    from agora_cli.stats import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n)
+    assert _tail(k, n, lo, upper=True) == pytest.approx(0.025, rel=1e-6)
+    assert _tail(k, n, hi, upper=False) == pytest.approx(0.025, rel=1e-6)
+    if n >= 1000:
+        assert (lo, hi) == pytest.approx(wilson(k, n), rel=2e-3, abs=1e-6)
+
+
+def test_count_ratio_and_mcnemar_at_large_counts():
+    """600 of 1100 events against equal exposure: the exact two-sided binomial p, the same sum
+    in exact rationals (mpmath, 30 digits); 10^5 against 9 * 10^5 events: no overflow."""
+    import mpmath
+
+    from agora_cli.stats import binom_two_sided, count_ratio
+
+    r = count_ratio(600, 1.0, 500, 1.0)
+    mpmath.mp.dps = 30
+    pmf = [mpmath.binomial(1100, i) / mpmath.mpf(2) ** 1100 for i in range(1101)]
+    brute = float(sum(x for x in pmf if x <= pmf[600] * (1 + mpmath.mpf("1e-9"))))
+    assert r.p == pytest.approx(brute, rel=1e-9) and r.ratio == pytest.approx(1.2)
+    assert r.lo < 1.2 < r.hi and r.lo > 1  # 1.2x on 1100 events is beyond chance
+    big = count_ratio(10**5, 1.0, 9 * 10**5, 9.5)
+    assert big.lo < big.ratio < big.hi and big.p < 1e-20
+    assert mcnemar_exact(500, 600) == pytest.approx(brute, rel=1e-9)
+    for k, n, p in [(16, 20, 0.367), (4, 20, 0.367), (10, 30, 0.3), (9, 30, 0.3), (0, 5, 0.5)]:
+        q = mpmath.mpf(p)
+        pm = [mpmath.binomial(n, i) * q**i * (1 - q) ** (n - i) for i in range(n + 1)]
+        want = min(1.0, float(sum(x for x in pm if x <= pm[k] * (1 + mpmath.mpf("1e-9")))))
+        assert binom_two_sided(k, n, p) == pytest.approx(want, rel=1e-9)

@@ -18,7 +18,7 @@ from agora_cli.store import Store
 from tests.fakes.ensemble import MEMBERS, config_dict, responder
 from tests.fakes.openai_server import FakeOpenAI
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 STEPS = 3
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agora_cli.config import Training
 from agora_cli.lora_names import unsupported
 from agora_cli.training.trainer import lora_model
+
+pytestmark = pytest.mark.unit
 
 
 def test_multimodal_gemma3_adapter_touches_the_text_model_only(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def samples(pairs=PAIRS) -> list[Sample]:
 # --------------------------------------------------------------------------- data
 
 
+@pytest.mark.integration  # the real SmolLM2 tokenizer (prepare de-quantises the model)
 def test_prompt_tokens_are_masked(tok) -> None:
     sample = samples()[0]
     ex = render_example(tok, sample, max_length=512)
@@ -72,6 +73,7 @@ def test_prompt_tokens_are_masked(tok) -> None:
     assert tok.decode(ex.input_ids[:n_prompt]).rstrip().endswith("assistant")
 
 
+@pytest.mark.integration
 def test_truncation_keeps_the_prompt_and_drops_prompt_only_examples(tok) -> None:
     sample = samples()[0]
     full = render_example(tok, sample, max_length=512)
@@ -83,6 +85,7 @@ def test_truncation_keeps_the_prompt_and_drops_prompt_only_examples(tok) -> None
     assert examples == [] and skipped == [1, 2]
 
 
+@pytest.mark.integration
 def test_length_grouping_reduces_padding(tok) -> None:
     # A buffer with very different lengths: short answers and long worked solutions.
     pairs = [
@@ -103,6 +106,7 @@ def test_length_grouping_reduces_padding(tok) -> None:
     assert len(orders) > 1
 
 
+@pytest.mark.unit
 def test_worker_command_uses_accelerate_for_several_gpus(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     one = worker_command(spec, Training(), python="py")

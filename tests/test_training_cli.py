@@ -55,6 +55,7 @@ def test_agora_train_runs_a_round_below_threshold(run_dir: Path) -> None:
     assert again.exit_code == 0 and "nothing to train" in again.output
 
 
+@pytest.mark.unit
 def test_agora_train_explains_a_missing_run_and_an_unknown_member(run_dir: Path) -> None:
     missing = CliRunner().invoke(app, ["train", "--run-dir", str(run_dir / "nope")])
     assert missing.exit_code == 2 and "agora run CONFIG" in missing.output

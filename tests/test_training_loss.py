@@ -93,6 +93,7 @@ def _assert_close(ref: float, ref_grads: dict, new: float, new_grads: dict) -> N
     assert float((flat_new - flat_ref).norm() / flat_ref.norm()) < 1e-5
 
 
+@pytest.mark.integration
 def test_chunked_loss_equals_the_model_loss_on_smollm2() -> None:
     base, model, batch = _setup(SMOL)
     n_supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -107,6 +108,7 @@ def test_chunked_loss_equals_the_model_loss_on_smollm2() -> None:
     assert lora_params(dims, 16, "all-linear") == trainable
 
 
+@pytest.mark.integration
 def test_the_fused_lora_layer_gives_peft_loss_and_gradients_on_smollm2(monkeypatch) -> None:
     """The trainer's default kernel (training/lora_kernel.py) against PEFT's modules on the real
     model with LoRA dropout on: PEFT's dropout replays the masks the fused layers drew."""
@@ -127,6 +129,7 @@ def test_the_fused_lora_layer_gives_peft_loss_and_gradients_on_smollm2(monkeypat
     _assert_close(ref, ref_grads, new, new_grads)
 
 
+@pytest.mark.integration
 def test_chunked_loss_equals_the_model_loss_with_a_lora_on_the_head() -> None:
     _, model, batch = _setup(SMOL, ["q_proj", "v_proj", "lm_head"])
     assert any("lm_head" in n for n, p in model.named_parameters() if p.requires_grad)
@@ -134,6 +137,7 @@ def test_chunked_loss_equals_the_model_loss_with_a_lora_on_the_head() -> None:
     _assert_same(model, batch, chunk=1024)
 
 
+@pytest.mark.integration
 def test_an_off_by_one_label_shift_is_caught(monkeypatch) -> None:
     """The comparison has the power to catch a misaligned target: predicting token t (not t+1)
     from the hidden state at t moves the loss far beyond the tolerance."""
@@ -158,6 +162,7 @@ def test_chunked_loss_equals_the_model_loss_on_gemma3() -> None:
     _assert_same(model, batch, chunk=1024)  # the default: one chunk here
 
 
+@pytest.mark.integration
 def test_a_head_the_loss_does_not_know_is_detected() -> None:
     """A forward that changes the logits in a way loss.py does not apply (here a soft-cap the
     Llama forward ignores) makes the pre-training check fail, so the trainer falls back."""
@@ -172,6 +177,7 @@ def test_a_head_the_loss_does_not_know_is_detected() -> None:
 # --------------------------------------------------------------------------- no model needed
 
 
+@pytest.mark.unit
 def test_chunked_nll_matches_cross_entropy_with_a_softcap_and_no_rows() -> None:
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=False)
@@ -192,6 +198,7 @@ def test_chunked_nll_matches_cross_entropy_with_a_softcap_and_no_rows() -> None:
     empty.backward()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_a_frozen_head_gives_cross_entropy_and_its_gradient(softcap) -> None:
     """The gradient-in-the-forward path (frozen head, with a bias and a soft-cap) against

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -20,6 +21,8 @@ from agora_cli.training.memory import (
     lora_params,
     plan_memory,
 )
+
+pytestmark = pytest.mark.unit
 
 runner = CliRunner()
 DIMS = ModelDims(hidden=64, intermediate=256, layers=4, heads=4, kv_heads=2, head_dim=16, vocab=1000)

@@ -19,15 +19,19 @@ from __future__ import annotations
 import errno
 import sqlite3
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
 from agora_cli.errors import AgoraError
+
+if TYPE_CHECKING:
+    # typer carries its own copy of click and types `invoke`'s context with it; the name is
+    # private, so it is imported for the type checker only.
+    from typer._click import Context as ClickContext
 
 EXPECTED = (AgoraError, sqlite3.Error, OSError)
 INTERRUPTED = 130
@@ -86,12 +90,12 @@ def render(exc: BaseException) -> int | None:
 class _AgoraGroup(TyperGroup):
     """The root group: every command's failure goes through `render` here, once."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
         except BaseException as e:  # noqa: BLE001 - rendered or re-raised below
+            # typer's own control flow (Exit, Abort, usage errors) is not an expected failure, so
+            # `render` returns None for it and it goes on to typer unchanged.
             if state["debug"] or isinstance(e, SystemExit | GeneratorExit):
                 raise
             code = render(e)

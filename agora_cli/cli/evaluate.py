@@ -24,19 +24,19 @@ def _csv(value: str | None) -> list[str] | None:
 
 def _versions(items: list[str] | None) -> dict[str, int]:
     """`member=N` / `member=base` -> {member: N or 0}."""
-    out: dict[str, int] = {}
+    versions: dict[str, int] = {}
     for item in items or []:
         member, sep, raw = item.partition("=")
         if not sep or not member.strip():
             raise EvaluationUsageError(f"--adapter-version {item!r}: expected member=N or member=base")
         raw = raw.strip().lower()
         if raw in ("base", "0"):
-            out[member.strip()] = 0
+            versions[member.strip()] = 0
         elif raw.removeprefix("v").isdigit():
-            out[member.strip()] = int(raw.removeprefix("v"))
+            versions[member.strip()] = int(raw.removeprefix("v"))
         else:
             raise EvaluationUsageError(f"--adapter-version {item!r}: version must be a number or 'base'")
-    return out
+    return versions
 
 
 def _scores_table(scores: dict[str, dict[str, tuple[float, int]]], title: str, order: list[str]) -> Table:
@@ -134,6 +134,16 @@ def eval_cmd(
                 f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
             )
         console.print(f"with-H_t results in {report.elite.out_dir}/results.jsonl (comparison.json beside it)")
+    from agora_cli.evaluation.contamination import NGRAM, contamination_lines
+
+    lines = contamination_lines(report.contaminated, report.problems_checked)
+    for line in lines:
+        console.print(f"[yellow]contamination:[/yellow] {line}", soft_wrap=True)
+    if not lines:
+        console.print(
+            f"contamination check: no item shares a {NGRAM}-gram with the run's "
+            f"{report.problems_checked} problem(s)"
+        )
     for bench, ids in report.removed.items():
         console.print(
             f"{bench}: left out {len(ids)} item(s) that are the run's calibration "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -12,6 +13,10 @@ from rich.text import Text
 from agora_cli.cli.app import app, console
 from agora_cli.config import Config, Sampling, load_config
 from agora_cli.paths import RunPaths
+
+if TYPE_CHECKING:  # serving starts heavy imports; the command imports it when it runs
+    from agora_cli.client import ChatResult
+    from agora_cli.serving import Serving
 
 models_app = typer.Typer(help="Prepare, list and ping the ensemble's models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -85,7 +90,8 @@ def ping_cmd(
         attached = serving.attached
     table = Table("member", "backend", "model", "latency s", "tokens", "reply")
     for name, backend, model, result in rows:
-        if isinstance(result, Exception):
+        # gather() hands back a cancelled request as CancelledError, a BaseException.
+        if isinstance(result, BaseException):
             # Exception text is data (brackets, paths): a Text, never parsed as markup.
             table.add_row(
                 name,
@@ -102,12 +108,14 @@ def ping_cmd(
             )
     console.print(table)
     console.print("attached to running servers" if attached else "servers stopped")
-    failed = [r for r in rows if isinstance(r[3], Exception)]
+    failed = [r for r in rows if isinstance(r[3], BaseException)]
     if failed:
         raise typer.Exit(1)
 
 
-async def _ping(cfg: Config, serving, max_tokens: int) -> list[tuple]:  # noqa: ANN001
+async def _ping(
+    cfg: Config, serving: Serving, max_tokens: int
+) -> list[tuple[str, str, str, ChatResult | BaseException]]:
     pool = serving.client_pool()
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
     messages = [{"role": "user", "content": PING_PROMPT}]

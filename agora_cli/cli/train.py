@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from agora_cli.cli.app import app, console
@@ -20,10 +27,12 @@ class _ProgressSink:
 
     def __init__(self, progress: Progress):
         self.progress = progress
-        self.tasks: dict[str, Any] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, e: dict[str, Any]) -> None:
         member = e.get("member")
+        if not isinstance(member, str):  # every training_* event names its member
+            return
         if e["kind"] == "training_started":
             self.tasks[member] = self.progress.add_task(member, total=None, loss="", tps="")
         elif e["kind"] == "training_progress" and member in self.tasks and e["step"] > 0:

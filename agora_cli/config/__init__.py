@@ -2,7 +2,7 @@
 
 - `schema`: the pydantic models (unknown keys forbidden; the paper's defaults), including each
   serving backend's settings;
-- `gpu`: SGLang's GPU-memory plan (device and --mem-fraction-static per server);
+- `gpu`: the GPU memory plan (device, share and engine flag per server; does it fit);
 - `checks`: cross-field checks no single field can see;
 - `loading`: YAML, `extends`, `key=value` overrides, and one `ConfigError` with every problem.
 
@@ -10,7 +10,7 @@ Import from the package (`from agora_cli.config import Config, load_config`); th
 how the code is organised, not a second API.
 """
 
-from agora_cli.config.gpu import sglang_device, sglang_memory_plan
+from agora_cli.config.gpu import gpu_plan, memory_plan, sglang_device, sglang_memory_plan
 from agora_cli.config.loading import (
     apply_overrides,
     config_from_dict,
@@ -69,7 +69,9 @@ __all__ = [
     "chat_template_text",
     "config_from_dict",
     "dump_config",
+    "gpu_plan",
     "load_config",
+    "memory_plan",
     "parse_override",
     "sglang_device",
     "sglang_memory_plan",

@@ -5,8 +5,8 @@ Each check returns (YAML path, message) pairs; `loading.config_from_dict` report
 
 from __future__ import annotations
 
-from agora_cli.config.gpu import sglang_memory_plan
-from agora_cli.config.schema import Config, Member, OpenAIBackend, SGLangBackend, _template_path
+from agora_cli.config.gpu import memory_plan
+from agora_cli.config.schema import Config, Member, OpenAIBackend, SGLangBackend, VLLMBackend, _template_path
 from agora_cli.datasets import CALIBRATION_SPLITS, SEED_POOL_FILES
 from agora_cli.lora_names import SGLANG_LORA_MODULES, sglang_names, unsupported
 
@@ -134,10 +134,10 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
     problems = []
     used = {m.backend for m in cfg.members}
     for name, b in cfg.backends.items():
-        if not isinstance(b, SGLangBackend) or name not in used:
+        if not isinstance(b, (SGLangBackend, VLLMBackend)) or name not in used:
             continue
         at = f"backends.{name}"
-        if b.dp_size > 1 and cfg.ablations.lora:
+        if isinstance(b, SGLangBackend) and b.dp_size > 1 and cfg.ablations.lora:
             problems.append(
                 (
                     f"{at}.dp_size",
@@ -147,7 +147,7 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
                     ),
                 )
             )
-        names = [x for x in b.lora_target_modules if x != "all"]
+        names = [x for x in getattr(b, "lora_target_modules", []) if x != "all"]
         bad = sorted(sglang_names(names) - SGLANG_LORA_MODULES)
         if bad:
             problems.append(
@@ -166,11 +166,11 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
                 problems.append(
                     (f"{at}.memory_shares", (f"{key!r} is neither a member nor a base model of this backend"))
                 )
-        if b.launch:
+        if b.launch and (isinstance(b, SGLangBackend) or b.gpu_memory_for_servers is not None):
             bases: dict[str, list[Member]] = {}
             for m in members:
                 bases.setdefault(m.model, []).append(m)
-            for device, shares in sglang_memory_plan(b, dict(sorted(bases.items()))).items():
+            for device, shares in memory_plan(b, dict(sorted(bases.items())), cfg).items():
                 total = sum(s for _, s, _ in shares)
                 if total >= 1:
                     problems.append(

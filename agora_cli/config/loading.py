@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from agora_cli.config.checks import cross_checks
 from agora_cli.config.schema import BACKEND_KINDS, Config
 from agora_cli.errors import ConfigError, ConfigFileMissing
+from agora_cli.model_facts import member_defaults
 from agora_cli.paths import resolve_extends
 
 
@@ -139,7 +140,7 @@ def config_from_dict(data: Any, source: str = "<config>", overrides: dict[str, s
     if not isinstance(data, dict):
         raise ConfigError(source, [("<root>", "expected a mapping at the top level")])
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(with_model_facts(data))
     except ValidationError as e:
         problems = [_problem(err, overrides or {}) for err in e.errors()]
         if all(msg.startswith("from the override") for _, msg in problems):
@@ -150,6 +151,20 @@ def config_from_dict(data: Any, source: str = "<config>", overrides: dict[str, s
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def with_model_facts(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each member's unset fields filled from its model's facts (agora_cli/
+    model_facts.py): a field the YAML sets, even to null or false, wins. Done here, on the
+    merged document, so a config that replaces its parent's member list keeps them."""
+    members = data.get("members")
+    if not isinstance(members, list):
+        return data
+    filled = [
+        {**member_defaults(m["model"]), **m} if isinstance(m, dict) and isinstance(m.get("model"), str) else m
+        for m in members
+    ]
+    return {**data, "members": filled}
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

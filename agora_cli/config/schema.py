@@ -71,9 +71,10 @@ class SGLangBackend(Strict):
     # Data parallelism breaks SGLang's run-time adapter loading; `agora validate` rejects > 1.
     dp_size: int = Field(default=1, ge=1)
     # GPU memory share s_k of each server (key: base model or member name); unset bases split
-    # `gpu_memory_for_servers` equally. Servers start one after another and SGLang sizes its cache
-    # from the memory free at its start, so each gets --mem-fraction-static s_k / (1 - sum of
-    # earlier s_j) on its device (`serving/sglang.py`); the rest is the trainer's.
+    # `gpu_memory_for_servers` in proportion to need, weights + KV cache (`config/gpu.py`).
+    # Servers start one after another and SGLang sizes its cache from the memory free at its
+    # start, so each gets --mem-fraction-static s_k / (1 - sum of earlier s_j) on its device;
+    # the rest is the trainer's.
     gpu_memory_for_servers: float = Field(default=0.6, gt=0, lt=1)
     memory_shares: dict[str, float] = {}
     max_lora_rank: int = Field(default=64, ge=1)
@@ -108,6 +109,11 @@ class VLLMBackend(Strict):
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 64  # vLLM's MaxLoRARanks
     max_loras: int = Field(default=4, ge=1)  # adapters in one batch
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    # On a GPU: the servers' part of each GPU, split by need as for sglang (`config/gpu.py`), each
+    # server's share its --gpu-memory-utilization (a share of the GPU's total memory in vLLM).
+    # Unset: no GPU plan (the CPU build), `gpu_memory_utilization` as given.
+    gpu_memory_for_servers: float | None = Field(default=None, gt=0, lt=1)
+    memory_shares: dict[str, float] = {}
     startup_timeout_s: float = Field(default=900.0, gt=0)
     # As for sglang: the servers' API key from this variable, else one agora makes per run.
     api_key_env: str | None = None
@@ -285,6 +291,8 @@ class Training(Strict):
     # of the input, no pass over the output); "peft" is PEFT's modules. Speed and memory only
     # (bench/RESULTS.md), so a run resumes under either (runner.EXECUTION_ONLY).
     lora_dropout_kernel: Literal["fused", "peft"] = "fused"
+    # With the run's seed and the member's name, seeds each member's training on its own
+    # (training/data.member_seed): members sharing a base and the buffer stay distinct.
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_gpus: int = Field(default=1, ge=1, description=">1 launches the trainer with `accelerate launch`")

@@ -7,12 +7,37 @@ solutions, each with its 95% Wilson band; and per verifier, the run's totals of 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
-from agora_cli.evaluation.plots import Data, _empty, _save, plt
+from agora_cli.evaluation.drawing import (
+    DODGE,
+    Data,
+    _save,
+    identical_groups,
+    note,
+    plt,
+    series_offsets,
+    step_axis,
+)
+from agora_cli.evaluation.plots import _empty
 from agora_cli.stats import rate_text, wilson
 from agora_cli.store import Store
+
+# The three rates drawn: name in the data, color, line style.
+RATES = (("precision", "tab:blue", "-"), ("recall", "tab:orange", "-"), ("accuracy", "gray", ":"))
+LABELS = {"precision": "precision", "recall": "recall", "accuracy": "solutions correct"}
+NO_EVIDENCE = {
+    "precision": "nothing approved",
+    "recall": "no probe solution was right",
+    "accuracy": "no probe solutions",
+}
+
+
+def _drawn_rates(data: Data) -> dict[str, list[float]]:
+    """Each rate as drawn: a step without evidence (n = 0) is NaN, a gap in the line."""
+    return {name: [math.nan if v is None else float(v) for v in data[name]] for name, _, _ in RATES}
 
 
 def fig_consensus_audit(store: Store, path: Path, title: str = "") -> Data:
@@ -36,16 +61,30 @@ def fig_consensus_audit(store: Store, path: Path, title: str = "") -> Data:
         data.update({name: vals, f"{name}_n": ns, f"{name}_lo": los, f"{name}_hi": his})
     fig, ax = plt.subplots(figsize=(6.5, 4))
     if data["step"]:
-        for name, color in (("precision", "tab:blue"), ("recall", "tab:orange")):
-            ys = [float("nan") if v is None else v for v in data[name]]
-            lo = [float("nan") if v is None else v for v in data[f"{name}_lo"]]
-            hi = [float("nan") if v is None else v for v in data[f"{name}_hi"]]
-            ax.plot(data["step"], ys, marker="o", color=color, label=name)
-            ax.fill_between(data["step"], lo, hi, color=color, alpha=0.2)
-        acc = [float("nan") if v is None else v for v in data["accuracy"]]
-        ax.plot(data["step"], acc, linestyle=":", color="gray", label="solutions correct")
+        drawn = _drawn_rates(data)
+        # Rates that coincide (all 0 early in a run) are offset sideways and named in the legend,
+        # so no line hides under another.
+        offsets = series_offsets({name: (data["step"], drawn[name]) for name in drawn}, DODGE)
+        same_as = {
+            m: g[0] for g in identical_groups({n: (data["step"], drawn[n]) for n in drawn}) for m in g[1:]
+        }
+        for name, color, style in RATES:
+            if all(math.isnan(v) for v in drawn[name]):  # an entry with nothing to show: say so
+                note(ax, f"{LABELS[name]}: no evidence at any step ({NO_EVIDENCE[name]})")
+                continue
+            xs = [s + offsets[name] for s in data["step"]]
+            label = (
+                f"{LABELS[name]} (identical to {LABELS[same_as[name]]})" if name in same_as else LABELS[name]
+            )
+            ax.plot(xs, drawn[name], marker="o", linestyle=style, color=color, label=label)
+            if name != "accuracy":
+                band_lo = [math.nan if v is None else float(v) for v in data[f"{name}_lo"]]
+                band_hi = [math.nan if v is None else float(v) for v in data[f"{name}_hi"]]
+                ax.fill_between(xs, band_lo, band_hi, color=color, alpha=0.2)
         ax.legend(fontsize=8)
         ax.set_ylim(-0.02, 1.02)
+        step_axis(ax, data["step"])
+        data["offsets"] = offsets
     else:
         _empty(ax, "audited steps (protocol.audit_probes is 0)")
     ax.set(

@@ -104,6 +104,10 @@ class EvalReport:
     versions: dict[str, int]
     # {benchmark: item ids left out because they are the run's calibration items}
     removed: dict[str, list[str]] = field(default_factory=dict)
+    # {benchmark: {item id: run problem ids}}: items sharing a 13-gram with a problem of the run
+    # (scored, not removed; contamination.py), and how many problems were checked
+    contaminated: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    problems_checked: int = 0
     rows: list[ItemResult] = field(default_factory=list, repr=False)  # what the scores count
     # `--with-elite`: the same members and items scored with H_t in the prompt, the paired
     # comparison {benchmark: {member: bare vs with H_t}}, and the items whose text is in H_t.
@@ -306,7 +310,8 @@ def without_elite_text(
     from agora_cli.datasets import normalize_text
 
     blob = "\n".join(normalize_text(" ".join(v or "" for v in ex.values())) for ex in examples)
-    kept, removed = [], []
+    kept: list[Item] = []
+    removed: list[Item] = []
     for it in items:
         text = normalize_text(it.problem)
         (removed if text and text in blob else kept).append(it)
@@ -317,16 +322,16 @@ def compare_arms(bare: EvalReport, elite: EvalReport) -> dict[str, dict[str, Pai
     """{benchmark: {member: McNemar of bare (a) against with-H_t (b) on the items both scored}}."""
 
     def by_item(rows: list[ItemResult]) -> dict[tuple[str, str], dict[str, bool]]:
-        out: dict[tuple[str, str], dict[str, bool]] = {}
+        outcomes: dict[tuple[str, str], dict[str, bool]] = {}
         for r in rows:
-            out.setdefault((r.benchmark, r.member), {})[r.item_id] = r.correct
-        return out
+            outcomes.setdefault((r.benchmark, r.member), {})[r.item_id] = r.correct
+        return outcomes
 
     a, b = by_item(bare.rows), by_item(elite.rows)
-    out: dict[str, dict[str, PairedBinary]] = {}
+    tests: dict[str, dict[str, PairedBinary]] = {}
     for key in a.keys() & b.keys():
-        out.setdefault(key[0], {})[key[1]] = paired_binary(a[key], b[key])
-    return out
+        tests.setdefault(key[0], {})[key[1]] = paired_binary(a[key], b[key])
+    return tests
 
 
 def comparison_json(elite_ctx: EliteContext, report: EvalReport) -> dict[str, Any]:
@@ -421,12 +426,16 @@ def run_evaluation(
     last committed step when the evaluation started (`step`, null before the first step), and
     history.jsonl gains the same summary, one line per finished evaluation (Figure 1's stars).
 
+    Items sharing a word 13-gram with any problem in the run's store are flagged, not removed
+    (`report.contaminated`, summary.json's `contamination`; see contamination.py).
+
     `with_elite` (a run directory): score the same items a second time with that run's final H_t
     in the prompt, into `<out>-with-elite-<fingerprint>`, and compare the arms item by item
     (`report.elite`, `report.paired`, and comparison.json there). Items whose text is in H_t are
     left out of both arms (`report.elite_removed`).
     """
     from agora_cli.datasets import calibration_set, subset, without_calibration
+    from agora_cli.evaluation.contamination import NGRAM, contaminated, run_problems
     from agora_cli.evaluation.user_data import load_spec
     from agora_cli.paths import RunPaths
 
@@ -458,6 +467,9 @@ def run_evaluation(
         items[b], gone = without_calibration(subset(loaded, limit), calibration)
         if gone:
             removed[b] = [it.id for it in gone]
+    # Items the run may have seen: a generated problem sharing a 13-gram with one (flagged).
+    problems = run_problems(run_dir)
+    flagged = contaminated(items, problems)
     elite_ctx = final_elite(cfg, Path(with_elite)) if with_elite else None
     elite_removed: dict[str, list[str]] = {}
     if elite_ctx is not None:
@@ -478,6 +490,12 @@ def run_evaluation(
         "greedy": greedy,
         "sampling": sampling.model_dump(),
         "removed_calibration_items": removed,
+        "contamination": {
+            "check": f"word {NGRAM}-grams shared with the run's problems",
+            "problems_checked": len(problems),
+            "count": sum(len(per) for per in flagged.values()),
+            "items": flagged,
+        },
     }
     if elite_removed:
         meta["removed_elite_overlap"] = elite_removed
@@ -518,6 +536,7 @@ def run_evaluation(
                     examples=elite_ctx.examples,
                 )
         report.removed = removed
+        report.contaminated, report.problems_checked = flagged, len(problems)
         if elite_ctx is not None and report.elite is not None:
             report.elite_removed = elite_removed
             report.paired = compare_arms(report, report.elite)

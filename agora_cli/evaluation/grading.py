@@ -56,10 +56,10 @@ def _quiet() -> None:
 def _parse(text: str) -> list:
     from math_verify import parse
 
-    parsed = parse(text, parsing_timeout=None)  # type: ignore[arg-type]
+    parsed = parse(text, parsing_timeout=None)
     if not parsed and "$" not in text and "\\boxed" not in text:
         # A bare LaTeX answer ("[2,5)", "\frac12") is only found inside math delimiters.
-        parsed = parse(f"${text}$", parsing_timeout=None)  # type: ignore[arg-type]
+        parsed = parse(f"${text}$", parsing_timeout=None)
     return parsed
 
 
@@ -75,7 +75,7 @@ def symbolic_equal(answer: str, gold: str) -> bool:
     gold_parsed, answer_parsed = _parse(f"${gold}$"), _parse(f"${answer}$")
     if not gold_parsed or not answer_parsed:
         return False
-    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))  # type: ignore[arg-type]
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
 
 
 def grade_pair(pred: str, gold: str) -> bool:

@@ -2,7 +2,10 @@
 
 Every `fig_*` function computes its data from the store(s), draws one PNG, writes the same data
 as JSON next to it (`<name>.json`), and returns it, so a reader (or a test) can check a figure's
-values without reading pixels. Data is plain dicts of lists.
+values without reading pixels. Data is plain dicts of lists, plus the sidecar's `axes`: what was
+drawn on each panel, read back from matplotlib. The drawing rules every figure follows (whole
+steps on step axes, identical series named, coinciding points spread, zero bars labelled) live
+in `agora_cli.evaluation.drawing`.
 """
 
 from __future__ import annotations
@@ -10,30 +13,42 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from agora_cli import report_store  # noqa: E402
+from agora_cli.datasets import calibration_name  # noqa: E402
+from agora_cli.evaluation.drawing import (  # noqa: E402
+    DODGE,
+    Data,
+    _save,
+    identical_groups,
+    label_zero_bars,
+    note,
+    point_offsets,
+    series_offsets,
+    step_axis,
+)
 from agora_cli.protocol.majority import MAJORITY  # noqa: E402
 from agora_cli.stats import successes, wilson  # noqa: E402
 from agora_cli.store import Store  # noqa: E402
 from agora_cli.training import round_store  # noqa: E402
 
-Data = dict[str, Any]
 
+class AnchorCurve(TypedDict):
+    """One run's group anchor score per anchored step, with the pooled counts behind it."""
 
-def _save(fig: Any, path: Path, data: Data) -> Data:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    path.with_suffix(".json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    return data
+    step: list[int]
+    score: list[float]
+    k: NotRequired[list[int]]  # anchor answers right at that step, over members
+    n: NotRequired[list[int]]  # anchor answers graded at that step, over members
 
 
 def intervals(scores: list[float], ns: list[int | None]) -> tuple[list[float], list[float]]:
@@ -51,9 +66,15 @@ def _yerr(scores: list[float], lo: list[float], hi: list[float]) -> list[list[fl
 
 
 def _empty(ax: Any, what: str) -> None:
+    ax.set_xticks([])  # no data, no scale (and no fractional "steps" on an empty axis)
+    ax.set_yticks([])
     ax.text(
         0.5, 0.5, f"no {what} in this run yet", ha="center", va="center", transform=ax.transAxes, color="gray"
     )
+
+
+def _identical_note(groups: list[list[str]], what: str) -> str:
+    return f"identical {what}: " + "; ".join(" = ".join(g) for g in groups if len(g) > 1)
 
 
 # --------------------------------------------------------------------------- Figure 1
@@ -68,6 +89,16 @@ def _member_colors(members: list[str]) -> dict[str, Any]:
     return colors
 
 
+def eval_panels(anchor_benches: Iterable[str], eval_benches: Iterable[str]) -> dict[str, str]:
+    """{eval benchmark: the panel it is drawn on}: the anchor panel of its calibration split
+    (`gsm8k` evaluations on the `gsm8k_dev` anchor axes) or of the same name, else its own."""
+    anchors = set(anchor_benches)
+    out = {}
+    for b in eval_benches:
+        out[b] = b if b in anchors else calibration_name(b) if calibration_name(b) in anchors else b
+    return out
+
+
 def fig_scores_vs_step(
     store: Store,
     path: Path,
@@ -78,15 +109,17 @@ def fig_scores_vs_step(
     """Figure 1: benchmark score against step, one color per member and `@majority`.
 
     Lines are the external anchor (the calibration subset, from the `anchors` table); stars are
-    full `agora eval` results at the step each was taken. `evals` is
-    {benchmark: {member: {"step": [...], "score": [...], ...}}} (see `report.eval_points`); a
-    benchmark with evaluations but no anchors gets its own panel.
+    full `agora eval` results at the step each was taken, drawn on the anchor axes of the
+    benchmark's calibration split. `evals` is {benchmark: {member: {"step": [...], "score":
+    [...], ...}}} (see `report.eval_points`); a benchmark with evaluations but no anchors gets its
+    own panel, on the same step range. Anchor lines that coincide are offset sideways and named
+    identical in the legend; stars on the same spot are spread apart.
 
     Data: {"anchors": {benchmark: {member: {"step", "score"}}}, "evals": `evals` as given,
-    "evals_without_step": names of evaluations not drawn because they recorded no step}.
+    "evals_without_step": names of evaluations not drawn because they recorded no step,
+    "panels": [{"benchmark", "evals", "anchor_offsets", "identical", "star_offsets"}]}.
     """
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
 
     evals = evals or {}
     anchors: Data = {}
@@ -103,32 +136,51 @@ def fig_scores_vs_step(
     for per in evals.values():  # each star's 95% interval, from the n it was scored on
         for pts in per.values():
             pts["lo"], pts["hi"] = intervals(pts["score"], pts.get("n") or [None] * len(pts["score"]))
-    benches = list(anchors) + [b for b in evals if b not in anchors]
+    panel_of = eval_panels(anchors, evals)
+    benches = list(anchors) + [b for b in evals if panel_of[b] == b and b not in anchors]
     members = [m for per in (*anchors.values(), *evals.values()) for m in per]
     colors = _member_colors(list(dict.fromkeys(members)))
+    all_steps = [s for per in (*anchors.values(), *evals.values()) for p in per.values() for s in p["step"]]
     n = max(1, len(benches))
-    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(8 * n, 4), squeeze=False)  # 2 in of it: the legend
+    panels: list[Data] = []
     if not benches:
         _empty(axes[0][0], "anchor scores or evaluations with a step")
     for ax, bench in zip(axes[0], benches, strict=False):
-        lines, stars = anchors.get(bench, {}), evals.get(bench, {})
+        lines = anchors.get(bench, {})
+        star_benches = [b for b in evals if panel_of[b] == bench]
+        # Members before the majority, as in the legend, so a later entry names an earlier one.
+        ordered = sorted(lines, key=lambda m: m == MAJORITY)
+        series = {m: (lines[m]["step"], lines[m]["score"]) for m in ordered}
+        offsets = series_offsets(series, DODGE)
+        groups = identical_groups(series)
+        same_as = {m: g[0] for g in groups for m in g[1:]}
         for member, line in lines.items():
-            style = "--" if member == MAJORITY else "-"
             ax.errorbar(
-                line["step"],
+                [s + offsets[member] for s in line["step"]],
                 line["score"],
                 yerr=_yerr(line["score"], line["lo"], line["hi"]),
                 marker="o",
-                linestyle=style,
+                linestyle="--" if member == MAJORITY else "-",
                 color=colors[member],
                 capsize=3,
                 elinewidth=0.8,
+                gid=f"anchor {member}",
             )
-        # Majority first and larger: where it equals a member's score it rings that member's star
-        # instead of hiding it. Unlabelled: the legend names each member and marker kind once.
-        for member, pts in sorted(stars.items(), key=lambda kv: kv[0] != MAJORITY):
+        # Stars on one spot (same step, nearly the same score) are spread sideways; the majority
+        # is drawn first and larger so that it rings a member's star it sits next to.
+        stars = [(b, m, pts) for b in star_benches for m, pts in evals[b].items()]
+        stars.sort(key=lambda t: t[1] != MAJORITY)
+        flat = [(s, v) for _, _, pts in stars for s, v in zip(pts["step"], pts["score"], strict=True)]
+        shifts = point_offsets(flat, (0.25, 0.03), DODGE * 1.5)
+        star_offsets: Data = {}
+        k = 0
+        for b, member, pts in stars:
+            dx = shifts[k : k + len(pts["step"])]
+            k += len(pts["step"])
+            star_offsets.setdefault(b, {})[member] = dx
             ax.errorbar(
-                pts["step"],
+                [s + d for s, d in zip(pts["step"], dx, strict=True)],
                 pts["score"],
                 yerr=_yerr(pts["score"], pts["lo"], pts["hi"]),
                 linestyle="none",
@@ -140,11 +192,20 @@ def fig_scores_vs_step(
                 ecolor=colors[member],
                 capsize=4,
                 zorder=3,
+                gid=f"eval {b} {member}",
             )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-        shown = sorted(dict.fromkeys([*lines, *stars]), key=lambda m: m == MAJORITY)
+        step_axis(ax, all_steps)  # every panel on the run's step range, whole steps only
+        star_members = [m for _, m, _ in stars]
+        shown = sorted(dict.fromkeys([*lines, *star_members]), key=lambda m: m == MAJORITY)
         handles = [
-            Line2D([], [], color=colors[m], linestyle="--" if m == MAJORITY else "-", label=m) for m in shown
+            Line2D(
+                [],
+                [],
+                color=colors[m],
+                linestyle="--" if m == MAJORITY else "-",
+                label=f"{m} (anchor identical to {same_as[m]})" if m in same_as else m,
+            )
+            for m in shown
         ]
         if lines:
             handles.append(Line2D([], [], color="gray", marker="o", label="anchor (calibration subset)"))
@@ -161,36 +222,73 @@ def fig_scores_vs_step(
                     label="eval (full agora eval)",
                 )
             )
-        what = " + ".join(k for k, has in (("anchor", lines), ("eval", stars)) if has)
+        if lines and star_benches and star_benches != [bench]:
+            what = f"{bench} (anchor) + {', '.join(star_benches)} (eval)"
+        else:
+            kinds = " + ".join(k for k, has in (("anchor", lines), ("eval", stars)) if has)
+            what = f"{bench} ({kinds})"
         ax.set(
             xlabel="step",
             ylabel="pass@1 (bars: 95% Wilson CI)",
-            title=f"{bench} ({what}) {title}".strip(),
-            ylim=(-0.02, 1.02),
+            title=f"{what} {title}".strip(),
+            ylim=(-0.06, 1.06),  # room for a whole star at 0 or 1
         )
-        ax.legend(handles=handles, fontsize=8)
-    data = {"anchors": anchors, "evals": evals, "evals_without_step": evals_without_step or []}
+        # Beside the panel, not on it: with several members the best spot inside still covers points.
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        identical = [g for g in groups if len(g) > 1]
+        if identical:
+            note(ax, _identical_note(identical, "anchor lines (offset sideways to stay visible)"))
+        panels.append(
+            {
+                "benchmark": bench,
+                "evals": star_benches,
+                "anchor_offsets": offsets,
+                "identical": identical,
+                "star_offsets": star_offsets,
+            }
+        )
+    data = {
+        "anchors": anchors,
+        "evals": evals,
+        "evals_without_step": evals_without_step or [],
+        "panels": panels,
+    }
     return _save(fig, path, data)
 
 
 # --------------------------------------------------------------------------- Figure 3
 
 
-def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
-    """Figure 3: difficulty d_t and response length against performance.
+def _trim(v: float, _pos: int | None = None) -> str:
+    return f"{v:.4f}".rstrip("0").rstrip(".")
 
-    Data: {"difficulty": {"step", "d", "v_t", "v_lo", "v_hi"}, "length": {member: {"step",
-    "mean_tokens", "correct_rate", "n", "lo", "hi"}}}: per committed step, d_t against consensus
-    pass@1 V_t; per member and step, mean completion tokens of its solutions against the share
-    judged correct; lo/hi are 95% Wilson bounds (error bars).
+
+def fig_difficulty_length(
+    store: Store, path: Path, title: str = "", token_caps: dict[str, int] | None = None
+) -> Data:
+    """Figure 3: difficulty d_t against consensus approval, and response length against the
+    share of solutions judged correct.
+
+    `token_caps` ({member: solve max_tokens}) marks where a completion was cut off: a member
+    whose mean sits on its cap had every solution truncated.
+
+    Data: {"difficulty": {"step", "d", "v_t", "v_lo", "v_hi", "offsets"}, "length": {member:
+    {"step", "mean_tokens", "correct_rate", "n", "lo", "hi", "offsets"}}, "token_caps"}: per
+    committed step, d_t against the consensus approval rate V_t (share of solutions that passed
+    unanimous verification, not correctness); per member and step, mean completion tokens of its
+    solutions against the share judged correct; lo/hi are 95% Wilson bounds (error bars);
+    offsets are the sideways shifts that keep points on one spot apart.
     """
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import FuncFormatter
+
     points = report_store.difficulty_points(store)
     diff: Data = {
         "step": [step for step, _, _, _ in points],
         "d": [d for _, d, _, _ in points],
         "v_t": [v for _, _, v, _ in points],
     }
-    # V_t = n_correct / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
+    # V_t = approved / n_solutions: its 95% Wilson interval (whole [0, 1] when n is unknown).
     diff["v_lo"], diff["v_hi"] = intervals(diff["v_t"], [n for _, _, _, n in points])
     length: Data = {}
     for member, step, tokens, rate, n in report_store.length_points(store):
@@ -204,11 +302,17 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
         lo, hi = intervals([rate], [n])
         d["lo"] += lo
         d["hi"] += hi
-    data = {"difficulty": diff, "length": length}
+    caps = {m: c for m, c in (token_caps or {}).items() if m in length or not length}
+    data = {"difficulty": diff, "length": length, "token_caps": caps}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     if diff["step"]:
+        span = (max(diff["d"]) - min(diff["d"])) or 0.01
+        diff["offsets"] = point_offsets(
+            list(zip(diff["d"], diff["v_t"], strict=True)), (span / 80, 0.01), span / 40
+        )
+        xs = [d + o for d, o in zip(diff["d"], diff["offsets"], strict=True)]
         a1.errorbar(
-            diff["d"],
+            xs,
             diff["v_t"],
             yerr=_yerr(diff["v_t"], diff["v_lo"], diff["v_hi"]),
             linestyle="none",
@@ -217,18 +321,29 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
             capsize=2,
             zorder=1,
         )
-        sc = a1.scatter(diff["d"], diff["v_t"], c=diff["step"], cmap="viridis", zorder=2)
-        fig.colorbar(sc, ax=a1, label="step")
+        norm = Normalize(min(diff["step"]) - 0.5, max(diff["step"]) + 0.5)
+        sc = a1.scatter(xs, diff["v_t"], c=diff["step"], cmap="viridis", norm=norm, zorder=2, gid="V_t")
+        fig.colorbar(sc, ax=a1, label="step", ticks=MaxNLocator(integer=True, min_n_ticks=1))
+        a1.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        a1.xaxis.set_major_formatter(FuncFormatter(_trim))
     else:
         _empty(a1, "committed steps")
     a1.set(
         xlabel="difficulty d_t (Eq. 1)",
-        ylabel="consensus pass@1 V_t",
-        title=f"Difficulty vs performance {title}".strip(),
+        ylabel="consensus approval V_t\n(share unanimously verified)",
+        title=f"Difficulty vs consensus approval {title}".strip(),
     )
+    # Points of different members (or steps) on one spot are spread sideways, so none hides.
+    flat = [(x, y) for d in length.values() for x, y in zip(d["mean_tokens"], d["correct_rate"], strict=True)]
+    xs_all = [x for x, _ in flat] + list(caps.values())
+    span = (max(xs_all) - min(xs_all)) if xs_all else 1.0
+    shifts = point_offsets(flat, (span / 80, 0.02), max(span / 50, 0.5))
+    k = 0
     for member, d in length.items():
+        d["offsets"] = shifts[k : k + len(d["step"])]
+        k += len(d["step"])
         a2.errorbar(
-            d["mean_tokens"],
+            [x + o for x, o in zip(d["mean_tokens"], d["offsets"], strict=True)],
             d["correct_rate"],
             yerr=_yerr(d["correct_rate"], d["lo"], d["hi"]),
             linestyle="none",
@@ -238,6 +353,18 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
             capsize=2,
             elinewidth=0.8,
         )
+    by_cap: dict[int, list[str]] = defaultdict(list)
+    for m, c in caps.items():
+        by_cap[c].append(m)
+    for cap, who in sorted(by_cap.items()):
+        whose = "" if len(by_cap) == 1 else f", {', '.join(who)}"
+        a2.axvline(
+            cap,
+            color="firebrick",
+            linestyle="--",
+            linewidth=1,
+            label=f"cap {cap} tokens (solve max_tokens{whose})",
+        )
     if length:
         a2.legend(fontsize=8)
     else:
@@ -246,6 +373,7 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
         xlabel="mean response length (completion tokens)",
         ylabel="share judged correct",
         title="Response length vs performance (member x step)",
+        ylim=(-0.05, 1.05),
     )
     return _save(fig, path, data)
 
@@ -256,34 +384,40 @@ def fig_difficulty_length(store: Store, path: Path, title: str = "") -> Data:
 def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str = "") -> Data:
     """Figure 4: high-quality yield per step and time to fill the buffer.
 
-    Data: {"step", "buffered", "solutions", "yield_rate", "elapsed_s", "cumulative",
+    Time is step time: the sum of the committed steps' own durations (started to committed), so
+    a run that was stopped and resumed is not charged for the time it stood still.
+
+    Data: {"step", "buffered", "solutions", "yield_rate", "step_s", "elapsed_s", "cumulative",
     "threshold", "fill_times_s"}: buffer rows added per committed step (and their share of the
-    step's solutions), the cumulative buffer size against wall time since the first step, and the
-    wall time each successive `threshold` rows took to accumulate (one training round each).
+    step's solutions), each step's duration, the cumulative buffer size against cumulative step
+    time, and the step time each successive `threshold` rows took to accumulate (one training
+    round each).
     """
     times = report_store.step_times(store)
     buffered = report_store.buffered_per_step(store)
     solutions = report_store.answered_per_step(store)
-    t0 = times[0][1] if times else 0.0
     data: Data = {
         "step": [],
         "buffered": [],
         "solutions": [],
         "yield_rate": [],
+        "step_s": [],
         "elapsed_s": [],
         "cumulative": [],
         "threshold": threshold,
         "fill_times_s": [],
     }
-    total, last_fill = 0, 0.0
-    for step, _, committed_at in times:
+    total, elapsed, last_fill = 0, 0.0, 0.0
+    for step, started_at, committed_at in times:
         b, n = int(buffered.get(step, 0)), int(solutions.get(step, 0))
         total += b
-        elapsed = committed_at - t0
+        took = max(0.0, committed_at - (started_at or committed_at))
+        elapsed += took
         data["step"].append(step)
         data["buffered"].append(b)
         data["solutions"].append(n)
         data["yield_rate"].append(b / n if n else 0.0)
+        data["step_s"].append(round(took, 3))
         data["elapsed_s"].append(round(elapsed, 3))
         data["cumulative"].append(total)
         while threshold and total >= threshold * (len(data["fill_times_s"]) + 1):
@@ -291,24 +425,38 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
             last_fill = elapsed
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     if data["step"]:
-        a1.bar(data["step"], data["buffered"], color="tab:green")
+        bars = a1.bar(data["step"], data["buffered"], color="tab:green", label="rows entering B_hq")
+        label_zero_bars(a1, bars)
+        step_axis(a1, data["step"])
         a1b = a1.twinx()
-        a1b.plot(data["step"], data["yield_rate"], color="black", marker=".")
-        a1b.set_ylabel("share of solutions kept")
-        a2.plot(data["elapsed_s"], data["cumulative"], marker=".")
+        a1b.plot(data["step"], data["yield_rate"], color="black", marker=".", label="share kept")
+        a1b.set_ylabel("share of solutions kept (line)")
+        # The share's 0 sits above the bars' baseline, so a "0" bar label is not under the line.
+        a1b.set_ylim(-0.3, 1.02)
+        a1b.set_yticks([0, 0.25, 0.5, 0.75, 1])
+        a2.plot(data["elapsed_s"], data["cumulative"], marker=".", label="cumulative |B_hq|")
         if threshold:
-            for k in range(1, len(data["fill_times_s"]) + 1):
+            for k in range(1, max(1, total // threshold) + 1):
                 a2.axhline(threshold * k, color="gray", linestyle=":")
+                a2.annotate(
+                    f"{threshold * k} rows (round {k})",
+                    xy=(0, threshold * k),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="dimgray",
+                )
     else:
         _empty(a1, "committed steps")
     a1.set(
         xlabel="step",
-        ylabel="rows entering B_hq (Eq. 4)",
+        ylabel="rows entering B_hq (Eq. 4, bars)",
         title=f"High-quality yield per step {title}".strip(),
     )
     fills = ", ".join(f"{t:.0f}s" for t in data["fill_times_s"]) or "not yet filled"
     a2.set(
-        xlabel="wall time (s)",
+        xlabel="step time (s; time between steps left out)",
         ylabel="cumulative |B_hq|",
         title=f"Time to fill the buffer ({threshold or '?'} rows): {fills}",
     )
@@ -321,30 +469,47 @@ def fig_yield(store: Store, path: Path, threshold: int | None = None, title: str
 def fig_training_loss(store: Store, path: Path, title: str = "") -> Data:
     """Eq. 3 loss per optimiser step of every trained adapter (from `adapters.metrics.losses`).
 
-    Data: {member: {"v<N>": [loss, ...]}} for adapters that finished training.
+    Adapters with identical losses (two members on one base fitted on the same rows) are drawn
+    once under a joint legend entry and a note; other series that share a point are offset
+    sideways.
+
+    Data: {"losses": {member: {"v<N>": [loss, ...]}} for adapters that finished training,
+    "identical": [[series, ...]] drawn as one, "offsets": {series: optimiser-step shift}}, a
+    series named "<member> v<N>".
     """
-    data: Data = {}
+    losses_by: Data = {}
     for member, version, metrics in round_store.trained_metrics(store):
         try:
             losses = json.loads(metrics).get("losses") or []
         except (json.JSONDecodeError, AttributeError):
             continue
         if losses:
-            data.setdefault(member, {})[f"v{version}"] = [float(x) for x in losses]
+            losses_by.setdefault(member, {})[f"v{version}"] = [float(x) for x in losses]
+    series = {
+        f"{member} {version}": (list(range(1, len(ls) + 1)), ls)
+        for member, versions in losses_by.items()
+        for version, ls in versions.items()
+    }
+    groups = identical_groups(series)
+    drawn = {" = ".join(g) + (" (identical)" if len(g) > 1 else ""): series[g[0]] for g in groups}
+    offsets = series_offsets(drawn, DODGE)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for member, versions in data.items():
-        for version, losses in versions.items():
-            ax.plot(range(1, len(losses) + 1), losses, marker=".", label=f"{member} {version}")
-    if data:
+    for label, (xs, ys) in drawn.items():
+        ax.plot([x + offsets[label] for x in xs], ys, marker=".", label=label)
+    if drawn:
         ax.legend(fontsize=8)
+        step_axis(ax, [x for xs, _ in drawn.values() for x in xs])
     else:
         _empty(ax, "trained adapters")
+    identical = [g for g in groups if len(g) > 1]
+    if identical:
+        note(ax, _identical_note(identical, "losses, drawn once"))
     ax.set(
         xlabel="optimiser step",
         ylabel="NLL of solution tokens (Eq. 3)",
         title=f"LoRA training loss {title}".strip(),
     )
-    return _save(fig, path, data)
+    return _save(fig, path, {"losses": losses_by, "identical": identical, "offsets": offsets})
 
 
 # --------------------------------------------------------------------------- knowledge flow
@@ -453,14 +618,15 @@ def fig_group_comparison(
             err = [[0.0] * len(ys), [0.0] * len(ys)]
             for i, a, b in zip(have, lo, hi, strict=True):
                 err[0][i], err[1][i] = max(0.0, ys[i] - a), max(0.0, b - ys[i])
-            ax.bar(xs, ys, width, label=member, yerr=err, capsize=3)
+            bars = ax.bar(xs, ys, width, label=member, yerr=err, capsize=3)
+            label_zero_bars(ax, bars)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(runs))], runs, rotation=20, ha="right")
         ax.set(ylabel="pass@1", title=f"Group comparison: {bench}", ylim=(0, 1.02))
         ax.legend(fontsize=8)
     return _save(fig, path, {"scores": scores, "ci95": ci})
 
 
-def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: Path) -> Data:
+def fig_mode_comparison(curves: dict[str, list[AnchorCurve]], path: Path) -> Data:
     """Figure 6: AGORA against the isolated control: the group's anchor score against step.
 
     `curves` is {mode: [{"step": [...], "score": [...]}, ...]} (one curve per run); the plotted
@@ -483,8 +649,17 @@ def fig_mode_comparison(curves: dict[str, list[dict[str, list[float]]]], path: P
         bounds = [wilson(*counts[s]) for s in common]
         lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
         data[mode] = {"step": common, "score": mean, "runs": len(runs), "lo": lo, "hi": hi}
-        (line,) = ax.plot(common, mean, marker="o", label=f"{mode} ({len(runs)} run(s))")
-        ax.fill_between(common, lo, hi, color=line.get_color(), alpha=0.15)
+    # Modes whose curves coincide are offset sideways and named identical, so neither hides.
+    shift = series_offsets({m: (d["step"], d["score"]) for m, d in data.items()}, DODGE)
+    first = {
+        m: g[0] for g in identical_groups({m: (d["step"], d["score"]) for m, d in data.items()}) for m in g
+    }
+    for mode, d in data.items():
+        same = f", identical to {first[mode]}" if first[mode] != mode else ""
+        xs = [s + shift[mode] for s in d["step"]]
+        (line,) = ax.plot(xs, d["score"], marker="o", label=f"{mode} ({d['runs']} run(s){same})")
+        ax.fill_between(xs, d["lo"], d["hi"], color=line.get_color(), alpha=0.15)
+    step_axis(ax, [s for d in data.values() for s in d["step"]])
     if not data:
         _empty(ax, "anchor scores")
     else:

@@ -28,14 +28,24 @@ from agora_cli import report_store
 from agora_cli.errors import EvaluationError, NoRunError
 from agora_cli.evaluation import plots
 from agora_cli.evaluation.audit_report import audit_section
+from agora_cli.evaluation.comparisons import (
+    METHOD,
+    RunValues,
+    compare_by_seed,
+    comparison_sentence,
+    delta_cell,
+    group_mean,
+    paired_variants,
+    run_pairs,
+    variant_sentences,
+)
 from agora_cli.paths import RunPaths
 from agora_cli.stats import (
     PairedBinary,
-    PairedMeans,
+    SeedComparison,
     interval_text,
     p_text,
     paired_binary,
-    paired_bootstrap,
     rate_text,
     significance_text,
     successes,
@@ -122,21 +132,21 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
     """The summaries in an evaluation's history.jsonl; a torn or garbled line is skipped."""
     if not path.exists():
         return []
-    out = []
+    entries = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(entry, dict):
-            out.append(entry)
-    return out
+            entries.append(entry)
+    return entries
 
 
 # --------------------------------------------------------------------------- scores
 
 
-def anchor_curve(store: Store) -> dict[str, list[float]]:
+def anchor_curve(store: Store) -> plots.AnchorCurve:
     """The members' mean anchor score per anchored step ('@majority' left out), with the pooled
     counts (`k` right of `n` graded, over members) for its interval."""
     rows = report_store.anchor_curve_rows(store)
@@ -146,6 +156,20 @@ def anchor_curve(store: Store) -> dict[str, list[float]]:
         "k": [k for _, _, k, _ in rows],
         "n": [n for _, _, _, n in rows],
     }
+
+
+def token_caps(run: RunInfo) -> dict[str, int]:
+    """{member: solve max_tokens} from the run's config: the protocol's solve sampling, or the
+    member's own sampling where it sets one (the length at which a solution is cut off)."""
+    proto = ((run.config.get("protocol") or {}).get("sampling") or {}).get("solve") or {}
+    caps: dict[str, int] = {}
+    for m in run.config.get("members") or []:
+        if not isinstance(m, dict) or "name" not in m:
+            continue
+        cap = (m.get("sampling") or {}).get("max_tokens") or proto.get("max_tokens")
+        if isinstance(cap, int):
+            caps[m["name"]] = cap
+    return caps
 
 
 def eval_step(summary: dict[str, Any]) -> int | None:
@@ -169,8 +193,8 @@ def eval_points(run: RunInfo) -> tuple[dict[str, Any], list[str]]:
         if step is None:
             undated.add(name)
             continue
-        versions = json.dumps(summary.get("adapter_versions") or {}, sort_keys=True)
-        key = (name, step, versions)
+        versions_key = json.dumps(summary.get("adapter_versions") or {}, sort_keys=True)
+        key = (name, step, versions_key)
         if key not in latest or summary.get("written_at", 0) >= latest[key][1]:
             latest[key] = (step, summary.get("written_at", 0), name, summary)
     dated = list(latest.values())
@@ -197,9 +221,12 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
         f"Lines: the external anchor, pass@1 on the calibration subset "
         f"({ev.get('calibration_size', '?')} items of {ev.get('calibration', '?')}_dev, a split "
         f"held out from the training data and from every evaluation, every {every} step(s)); "
-        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn at the "
-        "run's last committed step when the evaluation started, whatever adapter versions it "
-        "evaluated (Table 1 lists them); same color per member, `@majority` in black."
+        "error bars are 95% Wilson intervals. Stars: full `agora eval` results, drawn on the "
+        "anchor axes of their benchmark's calibration split at the run's last committed step "
+        "when the evaluation started, whatever adapter versions it evaluated (Table 1 lists "
+        "them); same color per member, `@majority` in black. Lines or stars that would sit on "
+        "one spot are shifted sideways by a fraction of a step, and identical lines are named "
+        "in the legend."
     )
     drawn = {e for per in points.values() for p in per.values() for e in p["eval"]}
     if drawn:
@@ -220,31 +247,31 @@ def _fig1_caption(run: RunInfo, points: dict[str, Any], without: list[str]) -> s
 def final_scores(run: RunInfo) -> dict[str, dict[str, float]]:
     """{benchmark: {member: pass@1}} of a run: its latest evaluation per benchmark, falling back
     to the last external anchor (benchmark named '<calibration> (anchor)')."""
-    out: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, float]] = {}
     ordered = sorted(run.evals.values(), key=lambda s: s.get("written_at", 0))
     for summary in ordered:  # later evaluations overwrite earlier ones
         for bench, per in (summary.get("scores") or {}).items():
-            out[bench] = {m: v["score"] for m, v in per.items()}
-    if out:
-        return out
+            scores[bench] = {m: v["score"] for m, v in per.items()}
+    if scores:
+        return scores
     with Store(RunPaths(run.root).store, readonly=True) as store:
         for r in report_store.latest_anchors(store):
-            out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = r.score
-    return out
+            scores.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = r.score
+    return scores
 
 
 def final_ns(run: RunInfo) -> dict[str, dict[str, int]]:
     """{benchmark: {member: n}} matching `final_scores` (for the intervals of Figure 5)."""
-    out: dict[str, dict[str, int]] = {}
+    ns: dict[str, dict[str, int]] = {}
     for summary in sorted(run.evals.values(), key=lambda s: s.get("written_at", 0)):
         for bench, per in (summary.get("scores") or {}).items():
-            out[bench] = {m: int(v.get("n") or 0) for m, v in per.items()}
-    if out:
-        return out
+            ns[bench] = {m: int(v.get("n") or 0) for m, v in per.items()}
+    if ns:
+        return ns
     with Store(RunPaths(run.root).store, readonly=True) as store:
         for r in report_store.latest_anchors(store):
-            out.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = int(r.n or 0)
-    return out
+            ns.setdefault(f"{r.benchmark} (anchor)", {})[r.member] = int(r.n or 0)
+    return ns
 
 
 def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
@@ -253,7 +280,7 @@ def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
     has no item-level results (then comparisons pair on seeds only)."""
     from agora_cli.evaluation.evaluate import read_results
 
-    out: dict[str, dict[str, dict[str, bool]]] = {}
+    outcomes: dict[str, dict[str, dict[str, bool]]] = {}
     for name, summary in sorted(run.evals.items(), key=lambda kv: kv[1].get("written_at", 0)):
         models = summary.get("models") or {}
         order = [m for m in (summary.get("members") or list(models)) if m in models]
@@ -265,26 +292,33 @@ def item_outcomes(run: RunInfo) -> dict[str, dict[str, dict[str, bool]]]:
                 if r.benchmark == bench and r.model == wanted.get(r.member):
                     per.setdefault(r.member, {})[r.item_id] = bool(r.correct)
             if per:
-                out[bench] = per
-    return out
-
-
-def group_item_values(per_member: dict[str, dict[str, bool]]) -> dict[str, float]:
-    """{item id: share of members right} over the items every member answered (majority out)."""
-    members = [m for m in per_member if m != MAJORITY]
-    if not members:
-        return {}
-    shared = set.intersection(*(set(per_member[m]) for m in members))
-    return {i: sum(per_member[m][i] for m in members) / len(members) for i in sorted(shared)}
-
-
-def group_mean(per_member: dict[str, float]) -> float:
-    """The group's pass@1: mean over members, '@majority' left out."""
-    vals = [v for m, v in per_member.items() if m != MAJORITY]
-    return sum(vals) / len(vals) if vals else float("nan")
+                outcomes[bench] = per
+    return outcomes
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def contamination_md(run: RunInfo) -> list[str]:
+    """The run's contamination check, per evaluation: the items sharing a 13-gram with one of
+    its problems ([] when no evaluation recorded the check)."""
+    from agora_cli.evaluation.contamination import contamination_lines
+
+    out = []
+    for name, summary in sorted(run.evals.items()):
+        c = summary.get("contamination")
+        if not isinstance(c, dict):
+            continue
+        lines = contamination_lines(c.get("items") or {}, int(c.get("problems_checked") or 0))
+        if lines:
+            out += [
+                f"- `{name}`: {line}; these items are scored, but the run may have seen them."
+                for line in lines
+            ]
+        else:
+            checked = c.get("problems_checked", 0)
+            out.append(f"- `{name}`: no item shares a 13-gram with the run's {checked} problem(s).")
+    return ["### Contamination check", "", *out, ""] if out else []
 
 
 def _fmt(mean: float, sd: float | None) -> str:
@@ -336,13 +370,15 @@ def table1(runs: list[RunInfo]) -> str:
 
 def table2(
     values: dict[str, list[dict[str, float]]],
-    paired: dict[str, dict[str, PairedMeans]] | None = None,
+    paired: dict[str, dict[str, SeedComparison]] | None = None,
 ) -> tuple[str, str]:
     """Table 2 shape: {variant: [one {benchmark: score} per seed]} -> (Markdown, CSV).
 
-    Cells are mean ± sample standard deviation over seeds, in percent; 'full' comes first. With
-    `paired` ({variant: {benchmark: variant - full}}, see `paired_variants`), each benchmark gets
-    a `Δ vs full` column: the paired difference in points, its bootstrap 95% interval and p.
+    Cells are mean ± sample standard deviation over seeds, in percent (the mean alone from one
+    seed: no spread to show); 'full' comes first. With `paired` ({variant: {benchmark: variant -
+    full by seed}}, see `comparisons.paired_variants`), each benchmark gets a `Δ vs full` column:
+    the mean per-seed difference in points ± its sd over seeds, and the seed-level p, or `n
+    seeds: no test` where too few seeds pair for the test to reach 0.05.
     """
     paired = paired or {}
     benches: list[str] = []
@@ -353,7 +389,7 @@ def table2(
     delta_cols = [b for b in benches if any(b in per for per in paired.values())]
     md = (
         "| variant | seeds | "
-        + " | ".join([*benches, *(f"{b} Δ vs full [95% CI], p" for b in delta_cols)])
+        + " | ".join([*benches, *(f"{b} Δ vs full by seed (± sd), p" for b in delta_cols)])
         + " |\n"
     )
     md += "|---|---:|" + "---:|" * (len(benches) + len(delta_cols)) + "\n"
@@ -364,7 +400,7 @@ def table2(
             "variant",
             "seeds",
             *[f"{b}_{k}" for b in benches for k in ("mean", "sd")],
-            *[f"{b}_{k}" for b in delta_cols for k in ("delta", "delta_lo", "delta_hi", "p", "pairs")],
+            *[f"{b}_{k}" for b in delta_cols for k in ("delta", "delta_sd", "p", "seeds", "per_seed")],
         ]
     )
     for variant in order:
@@ -377,86 +413,42 @@ def table2(
                 csv_cells += ["", ""]
                 continue
             mean = statistics.fmean(xs)
-            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            sd = statistics.stdev(xs) if len(xs) > 1 else None  # one seed has no spread
             cells.append(_fmt(mean, sd))
-            csv_cells += [f"{mean:.6f}", f"{sd:.6f}"]
+            csv_cells += [f"{mean:.6f}", "" if sd is None else f"{sd:.6f}"]
         for b in delta_cols:
             r = paired.get(variant, {}).get(b)
             if r is None or not r.n:
                 cells.append("–")
                 csv_cells += ["", "", "", "", ""]
                 continue
-            cells.append(f"{100 * r.diff:+.1f} {interval_text(r.lo, r.hi)}, {p_text(r.p)}")
-            csv_cells += [f"{r.diff:.6f}", f"{r.lo:.6f}", f"{r.hi:.6f}", f"{r.p:.6f}", r.n]
+            cells.append(delta_cell(r))
+            csv_cells += [
+                f"{r.mean:.6f}",
+                "" if r.n < 2 else f"{r.sd:.6f}",
+                "" if r.p is None else f"{r.p:.6f}",
+                str(r.n),
+                ";".join(f"{s}:{d:.6f}" for s, d in zip(r.seeds, r.diffs, strict=True)),
+            ]
         md += f"| {variant} | {len(per_seed)} | " + " | ".join(cells) + " |\n"
         w.writerow([variant, len(per_seed), *csv_cells])
     return md, buf.getvalue()
 
 
-def run_pairs(
-    seed: int, scores: dict[str, dict[str, float]], items: dict[str, dict[str, dict[str, bool]]]
-) -> dict[str, dict[str, float]]:
-    """One run's values to pair across variants: {benchmark: {key: group pass@1}}, keyed by
-    `seed/item` when item-level results exist, else by `seed` (the run's group mean)."""
-    out: dict[str, dict[str, float]] = {}
-    for bench, per in scores.items():
-        by_item = group_item_values(items.get(bench, {}))
-        if by_item:
-            out[bench] = {f"{seed}/{i}": v for i, v in by_item.items()}
-        else:
-            out[bench] = {str(seed): group_mean(per)}
-    return out
-
-
-def paired_variants(
-    pairs: dict[str, list[dict[str, dict[str, float]]]],
-) -> dict[str, dict[str, PairedMeans]]:
-    """{variant: {benchmark: paired bootstrap of variant - full}} over the keys (seed/item, or
-    seed) both have; `pairs` is {variant: [`run_pairs` of each of its runs]}."""
-
-    def merged(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for r in runs:
-            for bench, vals in r.items():
-                out.setdefault(bench, {}).update(vals)
-        return out
-
-    if "full" not in pairs:
-        return {}
-    full = merged(pairs["full"])
-    result: dict[str, dict[str, PairedMeans]] = {}
-    for variant, runs in pairs.items():
-        if variant == "full":
-            continue
-        for bench, vals in merged(runs).items():
-            keys = sorted(set(vals) & set(full.get(bench, {})))
-            if keys:
-                result.setdefault(variant, {})[bench] = paired_bootstrap(
-                    [full[bench][k] for k in keys], [vals[k] for k in keys]
-                )
-    return result
-
-
-def variant_sentences(paired: dict[str, dict[str, PairedMeans]]) -> list[str]:
-    """Which Table 2 differences from full AGORA are significant at 0.05, in words."""
-    lines = []
-    for variant in sorted(paired):
-        for bench, r in paired[variant].items():
-            lines.append(
-                f"- `{variant}` against `full` on {bench}: {100 * r.diff:+.1f} points "
-                f"{interval_text(r.lo, r.hi)} over {r.n} pairs, "
-                f"{significance_text(r.p)} (paired bootstrap)."
-            )
-    return lines
-
-
 def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
-    """AGORA against the isolated control on the same evaluation items: a Markdown table of
-    exact McNemar tests per benchmark and member (`@majority` included), and one sentence each.
-    Runs are paired by seed when both modes have that seed, else every AGORA run with every
-    isolated run."""
+    """AGORA against the isolated control: seed-level, and item-level within one seed.
+
+    Returns (a Markdown table of exact McNemar tests per benchmark and member, `@majority`
+    included, for each pair of runs: item-level, within one seed; the sentences: first AGORA -
+    isolated per seed with the seed-level test, then one per McNemar row). McNemar pairs runs by
+    seed when both modes have that seed, else every AGORA run with every isolated run."""
     agora = [r for r in runs if r.mode == "agora" and r.variant == "full"]
     isolated = [r for r in runs if r.mode == "isolated"]
+    by_seed = compare_by_seed(
+        [run_pairs(r.seed, final_scores(r), item_outcomes(r)) for r in isolated],
+        [run_pairs(r.seed, final_scores(r), item_outcomes(r)) for r in agora],
+    )
+    words = [comparison_sentence("AGORA minus isolated", bench, c) for bench, c in by_seed.items()]
     pairs = [(a, i) for a in agora for i in isolated if a.seed == i.seed] or [
         (a, i) for a in agora for i in isolated
     ]
@@ -471,26 +463,56 @@ def mode_comparison(runs: list[RunInfo]) -> tuple[str, list[str]]:
                     rows.append((a.label, i.label, bench, m, r))
     if not rows:
         return (
-            "_No paired comparison: both runs need `agora eval` results on the same "
+            "_No item-level comparison: both runs need `agora eval` results on the same "
             "benchmark items (results.jsonl)._\n",
-            [],
+            words,
         )
     md = (
+        "Item-level, within one seed: each row compares one AGORA run with one isolated run on "
+        "the same items (exact McNemar). It says whether these two runs differ, not whether the "
+        "methods do: run-to-run variance is only in the seed-level comparison above.\n\n"
         "| AGORA run | isolated run | benchmark | member | AGORA pass@1 [95% CI] | "
         "isolated pass@1 [95% CI] | only AGORA right | only isolated right | McNemar p |\n"
         "|---|---|---|---|---:|---:|---:|---:|---:|\n"
     )
-    words = []
-    for a, i, bench, m, r in rows:
+    for a_label, i_label, bench, m, r in rows:
         md += (
-            f"| {a} | {i} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
+            f"| {a_label} | {i_label} | {bench} | {m} | {rate_text(r.k_a, r.n)} | {rate_text(r.k_b, r.n)}"
             f" | {r.only_a} | {r.only_b} | {p_text(r.p)} |\n"
         )
         words.append(
-            f"- {m} on {bench} (`{a}` vs `{i}`, {r.n} shared items): "
-            f"{100 * (r.k_a - r.k_b) / r.n:+.1f} points, {significance_text(r.p)} (exact McNemar)."
+            f"- {m} on {bench} (`{a_label}` vs `{i_label}`, {r.n} shared items): "
+            f"{100 * (r.k_a - r.k_b) / r.n:+.1f} points, {significance_text(r.p)} "
+            "(exact McNemar; item-level, within one seed)."
         )
     return md, words
+
+
+def group_of(run: RunInfo) -> str:
+    """A run's group of models: its members' model sources, sorted (seed and name aside)."""
+    models = sorted(str(m.get("model")) for m in run.config.get("members", []) if isinstance(m, dict))
+    return ", ".join(models) or "?"
+
+
+def group_comparison(runs: list[RunInfo]) -> list[str]:
+    """Full-AGORA runs of different groups of models (e.g. homogeneous against mixed), each group
+    against the first, paired by seed: per-seed differences and the seed-level test."""
+    groups: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        if r.mode == "agora" and r.variant == "full":
+            groups.setdefault(group_of(r), []).append(r)
+    if len(groups) < 2:
+        return []
+    values = {
+        g: [run_pairs(r.seed, final_scores(r), item_outcomes(r)) for r in rs] for g, rs in groups.items()
+    }
+    names = {g: f"{rs[0].config.get('name', '?')} ({g})" for g, rs in groups.items()}
+    first, *rest = list(groups)
+    lines = []
+    for g in rest:
+        for bench, c in compare_by_seed(values[first], values[g]).items():
+            lines.append(comparison_sentence(f"`{names[g]}` minus `{names[first]}`", bench, c))
+    return lines
 
 
 # --------------------------------------------------------------------------- the report
@@ -515,7 +537,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
     md = ["# AGORA report", ""]
     md.append("Runs: " + ", ".join(f"`{r.label}` ({r.mode}, {r.variant}, seed {r.seed})" for r in runs))
     md.append("")
-    curves: dict[str, list[dict[str, list[float]]]] = {}
+    curves: dict[str, list[plots.AnchorCurve]] = {}
     for run in runs:
         slug = _slug(run.label)
         threshold = (run.config.get("protocol") or {}).get("buffer_threshold")
@@ -524,7 +546,9 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             plots.fig_scores_vs_step(
                 store, out / f"{slug}-fig1-anchor.png", run.label, evals=points, evals_without_step=without
             )
-            plots.fig_difficulty_length(store, out / f"{slug}-fig3-difficulty-length.png", run.label)
+            plots.fig_difficulty_length(
+                store, out / f"{slug}-fig3-difficulty-length.png", run.label, token_caps(run)
+            )
             plots.fig_yield(store, out / f"{slug}-fig4-yield.png", threshold, run.label)
             plots.fig_knowledge_flow(store, out / f"{slug}-knowledge-flow.png", run.members, run.label)
             plots.fig_training_loss(store, out / f"{slug}-training-loss.png", run.label)
@@ -541,13 +565,23 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
             "",
             _fig1_caption(run, points, without),
             "",
+            *contamination_md(run),
             "### Figure 3: difficulty and response length against performance",
             "",
             f"![Figure 3, {run.label}]({slug}-fig3-difficulty-length.png)",
             "",
+            "Left: each committed step's difficulty d_t against its consensus approval rate V_t, "
+            "the share of the step's solutions that passed unanimous verification (approval, not "
+            "correctness against gold). Right: per member and step, mean completion tokens against "
+            "the share judged correct; the dashed line is the solve token cap, where a completion "
+            "is cut off.",
+            "",
             "### Figure 4: high-quality yield per step and time to fill the buffer",
             "",
             f"![Figure 4, {run.label}]({slug}-fig4-yield.png)",
+            "",
+            "Time here is step time: the sum of the committed steps' own durations, so time the "
+            "run stood stopped between steps is not counted.",
             "",
             "### Knowledge flow",
             "",
@@ -588,11 +622,16 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
         ]
     if any(r.mode == "isolated" for r in runs) and any(r.mode == "agora" for r in runs):
         cmp_md, cmp_words = mode_comparison(runs)
-        md += ["## AGORA against isolated evolution, paired on the same items", "", cmp_md, ""]
+        md += ["## AGORA against isolated evolution, paired by seed", "", f"Seed level: {METHOD}.", ""]
         md += cmp_words + ([""] if cmp_words else [])
+        md += [cmp_md, ""]
+    group_words = group_comparison(runs)
+    if group_words:
+        md += ["## Groups of models compared, paired by seed", "", f"Seed level: {METHOD}.", ""]
+        md += [*group_words, ""]
     md += ["## Table 1: pass@1 (%) per model and benchmark [95% Wilson interval]", "", table1(runs), ""]
     grouped: dict[str, list[dict[str, float]]] = {}
-    pairs: dict[str, list[dict[str, dict[str, float]]]] = {}
+    pairs: dict[str, list[RunValues]] = {}
     for run in runs:
         grouped.setdefault(run.variant, []).append(
             {b: group_mean(per) for b, per in scores[run.label].items()}
@@ -611,8 +650,7 @@ def build_report(run_dirs: list[Path | str], out: Path | None = None) -> Path:
     ]
     if paired:
         md += [
-            "Δ vs full: the variant minus full AGORA, paired on the same (seed, item) where "
-            "item results exist, else on seeds; 95% interval and p from a paired bootstrap.",
+            f"Δ vs full: the variant minus full AGORA, {METHOD}.",
             "",
             *variant_sentences(paired),
             "",

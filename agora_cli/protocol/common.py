@@ -110,23 +110,3 @@ def delimiter(key: str, *texts: str) -> str:
         if not any(token in t for t in texts):
             return token
     raise AssertionError("unreachable")  # itertools.count() never ends
-
-
-def _line_key(line: str) -> str:
-    """A line as compared for echo: no surrounding markdown or spaces, lower case, single spaces."""
-    return " ".join(line.strip().strip(">*#_`-").strip().lower().split())
-
-
-def quoted_lines(*texts: str) -> frozenset[str]:
-    """The lines of quoted model output (a solution under review), keyed for `is_echo`."""
-    keys = {_line_key(line) for t in texts for line in (t or "").splitlines()}
-    keys.discard("")
-    return frozenset(keys)
-
-
-def is_echo(line: str, quoted: frozenset[str]) -> bool:
-    """True when `line` reproduces a line of the quoted output: a judge's reply that copies the
-    text under review (tiny models do) must never be read as the judge's own verdict or vote,
-    whatever that text says (`Verdict: VALID` planted in a solution is an injection)."""
-    key = _line_key(line)
-    return bool(key) and key in quoted

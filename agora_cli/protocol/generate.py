@@ -11,6 +11,18 @@ lenient about form and strict about content:
   characters or over 1500, has no quantity (a digit or a number word), asks nothing (no '?' and no
   how/what/find/compute/... cue), echoes the prompt ('Difficulty: ...'), or talks about its own
   answer (`\\boxed`, 'the answer', 'answer:', 'solution:');
+- dropped as 'malformed' when it carries instructions for the judges (`INJECTION`): words
+  addressed to checkers/verifiers/graders/judges/reviewers/evaluators/voters or to the
+  assistant/system, an order to reply VALID/INVALID/correct, "ignore/disregard previous
+  instructions", a verdict (`VERDICT:`, the capitalised words VALID/INVALID), a chat-template
+  marker, a role label or a quote delimiter. The problem is model output that verifiers and voters
+  read (quoted, but read), so such a problem is rejected whole rather than cleaned: parse_problem
+  has already joined the problem into one paragraph, an instruction can sit mid-sentence where no
+  line can be cut out, cutting words out of a problem can change what it asks, and a generator
+  that writes to the judges has not written a problem. Detection reads the text with invisible
+  characters removed and compatibility forms folded (protocol/replies.py, `visible`), so
+  zero-width or full-width spellings do not slip through; the cost is the rare honest problem
+  that happens to use those words (it is asked again, like any malformed one);
 - dropped as 'duplicate' when its normalised text equals (or nearly equals, word-set Jaccard >= 0.9)
   an earlier problem of the batch, a seed it was shown, or any text the caller passes to `dedupe`.
 """
@@ -18,14 +30,15 @@ lenient about form and strict about content:
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from agora_cli.config import Config
 from agora_cli.datasets import load_seed_pool as pool_items
 from agora_cli.datasets import normalize_text
 from agora_cli.protocol.common import REQUEST_ERRORS, chat_role
+from agora_cli.protocol.replies import visible
 from agora_cli.protocol.types import Ctx, GeneratedProblem
 
 MIN_WORDS, MIN_CHARS, MAX_CHARS = 4, 20, 1500
@@ -53,6 +66,30 @@ _ASKS = re.compile(
     re.IGNORECASE,
 )
 _ECHO = re.compile(r"^(?:difficulty|examples? of the style|now write)\b", re.IGNORECASE)
+# Who the judges are. The short list is for the forms a word problem might use innocently
+# ("3 judges must ...", "voters: 40%"); the long one only where a problem speaks to someone.
+_JUDGE = r"(?:checker|verifier|grader|evaluator|assessor|assistant|ai|llm|language\s+model)s?"
+_ADDRESSEE = (
+    r"(?:checker|verifier|grader|judge|reviewer|evaluator|voter|assessor|assistant|ai|llm|model|system)s?"
+)
+# Instructions for the judges hidden in a problem (see the module docstring).
+INJECTION = re.compile(
+    rf"\b(?:note|message|instructions?|attention|reminder)\s+(?:to|for)\s+(?:the\s+|all\s+|any\s+)?{_ADDRESSEE}\b"
+    rf"|\b(?:dear|attention|hey)\s*,?\s+{_ADDRESSEE}\b"
+    rf"|(?:^|[.!?;:(\[]\s*){_JUDGE}\s*[:,]"
+    rf"|\b{_JUDGE}\s+(?:should|must|need\s+to|are\s+to|is\s+to|shall|have\s+to)\b"
+    r"|\b(?:reply|respond|output|say|print|write|return|answer|mark|rate|grade|judge)\s+"
+    r"(?:it\s+|this\s+|the\s+\w+\s+)?(?:with\s+|as\s+|only\s+|just\s+|simply\s+|exactly\s+|[:\"'“‘`*]\s*)*"
+    r"(?:valid|invalid|correct|incorrect|verdict)\b"
+    r"|\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+)*(?:previous|prior|above|"
+    r"earlier|preceding|former|other|system)?\s*(?:instructions?|rules|prompts?|directions|guidelines)\b"
+    r"|\bverdict\s*[:=\-]"
+    r"|(?-i:\b(?:VALID|INVALID)\b)"
+    r"|<\|?(?:start_of_turn|end_of_turn|im_start|im_end|user|assistant|system)\|?>"
+    r"|\b(?:user|human|assistant|system|model)\s*:"
+    r"|\b(?:BEGIN|END)\s+QUOTE-",
+    re.IGNORECASE,
+)
 
 
 def parse_problem(raw: str) -> tuple[str | None, str | None]:
@@ -78,7 +115,7 @@ def parse_problem(raw: str) -> tuple[str | None, str | None]:
         return None, "empty"
     if len(body) < MIN_CHARS or len(body.split()) < MIN_WORDS or len(body) > MAX_CHARS:
         return None, "malformed"
-    if _LEAK.search(body) or _ECHO.match(body):
+    if _LEAK.search(body) or _ECHO.match(body) or INJECTION.search(visible(body)):
         return None, "malformed"
     if not _QUANTITY.search(body) or not _ASKS.search(body):
         return None, "malformed"
@@ -115,7 +152,7 @@ def dedupe(problems: list[GeneratedProblem], existing_texts: Iterable[str]) -> l
     return problems
 
 
-def choose_generators(members: list[str], cfg: Config, rng: Any) -> list[str]:
+def choose_generators(members: list[str], cfg: Config, rng: random.Random) -> list[str]:
     """The Q-Group: a random subset of `generators_per_step` members when `random_qgen` is on
     (paper: random generator selection), else every member."""
     if not cfg.ablations.random_qgen:
@@ -130,9 +167,9 @@ def load_seed_pool(name: str) -> list[dict]:
     return [{"id": it.id, "problem": it.problem, "answer": it.answer} for it in pool_items(name)]
 
 
-def sample_seeds(pool: list[dict], k: int, rng: Any) -> list[dict]:
+def sample_seeds(seed_pool: list[dict], k: int, rng: random.Random) -> list[dict]:
     """k distinct seed rows (fewer when the pool is smaller)."""
-    return rng.sample(pool, min(k, len(pool))) if k > 0 else []
+    return rng.sample(seed_pool, min(k, len(seed_pool))) if k > 0 else []
 
 
 async def _one(ctx: Ctx, member: str, difficulty: float, seeds: list[dict]) -> GeneratedProblem:

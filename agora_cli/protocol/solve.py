@@ -3,10 +3,12 @@
 Every member solves every problem with chain-of-thought ending in \\boxed{}; its prompt carries the
 elite history H_t as few-shot examples (none when `ablations.elite_icl` is off; each example's
 self-explanation only when `ablations.explanation` is on). A reply with no extractable answer is a
-failed attempt (answer None). `text` is the reply as it came, but the answer is read from the reply
-without its leading echo of the prompt (base models repeat the prompt, and an echoed example
-answer would otherwise count). A request that fails after retries is a SolutionDraft with `error`
-set: model garbage or a dead endpoint never raises here.
+failed attempt (answer None). Base models often repeat the prompt before answering; `text` is the
+reply without that leading echo (`strip_prompt_echo`), the same text the answer is read from, and
+the text the loop stores: what peers verify and vote on, what is trained on and what H_t shows is
+the model's own words, never a copy of the instructions or of the elite examples (an echoed
+example answer would otherwise count, and train the model to echo). A request that fails after
+retries is a SolutionDraft with `error` set: model garbage or a dead endpoint never raises here.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ async def solve(ctx: Ctx, member: str, problem: str, elite: list[EliteExample]) 
         )
     return SolutionDraft(
         member=member,
-        text=result.text,  # stored as it came; the answer comes from the model's own words
+        text=reply,  # the model's own words: what is graded is what is stored and trained on
         answer=extract_answer(reply),
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,

@@ -3,6 +3,12 @@
 For each pair of correct solutions to one problem, every R-Group member votes which reasoning is
 better; each vote is a 1-vs-1 game between the two authors (no draws). Presentation order is
 randomised per vote against position bias, and the winner is mapped back to the caller's (a, b).
+The problem and both solutions are quoted between the step's delimiter lines, and the parser reads
+only the voter's own words (protocol/replies.py): a line that copies a line of a solution (under
+one normalisation, re-wrapping included) counts only as a vote against that solution, never for
+it, and a line that copies the problem never counts. So a solution that plants `VERDICT: A` and
+`VERDICT: B` neither wins a vote by the voter echoing it nor voids the voter's own vote for the
+other solution; it only forfeits the votes worded exactly like its own plant.
 With the capable prompt set (prompts/capable/vote.jinja, `reply_format` verdict_line) the voter
 compares first and ends with `VERDICT: A|B`; then only such lines state a choice, the last one.
 """
@@ -14,14 +20,8 @@ from typing import Literal
 
 import trueskill
 
-from agora_cli.protocol.common import (
-    REQUEST_ERRORS,
-    chat_role,
-    delimiter,
-    error_text,
-    is_echo,
-    quoted_lines,
-)
+from agora_cli.protocol.common import REQUEST_ERRORS, chat_role, delimiter, error_text
+from agora_cli.protocol.replies import JudgeReply, Quoted
 from agora_cli.protocol.types import Ctx, Vote
 
 _LETTER = r"[(\[]?(?-i:([AB]))[)\]]?"  # capital letters only: "a" is an English article
@@ -57,17 +57,6 @@ _VERDICT_LINE = re.compile(
 )
 
 
-# A line where a reply runs on into a turn the model invents: the vote prompt's user turn opens with
-# "Problem:", and chat-template markers or bare role names show up when special tokens are decoded
-# or a base model imitates the transcript. Measured on Gemma-3-270M (base): it answers the real
-# question on its first line, then writes a made-up next problem and votes on that as well.
-_INVENTED_TURN = re.compile(
-    r"^\s*(?:problem\s*:|<(?:start|end)_of_turn>|<\|im_(?:start|end)\|>|<\|(?:user|assistant)\|>"
-    r"|(?:user|model|assistant)\s*:?\s*$|(?:user|human)\s*:)",
-    re.IGNORECASE,
-)
-
-
 def _line_vote(line: str, verdict_line: bool = False) -> str | None:
     for form in [_VERDICT_LINE] if verdict_line else _VOTE_FORMS:
         m = form.match(line)
@@ -81,6 +70,7 @@ def parse_vote(
     token: str | None = None,
     solutions: tuple[str, ...] = (),
     *,
+    problem: str = "",
     verdict_line: bool = False,
 ) -> Literal["a", "b"] | None:
     """'a'/'b' (as shown) from the reply's last line that states a choice, None when none does.
@@ -88,27 +78,23 @@ def parse_vote(
     Accepted: a bare letter ("B", "**A**.", "Winner: A"), or one sentence opening the line ("The
     correct answer is A.", "Solution B is better"). Letters must be capitals. Once a choice is
     stated, a line opening an invented next turn ("Problem: ...", a role marker) ends the reply:
-    what follows answers a question nobody asked. A line that reproduces a line of one of the
-    shown `solutions` is the voter copying its input and never states a choice. Never raises.
+    what follows answers a question nobody asked. `solutions` are the texts shown as A and B and
+    `problem` the problem: a line that copies one of their lines may only vote against the
+    solution it copies (protocol/replies.py). Never raises.
 
     `verdict_line`: the prompt's `reply_format` is verdict_line (prompts/capable): only
     `VERDICT: A|B` lines state a choice, so "solution A is better at..." in the comparison does not.
     """
-    text = reply or ""
-    if token:
-        text = re.sub(
-            rf"BEGIN {re.escape(token)}.*?(?:END {re.escape(token)} [AB]|\Z)", "", text, flags=re.DOTALL
-        )
-    quoted = quoted_lines(*solutions)
-    choice = None
-    for line in text.splitlines():
-        if choice is not None and _INVENTED_TURN.match(line):
-            break
-        if is_echo(line, quoted):
-            continue
-        found = _line_vote(line, verdict_line)
-        if found is not None:
-            choice = found
+    shown = dict(zip(("a", "b"), solutions, strict=False))
+    text = JudgeReply(reply, token, Quoted(problem=problem, **shown))
+
+    def read(i: int) -> str | None:
+        found = _line_vote(text.lines[i], verdict_line)
+        if found is not None and ({found, "problem"} & text.copied_from(i)):
+            return None  # a copy may vote against the solution it copies, never for it
+        return found
+
+    choice = text.last(read, lambda line: _line_vote(line, verdict_line) is not None)
     return choice  # type: ignore[return-value]
 
 
@@ -131,7 +117,7 @@ async def vote(ctx: Ctx, voter: str, problem: str, solution_a: str, solution_b: 
     except REQUEST_ERRORS as exc:
         return Vote(voter=voter, winner=None, raw="", error=error_text(exc))
     verdict_line = ctx.prompts.reply_format("vote") == "verdict_line"
-    shown = parse_vote(reply, token, (shown_a, shown_b), verdict_line=verdict_line)
+    shown = parse_vote(reply, token, (shown_a, shown_b), problem=problem, verdict_line=verdict_line)
     winner: Literal["a", "b"] | None = shown
     if shown is not None and swapped:
         winner = "b" if shown == "a" else "a"

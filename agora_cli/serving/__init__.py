@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from agora_cli.client import ClientPool, MemberLimits
 from agora_cli.config import Config
@@ -63,7 +64,9 @@ class Serving:
         self.run_paths = run_paths
         self.bus = bus
         used = {m.backend for m in cfg.members}
-        self.backends = {n: build_backend(cfg, n, run_paths, bus) for n in cfg.backends if n in used}
+        self.backends: dict[str, ServingBackend] = {
+            n: build_backend(cfg, n, run_paths, bus) for n in cfg.backends if n in used
+        }
         self._member_backend = {m.name: m.backend for m in cfg.members}
         self._started = False
         self._wrote_servers_file = False
@@ -215,7 +218,7 @@ def serving_pool(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[
         yield srv, srv.client_pool()
 
 
-def read_servers_file(run_paths: RunPaths) -> dict | None:
+def read_servers_file(run_paths: RunPaths) -> dict[str, Any] | None:
     """The servers file when it exists and its writer is still alive, else None."""
     try:
         state = json.loads(run_paths.servers.read_text())

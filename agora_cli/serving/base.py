@@ -9,7 +9,7 @@ endpoints through `openai.AsyncOpenAI` (see `agora_cli.client`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agora_cli.endpoint import Endpoint  # noqa: F401 - what every backend returns; re-exported
 
@@ -24,6 +24,14 @@ class ServingBackend(Protocol):
 
         Raises ServerError naming the log file when a server does not become healthy in time.
         """
+
+    def attach(self, state: dict[str, Any]) -> bool:
+        """Use the servers another agora process recorded (`state`, as its `state()` returned)
+        instead of starting them; False, with nothing attached, when they are not all healthy."""
+
+    def state(self) -> dict[str, Any]:
+        """What `attach` needs to reach this backend's live servers (JSON-serialisable); written to
+        the run's servers file by `agora serve`."""
 
     def health(self) -> bool:
         """True when every server answers its health check."""

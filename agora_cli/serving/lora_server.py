@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agora_cli.config import Member, SGLangBackend, VLLMBackend
 from agora_cli.endpoint import NO_KEY, Endpoint
@@ -228,7 +229,7 @@ class LoraServing:
     # ------------------------------------------------------------------ engine hooks
 
     def _launch(
-        self, base: str, members: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool
     ) -> tuple[list[str], dict[str, str]]:
         """The server command line and extra environment for one base model (`dry_run`: for
         `describe`, writing and checking nothing)."""
@@ -279,7 +280,7 @@ class LoraServing:
     def _log(self, base: str) -> Path:
         return self.run_paths.logs / f"{self.kind}-{self.name}-{slug(base)}.log"
 
-    def _server(self, i: int, base: str, members: list[str]) -> ServerProcess:
+    def _server(self, i: int, base: str, member_names: list[str]) -> ServerProcess:
         """The i-th server: to launch, or (`launch: false`) the one already running elsewhere."""
         if not self.cfg.launch:
             url = self.cfg.urls.get(base)
@@ -292,7 +293,7 @@ class LoraServing:
                 name=f"{self.API.engine} server", cmd=[], url=url.rstrip("/"), log=self._log(base)
             )
         port = self._port(i)
-        cmd, env = self._launch(base, members, port, dry_run=False)
+        cmd, env = self._launch(base, member_names, port, dry_run=False)
         return ServerProcess(
             name=f"{self.API.engine} server ({Path(base).name})",
             cmd=cmd,
@@ -311,8 +312,8 @@ class LoraServing:
         bases = self._bases()
         self.lora.headers = bearer(self._api_key())  # load/unload are admin calls: key them too
         try:
-            for i, (base, members) in enumerate(bases.items()):
-                process = self._server(i, base, members)
+            for i, (base, member_names) in enumerate(bases.items()):
+                process = self._server(i, base, member_names)
                 self.bus.emit(
                     "server_starting",
                     backend=self.name,
@@ -336,7 +337,7 @@ class LoraServing:
             for m in self.members:
                 self.lora.adapters.setdefault(m, None)
 
-    def attach(self, state: dict) -> bool:
+    def attach(self, state: dict[str, Any]) -> bool:
         """Take over the servers a previous process recorded (`state()`), when they are the ones
         this config needs and all answer; False (nothing changed) otherwise."""
         servers, adapters = state.get("servers", {}), state.get("adapters", {})
@@ -349,7 +350,7 @@ class LoraServing:
             self.lora.adapters = {m: adapters.get(m) for m in self.members}
         return True
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """What `attach` needs: server URLs and live adapters (never the key)."""
         with self.lora.lock:
             return {"kind": self.kind, "servers": dict(self._urls), "adapters": dict(self.lora.adapters)}

@@ -8,6 +8,7 @@ hides it). Such members cannot load adapters (config validation already rejects 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from agora_cli.config import Config, Member, OpenAIBackend
 from agora_cli.endpoint import NO_KEY, Endpoint
@@ -48,11 +49,11 @@ class OpenAIServing:
     def start(self) -> None:
         self._api_key()  # fail now, not on the first request
 
-    def attach(self, state: dict) -> bool:
+    def attach(self, state: dict[str, Any]) -> bool:
         self._api_key()
         return True
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"kind": "openai", "base_url": self.cfg.base_url}  # never the key
 
     def health(self) -> bool:

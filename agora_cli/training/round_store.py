@@ -191,7 +191,8 @@ def start_attempt(store: Store, round_id: int) -> int:
 
 
 def round_row(store: Store, round_id: int) -> sqlite3.Row:
-    return store.one("SELECT * FROM rounds WHERE id = ?", (round_id,))
+    """The round's rounds row; StoreError when there is no such round."""
+    return store.require("SELECT * FROM rounds WHERE id = ?", (round_id,), what=f"training round {round_id}")
 
 
 def buffer_ids(store: Store, round_id: int) -> list[int]:
@@ -225,10 +226,12 @@ def round_adapters(store: Store, round_id: int) -> list[sqlite3.Row]:
 
 
 def adapter_of(store: Store, round_id: int, member: str) -> sqlite3.Row:
-    """The member's adapters row in the round (version, path, status)."""
-    return store.one(
+    """The member's adapters row in the round (version, path, status); StoreError when the round
+    reserved no adapter for the member."""
+    return store.require(
         "SELECT version, path, status FROM adapters WHERE round_id = ? AND member = ?",
         (round_id, member),
+        what=f"the adapter of {member!r} in training round {round_id}",
     )
 
 

@@ -48,7 +48,7 @@ from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 from agora_cli.training import round_store as rs
-from agora_cli.training.data import load_samples, samples_to_json
+from agora_cli.training.data import load_samples, member_seed, samples_to_json
 from agora_cli.training.trainer import TrainSpec
 from agora_cli.training.worker import terminate, worker_command
 
@@ -339,7 +339,11 @@ class RoundManager:
                     author=member if self.cfg.protocol.mode == "isolated" else None,
                 )
             ),
-            training=self.cfg.training.model_dump(mode="json"),
+            # Each member its own seed, so members sharing a base and the buffer stay distinct.
+            training={
+                **self.cfg.training.model_dump(mode="json"),
+                "seed": member_seed(self.cfg.seed, self.cfg.training.seed, member),
+            },
             round_id=f.round_id,
             previous_adapter_dir=self._previous_adapter(member, f.round_id),
             chat_template=chat_template_text(self.cfg.member(member)),

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agora_cli.config import Training
 from agora_cli.errors import TrainingError
@@ -39,6 +39,9 @@ from agora_cli.training.data import (
     samples_from_json,
 )
 from agora_cli.training.memory import MemoryPlan, find_dims, plan_memory
+
+if TYPE_CHECKING:  # transformers loads lazily: the round manager imports this module too
+    from transformers import PreTrainedTokenizerBase
 
 META_FILE = "agora-adapter.json"
 
@@ -124,7 +127,9 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def load_tokenizer(base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    base_model_dir: str, chat_template: str | None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
@@ -156,7 +161,7 @@ def text_lora_targets(model: Any, target_modules: list[str] | str) -> tuple[list
     keep_head = target_modules != "all-linear" and "lm_head" in target_modules
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     prefix = next((n for n, mod in model.named_modules() if mod is decoder and n), None)
-    if prefix is None:  # no separate decoder: the whole model is text
+    if prefix is None or decoder is None:  # no separate decoder: the whole model is text
         exclude = None if keep_head else r"^lm_head$"
         inside = model.named_modules()
     else:
@@ -185,7 +190,9 @@ def lora_model(
     model = AutoModelForCausalLM.from_pretrained(
         base_model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
     )
-    model.to(device)
+    # transformers declares `to` as `@wraps(nn.Module.to)`, so its stub is the unbound function
+    # (self first) and a bound call looks like passing `device` as the model.
+    model.to(device)  # type: ignore[arg-type]
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
         # have none) and replays dropout's RNG state, so gradients match the plain pass.

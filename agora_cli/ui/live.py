@@ -164,8 +164,9 @@ class LiveState:
             self.phases = {p: (0, 0) for p in PHASES}
             self.step_started = e.get("t")
         elif kind in ("phase_started", "phase_progress", "phase_finished"):
-            done = e.get("done", e.get("n", 0) if kind == "phase_finished" else 0)
-            total = e.get("total", e.get("n", 0))
+            n = e.get("n", 0)
+            done: int = e["done"] if "done" in e else (n if kind == "phase_finished" else 0)
+            total: int = e["total"] if "total" in e else n
             self.phases[e["phase"]] = (done, total)
         elif kind == "request_done" and e.get("ok"):
             m = self.member(e["member"])
@@ -245,8 +246,9 @@ class LiveState:
         elif kind == "problem_dropped":
             self.recent.append(f"problem dropped ({e.get('reason')})")
 
-    def _members(self, members: dict[str, Any]) -> None:
-        for name, v in members.items():
+    def _members(self, reported: dict[str, Any]) -> None:
+        """Update each member's stats from an event's `members` field ({name: {field: value}})."""
+        for name, v in reported.items():
             m = self.member(name)
             for key in (
                 "mu",
@@ -299,11 +301,11 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _dur(s: float | None) -> str:
-    if s is None:
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
         return "-"
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:

@@ -16,7 +16,7 @@ from agora_cli.stats import fraction_text, rate_text
 
 
 def _f(x: object, fmt: str = ".3f") -> str:
-    return "-" if x is None else format(x, fmt)  # type: ignore[arg-type]
+    return "-" if x is None else format(x, fmt)
 
 
 def step_line(e: Event) -> str:

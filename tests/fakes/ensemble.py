@@ -79,9 +79,12 @@ def problem_of(req: Request) -> int | None:
     """The id of the problem a solve/verify/vote request is about (its last `Problem:` line;
     earlier ones are few-shot examples)."""
     found = None
-    for line in req.user.splitlines():
+    lines = req.user.splitlines()
+    for i, line in enumerate(lines):
         if line.startswith("Problem:"):
-            m = PROBLEM_ID.search(line)
+            # verify and vote prompts quote the problem below a bare label, after a BEGIN line
+            text = line if line.strip() != "Problem:" else " ".join(lines[i + 1 : i + 3])
+            m = PROBLEM_ID.search(text)
             found = int(m.group(1)) if m else None
     return found
 
