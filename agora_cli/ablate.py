@@ -23,7 +23,7 @@ from pathlib import Path
 
 from agora_cli import runner
 from agora_cli.config import Config, load_config
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationError, EvaluationUsageError
 from agora_cli.evaluation.comparisons import (
     METHOD,
     RunValues,
@@ -71,7 +71,9 @@ def parse_variants(spec: str) -> list[str]:
     for raw in spec.split(","):
         name = raw.strip().removeprefix("no-").replace("-", "_")
         if name not in VARIANTS:
-            raise EvaluationError(f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}")
+            raise EvaluationUsageError(
+                f"unknown variant {raw.strip()!r}; choose from all, {', '.join(VARIANTS)}"
+            )
         if name not in out:
             out.append(name)
     return out
@@ -138,7 +140,7 @@ def check_steps(grid: list[tuple[PlannedRun, Config]], steps: int) -> None:
     if short:
         worst = max(short.values())
         listed = ", ".join(f"{v} needs {n}" for v, n in sorted(short.items()))
-        raise EvaluationError(
+        raise EvaluationUsageError(
             f"--steps {steps} is too short for these switches to act ({listed}; anchors every "
             f"protocol.anchor_every steps); use --steps {worst} or more, or lower "
             "protocol.anchor_every"

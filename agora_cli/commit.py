@@ -156,8 +156,9 @@ def compute_effects(
 
     n_sol = len(all_solutions)
     n_ok = sum(1 for v in correct.values() if v)
-    # V_t: consensus pass@1 of this step. A step without solutions says nothing about the
-    # difficulty, so V_t stays NULL and d_t carries over.
+    # V_t: consensus approval of this step (the share of its solutions every verifier passed). A
+    # step without solutions says nothing about the difficulty, so V_t stays NULL and d_t carries
+    # over.
     v_t = n_ok / n_sol if n_sol else None
     d_next = run.open.difficulty
     if v_t is not None:
@@ -230,11 +231,12 @@ def emit_committed(
             bus.emit("rating_update", member=m, mu=s["mu"], sigma=s["sigma"])
     size = steps.buffer_size(store)
     # isolated: the member nearest its own threshold (`per_member`), so the ETA stays meaningful
+    unconsumed = steps.waiting_rows(store, isolated)
     bus.emit(
         "buffer_size",
         size=size,
         threshold=cfg.protocol.buffer_threshold,
-        unconsumed=steps.waiting_rows(store, isolated),
+        unconsumed=unconsumed,
         per_member=isolated,
     )
     bus.emit("difficulty", step=fx.step, d=fx.next_difficulty, v=fx.v_t, v_target=fx.v_target)
@@ -270,6 +272,7 @@ def emit_committed(
         wall_s=fx.wall_s,
         request_s=fx.request_s,
         buffer=size,
+        unconsumed=unconsumed,
         threshold=cfg.protocol.buffer_threshold,
         per_member=isolated,
         members=stats,

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationError, EvaluationUsageError
 from agora_cli.paths import DATA_DIR
 
 BENCHMARK_FILES: dict[str, str] = {
@@ -75,9 +75,9 @@ def load_benchmark(name: str) -> list[Item]:
     """All items of an evaluation benchmark (`gsm8k`, `math500`, `aime24`), in file order."""
     if name not in BENCHMARK_FILES:
         if name in SEED_POOL_FILES:
-            raise EvaluationError(f"{name!r} is the seed pool and is never evaluated on")
+            raise EvaluationUsageError(f"{name!r} is the seed pool and is never evaluated on")
         known = ", ".join(BENCHMARK_FILES)
-        raise EvaluationError(f"unknown benchmark {name!r}; choose from {known}")
+        raise EvaluationUsageError(f"unknown benchmark {name!r}; choose from {known}")
     return list(_read(BENCHMARK_FILES[name], name))
 
 
@@ -127,7 +127,7 @@ def subset(items: list[Item], limit: int | None, *, salt: str = "eval") -> list[
     if limit is None or limit >= len(items):
         return list(items)
     if limit < 1:
-        raise EvaluationError(f"--limit must be at least 1 (got {limit})")
+        raise EvaluationUsageError(f"--limit must be at least 1 (got {limit})")
     bench = items[0].benchmark if items else ""
     rng = random.Random(f"{salt}:{bench}:{SUBSET_SEED}")
     picked = set(rng.sample(range(len(items)), limit))

@@ -26,6 +26,17 @@ class ConfigError(AgoraError):
         super().__init__("\n".join(lines))
 
 
+class ConfigFileMissing(ConfigError):
+    """The config file itself does not exist: one plain line, not a list of problems."""
+
+    def __init__(self, path: object):
+        super().__init__(str(path), [("<file>", "no such file")])
+        self.args = (
+            f"config file {path} does not exist; `agora configs` lists the shipped configs "
+            "(e.g. configs/tiny.yaml)",
+        )
+
+
 class ModelSourceError(AgoraError):
     """A model source (hub id, directory, GGUF file, pkg:// file) cannot be resolved or prepared."""
 
@@ -51,6 +62,18 @@ class StoreError(AgoraError):
     """The run store is missing, locked, from a newer agora, or inconsistent."""
 
 
+class UsageError(AgoraError):
+    """A command's argument names something that does not exist (a member, an adapter version)."""
+
+    exit_code = 2
+
+
+class NoRunError(StoreError):
+    """The run directory given holds no run (a usage error: the path is wrong)."""
+
+    exit_code = 2
+
+
 class RunLockedError(StoreError):
     """Another agora process holds the run directory (see `agora_cli.runlock`)."""
 
@@ -67,6 +90,12 @@ class PromptError(AgoraError):
 
 class EvaluationError(AgoraError):
     """A benchmark is unknown or its data cannot be read."""
+
+
+class EvaluationUsageError(EvaluationError):
+    """An argument names a benchmark, member, seed list or limit that cannot be (a usage error)."""
+
+    exit_code = 2
 
 
 class ShippedConfigError(AgoraError):

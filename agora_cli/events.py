@@ -3,8 +3,10 @@
 The engine never prints. Every event is a flat dict with `t` (unix time), `kind` and fields.
 Kinds in use (add new ones here so consumers can find them):
 
-  run_started, run_resumed, run_finished, step_started, step_committed,
-  phase_started, phase_finished          {phase, step, n}
+  run_started, run_resumed, step_started, step_committed (+ unconsumed: untrained buffer rows)
+  run_finished                            {steps} (+ nothing_to_do, steps_target when no step ran)
+  phase_started, phase_finished          {phase, step, n}  (phase "anchor": external anchoring,
+                                          + members on phase_started)
   phase_progress                          {phase, step, done, total}  (totals grow as work flows)
   seed_fallback                           {step, n, slot}  (a slot's retries all dropped)
   request_done                            {member, role, latency_s, prompt_tokens, completion_tokens, ok}
@@ -22,10 +24,17 @@ Kinds in use (add new ones here so consumers can find them):
                                           memory_budget_gb}; then one per optimizer step)
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n, reused?}
+  eval_progress                           {member, benchmark, done, total}  (`agora eval`; its
+                                          phase_started "evaluate" carries `totals` per pair)
   consensus_audit                         {step, precision, recall, verifiers, total}  (probe
                                           counts {tp, fp, fn, tn} per verifier and '@consensus':
                                           this step's, and the run's `total`; agora_cli/audit.py)
+  server_starting                         {backend, url, model, log, launch}  (launched, or
+                                          waited for when `launch: false`; then server_started)
   server_started, server_stopped          {backend, url, log} (+ model on server_started)
+  servers_attached                        {backends, file}  (`agora serve`'s servers, no start)
+  training_wait                           {round, workers}  (the last step is committed; the run
+                                          waits for this round to train and go live)
   adapter_unload_failed                   {backend, member, lora_name, error}  (sglang, vllm; harmless)
   server_stop_failed                      {backend, error}  (a server may still be running)
   sink_failed                             {sink, error}  (once per sink; the others keep going)

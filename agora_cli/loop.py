@@ -22,6 +22,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from agora_cli import steps
 from agora_cli.audit import GradeMany
@@ -38,8 +39,8 @@ from agora_cli.step import Step, StepState, variant_for
 from agora_cli.step.base import Versions
 from agora_cli.store import Store
 
-# async run_anchor(pool, cfg, prompts, step, members) -> {member: (score, n)}
-AnchorFn = Callable[[ClientPool, Config, Prompts, int, list[str]], Awaitable[dict[str, tuple[float, int]]]]
+# async run_anchor(pool, cfg, prompts, step, members, bus, stored=..., keep=...) -> {member: (score, n)}
+AnchorFn = Callable[..., Awaitable[dict[str, tuple[float, int]]]]
 
 
 def anchor_due(cfg: Config, step: int) -> bool:
@@ -96,7 +97,10 @@ async def anchor_scores(
     re-scoring an unchanged member is handled where it matters: FEM acts only on a drop beyond
     the anchor's 95% interval (protocol/surprise.py)."""
     bench, live = calibration_name(cfg.evaluation.calibration), versions()  # the held-out dev split
-    scores = await anchor(pool, cfg, prompts, t, members)
+    # Answers graded before an interruption are reused, new ones kept as they arrive.
+    stored = steps.anchor_items(store, t)
+    keep = partial(steps.insert_anchor_item, store, t)
+    scores = await anchor(pool, cfg, prompts, t, members, bus, stored=stored, keep=keep)
     with store.transaction():
         for member, (score, n) in scores.items():
             steps.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from agora_cli import steps as step_store
 from agora_cli.client import ClientPool
 from agora_cli.commit import init_ratings, member_stats
 from agora_cli.config import Config, dump_config, load_config
-from agora_cli.errors import ConfigError, StoreError, TrainingError
+from agora_cli.errors import ConfigError, NoRunError, TrainingError
 from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.evaluation.grading import Grader
 from agora_cli.events import EventBus, JsonlSink
@@ -35,7 +36,7 @@ from agora_cli.protocol.prompts import Prompts
 from agora_cli.serving import serving_pool
 from agora_cli.step import STAGES
 from agora_cli.store import Store
-from agora_cli.training.round_store import live_versions
+from agora_cli.training.round_store import live_versions, retriable_round
 from agora_cli.training.rounds import RoundManager
 
 TRAINING_PACKAGES = ("torch", "peft")  # what a training worker imports (agora_cli.training.trainer)
@@ -94,6 +95,23 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _yaml_value(v: Any) -> str:
+    """One value as an override writes it (a bare scalar's YAML ends with a "..." marker)."""
+    return yaml.safe_dump(v, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+
+
+def matching_overrides(stored: dict, cfg: Config) -> str:
+    """The `key=value` overrides that turn `cfg` back into the stored config (what a resume that
+    forgot the original overrides needs), each quoted for a shell."""
+    given = yaml.safe_load(dump_config(cfg))
+    a = _flatten(stored)
+    differ = [k for k, _ in config_diff(stored, given)]
+    parts = [f"{k}={_yaml_value(a[k])}" for k in differ if k in a]
+    text = " ".join(shlex.quote(p) for p in parts) or "(none)"
+    extra = [k for k in differ if k not in a]
+    return text + (f" (and remove {', '.join(extra)}: no override can)" if extra else "")
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool = False) -> RunPaths:
     """Create (or check, when resuming) the run directory and store the resolved config in it.
 
@@ -107,6 +125,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path | str | None = None, force: bool 
         stored = yaml.safe_load(paths.config.read_text()) or {}
         problems = config_diff(stored, yaml.safe_load(dump_config(cfg)))
         if problems:
+            problems.append(("to resume as stored", "add the overrides " + matching_overrides(stored, cfg)))
             problems.append(("--force", "pass --force to resume this run with the new config"))
             raise ConfigError(str(paths.config), problems)
     paths.config.write_text(dump_config(cfg))
@@ -218,23 +237,33 @@ def run(
             init_ratings(cfg, store)
             first = step_store.open_step_number(store)
             kind = "run_resumed" if first > 0 or step_store.has_steps(store) else "run_started"
+            if steps is not None and first >= steps:
+                # Nothing to do (`--steps 0`, or a run that already has its steps): no server
+                # is started for it. A round a killed run left unfinished waits for the next
+                # invocation that runs steps (or `agora train`).
+                bus.emit("run_finished", steps=first, nothing_to_do=True, steps_target=steps)
+                return RunResult(paths.root, first, first, step_store.step_row(store, first - 1))
+            # Said before the servers start (a minute or more): the views show the run's state
+            # meanwhile, not an empty header.
+            live = live_versions(store, [m.name for m in cfg.members]) if cfg.ablations.lora else {}
+            bus.emit(
+                kind,
+                run_dir=str(paths.root),
+                step=first,
+                steps_target=steps,
+                threshold=cfg.protocol.buffer_threshold,
+                buffer=step_store.buffer_size(store),
+                unconsumed=step_store.waiting_rows(store, cfg.protocol.mode == "isolated"),
+                members=member_stats(store, cfg, live),
+            )
             with serving_pool(cfg, paths, bus) as (srv, pool):
                 rounds = _rounds(cfg, store, paths, srv, bus)
-                live = rounds.live_versions() if rounds is not None else {}
-                bus.emit(
-                    kind,
-                    run_dir=str(paths.root),
-                    step=first,
-                    steps_target=steps,
-                    threshold=cfg.protocol.buffer_threshold,
-                    buffer=step_store.buffer_size(store),
-                    members=member_stats(store, cfg, live),
-                )
                 try:
                     asyncio.run(drive(cfg, store, pool, prompts, bus, steps=steps, rounds=rounds))
                     if rounds is not None and rounds.in_flight() is not None:
                         # The last steps' samples are trained before a finished run exits;
                         # Ctrl-C skips this and the round is retried on resume.
+                        bus.emit("training_wait", round=rounds.in_flight(), workers=rounds.workers())
                         rounds.wait()
                 finally:
                     if rounds is not None:
@@ -276,11 +305,50 @@ def _tensorboard(bus: EventBus, cfg: Config, paths: RunPaths) -> Iterator[None]:
             logging.getLogger("agora").warning("tensorboard log %s did not close cleanly (%s)", sink.name, e)
 
 
+def resume_command(config: str, overrides: list[str], steps: int | None, run_dir: Path) -> str:
+    """The exact `agora run` command that resumes a run: the same config, overrides and target,
+    and its run directory spelled out (a default one included), quoted for a shell."""
+    words = ["agora", "run", config, *overrides]
+    if steps is not None:
+        words += ["--steps", str(steps)]
+    words += ["--run-dir", str(run_dir)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def interrupt_summary(run_dir: Path) -> str:
+    """What an interrupted run keeps and what a resume redoes, read from its store (read-only)."""
+    paths = RunPaths(run_dir)
+    if not paths.store.exists():
+        return "nothing was stored yet; a resume starts the run from step 0"
+    with Store(paths.store, readonly=True) as store:
+        committed = step_store.open_step_number(store)
+        work = step_store.work_counts(store, committed)
+        unfinished = retriable_round(store)
+    kept = (
+        f"{committed} step(s) committed (steps 0-{committed - 1}) are kept"
+        if committed
+        else "no step was committed"
+    )
+    stored = ", ".join(f"{n} {table}" for table, n in work.items() if n)
+    open_step = (
+        f"step {committed}'s stored work ({stored}) is reused on resume and only its missing "
+        "requests are asked again"
+        if stored
+        else f"step {committed} starts over (nothing of it was stored)"
+    )
+    training = (
+        f"; training round {unfinished['id']} did not finish and is retried with the same rows"
+        if unfinished is not None
+        else ""
+    )
+    return f"{kept}; {open_step}{training}"
+
+
 def load_run(run_dir: Path | str) -> tuple[Config, RunPaths]:
     """The config stored in an existing run directory."""
     paths = RunPaths(run_dir)
     if not paths.config.exists() or not paths.store.exists():
-        raise StoreError(f"{run_dir} holds no run; start one with `agora run CONFIG --run-dir {run_dir}`")
+        raise NoRunError(f"{run_dir} holds no run; start one with `agora run CONFIG --run-dir {run_dir}`")
     return load_config(paths.config), paths
 
 

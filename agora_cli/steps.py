@@ -269,15 +269,16 @@ def first_open_step(store: Store) -> int | None:
     return None if value is None else int(value)
 
 
-def committed_totals(store: Store) -> tuple[int, int, float]:
-    """(committed steps, rows they buffered, their summed wall time in s): the throughput line."""
+def committed_totals(store: Store) -> tuple[int, int, float, int]:
+    """(committed steps, rows they buffered, their summed wall time in s, solutions they
+    validated by consensus): the throughput line."""
     r = store.one(
-        "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall "
-        "FROM steps WHERE committed_at IS NOT NULL"
+        "SELECT COUNT(*) AS n, SUM(n_buffered) AS buffered, SUM(wall_s) AS wall, "
+        "SUM(n_correct) AS validated FROM steps WHERE committed_at IS NOT NULL"
     )
     if r is None:  # an aggregate always returns one row; kept explicit for the reader
-        return 0, 0, 0.0
-    return int(r["n"] or 0), int(r["buffered"] or 0), float(r["wall"] or 0.0)
+        return 0, 0, 0.0, 0
+    return int(r["n"] or 0), int(r["buffered"] or 0), float(r["wall"] or 0.0), int(r["validated"] or 0)
 
 
 # The tables a step's open work is written to (one row per completed request).
@@ -557,6 +558,71 @@ def insert_anchor(
         "reused_from, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (step, member, benchmark, score, n, version, reused_from, now()),
     )
+
+
+@dataclass(frozen=True)
+class AnchorItem:
+    """One graded anchor answer stored at a step (a member's reply to one calibration item)."""
+
+    member: str
+    benchmark: str
+    item_id: str
+    model: str
+    reply: str
+    answer: str | None
+    gold: str
+    correct: bool
+    adapter_version: int
+    completion_tokens: int
+    latency_s: float
+
+
+def insert_anchor_item(store: Store, step: int, a: AnchorItem) -> None:
+    """Keep one graded anchor answer of the open step (a resumed anchor does not ask it again)."""
+    store.execute(
+        "INSERT OR IGNORE INTO anchor_items(step, member, benchmark, item_id, model, reply, answer, "
+        "gold, correct, adapter_version, completion_tokens, latency_s) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            step,
+            a.member,
+            a.benchmark,
+            a.item_id,
+            a.model,
+            a.reply,
+            a.answer,
+            a.gold,
+            int(a.correct),
+            a.adapter_version,
+            a.completion_tokens,
+            a.latency_s,
+        ),
+    )
+
+
+def anchor_items(store: Store, step: int) -> list[AnchorItem]:
+    """The graded anchor answers stored at `step`, in the order they were graded."""
+    rows = store.query(
+        "SELECT member, benchmark, item_id, model, reply, answer, gold, correct, adapter_version, "
+        "completion_tokens, latency_s FROM anchor_items WHERE step = ? ORDER BY rowid",
+        (step,),
+    )
+    return [
+        AnchorItem(
+            r["member"],
+            r["benchmark"],
+            r["item_id"],
+            r["model"],
+            r["reply"],
+            r["answer"],
+            r["gold"],
+            bool(r["correct"]),
+            int(r["adapter_version"]),
+            int(r["completion_tokens"]),
+            float(r["latency_s"]),
+        )
+        for r in rows
+    ]
 
 
 def step_anchors(store: Store, step: int) -> dict[str, tuple[float, int]]:

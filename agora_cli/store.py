@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agora_cli.errors import StoreError
+from agora_cli.errors import NoRunError, StoreError
 
 BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another connection's write lock
 
@@ -236,6 +236,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (step, member)
     );
     """,
+    # v5: the anchor's graded answers, written as each request completes (open-step work like the
+    # others), so a resumed anchor step asks only the calibration items still missing. `model` is
+    # the model name asked: an answer from an adapter no longer live is not reused.
+    """
+    CREATE TABLE anchor_items (
+        step INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        benchmark TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        reply TEXT NOT NULL,
+        answer TEXT,
+        gold TEXT NOT NULL,
+        correct INTEGER NOT NULL,
+        adapter_version INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (step, member, benchmark, item_id, model)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -248,7 +268,7 @@ class Store:
         self.path = Path(path)
         if readonly:
             if not self.path.exists():
-                raise StoreError(f"no run store at {self.path}; start a run with `agora run CONFIG`")
+                raise NoRunError(f"no run store at {self.path}; start a run with `agora run CONFIG`")
             uri = f"file:{self.path}?mode=ro"
             self.conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         else:

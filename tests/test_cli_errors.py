@@ -42,7 +42,7 @@ def one_error_line(res) -> str:  # noqa: ANN001
 def test_agora_error_is_one_line_and_its_text_is_never_markup(tmp_path):
     missing = tmp_path / "[bold]runs[/bold]" / "x"
     res = cli.invoke(app, ["status", str(missing)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     line = one_error_line(res)
     assert "[bold]runs[/bold]" in line  # printed as written, not parsed as Rich markup
     assert res.stdout == ""
@@ -52,7 +52,7 @@ def test_agora_error_is_one_line_and_its_text_is_never_markup(tmp_path):
 def test_debug_shows_the_traceback_instead(tmp_path):
     res = cli.invoke(app, ["--debug", "status", str(tmp_path / "nope")])
     assert res.exit_code != 0
-    assert type(res.exception).__name__ == "StoreError"
+    assert type(res.exception).__name__ == "NoRunError"
 
 
 @pytest.mark.integration

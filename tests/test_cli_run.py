@@ -24,14 +24,14 @@ def test_run_prints_one_line_per_step_then_status(tmp_path, run_dir):
     assert res.exit_code == 0, res.output
     lines = [x for x in res.output.splitlines() if x.startswith("step ")]
     assert [x.split(" |")[0] for x in lines] == ["step 0", "step 1"]
-    assert "buffer 2/100" in lines[0] and "buffer 4/100" in lines[1]
+    assert "buffer untrained 2/100, total 2" in lines[0] and "buffer untrained 4/100, total 4" in lines[1]
     assert "2 step(s) committed" in res.output
 
     st = cli.invoke(app, ["status", str(run_dir)])
     assert st.exit_code == 0, st.output
     out = st.output
     assert "2 step(s) committed" in out
-    assert "buffer 4 (4 not yet trained)/100" in out
+    assert "buffer untrained 4/100 (4 buffered in total)" in out
     for member in ("alpha", "beta", "gamma"):
         assert member in out
     assert "step_committed" in out  # last events from events.jsonl
@@ -86,7 +86,7 @@ def test_a_run_resumes_under_new_execution_settings_but_not_new_hyperparameters(
 @pytest.mark.unit
 def test_status_of_missing_run_is_one_error_line(tmp_path):
     res = cli.invoke(app, ["status", str(tmp_path / "nope")])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "agora run" in lines[0]
     assert res.stdout == ""
@@ -211,10 +211,13 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, run_dir):
         # time to cancel the step, close its clients and exit.
         out, err = p.communicate(timeout=300)
         assert p.returncode == 130, out + err
-        assert err.strip().splitlines() == ["interrupted"]  # one line, no traceback
+        # What was kept and the command that resumes, no traceback.
+        said, resume = err.strip().splitlines()
         with Store(RunPaths(run_dir).store) as store:
             done = store.last_committed_step() + 1
         assert done >= 2
+        assert said.startswith(f"interrupted: {done} step(s) committed (steps 0-{done - 1}) are kept; ")
+        assert resume == f"resume with: agora run {cfg} --run-dir {run_dir}"
         res = cli.invoke(app, ["run", str(cfg), "--steps", str(done + 1), "--run-dir", str(run_dir)])
     assert res.exit_code == 0, res.output
     assert f"resuming run {run_dir} at step {done}" in res.output
@@ -248,9 +251,10 @@ def test_status_shows_throughput_and_each_generators_drop_rate(tmp_path, run_dir
         }
     out = cli.invoke(app, ["status", str(run_dir)], terminal_width=200).output
     rate = buffered / wall * 3600
+    assert f"buffered {rate:.1f}/h (entered the buffer) (" in out
     assert (
-        f"validated {rate:.1f}/h ({buffered} in 2 step(s), {wall:.0f} s step wall time); "
-        f"buffer threshold 10: {10 - buffered} to go, ~"
+        f"{buffered} buffered in 2 step(s), {wall:.0f} s step wall time); "
+        f"buffer threshold 10: {10 - buffered} untrained rows to go, ~"
     ) in out
     assert by_author["alpha"][1] == 1
     for member, (n, d) in by_author.items():  # the "q drop" column: each generator's drop rate

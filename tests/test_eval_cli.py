@@ -73,6 +73,10 @@ def test_eval_command_scores_and_greedy(tmp_path: Path) -> None:
     scores = {m: v["score"] for m, v in summary["scores"]["gsm8k"].items()}
     assert scores == {"alice": 4 / 6, "bob": 3 / 6, "carol": 2 / 6, MAJORITY: 2 / 6}
     assert "66.7% [30.0, 90.3] (4/6)" in result.output  # alice, with her 95% Wilson interval
+    # Not a terminal: progress as lines, per member and benchmark, a few per pair (not per item).
+    for m in MEMBERS:
+        assert f"eval {m} gsm8k: 6/6 answered" in result.output
+    assert len([x for x in result.output.splitlines() if x.startswith("eval alice gsm8k: ")]) <= 4
     assert summary["scores"]["gsm8k"]["alice"]["ci95"] == pytest.approx([0.2999, 0.9032], abs=1e-4)
 
 
@@ -87,9 +91,9 @@ def test_eval_command_member_subset_and_bad_version(tmp_path: Path) -> None:
         assert ok.exit_code == 0, ok.output
         assert {r.model for r in fake.requests} == {"carol"}
         bad = CliRunner().invoke(app, ["eval", str(cfg), "--limit", "4", "--adapter-version", "carol=3"])
-        assert bad.exit_code == 1 and "no adapter v3" in bad.output
+        assert bad.exit_code == 2 and "no adapter v3" in bad.output
         unknown = CliRunner().invoke(app, ["eval", str(cfg), "--members", "dave"])
-        assert unknown.exit_code == 1 and "unknown member" in unknown.output
+        assert unknown.exit_code == 2 and "unknown member" in unknown.output
     rows = read_results(out / "results.jsonl")
     assert {r.member for r in rows} == {"carol"} and len(rows) == 4  # no majority of one
 

@@ -154,7 +154,7 @@ def test_with_elite_refuses_what_cannot_put_h_t_in_the_prompt(tmp_path: Path, ru
         empty = CliRunner().invoke(
             app, ["eval", str(cfg_path), "--limit", "2", "--with-elite", str(tmp_path / "nowhere")]
         )
-        assert empty.exit_code == 1 and "no run store" in empty.output
+        assert empty.exit_code == 2 and "no run store" in empty.output
         # A run store with no elite row yet.
         RunPaths(run_dir).ensure()
         Store(RunPaths(run_dir).store).close()

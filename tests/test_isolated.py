@@ -213,7 +213,7 @@ def test_a_v3_run_store_migrates_to_member_steps(tmp_path):
     with Store(path, readonly=True) as s:
         assert s.scalar("SELECT COUNT(*) FROM problems") == 1
     with Store(path) as s:
-        assert s.scalar("PRAGMA user_version") == SCHEMA_VERSION == 4
+        assert s.scalar("PRAGMA user_version") == SCHEMA_VERSION == 5
         assert s.scalar("SELECT COUNT(*) FROM member_steps") == 0
         assert s.scalar("SELECT COUNT(*) FROM problems") == 1
 

@@ -49,6 +49,7 @@ def events() -> list[dict]:
         wall_s=12.0,
         request_s=40.0,
         buffer=2,
+        unconsumed=2,
         threshold=16,
         members=members,
         n_problems=2,
@@ -63,13 +64,14 @@ def test_live_view_shows_header_members_and_phases():
     state = LiveState()
     for e in events():
         state.apply(e)
-    console = Console(record=True, width=160, file=io.StringIO())
+    console = Console(record=True, width=400, file=io.StringIO())  # one header line per line
     console.print(render(state))
     text = console.export_text()
     assert "step t=0 (of 2 steps)" in text
     # V_t = 3 of 4 solutions validated, with its 95% Wilson interval
-    assert "V_t 0.750 [0.301, 0.954] (3/4)" in text
-    assert "V_target 0.500" in text and "buffer 2/16" in text
+    assert "consensus approval V_t 0.750 [0.301, 0.954] (3/4)" in text
+    assert "V_target 0.500" in text and "buffer untrained 2/16 (2 buffered in total)" in text
+    assert "d_t 1.000  d_{t+1} 1.010" in text  # each under its own name after the commit
     row = next(line for line in text.splitlines() if "alpha" in line and "29.40" in line)
     # mu, sigma, solutions, validated, pass rate (3/4, 95% Wilson), buffer share, tokens/s
     # (50 tok / 2 s), adapter
@@ -79,9 +81,11 @@ def test_live_view_shows_header_members_and_phases():
     assert "ETA 0:00:12" in text  # one step left at 12 s per step
     # 2 samples in 12 s of step wall time: 600/h; 14 more to the threshold take 84 s.
     assert (
-        "validated 600.0/h (2 in 1 step(s), 12 s step wall time); buffer threshold 16: "
-        "14 to go, ~0:01:24 at that rate"
+        "validated 900.0/h (passed consensus), buffered 600.0/h (entered the buffer) (3 validated, "
+        "2 buffered in 1 step(s), 12 s step wall time); buffer threshold 16: 14 untrained rows to "
+        "go, ~0:01:24 at the buffered rate"
     ) in text
+    assert "q drop: its generated problems dropped" in text  # the column legend
 
 
 def test_plain_printer_one_line_per_committed_step():
@@ -91,7 +95,9 @@ def test_plain_printer_one_line_per_committed_step():
         printer(e)
     lines = out.getvalue().splitlines()
     assert lines[0] == "starting run runs/x at step 0"
-    assert lines[1] == "adapter live: alpha v2"
-    assert lines[2].startswith("step 0 | d 1.000->1.010 | V 0.750 [0.301, 0.954] (3/4) tgt 0.500")
-    assert "buffer 2/16" in lines[2] and "alpha:29.4" in lines[2]
+    assert lines[1] == "adapter swap: alpha v2 live after - s"
+    assert lines[2].startswith(
+        "step 0 | d_t 1.000 d_t+1 1.010 | approval 0.750 [0.301, 0.954] (3/4) tgt 0.500"
+    )
+    assert "buffer untrained 2/16, total 2" in lines[2] and "alpha:29.4" in lines[2]
     assert len(lines) == 3  # request/phase/rating events print nothing

@@ -302,7 +302,7 @@ def test_report_across_modes_and_variants(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_report_rejects_a_directory_without_a_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not a run directory" in result.output
 
 

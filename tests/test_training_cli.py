@@ -58,7 +58,7 @@ def test_agora_train_runs_a_round_below_threshold(run_dir: Path) -> None:
 @pytest.mark.unit
 def test_agora_train_explains_a_missing_run_and_an_unknown_member(run_dir: Path) -> None:
     missing = CliRunner().invoke(app, ["train", "--run-dir", str(run_dir / "nope")])
-    assert missing.exit_code == 1 and "agora run CONFIG" in missing.output
+    assert missing.exit_code == 2 and "agora run CONFIG" in missing.output
     make_run(run_dir, rows=1)
     unknown = CliRunner().invoke(app, ["train", "--run-dir", str(run_dir), "--member", "zed"])
-    assert unknown.exit_code == 1 and "no member 'zed'" in unknown.output
+    assert unknown.exit_code == 2 and "no member 'zed'" in unknown.output

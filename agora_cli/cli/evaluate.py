@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from agora_cli.cli.app import app, console
+from agora_cli.cli.app import app, console, is_tty
 from agora_cli.config import load_config
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationUsageError
 from agora_cli.events import EventBus
 from agora_cli.stats import PairedBinary, rate_text, significance_text, successes
+from agora_cli.ui.plain import PlainPrinter
+from agora_cli.ui.progress import ProgressBars
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -24,14 +28,14 @@ def _versions(items: list[str] | None) -> dict[str, int]:
     for item in items or []:
         member, sep, raw = item.partition("=")
         if not sep or not member.strip():
-            raise EvaluationError(f"--adapter-version {item!r}: expected member=N or member=base")
+            raise EvaluationUsageError(f"--adapter-version {item!r}: expected member=N or member=base")
         raw = raw.strip().lower()
         if raw in ("base", "0"):
             versions[member.strip()] = 0
         elif raw.removeprefix("v").isdigit():
             versions[member.strip()] = int(raw.removeprefix("v"))
         else:
-            raise EvaluationError(f"--adapter-version {item!r}: version must be a number or 'base'")
+            raise EvaluationUsageError(f"--adapter-version {item!r}: version must be a number or 'base'")
     return versions
 
 
@@ -100,18 +104,23 @@ def eval_cmd(
     from agora_cli.evaluation.evaluate import run_evaluation
 
     cfg = load_config(config, overrides or [])
-    report = run_evaluation(
-        cfg,
-        run_dir=run_dir,
-        benchmarks=_csv(benchmarks),
-        limit=limit,
-        members=_csv(members),
-        versions=_versions(adapter_version),
-        greedy=greedy or None,
-        out=out,
-        bus=EventBus(),
-        with_elite=with_elite,
-    )
+    bus = EventBus()
+    # Servers start and items are answered for minutes: never a blank terminal.
+    view: Any = ProgressBars(console) if is_tty() else nullcontext()
+    bus.add(view if is_tty() else PlainPrinter())
+    with view:
+        report = run_evaluation(
+            cfg,
+            run_dir=run_dir,
+            benchmarks=_csv(benchmarks),
+            limit=limit,
+            members=_csv(members),
+            versions=_versions(adapter_version),
+            greedy=greedy or None,
+            out=out,
+            bus=bus,
+            with_elite=with_elite,
+        )
     console.print(_scores_table(report.scores, f"pass@1, {cfg.name}", list(report.versions)))
     if report.elite is not None:
         console.print(
@@ -180,9 +189,9 @@ def ablate(
     try:
         seed_list = [int(s) for s in _csv(seeds) or []]
     except ValueError:
-        raise EvaluationError(f"--seeds {seeds!r}: expected a comma list of integers") from None
+        raise EvaluationUsageError(f"--seeds {seeds!r}: expected a comma list of integers") from None
     if not seed_list:
-        raise EvaluationError("--seeds is empty")
+        raise EvaluationUsageError("--seeds is empty")
     grid = ab.plan(config, seed_list, ab.parse_variants(variants), out, overrides or [])
     if dry_run:
         table = Table(title=f"{len(grid)} run(s) for {base.name}")
@@ -198,7 +207,7 @@ def ablate(
         console.print(table)
         return
     if steps is None:
-        raise EvaluationError("--steps N is required to run the grid (each run stops after N steps)")
+        raise EvaluationUsageError("--steps N is required to run the grid (each run stops after N steps)")
     ab.check_steps(grid, steps)
     md, csv_path = ab.run_ablation(
         grid, out, run_fn=ab.loop_run_fn, eval_fn=ab.eval_run_fn, steps=steps, limit=limit, bus=EventBus()

@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 
 from agora_cli import runner
-from agora_cli.cli.app import app, console, is_tty
+from agora_cli.cli.app import INTERRUPTED, app, console, err_console, is_tty, leaves
 from agora_cli.config import load_config
 from agora_cli.events import EventBus
 from agora_cli.ui import status as status_ui
@@ -27,14 +27,29 @@ def run(
     """Run the AGORA loop; on an existing run directory, resume from the last committed step."""
     cfg = load_config(config, overrides or [])
     bus = EventBus()
-    if is_tty():
-        view = LiveView(console)
-        bus.add(view)
-        with view:
+    root = Path(run_dir) if run_dir else cfg.resolved_run_dir()
+    try:
+        if is_tty():
+            view = LiveView(console)
+            bus.add(view)
+            with view:
+                result = runner.run(cfg, run_dir=run_dir, steps=steps, force=force, bus=bus)
+        else:
+            bus.add(PlainPrinter())
             result = runner.run(cfg, run_dir=run_dir, steps=steps, force=force, bus=bus)
-    else:
-        bus.add(PlainPrinter())
-        result = runner.run(cfg, run_dir=run_dir, steps=steps, force=force, bus=bus)
+    except BaseException as e:
+        if not any(isinstance(x, KeyboardInterrupt) for x in leaves(e)):
+            raise
+        # Ctrl-C: say what was kept, what a resume redoes, and the exact command that resumes.
+        err_console.print(
+            Text("interrupted: ", style="yellow")
+            + Text(runner.interrupt_summary(root))
+            + Text("\nresume with: ")
+            + Text(runner.resume_command(config, overrides or [], steps, root), style="bold"),
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(INTERRUPTED) from None
     console.print(
         Text("done", style="green")
         + Text(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from agora_cli import runlock
-from agora_cli.cli.app import app, console
+from agora_cli.cli.app import app, console, is_tty
 from agora_cli.config import Config, load_config
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.paths import RunPaths
+from agora_cli.ui.plain import PlainPrinter
+from agora_cli.ui.progress import ProgressBars
 
 
 @app.command()
@@ -43,8 +47,10 @@ def _serve(cfg: Config, paths: RunPaths) -> None:
 
     paths.logs.mkdir(parents=True, exist_ok=True)
     sink = JsonlSink(paths.logs / "serve-events.jsonl")
-    serving = Serving(cfg, paths, EventBus([sink]))
-    with console.status("starting servers (de-quantising models on first use)"):
+    # Each server's start (and readiness, with its elapsed time) as a bar, or a line when piped.
+    view: Any = ProgressBars(console) if is_tty() else nullcontext()
+    serving = Serving(cfg, paths, EventBus([sink, view if is_tty() else PlainPrinter()]))
+    with view:
         serving.start()
     try:
         if serving.attached:

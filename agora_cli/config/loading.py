@@ -7,15 +7,17 @@ exit 2.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agora_cli.config.checks import cross_checks
 from agora_cli.config.schema import BACKEND_KINDS, Config
-from agora_cli.errors import ConfigError
+from agora_cli.errors import ConfigError, ConfigFileMissing
 from agora_cli.model_facts import member_defaults
 from agora_cli.paths import resolve_extends
 
@@ -36,6 +38,48 @@ def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     if len(loc) > 2 and loc[0] == "backends" and loc[2] in BACKEND_KINDS:
         return loc[:2] + loc[3:]
     return loc
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
+
+
+def _containers(annotation: Any) -> list[Any]:
+    """`list[X]` / `dict[str, X]` -> [X]: what one index or key below this field holds."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (list, tuple) and args:
+        return [args[0]]
+    if origin is dict and len(args) == 2:
+        return [args[1]]
+    return [c for arg in args for c in _containers(arg)] if origin is not None else []
+
+
+def valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The setting names the schema accepts in the mapping at YAML path `loc` (e.g.
+    ('protocol',) -> Protocol's fields). Lists and `backends.<name>` levels are stepped through;
+    a level the schema cannot name gives []."""
+    models: list[Any] = [Config]
+    for part in loc:
+        nxt: list[Any] = []
+        for m in models:
+            if isinstance(m, type) and issubclass(m, BaseModel):
+                field = m.model_fields.get(str(part))
+                if field is not None:
+                    nxt.append(field.annotation)
+            else:  # a list or dict annotation: this part is an index or a key
+                nxt += _containers(m)
+        models = nxt
+    return sorted({name for a in models for m in _models(a) for name in m.model_fields})
+
+
+def did_you_mean(loc: tuple[Any, ...]) -> str:
+    """' (did you mean `protocol.buffer_threshold`?)' for an unknown key at `loc`, or ''."""
+    close = difflib.get_close_matches(str(loc[-1]), valid_keys(loc[:-1]), n=1, cutoff=0.6)
+    return f"; did you mean `{_loc((*loc[:-1], close[0]))}`?" if close else ""
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -74,14 +118,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def config_from_dict(data: Any, source: str = "<config>") -> Config:
-    """Validate a parsed YAML document; raise one ConfigError with every problem."""
+def _problem(err: Any, overrides: dict[str, str]) -> tuple[str, str]:
+    """(where, what) for one pydantic error: an unknown key says so with the closest valid
+    name, and a problem an override made names the override, not the file."""
+    loc = _drop_union_tag(err["loc"])
+    where = _loc(loc)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown setting{did_you_mean(loc)}"
+    for key, item in overrides.items():  # `traning.lr=3`: the error is at `traning`
+        if key == where or key.startswith(where + ".") or key.startswith(where + "["):
+            return where, f"from the override `{item}`: {msg}"
+    return where, msg
+
+
+def config_from_dict(data: Any, source: str = "<config>", overrides: dict[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document; raise one ConfigError with every problem.
+
+    `overrides` maps a YAML path to the `key=value` override that set it, so a problem there is
+    blamed on the override."""
     if not isinstance(data, dict):
         raise ConfigError(source, [("<root>", "expected a mapping at the top level")])
     try:
         cfg = Config.model_validate(with_model_facts(data))
     except ValidationError as e:
-        problems = [(_loc(_drop_union_tag(err["loc"])), err["msg"]) for err in e.errors()]
+        problems = [_problem(err, overrides or {}) for err in e.errors()]
+        if all(msg.startswith("from the override") for _, msg in problems):
+            source = f"{source} overrides"  # the file is fine; the command line is not
         # Schema errors can hide cross-field errors; report what we can see of both.
         raise ConfigError(source, problems) from None
     problems = cross_checks(cfg)
@@ -119,7 +182,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
     """Parse one YAML file, following `extends: other.yaml` first (relative to the file, else a
     shipped config of that name: agora_cli/paths.py `resolve_extends`)."""
     if not path.exists():
-        raise ConfigError(str(path), [("<file>", "no such file")])
+        raise ConfigFileMissing(path)
     if path.resolve() in chain:
         raise ConfigError(str(path), [("extends", "circular extends chain")])
     try:
@@ -153,7 +216,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if not isinstance(data, dict):
             raise ConfigError(str(path), [("<root>", "expected a mapping at the top level")])
         data = apply_overrides(data, overrides)
-    return config_from_dict(data, str(path))
+    given = {
+        _loc(tuple(int(p) if p.isdigit() else p for p in parse_override(o)[0])): o for o in overrides or []
+    }
+    # The last override of a key is the one that took effect.
+    return config_from_dict(data, str(path), given)
 
 
 def dump_config(cfg: Config) -> str:

@@ -11,6 +11,7 @@ the `anchors` table; Eq. 2's surprise, FEM and the dynamic strategy read them fr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Config
@@ -18,12 +19,47 @@ from agora_cli.datasets import calibration_name, calibration_set
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.scoring import (
     MAJORITY,
+    ItemResult,
     accuracy,
     answer_items,
     greedy_sampling,
     majority_rows,
 )
+from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.prompts import Prompts
+from agora_cli.steps import AnchorItem
+
+
+def _result(a: AnchorItem) -> ItemResult:
+    return ItemResult(
+        a.member,
+        a.benchmark,
+        a.item_id,
+        a.model,
+        a.reply,
+        a.answer,
+        a.gold,
+        a.correct,
+        a.adapter_version,
+        a.completion_tokens,
+        a.latency_s,
+    )
+
+
+def _item(r: ItemResult) -> AnchorItem:
+    return AnchorItem(
+        r.member,
+        r.benchmark,
+        r.item_id,
+        r.model,
+        r.reply,
+        r.answer,
+        r.gold,
+        r.correct,
+        r.adapter_version,
+        r.completion_tokens,
+        r.latency_s,
+    )
 
 
 async def run_anchor(
@@ -32,6 +68,9 @@ async def run_anchor(
     prompts: Prompts,
     step: int,
     members: list[str] | None = None,
+    bus: EventBus = NULL_BUS,
+    stored: Sequence[AnchorItem] = (),
+    keep: Callable[[AnchorItem], None] | None = None,
 ) -> dict[str, tuple[float, int]]:
     """{member or '@majority': (pass@1, n graded)} on the calibration set at `step`.
 
@@ -40,6 +79,10 @@ async def run_anchor(
     scored only when all are. A request that fails after retries is left out of `n` (the score
     is over what was graded); `@majority` covers the items every member answered. A name graded
     on nothing (n = 0: every request failed) is missing from the result, never (0.0, 0).
+
+    `stored` are answers graded at this step before an interruption: an item a member already
+    answered with the model it is asked with now is not asked again (like every other request of
+    an open step). `keep` is given each new graded answer as it arrives (failed requests aside).
     """
     ev = cfg.evaluation
     items = calibration_set(ev.calibration, ev.calibration_size, cfg.protocol.seed_pool)
@@ -47,18 +90,39 @@ async def run_anchor(
     members = everyone if members is None else [m for m in everyone if m in members]
     majority = members == everyone
     sampling = greedy_sampling(ev.sampling) if ev.greedy else ev.sampling
-    jobs = [(m, it) for it in items for m in members]
+    model_of = {m: pool.resolve(m).model for m in members}
+    wanted = {(it.benchmark, it.id) for it in items}
+    reused = [
+        _result(a)
+        for a in stored
+        if a.member in model_of and a.model == model_of[a.member] and (a.benchmark, a.item_id) in wanted
+    ]
+    have = {(r.member, r.item_id) for r in reused}
+    jobs = [(m, it) for it in items for m in members if (m, it.id) not in have]
+    total = len(jobs) + len(reused)
     loop = asyncio.get_running_loop()
     grader = Grader(ev.grade_workers, ev.grade_timeout_s)
+    # The anchor takes minutes on a CPU: its progress is shown like a phase of the step.
+    done = len(reused)
+    bus.emit("phase_started", phase="anchor", step=step, n=total, members=members, reused=len(reused))
+
+    def graded(r: ItemResult) -> None:
+        nonlocal done
+        done += 1
+        if keep is not None and r.error is None:
+            keep(_item(r))
+        bus.emit("phase_progress", phase="anchor", step=step, done=done, total=total)
+
     try:
-        rows = await answer_items(
-            pool, prompts, sampling, grader, jobs, model_of=lambda m: pool.resolve(m).model
+        rows = reused + await answer_items(
+            pool, prompts, sampling, grader, jobs, model_of=lambda m: model_of[m], on_result=graded
         )
         # Grading off the event loop: the grader blocks until its workers answer.
         if majority:
             rows += await loop.run_in_executor(None, majority_rows, rows, members, items, grader)
     finally:
         await loop.run_in_executor(None, grader.close)
+    bus.emit("phase_finished", phase="anchor", step=step, n=total)
     scores = accuracy(rows).get(calibration_name(ev.calibration), {})
     names = [*members, MAJORITY] if majority else members
     # A member graded on nothing (every request failed) has no score, not a score of 0.0: it is

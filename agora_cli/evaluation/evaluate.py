@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from agora_cli.client import ClientPool
 from agora_cli.config import Config, Sampling
 from agora_cli.datasets import Item
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationError, EvaluationUsageError
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.scoring import (
     MAJORITY,
@@ -158,9 +159,30 @@ async def evaluate(
     done = {r.key for r in previous}
     all_items = [it for b in items for it in items[b]]
     jobs = [(m, it) for it in all_items for m in members if (m, it.benchmark, it.id, models[m]) not in done]
-    bus.emit("phase_started", phase="evaluate", step=None, n=len(jobs))
+    # Progress per (member, benchmark): an evaluation takes minutes and must never look stuck.
+    totals = Counter((m, it.benchmark) for m, it in jobs)
+    answered: Counter[tuple[str, str]] = Counter()
+    bus.emit(
+        "phase_started",
+        phase="evaluate",
+        step=None,
+        n=len(jobs),
+        totals=[{"member": m, "benchmark": b, "total": n} for (m, b), n in totals.items()],
+    )
     t0 = time.perf_counter()
     appender = _Appender(path)
+
+    def graded(r: ItemResult) -> None:
+        appender(r)
+        answered[(r.member, r.benchmark)] += 1
+        bus.emit(
+            "eval_progress",
+            member=r.member,
+            benchmark=r.benchmark,
+            done=answered[(r.member, r.benchmark)],
+            total=totals[(r.member, r.benchmark)],
+        )
+
     try:
         fresh = await answer_items(
             pool,
@@ -170,7 +192,7 @@ async def evaluate(
             jobs,
             model_of=models.__getitem__,
             version_of=versions.__getitem__,
-            on_result=appender,
+            on_result=graded,
             examples=examples,
         )
         current = {
@@ -256,7 +278,7 @@ def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
 
     path = RunPaths(run_dir).store
     if not path.exists():
-        raise EvaluationError(
+        raise EvaluationUsageError(
             f"--with-elite {run_dir}: no run store at {path}; give the directory "
             "of a run that has committed at least one step"
         )
@@ -376,7 +398,7 @@ def check_versions(run_dir: Path, versions: dict[str, int]) -> None:
     paths = RunPaths(run_dir)
     for m, v in versions.items():
         if v and not paths.adapter_dir(m, v).exists():
-            raise EvaluationError(
+            raise EvaluationUsageError(
                 f"member {m!r} has no adapter v{v} at {paths.adapter_dir(m, v)}; list the run's "
                 f"adapters with `agora status {run_dir}` or use {m}=base"
             )
@@ -422,10 +444,12 @@ def run_evaluation(
     chosen = members or names
     unknown = [m for m in chosen if m not in names]
     if unknown:
-        raise EvaluationError(f"unknown member(s) {', '.join(unknown)}; the config has {', '.join(names)}")
+        raise EvaluationUsageError(
+            f"unknown member(s) {', '.join(unknown)}; the config has {', '.join(names)}"
+        )
     extra = [m for m in (versions or {}) if m not in names]
     if extra:
-        raise EvaluationError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
+        raise EvaluationUsageError(f"--adapter-version names unknown member(s) {', '.join(extra)}")
     # Read with the live versions, so the step and the adapters evaluated belong together.
     step = last_step(run_dir)
     vers = {**run_versions(run_dir, chosen), **{m: v for m, v in (versions or {}).items() if m in chosen}}

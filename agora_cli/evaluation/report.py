@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from agora_cli import report_store
-from agora_cli.errors import EvaluationError
+from agora_cli.errors import EvaluationError, NoRunError
 from agora_cli.evaluation import plots
 from agora_cli.evaluation.audit_report import audit_section
 from agora_cli.evaluation.comparisons import (
@@ -98,7 +98,7 @@ def load_run(root: Path | str) -> RunInfo:
     """Read a run directory's config and evaluation summaries (the store is opened per figure)."""
     paths = RunPaths(root)
     if not paths.store.exists():
-        raise EvaluationError(
+        raise NoRunError(
             f"{paths.root} is not a run directory (no {paths.store.name}); pass the directory "
             "`agora run` wrote, e.g. runs/tiny"
         )

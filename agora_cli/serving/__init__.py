@@ -83,6 +83,9 @@ class Serving:
         _stop_on_sigterm()
         if self._try_attach():
             self.attached = True
+            self.bus.emit(
+                "servers_attached", backends=sorted(self.backends), file=str(self.run_paths.servers)
+            )
         else:
             try:
                 for backend in self.backends.values():

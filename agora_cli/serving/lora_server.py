@@ -314,6 +314,14 @@ class LoraServing:
         try:
             for i, (base, member_names) in enumerate(bases.items()):
                 process = self._server(i, base, member_names)
+                self.bus.emit(
+                    "server_starting",
+                    backend=self.name,
+                    url=process.url,
+                    model=base,
+                    log=str(process.log),
+                    launch=self.cfg.launch,
+                )
                 if self.cfg.launch:
                     process.start()
                     self._processes[base] = process

@@ -257,6 +257,9 @@ class TransformersServing:
                     "OMP_NUM_THREADS": str(self.cfg.threads_per_server),
                 },
             )
+            self.bus.emit(
+                "server_starting", backend=self.name, url=process.url, model=model, log=str(log), launch=True
+            )
             process.start()
             server = _Server(model, process.url, process)
             self._servers[model] = server

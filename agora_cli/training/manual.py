@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agora_cli import runlock
 from agora_cli.config import Config, load_config
-from agora_cli.errors import StoreError, TrainingError
+from agora_cli.errors import NoRunError, StoreError, TrainingError, UsageError
 from agora_cli.events import EventBus, JsonlSink
 from agora_cli.paths import RunPaths
 from agora_cli.serving import Serving, read_servers_file
@@ -70,7 +70,7 @@ def train_now(
     """
     paths = RunPaths(run_dir)
     if not paths.store.exists():
-        raise StoreError(
+        raise NoRunError(
             f"{run_dir} holds no run store; start a run with `agora run CONFIG --run-dir {run_dir}`"
         )
     if config is None and not paths.config.exists():
@@ -78,7 +78,7 @@ def train_now(
     cfg = load_config(config if config is not None else paths.config)
     if member is not None and member not in {m.name for m in cfg.members}:
         known = ", ".join(m.name for m in cfg.members)
-        raise TrainingError(f"no member {member!r} in the config; members: {known}")
+        raise UsageError(f"no member {member!r} in the config; members: {known}")
     if not cfg.ablations.lora:
         raise TrainingError("ablations.lora is off in this run's config: nothing is trained")
     bus = bus or EventBus()

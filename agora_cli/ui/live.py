@@ -1,11 +1,15 @@
 """The rich live view of a running loop. It consumes engine events only (an EventBus sink).
 
-Header: step t, d_t, V_t, V_target, F_t, buffer fill x/threshold, elapsed and ETA, and the
-throughput: validated (buffered) samples per hour of step wall time and the projected time until
-the unconsumed buffer reaches the training threshold. A per-member table: TrueSkill mu and sigma,
-solutions, validated, pass rate, share of the buffer, generated problems dropped, tokens/s and the
-live adapter version. One progress bar per phase of the current step (generate, solve, verify,
-vote, explain, commit).
+Header: step t, d_t (this step's difficulty) and d_{t+1} (set by its commit), V_t (the step's
+consensus approval: the share of its solutions every verifier passed), V_target, F_t, the buffer
+as untrained rows over the training threshold and its running total, elapsed and an ETA that
+counts down with the clock, and the throughput: validated (passed consensus) and buffered samples
+per hour of step wall time, with the projected time until the untrained rows reach the threshold.
+Then what is happening now, so no minute passes with nothing moving: each server starting (with
+its elapsed time) until it is ready, each member's training round (steps, loss, tokens/s), swaps
+with their latency, and the wait for a round after the last step. A per-member table (its columns
+explained by LEGEND, printed under it) and one progress bar per phase of the current step
+(generate, solve, verify, vote, explain, commit, and the anchor when it runs).
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from agora_cli.events import Event
 from agora_cli.stats import fraction_text, rate_text, short_rate
 
 PHASES = ["generate", "solve", "verify", "vote", "explain", "commit"]
+
+LEGEND = (
+    "mu/sigma: TrueSkill rating from the quality votes; sol: solutions written; valid: solutions "
+    "every verifier passed; pass: valid/sol [95% CI]; buf share: the member's share of the buffer; "
+    "q drop: its generated problems dropped as malformed or duplicate [95% CI]; tok/s: completion "
+    "tokens per second of request time; adapter: live LoRA version (v0 = base model)"
+)
 
 
 @dataclass
@@ -48,17 +59,23 @@ class MemberStats:
 
 @dataclass
 class Throughput:
-    """Validated (buffered) samples over committed steps' wall time: what a user plans with."""
+    """Validated and buffered samples over committed steps' wall time: what a user plans with."""
 
     samples: int  # buffered by the steps measured
     steps: int
     wall_s: float  # the steps' own wall time (steps.wall_s), not time between runs
     unconsumed: int  # buffer rows no training round has taken yet
     threshold: int  # protocol.buffer_threshold
+    validated: int = 0  # solutions the steps measured passed by unanimous consensus
 
     @property
     def per_hour(self) -> float | None:
+        """Buffered samples per hour (what fills the buffer toward the threshold)."""
         return self.samples / self.wall_s * 3600 if self.wall_s > 0 and self.steps else None
+
+    @property
+    def validated_per_hour(self) -> float | None:
+        return self.validated / self.wall_s * 3600 if self.wall_s > 0 and self.steps else None
 
     def to_threshold_s(self) -> float | None:
         """Projected seconds until the unconsumed buffer reaches the threshold (0 when it has)."""
@@ -70,17 +87,23 @@ class Throughput:
     def line(self) -> str:
         """One line with its basis: the rate, what it was measured on, the projection."""
         if not self.steps:
-            return "validated -/h (no committed step yet)"
-        basis = f"{self.samples} in {self.steps} step(s), {self.wall_s:.0f} s step wall time"
+            return "validated/h and buffered/h: measured once a step commits in this view"
+        basis = (
+            f"{self.validated} validated, {self.samples} buffered in {self.steps} step(s), "
+            f"{self.wall_s:.0f} s step wall time"
+        )
         left = self.threshold - self.unconsumed
         if left <= 0:
             goal = f"buffer threshold {self.threshold} reached"
         else:
             eta = self.to_threshold_s()
-            goal = f"buffer threshold {self.threshold}: {left} to go, " + (
-                f"~{_dur(eta)} at that rate" if eta is not None else "no projection at 0/h"
+            goal = f"buffer threshold {self.threshold}: {left} untrained rows to go, " + (
+                f"~{_dur(eta)} at the buffered rate" if eta is not None else "no projection at 0/h"
             )
-        return f"validated {_f(self.per_hour, '.1f')}/h ({basis}); {goal}"
+        return (
+            f"validated {_f(self.validated_per_hour, '.1f')}/h (passed consensus), buffered "
+            f"{_f(self.per_hour, '.1f')}/h (entered the buffer) ({basis}); {goal}"
+        )
 
 
 @dataclass
@@ -95,10 +118,13 @@ class LiveState:
     v_target: float | None = None
     f_t: float | None = None
     strategy: str | None = None
+    d_next: float | None = None  # d_{t+1}, set by the last commit
     buffer: int = 0
     unconsumed: int = 0
     threshold: int = 0
     buffered_in_steps: int = 0  # samples buffered by the steps committed in this view
+    validated_in_steps: int = 0  # solutions those steps validated by consensus
+    step_started: float | None = None  # when the current step started (event time)
     started: float = field(default_factory=time.time)
     first_step: int = 0
     target_steps: int | None = None
@@ -110,6 +136,12 @@ class LiveState:
     audit: dict[str, Counts] = field(default_factory=dict)  # the run's consensus audit totals
     audit_step: Counts | None = None  # the last audited step's consensus counts
     per_member: bool = False  # the isolated control: the threshold is each member's own
+    # (backend, model) -> [url, starting event time, ready event time or None]
+    servers: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    # member -> its training round now: {round, step, total, loss, tps, state}
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    waiting_round: int | None = None  # after the last step: the round the run waits for
+    finished: bool = False
 
     def member(self, name: str) -> MemberStats:
         return self.members.setdefault(name, MemberStats())
@@ -118,16 +150,19 @@ class LiveState:
         """Fold one event into the state."""
         kind = e["kind"]
         if kind in ("run_started", "run_resumed"):
+            self.started = min(self.started, e.get("t", self.started))
             self.run_dir = e.get("run_dir", self.run_dir)
             self.first_step = self.step = e.get("step", 0)
             self.target_steps = e.get("steps_target")
             self.threshold = e.get("threshold", self.threshold)
             self.buffer = e.get("buffer", self.buffer)
+            self.unconsumed = e.get("unconsumed", self.unconsumed)
             self._members(e.get("members") or {})
         elif kind == "step_started":
-            self.step, self.d = e["step"], e.get("d")
+            self.step, self.d, self.d_next = e["step"], e.get("d"), None
             self.v_target, self.strategy = e.get("v_target"), e.get("strategy")
             self.phases = {p: (0, 0) for p in PHASES}
+            self.step_started = e.get("t")
         elif kind in ("phase_started", "phase_progress", "phase_finished"):
             n = e.get("n", 0)
             done: int = e["done"] if "done" in e else (n if kind == "phase_finished" else 0)
@@ -148,21 +183,57 @@ class LiveState:
             self.committed += 1
             self.step_times.append(e.get("wall_s") or 0.0)
             self.buffered_in_steps += e.get("n_buffered") or 0
-            self.v_t, self.f_t, self.d = e.get("v_t"), e.get("f_t"), e.get("d_next")
+            self.validated_in_steps += e.get("n_correct") or 0
+            self.step_started = None
+            # d_t stays this step's own; d_{t+1} is what the commit set for the next one.
+            self.v_t, self.f_t, self.d, self.d_next = e.get("v_t"), e.get("f_t"), e.get("d"), e.get("d_next")
+            self.unconsumed = e.get("unconsumed", self.unconsumed)
             n = e.get("n_solutions")
             self.v_counts = (int(e.get("n_correct") or 0), int(n)) if n else None
             self.buffer = e.get("buffer", self.buffer)
             self._members(e.get("members") or {})
             self.recent.append(
-                f"step {e['step']} committed: V={_f(e.get('v_t'))}, +{e.get('n_buffered', 0)} buffered"
+                f"step {e['step']} committed: consensus approval {_f(e.get('v_t'))}, "
+                f"+{e.get('n_buffered', 0)} buffered"
             )
+        elif kind == "server_starting":
+            self.servers[(e.get("backend", ""), e.get("model", ""))] = [e.get("url"), e["t"], None]
+        elif kind == "server_started":
+            entry = self.servers.setdefault(
+                (e.get("backend", ""), e.get("model", "")), [e.get("url"), e["t"], None]
+            )
+            entry[2] = e["t"]
         elif kind == "adapter_live":
             self.member(e["member"]).version = e.get("version", 0)
-            self.recent.append(f"adapter live: {e['member']} v{e.get('version')}")
-        elif kind in ("training_started", "training_finished", "training_failed"):
-            self.recent.append(
-                f"{kind.replace('_', ' ')}: round {e.get('round', '?')} {e.get('member', '')}".rstrip()
+            self.training.pop(e["member"], None)
+            latency = _f(e.get("latency_s"), ".2f")
+            self.recent.append(f"adapter swap: {e['member']} v{e.get('version')} live after {latency} s")
+        elif kind == "training_started":
+            self.training[e.get("member", "")] = {
+                "round": e.get("round"),
+                "state": "starting",
+                "rows": e.get("rows"),
+            }
+            self.recent.append(f"training round {e.get('round', '?')} started: {e.get('member', '')}")
+        elif kind == "training_progress" and e.get("step"):
+            t = self.training.setdefault(e.get("member", ""), {"round": e.get("round")})
+            t.update(
+                state="training",
+                step=e.get("step"),
+                total=e.get("total_steps"),
+                loss=e.get("loss"),
+                tps=e.get("tokens_per_s"),
             )
+        elif kind == "training_finished":
+            self.training.setdefault(e.get("member", ""), {"round": e.get("round")})["state"] = "swapping in"
+            self.recent.append(f"training round {e.get('round', '?')} finished: {e.get('member', '')}")
+        elif kind == "training_failed":
+            self.training.pop(e.get("member", ""), None)
+            self.recent.append(f"training failed: round {e.get('round', '?')} {e.get('member', '')}".rstrip())
+        elif kind == "training_wait":
+            self.waiting_round = e.get("round")
+        elif kind == "run_finished":
+            self.finished, self.waiting_round = True, None
         elif kind == "validation_score":
             self.recent.append(
                 f"anchor {e.get('member')}: {_f(e.get('score'))} (n={e.get('n')}"
@@ -196,14 +267,36 @@ class LiveState:
 
     def throughput(self) -> Throughput:
         return Throughput(
-            self.buffered_in_steps, self.committed, sum(self.step_times), self.unconsumed, self.threshold
+            self.buffered_in_steps,
+            self.committed,
+            sum(self.step_times),
+            self.unconsumed,
+            self.threshold,
+            self.validated_in_steps,
         )
 
-    def eta_s(self) -> float | None:
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds until the last step commits: the steps left at the mean step time, less the
+        time the current step has already run (so it counts down between commits). None without
+        a target or a measured step, and once the steps are done (training may still run)."""
         if self.target_steps is None or not self.step_times:
             return None
         left = self.target_steps - (self.first_step + self.committed)
-        return max(left, 0) * sum(self.step_times) / len(self.step_times)
+        if left <= 0:
+            return None
+        running = (now or time.time()) - self.step_started if self.step_started is not None else 0.0
+        return max(left * sum(self.step_times) / len(self.step_times) - running, 0.0)
+
+    def eta_text(self, now: float | None = None) -> str:
+        if self.finished:
+            return "finished"
+        if self.waiting_round is not None:
+            return f"steps done; waiting for training round {self.waiting_round} to go live"
+        if self.target_steps is not None and self.first_step + self.committed >= self.target_steps:
+            return "steps done"
+        if self.target_steps is not None and not self.step_times:
+            return "- (measured once a step commits)"
+        return _dur(self.eta_s(now))
 
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
@@ -244,23 +337,52 @@ def member_table(members: dict[str, MemberStats], buffer_total: int) -> Table:
     return table
 
 
-def header(s: LiveState) -> Text:
-    elapsed = time.time() - s.started
+def buffer_text(s: LiveState) -> str:
+    """The buffer as what training waits on (untrained rows over the threshold) and its total."""
+    if s.per_member:
+        return (
+            f"buffer {s.buffer} in total; threshold {s.threshold} per member, nearest member has "
+            f"{s.unconsumed} of its own rows untrained"
+        )
+    return f"buffer untrained {s.unconsumed}/{s.threshold} ({s.buffer} buffered in total)"
+
+
+def header(s: LiveState, now: float | None = None) -> Text:
+    now = now or time.time()
     v_t = fraction_text(*s.v_counts) if s.v_counts else _f(s.v_t)
     return Text.from_markup(
         f"[bold]agora[/bold] {s.run_dir}  step t=[bold]{s.step if s.step is not None else '-'}"
         f"[/bold]{f' (of {s.target_steps} steps)' if s.target_steps else ''}  "
-        f"d_t {_f(s.d)}  V_t {v_t}  V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  "
-        f"strategy {s.strategy or '-'}\n"
-        + (
-            f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
-            f"{s.unconsumed} of its own rows untrained"
-            if s.per_member
-            else f"buffer {s.buffer}/{s.threshold}"
-        )
-        + f"  elapsed {_dur(elapsed)}  ETA {_dur(s.eta_s())}\n"
-        f"{s.throughput().line()}" + (f"\n{audit_line(s)}" if s.audit else "")
+        f"d_t {_f(s.d)}  d_{{t+1}} {_f(s.d_next)}  consensus approval V_t {v_t}  "
+        f"V_target {_f(s.v_target)}  F_t {_f(s.f_t, '.4f')}  strategy {s.strategy or '-'}\n"
+        f"{buffer_text(s)}  elapsed {_dur(now - s.started)}  ETA {s.eta_text(now)}\n"
+        f"{s.throughput().line()}" + (f"\n{audit_line(s)}" if s.audit else ""),
     )
+
+
+def activity(s: LiveState, now: float | None = None) -> Text:
+    """What is happening besides the step's phases: servers starting, training rounds."""
+    now = now or time.time()
+    lines = []
+    for (backend, model), (url, t0, ready) in s.servers.items():
+        if ready is None:
+            lines.append(
+                f"server {backend} {model}: starting, loading the model ({now - t0:.0f} s) {url or ''}"
+            )
+        elif not s.committed and s.step_started is None:
+            lines.append(f"server {backend} {model}: ready after {ready - t0:.1f} s")
+    for member, t in s.training.items():
+        if t.get("step"):
+            progress = (
+                f"step {t['step']}/{t.get('total') or '?'}, loss {_f(t.get('loss'), '.4f')}, "
+                f"{_f(t.get('tps'), '.0f')} tok/s"
+            )
+        else:
+            progress = f"on {t.get('rows', '?')} rows" if t.get("state") == "starting" else ""
+        state = t.get("state", "training")
+        detail = f", {progress}" if progress and state != "swapping in" else ""
+        lines.append(f"training round {t.get('round')} {member}: {state}{detail}")
+    return Text("\n".join(lines))
 
 
 def audit_line(s: LiveState) -> str:
@@ -283,17 +405,24 @@ def phase_bars(s: LiveState) -> Progress:
         TextColumn("{task.fields[label]}"),
         auto_refresh=False,
     )
-    for phase in PHASES:
+    for phase in PHASES + [p for p in s.phases if p not in PHASES]:  # + the anchor, when it runs
         done, total = s.phases.get(phase, (0, 0))
         # A phase with nothing to do this step (e.g. no new elite entry to explain) shows 0/0.
         progress.add_task(phase, total=total or 1, completed=done if total else 0, label=f"{done}/{total}")
     return progress
 
 
-def render(s: LiveState) -> RenderableType:
+def render(s: LiveState, now: float | None = None) -> RenderableType:
     """The whole view as one renderable (also used to capture it as text)."""
     recent = Text("\n".join(s.recent), style="dim") if s.recent else Text("")
-    return Group(header(s), member_table(s.members, s.buffer), phase_bars(s), recent)
+    return Group(
+        header(s, now),
+        activity(s, now),
+        member_table(s.members, s.buffer),
+        Text(LEGEND, style="dim"),
+        phase_bars(s),
+        recent,
+    )
 
 
 class LiveView:
@@ -309,12 +438,16 @@ class LiveView:
             transient=False,
         )
 
-    def __call__(self, e: Event) -> None:
-        self.state.apply(e)
-
     def __enter__(self) -> LiveView:
-        self._live.start()
+        # Drawn at the first event, not here: a config or lock error raised before the run
+        # emits anything is then printed alone, with no empty view above it.
         return self
 
+    def __call__(self, e: Event) -> None:  # noqa: F811 - redefined to start the display lazily
+        self.state.apply(e)
+        if not self._live.is_started:
+            self._live.start()
+
     def __exit__(self, *exc: object) -> None:
-        self._live.stop()
+        if self._live.is_started:
+            self._live.stop()

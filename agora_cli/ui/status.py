@@ -33,7 +33,7 @@ from agora_cli.steps import (
 )
 from agora_cli.store import Store
 from agora_cli.training.round_store import live_versions, recent_rounds
-from agora_cli.ui.live import MemberStats, Throughput, member_table
+from agora_cli.ui.live import LEGEND, MemberStats, Throughput, member_table
 
 QUIET = {"request_done", "phase_progress", "verdict"}
 
@@ -108,8 +108,8 @@ def collect(run_dir: Path | str, n_events: int = 10) -> RunStatus:
         member_d = {}
         if last and store.has_table("member_steps"):  # a store older than schema v4 has none
             member_d = {name: x.next_difficulty for name, x in member_steps(store, last["step"]).items()}
-        n_done, n_buffered, wall = committed_totals(store)
-        throughput = Throughput(n_buffered, n_done, wall, unconsumed, threshold)
+        n_done, n_buffered, wall, n_validated = committed_totals(store)
+        throughput = Throughput(n_buffered, n_done, wall, unconsumed, threshold, n_validated)
         rounds = recent_rounds(store, 3)
         per_step = step_counts(store)
     # Per-request chatter would crowd out what matters; `events.jsonl` keeps all of it.
@@ -177,7 +177,7 @@ def render(s: RunStatus) -> RenderableType:
         + (f", step {s.open_step} open" if s.open_step is not None else "")
         + "\n"
         f"last step {last.get('step', '-')}: d_t {_f(last.get('difficulty'))} -> "
-        f"d_t+1 {_f(last.get('next_difficulty'))}  V_t {_v_t(last)}  "
+        f"d_t+1 {_f(last.get('next_difficulty'))}  consensus approval V_t {_v_t(last)}  "
         f"V_target {_f(last.get('v_target'))}  F_t {_f(last.get('f_t'), '.4f')}  "
         f"strategy {last.get('strategy') or '-'}\n"
         + (
@@ -186,14 +186,14 @@ def render(s: RunStatus) -> RenderableType:
             else ""
         )
         + (
-            f"buffer {s.buffer} ({s.unconsumed} not yet trained)/{s.threshold}"
+            f"buffer untrained {s.unconsumed}/{s.threshold} ({s.buffer} buffered in total)"
             if not s.isolated
             else f"buffer {s.buffer}; threshold {s.threshold} per member, nearest member has "
             f"{s.unconsumed} of its own rows untrained"
         )
         + (f"\n{s.throughput.line()}" if s.throughput else "")
     )
-    parts: list[RenderableType] = [head, member_table(s.members, s.buffer)]
+    parts: list[RenderableType] = [head, member_table(s.members, s.buffer), Text(LEGEND, style="dim")]
     if s.audit:
         parts.append(Text(audit_text(s.audit, s.audit_steps)))
     if s.open_work:
