@@ -29,7 +29,6 @@ from agora_cli.paths import REPO_DIR, RunPaths
 from agora_cli.serving import Serving
 from agora_cli.serving.vllm import VLLMServing
 from agora_cli.training.trainer import lora_model
-from bench.gpu_check import load_config as arch_config
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +72,8 @@ def tiny_models(tmp: Path) -> dict[str, str]:
     Gemma-3-4B as its checkpoint loads (multimodal, a small vision tower)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration
+
+    from bench.gpu_check import load_config as arch_config  # imports torch: not at collection
 
     dirs = {}
     for arch in ARCHS:
