@@ -47,7 +47,10 @@ class AgoraStep(Step):
         else:
             rng = step_rng(cfg, t, "plan")
             seed_pool = gen.load_seed_pool(cfg.protocol.seed_pool)
-            generators = gen.choose_generators([m.name for m in cfg.members], cfg, rng)
+            # The Q-Group has its own stream: with `random_qgen` off no member is drawn, and the
+            # seed examples must not move because of that.
+            members = [m.name for m in cfg.members]
+            generators = gen.choose_generators(members, cfg, step_rng(cfg, t, "qgroup"))
             slots = []
             for i in range(cfg.protocol.problems_per_step):
                 examples = gen.sample_seeds(seed_pool, cfg.protocol.seed_examples, rng)

@@ -8,7 +8,9 @@ reads the spec `RoundManager` wrote (the real worker's input) and, by MODE:
   with the buffer ids it was given) and the result file, exits 0;
 - `exit:N`: exits with code N without writing anything (a crash);
 - `error`: writes `{"error": ...}` to the result file and exits 1 (a failure the worker caught);
-- `hang`: writes one progress line, then waits until it is terminated (a round in flight).
+- `hang`: writes one progress line, then waits until it is terminated (a round in flight);
+- `wait:PATH`: writes one progress line, waits until PATH exists (a round in flight for as long as
+  the test wants), then as `ok`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 
@@ -33,6 +36,9 @@ def main(spec_path: str, mode: str) -> int:
     if mode == "hang":
         signal.pause()
         return 1
+    if mode.startswith("wait:"):
+        while not Path(mode.split(":", 1)[1]).exists():
+            time.sleep(0.05)
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_config.json").write_text("{}")
