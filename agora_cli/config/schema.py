@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from agora_cli.paths import resolve_shipped
 
@@ -24,6 +24,14 @@ class Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------- serving
+
+# launch: false: base model -> the root URL of each replica serving it, started by any other
+# means (one URL alone is accepted); agora sends every adapter load/unload to each replica and
+# routes each request to the least busy one holding the member's adapter (serving/lora_server.py).
+ServerUrls = dict[
+    str,
+    Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), Field(min_length=1)],
+]
 
 
 class Sampling(Strict):
@@ -88,9 +96,9 @@ class SGLangBackend(Strict):
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
     cuda_visible_devices: dict[str, str] = {}
     extra_args: list[str] = []
-    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    # launch: false uses servers started elsewhere, at `urls` (ServerUrls above).
     launch: bool = True
-    urls: dict[str, str] = {}
+    urls: ServerUrls = {}
 
 
 class VLLMBackend(Strict):
@@ -114,9 +122,9 @@ class VLLMBackend(Strict):
     # Extra environment for the servers, e.g. {VLLM_CPU_KVCACHE_SPACE: "1"} (GiB of KV on CPU).
     env: dict[str, str] = {}
     extra_args: list[str] = []
-    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    # launch: false uses servers started elsewhere, at `urls` (ServerUrls above).
     launch: bool = True
-    urls: dict[str, str] = {}
+    urls: ServerUrls = {}
 
 
 class OpenAIBackend(Strict):
