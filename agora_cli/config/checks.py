@@ -6,7 +6,7 @@ Each check returns (YAML path, message) pairs; `loading.config_from_dict` report
 from __future__ import annotations
 
 from agora_cli.config.gpu import sglang_memory_plan
-from agora_cli.config.schema import Config, Member, OpenAIBackend, SGLangBackend, _template_path
+from agora_cli.config.schema import Config, Member, OpenAIBackend, SGLangBackend, VLLMBackend, _template_path
 from agora_cli.datasets import CALIBRATION_SPLITS, SEED_POOL_FILES
 from agora_cli.lora_names import SGLANG_LORA_MODULES, sglang_names, unsupported
 
@@ -85,6 +85,7 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
     from agora_cli.protocol.prompts import Prompts
 
     problems += [("prompts_dir", msg) for msg in Prompts(cfg.prompts_dir).problems()]
+    problems += _cluster_checks(cfg)
     if p.seed_pool not in SEED_POOL_FILES:
         problems.append(
             (
@@ -182,4 +183,27 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
                             ),
                         )
                     )
+    return problems
+
+
+def _cluster_checks(cfg: Config) -> list[tuple[str, str]]:
+    """Ray replicas are launched servers of a multi-LoRA engine: one per named backend's base model."""
+    if cfg.cluster is None:
+        return []
+    problems = []
+    for name in cfg.cluster.backends:
+        path = f"cluster.backends.{name}"
+        b = cfg.backends.get(name)
+        if b is None:
+            known = ", ".join(sorted(cfg.backends)) or "none"
+            problems.append((path, f"unknown backend {name!r} (defined: {known})"))
+        elif not isinstance(b, SGLangBackend | VLLMBackend):
+            problems.append((path, f"backend {name!r} is {b.kind}; Ray replicas are sglang or vllm servers"))
+        elif not b.launch:
+            problems.append(
+                (
+                    path,
+                    f"backend {name!r} has launch: false (its servers are under urls); set launch: true",
+                )
+            )
     return problems
