@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agora_cli.config import config_from_dict
 from agora_cli.errors import ConfigError
+from agora_cli.paths import RunPaths
+from agora_cli.serving import Serving
 
 pytestmark = pytest.mark.unit
 
@@ -47,10 +50,15 @@ def test_an_empty_replica_list_is_refused() -> None:
     assert [p for p, _ in problems] == [f"backends.gpu.urls.{BASE}"]
 
 
-def test_no_cluster_is_one_machine_and_imports_no_ray() -> None:
+def test_no_cluster_is_one_machine_and_imports_no_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` from here on raises
     cfg = config_from_dict(_cfg({"kind": "sglang"}))
     assert cfg.cluster is None
-    assert "ray" not in sys.modules
+    serving = Serving(cfg, RunPaths(tmp_path / "run"))
+    assert serving.backends["gpu"].placement is None  # type: ignore[attr-defined]
+    assert serving.describe()  # plans the one local server
 
 
 def test_a_ray_cluster_with_replicas_per_backend() -> None:

@@ -47,6 +47,7 @@ from typing import Any
 import openai
 
 from agora_cli.config import Member, SGLangBackend, VLLMBackend
+from agora_cli.config.schema import Cluster, ReplicaPlacement
 from agora_cli.endpoint import NO_KEY, Endpoint
 from agora_cli.errors import ServerError
 from agora_cli.events import NULL_BUS, EventBus
@@ -327,6 +328,8 @@ class LoraServing:
 
     kind: str  # "sglang", "vllm": the state's kind and the log files' prefix
     API: LoraApi
+    # (cluster, this backend's replicas) when the config places its servers with Ray (`Serving`)
+    placement: tuple[Cluster, ReplicaPlacement] | None = None
 
     def __init__(
         self,
@@ -348,6 +351,7 @@ class LoraServing:
         self._key: str | None = None
         self._checker: threading.Thread | None = None  # re-checks replicas (`check_replicas`)
         self._stopping = threading.Event()
+        self._placed: Any = None  # ray_replicas.Placed: the actors this backend started
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -406,6 +410,11 @@ class LoraServing:
     def _servers(self, i: int, base: str, member_names: list[str]) -> list[ServerProcess]:
         """The i-th base model's server to launch, or (`launch: false`) its replicas already
         running elsewhere, one per URL."""
+        if self._placed is not None:  # started as Ray actors (`start`): reached like any replica
+            return [
+                ServerProcess(name=f"{self.API.engine} replica", cmd=[], url=url, log=self._log(base))
+                for url in self._placed.urls[base]
+            ]
         if not self.cfg.launch:
             urls = self.cfg.urls.get(base)
             if not urls:
@@ -445,9 +454,13 @@ class LoraServing:
         bases = self._bases()
         self.lora.headers = bearer(self._api_key())  # load/unload are admin calls: key them too
         try:
+            if self.placement is not None:
+                from agora_cli.serving import ray_replicas  # only with a cluster: else no ray import
+
+                self._placed = ray_replicas.place(self, *self.placement)
             for i, (base, member_names) in enumerate(bases.items()):
                 for process in self._servers(i, base, member_names):
-                    if self.cfg.launch:
+                    if self.cfg.launch and self._placed is None:
                         process.start()
                         self._processes[base] = process
                     process.wait_healthy(self.cfg.startup_timeout_s)
@@ -539,6 +552,11 @@ class LoraServing:
             self._checker = None
         processes, self._processes = list(self._processes.values()), {}
         self.lora.shutdown(processes)
+        if self._placed is not None:
+            from agora_cli.serving import ray_replicas
+
+            placed, self._placed = self._placed, None
+            ray_replicas.remove(placed)
 
     # ------------------------------------------------------------------ routing
 
