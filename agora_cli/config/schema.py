@@ -27,7 +27,7 @@ class Strict(BaseModel):
 
 # launch: false: base model -> the root URL of each replica serving it, started by any other
 # means (one URL alone is accepted); agora sends every adapter load/unload to each replica and
-# routes each request to the least busy one holding the member's adapter (serving/lora_server.py).
+# routes each request to the least busy one holding the member's adapter (serving/lora_adapters.py).
 ServerUrls = dict[
     str,
     Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), Field(min_length=1)],

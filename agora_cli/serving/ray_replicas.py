@@ -5,7 +5,7 @@ ray. Each replica is a named, detached actor holding one bundle of a placement g
 PACK or SPREAD, `num_gpus` and `num_cpus` per replica). On the node Ray placed it, the actor runs
 exactly the command the backend builds for one server today, under the same `ServerProcess` (and
 its guard: the server stops when its actor dies), and reports the server's URL. The backend then
-treats those URLs as its replicas (`lora_server.py`): every adapter load goes to each, and each
+treats those URLs as its replicas (`lora_adapters.py`): every adapter load goes to each, and each
 request to the least busy one holding the member's adapter.
 
 Adapter directories, the run's logs and its key file are read and written by path on every node:
