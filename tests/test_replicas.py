@@ -17,6 +17,7 @@ import pytest
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Sampling, config_from_dict
+from agora_cli.errors import EndpointError
 from agora_cli.events import EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.serving import Serving
@@ -179,3 +180,31 @@ def test_a_replica_down_at_swap_time_is_synced_before_it_takes_traffic(tmp_path:
     assert back.loads == ["a-v2"]  # only the live version: a-v1 is never loaded again
     _assert_synced_before_traffic(back, "a-v2")
     assert "a-v2" in _chats(back)  # it takes traffic again once synced
+
+
+def test_a_lone_server_that_restarts_takes_requests_again_without_a_check(tmp_path: Path) -> None:
+    """With one server there is nowhere else to go: a refused connection does not take it out of
+    routing (the client's retries wait for it), as before replicas existed."""
+    server = FakeSGLang(BASE).start()
+    back: FakeSGLang | None = None
+    try:
+        with _serving(tmp_path, [server], []) as serving:
+            serving.activate("a", _adapter(tmp_path, "v1"), 1)
+            pool = serving.client_pool()
+
+            async def go() -> tuple[str, str]:
+                nonlocal back
+                server.stop()
+                with pytest.raises(EndpointError):
+                    await pool.chat("a", HI, SHORT)
+                back = FakeSGLang(BASE, port=server.port).start()
+                back.adapters["a-v1"] = str(_adapter(tmp_path, "v1-again"))  # as a restart that reloads it
+                text = (await pool.chat("a", HI, SHORT)).text
+                await pool.aclose()
+                return serving.endpoint("a").base_url, text
+
+            url, text = asyncio.run(go())
+    finally:
+        if back is not None:
+            back.stop()
+    assert (url, text) == (f"{server.url}/v1", "served by a-v1")

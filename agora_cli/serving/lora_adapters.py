@@ -169,7 +169,7 @@ class LoraServer:
                     else:
                         idle_on.append(url)
         for url, error in failed.items():
-            if isinstance(error.__cause__, OSError):
+            if isinstance(error.__cause__, OSError) and len(urls) > 1:  # one server stays in: no other
                 self.mark_down(url, str(error))
             else:
                 self.bus.emit("replica_out", backend=self.backend, url=url, lora_name=name, error=str(error))

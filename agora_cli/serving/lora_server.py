@@ -230,22 +230,27 @@ class LoraServing:
 
     def health(self) -> bool:
         """Re-check every replica (`check_replicas`); True when each base model has one that
-        takes requests."""
-        self.check_replicas()
+        answers and takes requests."""
+        answered = self.check_replicas()
         with self.lora.lock:
-            return all(any(self.lora.up.get(u) for u in urls) for urls in self._urls.values())
+            return all(
+                any(u in answered and self.lora.up.get(u) for u in urls) for urls in self._urls.values()
+            )
 
-    def check_replicas(self) -> None:
+    def check_replicas(self) -> set[str]:
         """One pass over every replica: one that does not answer is taken out of routing; one that
         answers is given the live adapters of its members that it lacks (`LoraServer.sync`), and
-        only then takes requests again."""
+        only then takes requests again. Returns the URLs that answered."""
+        answered = set()
         for base, urls in list(self._urls.items()):
             members = [m for m, b in self._base.items() if b == base]
             for url in urls:
-                if not self._ready(url):
-                    self.lora.mark_down(url, "does not answer its readiness check")
-                else:
+                if self._ready(url):
+                    answered.add(url)
                     self.lora.sync(url, members)
+                elif len(urls) > 1:  # a lone server stays in routing: the client's retries wait for it
+                    self.lora.mark_down(url, "does not answer its readiness check")
+        return answered
 
     def _watch_replicas(self) -> None:
         """Run `check_replicas` every REPLICA_CHECK_S in the background when a base model has
@@ -287,25 +292,30 @@ class LoraServing:
             extra_body=self._extra_body(name),
         )
 
-    def _route(self, member: str) -> tuple[str, str]:
-        """(base, replica url) for `member`'s next request; the caller holds `lora.lock`."""
+    def _route(self, member: str, fallback: bool = False) -> tuple[str, str]:
+        """(base, replica url) for `member`'s next request; the caller holds `lora.lock`. None
+        qualifying raises `NoReplica` (retried by the client), or with `fallback` gives the first
+        replica (for messages)."""
         base = self._base.get(member)
         if base is None or base not in self._urls:
             raise ServerError(
                 f"member {member!r} has no live server on backend {self.name!r}; start the servers first"
             )
         url = self.lora.pick(self._urls[base], member)
+        if url is None and fallback:
+            url = self._urls[base][0]
         if url is None:
-            raise ServerError(
+            raise NoReplica(
                 f"no replica of {base!r} on backend {self.name!r} answers with member {member!r}'s "
                 f"adapter ({', '.join(self._urls[base])}); see the replica_down events"
             )
         return base, url
 
     def endpoint(self, member: str) -> Endpoint:
-        """Where `member`'s next request would go (the least busy replica holding its adapter)."""
+        """Where `member`'s next request would go: the least busy replica holding its adapter (the
+        first one when none does, for messages; `lease` then raises `NoReplica`)."""
         with self.lora.lock:
-            base, url = self._route(member)
+            base, url = self._route(member, fallback=True)
             return self._endpoint(base, url, self.lora.adapters.get(member))
 
     @contextmanager
@@ -320,7 +330,7 @@ class LoraServing:
         try:
             yield self._endpoint(base, url, name)
         except Exception as e:
-            if _unreachable(e):
+            if _unreachable(e) and len(self._urls[base]) > 1:
                 self.lora.mark_down(url, f"{type(e).__name__}: {e}")
             raise
         finally:
@@ -350,6 +360,11 @@ class LoraServing:
                 line = f"(external) {', '.join(self.cfg.urls.get(base, ['<no url>']))} serves {base}"
             lines.append(f"{line}    # {who}")
         return lines
+
+
+class NoReplica(ServerError, ConnectionError):
+    """No replica of a base model answers with the member's adapter right now: a ConnectionError,
+    so the client retries with backoff while the replica check brings one back."""
 
 
 def _unreachable(e: BaseException) -> bool:
