@@ -122,7 +122,8 @@ def test_servers_file_events_and_config_dump_hold_no_key(tmp_path: Path) -> None
     assert key and key == run_key(paths.root)
     for m in backend.members.values():  # as after start: servers up, adapters live
         backend._base[m.name] = m.model
-        backend._urls[m.model] = "http://127.0.0.1:30000"
+        backend._urls[m.model] = ["http://127.0.0.1:30000"]
+        backend.lora.add_replica("http://127.0.0.1:30000", loaded=[f"{m.name}-v3"])
         backend.lora.adapters[m.name] = f"{m.name}-v3"
         bus.emit("server_started", backend=backend.name, url="http://127.0.0.1:30000", model=m.model)
         ep = serving.endpoint(m.name)

@@ -229,8 +229,10 @@ def test_attached_server_routes_members_by_vllm_adapter_names(tmp_path: Path) ->
         assert (a2.model, a2.extra_body) == (BASE_A, {})
         assert backend.state() == {
             "kind": "vllm",
-            "servers": {BASE_A: root},
+            "servers": {BASE_A: [root]},  # one replica
             "adapters": {"a1": "a1-v3", "a2": None},
+            "paths": {},
+            "loaded": {root: ["a1-v3"]},  # an older file's one server holds every live adapter
         }
     assert backend.health() is False
     assert backend.attach(state) is False  # its server is gone: start new ones instead

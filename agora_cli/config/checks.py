@@ -85,6 +85,7 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
     from agora_cli.protocol.prompts import Prompts
 
     problems += [("prompts_dir", msg) for msg in Prompts(cfg.prompts_dir).problems()]
+    problems += _cluster_checks(cfg)
     if p.seed_pool not in SEED_POOL_FILES:
         problems.append(
             (
@@ -182,4 +183,27 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
                             ),
                         )
                     )
+    return problems
+
+
+def _cluster_checks(cfg: Config) -> list[tuple[str, str]]:
+    """Ray replicas are launched servers of a multi-LoRA engine: one per named backend's base model."""
+    if cfg.cluster is None:
+        return []
+    problems = []
+    for name in cfg.cluster.backends:
+        path = f"cluster.backends.{name}"
+        b = cfg.backends.get(name)
+        if b is None:
+            known = ", ".join(sorted(cfg.backends)) or "none"
+            problems.append((path, f"unknown backend {name!r} (defined: {known})"))
+        elif not isinstance(b, SGLangBackend | VLLMBackend):
+            problems.append((path, f"backend {name!r} is {b.kind}; Ray replicas are sglang or vllm servers"))
+        elif not b.launch:
+            problems.append(
+                (
+                    path,
+                    f"backend {name!r} has launch: false (its servers are under urls); set launch: true",
+                )
+            )
     return problems

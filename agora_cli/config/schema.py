@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from agora_cli.paths import resolve_shipped
 
@@ -24,6 +24,14 @@ class Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------- serving
+
+# launch: false: base model -> the root URL of each replica serving it, started by any other
+# means (one URL alone is accepted); agora sends every adapter load/unload to each replica and
+# routes each request to the least busy one holding the member's adapter (serving/lora_adapters.py).
+ServerUrls = dict[
+    str,
+    Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), Field(min_length=1)],
+]
 
 
 class Sampling(Strict):
@@ -89,9 +97,9 @@ class SGLangBackend(Strict):
     # Several base models on one GPU box: give each server a device list, e.g. {"qwen3": "0"}.
     cuda_visible_devices: dict[str, str] = {}
     extra_args: list[str] = []
-    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    # launch: false uses servers started elsewhere, at `urls` (ServerUrls above).
     launch: bool = True
-    urls: dict[str, str] = {}
+    urls: ServerUrls = {}
 
 
 class VLLMBackend(Strict):
@@ -120,9 +128,9 @@ class VLLMBackend(Strict):
     # Extra environment for the servers, e.g. {VLLM_CPU_KVCACHE_SPACE: "1"} (GiB of KV on CPU).
     env: dict[str, str] = {}
     extra_args: list[str] = []
-    # launch: false uses servers started elsewhere: `urls` maps each base model to its root URL.
+    # launch: false uses servers started elsewhere, at `urls` (ServerUrls above).
     launch: bool = True
-    urls: dict[str, str] = {}
+    urls: ServerUrls = {}
 
 
 class OpenAIBackend(Strict):
@@ -326,6 +334,48 @@ class Logging(Strict):
     tensorboard: bool = False
 
 
+# --------------------------------------------------------------------------- cluster
+
+
+class ReplicaPlacement(Strict):
+    """The replicas of one launched backend on a Ray cluster: `replicas` servers per base model,
+    each a Ray actor holding `num_gpus` (fractional shares a GPU) and `num_cpus`, placed together
+    (PACK: as few nodes as fit) or apart (SPREAD: one per node where it can), Ray's own
+    placement-group strategies."""
+
+    replicas: int = Field(default=1, ge=1)
+    placement: Literal["PACK", "SPREAD"] = "PACK"
+    num_gpus: float = Field(default=1.0, ge=0)
+    num_cpus: float = Field(default=1.0, gt=0)
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):  # Ray shares a GPU only below one
+            raise ValueError(f"num_gpus {v} above 1 must be a whole number")
+        return v
+
+
+class Cluster(Strict):
+    """Where servers run when one machine is not enough. Placement is Ray core's (agora has no
+    scheduler of its own); absent, everything runs on this machine and nothing imports Ray."""
+
+    kind: Literal["ray"] = "ray"
+    # `auto`: the cluster this machine belongs to (`ray start` ran here); or ray://HOST:PORT
+    # (Ray Client, the head's port 10001 by default).
+    address: str = "auto"
+    runtime_env: dict[str, Any] = {}  # Ray's runtime_env for the actors (env_vars, pip, ...)
+    backends: dict[str, ReplicaPlacement] = {}  # backend name -> its replicas
+
+    @field_validator("address")
+    @classmethod
+    def _ray_address(cls, v: str) -> str:
+        host, _, port = v.removeprefix("ray://").rpartition(":")
+        if v != "auto" and not (v.startswith("ray://") and host and port.isdigit()):
+            raise ValueError(f"address {v!r} is neither auto nor ray://HOST:PORT")
+        return v
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -344,6 +394,7 @@ class Config(Strict):
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
     logging: Logging = Logging()
+    cluster: Cluster | None = None  # unset: one machine (serving/ as always)
 
     def member(self, name: str) -> Member:
         for m in self.members:

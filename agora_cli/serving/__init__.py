@@ -68,6 +68,10 @@ class Serving:
             n: build_backend(cfg, n, run_paths, bus) for n in cfg.backends if n in used
         }
         self._member_backend = {m.name: m.backend for m in cfg.members}
+        if cfg.cluster is not None:  # replicas as Ray actors (serving/ray_replicas.py)
+            for n, spec in cfg.cluster.backends.items():
+                if n in self.backends:
+                    self.backends[n].placement = (cfg.cluster, spec)  # type: ignore[attr-defined]
         self._started = False
         self._wrote_servers_file = False
         self.attached = False

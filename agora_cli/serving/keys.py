@@ -165,7 +165,11 @@ def security_warnings(cfg: Config, sglang_version: str | None = None) -> list[st
             hosts = [b.host]  # `transformers serve` takes no key at all
         elif isinstance(b, SGLangBackend | VLLMBackend):
             # launched servers always get a key; servers started elsewhere only with api_key_env
-            hosts = [] if b.launch or b.api_key_env else [urlsplit(u).hostname or u for u in b.urls.values()]
+            hosts = (
+                []
+                if b.launch or b.api_key_env
+                else [urlsplit(u).hostname or u for us in b.urls.values() for u in us]
+            )
         elif isinstance(b, OpenAIBackend):
             hosts = [] if b.api_key_env else [urlsplit(b.base_url).hostname or b.base_url]
         else:  # pragma: no cover - every kind is listed above

@@ -1,0 +1,127 @@
+"""Replicas as Ray actors on a simulated two-node Ray cluster (`ray.cluster_utils.Cluster`, one
+CPU per node): agora places one fake SGLang server per node (SPREAD), launched through its own
+launch path by each actor, loads the adapter on both and routes requests between them."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import ray  # the ray extra (in dev too): pip install 'agora-cli[ray]'
+from ray.cluster_utils import Cluster
+from ray.util import placement_group_table
+
+from agora_cli.config import Sampling, config_from_dict
+from agora_cli.endpoint import Endpoint
+from agora_cli.paths import REPO_DIR, RunPaths
+from agora_cli.serving import Serving
+from agora_cli.serving.keys import bearer
+from agora_cli.serving.process import http
+from agora_cli.serving.ray_replicas import NAMESPACE, actor_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+BASE = "org/base-a"
+
+
+def _fake_python(tmp_path: Path) -> str:
+    """An interpreter stand-in: `<it> -m sglang.launch_server ARGS` runs the fake with ARGS."""
+    script = tmp_path / "fake-python"
+    script.write_text(
+        f'#!/bin/sh\nshift 2\ncd "{REPO_DIR}"\nexec "{sys.executable}" -m tests.fakes.sglang_launch "$@"\n'
+    )
+    script.chmod(0o700)
+    return str(script)
+
+
+@pytest.fixture
+def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # what `address: auto` finds
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_replicas_are_placed_one_per_node_and_requests_use_both(tmp_path: Path, two_nodes: Cluster) -> None:
+    cfg = config_from_dict(
+        {
+            "name": "ray",
+            "backends": {
+                "gpu": {"kind": "sglang", "python": _fake_python(tmp_path), "startup_timeout_s": 120}
+            },
+            "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
+            "evaluation": {"calibration": "gsm8k"},
+            "cluster": {
+                "kind": "ray",
+                "address": "auto",
+                "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
+            },
+        }
+    )
+    adapter = tmp_path / "adapters" / "a-v1"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    run = RunPaths(tmp_path / "run")
+    sent_to: list[str] = []
+    with Serving(cfg, run) as serving:
+        backend = serving.backends["gpu"]
+        urls = backend.state()["servers"][BASE]
+        nodes = placement_group_table(backend._placed.group)["bundles_to_node_id"]
+        assert len(urls) == 2 and len(set(nodes.values())) == 2  # one replica on each node
+        serving.activate("a", adapter, 1)
+        leased = serving.lease
+
+        @contextmanager
+        def recording(member: str) -> Iterator[Endpoint]:
+            with leased(member) as ep:
+                sent_to.append(ep.base_url.removesuffix("/v1"))
+                yield ep
+
+        serving.lease = recording  # type: ignore[method-assign]
+        pool = serving.client_pool()
+
+        async def burst() -> list[str]:
+            chats = [
+                pool.chat("a", [{"role": "user", "content": "hi"}], Sampling(max_tokens=4)) for _ in range(8)
+            ]
+            texts = [r.text for r in await asyncio.gather(*chats)]
+            await pool.aclose()
+            return texts
+
+        texts = asyncio.run(burst())
+        headers = bearer(backend._api_key())
+        listed = [http("GET", f"{u}/v1/models", headers=headers).json["data"] for u in urls]
+        names = [actor_name(run.root, "gpu", BASE, i) for i in range(2)]
+        assert all(ray.get_actor(n, namespace=NAMESPACE) for n in names)  # named, found by name
+    assert texts == ["served by a-v1"] * 8
+    assert set(sent_to) == set(urls)  # both replicas took requests
+    for data in listed:  # the adapter was loaded on each replica
+        assert "a-v1" in [d["id"] for d in data]
+    for n in names:  # stopping the serving ended the actors
+        with pytest.raises(ValueError):
+            ray.get_actor(n, namespace=NAMESPACE)
+
+
+def test_without_a_cluster_section_nothing_imports_ray(tmp_path: Path) -> None:
+    """A fresh interpreter (modules imported at collection would hide a module-level import)."""
+    code = (
+        "import sys; from agora_cli.cli import main; from agora_cli.config import config_from_dict; "
+        "from agora_cli.paths import RunPaths; from agora_cli.serving import Serving; "
+        "cfg = config_from_dict({'name': 'c', 'backends': {'gpu': {'kind': 'sglang'}}, "
+        "'members': [{'name': n, 'model': 'org/m', 'backend': 'gpu'} for n in 'ab'], "
+        "'evaluation': {'calibration': 'gsm8k'}}); "
+        f"Serving(cfg, RunPaths({str(tmp_path)!r})).describe(); "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
