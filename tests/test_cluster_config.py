@@ -103,7 +103,7 @@ def test_a_ray_cluster_with_replicas_per_backend() -> None:
             "cluster.backends.gpu.num_gpus",
             "greater than or equal to 0",
         ),
-        ({"backends": {"gpu": {"gpus": 1}}}, "cluster.backends.gpu.gpus", "Extra inputs"),
+        ({"backends": {"gpu": {"gpus": 1}}}, "cluster.backends.gpu.gpus", "unknown setting"),
         ({"backends": {"nope": {}}}, "cluster.backends.nope", "unknown backend 'nope'"),
         ({"backends": {"api": {}}}, "cluster.backends.api", "sglang or vllm"),
     ],
