@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ OVERRIDES = [
 ]
 
 
-def agora_run(run_dir: Path, steps: int) -> None:
+def agora_run(run_dir: Path, steps: int) -> str:
+    """One `agora run` invocation; its stdout (the plain printer: not a terminal)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.Popen(
         [
@@ -75,6 +77,7 @@ def agora_run(run_dir: Path, steps: int) -> None:
         out, err = p.communicate(timeout=120)
         pytest.fail(f"agora run did not finish:\n{out[-2000:]}\n{err[-2000:]}")
     assert p.returncode == 0, out[-3000:] + err[-3000:]
+    return out
 
 
 @pytest.mark.e2e
@@ -83,8 +86,14 @@ def test_two_training_rounds_hot_swapped_into_the_embedded_server(tmp_path):
     run_dir = tmp_path / "evolve"
     # The first invocation starts round 1 after step 0 and, reaching its step budget, waits for
     # the round to go live; the resumed one starts round 2 on the rows buffered meanwhile.
-    agora_run(run_dir, steps=2)
+    first = agora_run(run_dir, steps=2)
     agora_run(run_dir, steps=4)
+    # What a user watching the plain printer saw: the server coming up, the round's progress to
+    # its last optimiser step, and the swap with its latency.
+    assert re.search(r"^server ready: \S+ \S+ at http", first, re.M), first[-3000:]
+    for member in MEMBERS:
+        assert re.search(rf"^training round 1 {member}: step \d+/\d+ loss", first, re.M), first[-3000:]
+        assert re.search(rf"^adapter swap: {member} v1 live after [\d.]+ s$", first, re.M), first[-3000:]
 
     with Store(RunPaths(run_dir).store, readonly=True) as store:
         rounds = store.query("SELECT id, status, buffer_ids FROM rounds ORDER BY id")
