@@ -237,10 +237,11 @@ def run(
             init_ratings(cfg, store)
             first = step_store.open_step_number(store)
             kind = "run_resumed" if first > 0 or step_store.has_steps(store) else "run_started"
-            if steps is not None and first >= steps:
-                # Nothing to do (`--steps 0`, or a run that already has its steps): no server
-                # is started for it. A round a killed run left unfinished waits for the next
-                # invocation that runs steps (or `agora train`).
+            unfinished = cfg.ablations.lora and retriable_round(store) is not None
+            if steps is not None and first >= steps and not unfinished:
+                # Nothing to do (`--steps 0`, or a run that already has its steps and no training
+                # round left unfinished): no server is started for it. A round a killed run left
+                # unfinished is still retried here, like on any resume: its rows are reserved.
                 bus.emit("run_finished", steps=first, nothing_to_do=True, steps_target=steps)
                 return RunResult(paths.root, first, first, step_store.step_row(store, first - 1))
             # Said before the servers start (a minute or more): the views show the run's state
