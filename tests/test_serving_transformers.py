@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,10 @@ def test_eight_concurrent_requests_on_real_server(smol_serving) -> None:  # noqa
     results = asyncio.run(burst())
     assert len(results) == 8
     assert all(r.text.strip() and r.completion_tokens > 0 for r in results)
-    assert [e["kind"] for e in events if e["kind"].startswith("server_")] == ["server_started"]
+    assert [e["kind"] for e in events if e["kind"].startswith("server_")] == [
+        "server_starting",
+        "server_started",
+    ]
     log = next(paths.logs.glob("transformers-embedded-*.log"))
     assert "transformers.cli.transformers serve" in log.read_text()
 
@@ -105,14 +109,17 @@ def test_hot_swap_while_requests_are_in_flight(smol_serving, tmp_path: Path) -> 
     base_model = serving.endpoint("smol-a").model
     pool = serving.client_pool()
     resolved: list[str] = []
-    resolve = pool.resolve
+    lease = pool.lease
+    assert lease is not None  # each attempt resolves its endpoint through a lease
 
-    def counting_resolve(member: str):  # noqa: ANN202
-        if member == "smol-a" and not swapped.is_set():
-            resolved.append(member)
-        return resolve(member)
+    @contextmanager
+    def counting_lease(member: str):  # noqa: ANN202
+        with lease(member) as endpoint:
+            if member == "smol-a" and not swapped.is_set():
+                resolved.append(member)
+            yield endpoint
 
-    pool.resolve = counting_resolve
+    pool.lease = counting_lease
     swapped = threading.Event()
     swap_error: list[BaseException] = []
 
