@@ -54,6 +54,28 @@ class Item:
     kind: str = MATH
 
 
+@dataclass
+class ItemResult:
+    """One graded answer: a member's reply to one benchmark item (or the majority answer)."""
+
+    member: str
+    benchmark: str
+    item_id: str
+    model: str
+    reply: str
+    answer: str | None
+    gold: str
+    correct: bool
+    adapter_version: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.member, self.benchmark, self.item_id, self.model)
+
+
 @lru_cache(maxsize=8)
 def _read(file: str, benchmark: str) -> tuple[Item, ...]:
     path = DATA_DIR / file

@@ -17,6 +17,7 @@ from typing import Any
 
 import trueskill
 
+from agora_cli.datasets import ItemResult
 from agora_cli.errors import StoreError
 from agora_cli.protocol.majority import MAJORITY
 from agora_cli.protocol.types import EliteExample
@@ -560,24 +561,7 @@ def insert_anchor(
     )
 
 
-@dataclass(frozen=True)
-class AnchorItem:
-    """One graded anchor answer stored at a step (a member's reply to one calibration item)."""
-
-    member: str
-    benchmark: str
-    item_id: str
-    model: str
-    reply: str
-    answer: str | None
-    gold: str
-    correct: bool
-    adapter_version: int
-    completion_tokens: int
-    latency_s: float
-
-
-def insert_anchor_item(store: Store, step: int, a: AnchorItem) -> None:
+def insert_anchor_item(store: Store, step: int, a: ItemResult) -> None:
     """Keep one graded anchor answer of the open step (a resumed anchor does not ask it again)."""
     store.execute(
         "INSERT OR IGNORE INTO anchor_items(step, member, benchmark, item_id, model, reply, answer, "
@@ -600,7 +584,7 @@ def insert_anchor_item(store: Store, step: int, a: AnchorItem) -> None:
     )
 
 
-def anchor_items(store: Store, step: int) -> list[AnchorItem]:
+def anchor_items(store: Store, step: int) -> list[ItemResult]:
     """The graded anchor answers stored at `step`, in the order they were graded."""
     rows = store.query(
         "SELECT member, benchmark, item_id, model, reply, answer, gold, correct, adapter_version, "
@@ -608,7 +592,7 @@ def anchor_items(store: Store, step: int) -> list[AnchorItem]:
         (step,),
     )
     return [
-        AnchorItem(
+        ItemResult(
             r["member"],
             r["benchmark"],
             r["item_id"],

@@ -27,39 +27,6 @@ from agora_cli.evaluation.scoring import (
 )
 from agora_cli.events import NULL_BUS, EventBus
 from agora_cli.protocol.prompts import Prompts
-from agora_cli.steps import AnchorItem
-
-
-def _result(a: AnchorItem) -> ItemResult:
-    return ItemResult(
-        a.member,
-        a.benchmark,
-        a.item_id,
-        a.model,
-        a.reply,
-        a.answer,
-        a.gold,
-        a.correct,
-        a.adapter_version,
-        a.completion_tokens,
-        a.latency_s,
-    )
-
-
-def _item(r: ItemResult) -> AnchorItem:
-    return AnchorItem(
-        r.member,
-        r.benchmark,
-        r.item_id,
-        r.model,
-        r.reply,
-        r.answer,
-        r.gold,
-        r.correct,
-        r.adapter_version,
-        r.completion_tokens,
-        r.latency_s,
-    )
 
 
 async def run_anchor(
@@ -69,8 +36,8 @@ async def run_anchor(
     step: int,
     members: list[str] | None = None,
     bus: EventBus = NULL_BUS,
-    stored: Sequence[AnchorItem] = (),
-    keep: Callable[[AnchorItem], None] | None = None,
+    stored: Sequence[ItemResult] = (),
+    keep: Callable[[ItemResult], None] | None = None,
 ) -> dict[str, tuple[float, int]]:
     """{member or '@majority': (pass@1, n graded)} on the calibration set at `step`.
 
@@ -93,7 +60,7 @@ async def run_anchor(
     model_of = {m: pool.resolve(m).model for m in members}
     wanted = {(it.benchmark, it.id) for it in items}
     reused = [
-        _result(a)
+        a
         for a in stored
         if a.member in model_of and a.model == model_of[a.member] and (a.benchmark, a.item_id) in wanted
     ]
@@ -110,7 +77,7 @@ async def run_anchor(
         nonlocal done
         done += 1
         if keep is not None and r.error is None:
-            keep(_item(r))
+            keep(r)
         bus.emit("phase_progress", phase="anchor", step=step, done=done, total=total)
 
     try:

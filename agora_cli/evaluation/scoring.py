@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from agora_cli.client import ClientPool
 from agora_cli.config import Sampling
-from agora_cli.datasets import CHOICE, Item
+from agora_cli.datasets import CHOICE, Item, ItemResult
 from agora_cli.evaluation.grading import Grader
 from agora_cli.evaluation.user_data import chosen_letter
 from agora_cli.protocol.answers import extract_answer
@@ -26,28 +25,6 @@ from agora_cli.protocol.prompts import Prompts
 
 __all__ = ["MAJORITY", "ItemResult", "accuracy", "answer_items", "greedy_sampling", "majority_rows"]
 _GRADE_BATCH = 16
-
-
-@dataclass
-class ItemResult:
-    """One graded answer: a member's reply to one benchmark item (or the majority answer)."""
-
-    member: str
-    benchmark: str
-    item_id: str
-    model: str
-    reply: str
-    answer: str | None
-    gold: str
-    correct: bool
-    adapter_version: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    error: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.member, self.benchmark, self.item_id, self.model)
 
 
 def greedy_sampling(sampling: Sampling) -> Sampling:
