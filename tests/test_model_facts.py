@@ -43,6 +43,7 @@ GPU_CONFIGS = {
     "configs/paper-mixed-vllm.yaml": 80,
     "configs/homogeneous-1b.yaml": 40,
     "configs/homogeneous-4b.yaml": 80,
+    "configs/cluster/paper-mixed-ray.yaml": 80,  # each replica's share, as on one GPU
 }
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agora_cli.config import Member, Training, load_config
+from agora_cli.config import Member, SGLangBackend, Training, load_config
 from agora_cli.errors import ServerError
 from agora_cli.lora_names import SGLANG_LORA_MODULES, sglang_names
 from agora_cli.models import prepare
@@ -51,6 +53,18 @@ def sglang_python() -> str:
             "(scripts/setup.sh does) or set AGORA_SGLANG_PYTHON"
         )
     return python
+
+
+@pytest.fixture(scope="module", autouse=True)
+def key_variables() -> Iterator[None]:
+    """The API-key variable a shipped config names (the cluster configs' `api_key_env`), set for
+    this module: the commands are built as at start, which reads it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for c in SGLANG_CONFIGS:
+            for b in load_config(REPO_DIR / c).backends.values():
+                if isinstance(b, SGLangBackend) and b.api_key_env:
+                    mp.setenv(b.api_key_env, secrets.token_urlsafe(32))
+        yield
 
 
 def _servers(cfg_path: str, tmp: Path) -> list[tuple[SGLangServing, str, list[str]]]:
@@ -144,7 +158,9 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from transformers import AutoModelForCausalLM
 
     tmp = tmp_path_factory.mktemp("contract")
-    servers = [s for c in SGLANG_CONFIGS for s in _servers(c, tmp / "run")]
+    # A run directory per config: each backend's key file is written there, and the cluster
+    # config's key (from its variable) is not the run's.
+    servers = [s for c in SGLANG_CONFIGS for s in _servers(c, tmp / "runs" / c.replace("/", "_"))]
     paper = [s for s in _servers("configs/paper-mixed.yaml", tmp / "run")]
     server_args = paper[0][2]
     cfg = load_config(REPO_DIR / "configs/paper-mixed.yaml").training
