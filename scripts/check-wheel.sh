@@ -63,12 +63,12 @@ EOF
 
 out=$("$AGORA" configs list) || fail "agora configs list"
 echo "$out" | sed 's/^/  /'
-for name in tiny.yaml paper-mixed.yaml ablations/no-fem.yaml; do
+for name in tiny.yaml paper-mixed.yaml ablations/no-fem.yaml cluster/paper-mixed-ray.yaml; do
     grep -q "^$name " <<<"$out" || fail "agora configs list does not name $name"
 done
 grep -qF "from $SHIPPED/configs" <<<"$out" || fail "agora configs list does not read $SHIPPED/configs"
 
-for name in tiny.yaml paper-mixed.yaml ablations/no-fem.yaml; do
+for name in tiny.yaml paper-mixed.yaml ablations/no-fem.yaml cluster/paper-mixed-ray.yaml; do
     copy=$TMP/copies/$(basename "$name")
     "$AGORA" configs copy "$name" "$copy" >/dev/null || fail "agora configs copy $name"
     out=$("$AGORA" validate "$copy") || { echo "$out" >&2; fail "agora validate $copy"; }
@@ -79,6 +79,10 @@ for name in tiny.yaml paper-mixed.yaml ablations/no-fem.yaml; do
     [ "$name" = tiny.yaml ] || want="from $SHIPPED/prompts/capable; the rest from $SHIPPED/prompts"
     grep -qF "$want" <<<"$out" || fail "$copy: its prompt note does not say: $want"
 done
+
+# The KubeRay recipe's ConfigMap holds a config that extends a shipped one by its name alone.
+printf 'extends: cluster/paper-mixed-ray.yaml\nname: from-configmap\n' >"$TMP/configmap.yaml"
+"$AGORA" validate "$TMP/configmap.yaml" >/dev/null || fail "a config extending cluster/paper-mixed-ray.yaml"
 
 step "rendering a shipped prompt"
 "$PY" - "$SHIPPED" <<'EOF' || fail "rendering a prompt from the shipped set"
