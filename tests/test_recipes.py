@@ -32,7 +32,7 @@ import yaml
 from ray.scripts.scripts import cli as ray_cli
 
 from agora_cli.cli import app
-from agora_cli.config import Config, load_config
+from agora_cli.config import Config, SGLangBackend, load_config
 from agora_cli.errors import AgoraError
 from agora_cli.paths import REPO_DIR
 
@@ -419,6 +419,42 @@ def test_each_recipe_names_a_shipped_cluster_config_that_validates() -> None:
     for configs in named.values():
         for config in configs:
             assert config_problems(config)[0] == []
+
+
+@pytest.mark.unit
+def test_the_cluster_configs_are_their_one_machine_configs_placed_by_ray() -> None:
+    """tiny-ray is tiny with the SmolLM2 server as two CPU replicas (Gemma's server as in tiny,
+    outside Ray); paper-mixed-ray is paper-mixed with SGLang replicas reachable from other nodes."""
+    tiny, ray_tiny = (
+        load_config(REPO_DIR / "configs/tiny.yaml"),
+        load_config(REPO_DIR / "configs/cluster/tiny-ray.yaml"),
+    )
+    assert (ray_tiny.protocol, ray_tiny.training, ray_tiny.evaluation) == (
+        tiny.protocol,
+        tiny.training,
+        tiny.evaluation,
+    )
+    assert [(m.name, m.model) for m in ray_tiny.members] == [(m.name, m.model) for m in tiny.members]
+    assert ray_tiny.cluster is not None and list(ray_tiny.cluster.backends) == ["vllm"]
+    spec = ray_tiny.cluster.backends["vllm"]
+    assert (spec.replicas, spec.placement, spec.num_gpus, spec.num_cpus) == (2, "SPREAD", 0, 1)
+    assert {m.name for m in ray_tiny.members if m.backend == "vllm"} == {"smol-a", "smol-b"}
+    gemma = ray_tiny.backend_of("gemma")
+    assert gemma.model_dump() == tiny.backend_of("gemma").model_dump()  # served as in tiny.yaml
+
+    paper, ray_paper = (
+        load_config(REPO_DIR / f"configs/{n}.yaml") for n in ("paper-mixed", "cluster/paper-mixed-ray")
+    )
+    assert (ray_paper.protocol, ray_paper.training, ray_paper.members) == (
+        paper.protocol,
+        paper.training,
+        paper.members,
+    )
+    sglang = ray_paper.backends["sglang"]
+    assert isinstance(sglang, SGLangBackend)
+    assert (sglang.host, sglang.api_key_env, sglang.launch) == ("0.0.0.0", "AGORA_SERVER_KEY", True)
+    assert ray_paper.cluster is not None and ray_paper.cluster.backends["sglang"].placement == "SPREAD"
+    assert replica_gpus(ray_paper) == 8
 
 
 @pytest.mark.unit
