@@ -54,6 +54,32 @@ def test_run_key_is_made_once_with_mode_0600_and_read_back(tmp_path: Path, umask
     assert run_key(tmp_path / "other") != key
 
 
+def test_a_run_key_never_starts_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SGLang's --config hands the key to argparse as `--api-key VALUE`: a leading '-' would read
+    as an option and the server would exit (a url-safe token starts with one 1 time in 64)."""
+    monkeypatch.setattr("agora_cli.serving.keys.secrets.token_urlsafe", lambda n: "-" + "x" * 42)
+    assert not run_key(tmp_path).startswith("-")
+
+
+def test_sglang_refuses_a_configured_key_starting_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGORA_TEST_KEY", "-looks-like-an-option")
+    cfg = config_from_dict(
+        {
+            "name": "k",
+            "backends": {"gpu": {"kind": "sglang", "api_key_env": "AGORA_TEST_KEY"}},
+            "members": [{"name": n, "model": "org/m", "backend": "gpu"} for n in "ab"],
+            "evaluation": {"calibration": "gsm8k"},
+        }
+    )
+    backend = Serving(cfg, RunPaths(tmp_path / "run")).backends["gpu"]
+    assert isinstance(backend, SGLangServing)
+    with pytest.raises(ServerError, match="starting with '-'"):
+        backend.write_key_config()
+    assert not backend.key_config().exists()
+
+
 def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE).write_text("leaked")
     os.chmod(tmp_path / KEY_FILE, 0o644)

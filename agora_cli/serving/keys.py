@@ -74,7 +74,9 @@ def run_key(run_dir: Path) -> str:
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    write_private(tmp, secrets.token_urlsafe(32) + "\n")
+    # A fixed first letter: SGLang's --config hands the key to argparse as `--api-key VALUE`, and
+    # a value starting with '-' (1 in 64 of bare url-safe tokens) reads as an option there.
+    write_private(tmp, "k" + secrets.token_urlsafe(32) + "\n")
     try:
         os.link(tmp, path)
     except FileExistsError:

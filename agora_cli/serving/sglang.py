@@ -135,6 +135,11 @@ class SGLangServing(LoraServing):
         key = self._api_key()
         if key is None:  # pragma: no cover - launched servers always get one (`keys.server_key`)
             raise ServerError(f"backend {self.name!r} has no API key for the servers it launches")
+        if key.startswith("-"):
+            raise ServerError(
+                f"backend {self.name!r}: SGLang reads an API key starting with '-' as an option "
+                f"(its --config becomes `--api-key VALUE`); choose a key without a leading '-'"
+            )
         path = self.key_config()
         # SGLang turns each entry into `--<entry>` as written: the flag is --api-key, and a JSON
         # string is a YAML scalar whatever the key holds.
