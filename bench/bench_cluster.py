@@ -64,6 +64,7 @@ class Settings:
     latency_s: float = 0.02  # each fake answer's delay
     concurrency: int = 32  # requests in flight
     requests: int = 1000  # per throughput/balance burst
+    burst_rounds: int = 3  # 1 and 2 replicas alternately, the best round of each
     lease_iters: int = 50000  # per routing timing, best of `lease_rounds`
     lease_rounds: int = 5
     swaps: int = 7  # per serving
@@ -81,6 +82,7 @@ TINY = Settings(
     requests=24,
     lease_iters=200,
     lease_rounds=2,
+    burst_rounds=1,
     swaps=2,
     adapter_mb=0.2,
     placements=1,
@@ -244,12 +246,13 @@ def lease_us(serving: Serving, s: Settings) -> dict[str, float]:
 
 def burst(serving: Serving, s: Settings) -> dict[str, Any]:
     """`s.requests` requests at `s.concurrency` in flight through a fresh ClientPool: requests per
-    second, answers per replica, failures."""
+    second, this process's CPU milliseconds per request (the client's own cost: the servers are
+    other processes), answers per replica, failures."""
     from agora_cli.config import Sampling
 
     answered = counting(serving)
 
-    async def go() -> tuple[float, list[str]]:
+    async def go() -> tuple[float, float, list[str]]:
         pool = serving.client_pool()
         failed: list[str] = []
 
@@ -261,17 +264,37 @@ def burst(serving: Serving, s: Settings) -> dict[str, Any]:
 
         await pool.chat(MEMBER, MESSAGES, Sampling(max_tokens=4))  # connections open before the clock
         answered.clear()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one() for _ in range(s.requests)))
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         await pool.aclose()
-        return seconds, failed
+        return seconds, cpu, failed
 
     try:
-        seconds, failed = asyncio.run(go())
+        seconds, cpu, failed = asyncio.run(go())
     finally:
         del serving.lease  # the class's own again
-    return {"rps": s.requests / seconds, "per_replica": dict(answered), "failed": failed}
+    return {
+        "rps": s.requests / seconds,
+        "cpu_ms": cpu / s.requests * 1000,
+        "per_replica": dict(answered),
+        "failed": failed,
+    }
+
+
+def best_bursts(servings: list[Serving], s: Settings) -> list[dict[str, Any]]:
+    """`burst` on each serving in turn, `s.burst_rounds` times: each one's round with the most
+    requests per second (the machine is shared; alternating spreads its noise over both), with
+    the failures of every round."""
+    best: list[dict[str, Any]] = [{} for _ in servings]
+    failed: list[list[str]] = [[] for _ in servings]
+    for _ in range(s.burst_rounds):
+        for i, serving in enumerate(servings):
+            got = burst(serving, s)
+            failed[i] += got["failed"]
+            if got["rps"] > best[i].get("rps", 0):
+                best[i] = got
+    return [b | {"failed": f} for b, f in zip(best, failed, strict=True)]
 
 
 class Versions:
@@ -363,7 +386,7 @@ def measure(s: Settings) -> dict[str, Any]:
                     serving.activate(MEMBER, path, version)
                 print("cluster: routing and throughput, 1 vs 2 replicas", flush=True)
                 out["lease_1"], out["lease_2"] = lease_us(one, s), lease_us(two, s)
-                out["burst_1"], out["burst_2"] = burst(one, s), burst(two, s)
+                out["burst_1"], out["burst_2"] = best_bursts([one, two], s)
                 print("cluster: swaps under load, 1 vs 2 replicas", flush=True)
                 out["swap_1"], out["swap_2"] = swaps(one, versions, s), swaps(two, versions, s)
             finally:
@@ -460,8 +483,8 @@ def rows(m: dict[str, Any], s: Settings) -> list[Row]:
             r,
             "requests/s through ClientPool, 2 vs 1 replicas",
             f"{b2['rps'] / b1['rps']:.2f}x",
-            note=f"{b1['rps']:.0f} -> {b2['rps']:.0f} requests/s; {s.requests} requests, {load}; "
-            "client and servers share the same cores",
+            note=f"{b1['rps']:.0f} -> {b2['rps']:.0f} requests/s, client CPU {b1['cpu_ms']:.2f} -> "
+            f"{b2['cpu_ms']:.2f} ms per request; best of {s.burst_rounds} x {s.requests} requests, {load}",
         ),
         Row(
             r,

@@ -18,7 +18,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--latency", type=float, default=0.0)
     args, rest = p.parse_known_args(argv)
     # The launcher builds its server from the module's name; give that name the delay.
-    sglang_launch.FakeSGLang = functools.partial(FakeSGLang, latency_s=args.latency)  # type: ignore[misc]
+    sglang_launch.FakeSGLang = functools.partial(FakeSGLang, latency_s=args.latency)  # type: ignore[assignment, misc]
     sglang_launch.main(rest)
 
 

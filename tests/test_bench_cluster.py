@@ -35,7 +35,7 @@ def test_the_tiny_run_measures_every_part_and_loses_no_request() -> None:
 
 def measured(**change: Any) -> dict[str, Any]:
     """A measurement as `measure` returns it, with `change` applied."""
-    burst = {"rps": 100.0, "per_replica": {"u1": 6, "u2": 6}, "failed": []}
+    burst = {"rps": 100.0, "cpu_ms": 1.5, "per_replica": {"u1": 6, "u2": 6}, "failed": []}
     swap = {"seconds": [0.01, 0.02], "failed": [], "answered": 40, "after": 8, "after_new": 8}
     m: dict[str, Any] = {
         "plain_start_s": 2.0,
@@ -72,6 +72,6 @@ def test_a_failed_request_or_an_old_adapter_after_a_switch_is_not_met() -> None:
     assert table["failed requests (all loads and swaps)"].note == "APIStatusError: 400"
     assert table["requests sent after a switch answered by the new adapter"].measured == "23/24"  # 8 + 8 + 7
     assert table["requests sent after a switch answered by the new adapter"].met is False
-    one_sided = {"rps": 100.0, "per_replica": {"u1": 12}, "failed": []}
+    one_sided = {"rps": 100.0, "cpu_ms": 1.5, "per_replica": {"u1": 12}, "failed": []}
     table = {r.metric: r for r in rows(measured(burst_ray=one_sided), TINY)}
     assert table["balance: max/min answers per replica (Ray pair)"].measured == "inf"  # one took none
