@@ -1,7 +1,8 @@
 """Server replicas placed by Ray, beside the same servers on one machine: start, routing, balance, swap.
 
-    python -m bench cluster                        # the default run (about 2 minutes on 2 cores)
+    python -m bench cluster                        # the default run (about a minute on 2 quiet cores)
     python -m bench.bench_cluster [--tiny] [--latency 0.02] [--concurrency 32] [--requests 1000]
+    python -m bench.bench_cluster --vllm --save    # and two real vLLM CPU replicas (minutes)
 
 Every server is the tests' fake SGLang server (`bench/fake_sglang.py`: real HTTP, SGLang's LoRA
 endpoints, each answer delayed by `--latency` in place of generation), launched through agora's own
@@ -24,6 +25,10 @@ one run:
    Ray-placed pair, failed requests (target 0), and whether every request sent after a switch was
    answered by the new adapter. Whatever `activate` does to bring the adapter to the replicas
    (a path read by each server, or a copy through Ray's object store) is inside the figure.
+
+`--vllm` (not in the default run, nor in a test): then the same placement, balance and swaps with
+two real vLLM CPU replicas of SmolLM2 (`.venv-vllm`, configs/tiny.yaml's backend settings) and a
+PEFT adapter like the trainer's, briefly (`VLLM`), as benchmark `cluster-vllm`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from bench.common import REPO, Row, cpu_flags, setup_env, table
 
 if TYPE_CHECKING:
+    from agora_cli.client import ChatResult
     from agora_cli.config import Config
     from agora_cli.endpoint import Endpoint
     from agora_cli.serving import Serving
@@ -244,7 +250,7 @@ def lease_us(serving: Serving, s: Settings) -> dict[str, float]:
     return best
 
 
-def burst(serving: Serving, s: Settings) -> dict[str, Any]:
+def burst(serving: Serving, s: Settings, member: str = MEMBER, max_tokens: int = 4) -> dict[str, Any]:
     """`s.requests` requests at `s.concurrency` in flight through a fresh ClientPool: requests per
     second, this process's CPU milliseconds per request (the client's own cost: the servers are
     other processes), answers per replica, failures."""
@@ -258,11 +264,11 @@ def burst(serving: Serving, s: Settings) -> dict[str, Any]:
 
         async def one() -> None:
             try:
-                await pool.chat(MEMBER, MESSAGES, Sampling(max_tokens=4))
+                await pool.chat(member, MESSAGES, Sampling(max_tokens=max_tokens))
             except Exception as e:  # noqa: BLE001 - counted: a figure we report
                 failed.append(f"{type(e).__name__}: {e}"[:200])
 
-        await pool.chat(MEMBER, MESSAGES, Sampling(max_tokens=4))  # connections open before the clock
+        await pool.chat(member, MESSAGES, Sampling(max_tokens=max_tokens))  # connections open first
         answered.clear()
         t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one() for _ in range(s.requests)))
@@ -298,25 +304,38 @@ def best_bursts(servings: list[Serving], s: Settings) -> list[dict[str, Any]]:
 
 
 class Versions:
-    """Adapter versions never reused in one run (a reused name would be a stale adapter)."""
+    """Adapter versions never reused in one run (a reused name would be a stale adapter);
+    `make(version)` saves one and returns its directory."""
 
-    def __init__(self, folder: Path, size_mb: float):
-        self.folder, self.size_mb, self.last = folder, size_mb, 0
+    def __init__(self, make: Callable[[int], Path]):
+        self.make, self.last = make, 0
 
     def save(self) -> tuple[Path, int]:
         self.last += 1
-        return save_adapter(self.folder, self.last, self.size_mb), self.last
+        return self.make(self.last), self.last
 
 
-def swaps(serving: Serving, versions: Versions, s: Settings) -> dict[str, Any]:
+def fake_served(r: ChatResult) -> str:
+    """The adapter that answered, as the fake server says in its reply."""
+    return r.text.removeprefix("served by ")
+
+
+def swaps(
+    serving: Serving,
+    versions: Versions,
+    s: Settings,
+    member: str = MEMBER,
+    max_tokens: int = 4,
+    served: Callable[[ChatResult], str] = fake_served,
+) -> dict[str, Any]:
     """`s.swaps` activations under a steady load of `s.concurrency` clients: seconds from each
-    adapter saved to `activate` returning, failed requests, and which adapter answered each request
-    sent between one switch and the next save."""
+    adapter saved to `activate` returning, failed requests, and which adapter (`served`) answered
+    each request sent between one switch and the next save."""
     from agora_cli.config import Sampling
 
     async def go() -> dict[str, Any]:
         pool = serving.client_pool()
-        done: list[tuple[float, str]] = []  # (sent, answer) of each answered request
+        done: list[tuple[float, str]] = []  # (sent, adapter that answered) of each answered request
         failed: list[str] = []
         running = [True]
 
@@ -324,8 +343,8 @@ def swaps(serving: Serving, versions: Versions, s: Settings) -> dict[str, Any]:
             while running[0]:
                 sent = time.perf_counter()
                 try:
-                    r = await pool.chat(MEMBER, MESSAGES, Sampling(max_tokens=4))
-                    done.append((sent, r.text))
+                    r = await pool.chat(member, MESSAGES, Sampling(max_tokens=max_tokens))
+                    done.append((sent, served(r)))
                 except Exception as e:  # noqa: BLE001 - counted: a figure we report
                     failed.append(f"{type(e).__name__}: {e}"[:200])
 
@@ -339,22 +358,22 @@ def swaps(serving: Serving, versions: Versions, s: Settings) -> dict[str, Any]:
                 windows[-1] = (switched, time.perf_counter(), name)
             path, version = await asyncio.to_thread(versions.save)
             t0 = time.perf_counter()  # saved: the clock starts
-            await asyncio.to_thread(serving.activate, MEMBER, path, version)
+            await asyncio.to_thread(serving.activate, member, path, version)
             t1 = time.perf_counter()
             seconds.append(t1 - t0)
-            windows.append((t1, float("inf"), f"{MEMBER}-v{version}"))
+            windows.append((t1, float("inf"), f"{member}-v{version}"))
             while sum(1 for sent, _ in done if sent > t1) < s.concurrency:  # answers after the switch
                 await asyncio.sleep(0.01)
         running[0] = False
         await asyncio.gather(*clients)
         await pool.aclose()
-        after = [(text, name) for sent, text in done for t1, t2, name in windows if t1 < sent < t2]
+        after = [(got, name) for sent, got in done for t1, t2, name in windows if t1 < sent < t2]
         return {
             "seconds": seconds,
             "failed": failed,
             "answered": len(done),
             "after": len(after),
-            "after_new": sum(1 for text, name in after if text == f"served by {name}"),
+            "after_new": sum(1 for got, name in after if got == name),
         }
 
     return asyncio.run(go())
@@ -371,7 +390,7 @@ def measure(s: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         root = Path(tmp)
         python = fake_python(root, s.latency_s)
-        versions = Versions(root / "adapters", s.adapter_mb)
+        versions = Versions(lambda v: save_adapter(root / "adapters", v, s.adapter_mb))
         print("cluster: 2 fake servers without Ray", flush=True)
         with plain_servers(python, root / "plain-logs", 2) as (urls, started):
             t0 = time.perf_counter()
@@ -417,11 +436,11 @@ def measure(s: Settings) -> dict[str, Any]:
     return out
 
 
-def nodes_of(serving: Serving) -> int:
+def nodes_of(serving: Serving, backend: str = "gpu") -> int:
     """How many nodes the Ray-placed replicas landed on."""
     from ray.util import placement_group_table
 
-    placed = serving.backends["gpu"]._placed  # type: ignore[attr-defined]
+    placed = serving.backends[backend]._placed  # type: ignore[attr-defined]
     return len(set(placement_group_table(placed.group)["bundles_to_node_id"].values()))
 
 
@@ -536,11 +555,128 @@ def cpu_name() -> str:
     return f"unknown CPU, {os.cpu_count()} cores"
 
 
-def run(settings: Settings | None = None) -> list[Row]:
-    """The benchmark as `python -m bench cluster` runs it."""
+# --------------------------------------------------------------------------- real vLLM (--vllm)
+
+# Two real replicas on 2 shared cores: a short load, a few swaps.
+VLLM = Settings(latency_s=0.0, concurrency=4, requests=32, burst_rounds=1, swaps=3, placements=1)
+VLLM_MEMBER = "smol-a"
+
+
+def measure_vllm(s: Settings) -> dict[str, Any]:
+    """Two real vLLM CPU replicas of SmolLM2 (`.venv-vllm`, configs/tiny.yaml's backend settings)
+    placed by Ray (SPREAD) on the simulated two nodes: placement until healthy, answers per replica,
+    and swaps of the trainer's kind of adapter (PEFT, r=16, all linear layers) under load."""
+    import shutil
+
+    from agora_cli.config import config_from_dict
+    from agora_cli.models import prepare
+    from agora_cli.paths import RunPaths
+    from agora_cli.serving import Serving
+    from bench.bench_engines import backend_settings
+    from bench.bench_hotswap import save_adapter as peft_adapter
+    from bench.common import SMOL
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-vllm-") as tmp:
+        root = Path(tmp)
+        members = [VLLM_MEMBER, "smol-b"]  # one base model: one server per replica, as in tiny.yaml
+        cfg = config_from_dict(
+            {
+                "name": "bench-cluster-vllm",
+                "backends": {"vllm": backend_settings("vllm")},
+                "members": [
+                    {"name": n, "model": SMOL, "backend": "vllm", "max_concurrency": s.concurrency}
+                    for n in members
+                ],
+                "training": {"r": 16, "alpha": 32},
+                "cluster": {
+                    "kind": "ray",
+                    "address": "auto",
+                    "backends": {
+                        "vllm": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}
+                    },
+                },
+            }
+        )
+        print("cluster --vllm: the adapter, then a Ray cluster and 2 vLLM replicas", flush=True)
+        # Saved once before the servers take the cores; each swap's "save" copies it to a new dir.
+        peft = peft_adapter(prepare(cfg.member(VLLM_MEMBER)), root / "peft")
+        adapters = root / "adapters"
+        versions = Versions(lambda v: Path(shutil.copytree(peft, adapters / f"{VLLM_MEMBER}-v{v}")))
+        with ray_cluster() as up:
+            out["ray_up_s"] = up
+            serving = Serving(cfg, RunPaths(root / "run"))
+            t0 = time.perf_counter()
+            serving.start()
+            out["ray_place_s"] = time.perf_counter() - t0
+            try:
+                out["transport"] = transport(cfg)
+                out["ray_nodes"] = nodes_of(serving, "vllm")
+                path, version = versions.save()
+                serving.activate(VLLM_MEMBER, path, version)
+                print("cluster --vllm: balance and swaps under load", flush=True)
+                out["burst"] = burst(serving, s, VLLM_MEMBER, max_tokens=8)
+                # vLLM names the adapter that answered in the reply's `model`
+                out["swap"] = swaps(serving, versions, s, VLLM_MEMBER, 8, served=lambda r: r.model)
+            finally:
+                serving.stop()
+    return out
+
+
+def vllm_rows(m: dict[str, Any], s: Settings) -> list[Row]:
+    """The `cluster-vllm` rows."""
+    r = "cluster-vllm"
+    b, sw = m["burst"], m["swap"]
+    failed = b["failed"] + sw["failed"]
+    load = f"{s.concurrency} in flight, 8 tokens each"
+    return [
+        Row(r, "Ray cluster up (2 simulated nodes, 1 CPU each)", f"{m['ray_up_s']:.1f} s"),
+        Row(
+            r,
+            "2 vLLM CPU replicas of SmolLM2 placed by Ray until healthy",
+            f"{m['ray_place_s']:.1f} s",
+            note=f"one after another; on {m['ray_nodes']} nodes",
+        ),
+        Row(
+            r,
+            "balance: max/min answers per replica",
+            spread(b["per_replica"], 2),
+            note=f"{sorted(b['per_replica'].values(), reverse=True)} of {s.requests}; {b['rps']:.1f} "
+            f"requests/s at {load}",
+        ),
+        Row(
+            r,
+            "adapter saved -> live on both replicas",
+            f"{statistics.median(sw['seconds']) * 1000:.0f} ms",
+            note=f"min/median/max {ms(sw['seconds'])} ms over {len(sw['seconds'])} swaps of a PEFT r=16 "
+            f"all-linear adapter under load ({load}); {m['transport']}",
+        ),
+        Row(r, "failed requests", str(len(failed)), "0", not failed, failed[0] if failed else ""),
+        Row(
+            r,
+            "requests sent after a switch answered by the new adapter",
+            f"{sw['after_new']}/{sw['after']}",
+            "all",
+            sw["after_new"] == sw["after"],
+        ),
+    ]
+
+
+def run(settings: Settings | None = None, vllm: bool = False) -> list[Row]:
+    """The benchmark as `python -m bench cluster` runs it; `vllm`: then the real vLLM part."""
     setup_env()
     s = settings or Settings()
-    return rows(measure(s), s)
+    out = rows(measure(s), s)
+    if vllm:
+        from agora_cli.serving.vllm import default_python
+
+        if not Path(default_python()).exists():
+            return [
+                *out,
+                Row("cluster-vllm", "skipped", "-", note=f"no vLLM interpreter at {default_python()}"),
+            ]
+        out += vllm_rows(measure_vllm(VLLM), VLLM)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -552,6 +688,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=d.requests)
     ap.add_argument("--swaps", type=int, default=d.swaps)
     ap.add_argument("--adapter-mb", type=float, default=d.adapter_mb)
+    ap.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also two real vLLM CPU replicas of SmolLM2 (.venv-vllm): minutes of both cores",
+    )
+    ap.add_argument("--save", action="store_true", help="add the table to bench/RESULTS.md")
     args = ap.parse_args(argv)
     s = (
         TINY
@@ -565,7 +707,16 @@ def main(argv: list[str] | None = None) -> None:
             adapter_mb=args.adapter_mb,
         )
     )
-    print(table(run(s)))
+    t0 = time.perf_counter()
+    got = run(s, vllm=args.vllm)
+    print(table(got))
+    if args.save:
+        from bench.__main__ import save
+
+        command = "python -m bench.bench_cluster" + " ".join(
+            ["", *(argv if argv is not None else sys.argv[1:])]
+        )
+        save(got, command.replace(" --save", ""), time.perf_counter() - t0, REPO / "bench" / "RESULTS.md")
 
 
 if __name__ == "__main__":
