@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 BASE = "org/base-a"  # the fake serves any name; nothing is downloaded
 MEMBER = "a"
+KEY_ENV = "AGORA_BENCH_CLUSTER_KEY"  # the Ray-placed fake servers' API key (see `config`)
 MESSAGES = [{"role": "user", "content": "Count to three."}]
 # The modules the trainer's all-linear adapter targets on a Llama-like model.
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -127,6 +129,10 @@ def config(python: str, s: Settings, urls: list[str] | None = None, replicas: in
         "evaluation": {"calibration": "gsm8k"},
     }
     if replicas:
+        # A key of our own: the run's key (`secrets.token_urlsafe`) starts with "-" one time in 64,
+        # and SGLang's launcher (the fake's too) reads `--api-key -...` as a missing value.
+        os.environ.setdefault(KEY_ENV, f"bench-{secrets.token_hex(16)}")
+        backend["api_key_env"] = KEY_ENV
         raw["cluster"] = {
             "kind": "ray",
             "address": "auto",
