@@ -370,8 +370,9 @@ def swaps(
             t1 = time.perf_counter()
             seconds.append(t1 - t0)
             windows.append((t1, float("inf"), f"{member}-v{version}"))
-            while sum(1 for sent, _ in done if sent > t1) < s.concurrency:  # answers after the switch
-                await asyncio.sleep(0.01)
+            deadline = t1 + 60  # a load that only fails gets no answers: its failures are the figure
+            while sum(1 for sent, _ in done if sent > t1) < s.concurrency and time.perf_counter() < deadline:
+                await asyncio.sleep(0.01)  # some answers after the switch before the next save
         running[0] = False
         await asyncio.gather(*clients)
         await pool.aclose()
@@ -391,6 +392,9 @@ def swaps(
 
 
 def measure(s: Settings) -> dict[str, Any]:
+    """Everything `rows` reports, in one run: first the two fake servers without Ray (start,
+    routing, throughput, swaps with 1 and 2 replicas), then the Ray-placed pair (start, balance,
+    swaps)."""
     from agora_cli.paths import RunPaths
     from agora_cli.serving import Serving
 
@@ -401,13 +405,13 @@ def measure(s: Settings) -> dict[str, Any]:
         versions = Versions(lambda v: save_adapter(root / "adapters", v, s.adapter_mb))
         print("cluster: 2 fake servers without Ray", flush=True)
         with plain_servers(python, root / "plain-logs", 2) as (urls, started):
-            t0 = time.perf_counter()
             two = Serving(config(python, s, urls=urls), RunPaths(root / "plain-2"))
-            two.start()
-            out["plain_start_s"] = started + time.perf_counter() - t0
             one = Serving(config(python, s, urls=urls[:1]), RunPaths(root / "plain-1"))
-            one.start()
             try:
+                t0 = time.perf_counter()
+                two.start()
+                out["plain_start_s"] = started + time.perf_counter() - t0
+                one.start()
                 for serving in (one, two):  # an adapter live, so routing checks which replica holds it
                     path, version = versions.save()
                     serving.activate(MEMBER, path, version)
