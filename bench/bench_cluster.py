@@ -10,9 +10,9 @@ command line, so the figures are agora's and Ray's costs, not an engine's. Measu
 one run:
 
 1. Start. A simulated two-node Ray cluster (`ray.cluster_utils.Cluster`: head + 1 worker, 1 CPU
-   each) comes up; then `Serving` with a `cluster:` section places 2 replicas (SPREAD: one per
-   node) and returns when both answer (the first placement also connects this driver to the
-   cluster). Against: the same 2 fake servers started without Ray, one after another, each healthy
+   each, no dashboard) comes up; then `Serving` with a `cluster:` section places 2 replicas (SPREAD:
+   one per node) and returns when both answer (the first placement also connects this driver to
+   the cluster). Against: the same 2 fake servers started without Ray, one after another, each healthy
    before the next (as agora starts servers), then `Serving` with `launch: false` and their URLs.
 2. Routing. Microseconds per `Serving.lease` (the replica with the fewest requests in flight among
    those holding the member's adapter, counted in flight until the request ends) over 2 replicas
