@@ -1,7 +1,7 @@
 """`python -m bench [NAME ...]`: run benchmarks and print one combined table.
 
     python -m bench                       # all: orchestrator engine trainer hotswap engines
-                                          #      binding step gpu throughput
+                                          #      binding step gpu throughput cluster
     python -m bench orchestrator engine   # a selection
 
 Each benchmark prints its own details as it goes; the combined table (benchmark, metric,
@@ -23,7 +23,18 @@ from pathlib import Path
 
 from bench.common import REPO, Row, setup_env, table
 
-NAMES = ("orchestrator", "engine", "trainer", "hotswap", "engines", "binding", "step", "gpu", "throughput")
+NAMES = (
+    "orchestrator",
+    "engine",
+    "trainer",
+    "hotswap",
+    "engines",
+    "binding",
+    "step",
+    "gpu",
+    "throughput",
+    "cluster",
+)
 
 
 def trainer() -> list[Row]:
@@ -111,6 +122,7 @@ def trainer() -> list[Row]:
 def runners() -> dict[str, Callable[[], list[Row]]]:
     from bench import (
         bench_binding,
+        bench_cluster,
         bench_engine,
         bench_engines,
         bench_gpu,
@@ -130,6 +142,7 @@ def runners() -> dict[str, Callable[[], list[Row]]]:
         "step": bench_step.run,
         "gpu": bench_gpu.run,
         "throughput": bench_throughput.run,
+        "cluster": bench_cluster.run,
     }
 
 
