@@ -10,7 +10,10 @@ reads the spec `RoundManager` wrote (the real worker's input) and, by MODE:
 - `error`: writes `{"error": ...}` to the result file and exits 1 (a failure the worker caught);
 - `hang`: writes one progress line, then waits until it is terminated (a round in flight);
 - `wait:PATH`: writes one progress line, waits until PATH exists (a round in flight for as long as
-  the test wants), then as `ok`.
+  the test wants), then as `ok`;
+- `hold:DIR`: as `wait:DIR/release`, after writing `DIR/<member>.<pid>.json` with its pid, its
+  parent's and the buffer ids it was given (for a test that must see or kill a worker that runs
+  on another Ray node, in a temp dir of its own).
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ def main(spec_path: str, mode: str) -> int:
     if mode == "hang":
         signal.pause()
         return 1
+    if mode.startswith("hold:"):
+        held = Path(mode.split(":", 1)[1])
+        seen = {"pid": os.getpid(), "ppid": os.getppid(), "buffer_ids": ids}
+        tmp = held / f".{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(seen))
+        os.replace(tmp, held / f"{spec['member']}.{os.getpid()}.json")  # whole when the test sees it
+        mode = f"wait:{held / 'release'}"
     if mode.startswith("wait:"):
         while not Path(mode.split(":", 1)[1]).exists():
             time.sleep(0.05)
