@@ -157,6 +157,10 @@ def test_a_killed_training_task_is_rerun_by_ray_with_the_same_rows(
     guard = parent_of(first["pid"])  # the stub runs under agora's guard, a child of the task's process
     task_process = parent_of(guard)
     os.kill(task_process, signal.SIGKILL)  # the Ray worker running the task dies mid-round
+    deadline = time.monotonic() + 30  # the guard stops the orphaned worker (a hang guard)
+    while alive(first["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(first["pid"])  # before the release: it could not have exited on its own
     (held / "release").touch()
     rm.wait(120)
     rm.shutdown()
@@ -172,7 +176,3 @@ def test_a_killed_training_task_is_rerun_by_ray_with_the_same_rows(
     assert json.loads((paths.adapter_dir("smol-a", 1) / "stub.json").read_text())["pid"] == runs[1]["pid"]
     retried = [e for e in events if e["kind"] == "training_retried"]
     assert [(e["member"], e["task_attempt"]) for e in retried] == [("smol-a", 2)]
-    deadline = time.monotonic() + 30  # the guard stops the killed task's worker (a hang guard)
-    while alive(first["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(first["pid"])

@@ -215,6 +215,8 @@ class RayWorkers:
         try:
             out = ray.get(task.ref)
         except ray.exceptions.RayError as e:  # lost past its retries, or cancelled
+            with job.log_path.open("a") as log:
+                log.write(f"--- the Ray task failed ---\n{e}\n")
             write_json_atomic(job.result_path, {"error": f"the Ray task failed: {e}"})
             return -1
         self._write_back(job, task, out)
