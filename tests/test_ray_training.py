@@ -118,20 +118,28 @@ def test_members_train_as_ray_tasks_on_both_nodes_and_adapters_come_back(
     assert sorted(s["member"] for s in started) == ["smol-a", "smol-b"]
     (held / "release").touch()
     rm.wait(120)
+    add_rows(store, 2)
+    r2 = rm.maybe_start(step=1)  # continues each member's v1, which must reach the node
+    rm.wait(120)
     rm.shutdown()
     assert rs.round_row(store, r1)["status"] == "live"
     assert round_rows(store, r1) == [1, 2]
     for member in ("smol-a", "smol-b"):
-        assert adapter_status(store, member) == {1: "live"}
+        assert adapter_status(store, member) == {1: "retired", 2: "live"}
         # The adapter was written on the node, in its temp dir, and unpacked into the run dir.
         assert adapter_ids(paths, member, 1) == [1, 2]
-        assert serving.live[member] == (1, paths.adapter_dir(member, 1))
         assert metrics(store, member, 1)["task_attempt"] == 1
+        # Round 2's worker read v1 from a copy on its node, not from the driver's run dir.
+        previous = json.loads((paths.adapter_dir(member, 2) / "stub.json").read_text())["previous"]
+        assert previous["files"] == ["adapter_config.json", "stub.json"]
+        assert not previous["path"].startswith(str(paths.root))
+        assert adapter_ids(paths, member, 2) == round_rows(store, r2) == [3, 4]
+        assert serving.live[member] == (2, paths.adapter_dir(member, 2))
     assert not list(paths.adapter_dir("smol-a", 1).parent.glob(".*tmp-*"))  # unpacked atomically
     nodes = {metrics(store, m, 1)["node"] for m in ("smol-a", "smol-b")}
     assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # one member on each node
     kinds = [e["kind"] for e in events if e["kind"].startswith(("training", "adapter"))]
-    assert kinds.count("training_progress") == 2 and kinds.count("adapter_live") == 2
+    assert kinds.count("training_progress") == 4 and kinds.count("adapter_live") == 4
     assert "training_retried" not in kinds
 
 

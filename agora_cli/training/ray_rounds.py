@@ -45,7 +45,7 @@ import ray
 from agora_cli.config import Config
 from agora_cli.config.schema import Cluster, ClusterTraining
 from agora_cli.events import EventBus
-from agora_cli.training.trainer import TrainSpec
+from agora_cli.training.trainer import META_FILE, TrainSpec
 from agora_cli.training.worker import worker_command, write_json_atomic
 
 # The guard that stops a server when agora dies does the same for a worker when its task's
@@ -127,6 +127,7 @@ def train_member(
     with tempfile.TemporaryDirectory(prefix="agora-train-") as tmp:
         work = Path(tmp)
         spec = TrainSpec(**json.loads(spec_json))
+        prev = spec.previous_adapter_dir  # its path on the driver
         previous_dir = None
         if previous is not None:
             previous_dir = work / "previous"
@@ -157,6 +158,9 @@ def train_member(
             Path(local.progress_path or ""),
             Path(local.output_dir),
         )
+        meta = out / META_FILE
+        if meta.is_file():  # the lineage names the driver's copy of the previous adapter
+            meta.write_text(json.dumps({**json.loads(meta.read_text()), "previous_adapter": prev}, indent=2))
         with log_path.open("rb") as fh:
             fh.seek(max(0, log_path.stat().st_size - LOG_TAIL_BYTES))
             log_tail = fh.read().decode(errors="replace")

@@ -5,7 +5,8 @@
 reads the spec `RoundManager` wrote (the real worker's input) and, by MODE:
 
 - `ok`: writes one progress line, an adapter directory (`adapter_config.json` and `stub.json`
-  with the buffer ids it was given) and the result file, exits 0;
+  with the buffer ids it was given and the previous adapter's path and files) and the result
+  file, exits 0;
 - `exit:N`: exits with code N without writing anything (a crash);
 - `error`: writes `{"error": ...}` to the result file and exits 1 (a failure the worker caught);
 - `hang`: writes one progress line, then waits until it is terminated (a round in flight);
@@ -52,7 +53,9 @@ def main(spec_path: str, mode: str) -> int:
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_config.json").write_text("{}")
-    (out / "stub.json").write_text(json.dumps({"buffer_ids": ids, "pid": os.getpid()}))
+    prev = spec.get("previous_adapter_dir")
+    previous = {"path": prev, "files": sorted(os.listdir(prev))} if prev else None
+    (out / "stub.json").write_text(json.dumps({"buffer_ids": ids, "pid": os.getpid(), "previous": previous}))
     result = {"losses": [1.5, 1.0], "steps": 2, "tokens_per_s": 99.0, "buffer_ids": ids}
     Path(spec["result_path"]).write_text(json.dumps(result))
     return 0
