@@ -182,5 +182,26 @@ def test_a_killed_training_task_is_rerun_by_ray_with_the_same_rows(
     assert [r["buffer_ids"] for r in runs] == [reserved, reserved]  # each attempt, the same rows
     assert adapter_ids(paths, "smol-a", 1) == reserved  # the adapter is the retry's
     assert json.loads((paths.adapter_dir("smol-a", 1) / "stub.json").read_text())["pid"] == runs[1]["pid"]
+    assert not Path(first["spec"]).parent.exists()  # the retry removed the killed task's temp dir
     retried = [e for e in events if e["kind"] == "training_retried"]
     assert [(e["member"], e["task_attempt"]) for e in retried] == [("smol-a", 2)]
+
+
+def test_shutdown_cancels_the_tasks_and_leaves_the_round_retriable(
+    env, two_nodes: Cluster, tmp_path: Path
+) -> None:
+    store, paths, bus, events = env
+    held = tmp_path / "held"
+    held.mkdir()
+    add_rows(store, 2)
+    rm = RoundManager(store, ray_cfg(), paths, None, bus, poll_interval_s=0.05, command=hold_stub(held))
+    r1 = rm.maybe_start(step=0)
+    started = wait_for_files(held, 2)
+    rm.shutdown()  # e.g. Ctrl-C: the tasks are cancelled, their workers stopped by their guards
+    deadline = time.monotonic() + 30  # a hang guard
+    while any(alive(s["pid"]) for s in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [s["pid"] for s in started if alive(s["pid"])]
+    assert rs.retriable_round(store)["id"] == r1  # the next run retries it, with its rows
+    assert adapter_status(store, "smol-a") == {1: "training"}
+    assert not paths.adapter_dir("smol-a", 1).exists()

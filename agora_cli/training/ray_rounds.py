@@ -15,13 +15,20 @@ imports ray. `RayWorkers` is the round manager's `Workers` for a cluster:
   exit_code   once the task returned: the progress, result and log are written where a local
               worker writes them, the adapter is unpacked into the round's adapter dir atomically
               (temp dir + rename), and the round manager collects and activates as always
-  stop        `ray.cancel(force=True)` ends the task's process; the guard stops the worker
+  stop        `ray.cancel`: the task stops its worker's process group (SIGTERM, then SIGKILL);
+              a task still running after STOP_GRACE_S is killed (`force=True`)
 
 A task lost with its worker process or its node is re-run by Ray (`max_retries`) with the same
 arguments, hence on the same rows; the run records the attempt that produced the adapter
 (`task_attempt` in the adapter's metrics, a `training_retried` event). A worker that fails on its
 own (exit code, error) is not a lost task: the round manager retries the round as on one machine.
 The driver's run directory stays the durable record (spec, result, progress, log, adapter).
+
+Stopping what a task started: a task process that dies unasked (SIGKILL, the OOM killer) leaves
+the guard, which stops the worker's group. When Ray itself ends a task's process (a forced
+cancel, the driver gone), it kills that process's direct children too, the guard among them; the
+worker then exits on its own (worker.exit_with_parent), but under `accelerate launch` the
+launcher's processes may finish their round first. The graceful cancel above avoids that case.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +60,10 @@ from agora_cli.training.worker import worker_command, write_json_atomic
 # The guard that stops a server when agora dies does the same for a worker when its task's
 # process dies (a lost task must not leave a trainer running on the node). Run as a script.
 GUARD = Path(__file__).resolve().parent.parent / "serving" / "guard.py"
+TEMP_PREFIX = "agora-train-"  # then the task process's pid: agora-train-<pid>-<random>
+# Ray kills a cancelled task's process with SIGKILL, and its direct children (the guard) with it,
+# which leaves the worker below them orphaned: a cancel first asks the task to stop its worker.
+STOP_GRACE_S = 15.0
 LOG_TAIL_BYTES = 4 * 2**20  # what comes back of a worker's log: its end, where the error is
 
 WorkerCommand = Callable[[Path], list[str]]  # spec path (on the node) -> the worker's argv
@@ -114,6 +127,40 @@ def task_attempt() -> int | None:
     return None if attempt is None else int(attempt()) + 1
 
 
+def remove_orphaned_dirs(temp: Path) -> None:
+    """Remove the temp dirs of tasks whose process died (a killed task never cleans its own; its
+    pid is in the name; a dir whose pid lives again under another program stays)."""
+    for d in temp.glob(f"{TEMP_PREFIX}*-*"):
+        pid = d.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the worker's process group (the guard, the worker, what it started, such as
+    accelerate's processes), SIGKILL after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def train_member(
     spec_json: str, previous: bytes | None, command: WorkerCommand, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -124,7 +171,8 @@ def train_member(
     """
     attempt = task_attempt()
     node = ray.get_runtime_context().get_node_id()
-    with tempfile.TemporaryDirectory(prefix="agora-train-") as tmp:
+    remove_orphaned_dirs(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         spec = TrainSpec(**json.loads(spec_json))
         prev = spec.previous_adapter_dir  # its path on the driver
@@ -152,7 +200,12 @@ def train_member(
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                 start_new_session=True,  # the guard leads the group it stops when we die
             )
-            code = proc.wait()
+            try:  # polled: a cancel's KeyboardInterrupt lands between sleeps, not in a wait()
+                while (code := proc.poll()) is None:
+                    time.sleep(0.2)
+            except BaseException:
+                stop_group(proc)
+                raise
         result_file, progress_file, out = (
             Path(local.result_path or ""),
             Path(local.progress_path or ""),
@@ -227,8 +280,12 @@ class RayWorkers:
         return int(out["code"])
 
     def stop(self, job: Job) -> None:
-        """End the task's process (its guard then stops the worker); not retried by Ray."""
-        ray.cancel(job.handle.ref, force=True)
+        """Cancel the task (not retried by Ray): it stops its worker's process group; a task that
+        has not ended after STOP_GRACE_S is killed with its process."""
+        ray.cancel(job.handle.ref)
+        ready, _ = ray.wait([job.handle.ref], timeout=STOP_GRACE_S)
+        if not ready:
+            ray.cancel(job.handle.ref, force=True)
 
     def _write_back(self, job: Job, task: _Task, out: dict[str, Any]) -> None:
         attempt, node = out["task_attempt"], out["node"]

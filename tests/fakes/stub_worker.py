@@ -13,8 +13,8 @@ reads the spec `RoundManager` wrote (the real worker's input) and, by MODE:
 - `wait:PATH`: writes one progress line, waits until PATH exists (a round in flight for as long as
   the test wants), then as `ok`;
 - `hold:DIR`: as `wait:DIR/release`, after writing `DIR/<member>.<pid>.json` with its pid, its
-  parent's and the buffer ids it was given (for a test that must see or kill a worker that runs
-  on another Ray node, in a temp dir of its own).
+  parent's, its spec's path and the buffer ids it was given (for a test that must see or kill a
+  worker that runs on another Ray node, in a temp dir of its own).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(spec_path: str, mode: str) -> int:
         return 1
     if mode.startswith("hold:"):
         held = Path(mode.split(":", 1)[1])
-        seen = {"pid": os.getpid(), "ppid": os.getppid(), "buffer_ids": ids}
+        seen = {"pid": os.getpid(), "ppid": os.getppid(), "buffer_ids": ids, "spec": spec_path}
         tmp = held / f".{os.getpid()}.tmp"
         tmp.write_text(json.dumps(seen))
         os.replace(tmp, held / f"{spec['member']}.{os.getpid()}.json")  # whole when the test sees it
