@@ -174,6 +174,7 @@ def train_member(
     remove_orphaned_dirs(Path(tempfile.gettempdir()))
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
+        out, progress_file, result_file = work / "adapter", work / "progress.jsonl", work / "result.json"
         spec = TrainSpec(**json.loads(spec_json))
         prev = spec.previous_adapter_dir  # its path on the driver
         previous_dir = None
@@ -182,10 +183,10 @@ def train_member(
             unpack(previous, previous_dir)
         local = replace(
             spec,
-            output_dir=str(work / "adapter"),
+            output_dir=str(out),
             previous_adapter_dir=None if previous_dir is None else str(previous_dir),
-            progress_path=str(work / "progress.jsonl"),
-            result_path=str(work / "result.json"),
+            progress_path=str(progress_file),
+            result_path=str(result_file),
         )
         spec_path = work / "spec.json"
         spec_path.write_text(local.to_json())
@@ -206,11 +207,6 @@ def train_member(
             except BaseException:
                 stop_group(proc)
                 raise
-        result_file, progress_file, out = (
-            Path(local.result_path or ""),
-            Path(local.progress_path or ""),
-            Path(local.output_dir),
-        )
         meta = out / META_FILE
         if meta.is_file():  # the lineage names the driver's copy of the previous adapter
             meta.write_text(json.dumps({**json.loads(meta.read_text()), "previous_adapter": prev}, indent=2))
