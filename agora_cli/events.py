@@ -22,6 +22,8 @@ Kinds in use (add new ones here so consumers can find them):
                                           (training_progress step 0: the memory plan,
                                           {gradient_checkpointing, memory, estimated_peak_gb,
                                           memory_budget_gb}; then one per optimizer step)
+  training_retried                        {round, member, task_attempt, node}  (a Ray task lost with
+                                          its process or node was re-run on the same rows)
   adapter_live                            {member, version, model_name, latency_s}
   validation_score                        {step, member, benchmark, score, n, reused?}
   eval_progress                           {member, benchmark, done, total}  (`agora eval`; its

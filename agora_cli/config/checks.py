@@ -206,4 +206,15 @@ def _cluster_checks(cfg: Config) -> list[tuple[str, str]]:
                     f"backend {name!r} has launch: false (its servers are under urls); set launch: true",
                 )
             )
+    t = cfg.cluster.training
+    n = cfg.training.num_gpus
+    if t is not None and t.num_gpus is not None and n > 1 and t.num_gpus != n:
+        # `accelerate launch` starts one process per GPU of training.num_gpus: the task must hold them.
+        problems.append(
+            (
+                "cluster.training.num_gpus",
+                f"{t.num_gpus:g} GPUs per training task, but training.num_gpus is {n} (accelerate runs "
+                f"one process per GPU); set both to {n}, or leave cluster.training.num_gpus unset",
+            )
+        )
     return problems

@@ -356,6 +356,28 @@ class ReplicaPlacement(Strict):
         return v
 
 
+class ClusterTraining(Strict):
+    """Training rounds as Ray tasks (training/ray_rounds.py): each member's round trains on
+    whichever node Ray places it, with these resources; its adapter comes back through Ray's
+    object store. Absent, rounds train in local worker processes as on one machine."""
+
+    # Per member's task. Unset: `training.num_gpus` (the GPUs `accelerate launch` spreads over);
+    # 0 trains on CPUs (a CPU cluster, the tests); below 1 shares a GPU (Ray does not fence memory).
+    num_gpus: float | None = Field(default=None, ge=0)
+    num_cpus: float = Field(default=1.0, gt=0)
+    max_parallel: int | None = Field(default=None, ge=1, description="members training at once; unset: all")
+    # Ray re-runs a task lost with its worker process or node, with the same arguments (the same
+    # rows); a round whose task still fails is retried by the round manager as on one machine.
+    max_retries: int = Field(default=2, ge=0)
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_above_one(cls, v: float | None) -> float | None:
+        if v is not None and v > 1 and v != int(v):  # Ray shares a GPU only below one
+            raise ValueError(f"num_gpus {v} above 1 must be a whole number")
+        return v
+
+
 class Cluster(Strict):
     """Where servers run when one machine is not enough. Placement is Ray core's (agora has no
     scheduler of its own); absent, everything runs on this machine and nothing imports Ray."""
@@ -366,6 +388,7 @@ class Cluster(Strict):
     address: str = "auto"
     runtime_env: dict[str, Any] = {}  # Ray's runtime_env for the actors (env_vars, pip, ...)
     backends: dict[str, ReplicaPlacement] = {}  # backend name -> its replicas
+    training: ClusterTraining | None = None  # unset: training rounds run on this machine
 
     @field_validator("address")
     @classmethod

@@ -22,6 +22,11 @@ Statuses (written through `round_store`, the one home of the rounds' SQL): round
 `live` means "the member's current adapter"; its `model_name` is set when a server has loaded it
 (NULL when trained with no server attached).
 
+Where a worker runs is a seam (`Workers`: start, exit_code, stop): `LocalWorkers`, subprocesses of
+this process, unless the config's cluster has a `training` section; then `ray_rounds.RayWorkers`
+runs each member's worker as a Ray task on whichever node Ray places it and brings its files back
+into the run directory, so everything after a worker exits is the same for both.
+
 The worker's command is a parameter (`command(spec_path) -> argv`, default `worker_command`), so
 the retry, crash, activation-failure and shutdown paths run in the fast tests against a small stub
 worker; real training runs in the training and end-to-end tests.
@@ -40,7 +45,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from agora_cli.config import Config, chat_template_text
 from agora_cli.errors import TrainingError
@@ -67,10 +72,64 @@ class _Job:
     spec_path: Path
     progress_path: Path
     result_path: Path
-    proc: subprocess.Popen | None = None
-    log: TextIO | None = None
+    log_path: Path
+    handle: Any = None  # what the Workers started: a Popen, a Ray task's reference
+    pid: int | None = None  # a local worker's process id
     offset: int = 0  # bytes of the progress file already emitted as events
     started: float = 0.0
+
+
+class Workers(Protocol):
+    """Where members' workers run. `start` runs the worker for `spec` (a TrainSpec whose paths are
+    the job's); once `exit_code` is not None, the job's result, progress and log files and its
+    adapter directory are in the run directory, as a local worker leaves them."""
+
+    def start(self, job: _Job, spec: TrainSpec) -> None: ...
+    def exit_code(self, job: _Job) -> int | None: ...
+    def stop(self, job: _Job) -> None: ...
+
+
+class LocalWorkers:
+    """Each worker a subprocess of this process, on the GPUs devices.py gives its member."""
+
+    def __init__(self, cfg: Config, command: WorkerCommand):
+        self.cfg = cfg
+        self.command = command
+        self.gpus = training_gpus(cfg, visible_gpus())  # member -> its trainer's GPUs
+
+    def start(self, job: _Job, spec: TrainSpec) -> None:
+        job.spec_path.write_text(spec.to_json())
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.cfg.training.max_threads:
+            env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
+        env.update(worker_env(self.gpus.get(job.member)))
+        with open(job.log_path, "a") as log:  # the child keeps its own descriptor
+            job.handle = subprocess.Popen(
+                self.command(job.spec_path),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        job.pid = job.handle.pid
+
+    def exit_code(self, job: _Job) -> int | None:
+        return job.handle.poll()
+
+    def stop(self, job: _Job) -> None:
+        terminate(job.handle)
+
+
+def workers_for(cfg: Config, command: WorkerCommand | None, bus: EventBus) -> tuple[Workers, int]:
+    """The config's workers and how many members train at once: Ray tasks when the cluster has a
+    `training` section (all members at once unless it says otherwise; Ray queues what the
+    cluster cannot hold), else local subprocesses, one at a time (a small box has few cores)."""
+    cluster = cfg.cluster
+    if cluster is not None and cluster.training is not None:
+        from agora_cli.training.ray_rounds import RayWorkers  # imports ray: only with a cluster
+
+        return RayWorkers(cfg, cluster, cluster.training, bus, command), cluster.training.max_parallel or 0
+    return LocalWorkers(cfg, command or (lambda spec: worker_command(spec, cfg.training))), 1
 
 
 @dataclass
@@ -95,7 +154,7 @@ class RoundManager:
         bus: EventBus = NULL_BUS,
         *,
         members: list[str] | None = None,
-        max_parallel: int = 1,
+        max_parallel: int | None = None,
         poll_interval_s: float = 0.5,
         command: WorkerCommand | None = None,
     ):
@@ -105,10 +164,9 @@ class RoundManager:
         self.serving = serving  # anything with activate(member, adapter_dir, version) -> Endpoint
         self.bus = bus
         self.members = members or [m.name for m in cfg.members]
-        self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
-        self.command = command or (lambda spec: worker_command(spec, cfg.training))
-        self.gpus = training_gpus(cfg, visible_gpus())  # member -> its trainer's GPUs
+        self.runner, default_parallel = workers_for(cfg, command, bus)
+        self.max_parallel = max_parallel or default_parallel or len(self.members)
         self._flight: _Flight | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agora-activate")
 
@@ -170,9 +228,10 @@ class RoundManager:
             return
         for job in list(f.running.values()):
             self._emit_progress(f, job)
-            if job.proc is not None and job.proc.poll() is not None:
+            code = self.runner.exit_code(job)
+            if code is not None:
                 del f.running[job.member]
-                self._collect(f, job)
+                self._collect(f, job, code)
         self._start_workers(f)
         for member, (future, t0) in list(f.activating.items()):
             if future.done():
@@ -235,11 +294,12 @@ class RoundManager:
         return None if self._flight is None else self._flight.round_id
 
     def workers(self) -> dict[str, int]:
-        """member -> pid of the worker processes running now."""
+        """member -> pid of the local worker processes running now (a Ray task's worker runs on
+        the node Ray chose, under a pid of that node: not listed)."""
         f = self._flight
         if f is None:
             return {}
-        return {m: j.proc.pid for m, j in f.running.items() if j.proc is not None}
+        return {m: j.pid for m, j in f.running.items() if j.pid is not None}
 
     def live_versions(self) -> dict[str, int]:
         """member -> live adapter version (0 = the base model)."""
@@ -253,9 +313,7 @@ class RoundManager:
         f = self._flight
         if f is not None:
             for job in f.running.values():
-                terminate(job.proc)
-                if job.log is not None:
-                    job.log.close()
+                self.runner.stop(job)
             f.running.clear()
             f.to_train.clear()
             for member, (future, t0) in list(f.activating.items()):
@@ -326,6 +384,7 @@ class RoundManager:
             spec_path=work / f"{member}.spec.json",
             progress_path=work / f"{member}.attempt{f.attempt}.progress.jsonl",
             result_path=work / f"{member}.attempt{f.attempt}.result.json",
+            log_path=self.paths.logs / f"train-r{f.round_id}-{member}.log",
         )
         spec = TrainSpec(
             member=member,
@@ -352,21 +411,9 @@ class RoundManager:
             progress_path=str(job.progress_path),
             result_path=str(job.result_path),
         )
-        job.spec_path.write_text(spec.to_json())
         job.result_path.unlink(missing_ok=True)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
-        job.log = open(self.paths.logs / f"train-r{f.round_id}-{member}.log", "a")  # noqa: SIM115
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.cfg.training.max_threads:
-            env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
-        env.update(worker_env(self.gpus.get(member)))
-        job.proc = subprocess.Popen(
-            self.command(job.spec_path),
-            stdout=job.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+        self.runner.start(job, spec)
         job.started = time.monotonic()
         self.bus.emit(
             "training_started",
@@ -375,7 +422,7 @@ class RoundManager:
             version=version,
             attempt=f.attempt,
             rows=len(buffer_ids),
-            pid=job.proc.pid,
+            pid=job.pid,
         )
         return job
 
@@ -402,18 +449,14 @@ class RoundManager:
             p.pop("member", None)
             self.bus.emit("training_progress", round=f.round_id, member=job.member, **p)
 
-    def _collect(self, f: _Flight, job: _Job) -> None:
+    def _collect(self, f: _Flight, job: _Job, code: int) -> None:
         self._emit_progress(f, job)
-        if job.log is not None:
-            job.log.close()
-        code = job.proc.returncode if job.proc is not None else -1
         result: dict[str, Any] = {}
         if job.result_path.exists():
             result = json.loads(job.result_path.read_text())
         if code != 0 or "error" in result or not (job.adapter_dir / "adapter_config.json").exists():
             detail = result.get("error") or f"worker exited with code {code}"
-            log = self.paths.logs / f"train-r{f.round_id}-{job.member}.log"
-            self._member_failed(f, job.member, f"{detail}; see {log}")
+            self._member_failed(f, job.member, f"{detail}; see {job.log_path}")
             return
         metrics = {
             k: result.get(k)
@@ -435,6 +478,7 @@ class RoundManager:
                 "loss_kind",
             )
         }
+        metrics.update({k: result[k] for k in ("node", "task_attempt") if k in result})  # Ray tasks
         metrics["wall_s"] = round(time.monotonic() - job.started, 2)
         rs.mark_ready(self.store, f.round_id, job.member, metrics)
         losses = result.get("losses") or [None]

@@ -1,0 +1,300 @@
+"""Training rounds as Ray tasks (config `cluster.training`): each member's worker runs on the node
+Ray places it on, and its files travel through Ray's object store, not a shared filesystem.
+
+Imported only when the cluster has a `training` section (rounds.workers_for), so nothing else
+imports ray. `RayWorkers` is the round manager's `Workers` for a cluster:
+
+  start       the TrainSpec (the reserved rows' samples inside it) and the member's previous
+              adapter packed as a tar are the task's arguments; a task asks for
+              `cluster.training.num_gpus` (several GPUs of one node for `accelerate launch`: Ray
+              places a task on one node) and `num_cpus`; Ray queues tasks the cluster cannot hold
+  (the task)  `train_member` unpacks into a node-local temp dir, rewrites the spec's paths to it,
+              runs the SAME worker command agora runs locally (under serving/guard.py, so the
+              worker stops when the task's process dies) and returns its exit code, result,
+              progress lines, log and the adapter directory packed as a tar
+  exit_code   once the task returned: the progress, result and log are written where a local
+              worker writes them, the adapter is unpacked into the round's adapter dir atomically
+              (temp dir + rename), and the round manager collects and activates as always
+  stop        `ray.cancel`: the task stops its worker's process group (SIGTERM, then SIGKILL);
+              a task still running after STOP_GRACE_S is killed (`force=True`)
+
+A task lost with its worker process or its node is re-run by Ray (`max_retries`) with the same
+arguments, hence on the same rows; the run records the attempt that produced the adapter
+(`task_attempt` in the adapter's metrics, a `training_retried` event). A worker that fails on its
+own (exit code, error) is not a lost task: the round manager retries the round as on one machine.
+The driver's run directory stays the durable record (spec, result, progress, log, adapter).
+
+Stopping what a task started: a task process that dies unasked (SIGKILL, the OOM killer) leaves
+the guard, which stops the worker's group. When Ray itself ends a task's process (a forced
+cancel, the driver gone), it kills that process's direct children too, the guard among them; the
+worker then exits on its own (worker.exit_with_parent), but under `accelerate launch` the
+launcher's processes may finish their round first. The graceful cancel above avoids that case.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+
+from agora_cli.config import Config
+from agora_cli.config.schema import Cluster, ClusterTraining
+from agora_cli.events import EventBus
+from agora_cli.training.trainer import META_FILE, TrainSpec
+from agora_cli.training.worker import worker_command, write_json_atomic
+
+# The guard that stops a server when agora dies does the same for a worker when its task's
+# process dies (a lost task must not leave a trainer running on the node). Run as a script.
+GUARD = Path(__file__).resolve().parent.parent / "serving" / "guard.py"
+TEMP_PREFIX = "agora-train-"  # then the task process's pid: agora-train-<pid>-<random>
+# Ray kills a cancelled task's process with SIGKILL, and its direct children (the guard) with it,
+# which leaves the worker below them orphaned: a cancel first asks the task to stop its worker.
+STOP_GRACE_S = 15.0
+LOG_TAIL_BYTES = 4 * 2**20  # what comes back of a worker's log: its end, where the error is
+
+WorkerCommand = Callable[[Path], list[str]]  # spec path (on the node) -> the worker's argv
+
+
+class Job(Protocol):
+    """The parts of the round manager's job this module reads and fills (rounds._Job)."""
+
+    member: str
+    adapter_dir: Path
+    spec_path: Path
+    progress_path: Path
+    result_path: Path
+    log_path: Path
+    handle: Any
+
+
+@dataclass
+class _Task:
+    ref: Any  # the task's ObjectRef
+    round_id: int | None
+
+
+def pack(directory: Path) -> bytes:
+    """A directory as an uncompressed tar (adapter weights do not compress)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(directory, arcname=".")
+    return buf.getvalue()
+
+
+def unpack(data: bytes, target: Path) -> None:
+    """Extract `pack`'s tar into `target` (refusing links and paths that leave it)."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(target, filter="data")
+
+
+def unpack_atomic(data: bytes, out: Path) -> None:
+    """Extract beside `out`, then rename into place, as the trainer saves: a crash leaves at
+    most a `.tmp` directory (which the round manager removes), never a half-written `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        unpack(data, tmp)
+        if out.exists():  # a previous attempt's adapter that never went live
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def task_attempt() -> int | None:
+    """Which run of the current Ray task this is: 1, then 2 after Ray re-ran it. None where this
+    Ray has no such call (it is the core worker's, not public API)."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    core = getattr(getattr(worker, "global_worker", None), "core_worker", None)
+    attempt = getattr(core, "get_current_task_attempt_number", None)
+    return None if attempt is None else int(attempt()) + 1
+
+
+def remove_orphaned_dirs(temp: Path) -> None:
+    """Remove the temp dirs of tasks whose process died (a killed task never cleans its own; its
+    pid is in the name; a dir whose pid lives again under another program stays)."""
+    for d in temp.glob(f"{TEMP_PREFIX}*-*"):
+        pid = d.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the worker's process group (the guard, the worker, what it started, such as
+    accelerate's processes), SIGKILL after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def train_member(
+    spec_json: str, previous: bytes | None, command: WorkerCommand, env: dict[str, str]
+) -> dict[str, Any]:
+    """The Ray task: train one member on this node with the worker agora runs locally.
+
+    Returns {code, result (the worker's result file or None), progress, log, adapter (tar or
+    None), node, task_attempt}.
+    """
+    attempt = task_attempt()
+    node = ray.get_runtime_context().get_node_id()
+    remove_orphaned_dirs(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
+        work = Path(tmp)
+        out, progress_file, result_file = work / "adapter", work / "progress.jsonl", work / "result.json"
+        spec = TrainSpec(**json.loads(spec_json))
+        prev = spec.previous_adapter_dir  # its path on the driver
+        previous_dir = None
+        if previous is not None:
+            previous_dir = work / "previous"
+            unpack(previous, previous_dir)
+        local = replace(
+            spec,
+            output_dir=str(out),
+            previous_adapter_dir=None if previous_dir is None else str(previous_dir),
+            progress_path=str(progress_file),
+            result_path=str(result_file),
+        )
+        spec_path = work / "spec.json"
+        spec_path.write_text(local.to_json())
+        log_path = work / "worker.log"
+        guarded = [sys.executable, "-P", str(GUARD), "--parent", str(os.getpid()), "--", *command(spec_path)]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                guarded,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                start_new_session=True,  # the guard leads the group it stops when we die
+            )
+            try:  # polled: a cancel's KeyboardInterrupt lands between sleeps, not in a wait()
+                while (code := proc.poll()) is None:
+                    time.sleep(0.2)
+            except BaseException:
+                stop_group(proc)
+                raise
+        meta = out / META_FILE
+        if meta.is_file():  # the lineage names the driver's copy of the previous adapter
+            meta.write_text(json.dumps({**json.loads(meta.read_text()), "previous_adapter": prev}, indent=2))
+        with log_path.open("rb") as fh:
+            fh.seek(max(0, log_path.stat().st_size - LOG_TAIL_BYTES))
+            log_tail = fh.read().decode(errors="replace")
+        return {
+            "code": code,
+            "result": json.loads(result_file.read_text()) if result_file.is_file() else None,
+            "progress": progress_file.read_text() if progress_file.is_file() else "",
+            "log": log_tail,
+            "adapter": pack(out) if out.is_dir() else None,
+            "node": node,
+            "task_attempt": attempt,
+        }
+
+
+def connect(cluster: Cluster) -> None:
+    """Join the cluster once per process (the serving's replicas may already have)."""
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, runtime_env=cluster.runtime_env or None, log_to_driver=False)
+
+
+class RayWorkers:
+    """The round manager's workers as Ray tasks (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        cluster: Cluster,
+        spec: ClusterTraining,
+        bus: EventBus,
+        command: WorkerCommand | None = None,
+    ):
+        connect(cluster)
+        num_gpus = cfg.training.num_gpus if spec.num_gpus is None else spec.num_gpus
+        self.task = ray.remote(train_member).options(
+            num_gpus=num_gpus, num_cpus=spec.num_cpus, max_retries=spec.max_retries
+        )
+        # Built on the node, where `sys.executable` is the node's Python (a runtime_env may differ).
+        self.command = command or functools.partial(worker_command, training=cfg.training)
+        self.env = {"OMP_NUM_THREADS": str(cfg.training.max_threads)} if cfg.training.max_threads else {}
+        self.bus = bus
+
+    def start(self, job: Job, spec: TrainSpec) -> None:
+        """Submit the member's task; the spec stays in the run directory as the record."""
+        job.spec_path.write_text(spec.to_json())
+        prev = spec.previous_adapter_dir
+        previous = pack(Path(prev)) if prev is not None else None
+        ref = self.task.remote(spec.to_json(), previous, self.command, self.env)
+        job.handle = _Task(ref, spec.round_id)
+
+    def exit_code(self, job: Job) -> int | None:
+        """None while the task runs (or waits to be re-run); then its files are in place."""
+        task: _Task = job.handle
+        ready, _ = ray.wait([task.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            out = ray.get(task.ref)
+        except ray.exceptions.RayError as e:  # lost past its retries, or cancelled
+            with job.log_path.open("a") as log:
+                log.write(f"--- the Ray task failed ---\n{e}\n")
+            write_json_atomic(job.result_path, {"error": f"the Ray task failed: {e}"})
+            return -1
+        self._write_back(job, task, out)
+        return int(out["code"])
+
+    def stop(self, job: Job) -> None:
+        """Cancel the task (not retried by Ray): it stops its worker's process group; a task that
+        has not ended after STOP_GRACE_S is killed with its process."""
+        ray.cancel(job.handle.ref)
+        ready, _ = ray.wait([job.handle.ref], timeout=STOP_GRACE_S)
+        if not ready:
+            ray.cancel(job.handle.ref, force=True)
+
+    def _write_back(self, job: Job, task: _Task, out: dict[str, Any]) -> None:
+        attempt, node = out["task_attempt"], out["node"]
+        with job.log_path.open("a") as log:
+            log.write(f"--- Ray task attempt {attempt} on node {node}, exit code {out['code']} ---\n")
+            log.write(out["log"])
+        with job.progress_path.open("a") as fh:
+            fh.write(out["progress"])
+        if out["adapter"] is not None:
+            unpack_atomic(out["adapter"], job.adapter_dir)
+        if out["result"] is not None:
+            write_json_atomic(job.result_path, {**out["result"], "node": node, "task_attempt": attempt})
+        if attempt is not None and attempt > 1:
+            self.bus.emit(
+                "training_retried", round=task.round_id, member=job.member, task_attempt=attempt, node=node
+            )
