@@ -79,8 +79,10 @@ EXECUTION_ONLY = (
 def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
     """(key, 'stored -> given') for every setting that differs, `run_dir` and `logging.*` aside
     (where the step scalars are also written changes no result; a run stored before the
-    `logging` section existed resumes as it is), EXECUTION_ONLY settings aside, and keys of
-    ADDED_SINCE a stored config lacks when the given value is the old behaviour."""
+    `logging` section existed resumes as it is), `cluster` aside (where servers and trainers run
+    changes no result: a run moves onto a Ray cluster, or back, and resumes), EXECUTION_ONLY
+    settings aside, and keys of ADDED_SINCE a stored config lacks when the given value is the old
+    behaviour."""
     a, b = _flatten(old), _flatten(new)
     for k, v in ADDED_SINCE.items():
         if k in b:
@@ -90,6 +92,7 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, str]]:
         for k in sorted(set(a) | set(b))
         if k != "run_dir"
         and not k.startswith("logging.")
+        and k.split(".")[0] != "cluster"
         and k not in EXECUTION_ONLY
         and a.get(k) != b.get(k)
     ]

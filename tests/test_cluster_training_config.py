@@ -82,3 +82,20 @@ def test_a_task_must_hold_the_gpus_accelerate_spreads_over() -> None:
     problems = _problems(_cfg({"training": {"num_gpus": 1}}, {"num_gpus": 2}))
     assert [p for p, _ in problems] == ["cluster.training.num_gpus"]
     assert "training.num_gpus is 2" in problems[0][1] and "set both to 2" in problems[0][1]
+
+
+def test_a_run_resumes_on_a_cluster_or_off_it_as_it_is() -> None:
+    """Where servers and trainers run changes no result: adding, changing or removing the cluster
+    section is no config change for a resume; the group and protocol still are."""
+    from agora_cli.runner import config_diff
+
+    one_machine: dict[str, Any] = {"protocol": {"elite_k": 3}, "cluster": None}
+    on_ray = {
+        "protocol": {"elite_k": 3},
+        "cluster": {"kind": "ray", "backends": {"vllm": {"replicas": 2}}, "training": {"num_gpus": 1}},
+    }
+    assert config_diff(one_machine, on_ray) == []
+    assert config_diff(on_ray, one_machine) == []
+    assert config_diff({"protocol": {"elite_k": 3}}, on_ray) == []  # stored before the section
+    changed = {**on_ray, "protocol": {"elite_k": 5}}
+    assert [k for k, _ in config_diff(one_machine, changed)] == ["protocol.elite_k"]
