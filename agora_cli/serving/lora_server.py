@@ -296,12 +296,13 @@ class LoraServing:
         actor reports a new incarnation, or its listing lacks adapters agora loaded there) is
         taken out first, and one that moved to a new URL is followed there. Returns the URLs that
         answered."""
-        if self._placed is not None:
-            self._follow_actors()
+        silent = self._follow_actors() if self._placed is not None else set()
         answered = set()
         for base, urls in list(self._urls.items()):
             members = [m for m, b in self._base.items() if b == base]
             for url in list(urls):
+                if url in silent:  # its actor is restarting: whatever still answers there is ending
+                    continue
                 if self._ready(url):
                     answered.add(url)
                     lost = self.lora.lost(url)
@@ -312,13 +313,16 @@ class LoraServing:
                     self.lora.mark_down(url, "does not answer its readiness check")
         return answered
 
-    def _follow_actors(self) -> None:
+    def _follow_actors(self) -> set[str]:
         """Apply what the Ray replicas' actors report (`ray_replicas.follow`): one that restarted
-        leaves routing until synced, under its new URL when it has one."""
+        leaves routing until synced, under its new URL when it has one. Returns the URLs whose
+        actor did not answer (left alone this pass)."""
         from agora_cli.serving import ray_replicas
 
+        silent = set()
         for change in ray_replicas.follow(self._placed):
             if change.new_url is None:
+                silent.add(change.url)
                 if len(self._urls.get(change.base, ())) > 1:
                     self.lora.mark_down(change.url, "its Ray actor does not answer (restarting?)")
                 continue
@@ -328,6 +332,7 @@ class LoraServing:
                     urls = self._urls[change.base]
                     urls[urls.index(change.url)] = change.new_url
                     self.lora.add_replica(change.new_url, up=False)  # in routing once synced
+        return silent
 
     def _watch_replicas(self) -> None:
         """Run `check_replicas` every REPLICA_CHECK_S in the background when a base model has
