@@ -356,20 +356,22 @@ class Delivery:
         self.run = run
         self.placed = placed
         self.timeout_s = timeout_s
-        self._sent: dict[str, tuple[str, Any, str]] = {}  # lora_name -> (digest, object ref, s3 key)
+        # (lora_name, driver's dir) -> (digest, object ref, s3 key): a name given other weights
+        # (which activation never does) is packed anew, so its load is refused, not stale
+        self._sent: dict[tuple[str, str], tuple[str, Any, str]] = {}
         self._lock = threading.Lock()
 
     def _source(self, name: str, path: str) -> tuple[str, Any, str]:
         with self._lock:  # once per name, even when two replicas sync at once
-            if name not in self._sent:
+            if (name, path) not in self._sent:
                 packed = adapter_delivery.pack(Path(path))
                 if self.s3 is not None and self.transport == "s3":
                     key = self.s3.key(self.run, name, packed.digest)
                     self.s3.upload(key, packed.data)
-                    self._sent[name] = (packed.digest, None, key)
+                    self._sent[name, path] = (packed.digest, None, key)
                 else:
-                    self._sent[name] = (packed.digest, ray.put(packed.data), "")
-            return self._sent[name]
+                    self._sent[name, path] = (packed.digest, ray.put(packed.data), "")
+            return self._sent[name, path]
 
     def deliver(self, url: str, name: str, path: str) -> str:
         """The path of adapter `name` on the node of the replica at `url` (copied there first)."""
@@ -395,7 +397,8 @@ class Delivery:
         """`name` was unloaded on the replica at `url`: delete its copy there, and forget its bytes
         (nothing loads a name again once it is unloaded)."""
         with self._lock:
-            self._sent.pop(name, None)
+            for key in [k for k in self._sent if k[0] == name]:
+                del self._sent[key]
         actor = self.placed.actor_at(url)
         if actor is not None and self.transport != "shared":
             actor.drop.remote(name)  # best effort, not awaited: a leftover costs disk only
