@@ -74,6 +74,7 @@ class LoraServer:
         self.retired: dict[tuple[str, str], str] = {}  # (url, lora_name) -> member: unload when idle
         self._unloads: list[threading.Thread] = []
         self._syncing: set[str] = set()  # replicas a `sync` is loading adapters on right now
+        self.lists: set[str] = set()  # replicas seen listing adapters in `GET /v1/models`
         # (replica url, lora_name, driver's adapter dir) -> the path that replica loads it from
         self.deliver: Callable[[str, str, str], str] = lambda url, name, path: path
         # (replica url, lora_name): unloaded there; its copy (if any) may go
@@ -89,18 +90,17 @@ class LoraServer:
 
     def lost(self, url: str) -> set[str]:
         """Names agora counts on `url` holding that its `GET /v1/models` no longer lists (the server
-        restarted behind agora's back); empty when it cannot tell."""
+        restarted behind agora's back); empty when it cannot tell (it does not answer, or it has
+        never been seen listing an adapter: a server that lists none may just not list them)."""
         with self.lock:
             before = set(self.loaded.get(url, ()))
         if not before:
             return set()
-        try:
-            data = http("GET", f"{url}/v1/models", timeout=10, headers=self.headers).json.get("data", [])
-        except (OSError, AttributeError):
-            return set()  # not answering: the readiness check deals with that
-        listed = {d.get("id") for d in data if isinstance(d, dict)}
+        listed = self.listed_adapters(url) or {}
+        if not listed and url not in self.lists:
+            return set()
         with self.lock:  # a name unloaded meanwhile has left `loaded` first: not lost
-            return (before - listed) & self.loaded.get(url, set())
+            return (before - set(listed)) & self.loaded.get(url, set())
 
     def pick(self, urls: list[str], member: str) -> str | None:
         """The replica for `member`'s next request: among `urls` that answer and hold its live
@@ -311,6 +311,8 @@ class LoraServer:
         except (OSError, AttributeError):
             return None
         adapters = {d["id"]: d.get("root") for d in data if isinstance(d, dict) and d.get("parent")}
+        if adapters:
+            self.lists.add(url)
         return adapters or None
 
     def _loaded_from(self, url: str, name: str, path: str) -> bool:
