@@ -11,7 +11,8 @@
 - `shared`: every node reads the driver's directory by path (a shared filesystem); nothing is
   copied.
 
-A node-local copy lives at `<node temp dir>/agora-adapters/<run>/<node>/<lora_name>-<digest>`: the
+A node-local copy lives at `<node temp dir>/agora-adapters/<run>-<backend>/<node>/<name>-<digest>`
+(removed when the name is unloaded there, and with the replicas when they are stopped): the
 digest of the packed bytes keeps two different adapters that were given one name (a run directory
 deleted and started over) from ever sharing a copy, and `unpack` is atomic (a half-written folder is
 never loaded, and a copy already there is kept, since the same name and digest are the same bytes).

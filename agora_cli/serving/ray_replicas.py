@@ -23,8 +23,10 @@ under the same path on its own disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,7 +71,7 @@ class LaunchSpec:
     """Everything a replica's actor needs to start its server, again after each restart."""
 
     actor: str  # the actor's name
-    run: str  # the run's id (`run_id`): names its node-local folder
+    run: str  # the run's id and backend: names its node-local folder
     label: str  # the server's name in messages
     cmd: list[str]  # the backend's command line; its `--port` value is replaced
     env: dict[str, str]
@@ -136,7 +138,12 @@ class ReplicaActor:
         adapter_delivery.remove(self.root, name)
 
     def stop(self) -> None:
+        """Stop the server and delete this backend's adapter copies on this node (a replica
+        beside it on the node is being stopped too: `remove` stops them all)."""
         self.process.stop(grace_s=30)
+        shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the run's folder, once no node's copies are left in it
+            self.root.parent.rmdir()
 
 
 def with_port(cmd: list[str], port: int) -> list[str]:
@@ -239,7 +246,7 @@ def place(backend: Launcher, cluster: Cluster, spec: ReplicaPlacement) -> Placed
                     cmd, env = backend._launch(base, members, 0, dry_run=False)  # the actor sets --port
                     launch = LaunchSpec(
                         actor=name,
-                        run=run_id(root),
+                        run=f"{run_id(root)}-{backend.name}",
                         label=f"{backend.API.engine} server ({Path(base).name}, replica {r})",
                         cmd=cmd,
                         env=env,
