@@ -44,7 +44,8 @@ class Packed:
 
 
 def pack(adapter_dir: Path) -> Packed:
-    """The files of `adapter_dir` as an uncompressed tar (safetensors barely compress)."""
+    """The files of `adapter_dir` as an uncompressed tar (safetensors barely compress), with no
+    times or owners in it."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise ServerError(f"adapter directory {adapter_dir} does not exist; nothing to deliver")
@@ -52,9 +53,15 @@ def pack(adapter_dir: Path) -> Packed:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path in sorted(adapter_dir.rglob("*")):
             if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(adapter_dir)), recursive=False)
+                tar.add(path, arcname=str(path.relative_to(adapter_dir)), recursive=False, filter=_plain)
     data = buf.getvalue()
     return Packed(data, hashlib.sha256(data).hexdigest()[:12])
+
+
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Only names and contents count: the same files give the same bytes, so the same digest."""
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info
 
 
 def local_root(run: str, node: str) -> Path:
