@@ -106,6 +106,11 @@ def test_a_ray_cluster_with_replicas_per_backend() -> None:
         ({"backends": {"gpu": {"gpus": 1}}}, "cluster.backends.gpu.gpus", "unknown setting"),
         ({"backends": {"nope": {}}}, "cluster.backends.nope", "unknown backend 'nope'"),
         ({"backends": {"api": {}}}, "cluster.backends.api", "sglang or vllm"),
+        ({"adapters": "nfs"}, "cluster.adapters", "'object_store', 'shared' or 's3'"),
+        ({"adapters": "s3"}, "cluster", "needs an s3 section"),
+        ({"adapters": "s3", "s3": {"bucket": ""}}, "cluster.s3.bucket", "at least 1 character"),
+        ({"s3": {"bucket": "b", "secret_key": "x"}}, "cluster.s3.secret_key", "unknown setting"),
+        ({"max_restarts": -2}, "cluster.max_restarts", "greater than or equal to -1"),
     ],
 )
 def test_bad_cluster_settings_name_their_path(cluster: dict[str, Any], path: str, words: str) -> None:
@@ -122,3 +127,16 @@ def test_ray_replicas_of_servers_started_elsewhere_are_refused() -> None:
     )
     assert problems == [("cluster.backends.gpu", problems[0][1])]
     assert "launch: false" in problems[0][1]
+
+
+def test_adapters_go_through_the_object_store_unless_told_otherwise() -> None:
+    plain = config_from_dict(_cfg({"kind": "sglang"}, {"kind": "ray"})).cluster
+    s3 = config_from_dict(
+        _cfg(
+            {"kind": "sglang"},
+            {"adapters": "s3", "s3": {"bucket": "lab", "endpoint_url": "http://127.0.0.1:9000"}},
+        )
+    ).cluster
+    assert plain is not None and (plain.adapters, plain.s3, plain.max_restarts) == ("object_store", None, -1)
+    assert s3 is not None and s3.s3 is not None
+    assert (s3.adapters, s3.s3.bucket, s3.s3.prefix) == ("s3", "lab", "agora")

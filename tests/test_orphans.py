@@ -199,6 +199,28 @@ def test_servers_of_a_sigkilled_parent_are_stopped(tmp_path: Path, mode: str) ->
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["plain", "stubborn"])
+def test_a_guard_killed_alone_still_stops_its_server(tmp_path: Path, mode: str) -> None:
+    """SIGKILL to the guard only, not its group, as Ray does to the children of an actor's worker
+    that died: the guard's watchdog stops the server (SIGTERM, then SIGKILL when ignored)."""
+    server = fake_server(tmp_path, mode)
+    server.orphan_grace_s = 1.0
+    server.start()
+    try:
+        server.wait_healthy(60)
+        pid = read_pid(tmp_path / "fake.pid")
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        assert wait_for(lambda: not alive(pid)), "the server outlived its guard"
+    finally:
+        server.kill()  # the group, if anything is left of it
+    if mode == "stubborn":
+        assert (tmp_path / "fake.pid.term").read_text() == "TERM\n"
+
+
+@pytest.mark.integration
 def test_a_server_outlives_the_thread_that_launched_it(tmp_path: Path) -> None:
     """Hot-swaps launch from the round manager's thread, which ends; the server must not."""
     server = fake_server(tmp_path)

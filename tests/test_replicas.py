@@ -208,3 +208,36 @@ def test_a_lone_server_that_restarts_takes_requests_again_without_a_check(tmp_pa
         if back is not None:
             back.stop()
     assert (url, text) == (f"{server.url}/v1", "served by a-v1")
+
+
+def test_a_replica_that_restarted_unnoticed_is_synced_before_it_takes_traffic(tmp_path: Path) -> None:
+    """A server restarted at the same URL between two checks, before any request saw it down,
+    answers its readiness check but has lost its adapters: its `GET /v1/models` no longer lists
+    what agora loaded there, so the check takes it out and syncs it before it takes requests."""
+    first, second = FakeSGLang(BASE).start(), FakeSGLang(BASE).start()
+    back: FakeSGLang | None = None
+    events: list[dict] = []
+    try:
+        with _serving(tmp_path, [first, second], events) as serving:
+            serving.activate("a", _adapter(tmp_path, "v1"), 1)
+            second.stop()
+            back = FakeSGLang(BASE, port=second.port).start()  # back at once, holding nothing
+            serving.backends["gpu"].check_replicas()  # type: ignore[attr-defined]
+            pool = serving.client_pool()
+
+            async def go() -> list[str]:
+                texts = await _burst(pool, 12)
+                await pool.aclose()
+                return texts
+
+            texts = asyncio.run(go())
+    finally:
+        first.stop()
+        if back is not None:
+            back.stop()
+    assert texts == ["served by a-v1"] * 12  # no request named an adapter the server lacked
+    assert back is not None and back.loads == ["a-v1"]
+    _assert_synced_before_traffic(back, "a-v1")
+    assert "a-v1" in _chats(back)  # and it takes requests again
+    assert [e["url"] for e in events if e["kind"] == "replica_down"] == [second.url]
+    assert [e["url"] for e in events if e["kind"] == "replica_synced"] == [second.url]

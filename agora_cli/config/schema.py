@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from agora_cli.paths import resolve_shipped
 
@@ -378,6 +378,15 @@ class ClusterTraining(Strict):
         return v
 
 
+class S3Adapters(Strict):
+    """Where `adapters: s3` puts each adapter: `s3://bucket/prefix/...`, at `endpoint_url` for an
+    S3-compatible store. Credentials are read from each process's environment, never from here."""
+
+    bucket: str = Field(min_length=1)
+    prefix: str = "agora"
+    endpoint_url: str | None = None
+
+
 class Cluster(Strict):
     """Where servers run when one machine is not enough. Placement is Ray core's (agora has no
     scheduler of its own); absent, everything runs on this machine and nothing imports Ray."""
@@ -389,6 +398,19 @@ class Cluster(Strict):
     runtime_env: dict[str, Any] = {}  # Ray's runtime_env for the actors (env_vars, pip, ...)
     backends: dict[str, ReplicaPlacement] = {}  # backend name -> its replicas
     training: ClusterTraining | None = None  # unset: training rounds run on this machine
+    # How each adapter reaches the replicas' nodes (serving/adapter_delivery.py): through Ray's
+    # object store, by path on a filesystem all nodes share, or through an S3 bucket (`s3`).
+    adapters: Literal["object_store", "shared", "s3"] = "object_store"
+    s3: S3Adapters | None = None  # with adapters: s3
+    # How often Ray restarts a replica actor that died (-1: always); a restarted replica takes
+    # requests only once it holds the live adapters again.
+    max_restarts: int = Field(default=-1, ge=-1)
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Cluster:
+        if self.adapters == "s3" and self.s3 is None:
+            raise ValueError("adapters: s3 needs an s3 section: {bucket, prefix, endpoint_url}")
+        return self
 
     @field_validator("address")
     @classmethod

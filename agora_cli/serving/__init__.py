@@ -9,8 +9,11 @@ client pool):
         serving.activate("smol-a", adapter_dir, version=1)   # hot-swap, no request lost
 
 `start()` attaches to servers already started by `agora serve CONFIG --run-dir DIR` (recorded in
-`run_paths.servers`) when that file names a live process whose servers are healthy; otherwise it
-launches what the config needs. `stop()` stops only what this process started; it is idempotent
+`run_paths.servers`) when that file names a live process whose servers are healthy; Ray replicas
+(`cluster:`) are found by their actor names instead, even when the process that started them is
+gone (the file, whoever wrote it, still gives their live adapters); otherwise it launches what the
+config needs. Each activation updates the file when there is one, so it stays the record of the
+live adapters. `stop()` stops only what this process started; it is idempotent
 and also runs at exit and on SIGTERM; a backend that fails to stop is reported (a
 `server_stop_failed` event and a warning on the `agora` logger) and the others are still stopped.
 A Ctrl-C or SIGTERM that arrives while `stop()` runs does
@@ -162,7 +165,9 @@ class Serving:
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
         """Make the PEFT adapter in `adapter_dir` live for `member`; returns its new endpoint."""
         backend = self.backends[self._member_backend[member]]
-        return backend.activate(member, Path(adapter_dir), version)
+        endpoint = backend.activate(member, Path(adapter_dir), version)
+        self._record_adapters()
+        return endpoint
 
     def client_pool(self) -> ClientPool:
         """A ClientPool resolving through `endpoint`, with each member's limits from the config."""
@@ -205,14 +210,33 @@ class Serving:
         self._wrote_servers_file = True
         return path
 
+    def _record_adapters(self) -> None:
+        """Rewrite the servers file, when there is one, with the backends' live adapters now (its
+        writer's pid kept: the attach check follows the process that owns the servers)."""
+        recorded = _read_json(self.run_paths.servers)
+        if recorded is None or recorded.get("config") != self.cfg.name:
+            return
+        recorded["backends"] = {name: b.state() for name, b in self.backends.items()}
+        tmp = self.run_paths.servers.with_suffix(".tmp")
+        tmp.write_text(json.dumps(recorded, indent=2))
+        os.replace(tmp, self.run_paths.servers)
+
     def _try_attach(self) -> bool:
-        state = read_servers_file(self.run_paths)
-        if state is None:
+        """Attach every backend or report False: Ray replicas by actor name (detached: they outlive
+        the process that made them), other servers through a servers file whose writer lives."""
+        live = read_servers_file(self.run_paths)
+        by_name = {n for n, b in self.backends.items() if getattr(b, "placement", None) is not None}
+        if live is None and not by_name:
             return False
-        backends = state.get("backends", {})
-        if set(backends) != set(self.backends):
-            return False
-        return all(b.attach(backends[name]) for name, b in self.backends.items())
+        recorded = (live or _read_json(self.run_paths.servers) or {}).get("backends", {})
+        for name, b in self.backends.items():
+            if name in by_name:
+                ok = b.attach_by_name(recorded.get(name, {}))  # type: ignore[attr-defined]
+            else:
+                ok = live is not None and name in recorded and b.attach(recorded[name])
+            if not ok:
+                return False
+        return True
 
 
 @contextmanager
@@ -220,6 +244,14 @@ def serving_pool(cfg: Config, paths: RunPaths, bus: EventBus) -> Iterator[tuple[
     """Start (or attach to) every member's server for the block; yields (serving, client pool)."""
     with Serving(cfg, paths, bus) as srv:
         yield srv, srv.client_pool()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_servers_file(run_paths: RunPaths) -> dict[str, Any] | None:

@@ -30,6 +30,13 @@ before starting the server, reads the server's output through a pipe and writes 
 by line with the key replaced by `<redacted>` (SGLang logs its `server_args`, key included, at
 start). Without that variable the server writes to the log directly, as before.
 
+A guard can itself be SIGKILLed alone: Ray, when an actor's worker process dies (`ray.kill`, a
+crash), SIGKILLs that worker's children, and the guard of a replica's server is one; the server, a
+grandchild, would be left running with its port and memory. So the guard forks a watchdog into
+the server's group right after launching it: it ignores SIGTERM (agora's stop is for the server),
+waits for the guard to go, and then, if the server still runs, stops the group as an orphaned
+guard would (SIGTERM, `--grace` seconds, SIGKILL, itself included).
+
 `exit_with_parent` is the same watch for our own children that can simply exit (the merge).
 """
 
@@ -91,6 +98,37 @@ def _stop_orphaned(child: subprocess.Popen, grace_s: float) -> None:
         child.kill()
 
 
+def _watchdog(guard: int, server: int, grace_s: float, poll_s: float = POLL_S) -> None:
+    """The forked watchdog's life (see the module docstring); never returns."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while os.getppid() == guard:
+            time.sleep(poll_s)
+        if _exists(server):  # the guard was killed under a running server
+            os.killpg(0, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while _exists(server) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _exists(pid: int) -> bool:
+    """`pid` still runs (a zombie awaiting its new parent's reap counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
 def run(parent: int, grace_s: float, cmd: list[str]) -> int:
     """Run `cmd` until it exits, stopping it when `parent` dies; returns its exit code."""
     if os.getppid() != parent:
@@ -116,6 +154,8 @@ def run(parent: int, grace_s: float, cmd: list[str]) -> int:
     except OSError as e:  # lands in the server's log, which agora's error message names
         print(f"agora guard: cannot run {cmd[0]}: {e}", file=sys.stderr)
         return 127
+    if leader and os.fork() == 0:  # before any thread starts here: fork is safe
+        _watchdog(os.getppid(), child.pid, grace_s)
     copier = None
     if secret and child.stdout is not None:
         copier = threading.Thread(target=copy_redacted, args=(child.stdout, secret), daemon=True)

@@ -23,6 +23,10 @@ activation is:
 Each request goes to the replica with the fewest requests in flight among those that answer and
 hold the member's live adapter (agora is the servers' only client, so its own count is the load).
 
+A load names a path the replica's server can read: the adapter directory itself, or what the
+`deliver` hook returns for that replica (Ray replicas copy it to their own node first,
+`ray_replicas.Delivery`); `paths` keeps the driver's directory, the durable record.
+
 An engine differs only in the small facts of `LoraApi`: endpoint paths, how a request names an
 adapter, how a refusal reads.
 """
@@ -70,13 +74,33 @@ class LoraServer:
         self.retired: dict[tuple[str, str], str] = {}  # (url, lora_name) -> member: unload when idle
         self._unloads: list[threading.Thread] = []
         self._syncing: set[str] = set()  # replicas a `sync` is loading adapters on right now
+        self.lists: set[str] = set()  # replicas seen listing adapters in `GET /v1/models`
+        # (replica url, lora_name, driver's adapter dir) -> the path that replica loads it from
+        self.deliver: Callable[[str, str, str], str] = lambda url, name, path: path
+        # (replica url, lora_name): unloaded there; its copy (if any) may go
+        self.discard: Callable[[str, str], None] = lambda url, name: None
 
-    def add_replica(self, url: str, loaded: Iterable[str] = ()) -> None:
-        """Count `url` as a replica that answers and holds `loaded`."""
+    def add_replica(self, url: str, loaded: Iterable[str] = (), up: bool = True) -> None:
+        """Count `url` as a replica that holds `loaded`, taking requests when `up` (else only once
+        `sync` has loaded the live adapters there)."""
         with self.lock:
-            self.up[url] = True
+            self.up[url] = up
             self.loaded.setdefault(url, set()).update(loaded)
             self.busy.setdefault(url, 0)
+
+    def lost(self, url: str) -> set[str]:
+        """Names agora counts on `url` holding that its `GET /v1/models` no longer lists (the server
+        restarted behind agora's back); empty when it cannot tell (it does not answer, or it has
+        never been seen listing an adapter: a server that lists none may just not list them)."""
+        with self.lock:
+            before = set(self.loaded.get(url, ()))
+        if not before:
+            return set()
+        listed = self.listed_adapters(url) or {}
+        if not listed and url not in self.lists:
+            return set()
+        with self.lock:  # a name unloaded meanwhile has left `loaded` first: not lost
+            return (before - set(listed)) & self.loaded.get(url, set())
 
     def pick(self, urls: list[str], member: str) -> str | None:
         """The replica for `member`'s next request: among `urls` that answer and hold its live
@@ -136,15 +160,15 @@ class LoraServer:
         (`pick` wants the live name) until `sync` loads it; one that does not answer is marked
         down. When no replica loads it, the member keeps its old adapter."""
         name = f"{member}-v{version}"
-        path = str(Path(adapter_dir).resolve())
+        path = str(Path(adapter_dir).resolve())  # the driver's: each replica may load a copy
         with self.lock:
             targets = [u for u in urls if self.up.get(u)]
         if not targets:
             raise ServerError(f"no {self.api.engine} replica of backend {self.backend!r} answers: {urls}")
         failed: dict[str, ServerError] = {}
-        for url in targets:  # phase 1: load everywhere
+        for url in targets:  # phase 1: deliver and load everywhere
             try:
-                self._load(url, name, path)
+                self._load(url, name, self.deliver(url, name, path))
             except ServerError as e:
                 failed[url] = e
         if len(failed) == len(targets):
@@ -198,7 +222,7 @@ class LoraServer:
             try:
                 if name not in self.paths:  # attached from a file that did not record it
                     raise ServerError(f"no adapter directory is known for {name}")
-                self._load(url, name, self.paths[name])
+                self._load(url, name, self.deliver(url, name, self.paths[name]))
             except ServerError as e:
                 if isinstance(e.__cause__, OSError):
                     self.mark_down(url, str(e))
@@ -262,7 +286,9 @@ class LoraServer:
                 error = None if r.status == 200 and _success(r) else error_message(r)
             except OSError as e:
                 error = f"no answer ({e})"
-            if error is not None:  # the new adapter is live; a leftover only costs memory
+            if error is None:
+                self.discard(url, name)
+            else:  # the new adapter is live; a leftover only costs memory
                 self.bus.emit(
                     "adapter_unload_failed", backend=self.backend, member=member, lora_name=name, error=error
                 )
@@ -285,6 +311,8 @@ class LoraServer:
         except (OSError, AttributeError):
             return None
         adapters = {d["id"]: d.get("root") for d in data if isinstance(d, dict) and d.get("parent")}
+        if adapters:
+            self.lists.add(url)
         return adapters or None
 
     def _loaded_from(self, url: str, name: str, path: str) -> bool:

@@ -4,12 +4,15 @@
 `LoraServing` is one server per base model (members sharing a base share its server, each with
 its own adapters), or several replicas of it: listed by URL with `launch: false` (started by any
 other means), or started as Ray actors when the config's `cluster` section names the backend
-(`ray_replicas.py`, imported only then). Servers start one after another, each ready before the
+(`ray_replicas.py`, imported only then: found by actor name when they already run, and each
+adapter delivered to their nodes). Servers start one after another, each ready before the
 next; then routing, activation, attach/state/health/stop. A background check re-tests a base
-model's replicas every REPLICA_CHECK_S: one that stopped answering leaves routing, and one that
-answers again is synced before it takes requests. An engine's module keeps only what differs:
-its `LoraApi`, its command line and environment (`_launch`), its readiness check (`_ready`), and
-the two SGLang-only hooks (`_extra_body`, `_check_adapter`).
+model's replicas every REPLICA_CHECK_S: one that stopped answering leaves routing; one that
+restarted (a Ray actor's new incarnation or URL, or a server whose `GET /v1/models` no longer lists
+adapters agora loaded there) leaves it too; each is synced before it takes requests again. An
+engine's module keeps only what differs: its `LoraApi`, its command line and environment
+(`_launch`), its readiness check (`_ready`), and the two SGLang-only hooks (`_extra_body`,
+`_check_adapter`).
 """
 
 from __future__ import annotations
@@ -171,12 +174,13 @@ class LoraServing:
         by several replicas gets a background check that takes a replica that stopped answering
         out of routing and brings it back once synced (`check_replicas`)."""
         bases = self._bases()
+        self._urls = {}  # a failed attach may have left some
         self.lora.headers = bearer(self._api_key())  # load/unload are admin calls: key them too
         try:
             if self.placement is not None:
                 from agora_cli.serving import ray_replicas  # only with a cluster: else no ray import
 
-                self._placed = ray_replicas.place(self, *self.placement)
+                self._use_placed(ray_replicas.place(self, *self.placement))
             for i, (base, member_names) in enumerate(bases.items()):
                 for process in self._servers(i, base, member_names):
                     self.bus.emit(
@@ -203,6 +207,46 @@ class LoraServing:
             for m in self.members:
                 self.lora.adapters.setdefault(m, None)
         self._watch_replicas()
+
+    def _use_placed(self, placed: Any) -> None:
+        """Serve through Ray replicas (`ray_replicas.Placed`): each load names the copy of the
+        adapter that `Delivery` put on that replica's node."""
+        from agora_cli.serving import ray_replicas
+
+        assert self.placement is not None
+        self._placed = placed
+        delivery = ray_replicas.Delivery(
+            self.placement[0], ray_replicas.run_id(self.run_paths.root), placed, self.cfg.startup_timeout_s
+        )
+        self.lora.deliver, self.lora.discard = delivery.deliver, delivery.discard
+
+    def attach_by_name(self, state: dict[str, Any]) -> bool:
+        """Take over Ray replicas an earlier process of this run started, found by actor name
+        (they outlive it), with the live adapters `state` recorded (the servers file; its
+        writer may be gone). What each replica holds is read from the replica itself. False
+        (nothing kept) unless every replica is there and answers."""
+        from agora_cli.serving import ray_replicas
+
+        assert self.placement is not None
+        placed = ray_replicas.find(self, *self.placement)
+        if placed is None:
+            return False
+        urls = placed.urls
+        if not all(self._ready(u) for reps in urls.values() for u in reps):
+            return False
+        self._use_placed(placed)
+        adapters = state.get("adapters", {})
+        with self.lora.lock:
+            self.lora.headers = bearer(self._api_key())
+            self._urls = urls
+            self.lora.adapters = {m: adapters.get(m) for m in self.members}
+            self.lora.paths.update(state.get("paths", {}))
+        for reps in urls.values():
+            for u in reps:
+                self.lora.add_replica(u, self.lora.listed_adapters(u) or {}, up=False)
+        self.check_replicas()  # each takes requests once it holds its members' live adapters
+        self._watch_replicas()
+        return True
 
     def attach(self, state: dict[str, Any]) -> bool:
         """Take over the servers a previous process recorded (`state()`), when they are the ones
@@ -248,22 +292,55 @@ class LoraServing:
     def check_replicas(self) -> set[str]:
         """One pass over every replica: one that does not answer is taken out of routing; one that
         answers is given the live adapters of its members that it lacks (`LoraServer.sync`), and
-        only then takes requests again. Returns the URLs that answered."""
+        only then takes requests again. A replica that restarted behind agora's back (its Ray
+        actor reports a new incarnation, or its listing lacks adapters agora loaded there) is
+        taken out first, and one that moved to a new URL is followed there. Returns the URLs that
+        answered."""
+        silent = self._follow_actors() if self._placed is not None else set()
         answered = set()
         for base, urls in list(self._urls.items()):
             members = [m for m, b in self._base.items() if b == base]
-            for url in urls:
+            for url in list(urls):
+                if url in silent:  # its actor is restarting: whatever still answers there is ending
+                    continue
                 if self._ready(url):
                     answered.add(url)
+                    lost = self.lora.lost(url)
+                    if lost:
+                        self.lora.mark_down(url, f"no longer lists {', '.join(sorted(lost))} (restarted?)")
                     self.lora.sync(url, members)
                 elif len(urls) > 1:  # a lone server stays in routing: the client's retries wait for it
                     self.lora.mark_down(url, "does not answer its readiness check")
         return answered
 
+    def _follow_actors(self) -> set[str]:
+        """Apply what the Ray replicas' actors report (`ray_replicas.follow`): one that restarted
+        leaves routing until synced, under its new URL when it has one. Returns the URLs whose
+        actor did not answer (left alone this pass)."""
+        from agora_cli.serving import ray_replicas
+
+        silent = set()
+        for change in ray_replicas.follow(self._placed):
+            if change.new_url is None:
+                silent.add(change.url)
+                if len(self._urls.get(change.base, ())) > 1:
+                    self.lora.mark_down(change.url, "its Ray actor does not answer (restarting?)")
+                continue
+            self.lora.mark_down(change.url, "its Ray actor restarted the server")
+            if change.new_url != change.url:
+                with self.lora.lock:
+                    urls = self._urls[change.base]
+                    urls[urls.index(change.url)] = change.new_url
+                    self.lora.add_replica(change.new_url, up=False)  # in routing once synced
+        return silent
+
     def _watch_replicas(self) -> None:
         """Run `check_replicas` every REPLICA_CHECK_S in the background when a base model has
-        several replicas (one server has nowhere else to send its requests)."""
-        if self._checker is not None or all(len(u) < 2 for u in self._urls.values()):
+        several replicas, or Ray may restart them (one server that is not restarted by anyone has
+        nowhere else to send its requests)."""
+        if self._checker is not None:
+            return
+        if self._placed is None and all(len(u) < 2 for u in self._urls.values()):
             return
         self._stopping.clear()
 

@@ -6,11 +6,16 @@ It reads what SGLang 0.5.23 reads of agora's command line: `--model-path`, `--po
 server_args_config_parser.py`: `api-key` is `--api-key`, and `api_key` an unknown `--api_key`
 that stops the server); then, as SGLang does at start, it prints its `server_args` with the
 key in them, and serves (every route but /health* wants the key) until SIGTERM.
+
+Two variables stand in for a node's view of the world: `FAKE_SGLANG_UNREADABLE` (a folder whose
+files this server cannot read, as the driver's disk is to a server on another node: a load from
+under it fails as a missing path does) and `FAKE_SGLANG_LOAD_DELAY_S` (each load takes that long).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -36,7 +41,10 @@ def main(argv: list[str]) -> None:
             sys.exit(f"sglang serve: error: unrecognized arguments: {' '.join(unknown)}")
         args = p.parse_known_args(flags + argv)[0]
     print(f"server_args=ServerArgs(model_path={args.model_path!r}, api_key={args.api_key!r})", flush=True)
-    FakeSGLang(args.model_path, api_key=args.api_key, port=args.port).start()
+    fake = FakeSGLang(args.model_path, api_key=args.api_key, port=args.port)
+    fake.unreadable = os.environ.get("FAKE_SGLANG_UNREADABLE")
+    fake.load_delay_s = float(os.environ.get("FAKE_SGLANG_LOAD_DELAY_S", "0"))
+    fake.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         time.sleep(1)
