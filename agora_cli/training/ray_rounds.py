@@ -34,14 +34,12 @@ launcher's processes may finish their round first. The graceful cancel above avo
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,6 +52,7 @@ import ray
 from agora_cli.config import Config
 from agora_cli.config.schema import Cluster, ClusterTraining
 from agora_cli.events import EventBus
+from agora_cli.packing import pack, unpack, unpack_atomic
 from agora_cli.training.trainer import META_FILE, TrainSpec
 from agora_cli.training.worker import worker_command, write_json_atomic
 
@@ -85,37 +84,6 @@ class Job(Protocol):
 class _Task:
     ref: Any  # the task's ObjectRef
     round_id: int | None
-
-
-def pack(directory: Path) -> bytes:
-    """A directory as an uncompressed tar (adapter weights do not compress)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(directory, arcname=".")
-    return buf.getvalue()
-
-
-def unpack(data: bytes, target: Path) -> None:
-    """Extract `pack`'s tar into `target` (refusing links and paths that leave it)."""
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(target, filter="data")
-
-
-def unpack_atomic(data: bytes, out: Path) -> None:
-    """Extract beside `out`, then rename into place, as the trainer saves: a crash leaves at
-    most a `.tmp` directory (which the round manager removes), never a half-written `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        unpack(data, tmp)
-        if out.exists():  # a previous attempt's adapter that never went live
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def task_attempt() -> int | None:
@@ -291,7 +259,7 @@ class RayWorkers:
         with job.progress_path.open("a") as fh:
             fh.write(out["progress"])
         if out["adapter"] is not None:
-            unpack_atomic(out["adapter"], job.adapter_dir)
+            unpack_atomic(out["adapter"], job.adapter_dir, replace=True)
         if out["result"] is not None:
             write_json_atomic(job.result_path, {**out["result"], "node": node, "task_attempt": attempt})
         if attempt is not None and attempt > 1:
