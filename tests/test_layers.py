@@ -4,7 +4,7 @@ The layers, bottom to top (a module belongs to the layer of the longest name in 
 it or a package above it; every module must belong to one):
 
     base            errors, paths, shipped, stats, datasets, store, events, endpoint, lora_names, runlock,
-                    model_facts
+                    model_facts, packing (folders as bytes), ray_cluster (joining Ray)
     config          the run configuration (schema, GPU plan, checks, loading)
     clients         models (weights on disk), client (HTTP to the members)
     protocol        the protocol's stages, prompts, answers
@@ -52,6 +52,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "lora_names",
             "runlock",
             "model_facts",
+            "packing",
+            "ray_cluster",
         ],
     ),
     ("config", ["config"]),

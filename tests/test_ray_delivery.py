@@ -71,11 +71,13 @@ def two_nodes() -> Iterator[Cluster]:
 
 def _fake_python(tmp_path: Path, load_delay_s: float = 0.0) -> str:
     """An interpreter stand-in: `<it> -m sglang.launch_server ARGS` runs the fake with ARGS, unable
-    to read anything under the driver's `tmp_path/adapters`."""
+    to read anything under the driver's `tmp_path/adapters` or its run directory (the key config
+    SGLang is given must be the node's copy)."""
     script = tmp_path / "fake-python"
     script.write_text(
         "#!/bin/sh\nshift 2\n"
-        f'export FAKE_SGLANG_UNREADABLE="{tmp_path / "adapters"}" FAKE_SGLANG_LOAD_DELAY_S={load_delay_s}\n'
+        f'export FAKE_SGLANG_UNREADABLE="{tmp_path / "adapters"}{os.pathsep}{tmp_path / "run"}" '
+        f"FAKE_SGLANG_LOAD_DELAY_S={load_delay_s}\n"
         f'cd "{REPO_DIR}"\nexec "{sys.executable}" -m tests.fakes.sglang_launch "$@"\n'
     )
     script.chmod(0o700)

@@ -20,16 +20,13 @@ never loaded, and a copy already there is kept, since the same name and digest a
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agora_cli import packing
 from agora_cli.errors import ServerError
 
 TRANSPORTS = ("object_store", "shared", "s3")
@@ -44,24 +41,13 @@ class Packed:
 
 
 def pack(adapter_dir: Path) -> Packed:
-    """The files of `adapter_dir` as an uncompressed tar (safetensors barely compress), with no
-    times or owners in it."""
+    """The files of `adapter_dir` as bytes (`packing.pack`: equal files, equal bytes) and their
+    digest."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise ServerError(f"adapter directory {adapter_dir} does not exist; nothing to deliver")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(adapter_dir.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(adapter_dir)), recursive=False, filter=_plain)
-    data = buf.getvalue()
-    return Packed(data, hashlib.sha256(data).hexdigest()[:12])
-
-
-def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    """Only names and contents count: the same files give the same bytes, so the same digest."""
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    return info
+    data = packing.pack(adapter_dir)
+    return Packed(data, packing.digest(data))
 
 
 def local_root(run: str, node: str) -> Path:
@@ -71,22 +57,9 @@ def local_root(run: str, node: str) -> Path:
 
 
 def unpack(data: bytes, digest: str, root: Path, name: str) -> Path:
-    """Unpack `data` as `root/<name>-<digest>` (atomically: into a temporary sibling, then
-    renamed) and return that folder; one already there is kept."""
-    dest = root / f"{name}-{digest}"
-    if dest.is_dir():
-        return dest
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-            tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of `tmp`
-        os.rename(tmp, dest)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not dest.is_dir():  # not another process's copy that won the rename
-            raise
-    return dest
+    """Unpack `data` as `root/<name>-<digest>` (atomically) and return that folder; one already
+    there is kept (the same name and digest are the same bytes)."""
+    return packing.unpack_atomic(data, root / f"{name}-{digest}", replace=False)
 
 
 def remove(root: Path, name: str) -> None:

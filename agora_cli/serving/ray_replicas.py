@@ -16,9 +16,10 @@ which replicas came back (a new URL or incarnation); the backend takes them out 
 loads the live adapters there before they take requests again (`lora_server.py`).
 
 Adapters reach each replica's node as `cluster.adapters` says (`adapter_delivery.py`): `Delivery`
-gives `LoraServer` the path the load names on each replica. The run's logs and SGLang's key file
-are still written by path: a node that does not share the run directory writes its server's log
-under the same path on its own disk.
+gives `LoraServer` the path the load names on each replica. The files of the run directory a
+server command names (SGLang's key config, a chat template) travel inside the actor's launch spec
+and are written on its node (`run_files`). Only the server's log is still written by path: a node
+that does not share the run directory writes it under the same path on its own disk.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ import ray
 from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from agora_cli import ray_cluster
 from agora_cli.errors import ServerError
 from agora_cli.paths import RunPaths
+from agora_cli.ray_cluster import NAMESPACE
 from agora_cli.serving import adapter_delivery
 from agora_cli.serving.adapter_delivery import S3Store
 from agora_cli.serving.process import ServerProcess, free_port
@@ -46,7 +49,6 @@ from agora_cli.serving.process import ServerProcess, free_port
 if TYPE_CHECKING:
     from agora_cli.config.schema import Cluster, ReplicaPlacement
 
-NAMESPACE = "agora"
 INFO_TIMEOUT_S = 10.0  # an actor that does not say where its server is in this long is down for now
 
 
@@ -79,6 +81,10 @@ class LaunchSpec:
     log: str
     secret: str | None  # kept out of the server's log
     timeout_s: float
+    # Files of the run directory the command names (SGLang's key config, a chat template), by
+    # their driver path: written on the node (0600) and named there instead, so a node needs no
+    # shared filesystem to start its server.
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class ReplicaActor:
@@ -95,7 +101,7 @@ class ReplicaActor:
         self.url = f"http://{host}:{port}"
         self.process = ServerProcess(
             name=spec.label,
-            cmd=with_port(spec.cmd, port),
+            cmd=with_port(self._local_files(spec.cmd), port),
             url=self.url,
             log=Path(spec.log),
             env=spec.env,
@@ -104,6 +110,23 @@ class ReplicaActor:
         self.process.start()
         self.process.wait_healthy(spec.timeout_s)
         self.incarnation = f"{self.node[:8]}-{os.getpid()}-{self.process.pid}-{time.time():.3f}"
+
+    def _local_files(self, cmd: list[str]) -> list[str]:
+        """`cmd` with each file of `spec.files` written into this node's folder and named there."""
+        if not self.spec.files:
+            return cmd
+        folder = self.root / ".launch"
+        folder.mkdir(parents=True, exist_ok=True)
+        local = {}
+        for i, (driver_path, data) in enumerate(sorted(self.spec.files.items())):
+            path = folder / f"{i}-{Path(driver_path).name}"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            local[driver_path] = str(path)
+        return [local.get(arg, arg) for arg in cmd]
 
     def _port(self) -> int:
         """A free port, never the one this replica's previous server had on this node (recorded
@@ -144,6 +167,18 @@ class ReplicaActor:
         shutil.rmtree(self.root, ignore_errors=True)
         with contextlib.suppress(OSError):  # the run's folder, once no node's copies are left in it
             self.root.parent.rmdir()
+
+
+def run_files(cmd: list[str], run_root: Path) -> dict[str, bytes]:
+    """The files under the run directory that `cmd` names, with their contents (what a node that
+    does not share the run directory needs to start the server)."""
+    root = run_root.resolve()
+    out = {}
+    for arg in cmd:
+        path = Path(arg)
+        if path.is_absolute() and path.resolve().is_relative_to(root) and path.is_file():
+            out[arg] = path.read_bytes()
+    return out
 
 
 def with_port(cmd: list[str], port: int) -> list[str]:
@@ -199,13 +234,7 @@ def group_name(run_root: Path, backend: str) -> str:
 
 def connect(cluster: Cluster) -> None:
     """Join the Ray cluster (once per process)."""
-    if not ray.is_initialized():
-        ray.init(
-            address=cluster.address,
-            namespace=NAMESPACE,
-            runtime_env=cluster.runtime_env or None,
-            log_to_driver=False,
-        )
+    ray_cluster.connect(cluster.address, cluster.runtime_env)
 
 
 def _existing_actor(name: str) -> Any:
@@ -254,6 +283,7 @@ def place(backend: Launcher, cluster: Cluster, spec: ReplicaPlacement) -> Placed
                         log=str(backend._log(base).with_suffix(f".{r}.log")),
                         secret=backend._api_key(),
                         timeout_s=backend.cfg.startup_timeout_s,
+                        files=run_files(cmd, root),
                     )
                     actor = actor_class.options(
                         name=name,

@@ -53,6 +53,7 @@ from agora_cli.config import Config
 from agora_cli.config.schema import Cluster, ClusterTraining
 from agora_cli.events import EventBus
 from agora_cli.packing import pack, unpack, unpack_atomic
+from agora_cli.ray_cluster import connect
 from agora_cli.training.trainer import META_FILE, TrainSpec
 from agora_cli.training.worker import worker_command, write_json_atomic
 
@@ -192,12 +193,6 @@ def train_member(
         }
 
 
-def connect(cluster: Cluster) -> None:
-    """Join the cluster once per process (the serving's replicas may already have)."""
-    if not ray.is_initialized():
-        ray.init(address=cluster.address, runtime_env=cluster.runtime_env or None, log_to_driver=False)
-
-
 class RayWorkers:
     """The round manager's workers as Ray tasks (see the module docstring)."""
 
@@ -209,7 +204,7 @@ class RayWorkers:
         bus: EventBus,
         command: WorkerCommand | None = None,
     ):
-        connect(cluster)
+        connect(cluster.address, cluster.runtime_env)
         num_gpus = cfg.training.num_gpus if spec.num_gpus is None else spec.num_gpus
         self.task = ray.remote(train_member).options(
             num_gpus=num_gpus, num_cpus=spec.num_cpus, max_retries=spec.max_retries

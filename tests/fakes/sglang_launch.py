@@ -7,9 +7,10 @@ server_args_config_parser.py`: `api-key` is `--api-key`, and `api_key` an unknow
 that stops the server); then, as SGLang does at start, it prints its `server_args` with the
 key in them, and serves (every route but /health* wants the key) until SIGTERM.
 
-Two variables stand in for a node's view of the world: `FAKE_SGLANG_UNREADABLE` (a folder whose
-files this server cannot read, as the driver's disk is to a server on another node: a load from
-under it fails as a missing path does) and `FAKE_SGLANG_LOAD_DELAY_S` (each load takes that long).
+Two variables stand in for a node's view of the world: `FAKE_SGLANG_UNREADABLE` (folders, joined
+by os.pathsep, whose files this server cannot read, as the driver's disk is to a server on another
+node: a `--config` or a load from under one fails as a missing path does) and
+`FAKE_SGLANG_LOAD_DELAY_S` (each load takes that long).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--config")
     p.add_argument("--api-key")
     args, _ = p.parse_known_args(argv)
+    unreadable = [u for u in os.environ.get("FAKE_SGLANG_UNREADABLE", "").split(os.pathsep) if u]
+    if args.config and any(os.path.realpath(args.config).startswith(os.path.realpath(u)) for u in unreadable):
+        sys.exit(f"sglang serve: error: [Errno 2] No such file or directory: {args.config!r}")
     if args.config:  # entries first, so the command line wins, as in SGLang
         with open(args.config) as f:
             entries = yaml.safe_load(f) or {}
@@ -42,7 +46,7 @@ def main(argv: list[str]) -> None:
         args = p.parse_known_args(flags + argv)[0]
     print(f"server_args=ServerArgs(model_path={args.model_path!r}, api_key={args.api_key!r})", flush=True)
     fake = FakeSGLang(args.model_path, api_key=args.api_key, port=args.port)
-    fake.unreadable = os.environ.get("FAKE_SGLANG_UNREADABLE")
+    fake.unreadable = unreadable
     fake.load_delay_s = float(os.environ.get("FAKE_SGLANG_LOAD_DELAY_S", "0"))
     fake.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

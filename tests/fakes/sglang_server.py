@@ -55,7 +55,7 @@ class FakeSGLang:
         self.latency_s = latency_s
         self.responder = responder
         self.load_delay_s = 0.0
-        self.unreadable: str | None = None  # loads from under this folder fail as a missing path
+        self.unreadable: list[str] = []  # loads from under these folders fail as a missing path
         self.unload_delay_s = unload_delay_s  # as SGLang waiting for in-flight requests
         self.adapters: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []  # (kind, name) in arrival order
@@ -131,7 +131,7 @@ class FakeSGLang:
                 return _result(
                     False, f"Failed to load LoRA adapter {name} because it is already loaded", self.adapters
                 )
-            hidden = self.unreadable and Path(path).resolve().is_relative_to(Path(self.unreadable).resolve())
+            hidden = any(Path(path).resolve().is_relative_to(Path(u).resolve()) for u in self.unreadable)
             if hidden or not Path(path).exists():
                 return _result(False, f"Can't find adapter at {path}", self.adapters)
             self.adapters[name] = path
