@@ -53,6 +53,7 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
             if not _template_path(m.chat_template).exists():
                 problems.append((f"members[{i}].chat_template", f"file not found: {m.chat_template}"))
     problems += _sglang_backend_checks(cfg)
+    problems += _router_checks(cfg)
     p = cfg.protocol
     if p.generators_per_step > len(cfg.members):
         problems.append(
@@ -183,6 +184,39 @@ def _sglang_backend_checks(cfg: Config) -> list[tuple[str, str]]:
                             ),
                         )
                     )
+    return problems
+
+
+def _router_checks(cfg: Config) -> list[tuple[str, str]]:
+    """A router fronts several replicas of one base model this backend serves: a listed one with
+    `launch: false`, else one the cluster starts with `replicas` of 2 or more."""
+    problems = []
+    for name, b in cfg.backends.items():
+        if not isinstance(b, SGLangBackend | VLLMBackend):
+            continue
+        models = {m.model for m in cfg.members if m.backend == name}
+        placed = cfg.cluster.backends.get(name) if cfg.cluster is not None else None
+        for base in b.router_urls:
+            path = f"backends.{name}.router_urls.{base}"
+            if not b.launch:
+                if len(b.urls.get(base, [])) < 2:
+                    problems.append(
+                        (
+                            path,
+                            f"a router needs several replicas of {base!r}; list them under "
+                            f"backends.{name}.urls",
+                        )
+                    )
+            elif base not in models:
+                problems.append((path, f"{base!r} is not the model of any member of backend {name!r}"))
+            elif placed is None or placed.replicas < 2:
+                problems.append(
+                    (
+                        path,
+                        f"backend {name!r} starts one server per base model; a router needs several "
+                        f"(cluster.backends.{name}.replicas: 2 or more)",
+                    )
+                )
     return problems
 
 

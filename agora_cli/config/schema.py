@@ -14,7 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from agora_cli.paths import resolve_shipped
 
@@ -32,6 +40,19 @@ ServerUrls = dict[
     str,
     Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), Field(min_length=1)],
 ]
+
+
+def _http_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")) or not v.partition("://")[2].strip("/"):
+        raise ValueError(f"{v!r} is not an http:// or https:// URL")
+    return v
+
+
+# Data requests through a router: base model (as in `urls`, or a member's `model`) -> the URL of a
+# model-agnostic router in front of that base model's replicas (e.g. sglang-router). Agora sends
+# each chat request there, naming the member's live adapter; adapter loads/unloads, listings and
+# health checks still go to each replica (serving/lora_server.py `LoraServing.lease`).
+RouterUrls = dict[str, Annotated[str, AfterValidator(_http_url)]]
 
 
 class Sampling(Strict):
@@ -100,6 +121,7 @@ class SGLangBackend(Strict):
     # launch: false uses servers started elsewhere, at `urls` (ServerUrls above).
     launch: bool = True
     urls: ServerUrls = {}
+    router_urls: RouterUrls = {}  # a base model's data requests through a router (RouterUrls above)
 
 
 class VLLMBackend(Strict):
@@ -131,6 +153,7 @@ class VLLMBackend(Strict):
     # launch: false uses servers started elsewhere, at `urls` (ServerUrls above).
     launch: bool = True
     urls: ServerUrls = {}
+    router_urls: RouterUrls = {}  # a base model's data requests through a router (RouterUrls above)
 
 
 class OpenAIBackend(Strict):

@@ -21,7 +21,10 @@ activation is:
      `adapter_unload_failed` event and never fails the activation.
 
 Each request goes to the replica with the fewest requests in flight among those that answer and
-hold the member's live adapter (agora is the servers' only client, so its own count is the load).
+hold the member's live adapter (agora is the servers' only client, so its own count is the load),
+or, when a router fronts the base model's replicas, to the router, which picks the replica itself:
+agora then cannot know which replica serves it, so the request counts in flight on every replica
+of the base model, and none unloads the name it uses before it ends.
 
 A load names a path the replica's server can read: the adapter directory itself, or what the
 `deliver` hook returns for that replica (Ray replicas copy it to their own node first,
@@ -111,31 +114,38 @@ class LoraServer:
             ready = [u for u in urls if self.up.get(u) and (name is None or name in self.loaded.get(u, ()))]
             return min(ready, key=lambda u: self.busy.get(u, 0)) if ready else None
 
-    def hold(self, url: str, member: str) -> str | None:
-        """Count one more request on `url` with `member`'s live adapter and return its name (None:
-        the base). The caller holds `lock` from `pick` on, so both name the same adapter."""
+    def hold(self, urls: list[str], member: str) -> str | None:
+        """Count one more request with `member`'s live adapter on each replica in `urls` and return
+        its name (None: the base): the replica `pick` chose, or, for a request sent through a
+        router (which picks the replica itself), every replica of the base model. The caller holds
+        `lock` from `pick` on, so both name the same adapter."""
         with self.lock:
             name = self.adapters.get(member)
-            self.busy[url] = self.busy.get(url, 0) + 1
-            if name is not None:
-                self.in_flight[url, name] = self.in_flight.get((url, name), 0) + 1
+            for url in urls:
+                self.busy[url] = self.busy.get(url, 0) + 1
+                if name is not None:
+                    self.in_flight[url, name] = self.in_flight.get((url, name), 0) + 1
             return name
 
-    def release(self, url: str, name: str | None) -> None:
-        """One request on `url` with `name` finished (or failed): unload `name` there when it was
-        retired and this was its last request on that replica."""
+    def release(self, urls: list[str], name: str | None) -> None:
+        """A request `hold` counted on `urls` with `name` finished (or failed): unload `name` on
+        each replica where it was retired and this was its last request."""
+        idle: list[tuple[str, str]] = []  # (url, member it was retired from)
         with self.lock:
-            self.busy[url] = max(0, self.busy.get(url, 0) - 1)
-            if name is None:
-                return
-            left = self.in_flight.get((url, name), 0) - 1
-            if left > 0:
-                self.in_flight[url, name] = left
-                return
-            self.in_flight.pop((url, name), None)
-            retired = self.retired.pop((url, name), None)
-        if retired is not None:
-            self._unload(url, retired, name)
+            for url in urls:
+                self.busy[url] = max(0, self.busy.get(url, 0) - 1)
+                if name is None:
+                    continue
+                left = self.in_flight.get((url, name), 0) - 1
+                if left > 0:
+                    self.in_flight[url, name] = left
+                    continue
+                self.in_flight.pop((url, name), None)
+                retired = self.retired.pop((url, name), None)
+                if retired is not None:
+                    idle.append((url, retired))
+        for url, member in idle:
+            self._unload(url, member, name or "")
 
     def mark_down(self, url: str, error: str) -> None:
         """`url` stopped answering: it gets no request until `sync` has loaded its members' live

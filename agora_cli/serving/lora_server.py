@@ -6,7 +6,8 @@ its own adapters), or several replicas of it: listed by URL with `launch: false`
 other means), or started as Ray actors when the config's `cluster` section names the backend
 (`ray_replicas.py`, imported only then: found by actor name when they already run, and each
 adapter delivered to their nodes). Servers start one after another, each ready before the
-next; then routing, activation, attach/state/health/stop. A background check re-tests a base
+next; then routing (by agora, or by a router in front of a base model's replicas for the data
+requests only), activation, attach/state/health/stop. A background check re-tests a base
 model's replicas every REPLICA_CHECK_S: one that stopped answering leaves routing; one that
 restarted (a Ray actor's new incarnation or URL, or a server whose `GET /v1/models` no longer lists
 adapters agora loaded there) leaves it too; each is synced before it takes requests again. An
@@ -397,29 +398,48 @@ class LoraServing:
         return base, url
 
     def endpoint(self, member: str) -> Endpoint:
-        """Where `member`'s next request would go: the least busy replica holding its adapter (the
-        first one when none does, for messages; `lease` then raises `NoReplica`)."""
+        """Where `member`'s next request would go: its base model's router, else the least busy
+        replica holding its adapter (the first one when none does, for messages; `lease` then
+        raises `NoReplica`)."""
         with self.lora.lock:
             base, url = self._route(member, fallback=True)
-            return self._endpoint(base, url, self.lora.adapters.get(member))
+            return self._endpoint(base, self._router(base) or url, self.lora.adapters.get(member))
+
+    def _router(self, base: str, members: list[str] | None = None) -> str | None:
+        """The router `base`'s data requests go through (`router_urls`, keyed by the base model
+        as `urls` is, or by a `model` of its `members`), or None: agora picks the replica."""
+        if members is None:
+            members = [m for m, b in self._base.items() if b == base]
+        for key in (base, *(self.members[m].model for m in members)):
+            if key in self.cfg.router_urls:
+                return self.cfg.router_urls[key].rstrip("/")
+        return None
 
     @contextmanager
     def lease(self, member: str) -> Iterator[Endpoint]:
         """`member`'s endpoint for one request: the replica with the fewest requests in flight
         among those holding its live adapter, that adapter counted in flight there until the block
         ends so it is not unloaded under the request (`LoraServer.release`). A replica that refuses
-        the connection is taken out of routing; the client's retry goes elsewhere."""
+        the connection is taken out of routing; the client's retry goes elsewhere.
+
+        With a router for the base model (`router_urls`) the request goes to the router, naming
+        the same adapter, and counts in flight on every replica of the base model, since the
+        router picks one agora does not learn (one that had not loaded the name yet may have by
+        the time the request reaches it). Some replica must still hold the adapter; a refused
+        connection there is the router's and takes no replica out of routing."""
         with self.lora.lock:
             base, url = self._route(member)
-            name = self.lora.hold(url, member)
+            router = self._router(base)
+            counted = list(self._urls[base]) if router else [url]
+            name = self.lora.hold(counted, member)
         try:
-            yield self._endpoint(base, url, name)
+            yield self._endpoint(base, router or url, name)
         except Exception as e:
-            if _unreachable(e) and len(self._urls[base]) > 1:
+            if router is None and _unreachable(e) and len(self._urls[base]) > 1:
                 self.lora.mark_down(url, f"{type(e).__name__}: {e}")
             raise
         finally:
-            self.lora.release(url, name)
+            self.lora.release(counted, name)
 
     def activate(self, member: str, adapter_dir: Path, version: int) -> Endpoint:
         """Load the adapter under `<member>-v<version>` on every replica, then switch the member,
@@ -443,6 +463,9 @@ class LoraServing:
                 line = " ".join([*(f"{k}={v}" for k, v in env.items()), *cmd])
             else:
                 line = f"(external) {', '.join(self.cfg.urls.get(base, ['<no url>']))} serves {base}"
+            router = self._router(base, members)
+            if router:
+                line += f"; requests through the router at {router}"
             lines.append(f"{line}    # {who}")
         return lines
 
