@@ -147,6 +147,30 @@ def test_each_server_computes_on_its_own_cores_as_vllm_parses_them(tmp_path: Pat
 
 
 @pytest.mark.unit
+def test_ray_replicas_of_one_base_model_compute_on_cores_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas of one base model placed by Ray (on this machine's cores, as on a simulated
+    cluster) each get a share: vLLM's auto put both on core 0, and one starved the other's adapter
+    load under a steady load."""
+    monkeypatch.setattr(vllm_backend, "usable_cores", lambda: [0, 1])
+    pair = [{"name": "a1", "model": BASE_A}, {"name": "a2", "model": BASE_A}]
+    backend = Serving(config_from_dict(_cfg({"python": "/x/python"}, pair)), RunPaths(tmp_path)).backends[
+        "cpu"
+    ]
+    assert isinstance(backend, vllm_backend.VLLMServing)
+    binds = [
+        backend._launch(BASE_A, ["a1", "a2"], 0, dry_run=True, replica=(r, 2))[1].get(
+            "VLLM_CPU_OMP_THREADS_BIND"
+        )
+        for r in range(2)
+    ]
+    assert binds == ["0", "1"]
+    alone = backend._launch(BASE_A, ["a1", "a2"], 0, dry_run=True)[1]
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in alone  # one server: vLLM's own auto, as before
+
+
+@pytest.mark.unit
 def test_default_python_is_the_one_that_has_vllm() -> None:
     import importlib.util
     import sys

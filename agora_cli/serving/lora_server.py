@@ -79,10 +79,11 @@ class LoraServing:
     # ------------------------------------------------------------------ engine hooks
 
     def _launch(
-        self, base: str, member_names: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool, replica: tuple[int, int] = (0, 1)
     ) -> tuple[list[str], dict[str, str]]:
         """The server command line and extra environment for one base model (`dry_run`: for
-        `describe`, writing and checking nothing)."""
+        `describe`, writing and checking nothing; `replica`: (index, count) among its Ray
+        replicas)."""
         raise NotImplementedError
 
     def _ready(self, url: str) -> bool:

@@ -62,7 +62,7 @@ class Launcher(Protocol):
 
     def _bases(self) -> dict[str, list[str]]: ...
     def _launch(
-        self, base: str, member_names: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool, replica: tuple[int, int] = (0, 1)
     ) -> tuple[list[str], dict[str, str]]: ...
     def _log(self, base: str) -> Path: ...
     def _api_key(self) -> str | None: ...
@@ -272,7 +272,9 @@ def place(backend: Launcher, cluster: Cluster, spec: ReplicaPlacement) -> Placed
                 name = actor_name(root, backend.name, base, r)
                 actor = _existing_actor(name)
                 if actor is None:
-                    cmd, env = backend._launch(base, members, 0, dry_run=False)  # the actor sets --port
+                    cmd, env = backend._launch(  # the actor sets --port
+                        base, members, 0, dry_run=False, replica=(r, spec.replicas)
+                    )
                     launch = LaunchSpec(
                         actor=name,
                         run=f"{run_id(root)}-{backend.name}",

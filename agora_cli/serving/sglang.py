@@ -113,7 +113,7 @@ class SGLangServing(LoraServing):
         return cmd + extra + list(self.cfg.extra_args)
 
     def _launch(
-        self, base: str, member_names: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool, replica: tuple[int, int] = (0, 1)
     ) -> tuple[list[str], dict[str, str]]:
         """The command with this server's --mem-fraction-static (`config.sglang_memory_plan`
         counts on the one-after-another start) and its CUDA_VISIBLE_DEVICES; at start the

@@ -187,10 +187,13 @@ class VLLMServing(LoraServing):
         }
 
     def _launch(
-        self, base: str, member_names: list[str], port: int, dry_run: bool
+        self, base: str, member_names: list[str], port: int, dry_run: bool, replica: tuple[int, int] = (0, 1)
     ) -> tuple[list[str], dict[str, str]]:
         """The command (its interpreter checked at start) and the runtime-LoRA environment, with
-        the API key at start (not in a dry run, which prints the environment)."""
+        the API key at start (not in a dry run, which prints the environment). `replica`: (index,
+        count) of this base model's replicas placed by Ray, each its own share of the cores on a
+        CPU build (`cpu_binding` over every server of the backend, as if on this machine: on CPU
+        nodes of their own, set VLLM_CPU_OMP_THREADS_BIND in `env`)."""
         python = self.python()
         if not dry_run and self.on_gpu and self.config is not None:  # fail here, not in vLLM
             check_gpu_memory(self.config, f"backend {self.name}", None)
@@ -202,7 +205,8 @@ class VLLMServing(LoraServing):
             )
         template = self._chat_template(base, member_names, write=not dry_run)
         bases = list(self._bases(planned=dry_run))
-        env = self.env(bases.index(base), len(bases))
+        index, count = replica
+        env = self.env(bases.index(base) * count + index, len(bases) * count)
         if not dry_run:
             env["VLLM_API_KEY"] = self._api_key() or ""  # launched servers always get one
         return self.command(base, port, template), env
