@@ -16,10 +16,12 @@ What this cannot show: GPUs, a real network between hosts, a node lost with its 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +81,7 @@ def test_adapter_reaches_both_replicas_and_a_killed_replica_is_synced_before_tra
     adapter = save_adapter(base, tmp_path / "trainer-out" / "smol-a-v1", seed=1)
     events: list[dict] = []
     question = [{"role": "user", "content": "Name three colours."}]
-    done: list[tuple[float, str, str]] = []  # (sent at, replica url, model that answered)
+    done: list[tuple[float, str, str, float]] = []  # (sent, replica url, model answering, leased: wall time)
     failed: list[str] = []
     marks: dict[str, float] = {}
 
@@ -88,12 +90,12 @@ def test_adapter_reaches_both_replicas_and_a_killed_replica_is_synced_before_tra
         urls = list(backend.state()["servers"][str(base)])
         assert len(urls) == 2
         leased = serving.lease
-        last_url: dict[object, str] = {}
+        last_url: dict[object, tuple[str, float]] = {}
 
         @contextmanager
         def recording(member: str) -> Iterator[Endpoint]:
             with leased(member) as ep:
-                last_url[asyncio.current_task()] = ep.base_url.removesuffix("/v1")
+                last_url[asyncio.current_task()] = (ep.base_url.removesuffix("/v1"), time.time())
                 yield ep
 
         serving.lease = recording  # type: ignore[method-assign]
@@ -105,17 +107,28 @@ def test_adapter_reaches_both_replicas_and_a_killed_replica_is_synced_before_tra
                 sent = time.perf_counter()
                 try:
                     r = await pool.chat("smol-a", question, Sampling(max_tokens=6))
-                    done.append((sent, last_url[asyncio.current_task()], r.model))
+                    done.append(
+                        (
+                            sent,
+                            *last_url[asyncio.current_task()][:1],
+                            r.model,
+                            last_url[asyncio.current_task()][1],
+                        )
+                    )
                 except Exception as exc:  # noqa: BLE001 - counted: the figure under test
                     failed.append(f"{type(exc).__name__}: {exc}"[:300])
 
         def served_since(t: float, model: str) -> set[str]:
-            return {u for s, u, m in done if s > t and m == model}
+            return {u for s, u, m, _ in done if s > t and m == model}
 
         async def until(cond, timeout_s: float) -> None:  # noqa: ANN001
             deadline = time.monotonic() + timeout_s
             while not cond():
-                assert time.monotonic() < deadline, f"timed out; events: {events[-10:]}"
+                assert time.monotonic() < deadline, (
+                    f"timed out; {len(done)} answered, {len(failed)} failed; since the switch: "
+                    f"{Counter((u, m) for s, u, m, _ in done if s > marks.get('switched', 1e18))}; events: "
+                    f"{[e for e in events if e['kind'] != 'request_done'][-12:]}"
+                )
                 await asyncio.sleep(0.5)
 
         async def go() -> None:
@@ -140,9 +153,18 @@ def test_adapter_reaches_both_replicas_and_a_killed_replica_is_synced_before_tra
         roots = [(backend.lora.listed_adapters(u) or {}).get("smol-a-v1") or "" for u in final_urls]
 
     assert failed == []
-    after = [(u, m) for s, u, m in done if s > marks["switched"]]
-    assert after and {m for _, m in after} == {"smol-a-v1"}  # never the base after the switch
-    assert {u for u, _ in after} == set(final_urls)  # both replicas, the restarted one included
+    after = [m for s, _, m, _ in done if s > marks["switched"]]
+    assert after and set(after) == {"smol-a-v1"}  # never the base model after the switch
+    (restarted,) = set(final_urls) - set(urls)  # Ray restarted the killed one, on another port
+    assert {u for s, u, _, _ in done if s > marks["synced"]} == set(final_urls)
+    # The restarted replica took no request before it held the live adapter.
+    (synced,) = [e for e in events if e["kind"] == "replica_synced"]
+    assert synced["url"] == restarted and synced["loaded"] == ["smol-a-v1"]
+    assert [t for _, u, _, t in done if u == restarted] and all(
+        t >= synced["t"] - 0.001
+        for _, u, _, t in done
+        if u == restarted  # events: ms
+    )
     kinds = [e["kind"] for e in events]
     assert kinds.index("replica_down") < kinds.index("replica_synced")
     # Each replica loaded the adapter from its own node's copy, not from the trainer's folder.
@@ -156,7 +178,10 @@ def test_run_on_the_cluster_trains_as_ray_tasks_and_swaps_into_both_replicas(
 ) -> None:
     run_dir = tmp_path / "evolve"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    overrides = [o for o in RUN_OVERRIDES if not o.startswith("members=")]
+    overrides = [
+        *(o for o in RUN_OVERRIDES if not o.startswith("members=")),  # the trio of tiny-ray.yaml
+        "backends.vllm-local.env.VLLM_CPU_OMP_THREADS_BIND=1",  # Gemma beside SmolLM2's replica 1
+    ]
     p = subprocess.run(
         [
             sys.executable,
@@ -180,7 +205,18 @@ def test_run_on_the_cluster_trains_as_ray_tasks_and_swaps_into_both_replicas(
     with Store(RunPaths(run_dir).store, readonly=True) as store:
         rounds = store.query("SELECT id, status FROM rounds ORDER BY id")
         assert rounds and all(r["status"] == "live" for r in rounds)
+        adapters = store.query("SELECT member, version, status, model_name, metrics FROM adapters")
     events = read_events(RunPaths(run_dir).events)
     done = [e for e in events if e["kind"] == "request_done"]
     assert done and [e for e in done if not e["ok"]] == []
-    assert {e["member"] for e in events if e["kind"] == "adapter_live"} >= set(MEMBERS)
+    # Every member trained as a Ray task (the node it ran on is recorded) and went live under its
+    # versioned name; SmolLM2's two replicas and Gemma's server started.
+    assert {a["member"] for a in adapters} == {*MEMBERS, "gemma"}
+    for a in adapters:
+        assert json.loads(a["metrics"]).get("node"), a
+    live = {a["member"]: a for a in adapters if a["status"] == "live"}
+    assert {m: live[m]["model_name"] for m in MEMBERS} == {m: f"{m}-v{live[m]['version']}" for m in MEMBERS}
+    started = [e for e in events if e["kind"] == "server_started"]
+    assert len(started) == 3
+    # No replica refused an adapter delivered through the object store; no training task failed.
+    assert not [e for e in events if e["kind"] in ("replica_out", "training_failed")]
