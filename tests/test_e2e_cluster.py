@@ -52,19 +52,12 @@ pytestmark = [
 
 
 @pytest.fixture
-def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def two_nodes() -> Iterator[str]:
     """Two Ray nodes on this machine (2 logical CPUs each: a replica and a training task)."""
-    import ray
-    from ray.cluster_utils import Cluster
+    from tests.ray_nodes import two_simulated_nodes  # imports ray: only when this tier runs
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # what `address: auto` finds
-    try:
+    with two_simulated_nodes(num_cpus=2) as cluster:
         yield cluster.address
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.mark.timeout(900)
@@ -180,7 +173,7 @@ def test_run_on_the_cluster_trains_as_ray_tasks_and_swaps_into_both_replicas(
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     overrides = [
         *(o for o in RUN_OVERRIDES if not o.startswith("members=")),  # the trio of tiny-ray.yaml
-        "backends.vllm-local.env.VLLM_CPU_OMP_THREADS_BIND=1",  # Gemma beside SmolLM2's replica 1
+        "backends.vllm-local.env.VLLM_CPU_OMP_THREADS_BIND='1'",  # Gemma beside SmolLM2's replica 1
     ]
     p = subprocess.run(
         [

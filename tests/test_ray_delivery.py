@@ -36,6 +36,7 @@ from agora_cli.serving import Serving, lora_server
 from agora_cli.serving.keys import bearer
 from agora_cli.serving.process import free_port, http
 from agora_cli.serving.ray_replicas import NAMESPACE, actor_name, remove
+from tests.ray_nodes import two_simulated_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 BASE = "org/base-a"
@@ -51,22 +52,13 @@ FAKE_AWS = {
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[Cluster]:
-    saved = {k: os.environ.get(k) for k in [*FAKE_AWS, "RAY_ADDRESS", "AWS_PROFILE"]}
-    os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(FAKE_AWS)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    os.environ["RAY_ADDRESS"] = cluster.address  # what `address: auto` finds
+    profile = os.environ.pop("AWS_PROFILE", None)  # moto's credentials, not a profile's
     try:
-        yield cluster
+        with two_simulated_nodes(env=FAKE_AWS) as cluster:
+            yield cluster
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if profile is not None:
+            os.environ["AWS_PROFILE"] = profile
 
 
 def _fake_python(tmp_path: Path, load_delay_s: float = 0.0) -> str:

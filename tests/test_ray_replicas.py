@@ -23,6 +23,7 @@ from agora_cli.serving import Serving
 from agora_cli.serving.keys import bearer
 from agora_cli.serving.process import http
 from agora_cli.serving.ray_replicas import NAMESPACE, actor_name
+from tests.ray_nodes import two_simulated_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 BASE = "org/base-a"
@@ -39,15 +40,9 @@ def _fake_python(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # what `address: auto` finds
-    try:
+def two_nodes() -> Iterator[Cluster]:
+    with two_simulated_nodes() as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_replicas_are_placed_one_per_node_and_requests_use_both(tmp_path: Path, two_nodes: Cluster) -> None:

@@ -23,6 +23,7 @@ from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 from agora_cli.training import round_store as rs
 from agora_cli.training.rounds import RoundManager
+from tests.ray_nodes import two_simulated_nodes
 from tests.test_rounds import SMOL, RecordingServing, adapter_status, add_rows, round_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -30,15 +31,9 @@ STUB = str(Path(__file__).parent / "fakes" / "stub_worker.py")
 
 
 @pytest.fixture
-def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # what `address: auto` finds
-    try:
+def two_nodes() -> Iterator[Cluster]:
+    with two_simulated_nodes() as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture
