@@ -211,5 +211,6 @@ def test_run_on_the_cluster_trains_as_ray_tasks_and_swaps_into_both_replicas(
     assert {m: live[m]["model_name"] for m in MEMBERS} == {m: f"{m}-v{live[m]['version']}" for m in MEMBERS}
     started = [e for e in events if e["kind"] == "server_started"]
     assert len(started) == 3
+    assert all(Path(e["log"]).is_file() for e in started)  # each replica's own log, as announced
     # No replica refused an adapter delivered through the object store; no training task failed.
     assert not [e for e in events if e["kind"] in ("replica_out", "training_failed")]

@@ -128,16 +128,18 @@ class LoraServing:
             return self.cfg.base_port + i
         return 0 if dry_run else free_port(self.cfg.host)
 
-    def _log(self, base: str) -> Path:
-        return self.run_paths.logs / f"{self.kind}-{self.name}-{slug(base)}.log"
+    def _log(self, base: str, replica: int | None = None) -> Path:
+        """A server's log: one per base model, or per Ray replica of it (`replica`: its index)."""
+        suffix = "" if replica is None else f".{replica}"
+        return self.run_paths.logs / f"{self.kind}-{self.name}-{slug(base)}{suffix}.log"
 
     def _servers(self, i: int, base: str, member_names: list[str]) -> list[ServerProcess]:
         """The i-th base model's server to launch, or (`launch: false`) its replicas already
         running elsewhere, one per URL."""
         if self._placed is not None:  # started as Ray actors (`start`): reached like any replica
             return [
-                ServerProcess(name=f"{self.API.engine} replica", cmd=[], url=url, log=self._log(base))
-                for url in self._placed.urls[base]
+                ServerProcess(name=f"{self.API.engine} replica", cmd=[], url=url, log=self._log(base, r))
+                for r, url in enumerate(self._placed.urls[base])
             ]
         if not self.cfg.launch:
             urls = self.cfg.urls.get(base)

@@ -64,7 +64,7 @@ class Launcher(Protocol):
     def _launch(
         self, base: str, member_names: list[str], port: int, dry_run: bool, replica: tuple[int, int] = (0, 1)
     ) -> tuple[list[str], dict[str, str]]: ...
-    def _log(self, base: str) -> Path: ...
+    def _log(self, base: str, replica: int | None = None) -> Path: ...
     def _api_key(self) -> str | None: ...
 
 
@@ -282,7 +282,7 @@ def place(backend: Launcher, cluster: Cluster, spec: ReplicaPlacement) -> Placed
                         cmd=cmd,
                         env=env,
                         host=backend.cfg.host,
-                        log=str(backend._log(base).with_suffix(f".{r}.log")),
+                        log=str(backend._log(base, r)),
                         secret=backend._api_key(),
                         timeout_s=backend.cfg.startup_timeout_s,
                         files=run_files(cmd, root),
