@@ -29,8 +29,6 @@ from typing import Any
 from agora_cli import packing
 from agora_cli.errors import ServerError
 
-TRANSPORTS = ("object_store", "shared", "s3")
-
 
 @dataclass(frozen=True)
 class Packed:

@@ -107,15 +107,15 @@ def _read_key(path: Path) -> str | None:
     return key or None
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str | bytes) -> None:
     """Create `path` with mode 0600 from the start (never world-readable, even for an instant)
     and write `text`; fails when `path` exists (callers write a fresh name, then rename/link)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
 
 
-def replace_private(path: Path, text: str) -> None:
+def replace_private(path: Path, text: str | bytes) -> None:
     """Write `text` to `path` (mode 0600), replacing any earlier file atomically."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     path.parent.mkdir(parents=True, exist_ok=True)

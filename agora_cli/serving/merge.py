@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from agora_cli.errors import ServerError
+from agora_cli.serving.process import pid_alive
 
 MANIFEST = "agora-merged.json"
 
@@ -81,22 +82,9 @@ def _remove_stale_temporaries(parent: Path) -> None:
     full float32 copy of the weights, hundreds of MB)."""
     for stale in glob.glob(str(parent / ".*.tmp-*")):
         m = re.search(r"\.tmp-(\d+)-[^/]*$", stale)
-        if m and _pid_alive(int(m.group(1))):
+        if m and pid_alive(int(m.group(1))):
             continue  # a merge in progress in another process
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a zombie (an orphan not reaped yet) has exited
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def merge_in_subprocess(

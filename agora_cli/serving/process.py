@@ -218,3 +218,18 @@ def kill_all() -> int:
         except ProcessLookupError:
             pass
     return killed
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` runs (another user's counts; a zombie, exited but not reaped,
+    does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a zombie (an orphan not reaped yet) has exited
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

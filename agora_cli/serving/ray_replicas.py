@@ -44,6 +44,7 @@ from agora_cli.paths import RunPaths
 from agora_cli.ray_cluster import NAMESPACE
 from agora_cli.serving import adapter_delivery
 from agora_cli.serving.adapter_delivery import S3Store
+from agora_cli.serving.keys import replace_private
 from agora_cli.serving.process import ServerProcess, free_port
 
 if TYPE_CHECKING:
@@ -115,16 +116,10 @@ class ReplicaActor:
         """`cmd` with each file of `spec.files` written into this node's folder and named there."""
         if not self.spec.files:
             return cmd
-        folder = self.root / ".launch"
-        folder.mkdir(parents=True, exist_ok=True)
         local = {}
         for i, (driver_path, data) in enumerate(sorted(self.spec.files.items())):
-            path = folder / f"{i}-{Path(driver_path).name}"
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            path = self.root / ".launch" / f"{i}-{Path(driver_path).name}"
+            replace_private(path, data)
             local[driver_path] = str(path)
         return [local.get(arg, arg) for arg in cmd]
 
@@ -347,7 +342,6 @@ class Change:
     base: str
     url: str
     new_url: str | None
-    restarted: bool
 
 
 def follow(placed: Placed) -> list[Change]:
@@ -359,10 +353,10 @@ def follow(placed: Placed) -> list[Change]:
             try:
                 info = ray.get(rep.actor.info.remote(), timeout=INFO_TIMEOUT_S)
             except ray.exceptions.RayError:  # dead for good, or still restarting
-                changes.append(Change(base, rep.url, None, restarted=False))
+                changes.append(Change(base, rep.url, None))
                 continue
             if info["incarnation"] != rep.incarnation:
-                changes.append(Change(base, rep.url, info["url"], restarted=True))
+                changes.append(Change(base, rep.url, info["url"]))
                 rep.url, rep.incarnation = info["url"], info["incarnation"]
     return changes
 

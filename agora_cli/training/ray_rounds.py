@@ -54,6 +54,7 @@ from agora_cli.config.schema import Cluster, ClusterTraining
 from agora_cli.events import EventBus
 from agora_cli.packing import pack, unpack, unpack_atomic
 from agora_cli.ray_cluster import connect
+from agora_cli.serving.process import pid_alive
 from agora_cli.training.trainer import META_FILE, TrainSpec
 from agora_cli.training.worker import worker_command, write_json_atomic
 
@@ -101,18 +102,8 @@ def remove_orphaned_dirs(temp: Path) -> None:
     pid is in the name; a dir whose pid lives again under another program stays)."""
     for d in temp.glob(f"{TEMP_PREFIX}*-*"):
         pid = d.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -215,8 +206,7 @@ class RayWorkers:
         self.bus = bus
 
     def start(self, job: Job, spec: TrainSpec) -> None:
-        """Submit the member's task; the spec stays in the run directory as the record."""
-        job.spec_path.write_text(spec.to_json())
+        """Submit the member's task (the round manager keeps the spec in the run directory)."""
         prev = spec.previous_adapter_dir
         previous = pack(Path(prev)) if prev is not None else None
         ref = self.task.remote(spec.to_json(), previous, self.command, self.env)

@@ -81,8 +81,9 @@ class _Job:
 
 class Workers(Protocol):
     """Where members' workers run. `start` runs the worker for `spec` (a TrainSpec whose paths are
-    the job's); once `exit_code` is not None, the job's result, progress and log files and its
-    adapter directory are in the run directory, as a local worker leaves them."""
+    the job's, already written to its `spec_path`); once `exit_code` is not None, the job's
+    result, progress and log files and its adapter directory are in the run directory, as a
+    local worker leaves them."""
 
     def start(self, job: _Job, spec: TrainSpec) -> None: ...
     def exit_code(self, job: _Job) -> int | None: ...
@@ -98,7 +99,6 @@ class LocalWorkers:
         self.gpus = training_gpus(cfg, visible_gpus())  # member -> its trainer's GPUs
 
     def start(self, job: _Job, spec: TrainSpec) -> None:
-        job.spec_path.write_text(spec.to_json())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.cfg.training.max_threads:
             env["OMP_NUM_THREADS"] = str(self.cfg.training.max_threads)
@@ -120,7 +120,7 @@ class LocalWorkers:
         terminate(job.handle)
 
 
-def workers_for(cfg: Config, command: WorkerCommand | None, bus: EventBus) -> tuple[Workers, int]:
+def workers_for(cfg: Config, command: WorkerCommand | None, bus: EventBus) -> tuple[Workers, int | None]:
     """The config's workers and how many members train at once: Ray tasks when the cluster has a
     `training` section (all members at once unless it says otherwise; Ray queues what the
     cluster cannot hold), else local subprocesses, one at a time (a small box has few cores)."""
@@ -128,7 +128,7 @@ def workers_for(cfg: Config, command: WorkerCommand | None, bus: EventBus) -> tu
     if cluster is not None and cluster.training is not None:
         from agora_cli.training.ray_rounds import RayWorkers  # imports ray: only with a cluster
 
-        return RayWorkers(cfg, cluster, cluster.training, bus, command), cluster.training.max_parallel or 0
+        return RayWorkers(cfg, cluster, cluster.training, bus, command), cluster.training.max_parallel
     return LocalWorkers(cfg, command or (lambda spec: worker_command(spec, cfg.training))), 1
 
 
@@ -413,6 +413,7 @@ class RoundManager:
         )
         job.result_path.unlink(missing_ok=True)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
+        job.spec_path.write_text(spec.to_json())  # the record, wherever the worker runs
         self.runner.start(job, spec)
         job.started = time.monotonic()
         self.bus.emit(
