@@ -241,3 +241,30 @@ def test_a_replica_that_restarted_unnoticed_is_synced_before_it_takes_traffic(tm
     assert "a-v1" in _chats(back)  # and it takes requests again
     assert [e["url"] for e in events if e["kind"] == "replica_down"] == [second.url]
     assert [e["url"] for e in events if e["kind"] == "replica_synced"] == [second.url]
+
+
+def test_a_replica_whose_listing_fails_is_not_taken_for_restarted(tmp_path: Path) -> None:
+    """A busy server may fail `GET /v1/models` (an error status, a timeout) while it still holds
+    every adapter: no listing says nothing was lost, so the check leaves the replica in routing
+    and loads nothing again."""
+    first, second = FakeSGLang(BASE).start(), FakeSGLang(BASE).start()
+    events: list[dict] = []
+    try:
+        with _serving(tmp_path, [first, second], events) as serving:
+            serving.activate("a", _adapter(tmp_path, "v1"), 1)
+            second.models_status = 503
+            serving.backends["gpu"].check_replicas()  # type: ignore[attr-defined]
+            pool = serving.client_pool()
+
+            async def go() -> list[str]:
+                texts = await _burst(pool, 12)
+                await pool.aclose()
+                return texts
+
+            texts = asyncio.run(go())
+    finally:
+        first.stop()
+        second.stop()
+    assert texts == ["served by a-v1"] * 12
+    assert [e for e in events if e["kind"] in ("replica_down", "replica_synced")] == []
+    assert second.loads == ["a-v1"] and "a-v1" in _chats(second)

@@ -99,8 +99,8 @@ class LoraServer:
             before = set(self.loaded.get(url, ()))
         if not before:
             return set()
-        listed = self.listed_adapters(url) or {}
-        if not listed and url not in self.lists:
+        listed = self._listing(url)
+        if listed is None or (not listed and url not in self.lists):
             return set()
         with self.lock:  # a name unloaded meanwhile has left `loaded` first: not lost
             return (before - set(listed)) & self.loaded.get(url, set())
@@ -315,15 +315,25 @@ class LoraServer:
             raise ServerError(f"{self.api.engine} at {url} did not answer {path} ({e})") from e
 
     def listed_adapters(self, url: str) -> dict[str, str | None] | None:
-        """lora_name -> path from `GET /v1/models`, or None when it lists no adapters at all."""
+        """lora_name -> path from `GET /v1/models`, or None when it lists no adapters at all (or
+        gives no listing)."""
+        return self._listing(url) or None
+
+    def _listing(self, url: str) -> dict[str, str | None] | None:
+        """The adapters `GET /v1/models` lists (lora_name -> path, maybe empty), or None when no
+        listing came back: no answer in time, an error status, a body that is not one. A busy
+        server may time out here and still hold every adapter, so None never means lost."""
         try:
-            data = http("GET", f"{url}/v1/models", timeout=10, headers=self.headers).json.get("data", [])
-        except (OSError, AttributeError):
+            r = http("GET", f"{url}/v1/models", timeout=10, headers=self.headers)
+        except OSError:
+            return None
+        data = r.json.get("data") if r.status == 200 and isinstance(r.json, dict) else None
+        if not isinstance(data, list):
             return None
         adapters = {d["id"]: d.get("root") for d in data if isinstance(d, dict) and d.get("parent")}
         if adapters:
             self.lists.add(url)
-        return adapters or None
+        return adapters
 
     def _loaded_from(self, url: str, name: str, path: str) -> bool:
         """An 'already loaded' refusal is success when that name holds this same adapter (a retry

@@ -51,6 +51,7 @@ class FakeSGLang:
         self.base_model = base_model
         self.api_key = api_key  # as `--api-key`: every route but /health* wants the bearer token
         self.health_delay_s = health_delay_s  # as /health generating a token on a busy server
+        self.models_status = 200  # another status: /v1/models fails as on an overloaded server
         self.bodies: list[dict] = []  # chat request bodies in arrival order
         self.latency_s = latency_s
         self.responder = responder
@@ -112,7 +113,9 @@ class FakeSGLang:
             return {"model_path": self.base_model, "is_generation": True}
 
         @app.get("/v1/models")
-        def models() -> dict:
+        def models() -> Any:
+            if self.models_status != 200:
+                return JSONResponse({"error": "Service Unavailable"}, status_code=self.models_status)
             data: list[dict[str, Any]] = [{"id": self.base_model, "object": "model", "root": self.base_model}]
             data += [
                 {"id": n, "object": "model", "root": p, "parent": self.base_model}
