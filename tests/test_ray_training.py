@@ -111,6 +111,14 @@ def test_members_train_as_ray_tasks_on_both_nodes_and_adapters_come_back(
     r1 = rm.maybe_start(step=0)
     started = wait_for_files(held, 2)  # both at once: all members train in parallel by default
     assert sorted(s["member"] for s in started) == ["smol-a", "smol-b"]
+    # Each worker's progress line reaches the run while its task still runs (the live view's
+    # training bar), not only when the task returns.
+    deadline = time.monotonic() + 60
+    while {e["member"] for e in events if e["kind"] == "training_progress"} != {"smol-a", "smol-b"}:
+        assert time.monotonic() < deadline, "no progress from the running tasks in 60 s"
+        rm.poll()
+        time.sleep(0.1)
+    assert not (paths.adapter_dir("smol-a", 1) / "adapter_config.json").exists()  # still running
     (held / "release").touch()
     rm.wait(120)
     add_rows(store, 2)
@@ -134,6 +142,7 @@ def test_members_train_as_ray_tasks_on_both_nodes_and_adapters_come_back(
     nodes = {metrics(store, m, 1)["node"] for m in ("smol-a", "smol-b")}
     assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # one member on each node
     kinds = [e["kind"] for e in events if e["kind"].startswith(("training", "adapter"))]
+    # Each stub wrote one progress line: sent while it ran, never again with the result.
     assert kinds.count("training_progress") == 4 and kinds.count("adapter_live") == 4
     assert "training_retried" not in kinds
 

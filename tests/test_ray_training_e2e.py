@@ -43,3 +43,6 @@ def test_real_rounds_train_as_ray_tasks_and_continue_the_previous_adapter(
     assert serving.live["smol-a"] == (2, v2)
     steps = [e for e in events if e["kind"] == "training_progress" and e.get("step")]
     assert {e["round"] for e in steps} == {r1, r2} and all(e["loss"] > 0 for e in steps)
+    for r in (r1, r2):  # sent while the task ran or with its result, each step once
+        seen = [e["step"] for e in steps if e["round"] == r]
+        assert seen == sorted(set(seen)), seen

@@ -10,11 +10,15 @@ imports ray. `RayWorkers` is the round manager's `Workers` for a cluster:
               places a task on one node) and `num_cpus`; Ray queues tasks the cluster cannot hold
   (the task)  `train_member` unpacks into a node-local temp dir, rewrites the spec's paths to it,
               runs the SAME worker command agora runs locally (under serving/guard.py, so the
-              worker stops when the task's process dies) and returns its exit code, result,
-              progress lines, log and the adapter directory packed as a tar
-  exit_code   once the task returned: the progress, result and log are written where a local
-              worker writes them, the adapter is unpacked into the round's adapter dir atomically
-              (temp dir + rename), and the round manager collects and activates as always
+              worker stops when the task's process dies); while it runs, the worker's progress
+              lines go to the driver every PROGRESS_EVERY_S through a small actor on the
+              driver's node (`ProgressSink`); it returns its exit code, result, the progress
+              lines not sent yet, log and the adapter directory packed as a tar
+  exit_code   appends the progress lines that arrived to the job's progress file (the round
+              manager emits them as `training_progress` events, as for a local worker); once the
+              task returned: the result and log are written where a local worker writes them,
+              the adapter is unpacked into the round's adapter dir atomically (temp dir +
+              rename), and the round manager collects and activates as always
   stop        `ray.cancel`: the task stops its worker's process group (SIGTERM, then SIGKILL);
               a task still running after STOP_GRACE_S is killed (`force=True`)
 
@@ -48,6 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agora_cli.config import Config
 from agora_cli.config.schema import Cluster, ClusterTraining
@@ -66,6 +71,8 @@ TEMP_PREFIX = "agora-train-"  # then the task process's pid: agora-train-<pid>-<
 # which leaves the worker below them orphaned: a cancel first asks the task to stop its worker.
 STOP_GRACE_S = 15.0
 LOG_TAIL_BYTES = 4 * 2**20  # what comes back of a worker's log: its end, where the error is
+PROGRESS_EVERY_S = 2.0  # how often a task sends its worker's new progress lines, and the driver takes them
+SEND_TIMEOUT_S = 10.0  # a send not confirmed in this long: the lines come back with the result instead
 
 WorkerCommand = Callable[[Path], list[str]]  # spec path (on the node) -> the worker's argv
 
@@ -80,6 +87,59 @@ class Job(Protocol):
     result_path: Path
     log_path: Path
     handle: Any
+
+
+class ProgressSink:
+    """Progress lines the tasks sent while they run, by the driver's progress file they belong
+    to, kept until the driver takes them (an actor on the driver's node)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def add(self, key: str, text: str) -> None:
+        self.lines.append((key, text))
+
+    def take(self) -> list[tuple[str, str]]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+class _Sender:
+    """The task's side: sends the complete lines its worker appended to `path` since the last
+    send, at most every PROGRESS_EVERY_S. What was not confirmed sent is `rest()` at the end (a
+    send that timed out but arrived later shows its lines twice: display only, never lost)."""
+
+    def __init__(self, path: Path, sink: Any, key: str):
+        self.path, self.sink, self.key = path, sink, key
+        self.sent = 0  # bytes of the file confirmed sent
+        self.last = time.monotonic()
+        self.broken = False
+
+    def _unsent(self) -> str:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.sent)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def maybe_send(self) -> None:
+        if self.broken or time.monotonic() - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = time.monotonic()
+        chunk = self._unsent()
+        complete = chunk[: chunk.rfind("\n") + 1]  # a torn last line goes next time
+        if not complete:
+            return
+        try:
+            ray.get(self.sink.add.remote(self.key, complete), timeout=SEND_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError):
+            self.broken = True  # the rest comes back with the result
+            return
+        self.sent += len(complete.encode())
+
+    def rest(self) -> str:
+        return self._unsent()
 
 
 @dataclass
@@ -122,12 +182,18 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 
 def train_member(
-    spec_json: str, previous: bytes | None, command: WorkerCommand, env: dict[str, str]
+    spec_json: str,
+    previous: bytes | None,
+    command: WorkerCommand,
+    env: dict[str, str],
+    sink: Any = None,
+    key: str = "",
 ) -> dict[str, Any]:
-    """The Ray task: train one member on this node with the worker agora runs locally.
+    """The Ray task: train one member on this node with the worker agora runs locally, sending
+    its progress lines to `sink` (a `ProgressSink`), under `key`, as they come.
 
-    Returns {code, result (the worker's result file or None), progress, log, adapter (tar or
-    None), node, task_attempt}.
+    Returns {code, result (the worker's result file or None), progress (the lines not sent),
+    log, adapter (tar or None), node, task_attempt}.
     """
     attempt = task_attempt()
     node = ray.get_runtime_context().get_node_id()
@@ -137,6 +203,7 @@ def train_member(
         out, progress_file, result_file = work / "adapter", work / "progress.jsonl", work / "result.json"
         spec = TrainSpec(**json.loads(spec_json))
         prev = spec.previous_adapter_dir  # its path on the driver
+        sender = _Sender(progress_file, sink, key) if sink is not None else None
         previous_dir = None
         if previous is not None:
             previous_dir = work / "previous"
@@ -164,6 +231,8 @@ def train_member(
             try:  # polled: a cancel's KeyboardInterrupt lands between sleeps, not in a wait()
                 while (code := proc.poll()) is None:
                     time.sleep(0.2)
+                    if sender is not None:
+                        sender.maybe_send()
             except BaseException:
                 stop_group(proc)
                 raise
@@ -176,12 +245,16 @@ def train_member(
         return {
             "code": code,
             "result": json.loads(result_file.read_text()) if result_file.is_file() else None,
-            "progress": progress_file.read_text() if progress_file.is_file() else "",
+            "progress": sender.rest() if sender is not None else _read(progress_file),
             "log": log_tail,
             "adapter": pack(out) if out.is_dir() else None,
             "node": node,
             "task_attempt": attempt,
         }
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 class RayWorkers:
@@ -204,20 +277,37 @@ class RayWorkers:
         self.command = command or functools.partial(worker_command, training=cfg.training)
         self.env = {"OMP_NUM_THREADS": str(cfg.training.max_threads)} if cfg.training.max_threads else {}
         self.bus = bus
+        # Beside the driver: it lives and dies with this process, never with a worker node.
+        self.sink: Any = (
+            ray.remote(ProgressSink)
+            .options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    ray.get_runtime_context().get_node_id(), soft=False
+                ),
+            )
+            .remote()
+        )
+        self.progress_files: set[str] = set()  # the running jobs' progress files, by driver path
+        self.taken = 0.0  # when the driver last took the sink's lines
 
     def start(self, job: Job, spec: TrainSpec) -> None:
         """Submit the member's task (the round manager keeps the spec in the run directory)."""
         prev = spec.previous_adapter_dir
         previous = pack(Path(prev)) if prev is not None else None
-        ref = self.task.remote(spec.to_json(), previous, self.command, self.env)
+        key = str(job.progress_path)
+        ref = self.task.remote(spec.to_json(), previous, self.command, self.env, self.sink, key)
+        self.progress_files.add(key)
         job.handle = _Task(ref, spec.round_id)
 
     def exit_code(self, job: Job) -> int | None:
         """None while the task runs (or waits to be re-run); then its files are in place."""
         task: _Task = job.handle
         ready, _ = ray.wait([task.ref], timeout=0)
+        self._take_progress(everything=bool(ready))  # after the wait: a task done has sent all
         if not ready:
             return None
+        self.progress_files.discard(str(job.progress_path))
         try:
             out = ray.get(task.ref)
         except ray.exceptions.RayError as e:  # lost past its retries, or cancelled
@@ -231,10 +321,27 @@ class RayWorkers:
     def stop(self, job: Job) -> None:
         """Cancel the task (not retried by Ray): it stops its worker's process group; a task that
         has not ended after STOP_GRACE_S is killed with its process."""
+        self.progress_files.discard(str(job.progress_path))
         ray.cancel(job.handle.ref)
         ready, _ = ray.wait([job.handle.ref], timeout=STOP_GRACE_S)
         if not ready:
             ray.cancel(job.handle.ref, force=True)
+
+    def _take_progress(self, everything: bool) -> None:
+        """Append the progress lines the tasks sent to their jobs' progress files: every
+        PROGRESS_EVERY_S, and at once when a task has ended (its last lines come with its result,
+        after these)."""
+        if not everything and time.monotonic() - self.taken < PROGRESS_EVERY_S:
+            return
+        self.taken = time.monotonic()
+        try:
+            lines = ray.get(self.sink.take.remote(), timeout=SEND_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError):
+            return  # next time; a task's unsent lines come back with its result
+        for key, text in lines:
+            if key in self.progress_files:  # a cancelled job's stragglers are dropped
+                with Path(key).open("a") as fh:
+                    fh.write(text)
 
     def _write_back(self, job: Job, task: _Task, out: dict[str, Any]) -> None:
         attempt, node = out["task_attempt"], out["node"]
