@@ -165,24 +165,12 @@ class ServerProcess:
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL after `grace_s` (idempotent).
-
-        Interrupted while waiting (a second Ctrl-C raises KeyboardInterrupt here), it SIGKILLs
-        the group before passing the interruption on, rather than leave the server running.
-        """
+        """Stop the server's process group (`stop_group`; idempotent)."""
         if self.proc is None or self.proc.poll() is not None:
             _LIVE.pop(id(self), None)
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=grace_s)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            self.kill()
-        except BaseException:
-            self.kill()
-            raise
+            stop_group(self.proc, grace_s)
         finally:
             if self.proc.poll() is not None:
                 _LIVE.pop(id(self), None)
@@ -191,16 +179,40 @@ class ServerProcess:
         """SIGKILL the process group (the guard, the server and anything it started), then reap."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not refused
-            pass
+        kill_group(self.proc)
         if self.proc.poll() is not None:
             _LIVE.pop(id(self), None)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group `proc` leads (a guard, what it runs and what that started), SIGKILL
+    it after `grace_s`, and reap `proc`.
+
+    Interrupted while waiting (a second Ctrl-C raises KeyboardInterrupt here), it SIGKILLs the
+    group before passing the interruption on, rather than leave it running.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+    except BaseException:
+        kill_group(proc)
+        raise
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `proc` leads, then reap `proc`."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not refused
+        pass
 
 
 def kill_all() -> int:

@@ -41,7 +41,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from agora_cli.config.schema import Cluster, ClusterTraining
 from agora_cli.events import EventBus
 from agora_cli.packing import pack, unpack, unpack_atomic
 from agora_cli.ray_cluster import connect
-from agora_cli.serving.process import pid_alive
+from agora_cli.serving.process import pid_alive, stop_group
 from agora_cli.training.trainer import META_FILE, TrainSpec
 from agora_cli.training.worker import worker_command, write_json_atomic
 
@@ -164,21 +163,6 @@ def remove_orphaned_dirs(temp: Path) -> None:
         pid = d.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the worker's process group (the guard, the worker, what it started, such as
-    accelerate's processes), SIGKILL after `grace_s`."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def train_member(
