@@ -236,9 +236,14 @@ def test_s3_delivers_the_adapter_to_both_nodes(tmp_path: Path, two_nodes: Cluste
         texts = asyncio.run(burst())
         listed = {u: _listed(serving, u) for u in urls}
         markers = [json.loads((Path(listed[u]["a-v1"]) / "adapter_config.json").read_text()) for u in urls]
-    objects = boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket="agora-adapters")["Contents"]
+        client = boto3.client("s3", endpoint_url=moto_s3)
+        objects = client.list_objects_v2(Bucket="agora-adapters")["Contents"]
+        serving.activate("a", _adapter(tmp_path, "v2"), 2)
+        serving.backends["gpu"].lora.finish()  # type: ignore[attr-defined] - a-v1 unloaded on each
+        after_switch = [o["Key"] for o in client.list_objects_v2(Bucket="agora-adapters")["Contents"]]
     assert texts == ["served by a-v1"] * 8
     assert len(objects) == 1 and objects[0]["Key"].startswith("runs/")  # uploaded once, under the prefix
+    assert len(after_switch) == 1 and "/a-v2-" in after_switch[0]  # the retired a-v1's object deleted
     roots = [Path(listed[u]["a-v1"]) for u in urls]
     assert roots[0].parent != roots[1].parent
     assert not any(root.is_relative_to(tmp_path) for root in roots)

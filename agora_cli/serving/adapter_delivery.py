@@ -93,6 +93,14 @@ class S3Store:
         except Exception as e:  # botocore's errors share no base class worth importing
             raise ServerError(f"could not upload s3://{self.bucket}/{key}: {type(e).__name__}: {e}") from e
 
+    def delete(self, key: str) -> bool:
+        """Delete the object at `key`; False when the store refused or did not answer."""
+        try:
+            self._client().delete_object(Bucket=self.bucket, Key=key)
+        except Exception:  # noqa: BLE001 - botocore's errors share no base class worth importing
+            return False
+        return True
+
     def download(self, key: str) -> bytes:
         try:
             body: bytes = self._client().get_object(Bucket=self.bucket, Key=key)["Body"].read()

@@ -428,10 +428,13 @@ class Delivery:
 
     def discard(self, url: str, name: str) -> None:
         """`name` was unloaded on the replica at `url`: delete its copy there, and forget its bytes
-        (nothing loads a name again once it is unloaded)."""
+        and its S3 object (nothing loads a name again once it is unloaded). Best effort: a
+        leftover costs disk or storage only."""
         with self._lock:
-            for key in [k for k in self._sent if k[0] == name]:
-                del self._sent[key]
+            gone = [self._sent.pop(k) for k in [k for k in self._sent if k[0] == name]]
+        for _, _, key in gone:
+            if key and self.s3 is not None:
+                self.s3.delete(key)
         actor = self.placed.actor_at(url)
         if actor is not None and self.transport != "shared":
             actor.drop.remote(name)  # best effort, not awaited: a leftover costs disk only
