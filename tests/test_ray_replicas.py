@@ -18,6 +18,7 @@ from ray.util import placement_group_table
 
 from agora_cli.config import Sampling, config_from_dict
 from agora_cli.endpoint import Endpoint
+from agora_cli.errors import ServerError
 from agora_cli.paths import REPO_DIR, RunPaths
 from agora_cli.serving import Serving
 from agora_cli.serving.keys import bearer
@@ -103,6 +104,38 @@ def test_replicas_are_placed_one_per_node_and_requests_use_both(tmp_path: Path, 
     for n in names:  # stopping the serving ended the actors
         with pytest.raises(ValueError):
             ray.get_actor(n, namespace=NAMESPACE)
+
+
+def test_a_replica_that_cannot_start_reports_its_log_and_leaves_nothing(
+    tmp_path: Path, two_nodes: Cluster
+) -> None:
+    """The server's log is written on its node; the error agora raises quotes its last lines (read
+    there), so the reason reaches the driver without a shared disk. No actor is left behind."""
+    script = tmp_path / "failing-python"
+    script.write_text("#!/bin/sh\necho 'fake sglang: CUDA unavailable on this node' >&2\nexit 3\n")
+    script.chmod(0o700)
+    cfg = config_from_dict(
+        {
+            "name": "ray",
+            "backends": {"gpu": {"kind": "sglang", "python": str(script), "startup_timeout_s": 60}},
+            "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
+            "evaluation": {"calibration": "gsm8k"},
+            "cluster": {
+                "kind": "ray",
+                "address": "auto",
+                "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
+            },
+        }
+    )
+    run = RunPaths(tmp_path / "run")
+    with pytest.raises(ServerError) as raised:
+        Serving(cfg, run).start()
+    message = str(raised.value)
+    assert "did not start on the Ray cluster" in message
+    assert "exited with code 3" in message and "CUDA unavailable on this node" in message
+    for i in range(2):
+        with pytest.raises(ValueError):
+            ray.get_actor(actor_name(run.root, "gpu", BASE, i), namespace=NAMESPACE)
 
 
 def test_without_a_cluster_section_nothing_imports_ray(tmp_path: Path) -> None:
