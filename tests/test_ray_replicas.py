@@ -5,14 +5,17 @@ launch path by each actor, loads the adapter on both and routes requests between
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import ray  # the ray extra (in dev too): pip install 'agora-cli[ray]'
+import ray
+import yaml  # the ray extra (in dev too): pip install 'agora-cli[ray]'
 from ray.cluster_utils import Cluster
 from ray.util import placement_group_table
 
@@ -136,6 +139,57 @@ def test_a_replica_that_cannot_start_reports_its_log_and_leaves_nothing(
     for i in range(2):
         with pytest.raises(ValueError):
             ray.get_actor(actor_name(run.root, "gpu", BASE, i), namespace=NAMESPACE)
+
+
+def test_serve_stop_ends_the_replicas_a_killed_serve_left(tmp_path: Path, two_nodes: Cluster) -> None:
+    """`agora serve` is SIGKILLed: its detached actors and their servers stay (a later run could
+    attach). `agora serve --stop` ends them, while it refuses as long as that serve holds the run."""
+    config = tmp_path / "ray.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ray",
+                "backends": {
+                    "gpu": {"kind": "sglang", "python": _fake_python(tmp_path), "startup_timeout_s": 120}
+                },
+                "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
+                "evaluation": {"calibration": "gsm8k"},
+                "cluster": {
+                    "kind": "ray",
+                    "address": "auto",
+                    "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
+                },
+            }
+        )
+    )
+    run = RunPaths(tmp_path / "run")
+    agora = [sys.executable, "-m", "agora_cli", "serve", str(config), "--run-dir", str(run.root)]
+    serve = subprocess.Popen(agora, cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not run.servers.exists():
+            assert serve.poll() is None and time.monotonic() < deadline, "agora serve did not come up"
+            time.sleep(0.2)
+        urls = json.loads(run.servers.read_text())["backends"]["gpu"]["servers"][BASE]
+        refused = subprocess.run([*agora, "--stop"], cwd=REPO_DIR, capture_output=True, text=True)
+        assert refused.returncode == 2 and "serve" in refused.stderr + refused.stdout
+        serve.kill()
+        serve.wait()
+        assert all(http("GET", f"{u}/health", timeout=5).status == 200 for u in urls)  # left running
+        stopped = subprocess.run([*agora, "--stop"], cwd=REPO_DIR, capture_output=True, text=True)
+    finally:
+        serve.kill()
+    assert stopped.returncode == 0, stopped.stderr
+    names = [actor_name(run.root, "gpu", BASE, i) for i in range(2)]
+    assert f"gpu: ended 2 replica(s): {', '.join(names)}" in " ".join(stopped.stdout.split())
+    for n in names:
+        with pytest.raises(ValueError):
+            ray.get_actor(n, namespace=NAMESPACE)
+    for u in urls:
+        with pytest.raises(OSError):
+            http("GET", f"{u}/health", timeout=5)
+    again = subprocess.run([*agora, "--stop"], cwd=REPO_DIR, capture_output=True, text=True)
+    assert again.returncode == 0 and "no replicas of" in again.stdout
 
 
 def test_without_a_cluster_section_nothing_imports_ray(tmp_path: Path) -> None:

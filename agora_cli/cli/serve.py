@@ -28,6 +28,12 @@ def serve(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the server commands and URLs; start nothing."
     ),
+    stop: bool = typer.Option(
+        False,
+        "--stop",
+        help="End the Ray replicas a killed `agora serve` left for this run (refused while an "
+        "agora serve or run holds it); start nothing.",
+    ),
 ) -> None:
     """Serve every member; `agora run|models ping --run-dir DIR` attach to these servers."""
     from agora_cli.serving import Serving
@@ -38,8 +44,34 @@ def serve(
         for line in Serving(cfg, paths).describe():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
+    if stop:
+        with runlock.hold(paths.root, name=runlock.SERVE_LOCK), runlock.hold(paths.root):
+            _end_left(cfg, paths)
+        return
     with runlock.hold(paths.root, name=runlock.SERVE_LOCK):
         _serve(cfg, paths)
+
+
+def _end_left(cfg: Config, paths: RunPaths) -> None:
+    from agora_cli.serving import Serving
+
+    ended = Serving(cfg, paths).end_left()
+    for backend, names in ended.items():
+        console.print(
+            f"{backend}: ended {len(names)} replica(s): {', '.join(names)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not ended:
+        where = (
+            "on the Ray cluster"
+            if cfg.cluster is not None
+            else "(no cluster: servers on one machine stop with the agora that started them)"
+        )
+        console.print(
+            f"no replicas of {paths.root} left {where}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 def _serve(cfg: Config, paths: RunPaths) -> None:

@@ -45,6 +45,7 @@ from agora_cli.paths import RunPaths
 # Each backend module registers its builder when imported (serving/registry.py).
 from agora_cli.serving import openai_compat, sglang, transformers, vllm  # noqa: F401
 from agora_cli.serving.base import ServingBackend
+from agora_cli.serving.lora_server import LoraServing
 from agora_cli.serving.process import kill_all
 from agora_cli.serving.registry import builder_for
 
@@ -125,6 +126,15 @@ class Serving:
                 self.run_paths.servers.unlink(missing_ok=True)
                 self._wrote_servers_file = False
             self._started = False
+
+    def end_left(self) -> dict[str, list[str]]:
+        """End the Ray replicas of this run that a killed `agora serve` left on the cluster (servers
+        on one machine stop with the agora that started them): backend -> actors ended."""
+        ended = {}
+        for name, backend in self.backends.items():
+            if isinstance(backend, LoraServing) and (names := backend.end_left()):
+                ended[name] = names
+        return ended
 
     def _stop_at_exit(self) -> None:
         try:

@@ -358,6 +358,15 @@ class LoraServing:
         self._checker = threading.Thread(target=run, name=f"replicas {self.name}", daemon=True)
         self._checker.start()
 
+    def end_left(self) -> list[str]:
+        """End this run's Ray replicas of this backend that an `agora serve` killed without its
+        cleanup left on the cluster (`ray_replicas.end_left`); their actors' names."""
+        if self.placement is None:
+            return []
+        from agora_cli.serving import ray_replicas
+
+        return ray_replicas.end_left(self, self.placement[0])
+
     def stop(self) -> None:
         self._stopping.set()
         if self._checker is not None:

@@ -335,6 +335,27 @@ def find(backend: Launcher, cluster: Cluster, spec: ReplicaPlacement) -> Placed 
     return placed
 
 
+def end_left(backend: Launcher, cluster: Cluster) -> list[str]:
+    """End the replicas of this run's `backend` still on the cluster, whatever their state (they
+    are detached: a SIGKILLed `agora serve` leaves them running): each actor found by name, any
+    replica count, its server stopped, the actor killed, the placement group removed. Returns
+    the names of the actors ended."""
+    connect(cluster)
+    root = backend.run_paths.root
+    prefixes = {base: actor_name(root, backend.name, base, 0).removesuffix("0") for base in backend._bases()}
+    listed = ray.util.list_named_actors(all_namespaces=True)
+    named = [a["name"] for a in listed if a["namespace"] == NAMESPACE]
+    placed = Placed(_existing_group(group_name(root, backend.name)))
+    for base, prefix in prefixes.items():
+        for name in sorted(n for n in named if n.startswith(prefix) and n.removeprefix(prefix).isdigit()):
+            actor = _existing_actor(name)
+            if actor is not None:
+                placed.replicas.setdefault(base, []).append(Replica(name, actor, "", ""))
+    names = [r.name for reps in placed.replicas.values() for r in reps]
+    remove(placed)
+    return names
+
+
 @dataclass
 class Change:
     """A replica that is not the server it was: `url` moved to `new_url` (None: not answering)."""
@@ -374,7 +395,8 @@ def remove(placed: Placed) -> None:
                 pass  # its server's guard stops it when the actor is killed below
             ray.kill(rep.actor)
     placed.replicas = {}
-    remove_placement_group(placed.group)
+    if placed.group is not None:
+        remove_placement_group(placed.group)
 
 
 class Delivery:
