@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agora_cli.config import Config
 from agora_cli.errors import StoreError
 from agora_cli.events import EventBus
 from agora_cli.paths import RunPaths
@@ -262,3 +263,38 @@ def test_members_on_one_base_train_with_their_own_seeds(env):
     seeds = {m: s.training["seed"] for m, s in specs.items()}
     assert seeds == {m: member_seed(cfg.seed, cfg.training.seed, m) for m in specs}
     assert seeds["smol-a"] != seeds["smol-b"]
+
+
+@pytest.mark.parametrize(("gpus", "at_once"), [(([0], [1]), 2), (([0], [0]), 1), ((None, None), 1)])
+def test_members_on_gpus_of_their_own_train_at_once_others_one_at_a_time(
+    env, tmp_path: Path, gpus: tuple, at_once: int
+) -> None:
+    """Two members whose trainers have a GPU each start together; sharing a GPU, or on CPUs, the
+    second waits for the first to finish (the worker is given its GPUs; none need exist for the
+    stub, which holds until released)."""
+    store, paths, bus, events = env
+    data = make_cfg(threshold=2).model_dump()
+    for m, g in zip(data["members"], gpus, strict=True):
+        m["train_gpus"] = g
+    held = tmp_path / "held"
+    held.mkdir()
+
+    def hold(spec_path: Path) -> list[str]:
+        return [sys.executable, str(STUB), str(spec_path), f"hold:{held}"]
+
+    add_rows(store, 2)
+    cfg = Config.model_validate(data)
+    rm = RoundManager(store, cfg, paths, RecordingServing(), bus, poll_interval_s=0.02, command=hold)
+    rm.maybe_start(step=0)
+    deadline = time.monotonic() + 60
+    while len(list(held.glob("*.json"))) < at_once:  # each started one is running, held
+        assert time.monotonic() < deadline, "the workers did not start"
+        rm.poll()
+        time.sleep(0.05)
+    rm.poll()
+    started = [e["member"] for e in events if e["kind"] == "training_started"]
+    (held / "release").touch()
+    rm.wait(60)
+    rm.shutdown()
+    assert len(started) == at_once  # the workers running while the first was held
+    assert adapter_status(store, "smol-a") == {1: "live"} and adapter_status(store, "smol-b") == {1: "live"}

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -301,6 +301,10 @@ class RayWorkers:
             return -1
         self._write_back(job, task, out)
         return int(out["code"])
+
+    def can_start(self, member: str, running: Collection[str]) -> bool:
+        """Always: Ray queues a task until the cluster has its resources."""
+        return True
 
     def stop(self, job: Job) -> None:
         """Cancel the task (not retried by Ray): it stops its worker's process group; a task that

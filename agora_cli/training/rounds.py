@@ -5,7 +5,8 @@ The loop keeps running on the old adapters while a round trains. A round's life:
   maybe_start   one transaction: `rounds` row (status pending, the buffer ids as JSON), those buffer
                 rows' `round_id`, and one `adapters` row per member (status training, its version)
   (training)    one worker process per member (`python -m agora_cli.training.worker SPEC.json`),
-                one at a time by default: a small box has few cores
+                at once when each has GPUs of its own, else one at a time (a small box has
+                few cores); as Ray tasks with a cluster (ray_rounds.py)
   poll          a finished worker's adapter becomes `ready`; activation (merging, loading into the
                 server) runs on a background thread so the caller's event loop never stalls; then
                 the adapter is `live` and the member's previous one `retired`
@@ -40,7 +41,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
@@ -83,15 +84,20 @@ class Workers(Protocol):
     """Where members' workers run. `start` runs the worker for `spec` (a TrainSpec whose paths are
     the job's, already written to its `spec_path`); once `exit_code` is not None, the job's
     result, progress and log files and its adapter directory are in the run directory, as a
-    local worker leaves them."""
+    local worker leaves them. `can_start` says whether `member`'s worker may start beside the
+    members' workers now running."""
 
     def start(self, job: _Job, spec: TrainSpec) -> None: ...
     def exit_code(self, job: _Job) -> int | None: ...
     def stop(self, job: _Job) -> None: ...
+    def can_start(self, member: str, running: Collection[str]) -> bool: ...
 
 
 class LocalWorkers:
-    """Each worker a subprocess of this process, on the GPUs devices.py gives its member."""
+    """Each worker a subprocess of this process, on the GPUs devices.py gives its member.
+    Members whose trainers have GPUs of their own, none shared, train at once (a homogeneous group
+    with a GPU per member trains in the time of one member); a trainer without GPUs (a CPU
+    machine) or sharing one trains alone."""
 
     def __init__(self, cfg: Config, command: WorkerCommand):
         self.cfg = cfg
@@ -116,6 +122,13 @@ class LocalWorkers:
     def exit_code(self, job: _Job) -> int | None:
         return job.handle.poll()
 
+    def can_start(self, member: str, running: Collection[str]) -> bool:
+        if not running:
+            return True
+        mine = set(self.gpus.get(member) or ())
+        theirs = [set(self.gpus.get(r) or ()) for r in running]
+        return bool(mine) and all(gpus and not mine & gpus for gpus in theirs)
+
     def stop(self, job: _Job) -> None:
         terminate(job.handle)
 
@@ -123,13 +136,14 @@ class LocalWorkers:
 def workers_for(cfg: Config, command: WorkerCommand | None, bus: EventBus) -> tuple[Workers, int | None]:
     """The config's workers and how many members train at once: Ray tasks when the cluster has a
     `training` section (all members at once unless it says otherwise; Ray queues what the
-    cluster cannot hold), else local subprocesses, one at a time (a small box has few cores)."""
+    cluster cannot hold), else local subprocesses (`LocalWorkers.can_start`: at once on GPUs of
+    their own, else one at a time)."""
     cluster = cfg.cluster
     if cluster is not None and cluster.training is not None:
         from agora_cli.training.ray_rounds import RayWorkers  # imports ray: only with a cluster
 
         return RayWorkers(cfg, cluster, cluster.training, bus, command), cluster.training.max_parallel
-    return LocalWorkers(cfg, command or (lambda spec: worker_command(spec, cfg.training))), 1
+    return LocalWorkers(cfg, command or (lambda spec: worker_command(spec, cfg.training))), None
 
 
 @dataclass
@@ -361,7 +375,10 @@ class RoundManager:
 
     def _start_workers(self, f: _Flight) -> None:
         while f.to_train and len(f.running) < self.max_parallel and self._flight is f:
-            member = f.to_train.pop(0)
+            member = next((m for m in f.to_train if self.runner.can_start(m, f.running.keys())), None)
+            if member is None:  # each waits for a GPU a running trainer holds
+                return
+            f.to_train.remove(member)
             try:
                 job = self._spawn(f, member)
             except Exception as exc:  # noqa: BLE001 - any launch failure fails this member only
