@@ -47,8 +47,10 @@ def test_a_cluster_without_training_keeps_rounds_local(monkeypatch: pytest.Monke
     for data in (_cfg(None), _cfg({"kind": "ray", "address": "auto"})):
         cfg = config_from_dict(data)
         assert cfg.cluster is None or cfg.cluster.training is None
-        runner, parallel = workers_for(cfg, None, NULL_BUS)
-        assert isinstance(runner, LocalWorkers) and parallel == 1  # one local worker at a time
+        runner, _ = workers_for(cfg, None, NULL_BUS)
+        first, second = (m.name for m in cfg.members[:2])
+        assert isinstance(runner, LocalWorkers)
+        assert not runner.can_start(second, [first])  # no GPUs here: one local worker at a time
 
 
 def test_several_gpus_per_task_follow_accelerate() -> None:
