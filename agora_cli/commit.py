@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agora_cli import steps
+from agora_cli import anchor_store, steps
 from agora_cli.audit import CONSENSUS, Counts, step_counts, totals
 from agora_cli.config import Config
 from agora_cli.events import EventBus
@@ -47,7 +47,7 @@ def member_difficulty(
     OWN anchor history when it was scored anew at this step. Nothing pooled enters. Returns the
     member rows and FEM's moves by member."""
     plan = run.open.info.get("members") or {}  # absent: a step opened by an older agora
-    fresh = steps.fresh_anchor_scores(store, run.open.step)
+    fresh = anchor_store.fresh_anchor_scores(store, run.open.step)
     out: dict[str, steps.MemberStep] = {}
     moves: dict[str, dict] = {}
     for m in run.members:
@@ -64,7 +64,9 @@ def member_difficulty(
         f_t = None
         if m in fresh:
             score, n = fresh[m]
-            d_next, f_t, move = fem_move(cfg, steps.member_anchor_counts(store, m) + [(score * n, n)], d_next)
+            d_next, f_t, move = fem_move(
+                cfg, anchor_store.member_anchor_counts(store, m) + [(score * n, n)], d_next
+            )
             if move:
                 moves[m] = move
         out[m] = steps.MemberStep(d, v, v_target, d_next, f_t)
@@ -176,7 +178,7 @@ def compute_effects(
         # The ensemble's current anchor, members pooled (Eq. 2's mean_mu_t; FEM's noise test).
         now = [(s * n, n) for m, (s, n) in anchors.items() if m != MAJORITY]
         current = (sum(k for k, _ in now), sum(n for _, n in now))
-        d_next, f_t, move = fem_move(cfg, steps.anchor_counts(store) + [current], d_next)
+        d_next, f_t, move = fem_move(cfg, anchor_store.anchor_counts(store) + [current], d_next)
     own: dict[str, steps.MemberStep] = {}
     if run.isolated:
         own, member_moves = member_difficulty(cfg, store, run, all_solutions, correct)
@@ -245,7 +247,7 @@ def emit_committed(
         step=fx.step,
         f=fx.f_t,
         strategy=fx.strategy,
-        next_strategy=step_strategy(cfg, steps.anchor_history(store)),
+        next_strategy=step_strategy(cfg, anchor_store.anchor_history(store)),
         **({"note": fx.info["f_t_note"]} if "f_t_note" in fx.info else {}),
     )
     moves = [(None, fx.info["fem"])] if "fem" in fx.info else []

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from agora_cli import steps
+from agora_cli import anchor_store, steps
 from agora_cli.audit import GradeMany
 from agora_cli.client import ClientPool
 from agora_cli.commit import compute_effects, emit_committed
@@ -62,7 +62,7 @@ def begin_step(
     history = steps.v_history(store)
     last_d = steps.next_difficulty_of(store, t - 1)
     d_t = last_d if last_d is not None else cfg.protocol.difficulty.d0
-    strategy = step_strategy(cfg, steps.anchor_history(store))
+    strategy = step_strategy(cfg, anchor_store.anchor_history(store))
     variant = variant_for(cfg.protocol.mode)
     plan, d_t = variant.plan(cfg, store, t, d_t)
     opened = steps.open_step(
@@ -98,12 +98,12 @@ async def anchor_scores(
     the anchor's 95% interval (protocol/surprise.py)."""
     bench, live = calibration_name(cfg.evaluation.calibration), versions()  # the held-out dev split
     # Answers graded before an interruption are reused, new ones kept as they arrive.
-    stored = steps.anchor_items(store, t)
-    keep = partial(steps.insert_anchor_item, store, t)
+    stored = anchor_store.anchor_items(store, t)
+    keep = partial(anchor_store.insert_anchor_item, store, t)
     scores = await anchor(pool, cfg, prompts, t, members, bus, stored=stored, keep=keep)
     with store.transaction():
         for member, (score, n) in scores.items():
-            steps.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))
+            anchor_store.insert_anchor(store, t, member, bench, score, n, live.get(member, 0))
     for member, (score, n) in scores.items():
         bus.emit("validation_score", step=t, member=member, benchmark=bench, score=score, n=n)
 
@@ -138,7 +138,7 @@ async def run_step(
     )
 
     async def anchor_task() -> None:
-        if anchor is None or steps.step_anchors(store, t) or not anchor_due(cfg, t):
+        if anchor is None or anchor_store.step_anchors(store, t) or not anchor_due(cfg, t):
             return
         await anchor_scores(cfg, store, pool, prompts, bus, t, st.members, versions, anchor)
 
@@ -161,7 +161,7 @@ async def run_step(
         store,
         work,
         elite,
-        steps.rescored_anchors(store, t),
+        anchor_store.rescored_anchors(store, t),
         time.perf_counter() - t0,
         busy_s(pool) - busy0,
     )

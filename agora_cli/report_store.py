@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
+from agora_cli.anchor_store import AnchorRow, anchor_row
 from agora_cli.protocol.majority import MAJORITY
-from agora_cli.steps import AnchorRow, anchor_row
 from agora_cli.store import Store
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agora_cli import steps
+from agora_cli import anchor_store, steps
 from agora_cli.paths import RunPaths
 from agora_cli.store import Store
 
@@ -21,14 +21,14 @@ def commit(store: Store, step: int) -> None:
 def test_an_anchor_over_no_items_is_not_a_score(run_dir):
     with Store(RunPaths(run_dir).store) as store:
         steps.open_step(store, 0, 1.0, "balanced", 0.5, {})
-        steps.insert_anchor(store, 0, "alpha", "gsm8k_dev", 0.5, 8, 0)
-        steps.insert_anchor(store, 0, "beta", "gsm8k_dev", 0.0, 0, 0)  # every request failed
+        anchor_store.insert_anchor(store, 0, "alpha", "gsm8k_dev", 0.5, 8, 0)
+        anchor_store.insert_anchor(store, 0, "beta", "gsm8k_dev", 0.0, 0, 0)  # every request failed
         commit(store, 0)
         steps.open_step(store, 1, 1.0, "balanced", 0.5, {})
-        steps.insert_anchor(store, 1, "beta", "gsm8k_dev", 0.25, 8, 0)
+        anchor_store.insert_anchor(store, 1, "beta", "gsm8k_dev", 0.25, 8, 0)
         commit(store, 1)
-        assert steps.anchor_history(store) == [0.5, 0.25]
-        assert steps.member_anchor_history(store, "beta") == [0.25]
-        assert steps.anchor_counts(store) == [(4.0, 8), (2.0, 8)]
-        assert steps.member_anchor_counts(store, "beta") == [(2.0, 8)]
-        assert steps.fresh_anchor_scores(store, 0) == {"alpha": (0.5, 8)}
+        assert anchor_store.anchor_history(store) == [0.5, 0.25]
+        assert anchor_store.member_anchor_history(store, "beta") == [0.25]
+        assert anchor_store.anchor_counts(store) == [(4.0, 8), (2.0, 8)]
+        assert anchor_store.member_anchor_counts(store, "beta") == [(2.0, 8)]
+        assert anchor_store.fresh_anchor_scores(store, 0) == {"alpha": (0.5, 8)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agora_cli import steps as db
+from agora_cli import anchor_store
 from agora_cli.config import config_from_dict
 from agora_cli.evaluation.anchor import run_anchor
 from agora_cli.events import EventBus
@@ -35,12 +35,12 @@ async def test_a_resumed_anchor_asks_only_what_it_has_not_stored(run_dir):
         bus, t = EventBus(), 0
         try:
             await anchor_scores(cfg, store, pool, Prompts(), bus, t, MEMBERS, dict, run_anchor)
-            assert len(db.anchor_items(store, t)) == ITEMS * len(MEMBERS)
+            assert len(anchor_store.anchor_items(store, t)) == ITEMS * len(MEMBERS)
             # An interruption before the anchor finished: its scores were never written, and of
             # its answers only the first five were (the others were still in flight).
             store.execute("DELETE FROM anchors WHERE step = ?", (t,))
             store.execute("DELETE FROM anchor_items WHERE rowid > 5")
-            kept = db.anchor_items(store, t)
+            kept = anchor_store.anchor_items(store, t)
             asked = evaluate_requests(fake)
             await anchor_scores(cfg, store, pool, Prompts(), bus, t, MEMBERS, dict, run_anchor)
             again = [r for r in fake.requests[asked:] if r.role == "evaluate"]
@@ -50,8 +50,8 @@ async def test_a_resumed_anchor_asks_only_what_it_has_not_stored(run_dir):
     assert len(kept) == 5 and len(again) == ITEMS * len(MEMBERS) - 5
     asked_again = {(r.model, r.user) for r in again}
     assert len(asked_again) == len(again)  # none twice
-    assert {m: n for m, (_, n) in db.step_anchors(store, t).items() if m in MEMBERS} == dict.fromkeys(
-        MEMBERS, ITEMS
-    )
-    assert len(db.anchor_items(store, t)) == ITEMS * len(MEMBERS)
+    assert {
+        m: n for m, (_, n) in anchor_store.step_anchors(store, t).items() if m in MEMBERS
+    } == dict.fromkeys(MEMBERS, ITEMS)
+    assert len(anchor_store.anchor_items(store, t)) == ITEMS * len(MEMBERS)
     store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from agora_cli import anchor_store
 from agora_cli import steps as db
 from agora_cli.config import config_from_dict
 from agora_cli.evaluation.anchor import run_anchor
@@ -66,7 +67,7 @@ async def test_anchor_scores_every_member_whether_or_not_its_adapter_changed(run
     # Eq. 2 from the second anchor on, with no adapter change needed.
     f_t = [r["f_t"] for r in store.query("SELECT f_t FROM steps ORDER BY step")]
     assert f_t[0] is None and f_t[1] is not None and f_t[2] is not None
-    assert len(db.anchor_history(store)) == 3
+    assert len(anchor_store.anchor_history(store)) == 3
     store.close()
 
 
@@ -116,7 +117,7 @@ async def test_isolated_fem_reads_only_the_members_own_anchor_history(run_dir):
         finally:
             await pool.aclose()
     assert len(beta_evals) == 24
-    assert db.member_anchor_history(store, "beta") == [1.0, 1.0, 0.0]
+    assert anchor_store.member_anchor_history(store, "beta") == [1.0, 1.0, 0.0]
     rows = db.member_steps(store, 2)
     p = cfg.protocol
     for m, row in rows.items():
@@ -179,5 +180,5 @@ async def test_failed_anchor_is_missing_and_left_out_of_the_ensemble_mean(run_di
     # Everyone answers every calibration item right: a stored 0.0 for gamma would pull step 0's
     # ensemble mean down to 2/3.
     assert rows[(0, "alpha")]["score"] == rows[(0, "beta")]["score"] == 1.0
-    assert db.anchor_history(store) == [1.0, 1.0]
+    assert anchor_store.anchor_history(store) == [1.0, 1.0]
     store.close()

@@ -8,7 +8,8 @@ it or a package above it; every module must belong to one):
     config          the run configuration (schema, GPU plan, checks, loading)
     clients         models (weights on disk), client (HTTP to the members)
     protocol        the protocol's stages, prompts, answers
-    records         steps (the loop's SQL), report_store (the report's reads), audit (tallies)
+    records         steps (the loop's SQL), anchor_store (the anchors'), report_store (the report's
+                    reads), audit (tallies)
     engines         serving, training, evaluation, metric_logging (the TensorBoard sink)
     loop            commit, step (the variants: AGORA, isolated, probes), loop: one step
     orchestration   runner (a run, resumes, rounds between steps), ablate (drives many runs)
@@ -59,7 +60,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("config", ["config"]),
     ("clients", ["models", "client"]),
     ("protocol", ["protocol"]),
-    ("records", ["steps", "report_store", "audit"]),
+    ("records", ["steps", "anchor_store", "report_store", "audit"]),
     ("engines", ["serving", "training", "evaluation", "metric_logging"]),
     ("loop", ["commit", "step", "loop"]),
     ("orchestration", ["runner", "ablate"]),

@@ -12,9 +12,9 @@ import pytest
 pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parent.parent / "agora_cli"
-# The modules that own the run store's SQL: the store itself, the loop's records, the training
-# rounds' records, the reports' reads.
-STORE_LAYER = {"store.py", "steps.py", "training/round_store.py", "report_store.py"}
+# The modules that own the run store's SQL: the store itself, the loop's records, the anchors',
+# the training rounds' records, the reports' reads.
+STORE_LAYER = {"store.py", "steps.py", "anchor_store.py", "training/round_store.py", "report_store.py"}
 # An SQL statement as written here: an upper-case keyword, then more SQL (prose that starts with
 # "Create" or "with" is not one).
 SQL = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|WITH)\s+\S")

@@ -270,6 +270,7 @@ def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
     """RUN's H_t after its last committed step, cut and rendered exactly as the next step's solve
     prompt would show it: `elite_shots` of the strategy in force, `few_shot` honouring the
     `elite_icl` and `explanation` switches."""
+    from agora_cli import anchor_store
     from agora_cli import steps as db
     from agora_cli.paths import RunPaths
     from agora_cli.protocol.solve import few_shot
@@ -288,7 +289,7 @@ def final_elite(cfg: Config, run_dir: Path) -> EliteContext:
             "see H_t; evaluate without --with-elite, or with the config the run used"
         )
     with Store(path, readonly=True) as store:
-        k = elite_shots(step_strategy(cfg, db.anchor_history(store)), cfg.protocol)
+        k = elite_shots(step_strategy(cfg, anchor_store.anchor_history(store)), cfg.protocol)
         elite = db.elite_examples(store)[:k]
         step = store.last_committed_step()
     if not elite:
