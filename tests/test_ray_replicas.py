@@ -49,22 +49,24 @@ def two_nodes() -> Iterator[Cluster]:
         yield cluster
 
 
+def _ray_config(python: str, startup_timeout_s: float = 120) -> dict:
+    """Members a and b on one SGLang backend (`python` runs its server) with two replicas as Ray
+    actors, one per node."""
+    return {
+        "name": "ray",
+        "backends": {"gpu": {"kind": "sglang", "python": python, "startup_timeout_s": startup_timeout_s}},
+        "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
+        "evaluation": {"calibration": "gsm8k"},
+        "cluster": {
+            "kind": "ray",
+            "address": "auto",
+            "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
+        },
+    }
+
+
 def test_replicas_are_placed_one_per_node_and_requests_use_both(tmp_path: Path, two_nodes: Cluster) -> None:
-    cfg = config_from_dict(
-        {
-            "name": "ray",
-            "backends": {
-                "gpu": {"kind": "sglang", "python": _fake_python(tmp_path), "startup_timeout_s": 120}
-            },
-            "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
-            "evaluation": {"calibration": "gsm8k"},
-            "cluster": {
-                "kind": "ray",
-                "address": "auto",
-                "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
-            },
-        }
-    )
+    cfg = config_from_dict(_ray_config(_fake_python(tmp_path)))
     adapter = tmp_path / "adapters" / "a-v1"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
@@ -117,19 +119,7 @@ def test_a_replica_that_cannot_start_reports_its_log_and_leaves_nothing(
     script = tmp_path / "failing-python"
     script.write_text("#!/bin/sh\necho 'fake sglang: CUDA unavailable on this node' >&2\nexit 3\n")
     script.chmod(0o700)
-    cfg = config_from_dict(
-        {
-            "name": "ray",
-            "backends": {"gpu": {"kind": "sglang", "python": str(script), "startup_timeout_s": 60}},
-            "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
-            "evaluation": {"calibration": "gsm8k"},
-            "cluster": {
-                "kind": "ray",
-                "address": "auto",
-                "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
-            },
-        }
-    )
+    cfg = config_from_dict(_ray_config(str(script), startup_timeout_s=60))
     run = RunPaths(tmp_path / "run")
     with pytest.raises(ServerError) as raised:
         Serving(cfg, run).start()
@@ -145,23 +135,7 @@ def test_serve_stop_ends_the_replicas_a_killed_serve_left(tmp_path: Path, two_no
     """`agora serve` is SIGKILLed: its detached actors and their servers stay (a later run could
     attach). `agora serve --stop` ends them, while it refuses as long as that serve holds the run."""
     config = tmp_path / "ray.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "ray",
-                "backends": {
-                    "gpu": {"kind": "sglang", "python": _fake_python(tmp_path), "startup_timeout_s": 120}
-                },
-                "members": [{"name": n, "model": BASE, "backend": "gpu"} for n in ("a", "b")],
-                "evaluation": {"calibration": "gsm8k"},
-                "cluster": {
-                    "kind": "ray",
-                    "address": "auto",
-                    "backends": {"gpu": {"replicas": 2, "placement": "SPREAD", "num_gpus": 0, "num_cpus": 1}},
-                },
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump(_ray_config(_fake_python(tmp_path))))
     run = RunPaths(tmp_path / "run")
     agora = [sys.executable, "-m", "agora_cli", "serve", str(config), "--run-dir", str(run.root)]
     serve = subprocess.Popen(agora, cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -61,6 +61,18 @@ async def _burst(pool: ClientPool, n: int) -> list[str]:
     return [r.text for r in await asyncio.gather(*(pool.chat("a", HI, SHORT) for _ in range(n)))]
 
 
+def _answers(serving: Serving, n: int) -> list[str]:
+    """`n` concurrent requests for member a through a fresh client pool: the texts."""
+    pool = serving.client_pool()
+
+    async def go() -> list[str]:
+        texts = await _burst(pool, n)
+        await pool.aclose()
+        return texts
+
+    return asyncio.run(go())
+
+
 def _assert_synced_before_traffic(fake: FakeSGLang, name: str) -> None:
     """No request on `fake` named an adapter it had not loaded, and every request naming `name`
     came after its load there."""
@@ -223,14 +235,7 @@ def test_a_replica_that_restarted_unnoticed_is_synced_before_it_takes_traffic(tm
             second.stop()
             back = FakeSGLang(BASE, port=second.port).start()  # back at once, holding nothing
             serving.backends["gpu"].check_replicas()  # type: ignore[attr-defined]
-            pool = serving.client_pool()
-
-            async def go() -> list[str]:
-                texts = await _burst(pool, 12)
-                await pool.aclose()
-                return texts
-
-            texts = asyncio.run(go())
+            texts = _answers(serving, 12)
     finally:
         first.stop()
         if back is not None:
@@ -254,14 +259,7 @@ def test_a_replica_whose_listing_fails_is_not_taken_for_restarted(tmp_path: Path
             serving.activate("a", _adapter(tmp_path, "v1"), 1)
             second.models_status = 503
             serving.backends["gpu"].check_replicas()  # type: ignore[attr-defined]
-            pool = serving.client_pool()
-
-            async def go() -> list[str]:
-                texts = await _burst(pool, 12)
-                await pool.aclose()
-                return texts
-
-            texts = asyncio.run(go())
+            texts = _answers(serving, 12)
     finally:
         first.stop()
         second.stop()
