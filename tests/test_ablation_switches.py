@@ -26,7 +26,7 @@ import pytest
 
 from agora_cli import runner
 from agora_cli.config import config_from_dict
-from agora_cli.datasets import load_dev_split
+from agora_cli.datasets import load_dev_split, load_seed_pool
 from agora_cli.events import EventBus
 from agora_cli.paths import RunPaths
 from agora_cli.protocol.surprise import NO_ANCHOR_NOTE
@@ -201,18 +201,20 @@ STUB = Path(__file__).parent / "fakes" / "stub_worker.py"
 
 
 def _script():  # noqa: ANN202
-    """The ensemble's script (tests/fakes/ensemble.py) made order-free: member m's k-th problem
-    is Q<100 m + k>, and beta leaves every odd problem unanswered (no final answer)."""
-    written: dict[str, int] = {}
+    """The ensemble's script (tests/fakes/ensemble.py) made order-free: the problem member m writes
+    from seed item s (the seed-pool item its generate prompt shows) is Q<10000 (m + 1) + s>, so two
+    of its requests in one step may arrive in either order and a retried one gets the same reply;
+    beta leaves every odd problem unanswered (no final answer)."""
+    pool = [(it.problem, int(it.id.rsplit("/", 1)[1])) for it in load_seed_pool()]
     base = responder()
 
     def member(req) -> str:  # noqa: ANN001 - "alpha" or, on SGLang, "alpha:<adapter>"
         return req.model.partition(":")[0]
 
     def generate(req) -> str:  # noqa: ANN001
-        m = member(req)
-        k = written[m] = written.get(m, -1) + 1
-        n = 100 * SCRIPT_MEMBERS.index(m) + k
+        seed = next((i for text, i in pool if text in req.text), None)
+        assert seed is not None, f"no seed-pool item in the generate request: {req.text[:200]}"
+        n = 10000 * (SCRIPT_MEMBERS.index(member(req)) + 1) + seed
         return (
             f"Problem: Q{n} A farmer has {n + 11} apples, sells {n % 7 + 2} pears and buys "
             f"{3 * n + 5} plums at market number {n}. How many fruits are left?"
