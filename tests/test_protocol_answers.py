@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agora_cli.protocol.answers import answers_match, extract_answer
@@ -94,6 +94,7 @@ def test_answers_match(a: str, b: str, same: bool) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.text())
+@example("\U0001d434")  # MATHEMATICAL ITALIC CAPITAL A: read as the choice "A" (NFKC)
 def test_parsers_never_raise_on_arbitrary_text(text: str) -> None:
     ans = extract_answer(text)
     assert ans is None or (isinstance(ans, str) and ans)
@@ -112,7 +113,8 @@ def test_parsers_never_raise_on_arbitrary_text(text: str) -> None:
         assert parse_verdict(text + "\nVERDICT: VALID", verdict_line=True) is True
     choice = parse_vote(text, "QUOTE-0001")
     assert choice in ("a", "b") or choice is None
-    if "A" not in text and "B" not in text:
+    shown = visible(text)  # as the parser reads it: NFKC folds a math-italic or fullwidth A to "A"
+    if "A" not in shown and "B" not in shown:
         assert choice is None  # a choice is a capital letter
     problem, reason = parse_problem(text)
     assert (problem is None) != (reason is None)
