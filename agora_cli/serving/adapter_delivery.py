@@ -20,6 +20,7 @@ never loaded, and a copy already there is kept, since the same name and digest a
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -93,13 +94,11 @@ class S3Store:
         except Exception as e:  # botocore's errors share no base class worth importing
             raise ServerError(f"could not upload s3://{self.bucket}/{key}: {type(e).__name__}: {e}") from e
 
-    def delete(self, key: str) -> bool:
-        """Delete the object at `key`; False when the store refused or did not answer."""
-        try:
+    def delete(self, key: str) -> None:
+        """Delete the object at `key`, best effort: a refusal or no answer leaves it (it costs
+        storage only)."""
+        with contextlib.suppress(Exception):  # botocore's errors share no base class worth importing
             self._client().delete_object(Bucket=self.bucket, Key=key)
-        except Exception:  # noqa: BLE001 - botocore's errors share no base class worth importing
-            return False
-        return True
 
     def download(self, key: str) -> bytes:
         try:
