@@ -170,8 +170,8 @@ def train_member(
     previous: bytes | None,
     command: WorkerCommand,
     env: dict[str, str],
-    sink: Any = None,
-    key: str = "",
+    sink: Any,
+    key: str,
 ) -> dict[str, Any]:
     """The Ray task: train one member on this node with the worker agora runs locally, sending
     its progress lines to `sink` (a `ProgressSink`), under `key`, as they come.
@@ -187,7 +187,7 @@ def train_member(
         out, progress_file, result_file = work / "adapter", work / "progress.jsonl", work / "result.json"
         spec = TrainSpec(**json.loads(spec_json))
         prev = spec.previous_adapter_dir  # its path on the driver
-        sender = _Sender(progress_file, sink, key) if sink is not None else None
+        sender = _Sender(progress_file, sink, key)
         previous_dir = None
         if previous is not None:
             previous_dir = work / "previous"
@@ -215,8 +215,7 @@ def train_member(
             try:  # polled: a cancel's KeyboardInterrupt lands between sleeps, not in a wait()
                 while (code := proc.poll()) is None:
                     time.sleep(0.2)
-                    if sender is not None:
-                        sender.maybe_send()
+                    sender.maybe_send()
             except BaseException:
                 stop_group(proc)
                 raise
@@ -229,16 +228,12 @@ def train_member(
         return {
             "code": code,
             "result": json.loads(result_file.read_text()) if result_file.is_file() else None,
-            "progress": sender.rest() if sender is not None else _read(progress_file),
+            "progress": sender.rest(),
             "log": log_tail,
             "adapter": pack(out) if out.is_dir() else None,
             "node": node,
             "task_attempt": attempt,
         }
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
 
 
 class RayWorkers:
@@ -288,8 +283,9 @@ class RayWorkers:
         """None while the task runs (or waits to be re-run); then its files are in place."""
         task: _Task = job.handle
         ready, _ = ray.wait([task.ref], timeout=0)
-        self._take_progress(everything=bool(ready))  # after the wait: a task done has sent all
-        if not ready:
+        # After the wait: a task done has sent all its lines; they go first (its last ones come
+        # with its result), so a done task whose lines could not be taken yet waits a poll.
+        if not self._take_progress(everything=bool(ready)) or not ready:
             return None
         self.progress_files.discard(str(job.progress_path))
         try:
@@ -315,21 +311,25 @@ class RayWorkers:
         if not ready:
             ray.cancel(job.handle.ref, force=True)
 
-    def _take_progress(self, everything: bool) -> None:
+    def _take_progress(self, everything: bool) -> bool:
         """Append the progress lines the tasks sent to their jobs' progress files: every
-        PROGRESS_EVERY_S, and at once when a task has ended (its last lines come with its result,
-        after these)."""
+        PROGRESS_EVERY_S, and at once when a task has ended (`everything`). False when the sink
+        did not answer in time (the lines stay there for the next call); a sink that died took
+        its lines with it, and nothing is worth waiting for."""
         if not everything and time.monotonic() - self.taken < PROGRESS_EVERY_S:
-            return
+            return True
         self.taken = time.monotonic()
         try:
             lines = ray.get(self.sink.take.remote(), timeout=SEND_TIMEOUT_S)
-        except (ray.exceptions.RayError, TimeoutError):
-            return  # next time; a task's unsent lines come back with its result
+        except ray.exceptions.GetTimeoutError:
+            return False
+        except ray.exceptions.RayError:
+            return True
         for key, text in lines:
             if key in self.progress_files:  # a cancelled job's stragglers are dropped
                 with Path(key).open("a") as fh:
                     fh.write(text)
+        return True
 
     def _write_back(self, job: Job, task: _Task, out: dict[str, Any]) -> None:
         attempt, node = out["task_attempt"], out["node"]
